@@ -1,0 +1,168 @@
+"""``emi extract``."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from featurestore.extract import DEFAULT_MODEL, ExtractOptions
+from featurestore.extract import extract as run_extract
+from featurestore.store import FeatureStore, store_exists
+from manifests import build_manifest, load_manifest
+
+EXIT_CLIPS_FAILED = 3
+
+
+def _default_model(store: str) -> str:
+    """The backbone an existing store was made with, else the audeering checkpoint."""
+    if store_exists(store):
+        return FeatureStore.open(store).spec["backbone"]["ref"]
+    return DEFAULT_MODEL
+
+
+@click.command()
+@click.argument("source", type=click.Path(exists=True))
+@click.argument("store")
+@click.option(
+    "--model",
+    default=None,
+    help=f"Checkpoint folder or hub id. Default: the store's backbone, for a new "
+    f"store {DEFAULT_MODEL}.",
+)
+@click.option("--revision", default=None, help="Hub revision of --model.")
+@click.option(
+    "--device",
+    type=click.Choice(["auto", "cpu", "cuda"]),
+    default="auto",
+    show_default=True,
+    help="auto: cuda on workers that have a GPU, else cpu.",
+)
+@click.option(
+    "--dtype",
+    "compute_dtype",
+    type=click.Choice(["float32", "float16", "bfloat16"]),
+    default="float32",
+    show_default=True,
+    help="Compute dtype (autocast). Part of the store's fingerprint.",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Worker processes of the local dask cluster (ignored with --scheduler).",
+)
+@click.option(
+    "--scheduler",
+    default=None,
+    help="Address of a running dask scheduler (also DASK_SCHEDULER_ADDRESS).",
+)
+@click.option(
+    "--batch-seconds",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Padded audio seconds per forward. Default: 0 on CPU (one clip at a "
+    "time, fastest there), 120 on GPU.",
+)
+@click.option(
+    "--max-seconds",
+    type=click.FloatRange(min=0.025),
+    default=None,
+    help="Keep only each clip's first seconds (the paper used 12).",
+)
+@click.option(
+    "--window-seconds",
+    type=click.FloatRange(min=0),
+    default=30.0,
+    show_default=True,
+    help="Encode longer clips in windows of this length (bounded memory); "
+    "0 encodes every clip whole.",
+)
+@click.option(
+    "--part-seconds",
+    type=click.FloatRange(min=1),
+    default=600.0,
+    show_default=True,
+    help="Audio seconds per part (one task, one store group).",
+)
+@click.option(
+    "--labels",
+    "label_files",
+    multiple=True,
+    type=click.Path(dir_okay=False),
+    help="When SOURCE is a folder: label CSVs to merge into its manifest.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON.")
+@click.option("--quiet", is_flag=True, help="No progress bar and no per-clip failure lines.")
+def extract(
+    source: str,
+    store: str,
+    model: str | None,
+    revision: str | None,
+    device: str,
+    compute_dtype: str,
+    workers: int,
+    scheduler: str | None,
+    batch_seconds: float | None,
+    max_seconds: float | None,
+    window_seconds: float,
+    part_seconds: float,
+    label_files: tuple[str, ...],
+    as_json: bool,
+    quiet: bool,
+) -> None:
+    """Extract features for SOURCE (a manifest .csv/.jsonl or an audio folder) into STORE.
+
+    Only clips missing from STORE are computed: re-running resumes, a longer manifest
+    appends. Exit status 3 when some clips failed (each listed with its reason).
+    """
+    if Path(source).is_dir():
+        records = build_manifest(source, label_files=label_files)
+    else:
+        if label_files:
+            raise click.UsageError("--labels applies to an audio folder; a manifest has them")
+        records = load_manifest(source)
+    options = ExtractOptions(
+        model=model or _default_model(store),
+        revision=revision,
+        device=device,
+        compute_dtype=compute_dtype,
+        workers=workers,
+        scheduler=scheduler,
+        batch_seconds=batch_seconds,
+        max_seconds=max_seconds,
+        window_seconds=window_seconds or None,
+        part_seconds=part_seconds,
+        quiet=quiet,
+    )
+    summary = run_extract(records, store, options)
+    if as_json:
+        click.echo(json.dumps(summary.__dict__, indent=2))
+    else:
+        speed = summary.audio_s / summary.wall_s if summary.wall_s else 0.0
+        click.echo(
+            f"{summary.extracted} clips extracted ({summary.audio_s / 3600:.3f} h of audio, "
+            f"{summary.frames} frames, {speed:.1f} audio s/s), {summary.already_stored} "
+            f"already stored, {len(summary.failed)} failed -> {store}"
+        )
+        if summary.incomplete_removed:
+            click.echo(
+                f"rewrote {len(summary.incomplete_removed)} incomplete parts left by an "
+                f"earlier run: {', '.join(summary.incomplete_removed)}"
+            )
+        if summary.changed_sources:
+            click.echo(
+                f"warning: {len(summary.changed_sources)} stored clips have a different "
+                f"file now (sha256 changed) and were not recomputed; use a new store "
+                f"to re-extract them: {', '.join(summary.changed_sources[:10])}",
+                err=True,
+            )
+        if summary.failed and not quiet:
+            click.echo("failed clips:", err=True)
+            for f in summary.failed:
+                click.echo(f"  {f['clip_id']}: {f['reason']} ({f['path']})", err=True)
+    if summary.failed:
+        sys.exit(EXIT_CLIPS_FAILED)

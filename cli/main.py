@@ -1,0 +1,53 @@
+"""The ``emi`` command: wires manifests, featurestore and models together.
+
+Exit status: 0 done; 1 unexpected error; 2 usage error (bad option, missing file,
+mismatched store or backbone); 3 the run finished but some clips failed (listed).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import click
+
+from cli import extract_cmd, manifest_cmd, model_cmd, store_cmd
+from featurestore.backbone import BackboneError
+from featurestore.store import StoreError
+from manifests.records import ManifestError
+
+USER_ERRORS = (ManifestError, StoreError, BackboneError)
+
+
+class EmiGroup(click.Group):
+    """Turns the errors a user can fix into a one-line message and exit status 2."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except USER_ERRORS as err:
+            click.echo(f"Error: {err}", err=True)
+            ctx.exit(2)
+
+
+@click.group(cls=EmiGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="emi")
+def emi() -> None:
+    """Emotional Mimicry Intensity from audio: extract features once, train heads, score."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+
+
+emi.add_command(manifest_cmd.manifest)
+emi.add_command(extract_cmd.extract)
+emi.add_command(store_cmd.store)
+emi.add_command(model_cmd.model)
+
+
+def main() -> None:
+    sys.exit(emi.main(standalone_mode=True))
+
+
+if __name__ == "__main__":
+    main()

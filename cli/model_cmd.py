@@ -1,0 +1,67 @@
+"""``emi model``: offline stand-in backbones and backbone identity."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from featurestore.backbone import identify_backbone
+from featurestore.random_backbone import SIZES, write_random_backbone
+
+
+@click.group()
+def model() -> None:
+    """Backbones: write a random one, show a checkpoint's fingerprint."""
+
+
+@model.command("init-random")
+@click.argument("folder", type=click.Path(file_okay=False))
+@click.option(
+    "--size",
+    type=click.Choice(list(SIZES)),
+    default="tiny",
+    show_default=True,
+    help="tiny/small: layer norm; base: group norm (wav2vec2-base); "
+    "large-robust-12: the real checkpoint's shape.",
+)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--norm",
+    type=click.Choice(["layer", "group"]),
+    default=None,
+    help="Override the feature encoder's norm (default: the size's).",
+)
+def init_random(folder: str, size: str, seed: int, norm: str | None) -> None:
+    """Write a seeded random checkpoint in the real checkpoint's layout to FOLDER.
+
+    Its scores mean nothing: it exercises the pipeline offline.
+    """
+    write_random_backbone(folder, size=size, seed=seed, norm=norm)
+    identity = identify_backbone(folder)
+    click.echo(
+        f"random {size} backbone (seed {seed}) -> {folder}; fingerprint {identity.fingerprint[:12]}"
+    )
+
+
+@model.command("info")
+@click.argument("ref")
+@click.option("--revision", default=None, help="Hub revision (hub ids only).")
+def info(ref: str, revision: str | None) -> None:
+    """Show a checkpoint's config summary and fingerprint (REF: folder or hub id)."""
+    identity = identify_backbone(ref, revision=revision)
+    c = identity.config
+    click.echo(
+        json.dumps(
+            {
+                "ref": identity.ref,
+                "revision": identity.revision,
+                "fingerprint": identity.fingerprint,
+                "weights_sha256": identity.weights_sha256,
+                "hidden_size": c.hidden_size,
+                "layers": c.num_hidden_layers,
+                "feat_extract_norm": c.feat_extract_norm,
+            },
+            indent=2,
+        )
+    )

@@ -1,0 +1,82 @@
+"""``emi store info | verify | export``."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+from tqdm import tqdm
+
+from featurestore.export_hdf5 import export_hdf5
+from featurestore.inspect import store_info, verify_store
+from featurestore.store import FeatureStore
+
+
+@click.group()
+def store() -> None:
+    """Inspect, check and export a feature store."""
+
+
+@store.command("info")
+@click.argument("location")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def info(location: str, as_json: bool) -> None:
+    """Clips, frames, hours of audio, size on disk, spec and failed clips of LOCATION."""
+    data = store_info(FeatureStore.open(location))
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    spec = data["spec"]
+    backbone = spec["backbone"]
+    lines = [
+        f"store        {data['store']}",
+        f"fingerprint  {data['fingerprint']}",
+        f"clips        {data['clips']} in {data['parts']} parts"
+        + (f" ({len(data['incomplete_parts'])} incomplete)" if data["incomplete_parts"] else ""),
+        f"frames       {data['frames']} ({data['hours_extracted']:.3f} h at "
+        f"{spec['frame_rate_hz']} Hz)",
+        f"audio        {data['hours_audio']:.3f} h",
+        f"size         {data['size_bytes'] / 2**20:.1f} MiB",
+        f"backbone     {backbone['ref']}"
+        + (f" @ {backbone['revision']}" if backbone.get("revision") else "")
+        + f" (weights sha256 {backbone['weights_sha256'][:12]}, {backbone['feat_extract_norm']} norm)",
+        f"hidden       {spec['hidden_size']} x {spec['dtypes']['hidden']}, layer {spec['layer']}",
+        f"crop/window  max {spec['max_seconds']} s, window {spec['window_seconds']} s, "
+        f"compute {spec['compute_dtype']}",
+        f"failed       {len(data['failed'])} clips",
+    ]
+    lines += [f"  {f['clip_id']}: {f['reason']}" for f in data["failed"]]
+    click.echo("\n".join(lines))
+
+
+@store.command("verify")
+@click.argument("location")
+def verify(location: str) -> None:
+    """Check parts, offsets, ids and fingerprints; exit 1 if anything is wrong."""
+    opened = FeatureStore.open(location)
+    problems = verify_store(opened)
+    if problems:
+        click.echo(f"{location}: {len(problems)} problems", err=True)
+        for p in problems:
+            click.echo(f"  {p}", err=True)
+        sys.exit(1)
+    click.echo(f"{location}: ok ({len(opened)} clips in {len(opened.complete_parts)} parts)")
+
+
+@store.command("export")
+@click.argument("location")
+@click.argument("output", type=click.Path(dir_okay=False))
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def export(location: str, output: str, quiet: bool) -> None:
+    """Export every clip of LOCATION to an HDF5 file OUTPUT (a group per clip)."""
+    opened = FeatureStore.open(location)
+    show = not quiet and sys.stderr.isatty()
+    count = export_hdf5(
+        opened,
+        output,
+        progress=lambda it: tqdm(
+            it, total=len(opened.complete_parts), unit="part", disable=not show
+        ),
+    )
+    click.echo(f"{count} clips -> {output}")

@@ -1,0 +1,125 @@
+"""Decoding a clip into what the backbone reads: 16 kHz mono float32, normalised.
+
+Decoding uses soundfile (libsndfile: wav, flac, ogg, mp3), mixes channels down by their
+mean, resamples with soxr (high quality) and normalises to zero mean and unit variance
+over the clip's real samples, exactly as ``Wav2Vec2FeatureExtractor(do_normalize=True)``
+does for one unpadded clip.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+SAMPLE_RATE_HZ = 16_000
+FRAME_HOP_SAMPLES = 320  # 20 ms: 50 frames per second
+FRAME_WINDOW_SAMPLES = 400  # 25 ms: the conv stack's receptive field
+NORM_EPS = 1e-7  # the variance floor Wav2Vec2FeatureExtractor uses
+
+
+class AudioError(ValueError):
+    """A clip that cannot be turned into backbone input; the message is the reason."""
+
+
+@dataclass(frozen=True)
+class DecodedClip:
+    """A clip ready for the backbone."""
+
+    samples: np.ndarray  # (samples,) float32 at 16 kHz, normalised
+    source_hz: int
+    channels: int
+    duration_s: float  # of the source file, before any crop
+
+
+def frames_for_samples(samples: int) -> int:
+    """Backbone frames for ``samples`` at 16 kHz: floor((L - 400) / 320) + 1, or 0."""
+    if samples < FRAME_WINDOW_SAMPLES:
+        return 0
+    return (samples - FRAME_WINDOW_SAMPLES) // FRAME_HOP_SAMPLES + 1
+
+
+def normalise(samples: np.ndarray) -> np.ndarray:
+    """Zero mean, unit variance over ``samples`` (float32), as the processor does."""
+    x = samples.astype(np.float32, copy=False)
+    return ((x - x.mean()) / np.sqrt(x.var() + NORM_EPS)).astype(np.float32)
+
+
+def check_wav_truncation(path: Path) -> None:
+    """Raise if a RIFF/WAVE file's data chunk claims more bytes than the file holds.
+
+    libsndfile silently reads the part that is there; a truncated upload should be
+    reported, not stored as a shorter clip.
+    """
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        head = f.read(12)
+        if len(head) < 12 or head[:4] not in (b"RIFF", b"RIFX") or head[8:12] != b"WAVE":
+            return
+        endian = "<" if head[:4] == b"RIFF" else ">"
+        offset = 12
+        while offset + 8 <= size:
+            f.seek(offset)
+            chunk_id, chunk_size = struct.unpack(endian + "4sI", f.read(8))
+            if chunk_id == b"data":
+                available = size - offset - 8
+                if chunk_size != 0xFFFFFFFF and chunk_size > available:
+                    raise AudioError(
+                        f"truncated WAV: header declares {chunk_size} bytes of audio, "
+                        f"the file holds {available}; re-export or re-upload it"
+                    )
+                return
+            offset += 8 + chunk_size + (chunk_size & 1)
+
+
+def decode_clip(path: str | Path, *, max_seconds: float | None = None) -> DecodedClip:
+    """Read, mix down, resample, crop and normalise one clip.
+
+    Args:
+        path: an audio file soundfile can read.
+        max_seconds: keep only the first ``max_seconds`` (the paper's 12 s crop).
+
+    Raises:
+        AudioError: unreadable, truncated, empty, non-finite or shorter than one frame.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise AudioError(f"no such file: {path}")
+    if path.stat().st_size == 0:
+        raise AudioError("empty file (0 bytes)")
+    check_wav_truncation(path)
+    try:
+        with sf.SoundFile(str(path)) as f:
+            source_hz, channels, total = f.samplerate, f.channels, f.frames
+            wanted = total
+            if max_seconds is not None:
+                wanted = min(total, int(np.ceil(max_seconds * source_hz)))
+            data = f.read(frames=wanted, dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, TypeError) as err:
+        raise AudioError(
+            f"unreadable as audio ({err}); check the file is wav, flac, ogg or mp3"
+        ) from err
+    if data.size == 0:
+        raise AudioError("no audio samples")
+    if not np.isfinite(data).all():
+        raise AudioError("contains NaN or infinite samples")
+    mono = data.mean(axis=1) if channels > 1 else data[:, 0]
+    if source_hz != SAMPLE_RATE_HZ:
+        mono = soxr.resample(mono, source_hz, SAMPLE_RATE_HZ, quality="HQ").astype(np.float32)
+    if max_seconds is not None:
+        mono = mono[: int(round(max_seconds * SAMPLE_RATE_HZ))]
+    if len(mono) < FRAME_WINDOW_SAMPLES:
+        raise AudioError(
+            f"too short: {len(mono)} samples at 16 kHz, fewer than {FRAME_WINDOW_SAMPLES} "
+            "(25 ms, one backbone frame)"
+        )
+    return DecodedClip(
+        samples=normalise(mono),
+        source_hz=int(source_hz),
+        channels=int(channels),
+        duration_s=float(total) / float(source_hz),
+    )

@@ -1,0 +1,299 @@
+"""Loading a wav2vec 2.0 emotion backbone laid out like the audeering checkpoint.
+
+The checkpoint layout (``audeering/wav2vec2-large-robust-12-ft-emotion-msp-dim``)::
+
+    config.json                     a Wav2Vec2Config with num_labels=3
+    model.safetensors | pytorch_model.bin
+        wav2vec2.*                  a transformers Wav2Vec2Model
+        classifier.dense            Linear(hidden, hidden), then tanh
+        classifier.out_proj         Linear(hidden, 3): arousal, dominance, valence
+
+Loading never runs pickled code (safetensors, or ``torch.load(weights_only=True)``) and
+never uses ``trust_remote_code``. The backbone's fingerprint is a sha256 over its weights
+(names, dtypes, shapes, bytes, in name order) and its config, so the same weights give
+the same fingerprint whatever the file format or folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import Wav2Vec2Config, Wav2Vec2Model
+
+VAD_LABELS = ("arousal", "dominance", "valence")
+CONFIG_FILE = "config.json"
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+# Config keys that describe the software that wrote the file, not the model.
+_CONFIG_KEYS_NOT_HASHED = {"transformers_version", "_name_or_path", "architectures"}
+# Used only for SpecAugment in training; checkpoints may omit it.
+_OPTIONAL_KEYS = {"wav2vec2.masked_spec_embed"}
+
+
+class BackboneError(RuntimeError):
+    """A backbone could not be found, read or matched to the expected layout."""
+
+
+class RegressionHead(nn.Module):
+    """The checkpoint's VAD head: dropout, dense, tanh, dropout, out_proj.
+
+    Args:
+        hidden_size: input width (the backbone's ``hidden_size``).
+        num_labels: outputs (3: arousal, dominance, valence).
+        dropout: ``final_dropout`` of the config (inactive in eval mode).
+    """
+
+    def __init__(self, hidden_size: int, num_labels: int, dropout: float) -> None:
+        super().__init__()
+        self.dense = nn.Linear(hidden_size, hidden_size)
+        self.dropout = nn.Dropout(dropout)
+        self.out_proj = nn.Linear(hidden_size, num_labels)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        """``(..., hidden)`` -> ``(..., num_labels)``."""
+        x = self.dropout(hidden)
+        x = torch.tanh(self.dense(x))
+        x = self.dropout(x)
+        return self.out_proj(x)
+
+
+class EmotionBackbone(nn.Module):
+    """``wav2vec2`` + ``classifier`` in the checkpoint's module layout."""
+
+    def __init__(self, config: Wav2Vec2Config) -> None:
+        super().__init__()
+        self.config = config
+        self.wav2vec2 = Wav2Vec2Model(config)
+        self.classifier = RegressionHead(
+            config.hidden_size, config.num_labels, config.final_dropout
+        )
+
+    @property
+    def uses_layer_norm(self) -> bool:
+        """True for layer-norm feature encoders (padding with a mask is exact)."""
+        return self.config.feat_extract_norm == "layer"
+
+    def forward(
+        self, input_values: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run the backbone.
+
+        Args:
+            input_values: normalised 16 kHz audio, ``(batch, samples)``.
+            attention_mask: ``(batch, samples)``, 1 for real samples; required for
+                padded batches of layer-norm backbones.
+
+        Returns:
+            ``hidden`` ``(batch, frames, hidden)`` (last layer) and ``frame_vad``
+            ``(batch, frames, 3)`` (the head applied to every frame).
+        """
+        hidden = self.wav2vec2(input_values, attention_mask=attention_mask).last_hidden_state
+        return hidden, self.classifier(hidden)
+
+    def frames_for_samples(self, samples: int) -> int:
+        """Frames the conv encoder yields for ``samples`` input samples (0 if too short)."""
+        n = int(self.wav2vec2._get_feat_extract_output_lengths(torch.tensor(samples)))
+        return max(n, 0)
+
+
+@dataclass(frozen=True)
+class BackboneIdentity:
+    """What identifies a backbone: where it came from and hashes of what it is."""
+
+    ref: str  # what the user gave: a folder or a hub id
+    revision: str | None  # hub commit, None for a local folder
+    weights_sha256: str
+    config_sha256: str
+    config: Wav2Vec2Config
+
+    @property
+    def fingerprint(self) -> str:
+        return hashlib.sha256(f"{self.weights_sha256}:{self.config_sha256}".encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class LoadedBackbone:
+    """A backbone ready to run, with its identity."""
+
+    model: EmotionBackbone
+    identity: BackboneIdentity
+
+
+def resolve_checkpoint(ref: str, *, revision: str | None = None) -> tuple[Path, str | None]:
+    """Find the checkpoint folder for ``ref``: a local folder, else a hub id.
+
+    Returns:
+        The folder and the hub revision it came from (None for a local folder).
+
+    Raises:
+        BackboneError: neither a folder nor a hub id that can be fetched.
+    """
+    path = Path(ref).expanduser()
+    if path.is_dir():
+        return path, None
+    if path.exists():
+        raise BackboneError(f"--model {ref!r} is a file; give the checkpoint folder instead")
+    if ref.startswith((".", "/", "~")) or ref.count("/") != 1:
+        raise BackboneError(
+            f"--model {ref!r}: no such folder, and not a hub id of the form 'owner/name'"
+        )
+    try:
+        from huggingface_hub import snapshot_download
+
+        folder = snapshot_download(
+            ref,
+            revision=revision,
+            allow_patterns=[CONFIG_FILE, "preprocessor_config.json", *WEIGHT_FILES],
+        )
+    except Exception as err:  # network, auth, offline mode without a cached copy
+        offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+        hint = (
+            "HF_HUB_OFFLINE=1 is set and no cached copy exists"
+            if offline
+            else "check the name and your network"
+        )
+        raise BackboneError(
+            f"cannot fetch backbone {ref!r} from the hub ({hint}): {err}. "
+            "Download it once, or pass a local checkpoint folder with --model."
+        ) from err
+    folder_path = Path(folder)
+    return folder_path, folder_path.name
+
+
+def read_config(folder: Path) -> tuple[Wav2Vec2Config, dict]:
+    """Read ``config.json``; returns the config and the raw dict it came from."""
+    file = folder / CONFIG_FILE
+    if not file.is_file():
+        raise BackboneError(f"{folder}: no {CONFIG_FILE}; is this a wav2vec 2.0 checkpoint?")
+    raw = json.loads(file.read_text())
+    if raw.get("model_type", "wav2vec2") != "wav2vec2":
+        raise BackboneError(f"{file}: model_type {raw.get('model_type')!r}, expected 'wav2vec2'")
+    config = Wav2Vec2Config.from_dict(raw)
+    if config.num_labels != 3:
+        raise BackboneError(
+            f"{file}: num_labels={config.num_labels}; an emotion backbone has a 3-output "
+            "(arousal, dominance, valence) regression head"
+        )
+    return config, raw
+
+
+def read_weights(folder: Path) -> dict[str, torch.Tensor]:
+    """Read the state dict without running pickled code."""
+    safetensors_file = folder / WEIGHT_FILES[0]
+    bin_file = folder / WEIGHT_FILES[1]
+    if safetensors_file.is_file():
+        from safetensors.torch import load_file
+
+        return load_file(str(safetensors_file))
+    if bin_file.is_file():
+        try:
+            state = torch.load(bin_file, map_location="cpu", weights_only=True)
+        except Exception as err:
+            raise BackboneError(
+                f"{bin_file}: not a plain tensor state dict ({err}); emi never loads "
+                "pickled code. Convert it to model.safetensors."
+            ) from err
+        return dict(state)
+    raise BackboneError(f"{folder}: no {' or '.join(WEIGHT_FILES)}")
+
+
+def normalise_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Map old weight-norm key names to the parametrization form transformers uses now.
+
+    ``...conv.weight_g`` -> ``...conv.parametrizations.weight.original0`` and
+    ``...conv.weight_v`` -> ``...conv.parametrizations.weight.original1``.
+    """
+    out = {}
+    for key, tensor in state.items():
+        if key.endswith(".weight_g"):
+            key = key[: -len("weight_g")] + "parametrizations.weight.original0"
+        elif key.endswith(".weight_v"):
+            key = key[: -len("weight_v")] + "parametrizations.weight.original1"
+        out[key] = tensor
+    return out
+
+
+def hash_state_dict(state: dict[str, torch.Tensor]) -> str:
+    """sha256 over names, dtypes, shapes and bytes, in name order."""
+    digest = hashlib.sha256()
+    for key in sorted(state):
+        tensor = state[key].detach().cpu().contiguous()
+        digest.update(f"{key}|{tensor.dtype}|{tuple(tensor.shape)}\n".encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
+
+
+def hash_config(raw: dict) -> str:
+    kept = {k: v for k, v in raw.items() if k not in _CONFIG_KEYS_NOT_HASHED}
+    return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()
+
+
+def _used_weights(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The keys of the wav2vec2 + classifier layout (others, e.g. a CTC head, are ignored)."""
+    return {
+        k: v
+        for k, v in normalise_state_dict(state).items()
+        if k.startswith(("wav2vec2.", "classifier.")) and k not in _OPTIONAL_KEYS
+    }
+
+
+def _read_checkpoint(
+    ref: str, revision: str | None
+) -> tuple[BackboneIdentity, dict[str, torch.Tensor], Path]:
+    folder, resolved_revision = resolve_checkpoint(ref, revision=revision)
+    config, raw = read_config(folder)
+    state = _used_weights(read_weights(folder))
+    identity = BackboneIdentity(
+        ref=ref,
+        revision=resolved_revision,
+        weights_sha256=hash_state_dict(state),
+        config_sha256=hash_config(raw),
+        config=config,
+    )
+    return identity, state, folder
+
+
+def identify_backbone(ref: str, *, revision: str | None = None) -> BackboneIdentity:
+    """Hash a checkpoint's weights and config without building the model."""
+    return _read_checkpoint(ref, revision)[0]
+
+
+def load_backbone(ref: str, *, device: str = "cpu", revision: str | None = None) -> LoadedBackbone:
+    """Load a backbone from a folder or hub id, in eval mode on ``device``.
+
+    Args:
+        ref: checkpoint folder, or hub id such as
+            ``audeering/wav2vec2-large-robust-12-ft-emotion-msp-dim``.
+        device: torch device string.
+        revision: hub revision (branch, tag or commit); ignored for folders.
+
+    Raises:
+        BackboneError: missing files, wrong layout, missing weights.
+    """
+    identity, state, folder = _read_checkpoint(ref, revision)
+    model = EmotionBackbone(identity.config)
+    missing = sorted(set(model.state_dict()) - set(state) - _OPTIONAL_KEYS)
+    if missing:
+        raise BackboneError(
+            f"{folder}: weights lack {len(missing)} keys of the wav2vec2 + classifier layout, "
+            f"e.g. {missing[:5]}"
+        )
+    unexpected = sorted(set(state) - set(model.state_dict()))
+    if unexpected:
+        raise BackboneError(
+            f"{folder}: weights have {len(unexpected)} keys this wav2vec2 config does not "
+            f"define, e.g. {unexpected[:5]}; does config.json match the weights?"
+        )
+    model.load_state_dict(state, strict=False)
+    if model.frames_for_samples(16_000) != 49 or model.frames_for_samples(400) != 1:
+        raise BackboneError(
+            f"{folder}: conv feature encoder is not 400-sample window / 320-sample hop "
+            "(50 frames per second at 16 kHz); emi's frame layout needs that stack"
+        )
+    model.eval().to(device)
+    return LoadedBackbone(model=model, identity=identity)

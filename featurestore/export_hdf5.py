@@ -1,0 +1,70 @@
+"""Exporting a feature store to one HDF5 file (``emi store export``).
+
+Layout::
+
+    /                   attrs: fingerprint, spec (JSON), vad_labels
+    /clips/<name>       one group per clip; <name> is the clip id with "/" written "%2F"
+        hidden          (frames, hidden) float16
+        frame_vad       (frames, 3) float32
+        hidden_mean     (hidden,) float32
+        vad_mean        (3,) float32
+        clip_vad        (3,) float32
+        attrs           clip_id, source_path, sha256, duration_s, frames
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from urllib.parse import quote
+
+import h5py
+import numpy as np
+
+from featurestore.store import FeatureStore
+
+
+def hdf5_name(clip_id: str) -> str:
+    """The group name of a clip id (``/`` would nest groups, so it is escaped)."""
+    return quote(clip_id, safe="")
+
+
+def export_hdf5(store: FeatureStore, path: str | Path, *, progress=None) -> int:
+    """Write every stored clip to ``path``; returns the number of clips written."""
+    path = Path(path)
+    written = 0
+    with h5py.File(path, "w") as f:
+        f.attrs["fingerprint"] = store.fingerprint
+        f.attrs["spec"] = json.dumps(store.spec)
+        f.attrs["vad_labels"] = np.array(store.spec["vad_labels"], dtype=h5py.string_dtype())
+        clips = f.create_group("clips")
+        parts = store.iter_parts(
+            keys=(
+                "hidden",
+                "frame_vad",
+                "hidden_mean",
+                "vad_mean",
+                "clip_vad",
+                "source_path",
+                "sha256",
+                "duration_s",
+            )
+        )
+        for name, arrays in progress(parts) if progress else parts:
+            offsets = arrays["offsets"]
+            for row, clip_id in enumerate(arrays["clip_id"]):
+                if store.part_of(clip_id) != name:  # a stray copy of a stored clip
+                    continue
+                start, end = int(offsets[row]), int(offsets[row + 1])
+                group = clips.create_group(hdf5_name(clip_id))
+                group.create_dataset("hidden", data=arrays["hidden"][start:end])
+                group.create_dataset("frame_vad", data=arrays["frame_vad"][start:end])
+                for key in ("hidden_mean", "vad_mean", "clip_vad"):
+                    group.create_dataset(key, data=arrays[key][row])
+                group.attrs["clip_id"] = clip_id
+                group.attrs["source_path"] = str(arrays["source_path"][row])
+                group.attrs["sha256"] = str(arrays["sha256"][row])
+                group.attrs["duration_s"] = float(arrays["duration_s"][row])
+                group.attrs["frames"] = end - start
+                written += 1
+    return written

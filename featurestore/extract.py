@@ -1,0 +1,248 @@
+"""The extraction driver: find missing clips, plan parts, run one dask task per part.
+
+Data flow: manifest records -> missing clips (not in a complete part) -> parts of
+similar-length clips -> ``run_part`` on dask workers (a ``LocalCluster`` by default,
+or an existing scheduler) -> each task writes its own part and its marker last.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+
+import torch  # noqa: F401  (imported before dask spawns workers, so they find it warm)
+from tqdm import tqdm
+
+from featurestore.backbone import identify_backbone
+from featurestore.part_task import COMPUTE_DTYPES, PartJob, run_part
+from featurestore.spec import build_spec, fingerprint
+from featurestore.store import (
+    FeatureStore,
+    create_or_check_store,
+    next_part_number,
+    part_name,
+    remove_incomplete_parts,
+    write_part,
+)
+from manifests.records import ClipRecord
+
+DEFAULT_MODEL = "audeering/wav2vec2-large-robust-12-ft-emotion-msp-dim"
+MIN_PART_SECONDS = 30.0
+
+
+@dataclass(frozen=True)
+class ExtractOptions:
+    """Settings of one extraction run (the ``emi extract`` options)."""
+
+    model: str = DEFAULT_MODEL
+    revision: str | None = None
+    device: str = "auto"  # auto | cpu | cuda
+    compute_dtype: str = "float32"
+    workers: int = 1
+    scheduler: str | None = None  # address of a running dask scheduler
+    batch_seconds: float | None = None  # None: 0 on CPU (one window per forward), 120 on GPU
+    max_seconds: float | None = None
+    window_seconds: float | None = 30.0
+    part_seconds: float = 600.0
+    quiet: bool = False
+    storage_options: dict = field(default_factory=dict)
+
+
+@dataclass
+class ExtractSummary:
+    """What a run did; ``failed`` lists every clip that could not be stored, with why."""
+
+    store: str
+    fingerprint: str
+    already_stored: int = 0
+    extracted: int = 0
+    frames: int = 0
+    audio_s: float = 0.0
+    parts_written: list[str] = field(default_factory=list)
+    incomplete_removed: list[str] = field(default_factory=list)
+    changed_sources: list[str] = field(default_factory=list)
+    failed: list[dict] = field(default_factory=list)
+    wall_s: float = 0.0
+
+
+def plan_parts(records: list[ClipRecord], *, part_seconds: float) -> list[list[ClipRecord]]:
+    """Split clips into parts of about ``part_seconds`` of audio, similar lengths together.
+
+    Longest clips first, so the longest parts start first and finish with the rest.
+    """
+    ordered = sorted(records, key=lambda r: (-(r.duration_s or 0.0), r.clip_id))
+    parts: list[list[ClipRecord]] = []
+    current: list[ClipRecord] = []
+    seconds = 0.0
+    for record in ordered:
+        duration = record.duration_s or 0.0
+        if current and seconds + duration > part_seconds:
+            parts.append(current)
+            current, seconds = [], 0.0
+        current.append(record)
+        seconds += duration
+    if current:
+        parts.append(current)
+    return parts
+
+
+def _clip_job_dict(r: ClipRecord) -> dict:
+    return {
+        "clip_id": r.clip_id,
+        "path": r.path,
+        "sha256": r.sha256,
+        "duration_s": r.duration_s,
+        "problem": r.problem,
+    }
+
+
+@contextlib.contextmanager
+def dask_client(*, workers: int, scheduler: str | None, quiet: bool):
+    """A distributed client: to ``scheduler`` (or ``DASK_SCHEDULER_ADDRESS``), or a
+    ``LocalCluster`` of ``workers`` single-threaded processes."""
+    from distributed import Client, LocalCluster
+
+    address = scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS")
+    if address:
+        with Client(address, set_as_default=False) as client:
+            yield client
+        return
+    level = logging.ERROR if quiet else logging.WARNING
+    with (
+        LocalCluster(
+            n_workers=workers,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            silence_logs=level,
+        ) as cluster,
+        Client(cluster, set_as_default=False) as client,
+    ):
+        yield client
+
+
+def _worker_count(client) -> int:
+    return max(1, len(client.scheduler_info().get("workers", {})))
+
+
+def _has_gpu_resource(client) -> bool:
+    workers = client.scheduler_info().get("workers", {}).values()
+    return any(w.get("resources", {}).get("GPU") for w in workers)
+
+
+def extract(
+    records: list[ClipRecord], store: str, options: ExtractOptions = ExtractOptions()
+) -> ExtractSummary:
+    """Extract every clip of ``records`` not yet in ``store``.
+
+    Args:
+        records: the manifest (clip ids unique).
+        store: local path or fsspec URL of the Zarr store (created if missing).
+        options: run settings.
+
+    Returns:
+        A summary; ``summary.failed`` lists clips that could not be stored.
+
+    Raises:
+        StoreError: the store exists with another fingerprint.
+        BackboneError: the backbone cannot be found or read.
+    """
+    started = time.perf_counter()
+    if options.compute_dtype not in COMPUTE_DTYPES:
+        raise ValueError(f"compute dtype must be one of {', '.join(COMPUTE_DTYPES)}")
+    identity = identify_backbone(options.model, revision=options.revision)
+    spec = build_spec(
+        identity,
+        max_seconds=options.max_seconds,
+        window_seconds=options.window_seconds,
+        compute_dtype=options.compute_dtype,
+    )
+    root = create_or_check_store(store, spec, storage_options=options.storage_options)
+    summary = ExtractSummary(store=store, fingerprint=fingerprint(spec))
+    summary.incomplete_removed = remove_incomplete_parts(root)
+    existing = FeatureStore(root, store)
+    stored_ids = set(existing.clip_ids)
+    summary.already_stored = len([r for r in records if r.clip_id in stored_ids])
+    for r in records:
+        if r.clip_id in stored_ids and r.sha256:
+            stored_sha = existing.clip_info(r.clip_id)["sha256"]
+            if stored_sha and stored_sha != r.sha256:
+                summary.changed_sources.append(r.clip_id)
+    missing = [r for r in records if r.clip_id not in stored_ids]
+    if not missing:
+        summary.wall_s = time.perf_counter() - started
+        return summary
+
+    with dask_client(
+        workers=options.workers, scheduler=options.scheduler, quiet=options.quiet
+    ) as client:
+        n_workers = _worker_count(client)
+        total_s = sum(r.duration_s or 0.0 for r in missing)
+        # At least two parts per worker when there is enough audio, so all stay busy.
+        part_seconds = max(MIN_PART_SECONDS, min(options.part_seconds, total_s / (2 * n_workers)))
+        parts = plan_parts(missing, part_seconds=part_seconds)
+        first = next_part_number(root)
+        threads = None
+        if not (options.scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS")):
+            threads = max(1, (os.cpu_count() or 1) // max(1, options.workers))
+        resources = {"GPU": 1} if _has_gpu_resource(client) else None
+        futures = {}
+        for k, part_records in enumerate(parts):
+            job = PartJob(
+                store=store,
+                part=part_name(first + k),
+                clips=[_clip_job_dict(r) for r in part_records],
+                model=options.model,
+                revision=identity.revision or options.revision,
+                device=options.device,
+                compute_dtype=options.compute_dtype,
+                fingerprint=summary.fingerprint,
+                batch_seconds=options.batch_seconds,
+                window_seconds=options.window_seconds,
+                max_seconds=options.max_seconds,
+                torch_threads=threads,
+                storage_options=options.storage_options,
+            )
+            future = client.submit(
+                run_part,
+                job,
+                key=f"emi-extract-{job.part}-{os.getpid()}-{time.time_ns()}",
+                pure=False,
+                resources=resources,
+            )
+            futures[future] = job
+        from distributed import as_completed
+
+        show = not options.quiet and sys.stderr.isatty()
+        with tqdm(total=len(missing), unit="clip", disable=not show, desc="extract") as bar:
+            for future in as_completed(futures, loop=client.loop):
+                job = futures[future]
+                try:
+                    result = future.result()
+                except Exception as err:  # the whole part failed: record why, per clip
+                    reason = f"part {job.part} failed: {type(err).__name__}: {err}"
+                    failures = [
+                        {"clip_id": c["clip_id"], "path": c["path"], "reason": reason}
+                        for c in job.clips
+                    ]
+                    write_part(root, job.part, [], [], failures)
+                    result = {
+                        "part": job.part,
+                        "clips": 0,
+                        "frames": 0,
+                        "audio_s": 0.0,
+                        "failures": failures,
+                    }
+                summary.parts_written.append(result["part"])
+                summary.extracted += result["clips"]
+                summary.frames += result["frames"]
+                summary.audio_s += result["audio_s"]
+                summary.failed.extend(result["failures"])
+                bar.update(len(job.clips))
+    summary.parts_written.sort()
+    summary.wall_s = time.perf_counter() - started
+    return summary

@@ -1,0 +1,131 @@
+"""Seeded random backbones in the real checkpoint's layout, for offline tests and demos.
+
+Every size keeps the real model's conv stack (kernels 10,3,3,3,3,2,2; strides
+5,2,2,2,2,2,2): 400-sample receptive field, 320-sample hop, 50 frames per second at
+16 kHz. Only widths and depths shrink.
+
+=================  ======  ======  =====  ===========  =========================
+size               hidden  layers  heads  conv width   feature encoder norm
+=================  ======  ======  =====  ===========  =========================
+tiny               32      2       2      32           layer (stable layer norm)
+small              256     4       4      256          layer (stable layer norm)
+base               768     12      12     512          group (like wav2vec2-base)
+large-robust-12    1024    12      16     512          layer (the real model's shape)
+=================  ======  ======  =====  ===========  =========================
+
+``norm="group"`` turns any size into a group-norm model (wav2vec2-base style).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+from transformers import Wav2Vec2Config
+
+from featurestore.backbone import VAD_LABELS, EmotionBackbone
+
+SIZES: dict[str, dict] = {
+    "tiny": dict(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        conv_dim=(32,) * 7,
+        num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=2,
+        norm="layer",
+    ),
+    "small": dict(
+        hidden_size=256,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        intermediate_size=1024,
+        conv_dim=(256,) * 7,
+        num_conv_pos_embeddings=64,
+        num_conv_pos_embedding_groups=16,
+        norm="layer",
+    ),
+    "base": dict(
+        hidden_size=768,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        intermediate_size=3072,
+        conv_dim=(512,) * 7,
+        num_conv_pos_embeddings=128,
+        num_conv_pos_embedding_groups=16,
+        norm="group",
+    ),
+    "large-robust-12": dict(
+        hidden_size=1024,
+        num_hidden_layers=12,
+        num_attention_heads=16,
+        intermediate_size=4096,
+        conv_dim=(512,) * 7,
+        num_conv_pos_embeddings=128,
+        num_conv_pos_embedding_groups=16,
+        norm="layer",
+    ),
+}
+
+
+def random_config(size: str, *, norm: str | None = None) -> Wav2Vec2Config:
+    """The config of a random backbone of ``size`` (see the module table)."""
+    if size not in SIZES:
+        raise ValueError(f"unknown size {size!r}; choose one of {', '.join(SIZES)}")
+    params = dict(SIZES[size])
+    norm = norm or params.pop("norm")
+    params.pop("norm", None)
+    if norm not in ("layer", "group"):
+        raise ValueError(f"norm must be 'layer' or 'group', not {norm!r}")
+    return Wav2Vec2Config(
+        **params,
+        conv_kernel=(10, 3, 3, 3, 3, 2, 2),
+        conv_stride=(5, 2, 2, 2, 2, 2, 2),
+        feat_extract_norm=norm,
+        do_stable_layer_norm=norm == "layer",
+        num_labels=len(VAD_LABELS),
+        id2label={str(i): label for i, label in enumerate(VAD_LABELS)},
+        label2id={label: i for i, label in enumerate(VAD_LABELS)},
+        final_dropout=0.1,
+        architectures=["Wav2Vec2ForSpeechClassification"],
+    )
+
+
+def write_random_backbone(
+    folder: str | Path, *, size: str = "tiny", seed: int = 0, norm: str | None = None
+) -> Path:
+    """Write a seeded random checkpoint (``config.json``, ``model.safetensors``,
+    ``preprocessor_config.json``) in the real checkpoint's layout.
+
+    The same size, norm and seed always give the same weights, hence the same
+    fingerprint.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    config = random_config(size, norm=norm)
+    torch.manual_seed(seed)
+    model = EmotionBackbone(config)
+    # A random head on tanh features gives tiny outputs; widen it so VAD varies.
+    with torch.no_grad():
+        model.classifier.out_proj.weight.mul_(4.0)
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(folder / "model.safetensors"))
+    config.save_pretrained(folder)
+    (folder / "preprocessor_config.json").write_text(
+        json.dumps(
+            {
+                "do_normalize": True,
+                "feature_extractor_type": "Wav2Vec2FeatureExtractor",
+                "feature_size": 1,
+                "padding_side": "right",
+                "padding_value": 0.0,
+                "return_attention_mask": config.feat_extract_norm == "layer",
+                "sampling_rate": 16000,
+            },
+            indent=2,
+        )
+    )
+    return folder

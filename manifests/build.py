@@ -1,0 +1,148 @@
+"""Building a manifest from an audio folder, optionally with label files merged on."""
+
+from __future__ import annotations
+
+import hashlib
+from collections import defaultdict
+from collections.abc import Iterable
+from pathlib import Path
+
+import soundfile as sf
+
+from manifests.labels import LabelTable, _examples, read_labels
+from manifests.records import AUDIO_EXTENSIONS, ClipRecord, ManifestError
+
+HASH_BLOCK_BYTES = 1 << 20
+
+
+def sha256_of_file(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(HASH_BLOCK_BYTES):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def probe(record: ClipRecord) -> ClipRecord:
+    """Fill duration, rate, channels and sha256 from the file; set ``problem`` if unreadable."""
+    path = Path(record.path)
+    record.sha256 = sha256_of_file(path)
+    try:
+        info = sf.info(str(path))
+    except Exception as err:  # libsndfile's errors for non-audio, empty or odd files
+        record.problem = f"unreadable header: {err}"
+        return record
+    if info.samplerate <= 0 or info.frames <= 0:
+        record.problem = f"no audio samples (header: {info.frames} frames at {info.samplerate} Hz)"
+    record.sample_rate_hz = int(info.samplerate)
+    record.channels = int(info.channels)
+    record.duration_s = info.frames / info.samplerate if info.samplerate > 0 else 0.0
+    return record
+
+
+def scan_folder(folder: str | Path) -> list[ClipRecord]:
+    """Records for every audio file below ``folder`` (recursive), not yet probed.
+
+    The clip id is the path relative to ``folder`` without its extension, with ``/``.
+
+    Raises:
+        ManifestError: the folder is missing, has no audio, or two files share an id.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ManifestError(f"audio folder not found: {folder}")
+    files = sorted(
+        p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS
+    )
+    if not files:
+        raise ManifestError(
+            f"{folder}: no audio files ({', '.join(AUDIO_EXTENSIONS)}) found, recursively"
+        )
+    by_id: dict[str, list[Path]] = defaultdict(list)
+    for path in files:
+        by_id[path.relative_to(folder).with_suffix("").as_posix()].append(path)
+    clashes = {cid: paths for cid, paths in by_id.items() if len(paths) > 1}
+    if clashes:
+        rows = [f"{cid}: {', '.join(p.name for p in paths)}" for cid, paths in clashes.items()]
+        raise ManifestError(
+            f"{folder}: {len(clashes)} clip ids have more than one file; keep one file per "
+            f"clip: {_examples(rows)}"
+        )
+    return [ClipRecord(clip_id=cid, path=str(paths[0].resolve())) for cid, paths in by_id.items()]
+
+
+def merge_labels(
+    records: list[ClipRecord], tables: Iterable[LabelTable], *, audio_dir: str | Path
+) -> list[ClipRecord]:
+    """Attach labels and split to records; labelled clips must have audio.
+
+    Raises:
+        ManifestError: a clip appears in two label files, or a labelled clip has no
+            audio file under ``audio_dir``.
+    """
+    by_id = {r.clip_id: r for r in records}
+    seen: dict[str, str] = {}
+    duplicates, missing = [], []
+    for table in tables:
+        for clip_id, values in table.rows.items():
+            if clip_id in seen:
+                duplicates.append(f"{clip_id} ({seen[clip_id]} and {table.path})")
+                continue
+            seen[clip_id] = table.path
+            record = by_id.get(clip_id)
+            if record is None:
+                missing.append(clip_id)
+                continue
+            record.labels = dict(zip(table.targets, values, strict=True))
+            record.split = table.split
+    problems = []
+    if duplicates:
+        problems.append(f"clips in more than one label file: {_examples(duplicates)}")
+    if missing:
+        exts = "/".join(e.lstrip(".") for e in AUDIO_EXTENSIONS)
+        problems.append(
+            f"{len(missing)} labelled clips have no audio file {audio_dir}/<Filename>.{{{exts}}}: "
+            f"{_examples(missing)}"
+        )
+    if problems:
+        raise ManifestError("; ".join(problems))
+    return records
+
+
+def build_manifest(
+    audio_dir: str | Path,
+    *,
+    label_files: Iterable[str | Path] = (),
+    only_labelled: bool = False,
+    progress=None,
+) -> list[ClipRecord]:
+    """Scan ``audio_dir``, merge labels, probe every file (header and sha256).
+
+    Args:
+        audio_dir: folder searched recursively for wav, flac, ogg and mp3.
+        label_files: challenge-format CSVs; each file's name gives the split
+            (``train_split.csv`` -> ``train``).
+        only_labelled: keep only clips that appear in a label file.
+        progress: optional callable taking an iterable and returning it (a progress bar).
+
+    Returns:
+        Records sorted by clip id. Files whose header is unreadable stay in, with
+        ``problem`` set.
+    """
+    records = scan_folder(audio_dir)
+    tables = [read_labels(f) for f in label_files]
+    if tables:
+        records = merge_labels(records, tables, audio_dir=audio_dir)
+        if only_labelled:
+            records = [r for r in records if r.labels]
+    iterable = progress(records) if progress else records
+    return sorted((probe(r) for r in iterable), key=lambda r: r.clip_id)
+
+
+def check_unique_ids(records: list[ClipRecord], *, source: str) -> None:
+    counts: dict[str, int] = defaultdict(int)
+    for r in records:
+        counts[r.clip_id] += 1
+    duplicated = [cid for cid, n in counts.items() if n > 1]
+    if duplicated:
+        raise ManifestError(f"{source}: duplicate clip ids: {_examples(duplicated)}")

@@ -1,0 +1,75 @@
+"""Saving and loading manifests as CSV or JSONL (chosen by the file extension)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+from manifests.build import check_unique_ids
+from manifests.records import ClipRecord, ManifestError
+
+
+def save_manifest(records: list[ClipRecord], path: str | Path) -> Path:
+    """Write ``records`` to ``.csv`` (label columns after the fixed ones) or ``.jsonl``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix.lower() == ".jsonl":
+        with path.open("w") as f:
+            for r in records:
+                f.write(json.dumps(r.to_dict()) + "\n")
+        return path
+    if path.suffix.lower() != ".csv":
+        raise ManifestError(f"{path}: manifest must end in .csv or .jsonl")
+    targets: list[str] = []
+    for r in records:
+        targets += [t for t in r.labels if t not in targets]
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow([*ClipRecord.FIELDS, *targets])
+        for r in records:
+            d = r.to_dict()
+            row = ["" if d[k] is None else d[k] for k in ClipRecord.FIELDS]
+            writer.writerow(row + [r.labels.get(t, "") for t in targets])
+    return path
+
+
+def load_manifest(path: str | Path) -> list[ClipRecord]:
+    """Read a manifest written by :func:`save_manifest`.
+
+    Raises:
+        ManifestError: missing file or columns, unparsable rows or duplicate ids, with
+            the offending line numbers.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ManifestError(f"manifest not found: {path}")
+    records, bad = [], []
+    if path.suffix.lower() == ".jsonl":
+        for line_no, line in enumerate(path.read_text().splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                records.append(ClipRecord.from_dict(json.loads(line)))
+            except (ValueError, KeyError, TypeError) as err:
+                bad.append(f"line {line_no}: {err}")
+    elif path.suffix.lower() == ".csv":
+        with path.open(newline="") as f:
+            reader = csv.DictReader(f)
+            columns = reader.fieldnames or []
+            lacking = [c for c in ("clip_id", "path") if c not in columns]
+            if lacking:
+                raise ManifestError(f"{path}: no column {', '.join(lacking)}; is it a manifest?")
+            targets = [c for c in columns if c not in ClipRecord.FIELDS]
+            for line_no, row in enumerate(reader, start=2):
+                labels = {t: row[t] for t in targets if row.get(t) not in (None, "")}
+                try:
+                    records.append(ClipRecord.from_dict({**row, "labels": labels}))
+                except (ValueError, KeyError) as err:
+                    bad.append(f"line {line_no} ({row.get('clip_id')}): {err}")
+    else:
+        raise ManifestError(f"{path}: manifest must end in .csv or .jsonl")
+    if bad:
+        raise ManifestError(f"{path}: unreadable rows: " + "; ".join(bad[:5]))
+    check_unique_ids(records, source=str(path))
+    return records

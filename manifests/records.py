@@ -1,0 +1,77 @@
+"""The manifest's row: one clip, where it is, what it is, and its labels."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3")
+EMOTIONS = ("Admiration", "Amusement", "Determination", "Empathic Pain", "Excitement", "Joy")
+
+
+class ManifestError(ValueError):
+    """A manifest problem, with the offending rows in the message."""
+
+
+@dataclass
+class ClipRecord:
+    """One clip of a manifest.
+
+    ``problem`` is set when the file's header could not be read: the clip stays in the
+    manifest so that extraction records it as failed, with that reason.
+    """
+
+    clip_id: str
+    path: str
+    duration_s: float | None = None
+    sample_rate_hz: int | None = None
+    channels: int | None = None
+    sha256: str = ""
+    split: str = ""
+    labels: dict[str, float] = field(default_factory=dict)
+    problem: str = ""
+
+    FIELDS = (
+        "clip_id",
+        "path",
+        "duration_s",
+        "sample_rate_hz",
+        "channels",
+        "sha256",
+        "split",
+        "problem",
+    )
+
+    def to_dict(self) -> dict:
+        return {
+            "clip_id": self.clip_id,
+            "path": self.path,
+            "duration_s": self.duration_s,
+            "sample_rate_hz": self.sample_rate_hz,
+            "channels": self.channels,
+            "sha256": self.sha256,
+            "split": self.split,
+            "problem": self.problem,
+            "labels": dict(self.labels),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ClipRecord:
+        def number(key, kind):
+            value = data.get(key)
+            if value in (None, ""):
+                return None
+            value = kind(float(value))
+            return None if isinstance(value, float) and math.isnan(value) else value
+
+        return cls(
+            clip_id=str(data["clip_id"]),
+            path=str(data["path"]),
+            duration_s=number("duration_s", float),
+            sample_rate_hz=number("sample_rate_hz", int),
+            channels=number("channels", int),
+            sha256=str(data.get("sha256") or ""),
+            split=str(data.get("split") or ""),
+            problem=str(data.get("problem") or ""),
+            labels={str(k): float(v) for k, v in (data.get("labels") or {}).items()},
+        )
