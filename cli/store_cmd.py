@@ -40,7 +40,8 @@ def info(location: str, as_json: bool) -> None:
         f"size         {data['size_bytes'] / 2**20:.1f} MiB",
         f"backbone     {backbone['ref']}"
         + (f" @ {backbone['revision']}" if backbone.get("revision") else "")
-        + f" (weights sha256 {backbone['weights_sha256'][:12]}, {backbone['feat_extract_norm']} norm)",
+        + f" (weights sha256 {backbone['weights_sha256'][:12]}, "
+        f"{backbone['feat_extract_norm']} norm)",
         f"hidden       {spec['hidden_size']} x {spec['dtypes']['hidden']}, layer {spec['layer']}",
         f"crop/window  max {spec['max_seconds']} s, window {spec['window_seconds']} s, "
         f"compute {spec['compute_dtype']}",

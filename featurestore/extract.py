@@ -96,7 +96,6 @@ def _clip_job_dict(r: ClipRecord) -> dict:
         "path": r.path,
         "sha256": r.sha256,
         "duration_s": r.duration_s,
-        "problem": r.problem,
     }
 
 
@@ -183,7 +182,7 @@ def extract(
         n_workers = _worker_count(client)
         total_s = sum(r.duration_s or 0.0 for r in missing)
         # At least two parts per worker when there is enough audio, so all stay busy.
-        part_seconds = max(MIN_PART_SECONDS, min(options.part_seconds, total_s / (2 * n_workers)))
+        part_seconds = min(options.part_seconds, max(MIN_PART_SECONDS, total_s / (2 * n_workers)))
         parts = plan_parts(missing, part_seconds=part_seconds)
         first = next_part_number(root)
         threads = None

@@ -27,6 +27,9 @@ def probe(record: ClipRecord) -> ClipRecord:
     """Fill duration, rate, channels and sha256 from the file; set ``problem`` if unreadable."""
     path = Path(record.path)
     record.sha256 = sha256_of_file(path)
+    if path.stat().st_size == 0:
+        record.problem = "empty file (0 bytes)"
+        return record
     try:
         info = sf.info(str(path))
     except Exception as err:  # libsndfile's errors for non-audio, empty or odd files

@@ -1,0 +1,83 @@
+"""Shared fixtures: offline mode, random backbones, synthetic corpora, CLI runner."""
+
+from __future__ import annotations
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"  # tests never download
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import soundfile as sf  # noqa: E402
+import soxr  # noqa: E402
+from click.testing import CliRunner  # noqa: E402
+
+from cli.main import emi  # noqa: E402
+from featurestore.random_backbone import write_random_backbone  # noqa: E402
+from tests.synth import write_clip  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_backbone(tmp_path_factory) -> Path:
+    """Layer-norm random backbone (the real model's norm), tiny sizes."""
+    return write_random_backbone(tmp_path_factory.mktemp("tiny"), size="tiny", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_group_backbone(tmp_path_factory) -> Path:
+    """Group-norm random backbone (wav2vec2-base style), tiny sizes."""
+    return write_random_backbone(
+        tmp_path_factory.mktemp("tiny-group"), size="tiny", seed=1, norm="group"
+    )
+
+
+# Lengths chosen so batches mix lengths, and some share a length exactly.
+MIXED_SECONDS = (0.5, 1.0, 1.7, 2.25, 3.0, 1.0, 4.1, 0.03, 2.25)
+
+
+@pytest.fixture(scope="session")
+def mixed_corpus(tmp_path_factory) -> Path:
+    """A folder of 16 kHz clips of mixed lengths (wav and flac, one nested)."""
+    folder = tmp_path_factory.mktemp("mixed")
+    for i, seconds in enumerate(MIXED_SECONDS):
+        ext = "flac" if i % 3 == 2 else "wav"
+        sub = "speaker_b/" if i == 4 else ""
+        write_clip(folder / f"{sub}{i:05d}.{ext}", seconds, seed=i, f0_hz=110 + 15 * i)
+    return folder
+
+
+def read_16k_mono(path) -> np.ndarray:
+    """A file as the reference sees it: soundfile, channel mean, soxr to 16 kHz."""
+    data, rate = sf.read(str(path), dtype="float32", always_2d=True)
+    mono = data.mean(axis=1)
+    return mono if rate == 16_000 else soxr.resample(mono, rate, 16_000, quality="HQ")
+
+
+@pytest.fixture(scope="session")
+def layer_store(mixed_corpus, tiny_backbone, tmp_path_factory) -> Path:
+    """The mixed corpus extracted with padded, mixed-length batches (1 worker)."""
+    store = tmp_path_factory.mktemp("stores") / "layer.zarr"
+    run_cli(
+        "extract",
+        mixed_corpus,
+        store,
+        "--model",
+        tiny_backbone,
+        "--batch-seconds",
+        "3",
+        "--workers",
+        "1",
+        "--quiet",
+    )
+    return store
+
+
+def run_cli(*args: str, expect: int | None = 0):
+    """Invoke ``emi`` in-process; assert its exit status unless ``expect`` is None."""
+    result = CliRunner().invoke(emi, [str(a) for a in args], catch_exceptions=False)
+    if expect is not None:
+        assert result.exit_code == expect, (result.exit_code, result.output)
+    return result

@@ -1,0 +1,65 @@
+"""The reference the extractor is held to: plain, unbatched transformers forward.
+
+Independent of emi's code paths: the transformers feature extractor normalises,
+``Wav2Vec2Model.from_pretrained`` loads the encoder, and the checkpoint's
+``classifier.*`` tensors are applied by hand.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+from transformers import Wav2Vec2FeatureExtractor, Wav2Vec2Model
+
+
+class ReferenceForward:
+    def __init__(self, checkpoint: str | Path) -> None:
+        self.encoder = Wav2Vec2Model.from_pretrained(str(checkpoint)).eval()
+        state = load_file(str(Path(checkpoint) / "model.safetensors"))
+        self.head = {
+            k[len("classifier.") :]: v for k, v in state.items() if k.startswith("classifier.")
+        }
+        self.processor = Wav2Vec2FeatureExtractor(
+            feature_size=1, sampling_rate=16_000, do_normalize=True, return_attention_mask=True
+        )
+
+    def apply_head(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.tanh(x @ self.head["dense.weight"].T + self.head["dense.bias"])
+        return h @ self.head["out_proj.weight"].T + self.head["out_proj.bias"]
+
+    @torch.inference_mode()
+    def __call__(self, audio_16k: np.ndarray, *, normalised: bool = False) -> dict:
+        """Features of one clip: hidden, frame_vad, hidden_mean, vad_mean, clip_vad."""
+        if normalised:
+            values = torch.from_numpy(np.asarray(audio_16k, dtype=np.float32))[None]
+        else:
+            values = self.processor(
+                audio_16k, sampling_rate=16_000, return_tensors="pt"
+            ).input_values
+        hidden = self.encoder(values).last_hidden_state[0]
+        frame_vad = self.apply_head(hidden)
+        return {
+            "hidden": hidden.numpy(),
+            "frame_vad": frame_vad.numpy(),
+            "hidden_mean": hidden.mean(0).numpy(),
+            "vad_mean": frame_vad.mean(0).numpy(),
+            "clip_vad": self.apply_head(hidden.mean(0)).numpy(),
+        }
+
+
+def assert_matches(store, clip_id: str, ref: dict) -> None:
+    """Stored features equal the reference within float16 storage error."""
+    hidden = store.hidden(clip_id).astype(np.float32)
+    assert hidden.shape == ref["hidden"].shape, clip_id
+    # float16 keeps 11 significant bits: relative error <= 2**-11 of each value.
+    np.testing.assert_allclose(hidden, ref["hidden"], rtol=2**-10, atol=1e-4, err_msg=clip_id)
+    np.testing.assert_allclose(
+        store.frame_vad(clip_id), ref["frame_vad"], atol=1e-4, err_msg=clip_id
+    )
+    for key in ("hidden_mean", "vad_mean", "clip_vad"):
+        np.testing.assert_allclose(
+            getattr(store, key)(clip_id), ref[key], atol=1e-4, err_msg=f"{clip_id} {key}"
+        )
