@@ -8,8 +8,7 @@ from pathlib import Path
 
 import click
 
-from featurestore.extract import DEFAULT_MODEL, ExtractOptions
-from featurestore.extract import extract as run_extract
+from featurestore.spec import DEFAULT_MODEL
 from featurestore.store import FeatureStore, store_exists
 from manifests import build_manifest, load_manifest
 
@@ -125,6 +124,9 @@ def extract(
         if label_files:
             raise click.UsageError("--labels applies to an audio folder; a manifest has them")
         records = load_manifest(source)
+    from featurestore.extract import ExtractOptions
+    from featurestore.extract import extract as run_extract
+
     options = ExtractOptions(
         model=model or _default_model(store),
         revision=revision,

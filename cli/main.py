@@ -13,8 +13,7 @@ import sys
 import click
 
 from cli import extract_cmd, manifest_cmd, model_cmd, store_cmd
-from featurestore.backbone import BackboneError
-from featurestore.store import StoreError
+from featurestore.errors import BackboneError, StoreError
 from manifests.records import ManifestError
 
 USER_ERRORS = (ManifestError, StoreError, BackboneError)

@@ -6,8 +6,7 @@ import json
 
 import click
 
-from featurestore.backbone import identify_backbone
-from featurestore.random_backbone import SIZES, write_random_backbone
+SIZES = ("tiny", "small", "base", "large-robust-12")  # featurestore.random_backbone.SIZES
 
 
 @click.group()
@@ -19,7 +18,7 @@ def model() -> None:
 @click.argument("folder", type=click.Path(file_okay=False))
 @click.option(
     "--size",
-    type=click.Choice(list(SIZES)),
+    type=click.Choice(SIZES),
     default="tiny",
     show_default=True,
     help="tiny/small: layer norm; base: group norm (wav2vec2-base); "
@@ -37,6 +36,9 @@ def init_random(folder: str, size: str, seed: int, norm: str | None) -> None:
 
     Its scores mean nothing: it exercises the pipeline offline.
     """
+    from featurestore.backbone import identify_backbone
+    from featurestore.random_backbone import write_random_backbone
+
     write_random_backbone(folder, size=size, seed=seed, norm=norm)
     identity = identify_backbone(folder)
     click.echo(
@@ -49,6 +51,8 @@ def init_random(folder: str, size: str, seed: int, norm: str | None) -> None:
 @click.option("--revision", default=None, help="Hub revision (hub ids only).")
 def info(ref: str, revision: str | None) -> None:
     """Show a checkpoint's config summary and fingerprint (REF: folder or hub id)."""
+    from featurestore.backbone import identify_backbone
+
     identity = identify_backbone(ref, revision=revision)
     c = identity.config
     click.echo(

@@ -19,6 +19,7 @@ import soxr
 SAMPLE_RATE_HZ = 16_000
 FRAME_HOP_SAMPLES = 320  # 20 ms: 50 frames per second
 FRAME_WINDOW_SAMPLES = 400  # 25 ms: the conv stack's receptive field
+FRAMES_PER_SECOND = SAMPLE_RATE_HZ // FRAME_HOP_SAMPLES  # 50
 NORM_EPS = 1e-7  # the variance floor Wav2Vec2FeatureExtractor uses
 
 

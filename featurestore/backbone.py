@@ -26,17 +26,14 @@ import torch
 from torch import nn
 from transformers import Wav2Vec2Config, Wav2Vec2Model
 
-VAD_LABELS = ("arousal", "dominance", "valence")
+from featurestore.errors import BackboneError
+
 CONFIG_FILE = "config.json"
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 # Config keys that describe the software that wrote the file, not the model.
 _CONFIG_KEYS_NOT_HASHED = {"transformers_version", "_name_or_path", "architectures"}
 # Used only for SpecAugment in training; checkpoints may omit it.
 _OPTIONAL_KEYS = {"wav2vec2.masked_spec_embed"}
-
-
-class BackboneError(RuntimeError):
-    """A backbone could not be found, read or matched to the expected layout."""
 
 
 class RegressionHead(nn.Module):

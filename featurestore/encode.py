@@ -23,10 +23,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from featurestore.audio import FRAME_HOP_SAMPLES, FRAME_WINDOW_SAMPLES, frames_for_samples
+from featurestore.audio import (
+    FRAME_HOP_SAMPLES,
+    FRAME_WINDOW_SAMPLES,
+    FRAMES_PER_SECOND,
+    frames_for_samples,
+)
 from featurestore.backbone import EmotionBackbone
-
-FRAMES_PER_SECOND = 50
 
 
 @dataclass(frozen=True)

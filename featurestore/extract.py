@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from featurestore.backbone import identify_backbone
 from featurestore.part_task import COMPUTE_DTYPES, PartJob, run_part
-from featurestore.spec import build_spec, fingerprint
+from featurestore.spec import DEFAULT_MODEL, build_spec, fingerprint
 from featurestore.store import (
     FeatureStore,
     create_or_check_store,
@@ -30,7 +30,6 @@ from featurestore.store import (
 )
 from manifests.records import ClipRecord
 
-DEFAULT_MODEL = "audeering/wav2vec2-large-robust-12-ft-emotion-msp-dim"
 MIN_PART_SECONDS = 30.0
 
 
@@ -102,7 +101,11 @@ def _clip_job_dict(r: ClipRecord) -> dict:
 @contextlib.contextmanager
 def dask_client(*, workers: int, scheduler: str | None, quiet: bool):
     """A distributed client: to ``scheduler`` (or ``DASK_SCHEDULER_ADDRESS``), or a
-    ``LocalCluster`` of ``workers`` single-threaded processes."""
+    ``LocalCluster`` of ``workers`` single-threaded worker processes.
+
+    One local worker runs in this process (still a real scheduler and worker): it
+    shares the already-imported torch and saves seconds of start-up per run.
+    """
     from distributed import Client, LocalCluster
 
     address = scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS")
@@ -115,7 +118,7 @@ def dask_client(*, workers: int, scheduler: str | None, quiet: bool):
         LocalCluster(
             n_workers=workers,
             threads_per_worker=1,
-            processes=True,
+            processes=workers > 1,
             dashboard_address=None,
             silence_logs=level,
         ) as cluster,

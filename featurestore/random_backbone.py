@@ -25,7 +25,8 @@ import torch
 from safetensors.torch import save_file
 from transformers import Wav2Vec2Config
 
-from featurestore.backbone import VAD_LABELS, EmotionBackbone
+from featurestore.backbone import EmotionBackbone
+from featurestore.spec import VAD_LABELS
 
 SIZES: dict[str, dict] = {
     "tiny": dict(

@@ -12,12 +12,21 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+from typing import TYPE_CHECKING
 
-from featurestore.audio import FRAME_HOP_SAMPLES, FRAME_WINDOW_SAMPLES, SAMPLE_RATE_HZ
-from featurestore.backbone import VAD_LABELS, BackboneIdentity
-from featurestore.encode import FRAMES_PER_SECOND
+from featurestore.audio import (
+    FRAME_HOP_SAMPLES,
+    FRAME_WINDOW_SAMPLES,
+    FRAMES_PER_SECOND,
+    SAMPLE_RATE_HZ,
+)
+
+if TYPE_CHECKING:
+    from featurestore.backbone import BackboneIdentity
 
 FORMAT_VERSION = 1
+DEFAULT_MODEL = "audeering/wav2vec2-large-robust-12-ft-emotion-msp-dim"
+VAD_LABELS = ("arousal", "dominance", "valence")  # the checkpoint's id2label 0, 1, 2
 _DESCRIPTIVE = ("ref", "revision")
 
 

@@ -29,22 +29,22 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
+from typing import TYPE_CHECKING
 
 import numpy as np
 import zarr
 import zarr.storage
 
-from featurestore.encode import ClipFeatures
+from featurestore.errors import StoreError
 from featurestore.spec import FORMAT_VERSION, describe_difference, fingerprint
+
+if TYPE_CHECKING:
+    from featurestore.encode import ClipFeatures
 
 PARTS = "parts"
 ROOT_ATTR = "emi"
 PART_ATTR = "emi_part"
 HIDDEN_CHUNK_BYTES = 1 << 20  # about 1 MiB per chunk of hidden states
-
-
-class StoreError(RuntimeError):
-    """A store that is missing, not an emi store, or made with another spec."""
 
 
 def is_url(location: str) -> bool:

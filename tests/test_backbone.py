@@ -5,6 +5,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from cli import model_cmd
 from featurestore.backbone import BackboneError, identify_backbone, load_backbone
 from featurestore.random_backbone import SIZES, random_config, write_random_backbone
 from tests.conftest import run_cli
@@ -44,6 +45,7 @@ def test_sizes_match_their_description():
         large.do_stable_layer_norm,
     ) == (1024, 12, "layer", True)
     assert set(SIZES) == {"tiny", "small", "base", "large-robust-12"}
+    assert tuple(SIZES) == model_cmd.SIZES  # the CLI's copy (kept light to import)
 
 
 def _to_legacy_bin(src, dst):
