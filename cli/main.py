@@ -12,11 +12,12 @@ import sys
 
 import click
 
-from cli import extract_cmd, manifest_cmd, model_cmd, store_cmd
+from cli import demo_cmd, extract_cmd, manifest_cmd, model_cmd, models_cmd, store_cmd
 from featurestore.errors import BackboneError, StoreError
 from manifests.records import ManifestError
+from models.errors import HeadError
 
-USER_ERRORS = (ManifestError, StoreError, BackboneError)
+USER_ERRORS = (ManifestError, StoreError, BackboneError, HeadError)
 
 
 class EmiGroup(click.Group):
@@ -42,6 +43,10 @@ emi.add_command(manifest_cmd.manifest)
 emi.add_command(extract_cmd.extract)
 emi.add_command(store_cmd.store)
 emi.add_command(model_cmd.model)
+emi.add_command(models_cmd.train)
+emi.add_command(models_cmd.predict)
+emi.add_command(models_cmd.score)
+emi.add_command(demo_cmd.demo)
 
 
 def main() -> None:

@@ -221,7 +221,8 @@ def hash_state_dict(state: dict[str, torch.Tensor]) -> str:
     for key in sorted(state):
         tensor = state[key].detach().cpu().contiguous()
         digest.update(f"{key}|{tensor.dtype}|{tuple(tensor.shape)}\n".encode())
-        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+        if tensor.numel():
+            digest.update(memoryview(tensor.view(torch.uint8).numpy()))
     return digest.hexdigest()
 
 
@@ -239,6 +240,19 @@ def _used_weights(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     }
 
 
+_WEIGHTS_HASHES: dict[tuple, str] = {}
+
+
+def _cached_weights_hash(folder: Path, state: dict[str, torch.Tensor]) -> str:
+    """Hash the weights once per process and weight file (same path, size, mtime)."""
+    files = [folder / name for name in WEIGHT_FILES if (folder / name).is_file()]
+    stat = files[0].stat()
+    key = (str(files[0].resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _WEIGHTS_HASHES:
+        _WEIGHTS_HASHES[key] = hash_state_dict(state)
+    return _WEIGHTS_HASHES[key]
+
+
 def _read_checkpoint(
     ref: str, revision: str | None
 ) -> tuple[BackboneIdentity, dict[str, torch.Tensor], Path]:
@@ -248,11 +262,24 @@ def _read_checkpoint(
     identity = BackboneIdentity(
         ref=ref,
         revision=resolved_revision,
-        weights_sha256=hash_state_dict(state),
+        weights_sha256=_cached_weights_hash(folder, state),
         config_sha256=hash_config(raw),
         config=config,
     )
     return identity, state, folder
+
+
+def _materialise_optional(model: nn.Module) -> None:
+    """Give optional tensors the checkpoint lacked real (zero) storage."""
+    for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+        if not tensor.is_meta:
+            continue
+        owner_name, _, attr = name.rpartition(".")
+        owner = model.get_submodule(owner_name)
+        value = torch.zeros(tensor.shape, dtype=tensor.dtype)
+        if isinstance(tensor, nn.Parameter):
+            value = nn.Parameter(value, requires_grad=tensor.requires_grad)
+        setattr(owner, attr, value)
 
 
 def identify_backbone(ref: str, *, revision: str | None = None) -> BackboneIdentity:
@@ -273,7 +300,8 @@ def load_backbone(ref: str, *, device: str = "cpu", revision: str | None = None)
         BackboneError: missing files, wrong layout, missing weights.
     """
     identity, state, folder = _read_checkpoint(ref, revision)
-    model = EmotionBackbone(identity.config)
+    with torch.device("meta"):  # no random init: every tensor comes from the checkpoint
+        model = EmotionBackbone(identity.config)
     missing = sorted(set(model.state_dict()) - set(state) - _OPTIONAL_KEYS)
     if missing:
         raise BackboneError(
@@ -286,7 +314,8 @@ def load_backbone(ref: str, *, device: str = "cpu", revision: str | None = None)
             f"{folder}: weights have {len(unexpected)} keys this wav2vec2 config does not "
             f"define, e.g. {unexpected[:5]}; does config.json match the weights?"
         )
-    model.load_state_dict(state, strict=False)
+    model.load_state_dict(state, strict=False, assign=True)
+    _materialise_optional(model)
     if model.frames_for_samples(16_000) != 49 or model.frames_for_samples(400) != 1:
         raise BackboneError(
             f"{folder}: conv feature encoder is not 400-sample window / 320-sample hop "

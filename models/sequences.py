@@ -1,0 +1,184 @@
+"""Per-clip input sequences for heads, read from the store within a memory budget.
+
+A clip's sequence is ``[hidden, frame_vad]`` per frame, ``(frames, hidden + 3)``, held
+as float16 (the store's precision for hidden). Its global mean vector is
+``[hidden_mean, vad_mean]`` from the store, or, when a head crops to ``max_frames``,
+the mean over the cropped frames.
+
+Memory: if the requested clips fit in ``budget_bytes`` they are read once, part by
+part, and kept for every epoch and every head. Otherwise each pass streams: parts in
+random order, grouped into windows that fit the budget, clips shuffled within a
+window (a shuffle buffer); each window is read once per pass and dropped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from featurestore.store import FeatureStore
+
+DEFAULT_BUDGET_BYTES = 4 * 2**30
+
+
+@dataclass
+class Batch:
+    clip_ids: list[str]
+    frames: torch.Tensor  # (batch, time, input) float32, zero-padded
+    lengths: torch.Tensor  # (batch,) int64 real frames
+    mean: torch.Tensor  # (batch, input) float32
+    targets: torch.Tensor | None  # (batch, targets) float32
+
+    def to(self, device: str) -> Batch:
+        return Batch(
+            self.clip_ids,
+            self.frames.to(device, non_blocking=True),
+            self.lengths,  # pack_padded_sequence wants lengths on the CPU
+            self.mean.to(device, non_blocking=True),
+            None if self.targets is None else self.targets.to(device, non_blocking=True),
+        )
+
+
+class SequenceData:
+    """Sequences of ``clip_ids`` from ``store``, cached or streamed (see module doc).
+
+    Args:
+        store: an open feature store.
+        clip_ids: the clips to serve (all must be stored).
+        max_frames: longest crop any consumer will ask for (None: whole clips).
+        budget_bytes: memory for cached float16 sequences.
+    """
+
+    def __init__(
+        self,
+        store: FeatureStore,
+        clip_ids: list[str],
+        *,
+        max_frames: int | None = None,
+        budget_bytes: int = DEFAULT_BUDGET_BYTES,
+    ) -> None:
+        self.store = store
+        self.max_frames = max_frames
+        self.input_dim = store.hidden_size + 3
+        missing = [c for c in clip_ids if c not in store]
+        if missing:
+            raise KeyError(f"{len(missing)} clips are not in the store, e.g. {missing[:5]}")
+        self.clip_ids = list(clip_ids)
+        by_part: dict[str, list[str]] = {}
+        for clip_id in self.clip_ids:
+            by_part.setdefault(store.part_of(clip_id), []).append(clip_id)
+        self._by_part = by_part
+        self._bytes = {
+            part: sum(self._clip_frames(c) for c in ids) * self.input_dim * 2
+            for part, ids in by_part.items()
+        }
+        self.total_bytes = sum(self._bytes.values())
+        self.budget_bytes = budget_bytes
+        self.cached = self.total_bytes <= budget_bytes
+        self._cache: dict[str, tuple[np.ndarray, np.ndarray]] | None = None
+        self.parts_read = 0  # how many part reads happened (for tests and benchmarks)
+
+    def _clip_frames(self, clip_id: str) -> int:
+        frames = self.store.clip_info(clip_id)["frames"]
+        return frames if self.max_frames is None else min(frames, self.max_frames)
+
+    def _read_parts(self, parts: list[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """clip id -> (sequence (frames, input) float16, stored mean (input,) float32,
+        the clip's full frame count)."""
+        out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        for part in parts:
+            group = self.store.part_group(part)
+            ids = [str(x) for x in group["clip_id"][...]]
+            offsets = group["offsets"][...]
+            hidden, frame_vad = group["hidden"][...], group["frame_vad"][...]
+            means = np.concatenate([group["hidden_mean"][...], group["vad_mean"][...]], axis=1)
+            self.parts_read += 1
+            wanted = set(self._by_part[part])
+            for row, clip_id in enumerate(ids):
+                if clip_id not in wanted:
+                    continue
+                start, end = int(offsets[row]), int(offsets[row + 1])
+                if self.max_frames is not None:
+                    end = min(end, start + self.max_frames)
+                seq = np.empty((end - start, self.input_dim), dtype=np.float16)
+                seq[:, :-3] = hidden[start:end]
+                seq[:, -3:] = frame_vad[start:end]
+                out[clip_id] = (
+                    seq,
+                    means[row].astype(np.float32),
+                    int(offsets[row + 1] - offsets[row]),
+                )
+        return out
+
+    def _windows(self, rng: np.random.Generator | None) -> Iterator[dict]:
+        if self.cached:
+            if self._cache is None:
+                self._cache = self._read_parts(list(self._by_part))
+            yield self._cache
+            return
+        parts = list(self._by_part)
+        if rng is not None:
+            parts = [parts[i] for i in rng.permutation(len(parts))]
+        window: list[str] = []
+        size = 0
+        for part in parts:
+            if window and size + self._bytes[part] > self.budget_bytes:
+                yield self._read_parts(window)
+                window, size = [], 0
+            window.append(part)
+            size += self._bytes[part]
+        if window:
+            yield self._read_parts(window)
+
+    def batches(
+        self,
+        batch_size: int,
+        *,
+        clip_ids: list[str] | None = None,
+        targets: dict[str, np.ndarray] | None = None,
+        rng: np.random.Generator | None = None,
+        max_frames: int | None = None,
+    ) -> Iterator[Batch]:
+        """One pass over ``clip_ids`` (default all) in batches.
+
+        Args:
+            targets: clip id -> target vector; batches carry them when given.
+            rng: shuffles when given; None keeps store order.
+            max_frames: crop for this consumer (<= the data's own ``max_frames``); the
+                mean vector is then taken over the cropped frames.
+        """
+        wanted = set(self.clip_ids if clip_ids is None else clip_ids)
+        for window in self._windows(rng):
+            ids = [c for c in window if c in wanted]
+            if rng is not None:
+                ids = [ids[i] for i in rng.permutation(len(ids))]
+            for start in range(0, len(ids), batch_size):
+                chunk = ids[start : start + batch_size]
+                yield self._collate(window, chunk, targets, max_frames)
+
+    def _collate(self, window, chunk, targets, max_frames) -> Batch:
+        seqs, means = [], []
+        for clip_id in chunk:
+            seq, stored_mean, full_frames = window[clip_id]
+            if max_frames is not None:
+                seq = seq[:max_frames]
+            # The stored mean covers the whole clip; a cropped clip's mean is recomputed.
+            cropped = len(seq) < full_frames
+            means.append(seq.astype(np.float32).mean(axis=0) if cropped else stored_mean)
+            seqs.append(seq)
+        lengths = np.array([len(s) for s in seqs], dtype=np.int64)
+        frames = np.zeros((len(seqs), int(lengths.max()), self.input_dim), dtype=np.float32)
+        for row, seq in enumerate(seqs):
+            frames[row, : len(seq)] = seq
+        return Batch(
+            clip_ids=list(chunk),
+            frames=torch.from_numpy(frames),
+            lengths=torch.from_numpy(lengths),
+            mean=torch.from_numpy(np.stack(means)),
+            targets=None
+            if targets is None
+            else torch.from_numpy(np.stack([targets[c] for c in chunk]).astype(np.float32)),
+        )

@@ -1,0 +1,86 @@
+"""`emi score` and `emi demo`: the whole job from audio folders to CSVs."""
+
+import csv
+import json
+
+from manifests.synthetic import write_corpus
+from tests.conftest import run_cli
+
+
+def test_score_extracts_missing_clips_and_predicts(tiny_backbone, tmp_path):
+    splits = write_corpus(tmp_path / "corpus", clips=24, seed=2, min_seconds=1.0, max_seconds=2.0)
+    store = tmp_path / "feats.zarr"
+    run_cli("extract", tmp_path / "corpus" / "audio", store, "--model", tiny_backbone, "--quiet")
+    run_cli(
+        "train",
+        store,
+        "--labels",
+        splits["train"],
+        "--val-labels",
+        splits["valid"],
+        "--out",
+        tmp_path / "head",
+        "--preset",
+        "compact",
+        "--epochs",
+        "2",
+        "--quiet",
+    )
+    new = tmp_path / "new_audio"
+    new.mkdir()
+    for name in ("00001", "00002", "00003"):
+        (new / f"{name}.wav").write_bytes((tmp_path / "corpus/audio" / f"{name}.wav").read_bytes())
+    (new / "broken.wav").write_bytes(b"RIFF....WAVEfmt garbage")
+    scored = tmp_path / "scores.csv"
+    result = run_cli(
+        "score",
+        new,
+        "--head",
+        tmp_path / "head",
+        "-o",
+        scored,
+        "--store",
+        tmp_path / "score.zarr",
+        "--quiet",
+        expect=3,
+    )
+    assert "broken" in result.output
+    rows = list(csv.DictReader(scored.open()))
+    assert [r["clip_id"] for r in rows] == ["00001", "00002", "00003"]
+    targets = json.loads((tmp_path / "head/config.json").read_text())["targets"]
+    assert list(rows[0]) == ["clip_id", *targets]
+    assert all(0.0 <= float(r[t]) <= 1.0 for r in rows for t in targets)
+    # Same features as the training store: identical predictions from `emi predict`.
+    run_cli("predict", store, "--head", tmp_path / "head", "-o", tmp_path / "train.csv")
+    by_id = {r["clip_id"]: r for r in csv.DictReader((tmp_path / "train.csv").open())}
+    for r in rows:
+        for t in targets:
+            assert abs(float(r[t]) - float(by_id[r["clip_id"]][t])) < 1e-5
+    again = run_cli(
+        "score",
+        new,
+        "--head",
+        tmp_path / "head",
+        "-o",
+        scored,
+        "--store",
+        tmp_path / "score.zarr",
+        "--quiet",
+        expect=3,
+    )
+    assert "0 extracted, 3 reused" in again.output
+
+
+def test_demo_runs_offline_and_says_what_it_measures(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = run_cli("demo", "--out", "demo", "--clips", "30", "--size", "tiny", "--epochs", "2")
+    out = result.output
+    assert "random" in out and "nothing about emotion recognition" in out
+    assert "--model audeering/wav2vec2-large-robust-12-ft-emotion-msp-dim" in out
+    for target in ("Admiration", "Empathic Pain", "Joy", "mean"):
+        assert f"  {target}" in out
+    demo = tmp_path / "demo"
+    assert (demo / "heads/fusion/learning_curves.png").stat().st_size > 1000
+    assert (demo / "test_fusion_pred_vs_true.png").stat().st_size > 1000
+    rows = list(csv.DictReader((demo / "test_predictions.csv").open()))
+    assert len(rows) == 6 and "fusion/Joy" in rows[0] and "mean-linear/Joy" in rows[0]
