@@ -18,6 +18,14 @@ For real features, download the checkpoint and run:
 """
 
 
+def _every_fifth(line: str) -> bool:
+    """Keep the training log short: epochs 1, 5, 10, ... and the last."""
+    if "epoch " not in line:
+        return True
+    epoch, total = line.split("epoch ")[1].split()[0].split("/")
+    return int(epoch) == 1 or int(epoch) % 5 == 0 or epoch == total
+
+
 @click.command()
 @click.option(
     "--out",
@@ -93,7 +101,12 @@ def demo(out: str, clips: int, size: str, workers: int, epochs: int, lr: float, 
     ]
     click.echo(f"[3/5] training {len(plans)} heads ({epochs} epochs, one data load)")
     trained = train_heads(
-        store, read_labels(splits["train"]), read_labels(splits["valid"]), plans, folder / "heads"
+        store,
+        read_labels(splits["train"]),
+        read_labels(splits["valid"]),
+        plans,
+        folder / "heads",
+        log=lambda line: click.echo(f"      {line}") if _every_fifth(line) else None,
     )
     click.echo("[4/5] scoring the held-out test split")
     test = read_labels(splits["test"])
