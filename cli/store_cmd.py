@@ -9,7 +9,7 @@ import click
 from tqdm import tqdm
 
 from featurestore.export_hdf5 import export_hdf5
-from featurestore.inspect import store_info, verify_store
+from featurestore.report import store_info, verify_store
 from featurestore.store import FeatureStore
 
 

@@ -14,7 +14,6 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-import torch  # noqa: F401  (imported before dask spawns workers, so they find it warm)
 from tqdm import tqdm
 
 from featurestore.backbone import identify_backbone

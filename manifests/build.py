@@ -9,8 +9,8 @@ from pathlib import Path
 
 import soundfile as sf
 
-from manifests.labels import LabelTable, _examples, read_labels
-from manifests.records import AUDIO_EXTENSIONS, ClipRecord, ManifestError
+from manifests.labels import LabelTable, read_labels
+from manifests.records import AUDIO_EXTENSIONS, ClipRecord, ManifestError, format_examples
 
 HASH_BLOCK_BYTES = 1 << 20
 
@@ -69,7 +69,7 @@ def scan_folder(folder: str | Path) -> list[ClipRecord]:
         rows = [f"{cid}: {', '.join(p.name for p in paths)}" for cid, paths in clashes.items()]
         raise ManifestError(
             f"{folder}: {len(clashes)} clip ids have more than one file; keep one file per "
-            f"clip: {_examples(rows)}"
+            f"clip: {format_examples(rows)}"
         )
     return [ClipRecord(clip_id=cid, path=str(paths[0].resolve())) for cid, paths in by_id.items()]
 
@@ -100,12 +100,12 @@ def merge_labels(
             record.split = table.split
     problems = []
     if duplicates:
-        problems.append(f"clips in more than one label file: {_examples(duplicates)}")
+        problems.append(f"clips in more than one label file: {format_examples(duplicates)}")
     if missing:
         exts = "/".join(e.lstrip(".") for e in AUDIO_EXTENSIONS)
         problems.append(
             f"{len(missing)} labelled clips have no audio file {audio_dir}/<Filename>.{{{exts}}}: "
-            f"{_examples(missing)}"
+            f"{format_examples(missing)}"
         )
     if problems:
         raise ManifestError("; ".join(problems))
@@ -148,4 +148,4 @@ def check_unique_ids(records: list[ClipRecord], *, source: str) -> None:
         counts[r.clip_id] += 1
     duplicated = [cid for cid, n in counts.items() if n > 1]
     if duplicated:
-        raise ManifestError(f"{source}: duplicate clip ids: {_examples(duplicated)}")
+        raise ManifestError(f"{source}: duplicate clip ids: {format_examples(duplicated)}")

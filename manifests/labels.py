@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from manifests.records import ManifestError
+from manifests.records import ManifestError, format_examples
 
 ID_COLUMNS = ("Filename", "clip_id")
 
@@ -29,11 +29,6 @@ class LabelTable:
         """Split name from the file name: ``train_split.csv`` -> ``train``."""
         stem = Path(self.path).stem
         return stem[: -len("_split")] if stem.endswith("_split") else stem
-
-
-def _examples(items: list, limit: int = 5) -> str:
-    shown = ", ".join(str(i) for i in items[:limit])
-    return shown + (f", ... ({len(items)} in all)" if len(items) > limit else "")
 
 
 def read_labels(path: str | Path) -> LabelTable:
@@ -79,9 +74,9 @@ def read_labels(path: str | Path) -> LabelTable:
             rows[clip_id] = values
     problems = []
     if duplicates:
-        problems.append(f"duplicate ids: {_examples(duplicates)}")
+        problems.append(f"duplicate ids: {format_examples(duplicates)}")
     if bad:
-        problems.append(f"rows that are not numbers: {_examples(bad)}")
+        problems.append(f"rows that are not numbers: {format_examples(bad)}")
     if problems:
         raise ManifestError(f"{path}: " + "; ".join(problems))
     return LabelTable(str(path), targets, rows)
@@ -98,8 +93,8 @@ def check_label_values(table: LabelTable, *, low: float = 0.0, high: float = 1.0
                 out.append(f"{clip_id}/{target}={value}")
     problems = []
     if nan:
-        problems.append(f"{len(nan)} NaN labels: {_examples(nan)}")
+        problems.append(f"{len(nan)} NaN labels: {format_examples(nan)}")
     if out:
-        problems.append(f"{len(out)} labels outside [{low}, {high}]: {_examples(out)}")
+        problems.append(f"{len(out)} labels outside [{low}, {high}]: {format_examples(out)}")
     if problems:
         raise ManifestError(f"{table.path}: " + "; ".join(problems))

@@ -13,6 +13,12 @@ class ManifestError(ValueError):
     """A manifest problem, with the offending rows in the message."""
 
 
+def format_examples(items: list, limit: int = 5) -> str:
+    """The first ``limit`` items, and how many there are in all when more."""
+    shown = ", ".join(str(i) for i in items[:limit])
+    return shown + (f", ... ({len(items)} in all)" if len(items) > limit else "")
+
+
 @dataclass
 class ClipRecord:
     """One clip of a manifest.

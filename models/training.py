@@ -21,8 +21,8 @@ import torch
 from torch import nn
 
 from featurestore.store import FeatureStore
-from manifests.labels import LabelTable, _examples, check_label_values
-from manifests.records import ManifestError
+from manifests.labels import LabelTable, check_label_values
+from manifests.records import ManifestError, format_examples
 from models.head_files import save_head, torch_device
 from models.heads import PRESETS, build_head, count_parameters, preset_config
 from models.metrics import evaluate
@@ -155,13 +155,13 @@ def resolve_labels(
     if not stored:
         raise ManifestError(
             f"{role} labels {table.path}: none of its {len(table.rows)} clips are in store "
-            f"{store.location} (e.g. {_examples(list(table.rows), 3)}; the store has e.g. "
-            f"{_examples(store.clip_ids, 3)}). Extract that audio into this store first."
+            f"{store.location} (e.g. {format_examples(list(table.rows), 3)}; the store has e.g. "
+            f"{format_examples(store.clip_ids, 3)}). Extract that audio into this store first."
         )
     if missing and not skip_missing:
         raise ManifestError(
             f"{role} labels {table.path}: {len(missing)} of {len(table.rows)} clips are not "
-            f"in store {store.location}: {_examples(missing)}. Extract them, or pass "
+            f"in store {store.location}: {format_examples(missing)}. Extract them, or pass "
             "--skip-missing to train on the rest."
         )
     return LabelledSplit(
