@@ -5,7 +5,7 @@ Over one store of synthetic features (``--hidden`` wide, ``--clips`` clips of 3-
 - ``in-memory limit``: the same head, recipe and batches on tensors already in memory
   (no store, no collation from float16): the limit for data loading;
 - ``emi, cached``: ``models.training.train_heads`` reading the Zarr store (once, then
-  from its in-memory cache);
+  from its in-memory cache), writing the head folder (weights, metrics, PNG) as it does;
 - ``emi, streamed``: the same with a memory budget of a third of the data, so every
   epoch re-reads the store part by part;
 - ``K heads, one load``: one ``emi train --grid`` run of K heads;
@@ -13,7 +13,7 @@ Over one store of synthetic features (``--hidden`` wide, ``--clips`` clips of 3-
 
 Usage::
 
-    python bench/train_throughput.py --clips 400 --epochs 3 --heads 3
+    python bench/train_throughput.py --clips 240 --epochs 4 --heads 3
 """
 
 from __future__ import annotations
@@ -184,6 +184,8 @@ def main() -> None:
         frames = sum(opened.clip_info(c)["frames"] for c in opened.clip_ids)
         data_bytes = frames * (opened.hidden_size + 3) * 2
         settings = TrainSettings(epochs=args.epochs, lr=1e-3)
+        import models.plots  # noqa: F401  (a one-time import, like torch's: not training)
+
         print(
             f"store: {args.clips} clips, {frames} frames x {opened.hidden_size + 3}, "
             f"{data_bytes / 2**20:.0f} MiB as float16; preset {args.preset}, "
