@@ -4,7 +4,8 @@ Layout (documented in the README; readable with plain zarr, dask and xarray)::
 
     STORE/                       root group, attrs["emi"] = {format_version, fingerprint, spec}
       parts/
-        p000000/                 one part = one writer; attrs["emi_part"] = {complete, ...}
+        p000000/                 one part = one writer; attrs["emi_part"] = {complete, clips,
+                                 frames, fingerprint, failures, written_at, written_by}
           clip_id     (clip,)             string
           source_path (clip,)             string
           sha256      (clip,)             string, of the source file's bytes
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
@@ -192,6 +194,7 @@ def write_part(
         "fingerprint": root.attrs[ROOT_ATTR]["fingerprint"],
         "failures": failures,
         "written_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "written_by": f"{socket.gethostname()}:{os.getpid()}",
     }
     part.attrs[PART_ATTR] = marker  # written last: the part becomes visible now
     return marker

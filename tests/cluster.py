@@ -1,0 +1,92 @@
+"""A real dask cluster on loopback: `dask scheduler` and `dask worker` processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+
+@contextmanager
+def dask_cluster(folder: Path, workers: list[dict]):
+    """Start a scheduler and one worker process per entry of ``workers``.
+
+    Each entry may set ``resources`` (e.g. ``"GPU=1"``) and ``name``. Yields the
+    scheduler address and the worker processes (``subprocess.Popen``).
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    scheduler_file = folder / "scheduler.json"
+    env = {**os.environ, "DASK_DISTRIBUTED__WORKER__DAEMON": "False"}
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "distributed.cli.dask_scheduler",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--no-dashboard",
+                "--scheduler-file",
+                str(scheduler_file),
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    ]
+    try:
+        deadline = time.monotonic() + 60
+        while not scheduler_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        address = json.loads(scheduler_file.read_text())["address"]
+        worker_procs = []
+        for index, spec in enumerate(workers):
+            cmd = [
+                sys.executable,
+                "-m",
+                "distributed.cli.dask_worker",
+                address,
+                "--nthreads",
+                "1",
+                "--nworkers",
+                "1",
+                "--no-dashboard",
+                "--no-nanny",
+                "--name",
+                spec.get("name", f"w{index}"),
+                "--host",
+                "127.0.0.1",
+            ]
+            if spec.get("resources"):
+                cmd += ["--resources", spec["resources"]]
+            proc = subprocess.Popen(
+                cmd,
+                env={**env, "EMI_TORCH_THREADS": "1"},
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+            worker_procs.append(proc)
+            procs.append(proc)
+        from distributed import Client
+
+        with Client(address, timeout=60) as client:
+            client.wait_for_workers(len(workers), timeout=120)
+        yield address, worker_procs
+    finally:
+        for proc in reversed(procs):
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in procs:
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)

@@ -1,0 +1,157 @@
+"""Extraction on an existing dask cluster: real scheduler and worker processes."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+
+from featurestore.random_backbone import write_random_backbone
+from featurestore.store import FeatureStore
+from tests.cluster import dask_cluster
+from tests.conftest import run_cli
+from tests.synth import write_clip
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def writers(store: Path) -> set[str]:
+    root = zarr.open_group(str(store), mode="r")
+    return {g.attrs["emi_part"]["written_by"] for _, g in root["parts"].groups()}
+
+
+def assert_same_features(a: FeatureStore, b: FeatureStore) -> None:
+    assert a.fingerprint == b.fingerprint
+    assert sorted(a.clip_ids) == sorted(b.clip_ids)
+    for clip_id in a.clip_ids:
+        np.testing.assert_allclose(
+            a.hidden(clip_id).astype(np.float32),
+            b.hidden(clip_id).astype(np.float32),
+            rtol=2**-9,
+            atol=1e-4,
+        )
+        np.testing.assert_allclose(a.clip_vad(clip_id), b.clip_vad(clip_id), atol=1e-5)
+
+
+def test_existing_scheduler_gives_the_same_store(
+    layer_store, mixed_corpus, tiny_backbone, tmp_path, monkeypatch
+):
+    with dask_cluster(tmp_path / "cluster", [{}, {}]) as (address, workers):
+        run_cli(
+            "extract",
+            mixed_corpus,
+            tmp_path / "a.zarr",
+            "--model",
+            tiny_backbone,
+            "--scheduler",
+            address,
+            "--part-seconds",
+            "2",
+            "--quiet",
+        )
+        monkeypatch.setenv("DASK_SCHEDULER_ADDRESS", address)
+        run_cli(
+            "extract",
+            mixed_corpus,
+            tmp_path / "b.zarr",
+            "--model",
+            tiny_backbone,
+            "--part-seconds",
+            "2",
+            "--quiet",
+        )
+        pids = {str(w.pid) for w in workers}
+    for name in ("a.zarr", "b.zarr"):
+        store = FeatureStore.open(tmp_path / name)
+        assert_same_features(FeatureStore.open(layer_store), store)
+        used = {w.split(":")[1] for w in writers(tmp_path / name)}
+        assert used <= pids and len(used) == 2  # both workers wrote parts, the driver none
+        assert run_cli("store", "verify", tmp_path / name).exit_code == 0
+
+
+def test_parts_go_to_workers_that_declare_a_gpu(mixed_corpus, tiny_backbone, tmp_path):
+    with dask_cluster(
+        tmp_path / "cluster", [{"resources": "GPU=1", "name": "gpu"}, {"name": "plain"}]
+    ) as (address, workers):
+        run_cli(
+            "extract",
+            mixed_corpus,
+            tmp_path / "s.zarr",
+            "--model",
+            tiny_backbone,
+            "--scheduler",
+            address,
+            "--part-seconds",
+            "2",
+            "--quiet",
+        )
+        gpu_pid = str(workers[0].pid)
+    used = {w.split(":")[1] for w in writers(tmp_path / "s.zarr")}
+    assert used == {gpu_pid}
+    assert len(FeatureStore.open(tmp_path / "s.zarr").complete_parts) > 2
+
+
+@pytest.fixture(scope="module")
+def small_backbone(tmp_path_factory) -> Path:
+    return write_random_backbone(tmp_path_factory.mktemp("small"), size="small", seed=0)
+
+
+def test_worker_killed_mid_part_loses_and_duplicates_nothing(small_backbone, tmp_path):
+    for i in range(24):
+        write_clip(tmp_path / "audio" / f"{i:05d}.wav", 2.0 + (i % 4) * 0.5, seed=i)
+    clean = tmp_path / "clean.zarr"
+    run_cli("extract", tmp_path / "audio", clean, "--model", small_backbone, "--quiet")
+    from distributed import Client
+
+    store = tmp_path / "s.zarr"
+    with dask_cluster(tmp_path / "cluster", [{}, {}]) as (address, workers):
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "cli.main",
+                "extract",
+                str(tmp_path / "audio"),
+                str(store),
+                "--model",
+                str(small_backbone),
+                "--scheduler",
+                address,
+                "--part-seconds",
+                "2",
+                "--quiet",
+            ],
+            cwd=REPO,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        killed = None
+        with Client(address) as client:
+            deadline = time.monotonic() + 120
+            while killed is None and time.monotonic() < deadline and proc.poll() is None:
+                complete = [
+                    p
+                    for p in store.glob("parts/*/zarr.json")
+                    if '"complete": true' in p.read_text(errors="ignore")
+                ]
+                busy = {addr: tasks for addr, tasks in client.processing().items() if tasks}
+                if complete and busy:
+                    name = client.scheduler_info()["workers"][next(iter(busy))]["name"]
+                    pid = workers[int(str(name)[1:])].pid  # workers are named w0, w1
+                    os.kill(pid, signal.SIGKILL)  # the worker dies in the middle of its part
+                    killed = pid
+                time.sleep(0.02)
+        out, err = proc.communicate(timeout=300)
+    assert killed is not None, "no worker was killed mid-run"
+    assert proc.returncode == 0, err
+    a, b = FeatureStore.open(store), FeatureStore.open(clean)
+    assert len(a.clip_ids) == len(set(a.clip_ids)) == 24
+    assert_same_features(a, b)
+    assert run_cli("store", "verify", store).exit_code == 0
