@@ -58,8 +58,11 @@ def open_zarr_store(location: str | os.PathLike, *, mode: str, storage_options: 
     location = str(location)
     read_only = mode == "r"
     if is_url(location):
+        # Parts are written by other processes: a cached directory listing would hide
+        # them, so listings are always fresh.
+        options = {"use_listings_cache": False, **(storage_options or {})}
         return zarr.storage.FsspecStore.from_url(
-            location, storage_options=storage_options or {}, read_only=read_only
+            location, storage_options=options, read_only=read_only
         )
     return zarr.storage.LocalStore(location, read_only=read_only)
 
