@@ -91,6 +91,12 @@ def _echo_err(message: str) -> None:
     is_flag=True,
     help="Train on the labelled clips that are stored; ignore the rest.",
 )
+@click.option(
+    "--scheduler",
+    default=None,
+    help="Spread a --grid over a running dask scheduler (one task per head; STORE and "
+    "--out must be reachable from the workers).",
+)
 @click.option("--quiet", is_flag=True, help="No per-epoch lines.")
 def train(
     store: str,
@@ -116,6 +122,7 @@ def train(
     no_mixed_precision,
     cache_gb,
     skip_missing,
+    scheduler,
     quiet,
 ) -> None:
     """Train heads on the features in STORE (never touches audio or the backbone)."""
@@ -158,6 +165,25 @@ def train(
                 targets=tuple(t.strip() for t in targets.split(",")) if targets else None,
             )
         ]
+    if scheduler:
+        from models.cluster_training import train_heads_on_cluster
+
+        if not grid:
+            raise click.UsageError("--scheduler spreads a --grid of heads; give --grid")
+        FeatureStore.open(store)  # fail here, not on every worker, if it is missing
+        results = train_heads_on_cluster(
+            store,
+            read_labels(train_labels),
+            read_labels(val_labels),
+            plans,
+            out,
+            scheduler=scheduler,
+            device=device,
+            budget_bytes=int(cache_gb * 2**30),
+            skip_missing=skip_missing,
+        )
+        _print_results(results)
+        return
     results = train_heads(
         FeatureStore.open(store),
         read_labels(train_labels),
@@ -170,6 +196,10 @@ def train(
         single=grid is None,
         log=(lambda _: None) if quiet else _echo_err,
     )
+    _print_results(results)
+
+
+def _print_results(results) -> None:
     click.echo(f"{'head':24s} {'best epoch':>10s} {'val mean Pearson':>17s}  folder")
     for r in results:
         click.echo(f"{r.name:24s} {r.best_epoch:10d} {r.best_val_pearson:17.4f}  {r.folder}")

@@ -11,6 +11,8 @@ from __future__ import annotations
 import copy
 import itertools
 import math
+import os
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -312,6 +314,7 @@ def train_one(
             "train_clips": len(train.clip_ids),
             "val_clips": len(val.clip_ids),
             "device": device,
+            "trained_by": f"{socket.gethostname()}:{os.getpid()}",
         },
         "store": {"fingerprint": store.fingerprint, "location": store.location, "spec": store.spec},
         "best_epoch": best[1],

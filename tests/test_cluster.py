@@ -155,3 +155,41 @@ def test_worker_killed_mid_part_loses_and_duplicates_nothing(small_backbone, tmp
     assert len(a.clip_ids) == len(set(a.clip_ids)) == 24
     assert_same_features(a, b)
     assert run_cli("store", "verify", store).exit_code == 0
+
+
+def test_grid_spreads_over_the_cluster(tiny_backbone, tmp_path):
+    import json
+
+    from manifests.synthetic import write_corpus
+
+    splits = write_corpus(tmp_path / "corpus", clips=24, seed=3, min_seconds=1.0, max_seconds=2.0)
+    store = tmp_path / "feats.zarr"
+    run_cli("extract", tmp_path / "corpus" / "audio", store, "--model", tiny_backbone, "--quiet")
+    grid = tmp_path / "grid.json"
+    grid.write_text(
+        json.dumps({"defaults": {"preset": "compact", "epochs": 2}, "grid": {"seed": [1, 2, 3, 4]}})
+    )
+    with dask_cluster(tmp_path / "cluster", [{}, {}]) as (address, workers):
+        result = run_cli(
+            "train",
+            store,
+            "--labels",
+            splits["train"],
+            "--val-labels",
+            splits["valid"],
+            "--out",
+            tmp_path / "heads",
+            "--grid",
+            grid,
+            "--scheduler",
+            address,
+            "--quiet",
+        )
+        pids = {str(w.pid) for w in workers}
+    trained_by = set()
+    for seed in (1, 2, 3, 4):
+        config = json.loads((tmp_path / "heads" / f"seed{seed}" / "config.json").read_text())
+        assert config["training"]["seed"] == seed
+        trained_by.add(config["training"]["trained_by"].split(":")[1])
+        assert f"seed{seed}" in result.output
+    assert trained_by <= pids and len(trained_by) == 2

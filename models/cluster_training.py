@@ -1,0 +1,76 @@
+"""Spreading a grid of heads over a dask cluster: one task per head.
+
+Each task opens the store itself (so the store must be reachable from the workers: a
+shared path or an object-store URL) and writes its head folder under ``out`` (shared
+storage too). Within a task the features are loaded once for that head; on one
+machine, ``train_heads`` without a cluster shares one load between all heads instead.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from featurestore.extract import dask_client
+from featurestore.store import FeatureStore
+from manifests.labels import LabelTable
+from models.training import HeadPlan, TrainedHead, train_heads
+
+
+def _train_task(
+    store: str,
+    train_table: LabelTable,
+    val_table: LabelTable,
+    plan: HeadPlan,
+    out: str,
+    device: str,
+    budget_bytes: int,
+    skip_missing: bool,
+) -> TrainedHead:
+    [result] = train_heads(
+        FeatureStore.open(store),
+        train_table,
+        val_table,
+        [plan],
+        out,
+        device=device,
+        budget_bytes=budget_bytes,
+        skip_missing=skip_missing,
+    )
+    return result
+
+
+def train_heads_on_cluster(
+    store: str,
+    train_table: LabelTable,
+    val_table: LabelTable,
+    plans: list[HeadPlan],
+    out: str | Path,
+    *,
+    scheduler: str,
+    device: str = "auto",
+    budget_bytes: int,
+    skip_missing: bool = False,
+) -> list[TrainedHead]:
+    """Train each plan as a task on the cluster at ``scheduler``; results in plan order."""
+    with dask_client(workers=1, scheduler=scheduler, quiet=True) as client:
+        gpu = any(
+            w.get("resources", {}).get("GPU") for w in client.scheduler_info()["workers"].values()
+        )
+        futures = [
+            client.submit(
+                _train_task,
+                store,
+                train_table,
+                val_table,
+                plan,
+                str(out),
+                device,
+                budget_bytes,
+                skip_missing,
+                pure=False,
+                resources={"GPU": 1} if gpu else None,
+                key=f"emi-train-{plan.name}",
+            )
+            for plan in plans
+        ]
+        return client.gather(futures)
