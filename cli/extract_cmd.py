@@ -11,6 +11,7 @@ import click
 from featurestore.spec import DEFAULT_MODEL
 from featurestore.store import FeatureStore, store_exists
 from manifests import build_manifest, load_manifest
+from manifests.sources import is_url
 
 EXIT_CLIPS_FAILED = 3
 
@@ -23,7 +24,7 @@ def _default_model(store: str) -> str:
 
 
 @click.command()
-@click.argument("source", type=click.Path(exists=True))
+@click.argument("source")
 @click.argument("store")
 @click.option(
     "--model",
@@ -113,13 +114,18 @@ def extract(
     as_json: bool,
     quiet: bool,
 ) -> None:
-    """Extract features for SOURCE (a manifest .csv/.jsonl or an audio folder) into STORE.
+    """Extract features for SOURCE (a manifest .csv/.jsonl, or an audio folder: local or a
+    URL such as s3://bucket/audio) into STORE (a path or a URL).
 
     Only clips missing from STORE are computed: re-running resumes, a longer manifest
     appends. Exit status 3 when some clips failed (each listed with its reason).
     """
-    if Path(source).is_dir():
+    if is_url(source) or Path(source).is_dir():
         records = build_manifest(source, label_files=label_files)
+    elif not Path(source).is_file():
+        raise click.BadParameter(
+            f"{source}: no such manifest file or audio folder", param_hint="SOURCE"
+        )
     else:
         if label_files:
             raise click.UsageError("--labels applies to an audio folder; a manifest has them")

@@ -242,12 +242,13 @@ def predict(store: str, head_paths: tuple[str, ...], output: str, device: str) -
 def default_score_store(audio_dir: str, fingerprint: str) -> Path:
     """A cache store per audio folder and feature fingerprint, under the user cache."""
     root = Path(os.environ.get("EMI_CACHE", Path.home() / ".cache" / "emi"))
-    folder_key = hashlib.sha256(str(Path(audio_dir).resolve()).encode()).hexdigest()[:12]
+    where = audio_dir if "://" in audio_dir else str(Path(audio_dir).resolve())
+    folder_key = hashlib.sha256(where.encode()).hexdigest()[:12]
     return root / "score" / f"{folder_key}-{fingerprint[:12]}.zarr"
 
 
 @click.command()
-@click.argument("audio_dir", type=click.Path(exists=True, file_okay=False))
+@click.argument("audio_dir")
 @click.option(
     "--head",
     "head_paths",

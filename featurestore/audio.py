@@ -8,13 +8,17 @@ does for one unpadded clip.
 
 from __future__ import annotations
 
+import io
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import soundfile as sf
 import soxr
+
+from manifests.sources import is_url, open_source, source_exists, source_size
 
 SAMPLE_RATE_HZ = 16_000
 FRAME_HOP_SAMPLES = 320  # 20 ms: 50 frames per second
@@ -50,14 +54,13 @@ def normalise(samples: np.ndarray) -> np.ndarray:
     return ((x - x.mean()) / np.sqrt(x.var() + NORM_EPS)).astype(np.float32)
 
 
-def check_wav_truncation(path: Path) -> None:
+def check_wav_truncation(f: BinaryIO, size: int) -> None:
     """Raise if a RIFF/WAVE file's data chunk claims more bytes than the file holds.
 
     libsndfile silently reads the part that is there; a truncated upload should be
-    reported, not stored as a shorter clip.
+    reported, not stored as a shorter clip. ``f`` is rewound afterwards.
     """
-    size = path.stat().st_size
-    with path.open("rb") as f:
+    try:
         head = f.read(12)
         if len(head) < 12 or head[:4] not in (b"RIFF", b"RIFX") or head[8:12] != b"WAVE":
             return
@@ -75,6 +78,8 @@ def check_wav_truncation(path: Path) -> None:
                     )
                 return
             offset += 8 + chunk_size + (chunk_size & 1)
+    finally:
+        f.seek(0)
 
 
 def decode_clip(path: str | Path, *, max_seconds: float | None = None) -> DecodedClip:
@@ -87,14 +92,21 @@ def decode_clip(path: str | Path, *, max_seconds: float | None = None) -> Decode
     Raises:
         AudioError: unreadable, truncated, empty, non-finite or shorter than one frame.
     """
-    path = Path(path)
-    if not path.is_file():
+    if not source_exists(path):
         raise AudioError(f"no such file: {path}")
-    if path.stat().st_size == 0:
+    size = source_size(path)
+    if size == 0:
         raise AudioError("empty file (0 bytes)")
-    check_wav_truncation(path)
+    with open_source(path) as raw:
+        # Object-store clips are read into memory once; local files stay on disk.
+        source = io.BytesIO(raw.read()) if is_url(path) else raw
+        check_wav_truncation(source, size)
+        return _decode(source if is_url(path) else str(path), max_seconds)
+
+
+def _decode(source: BinaryIO | str, max_seconds: float | None) -> DecodedClip:
     try:
-        with sf.SoundFile(str(path)) as f:
+        with sf.SoundFile(source) as f:
             source_hz, channels, total = f.samplerate, f.channels, f.frames
             wanted = total
             if max_seconds is not None:

@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 
 from featurestore.spec import fingerprint
-from featurestore.store import FeatureStore, is_url
+from featurestore.store import FeatureStore
+from manifests.sources import is_url
 
 
 def size_on_disk(location: str, *, storage_options: dict | None = None) -> int:

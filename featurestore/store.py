@@ -39,6 +39,7 @@ import zarr.storage
 
 from featurestore.errors import StoreError
 from featurestore.spec import FORMAT_VERSION, describe_difference, fingerprint
+from manifests.sources import is_url
 
 if TYPE_CHECKING:
     from featurestore.encode import ClipFeatures
@@ -47,10 +48,6 @@ PARTS = "parts"
 ROOT_ATTR = "emi"
 PART_ATTR = "emi_part"
 HIDDEN_CHUNK_BYTES = 1 << 20  # about 1 MiB per chunk of hidden states
-
-
-def is_url(location: str) -> bool:
-    return "://" in str(location)
 
 
 def open_zarr_store(location: str | os.PathLike, *, mode: str, storage_options: dict | None = None):

@@ -11,13 +11,15 @@ import soundfile as sf
 
 from manifests.labels import LabelTable, read_labels
 from manifests.records import AUDIO_EXTENSIONS, ClipRecord, ManifestError, format_examples
+from manifests.sources import list_files, open_source, source_size
 
 HASH_BLOCK_BYTES = 1 << 20
 
 
 def sha256_of_file(path: str | Path) -> str:
+    """sha256 of a local file's or a URL's bytes."""
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open_source(path) as f:
         while block := f.read(HASH_BLOCK_BYTES):
             digest.update(block)
     return digest.hexdigest()
@@ -25,13 +27,13 @@ def sha256_of_file(path: str | Path) -> str:
 
 def probe(record: ClipRecord) -> ClipRecord:
     """Fill duration, rate, channels and sha256 from the file; set ``problem`` if unreadable."""
-    path = Path(record.path)
-    record.sha256 = sha256_of_file(path)
-    if path.stat().st_size == 0:
+    record.sha256 = sha256_of_file(record.path)
+    if source_size(record.path) == 0:
         record.problem = "empty file (0 bytes)"
         return record
     try:
-        info = sf.info(str(path))
+        with open_source(record.path) as f:
+            info = sf.info(f)
     except Exception as err:  # libsndfile's errors for non-audio, empty or odd files
         record.problem = f"unreadable header: {err}"
         return record
@@ -46,32 +48,34 @@ def probe(record: ClipRecord) -> ClipRecord:
 def scan_folder(folder: str | Path) -> list[ClipRecord]:
     """Records for every audio file below ``folder`` (recursive), not yet probed.
 
-    The clip id is the path relative to ``folder`` without its extension, with ``/``.
+    ``folder`` is a local folder or an fsspec URL (``s3://bucket/audio``). The clip id is
+    the path relative to ``folder`` without its extension, with ``/``.
 
     Raises:
         ManifestError: the folder is missing, has no audio, or two files share an id.
     """
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise ManifestError(f"audio folder not found: {folder}")
-    files = sorted(
-        p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS
-    )
+    try:
+        files = list_files(folder, AUDIO_EXTENSIONS)
+    except FileNotFoundError:
+        raise ManifestError(f"audio folder not found: {folder}") from None
     if not files:
         raise ManifestError(
             f"{folder}: no audio files ({', '.join(AUDIO_EXTENSIONS)}) found, recursively"
         )
-    by_id: dict[str, list[Path]] = defaultdict(list)
-    for path in files:
-        by_id[path.relative_to(folder).with_suffix("").as_posix()].append(path)
+    by_id: dict[str, list[str]] = defaultdict(list)
+    for relative, full in files:
+        by_id[relative.rsplit(".", 1)[0]].append(full)
     clashes = {cid: paths for cid, paths in by_id.items() if len(paths) > 1}
     if clashes:
-        rows = [f"{cid}: {', '.join(p.name for p in paths)}" for cid, paths in clashes.items()]
+        rows = [
+            f"{cid}: {', '.join(p.rsplit('/', 1)[-1] for p in sorted(paths))}"
+            for cid, paths in clashes.items()
+        ]
         raise ManifestError(
             f"{folder}: {len(clashes)} clip ids have more than one file; keep one file per "
             f"clip: {format_examples(rows)}"
         )
-    return [ClipRecord(clip_id=cid, path=str(paths[0].resolve())) for cid, paths in by_id.items()]
+    return [ClipRecord(clip_id=cid, path=paths[0]) for cid, paths in by_id.items()]
 
 
 def merge_labels(

@@ -144,3 +144,39 @@ def test_train_predict_score_on_s3(s3_server, tiny_backbone, tmp_path):
     assert "0 extracted, 24 reused" in scored.output
     by_id = {r["clip_id"]: r for r in csv.DictReader((tmp_path / "s.csv").open())}
     assert all(by_id[r["clip_id"]] == r for r in predicted)
+
+
+def test_audio_in_a_bucket(s3_server, layer_store, mixed_corpus, tiny_backbone):
+    """The lab's case: recordings land in a bucket; a corrupt upload is listed, not fatal."""
+    import boto3
+
+    s3 = boto3.client("s3")
+    for path in sorted(p for p in mixed_corpus.rglob("*") if p.is_file()):
+        key = f"uploads/{path.relative_to(mixed_corpus).as_posix()}"
+        s3.put_object(Bucket=BUCKET, Key=key, Body=path.read_bytes())
+    s3.put_object(Bucket=BUCKET, Key="uploads/corrupt.wav", Body=b"RIFF\x00\x01WAVEnot audio")
+    url = f"{s3_server}/from-bucket.zarr"
+    result = run_cli(
+        "extract",
+        f"{s3_server}/uploads",
+        url,
+        "--model",
+        tiny_backbone,
+        "--quiet",
+        "--json",
+        expect=3,
+    )
+    summary = json.loads(result.stdout)
+    assert [f["clip_id"] for f in summary["failed"]] == ["corrupt"]
+    remote, local = FeatureStore.open(url), FeatureStore.open(layer_store)
+    assert sorted(remote.clip_ids) == sorted(local.clip_ids)
+    for clip_id in local.clip_ids:
+        # (the local store batched with padding: equal within float16 rounding)
+        np.testing.assert_allclose(
+            remote.hidden(clip_id).astype(np.float32),
+            local.hidden(clip_id).astype(np.float32),
+            rtol=2**-9,
+            atol=1e-4,
+        )
+        assert remote.clip_info(clip_id)["source_path"].startswith(f"{s3_server}/uploads/")
+        assert remote.clip_info(clip_id)["sha256"] == local.clip_info(clip_id)["sha256"]
