@@ -172,11 +172,12 @@ def extract(
     existing = FeatureStore(root, store)
     stored_ids = set(existing.clip_ids)
     summary.already_stored = len([r for r in records if r.clip_id in stored_ids])
-    for r in records:
-        if r.clip_id in stored_ids and r.sha256:
-            stored_sha = existing.clip_info(r.clip_id)["sha256"]
-            if stored_sha and stored_sha != r.sha256:
-                summary.changed_sources.append(r.clip_id)
+    stored_sha = existing.sha256_by_clip() if summary.already_stored else {}
+    summary.changed_sources = [
+        r.clip_id
+        for r in records
+        if r.sha256 and stored_sha.get(r.clip_id) not in (None, "", r.sha256)
+    ]
     missing = [r for r in records if r.clip_id not in stored_ids]
     if not missing:
         summary.wall_s = time.perf_counter() - started

@@ -320,6 +320,22 @@ class FeatureStore:
         except KeyError:
             raise KeyError(f"clip {clip_id!r} is not in store {self.location}") from None
 
+    def frames(self, clip_id: str) -> int:
+        """Frames of a stored clip (from the index: no array read)."""
+        loc = self._locate(clip_id)
+        return loc.frame_end - loc.frame_start
+
+    def sha256_by_clip(self) -> dict[str, str]:
+        """Source sha256 of every stored clip, read one array per part."""
+        out: dict[str, str] = {}
+        for name in self.complete_parts:
+            part = self._parts[name]
+            ids, hashes = part["clip_id"][...], part["sha256"][...]
+            for clip_id, digest in zip(ids, hashes, strict=True):
+                if self.part_of(str(clip_id)) == name:
+                    out[str(clip_id)] = str(digest)
+        return out
+
     def part_of(self, clip_id: str) -> str:
         """The part that holds ``clip_id`` (the first, should a stray copy exist)."""
         return self._locate(clip_id).part

@@ -82,7 +82,7 @@ class SequenceData:
         self.parts_read = 0  # how many part reads happened (for tests and benchmarks)
 
     def _clip_frames(self, clip_id: str) -> int:
-        frames = self.store.clip_info(clip_id)["frames"]
+        frames = self.store.frames(clip_id)
         return frames if self.max_frames is None else min(frames, self.max_frames)
 
     def _read_parts(self, parts: list[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:

@@ -269,3 +269,17 @@ def test_bad_input_folder(tiny_backbone, tmp_path):
         opened.hidden("three_minutes").astype(np.float32), expected, rtol=2**-10, atol=1e-4
     )
     assert run_cli("store", "verify", store).exit_code == 0
+
+
+def test_changed_file_is_named_not_recomputed(tiny_backbone, tmp_path):
+    for i in range(3):
+        write_clip(tmp_path / "audio" / f"{i:05d}.wav", 1.0, seed=i)
+    store = tmp_path / "s.zarr"
+    run_cli("extract", tmp_path / "audio", store, "--model", tiny_backbone, "--quiet")
+    before = FeatureStore.open(store).hidden("00001").copy()
+    write_clip(tmp_path / "audio" / "00001.wav", 1.0, seed=99)  # the file changes
+    result = run_cli("extract", tmp_path / "audio", store, "--json", "--quiet")
+    assert json.loads(result.stdout)["changed_sources"] == ["00001"]
+    np.testing.assert_array_equal(FeatureStore.open(store).hidden("00001"), before)
+    text = run_cli("extract", tmp_path / "audio", store, "--quiet")
+    assert "1 stored clips have a different file now" in text.output and "00001" in text.output
