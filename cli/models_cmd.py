@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from featurestore.store import FeatureStore
+from manifests.sources import is_url
 
 
 def _echo_err(message: str) -> None:
@@ -205,6 +206,16 @@ def _print_results(results) -> None:
         click.echo(f"{r.name:24s} {r.best_epoch:10d} {r.best_val_pearson:17.4f}  {r.folder}")
 
 
+HEAD_OPTION = click.option(
+    "--head",
+    "head_paths",
+    multiple=True,
+    required=True,
+    type=click.Path(exists=True, file_okay=False),
+    help="Head folder; repeatable.",
+)
+
+
 def _load_heads(paths: tuple[str, ...], device: str):
     from models.head_files import load_head, torch_device
 
@@ -217,14 +228,7 @@ def _load_heads(paths: tuple[str, ...], device: str):
 
 @click.command()
 @click.argument("store")
-@click.option(
-    "--head",
-    "head_paths",
-    multiple=True,
-    required=True,
-    type=click.Path(exists=True, file_okay=False),
-    help="Head folder; repeatable.",
-)
+@HEAD_OPTION
 @click.option(
     "-o", "--output", required=True, type=click.Path(dir_okay=False), help="CSV to write."
 )
@@ -242,21 +246,14 @@ def predict(store: str, head_paths: tuple[str, ...], output: str, device: str) -
 def default_score_store(audio_dir: str, fingerprint: str) -> Path:
     """A cache store per audio folder and feature fingerprint, under the user cache."""
     root = Path(os.environ.get("EMI_CACHE", Path.home() / ".cache" / "emi"))
-    where = audio_dir if "://" in audio_dir else str(Path(audio_dir).resolve())
+    where = audio_dir if is_url(audio_dir) else str(Path(audio_dir).resolve())
     folder_key = hashlib.sha256(where.encode()).hexdigest()[:12]
     return root / "score" / f"{folder_key}-{fingerprint[:12]}.zarr"
 
 
 @click.command()
 @click.argument("audio_dir")
-@click.option(
-    "--head",
-    "head_paths",
-    multiple=True,
-    required=True,
-    type=click.Path(exists=True, file_okay=False),
-    help="Head folder; repeatable.",
-)
+@HEAD_OPTION
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False))
 @click.option(
     "--store",
