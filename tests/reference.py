@@ -63,3 +63,19 @@ def assert_matches(store, clip_id: str, ref: dict) -> None:
         np.testing.assert_allclose(
             getattr(store, key)(clip_id), ref[key], atol=1e-4, err_msg=f"{clip_id} {key}"
         )
+
+
+def assert_same_features(a, b) -> None:
+    """Two stores hold the same clips and features, within float16 rounding (runs that
+    batched or threaded differently may round a value one float16 step apart)."""
+    assert a.fingerprint == b.fingerprint
+    assert sorted(a.clip_ids) == sorted(b.clip_ids)
+    for clip_id in a.clip_ids:
+        np.testing.assert_allclose(
+            a.hidden(clip_id).astype(np.float32),
+            b.hidden(clip_id).astype(np.float32),
+            rtol=2**-9,
+            atol=1e-4,
+            err_msg=clip_id,
+        )
+        np.testing.assert_allclose(a.clip_vad(clip_id), b.clip_vad(clip_id), atol=1e-5)

@@ -7,7 +7,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import zarr
 
@@ -15,6 +14,7 @@ from featurestore.random_backbone import write_random_backbone
 from featurestore.store import FeatureStore
 from tests.cluster import dask_cluster
 from tests.conftest import run_cli
+from tests.reference import assert_same_features
 from tests.synth import write_clip
 
 REPO = Path(__file__).resolve().parents[1]
@@ -23,19 +23,6 @@ REPO = Path(__file__).resolve().parents[1]
 def writers(store: Path) -> set[str]:
     root = zarr.open_group(str(store), mode="r")
     return {g.attrs["emi_part"]["written_by"] for _, g in root["parts"].groups()}
-
-
-def assert_same_features(a: FeatureStore, b: FeatureStore) -> None:
-    assert a.fingerprint == b.fingerprint
-    assert sorted(a.clip_ids) == sorted(b.clip_ids)
-    for clip_id in a.clip_ids:
-        np.testing.assert_allclose(
-            a.hidden(clip_id).astype(np.float32),
-            b.hidden(clip_id).astype(np.float32),
-            rtol=2**-9,
-            atol=1e-4,
-        )
-        np.testing.assert_allclose(a.clip_vad(clip_id), b.clip_vad(clip_id), atol=1e-5)
 
 
 def test_existing_scheduler_gives_the_same_store(
