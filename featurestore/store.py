@@ -327,14 +327,8 @@ class FeatureStore:
 
     def sha256_by_clip(self) -> dict[str, str]:
         """Source sha256 of every stored clip, read one array per part."""
-        out: dict[str, str] = {}
-        for name in self.complete_parts:
-            part = self._parts[name]
-            ids, hashes = part["clip_id"][...], part["sha256"][...]
-            for clip_id, digest in zip(ids, hashes, strict=True):
-                if self.part_of(str(clip_id)) == name:
-                    out[str(clip_id)] = str(digest)
-        return out
+        hashes = {name: self._parts[name]["sha256"][...] for name in self.complete_parts}
+        return {cid: str(hashes[loc.part][loc.row]) for cid, loc in self._index.items()}
 
     def part_of(self, clip_id: str) -> str:
         """The part that holds ``clip_id`` (the first, should a stray copy exist)."""
@@ -405,10 +399,14 @@ class FeatureStore:
         one go per array (the fast path for training).
         """
         for name in self.complete_parts:
-            part = self._parts[name]
-            arrays = {k: part[k][...] for k in ("clip_id", "offsets", *keys)}
-            arrays["clip_id"] = np.array([str(x) for x in arrays["clip_id"]], dtype=object)
-            yield name, arrays
+            yield name, self.read_part(name, keys)
+
+    def read_part(self, name: str, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
+        """``clip_id`` (as str), ``offsets`` and ``keys`` of part ``name``, one read each."""
+        part = self._parts[name]
+        arrays = {k: part[k][...] for k in ("clip_id", "offsets", *keys)}
+        arrays["clip_id"] = np.array([str(x) for x in arrays["clip_id"]], dtype=object)
+        return arrays
 
     def read_clips(
         self, clip_ids: list[str] | None = None, *, max_frames: int | None = None

@@ -90,11 +90,10 @@ class SequenceData:
         the clip's full frame count)."""
         out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         for part in parts:
-            group = self.store.part_group(part)
-            ids = [str(x) for x in group["clip_id"][...]]
-            offsets = group["offsets"][...]
-            hidden, frame_vad = group["hidden"][...], group["frame_vad"][...]
-            means = np.concatenate([group["hidden_mean"][...], group["vad_mean"][...]], axis=1)
+            arrays = self.store.read_part(part, ("hidden", "frame_vad", "hidden_mean", "vad_mean"))
+            ids, offsets = arrays["clip_id"], arrays["offsets"]
+            hidden, frame_vad = arrays["hidden"], arrays["frame_vad"]
+            means = np.concatenate([arrays["hidden_mean"], arrays["vad_mean"]], axis=1)
             self.parts_read += 1
             wanted = set(self._by_part[part])
             for row, clip_id in enumerate(ids):
