@@ -38,14 +38,10 @@ sys.path.insert(0, str(REPO))
 
 from featurestore.backbone import identify_backbone  # noqa: E402
 from featurestore.encode import ClipFeatures  # noqa: E402
+from featurestore.location import StoreLocation  # noqa: E402
 from featurestore.random_backbone import write_random_backbone  # noqa: E402
 from featurestore.spec import build_spec  # noqa: E402
-from featurestore.store import (  # noqa: E402
-    FeatureStore,
-    StoredClip,
-    create_or_check_store,
-    write_part,
-)
+from featurestore.store import FeatureStore, StoredClip, StoreWriter  # noqa: E402
 from manifests import read_labels  # noqa: E402
 from models.heads import build_head, preset_config  # noqa: E402
 from models.training import HeadPlan, TrainSettings, train_heads, warmup_cosine  # noqa: E402
@@ -56,9 +52,9 @@ TARGETS = ["Admiration", "Amusement", "Determination", "Empathic Pain", "Excitem
 def make_store(work: Path, size: str, clips: int, seed: int = 0) -> tuple[Path, Path, Path]:
     backbone = write_random_backbone(work / "backbone", size=size, seed=seed)
     spec = build_spec(identify_backbone(str(backbone)), max_seconds=None, window_seconds=30.0)
-    root = create_or_check_store(str(work / "feats.zarr"), spec)
+    writer = StoreWriter.open(StoreLocation.of(work / "feats.zarr"), spec, lock=None)
     dim, rng = spec["hidden_size"], np.random.default_rng(seed)
-    rows, stored, features, part = [], [], [], 0
+    rows, stored, features = [], [], []
     for i in range(clips):
         frames = int(rng.integers(150, 400))
         hidden = rng.normal(size=(frames, dim)).astype(np.float32)
@@ -72,8 +68,8 @@ def make_store(work: Path, size: str, clips: int, seed: int = 0) -> tuple[Path, 
         )
         rows.append([clip_id, *rng.uniform(0, 1, 6).round(4)])
         if len(stored) == 50 or i == clips - 1:
-            write_part(root, f"p{part:06d}", stored, features, [])
-            stored, features, part = [], [], part + 1
+            writer.add_part(stored, features)
+            stored, features = [], []
     split = int(0.8 * clips)
     files = []
     for name, chunk in (("train", rows[:split]), ("valid", rows[split:])):

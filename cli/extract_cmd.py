@@ -8,8 +8,9 @@ from pathlib import Path
 
 import click
 
+from featurestore.location import StoreLocation
 from featurestore.spec import DEFAULT_MODEL
-from featurestore.store import FeatureStore, store_exists
+from featurestore.store import read_root
 from manifests import build_manifest, load_manifest
 from manifests.sources import is_url
 
@@ -18,9 +19,8 @@ EXIT_CLIPS_FAILED = 3
 
 def _default_model(store: str) -> str:
     """The backbone an existing store was made with, else the audeering checkpoint."""
-    if store_exists(store):
-        return FeatureStore.open(store).spec["backbone"]["ref"]
-    return DEFAULT_MODEL
+    meta = read_root(StoreLocation.of(store))
+    return meta["spec"]["backbone"]["ref"] if meta else DEFAULT_MODEL
 
 
 @click.command()
@@ -95,6 +95,18 @@ def _default_model(store: str) -> str:
     type=click.Path(dir_okay=False),
     help="When SOURCE is a folder: label CSVs to merge into its manifest.",
 )
+@click.option(
+    "--refresh-changed",
+    is_flag=True,
+    help="Recompute stored clips whose file changed since (the new features replace "
+    "the old ones; the old bytes stay in their part).",
+)
+@click.option(
+    "--dashboard",
+    is_flag=True,
+    help="Serve the local dask cluster's dashboard on 127.0.0.1:8787 (off by default; "
+    "nothing listens beyond loopback either way).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON.")
 @click.option("--quiet", is_flag=True, help="No progress bar and no per-clip failure lines.")
 def extract(
@@ -111,6 +123,8 @@ def extract(
     window_seconds: float,
     part_seconds: float,
     label_files: tuple[str, ...],
+    refresh_changed: bool,
+    dashboard: bool,
     as_json: bool,
     quiet: bool,
 ) -> None:
@@ -144,6 +158,8 @@ def extract(
         max_seconds=max_seconds,
         window_seconds=window_seconds or None,
         part_seconds=part_seconds,
+        refresh_changed=refresh_changed,
+        dashboard=dashboard,
         quiet=quiet,
     )
     summary = run_extract(records, store, options)
@@ -158,14 +174,17 @@ def extract(
         )
         if summary.incomplete_removed:
             click.echo(
-                f"rewrote {len(summary.incomplete_removed)} incomplete parts left by an "
+                f"removed {len(summary.incomplete_removed)} uncommitted parts left by an "
                 f"earlier run: {', '.join(summary.incomplete_removed)}"
             )
-        if summary.changed_sources:
+        if summary.refreshed:
+            click.echo(f"refreshed {summary.refreshed} clips whose file changed")
+        elif summary.changed_sources:
             click.echo(
                 f"warning: {len(summary.changed_sources)} stored clips have a different "
-                f"file now (sha256 changed) and were not recomputed; use a new store "
-                f"to re-extract them: {', '.join(summary.changed_sources[:10])}",
+                f"file now (sha256 changed) and were not recomputed; run again with "
+                f"--refresh-changed to recompute them: "
+                f"{', '.join(summary.changed_sources[:10])}",
                 err=True,
             )
         if summary.failed and not quiet:

@@ -13,11 +13,11 @@ import sys
 import click
 
 from cli import demo_cmd, extract_cmd, manifest_cmd, model_cmd, models_cmd, store_cmd
-from featurestore.errors import BackboneError, StoreError
+from featurestore.errors import BackboneError, DeviceError, StoreError
 from manifests.records import ManifestError
 from models.errors import HeadError
 
-USER_ERRORS = (ManifestError, StoreError, BackboneError, HeadError)
+USER_ERRORS = (ManifestError, StoreError, BackboneError, HeadError, DeviceError)
 
 
 class EmiGroup(click.Group):

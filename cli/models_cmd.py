@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import click
 
 from featurestore.store import FeatureStore
-from manifests.sources import is_url
+from models.options import SETTING_RULES, SIZE_RULES
 
 
 def _echo_err(message: str) -> None:
@@ -53,18 +53,30 @@ def _echo_err(message: str) -> None:
     help="JSON file of many heads trained over one data load (see README).",
 )
 @click.option("--targets", default=None, help="Comma-separated subset of label columns.")
-@click.option("--lstm-hidden", type=click.IntRange(min=1), default=None)
-@click.option("--lstm-layers", type=click.IntRange(min=1), default=None)
-@click.option("--mlp-hidden", type=click.IntRange(min=1), default=None)
-@click.option("--dropout", type=click.FloatRange(0, 1), default=None)
-@click.option("--epochs", type=click.IntRange(min=1), default=30, show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-4, show_default=True)
-@click.option("--weight-decay", type=click.FloatRange(min=0), default=0.01, show_default=True)
-@click.option("--warmup-epochs", type=click.FloatRange(min=0), default=1.0, show_default=True)
+@click.option("--lstm-hidden", type=SIZE_RULES["lstm_hidden"].click_type(), default=None)
+@click.option("--lstm-layers", type=SIZE_RULES["lstm_layers"].click_type(), default=None)
+@click.option("--mlp-hidden", type=SIZE_RULES["mlp_hidden"].click_type(), default=None)
+@click.option("--dropout", type=SIZE_RULES["dropout"].click_type(), default=None)
+@click.option("--epochs", type=SETTING_RULES["epochs"].click_type(), default=30, show_default=True)
+@click.option(
+    "--batch-size", type=SETTING_RULES["batch_size"].click_type(), default=32, show_default=True
+)
+@click.option("--lr", type=SETTING_RULES["lr"].click_type(), default=1e-4, show_default=True)
+@click.option(
+    "--weight-decay",
+    type=SETTING_RULES["weight_decay"].click_type(),
+    default=0.01,
+    show_default=True,
+)
+@click.option(
+    "--warmup-epochs",
+    type=SETTING_RULES["warmup_epochs"].click_type(),
+    default=1.0,
+    show_default=True,
+)
 @click.option(
     "--clip-value",
-    type=click.FloatRange(min=0, min_open=True),
+    type=SETTING_RULES["clip_value"].click_type(),
     default=100.0,
     show_default=True,
     help="Gradient clipping by value.",
@@ -72,7 +84,7 @@ def _echo_err(message: str) -> None:
 @click.option("--seed", type=int, default=1, show_default=True)
 @click.option(
     "--max-seconds",
-    type=click.FloatRange(min=0.02),
+    type=SETTING_RULES["max_seconds"].click_type(),
     default=None,
     help="Crop sequences to their first seconds (the paper: 12).",
 )
@@ -163,7 +175,7 @@ def train(
                 preset=preset,
                 sizes=sizes,
                 settings=settings,
-                targets=tuple(t.strip() for t in targets.split(",")) if targets else None,
+                targets=_targets_option(targets),
             )
         ]
     if scheduler:
@@ -198,6 +210,17 @@ def train(
         log=(lambda _: None) if quiet else _echo_err,
     )
     _print_results(results)
+
+
+def _targets_option(targets: str | None) -> tuple[str, ...] | None:
+    from models.options import check_targets
+
+    if targets is None:
+        return None
+    try:
+        return check_targets(targets)
+    except ValueError as err:
+        raise click.BadParameter(str(err), param_hint="--targets") from err
 
 
 def _print_results(results) -> None:
@@ -243,12 +266,14 @@ def predict(store: str, head_paths: tuple[str, ...], output: str, device: str) -
     click.echo(f"{len(ids)} clips x {len(heads)} heads -> {output}")
 
 
-def default_score_store(audio_dir: str, fingerprint: str) -> Path:
-    """A cache store per audio folder and feature fingerprint, under the user cache."""
+def default_score_store(fingerprint: str) -> Path:
+    """The cache store for features of one spec, under the user cache.
+
+    Its clips are keyed by the sha256 of the file's bytes, not by path: a file whose
+    content changes is a new clip, so the cache never serves features of other audio.
+    """
     root = Path(os.environ.get("EMI_CACHE", Path.home() / ".cache" / "emi"))
-    where = audio_dir if is_url(audio_dir) else str(Path(audio_dir).resolve())
-    folder_key = hashlib.sha256(where.encode()).hexdigest()[:12]
-    return root / "score" / f"{folder_key}-{fingerprint[:12]}.zarr"
+    return root / "score" / f"{fingerprint[:16]}.zarr"
 
 
 @click.command()
@@ -258,8 +283,9 @@ def default_score_store(audio_dir: str, fingerprint: str) -> Path:
 @click.option(
     "--store",
     default=None,
-    help="Store to extract into (clips already there are reused). Default: a "
-    "cache store per folder under ~/.cache/emi (EMI_CACHE).",
+    help="Store to extract into (clips already there are reused; clips whose file "
+    "changed are recomputed). Default: a cache store keyed by file content under "
+    "~/.cache/emi (EMI_CACHE).",
 )
 @click.option(
     "--model",
@@ -298,8 +324,21 @@ def score(
             "score with heads of one feature spec at a time"
         )
     spec = heads[0].config["store"]["spec"]
-    location = store or str(default_score_store(audio_dir, heads[0].fingerprint))
-    records = build_manifest(audio_dir)
+    folder = build_manifest(audio_dir)
+    cached = store is None
+    location = str(default_score_store(heads[0].fingerprint)) if cached else store
+    if cached:  # keyed by content: the clip id is the sha256 of the file's bytes
+        Path(location).parent.mkdir(parents=True, exist_ok=True)
+        unique = {}
+        for r in folder:
+            unique.setdefault(r.sha256, replace(r, clip_id=r.sha256, labels={}))
+        records = list(unique.values())
+    else:
+        records = folder
+
+    def key(record) -> str:
+        return record.sha256 if cached else record.clip_id
+
     options = ExtractOptions(
         model=model or spec["backbone"]["ref"],
         revision=spec["backbone"].get("revision"),
@@ -309,19 +348,34 @@ def score(
         scheduler=scheduler,
         max_seconds=spec["max_seconds"],
         window_seconds=spec["window_seconds"],
+        refresh_changed=True,  # never serve features of a file's earlier content
+        expect_fingerprint=heads[0].fingerprint,
         quiet=quiet,
     )
     summary = extract(records, location, options)
     opened = FeatureStore.open(location)
-    ids = [r.clip_id for r in records if r.clip_id in opened]
+    stored = opened.sha256_by_clip()
+    # Served only where the stored features are of the file's current content.
+    ids = sorted({key(r) for r in folder if stored.get(key(r)) == r.sha256})
     ids, predictions = predict_store(opened, heads, clip_ids=ids, device=device)
-    write_predictions_csv(output, ids, heads, predictions)
+    row_of = {cid: i for i, cid in enumerate(ids)}
+    rows = sorted((r.clip_id, row_of[key(r)]) for r in folder if key(r) in row_of)
+    write_predictions_csv(
+        output,
+        [cid for cid, _ in rows],
+        heads,
+        {name: values[[i for _, i in rows]] for name, values in predictions.items()},
+    )
     click.echo(
-        f"{len(ids)} clips scored ({summary.extracted} extracted, "
+        f"{len(rows)} clips scored ({summary.extracted} extracted, "
         f"{summary.already_stored} reused from {location}) -> {output}"
     )
     if summary.failed:
+        names: dict[str, list[str]] = {}
+        for r in folder:
+            names.setdefault(key(r), []).append(r.clip_id)
         _echo_err(f"{len(summary.failed)} clips could not be extracted and are not in the CSV:")
         for f in summary.failed:
-            _echo_err(f"  {f['clip_id']}: {f['reason']}")
+            for cid in names.get(f["clip_id"], [f["clip_id"]]):
+                _echo_err(f"  {cid}: {f['reason']}")
         sys.exit(3)

@@ -9,7 +9,7 @@ import click
 from tqdm import tqdm
 
 from featurestore.export_hdf5 import export_hdf5
-from featurestore.report import store_info, verify_store
+from featurestore.report import repair_store, store_info, verify_store
 from featurestore.store import FeatureStore
 
 
@@ -33,7 +33,11 @@ def info(location: str, as_json: bool) -> None:
         f"store        {data['store']}",
         f"fingerprint  {data['fingerprint']}",
         f"clips        {data['clips']} in {data['parts']} parts"
-        + (f" ({len(data['incomplete_parts'])} incomplete)" if data["incomplete_parts"] else ""),
+        + (
+            f" ({len(data['uncommitted_parts'])} uncommitted part folders)"
+            if data["uncommitted_parts"]
+            else ""
+        ),
         f"frames       {data['frames']} ({data['hours_extracted']:.3f} h at "
         f"{spec['frame_rate_hz']} Hz)",
         f"audio        {data['hours_audio']:.3f} h",
@@ -54,15 +58,38 @@ def info(location: str, as_json: bool) -> None:
 @store.command("verify")
 @click.argument("location")
 def verify(location: str) -> None:
-    """Check parts, offsets, ids and fingerprints; exit 1 if anything is wrong."""
+    """Read every committed part and check it against its checksums, shapes, offsets,
+    ids and means; exit 1 naming each damaged part and array."""
     opened = FeatureStore.open(location)
     problems = verify_store(opened)
     if problems:
         click.echo(f"{location}: {len(problems)} problems", err=True)
         for p in problems:
             click.echo(f"  {p}", err=True)
+        click.echo(
+            "run `emi store repair` to drop the damaged parts; the next `emi extract` "
+            "recomputes their clips",
+            err=True,
+        )
         sys.exit(1)
     click.echo(f"{location}: ok ({len(opened)} clips in {len(opened.complete_parts)} parts)")
+
+
+@store.command("repair")
+@click.argument("location")
+def repair(location: str) -> None:
+    """Drop damaged parts (their clips count as missing, so the next `emi extract`
+    recomputes them) and delete part folders no run committed."""
+    report = repair_store(location)
+    for p in report.problems:
+        click.echo(f"  {p}", err=True)
+    click.echo(
+        f"{location}: dropped {len(report.dropped_parts)} damaged parts "
+        f"({len(report.dropped_clips)} clips to re-extract), removed "
+        f"{len(report.removed_uncommitted)} uncommitted part folders"
+    )
+    if report.dropped_clips:
+        click.echo(f"re-extract with `emi extract SOURCE {location}`")
 
 
 @store.command("export")
@@ -73,11 +100,14 @@ def export(location: str, output: str, quiet: bool) -> None:
     """Export every clip of LOCATION to an HDF5 file OUTPUT (a group per clip)."""
     opened = FeatureStore.open(location)
     show = not quiet and sys.stderr.isatty()
-    count = export_hdf5(
-        opened,
-        output,
-        progress=lambda it: tqdm(
-            it, total=len(opened.complete_parts), unit="part", disable=not show
-        ),
-    )
+    try:
+        count = export_hdf5(
+            opened,
+            output,
+            progress=lambda it: tqdm(
+                it, total=len(opened.complete_parts), unit="part", disable=not show
+            ),
+        )
+    except FileNotFoundError as err:
+        raise click.BadParameter(str(err), param_hint="OUTPUT") from err
     click.echo(f"{count} clips -> {output}")

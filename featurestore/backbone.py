@@ -167,10 +167,18 @@ def read_config(folder: Path) -> tuple[Wav2Vec2Config, dict]:
     file = folder / CONFIG_FILE
     if not file.is_file():
         raise BackboneError(f"{folder}: no {CONFIG_FILE}; is this a wav2vec 2.0 checkpoint?")
-    raw = json.loads(file.read_text())
+    try:
+        raw = json.loads(file.read_text())
+        if not isinstance(raw, dict):
+            raise ValueError("not a JSON object")
+    except (ValueError, UnicodeDecodeError) as err:
+        raise BackboneError(f"{file}: unreadable config ({err}); restore the checkpoint") from err
     if raw.get("model_type", "wav2vec2") != "wav2vec2":
         raise BackboneError(f"{file}: model_type {raw.get('model_type')!r}, expected 'wav2vec2'")
-    config = Wav2Vec2Config.from_dict(raw)
+    try:
+        config = Wav2Vec2Config.from_dict(raw)
+    except (ValueError, TypeError, KeyError) as err:
+        raise BackboneError(f"{file}: not a valid wav2vec 2.0 config ({err})") from err
     if config.num_labels != 3:
         raise BackboneError(
             f"{file}: num_labels={config.num_labels}; an emotion backbone has a 3-output "
@@ -184,9 +192,16 @@ def read_weights(folder: Path) -> dict[str, torch.Tensor]:
     safetensors_file = folder / WEIGHT_FILES[0]
     bin_file = folder / WEIGHT_FILES[1]
     if safetensors_file.is_file():
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        return load_file(str(safetensors_file))
+        try:
+            return load_file(str(safetensors_file))
+        except (SafetensorError, OSError, ValueError) as err:
+            raise BackboneError(
+                f"{safetensors_file}: unreadable weights ({err}); the file is damaged or "
+                "incomplete, download or copy it again"
+            ) from err
     if bin_file.is_file():
         try:
             state = torch.load(bin_file, map_location="cpu", weights_only=True)
@@ -260,7 +275,7 @@ def _read_checkpoint(
     config, raw = read_config(folder)
     state = _used_weights(read_weights(folder))
     identity = BackboneIdentity(
-        ref=ref,
+        ref=local_ref(ref),
         revision=resolved_revision,
         weights_sha256=_cached_weights_hash(folder, state),
         config_sha256=hash_config(raw),
@@ -280,6 +295,13 @@ def _materialise_optional(model: nn.Module) -> None:
         if isinstance(tensor, nn.Parameter):
             value = nn.Parameter(value, requires_grad=tensor.requires_grad)
         setattr(owner, attr, value)
+
+
+def local_ref(ref: str) -> str:
+    """A checkpoint folder as an absolute path (so a store or head records where it is
+    from any working directory); hub ids unchanged."""
+    path = Path(ref).expanduser()
+    return str(path.resolve()) if path.is_dir() else ref
 
 
 def identify_backbone(ref: str, *, revision: str | None = None) -> BackboneIdentity:

@@ -3,7 +3,10 @@
 Layout::
 
     /                   attrs: fingerprint, spec (JSON), vad_labels
-    /clips/<name>       one group per clip; <name> is the clip id with "/" written "%2F"
+    /clips/<name>       one group per clip; <name> is the clip id percent-encoded: every
+                        character but A-Z a-z 0-9 _ - is written %XX (UTF-8 bytes), so
+                        "speaker_b/00007" -> "speaker_b%2F00007", "." -> "%2E";
+                        urllib.parse.unquote gives the id back
         hidden          (frames, hidden) float16
         frame_vad       (frames, 3) float32
         hidden_mean     (hidden,) float32
@@ -21,17 +24,28 @@ from urllib.parse import quote
 import h5py
 import numpy as np
 
+from featurestore.atomic import atomic_file
 from featurestore.store import FeatureStore
 
 
 def hdf5_name(clip_id: str) -> str:
-    """The group name of a clip id (``/`` would nest groups, so it is escaped)."""
-    return quote(clip_id, safe="")
+    """The group name of a clip id: percent-encoded except ``A-Z a-z 0-9 _ -`` (``/``
+    would nest groups, ``.`` is not a name); ``urllib.parse.unquote`` reverses it."""
+    return quote(clip_id, safe="").replace(".", "%2E").replace("~", "%7E")
 
 
 def export_hdf5(store: FeatureStore, path: str | Path, *, progress=None) -> int:
-    """Write every stored clip to ``path``; returns the number of clips written."""
-    path = Path(path)
+    """Write every stored clip to ``path``; returns the number of clips written.
+
+    The file is written beside ``path`` and moved into place when complete: a failure
+    (damaged store, full disk) leaves no partial file and any earlier export intact.
+    """
+    with atomic_file(path) as temporary:
+        written = _write(store, temporary, progress)
+    return written
+
+
+def _write(store: FeatureStore, path: Path, progress) -> int:
     written = 0
     with h5py.File(path, "w") as f:
         f.attrs["fingerprint"] = store.fingerprint
@@ -53,7 +67,7 @@ def export_hdf5(store: FeatureStore, path: str | Path, *, progress=None) -> int:
         for name, arrays in progress(parts) if progress else parts:
             offsets = arrays["offsets"]
             for row, clip_id in enumerate(arrays["clip_id"]):
-                if store.part_of(clip_id) != name:  # a stray copy of a stored clip
+                if store.part_of(clip_id) != name:  # an older copy of a refreshed clip
                     continue
                 start, end = int(offsets[row]), int(offsets[row + 1])
                 group = clips.create_group(hdf5_name(clip_id))

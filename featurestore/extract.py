@@ -12,21 +12,17 @@ import logging
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from tqdm import tqdm
 
-from featurestore.backbone import identify_backbone
+from featurestore.backbone import identify_backbone, local_ref
+from featurestore.errors import StoreError, require_device
+from featurestore.location import StoreLocation
+from featurestore.lock import StoreLock
 from featurestore.part_task import COMPUTE_DTYPES, PartJob, run_part
 from featurestore.spec import DEFAULT_MODEL, build_spec, fingerprint
-from featurestore.store import (
-    FeatureStore,
-    create_or_check_store,
-    next_part_number,
-    part_name,
-    remove_incomplete_parts,
-    write_part,
-)
+from featurestore.store import FeatureStore, StoreWriter, part_name, read_root
 from manifests.records import ClipRecord
 
 MIN_PART_SECONDS = 30.0
@@ -46,6 +42,9 @@ class ExtractOptions:
     max_seconds: float | None = None
     window_seconds: float | None = 30.0
     part_seconds: float = 600.0
+    refresh_changed: bool = False  # recompute stored clips whose file changed
+    expect_fingerprint: str | None = None  # refuse, before any work, to make other features
+    dashboard: bool = False  # serve the local cluster's dashboard on 127.0.0.1:8787
     quiet: bool = False
     storage_options: dict = field(default_factory=dict)
 
@@ -63,6 +62,7 @@ class ExtractSummary:
     parts_written: list[str] = field(default_factory=list)
     incomplete_removed: list[str] = field(default_factory=list)
     changed_sources: list[str] = field(default_factory=list)
+    refreshed: int = 0
     failed: list[dict] = field(default_factory=list)
     wall_s: float = 0.0
 
@@ -98,12 +98,14 @@ def _clip_job_dict(r: ClipRecord) -> dict:
 
 
 @contextlib.contextmanager
-def dask_client(*, workers: int, scheduler: str | None, quiet: bool):
+def dask_client(*, workers: int, scheduler: str | None, quiet: bool, dashboard: bool = False):
     """A distributed client: to ``scheduler`` (or ``DASK_SCHEDULER_ADDRESS``), or a
     ``LocalCluster`` of ``workers`` single-threaded worker processes.
 
     One local worker runs in this process (still a real scheduler and worker): it
-    shares the already-imported torch and saves seconds of start-up per run.
+    shares the already-imported torch and saves seconds of start-up per run. A local
+    cluster listens on 127.0.0.1 only, and serves no dashboard unless ``dashboard``
+    (then on 127.0.0.1:8787).
     """
     import dask
     from distributed import Client, LocalCluster
@@ -116,13 +118,22 @@ def dask_client(*, workers: int, scheduler: str | None, quiet: bool):
     level = logging.ERROR if quiet else logging.WARNING
     # The workers' statistical profiler samples every thread's stack every 10 ms: about
     # 5% of a CPU extraction, for a dashboard nobody opens here.
+    settings = {"distributed.worker.profile.enabled": False}
+    if not dashboard:
+        # No HTTP server at all: distributed otherwise starts one per scheduler and
+        # worker (metrics, health) even without a dashboard.
+        settings["distributed.scheduler.http.routes"] = []
+        settings["distributed.worker.http.routes"] = []
     with (
-        dask.config.set({"distributed.worker.profile.enabled": False}),
+        dask.config.set(settings),
         LocalCluster(
             n_workers=workers,
             threads_per_worker=1,
             processes=workers > 1,
-            dashboard_address=None,
+            # Worker processes talk TCP on loopback only; one worker runs in-process
+            # (inproc transport, no socket at all).
+            **({"host": "127.0.0.1"} if workers > 1 else {}),
+            dashboard_address="127.0.0.1:8787" if dashboard else None,
             silence_logs=level,
         ) as cluster,
         Client(cluster, set_as_default=False) as client,
@@ -159,6 +170,11 @@ def extract(
     started = time.perf_counter()
     if options.compute_dtype not in COMPUTE_DTYPES:
         raise ValueError(f"compute dtype must be one of {', '.join(COMPUTE_DTYPES)}")
+    options = replace(options, model=local_ref(options.model))
+    if not (options.scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS")):
+        require_device(options.device)  # local workers see this machine's devices
+    location = StoreLocation.of(store, options.storage_options)
+    read_root(location)  # refuse what is not an emi store before writing anything there
     identity = identify_backbone(options.model, revision=options.revision)
     spec = build_spec(
         identity,
@@ -166,32 +182,50 @@ def extract(
         window_seconds=options.window_seconds,
         compute_dtype=options.compute_dtype,
     )
-    root = create_or_check_store(store, spec, storage_options=options.storage_options)
-    summary = ExtractSummary(store=store, fingerprint=fingerprint(spec))
-    summary.incomplete_removed = remove_incomplete_parts(root)
-    existing = FeatureStore(root, store)
-    stored_ids = set(existing.clip_ids)
-    summary.already_stored = len([r for r in records if r.clip_id in stored_ids])
-    stored_sha = existing.sha256_by_clip() if summary.already_stored else {}
+    if options.expect_fingerprint and fingerprint(spec) != options.expect_fingerprint:
+        raise StoreError(
+            f"backbone {options.model!r} with these settings makes features with fingerprint "
+            f"{fingerprint(spec)[:12]}, but {options.expect_fingerprint[:12]} is needed (the "
+            "head was trained on those). Nothing was extracted; use the head's backbone "
+            "(its config.json 'store.spec.backbone')."
+        )
+    with StoreLock(location, purpose="extract") as lock:
+        writer = StoreWriter.open(location, spec, lock)
+        summary = ExtractSummary(store=store, fingerprint=fingerprint(spec))
+        summary.incomplete_removed = writer.remove_uncommitted_parts()
+        _run(records, store, options, identity, writer, lock, summary)
+    summary.parts_written.sort()
+    summary.wall_s = time.perf_counter() - started
+    return summary
+
+
+def _run(records, store, options, identity, writer, lock, summary) -> None:
+    """Plan the missing clips into parts, run them, commit each part as it finishes."""
+    existing = FeatureStore(writer.location, writer.meta)
+    stored_sha = existing.sha256_by_clip()
     summary.changed_sources = [
         r.clip_id
         for r in records
         if r.sha256 and stored_sha.get(r.clip_id) not in (None, "", r.sha256)
     ]
-    missing = [r for r in records if r.clip_id not in stored_ids]
+    refresh = set(summary.changed_sources) if options.refresh_changed else set()
+    summary.already_stored = len([r for r in records if r.clip_id in stored_sha]) - len(refresh)
+    summary.refreshed = len(refresh)
+    missing = [r for r in records if r.clip_id not in stored_sha or r.clip_id in refresh]
     if not missing:
-        summary.wall_s = time.perf_counter() - started
-        return summary
-
+        return
     with dask_client(
-        workers=options.workers, scheduler=options.scheduler, quiet=options.quiet
+        workers=options.workers,
+        scheduler=options.scheduler,
+        quiet=options.quiet,
+        dashboard=options.dashboard,
     ) as client:
         n_workers = _worker_count(client)
         total_s = sum(r.duration_s or 0.0 for r in missing)
         # At least two parts per worker when there is enough audio, so all stay busy.
         part_seconds = min(options.part_seconds, max(MIN_PART_SECONDS, total_s / (2 * n_workers)))
         parts = plan_parts(missing, part_seconds=part_seconds)
-        first = next_part_number(root)
+        first = writer.next_part_number()
         threads = None
         if not (options.scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS")):
             threads = max(1, (os.cpu_count() or 1) // max(1, options.workers))
@@ -199,8 +233,8 @@ def extract(
         futures = {}
         for k, part_records in enumerate(parts):
             job = PartJob(
-                store=store,
-                part=part_name(first + k),
+                store=writer.location.url,
+                part=part_name(first + k, lock.run_id),
                 clips=[_clip_job_dict(r) for r in part_records],
                 model=options.model,
                 revision=identity.revision or options.revision,
@@ -235,20 +269,16 @@ def extract(
                         {"clip_id": c["clip_id"], "path": c["path"], "reason": reason}
                         for c in job.clips
                     ]
-                    write_part(root, job.part, [], [], failures)
-                    result = {
-                        "part": job.part,
-                        "clips": 0,
-                        "frames": 0,
-                        "audio_s": 0.0,
-                        "failures": failures,
-                    }
-                summary.parts_written.append(result["part"])
+                    writer.location.delete(f"parts/{job.part}", recursive=True)
+                    writer.commit(None, None, failures)
+                    summary.failed.extend(failures)
+                    bar.update(len(job.clips))
+                    continue
+                writer.commit(result["part"], result["record"], result["failures"])
+                if result["clips"]:
+                    summary.parts_written.append(result["part"])
                 summary.extracted += result["clips"]
                 summary.frames += result["frames"]
                 summary.audio_s += result["audio_s"]
                 summary.failed.extend(result["failures"])
                 bar.update(len(job.clips))
-    summary.parts_written.sort()
-    summary.wall_s = time.perf_counter() - started
-    return summary

@@ -12,11 +12,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import zarr
 
 from featurestore.audio import AudioError, decode_clip
 from featurestore.backbone import LoadedBackbone, load_backbone
 from featurestore.encode import encode_clips
+from featurestore.errors import require_device
 from featurestore.spec import build_spec, fingerprint
 from featurestore.store import StoredClip, open_zarr_store, write_part
 
@@ -48,11 +48,7 @@ class PartJob:
 
 def resolve_device(device: str) -> str:
     """``auto`` -> ``cuda`` where this process sees a GPU, else ``cpu``."""
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"--device {device}: this worker sees no CUDA GPU")
-    return device
+    return require_device(device)
 
 
 def cached_backbone(job: PartJob, device: str) -> LoadedBackbone:
@@ -72,7 +68,9 @@ def run_part(job: PartJob) -> dict:
     """Extract and write one part; per-clip problems become failures, not exceptions.
 
     Returns:
-        ``{"part", "clips", "frames", "audio_s", "failures": [{clip_id, path, reason}]}``.
+        ``{"part", "record" (to commit), "clips", "frames", "audio_s",
+        "failures": [{clip_id, path, reason}]}``. The part is not in the store until
+        the driver commits its record.
 
     Raises:
         RuntimeError: the backbone on this worker does not match the store's spec, or
@@ -137,14 +135,18 @@ def run_part(job: PartJob) -> dict:
         )
         features.append(result)
     del decoded
-    root = zarr.open_group(
-        open_zarr_store(job.store, mode="a", storage_options=job.storage_options), mode="r+"
+    record = write_part(
+        open_zarr_store(job.store, mode="a", storage_options=job.storage_options),
+        job.part,
+        spec,
+        stored,
+        features,
     )
-    marker = write_part(root, job.part, stored, features, failures)
     return {
         "part": job.part,
-        "clips": marker["clips"],
-        "frames": marker["frames"],
+        "record": record,
+        "clips": record["clips"],
+        "frames": record["frames"],
         "audio_s": float(sum(c.duration_s for c in stored)),
         "failures": failures,
     }

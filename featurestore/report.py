@@ -1,15 +1,19 @@
-"""Summaries and integrity checks of a feature store (``emi store info`` / ``verify``)."""
+"""Summaries, integrity checks and repair of a feature store (``emi store info`` /
+``verify`` / ``repair``)."""
 
 from __future__ import annotations
 
 import os
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from featurestore.spec import fingerprint
-from featurestore.store import FeatureStore
+from featurestore.errors import StoreDamage, StoreError
+from featurestore.location import StoreLocation
+from featurestore.lock import StoreLock
+from featurestore.store import ARRAYS, PART_ATTR, PARTS, FeatureStore, StoreWriter, read_root
 from manifests.sources import is_url
 
 
@@ -26,15 +30,19 @@ def size_on_disk(location: str, *, storage_options: dict | None = None) -> int:
     return total
 
 
+def uncommitted_parts(store: FeatureStore) -> list[str]:
+    """Part folders that are not committed: being written now, or left by a stopped run
+    (the next ``emi extract`` or ``emi store repair`` deletes them)."""
+    where = StoreLocation.of(store.location)
+    return [n for n in where.entries(PARTS) if n not in store.parts and n != "zarr.json"]
+
+
 def store_info(store: FeatureStore, *, storage_options: dict | None = None) -> dict:
-    """Clips, frames, hours, size, spec and failed clips, as a JSON-able dict."""
-    frames = 0
-    audio_s = 0.0
-    for name in store.complete_parts:
-        marker = store.part_marker(name)
-        frames += int(marker.get("frames", 0))
-        if marker.get("clips"):
-            audio_s += float(np.sum(store.part_group(name)["duration_s"][...]))
+    """Clips, frames, hours, size, spec and failed clips, as a JSON-able dict (reads the
+    root only, plus a listing and the size)."""
+    records = store.parts.values()
+    frames = sum(int(r["frames"]) for r in records)
+    audio_s = sum(float(np.sum(r["duration_s"])) for r in records)
     return {
         "store": store.location,
         "fingerprint": store.fingerprint,
@@ -43,87 +51,67 @@ def store_info(store: FeatureStore, *, storage_options: dict | None = None) -> d
         "hours_audio": audio_s / 3600.0,
         "hours_extracted": frames / store.spec["frame_rate_hz"] / 3600.0,
         "parts": len(store.complete_parts),
-        "incomplete_parts": store.incomplete_parts,
+        "uncommitted_parts": uncommitted_parts(store),
         "size_bytes": size_on_disk(store.location, storage_options=storage_options),
         "spec": store.spec,
         "failed": store.failures,
     }
 
 
-def verify_store(store: FeatureStore) -> list[str]:
-    """Check every part; returns the problems found (empty: the store is sound).
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a store; ``part`` names the damaged part where there is one."""
 
-    Checks: parts complete and readable; offsets start at 0, rise, and match frame
-    counts and array lengths; per-clip arrays have one row per clip; clip ids unique
-    across parts; the root fingerprint matches its spec and every part's; values finite;
-    stored means agree with the stored frames (within float16 error).
+    part: str | None
+    message: str
+
+    def __str__(self) -> str:
+        return f"part {self.part}: {self.message}" if self.part else self.message
+
+
+def verify_store(store: FeatureStore) -> list[Problem]:
+    """Read and check every committed part; returns the problems (empty: sound).
+
+    Checks: every array of every part reads back with the committed content checksums
+    (chunk crc32c, whole-array and per-clip crc32c), shapes match the commit record,
+    the part's own marker agrees with the record, offsets start at 0, rise, and match
+    frame counts; ids are unique within a part; values are finite; stored means agree
+    with the stored frames (within float16 error).
     """
-    problems: list[str] = []
-    if fingerprint(store.spec) != store.fingerprint:
-        problems.append("root fingerprint does not match the spec it was computed from")
-    for name in store.incomplete_parts:
-        problems.append(f"part {name}: incomplete (no marker); the next extract rewrites it")
-    counts: Counter[str] = Counter()
-    width = store.hidden_size
+    problems: list[Problem] = []
     for name in store.complete_parts:
-        marker = store.part_marker(name)
-        if marker.get("fingerprint") != store.fingerprint:
-            problems.append(f"part {name}: fingerprint {marker.get('fingerprint')} != store's")
+        record = store.part_marker(name)
         try:
-            group = store.part_group(name)
-            arrays = {key: group[key][...] for key in group.array_keys()}
-        except Exception as err:
-            problems.append(f"part {name}: unreadable ({type(err).__name__}: {err})")
+            marker = dict(store._group(name).attrs.get(PART_ATTR, {}))
+            arrays = store.read_part(name, tuple(k for k in ARRAYS if k not in ("clip_id",)))
+        except StoreDamage as err:
+            problems.append(Problem(name, str(err).split(f"part {name}, ", 1)[-1]))
             continue
-        problems += [f"part {name}: {p}" for p in _check_part(arrays, marker, width)]
-        counts.update(str(c) for c in arrays.get("clip_id", []))
-    duplicated = sorted(cid for cid, n in counts.items() if n > 1)
-    if duplicated:
-        problems.append(f"clip ids stored more than once: {duplicated[:10]}")
+        if not marker.get("complete") or any(
+            marker.get(k) != record.get(k) for k in ("clip_id", "crc32c", "clip_crc32c")
+        ):
+            problems.append(Problem(name, "its marker does not match the committed record"))
+        problems += [Problem(name, p) for p in _check_part(arrays, record)]
     return problems
 
 
-def _check_part(arrays: dict[str, np.ndarray], marker: dict, width: int) -> list[str]:
-    expected = {
-        "clip_id",
-        "source_path",
-        "sha256",
-        "duration_s",
-        "frames",
-        "offsets",
-        "hidden",
-        "frame_vad",
-        "hidden_mean",
-        "vad_mean",
-        "clip_vad",
-    }
-    lacking = expected - set(arrays)
-    if lacking:
-        return [f"arrays missing: {sorted(lacking)}"]
+def _check_part(arrays: dict[str, np.ndarray], record: dict) -> list[str]:
     problems = []
     n = len(arrays["clip_id"])
     offsets = arrays["offsets"]
-    if marker.get("clips") != n:
-        problems.append(f"marker says {marker.get('clips')} clips, arrays hold {n}")
+    if list(arrays["clip_id"]) != list(record["clip_id"]):
+        problems.append("clip ids differ from the committed record")
+    repeated = [c for c, k in Counter(arrays["clip_id"]).items() if k > 1]
+    if repeated:
+        problems.append(f"clip ids stored twice: {repeated[:10]}")
     if len(offsets) != n + 1 or offsets[0] != 0 or np.any(np.diff(offsets) <= 0):
         problems.append("offsets are not 0, rising, one per clip plus one")
         return problems
     if not np.array_equal(np.diff(offsets), arrays["frames"]):
         problems.append("frames do not equal the offset differences")
-    for key, rows, cols in (
-        ("hidden", offsets[-1], width),
-        ("frame_vad", offsets[-1], 3),
-        ("hidden_mean", n, width),
-        ("vad_mean", n, 3),
-        ("clip_vad", n, 3),
-    ):
-        if arrays[key].shape != (rows, cols):
-            problems.append(f"{key} has shape {arrays[key].shape}, expected {(rows, cols)}")
-        elif not np.isfinite(arrays[key]).all():
+    for key in ("hidden", "frame_vad", "hidden_mean", "vad_mean", "clip_vad", "duration_s"):
+        if not np.isfinite(arrays[key]).all():
             problems.append(f"{key} holds non-finite values")
-    for key in ("source_path", "sha256", "duration_s", "frames"):
-        if len(arrays[key]) != n:
-            problems.append(f"{key} has {len(arrays[key])} rows, expected {n}")
     if problems or n == 0:
         return problems
     for row in range(n):
@@ -133,3 +121,38 @@ def _check_part(arrays: dict[str, np.ndarray], marker: dict, width: int) -> list
         if np.abs(mean - arrays["hidden_mean"][row]).max() > 2e-3 * scale:
             problems.append(f"clip {arrays['clip_id'][row]}: hidden_mean disagrees with hidden")
     return problems
+
+
+@dataclass
+class RepairReport:
+    dropped_parts: list[str] = field(default_factory=list)
+    dropped_clips: list[str] = field(default_factory=list)
+    removed_uncommitted: list[str] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+
+
+def repair_store(location: str, *, storage_options: dict | None = None) -> RepairReport:
+    """Drop every damaged part from the store (its clips become missing, so the next
+    ``emi extract`` recomputes them) and delete uncommitted part folders.
+
+    Takes the writer lock. Raises :class:`StoreDamage` when the root itself is damaged.
+    """
+    where = StoreLocation.of(location, storage_options)
+    if read_root(where) is None:
+        raise StoreError(f"{location}: no feature store there")
+    report = RepairReport()
+    with StoreLock(where, purpose="store repair") as lock:
+        meta = read_root(where)
+        store = FeatureStore(where, meta)
+        store.location = str(location)
+        report.problems = verify_store(store)
+        damaged = sorted({p.part for p in report.problems if p.part})
+        report.dropped_clips = sorted(
+            cid for name in damaged for cid in store.part_marker(name)["clip_id"]
+        )
+        writer = StoreWriter(where, meta, lock)
+        if damaged:
+            writer.drop_parts(damaged)
+        report.dropped_parts = damaged
+        report.removed_uncommitted = writer.remove_uncommitted_parts()
+    return report

@@ -1,11 +1,13 @@
-"""The Zarr v3 feature store: layout, writing one part, reading features back.
+"""The Zarr v3 feature store: layout, writing and committing parts, reading back checked.
 
 Layout (documented in the README; readable with plain zarr, dask and xarray)::
 
-    STORE/                       root group, attrs["emi"] = {format_version, fingerprint, spec}
+    STORE/
+      zarr.json                  root group; attrs["emi"] = {format_version, fingerprint,
+                                 spec, parts: {name: commit record}, failures, index_crc32c}
+      emi_lock/g<generation>/    the writer lock (see featurestore.lock)
       parts/
-        p000000/                 one part = one writer; attrs["emi_part"] = {complete, clips,
-                                 frames, fingerprint, failures, written_at, written_by}
+        p000000-<run>/           one part = one writer; attrs["emi_part"] = its marker
           clip_id     (clip,)             string
           source_path (clip,)             string
           sha256      (clip,)             string, of the source file's bytes
@@ -18,16 +20,24 @@ Layout (documented in the README; readable with plain zarr, dask and xarray)::
           vad_mean    (clip, vad)         float32, mean of frame_vad
           clip_vad    (clip, vad)         float32, head on hidden_mean
 
-Parallel-write rule: a part is written by exactly one task, which owns all its arrays;
-its ``complete`` marker is written last. Readers see complete parts only. A clip id
-appears in one complete part.
+Writing: a part is written by exactly one task, which owns all its arrays, with its
+marker last. It becomes part of the store only when the driver (the one holder of the
+writer lock) *commits* it: adds its record (clip ids, frames, sha256, durations and the
+crc32c of every array's content) to the root's index in one atomic write of
+``zarr.json``. Readers see committed parts only; opening a store is one read of the root.
+
+Reading: every chunk carries a crc32c (codec), and every read is checked against the
+committed content checksums, so a missing or altered chunk, array or metadata raises
+:class:`StoreDamage` naming part and array instead of returning fill values.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import socket
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
@@ -36,18 +46,51 @@ from typing import TYPE_CHECKING
 import numpy as np
 import zarr
 import zarr.storage
+from zarr.codecs import Crc32cCodec, ZstdCodec
 
-from featurestore.errors import StoreError
-from featurestore.spec import FORMAT_VERSION, describe_difference, fingerprint
+from featurestore.errors import StoreDamage, StoreError
+from featurestore.integrity import check_crc, crc32c_of, crc32c_of_json
+from featurestore.location import StoreLocation
+from featurestore.spec import describe_difference, fingerprint
 from manifests.sources import is_url
 
 if TYPE_CHECKING:
     from featurestore.encode import ClipFeatures
+    from featurestore.lock import StoreLock
 
+STORE_FORMAT = 2  # 1: parts found by listing, no checksums (emi 0.1)
 PARTS = "parts"
 ROOT_ATTR = "emi"
 PART_ATTR = "emi_part"
 HIDDEN_CHUNK_BYTES = 1 << 20  # about 1 MiB per chunk of hidden states
+CODECS = (ZstdCodec(level=0), Crc32cCodec())  # zstd, then a crc32c over each chunk
+
+
+@dataclass(frozen=True)
+class StoredArray:
+    """One array of a part: name, what a row is, dtype, and its width."""
+
+    name: str
+    axis: str  # "clip" (one row per clip), "frame" (one row per frame), "offsets"
+    dtype: str  # numpy dtype, or "str"
+    width: str | None = None  # "hidden" (the spec's hidden size) or "vad"; None: 1-d
+
+
+SCHEMA = (
+    StoredArray("clip_id", "clip", "str"),
+    StoredArray("source_path", "clip", "str"),
+    StoredArray("sha256", "clip", "str"),
+    StoredArray("duration_s", "clip", "float64"),
+    StoredArray("frames", "clip", "int64"),
+    StoredArray("offsets", "offsets", "int64"),
+    StoredArray("hidden", "frame", "float16", "hidden"),
+    StoredArray("frame_vad", "frame", "float32", "vad"),
+    StoredArray("hidden_mean", "clip", "float32", "hidden"),
+    StoredArray("vad_mean", "clip", "float32", "vad"),
+    StoredArray("clip_vad", "clip", "float32", "vad"),
+)
+ARRAYS = {a.name: a for a in SCHEMA}
+FRAME_ARRAYS = tuple(a.name for a in SCHEMA if a.axis == "frame")
 
 
 def open_zarr_store(location: str | os.PathLike, *, mode: str, storage_options: dict | None = None):
@@ -64,48 +107,215 @@ def open_zarr_store(location: str | os.PathLike, *, mode: str, storage_options: 
     return zarr.storage.LocalStore(location, read_only=read_only)
 
 
-def store_exists(location: str | os.PathLike, *, storage_options: dict | None = None) -> bool:
-    try:
-        zarr.open_group(
-            open_zarr_store(location, mode="r", storage_options=storage_options), mode="r"
-        )
-    except (FileNotFoundError, zarr.errors.GroupNotFoundError, ValueError):
-        return False
-    return True
+# -- the root: reading it, creating it ---------------------------------------------------
 
 
-def create_or_check_store(
-    location: str | os.PathLike, spec: dict, *, storage_options: dict | None = None
-) -> zarr.Group:
-    """Create the root group with ``spec``, or check an existing store has the same one.
+def _root_node(meta: dict) -> bytes:
+    return json.dumps(
+        {"zarr_format": 3, "node_type": "group", "attributes": {ROOT_ATTR: meta}}
+    ).encode()
+
+
+def _index_crc(meta: dict) -> int:
+    return crc32c_of_json({"parts": meta.get("parts", {}), "failures": meta.get("failures", {})})
+
+
+def read_root(location: StoreLocation) -> dict | None:
+    """The root's ``emi`` metadata, checked; None where nothing exists at ``location``.
 
     Raises:
-        StoreError: the store exists with another fingerprint, or is not an emi store.
+        StoreError: something that is not an emi store is there (left untouched).
+        StoreDamage: the root metadata is unreadable or does not match its checksum.
     """
-    store = open_zarr_store(location, mode="a", storage_options=storage_options)
-    wanted = fingerprint(spec)
-    if store_exists(location, storage_options=storage_options):
-        root = zarr.open_group(store, mode="r+")
-        meta = root.attrs.get(ROOT_ATTR)
-        if not meta:
-            raise StoreError(f"{location}: a Zarr group, but not an emi feature store")
-        if meta.get("fingerprint") != wanted:
+    kind = location.kind()
+    if kind == "absent":
+        return None
+    if kind == "file":
+        raise StoreError(
+            f"{location.url} is a file, not a feature store; give a new path or an empty folder"
+        )
+    try:
+        raw = location.read("zarr.json")
+    except FileNotFoundError:
+        entries = location.entries()
+        if not entries or entries == ["emi_lock"]:
+            return None  # empty, or a store being created right now
+        if PARTS in entries:
+            raise StoreDamage(
+                f"{location.url}: its root metadata zarr.json is missing, but parts/ is "
+                "there: a damaged feature store. Nothing was changed."
+            ) from None
+        raise StoreError(
+            f"{location.url} is a folder that is not an emi feature store (it holds "
+            f"{', '.join(entries[:5])}{', ...' if len(entries) > 5 else ''}); emi creates a "
+            "store only at a new path or in an empty folder. Nothing was changed."
+        ) from None
+    try:
+        node = json.loads(raw)
+        attrs = node.get("attributes", {})
+    except (ValueError, AttributeError) as err:
+        raise StoreDamage(
+            f"{location.url}: root metadata zarr.json is damaged ({err}). Nothing was changed."
+        ) from err
+    meta = attrs.get(ROOT_ATTR) if isinstance(attrs, dict) else None
+    if not isinstance(meta, dict):
+        raise StoreError(
+            f"{location.url}: a Zarr group, but not an emi feature store. Nothing was changed."
+        )
+    if meta.get("format_version") != STORE_FORMAT:
+        raise StoreError(
+            f"{location.url}: store format {meta.get('format_version')} (this emi reads "
+            f"format {STORE_FORMAT}, with committed parts and checksums); re-extract into "
+            "a new store."
+        )
+    try:
+        intact = meta.get("index_crc32c") == _index_crc(meta) and fingerprint(
+            meta["spec"]
+        ) == meta.get("fingerprint")
+    except (KeyError, TypeError, AttributeError):
+        intact = False
+    if not intact:
+        raise StoreDamage(
+            f"{location.url}: root metadata zarr.json does not match its own checksum or "
+            "fingerprint (edited or damaged). Nothing was changed."
+        )
+    return meta
+
+
+class StoreWriter:
+    """The driver's side of a store: creates it, commits parts, records failures.
+
+    Only the holder of the writer lock uses it; every commit checks the lock first.
+    """
+
+    def __init__(self, location: StoreLocation, meta: dict, lock: StoreLock | None) -> None:
+        self.location = location
+        self.meta = meta
+        self.lock = lock
+
+    @classmethod
+    def open(cls, location: StoreLocation, spec: dict, lock: StoreLock | None) -> StoreWriter:
+        """Create the store with ``spec`` where none exists, or check the existing one.
+
+        Raises:
+            StoreError: another spec's store, or something that is not an emi store.
+            StoreDamage: a damaged root.
+        """
+        meta = read_root(location)
+        wanted = fingerprint(spec)
+        if meta is None:
+            meta = {
+                "format_version": STORE_FORMAT,
+                "fingerprint": wanted,
+                "spec": spec,
+                "parts": {},
+                "failures": {},
+            }
+            meta["index_crc32c"] = _index_crc(meta)
+            location.write(f"{PARTS}/zarr.json", _group_node({}))
+            if not location.create("zarr.json", _root_node(meta)):
+                raise StoreError(f"{location.url}: another run created a store here just now")
+            return cls(location, meta, lock)
+        if meta["fingerprint"] != wanted:
             raise StoreError(
-                f"{location} holds features with fingerprint {meta.get('fingerprint', '?')[:12]}, "
-                f"this run would make {wanted[:12]} ({describe_difference(meta['spec'], spec)}). "
+                f"{location.url} holds features with fingerprint {meta['fingerprint'][:12]}, "
+                f"this run would make {wanted[:12]} "
+                f"({describe_difference(meta['spec'], spec)}). "
                 "Use another store path, or the settings the store was made with."
             )
-        if PARTS not in root:
-            root.create_group(PARTS)
-        return root
-    root = zarr.open_group(store, mode="w")
-    root.attrs[ROOT_ATTR] = {
-        "format_version": FORMAT_VERSION,
-        "fingerprint": wanted,
-        "spec": spec,
-    }
-    root.create_group(PARTS)
-    return root
+        return cls(location, meta, lock)
+
+    @property
+    def fingerprint(self) -> str:
+        return self.meta["fingerprint"]
+
+    def _save(self) -> None:
+        if self.lock is not None:
+            self.lock.ensure_held()
+        self.meta["index_crc32c"] = _index_crc(self.meta)
+        self.location.write("zarr.json", _root_node(self.meta))
+
+    def commit(self, name: str | None, record: dict | None, failures: list[dict]) -> None:
+        """Make part ``name`` (its arrays and marker already written) part of the store,
+        and record ``failures`` (clips that could not be stored, with reasons).
+
+        A part that stored no clip is not committed (its folder is deleted)."""
+        if name is not None and record is not None and record["clips"]:
+            self.meta["parts"][name] = record
+        elif name is not None:
+            self.location.delete(f"{PARTS}/{name}", recursive=True)
+        stored = set(record["clip_id"]) if record else set()
+        for cid in stored:
+            self.meta["failures"].pop(cid, None)
+        now = _utc_now()
+        for f in failures:
+            self.meta["failures"][f["clip_id"]] = {
+                "path": f["path"],
+                "reason": f["reason"],
+                "at": now,
+            }
+        self._save()
+
+    def drop_parts(self, names: list[str]) -> None:
+        """Take parts out of the index (their clips count as missing again), then delete
+        their folders."""
+        for name in names:
+            self.meta["parts"].pop(name, None)
+        self._save()
+        for name in names:
+            self.location.delete(f"{PARTS}/{name}", recursive=True)
+
+    def uncommitted_parts(self) -> list[str]:
+        """Part folders not in the index: left by a crashed or stopped run."""
+        return [
+            n
+            for n in self.location.entries(PARTS)
+            if n not in self.meta["parts"] and n != "zarr.json"
+        ]
+
+    def remove_uncommitted_parts(self) -> list[str]:
+        names = self.uncommitted_parts()
+        for name in names:
+            self.location.delete(f"{PARTS}/{name}", recursive=True)
+        return names
+
+    def next_part_number(self) -> int:
+        numbers = [part_number(n) for n in self.meta["parts"]]
+        return max(numbers, default=-1) + 1
+
+    def add_part(self, clips: list[StoredClip], features: list[ClipFeatures]) -> str:
+        """Write a part from this process and commit it (for features computed
+        elsewhere, e.g. synthetic stores in tests and benchmarks); returns its name."""
+        run_id = self.lock.run_id if self.lock is not None else uuid.uuid4().hex[:8]
+        name = part_name(self.next_part_number(), run_id)
+        zarr_store = open_zarr_store(
+            self.location.url, mode="a", storage_options=self.location.storage_options
+        )
+        record = write_part(zarr_store, name, self.meta["spec"], clips, features)
+        self.commit(name, record, [])
+        return name
+
+
+def _group_node(attributes: dict) -> bytes:
+    return json.dumps({"zarr_format": 3, "node_type": "group", "attributes": attributes}).encode()
+
+
+def _utc_now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def part_name(number: int, run_id: str) -> str:
+    """``p000042-1a2b3c4d``: the number orders commits, the run id keeps two drivers'
+    names apart even if the lock were broken."""
+    return f"p{number:06d}-{run_id}"
+
+
+def part_number(name: str) -> int:
+    digits = name[1:].split("-")[0]
+    return int(digits) if digits.isdigit() else -1
+
+
+# -- writing one part (on a worker) ------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -125,102 +335,83 @@ def _stack(pieces: list[np.ndarray], width: int, dtype: str, join) -> np.ndarray
     return join(pieces).astype(dtype, copy=False)
 
 
+def _widths(spec: dict) -> dict[str, int]:
+    return {"hidden": int(spec["hidden_size"]), "vad": len(spec["vad_labels"])}
+
+
 def write_part(
-    root: zarr.Group,
+    store: zarr.storage.StoreLike,
     name: str,
+    spec: dict,
     clips: list[StoredClip],
     features: list[ClipFeatures],
-    failures: list[dict],
 ) -> dict:
-    """Write one part (overwriting any incomplete one of that name); marker last.
+    """Write one part's arrays, then its marker; returns its commit record.
 
-    Returns:
-        The part's marker attributes.
+    The record holds the clip ids, frame counts, sha256 and durations, and the crc32c
+    of every array's content (per clip for the per-frame arrays).
     """
-    spec = root.attrs[ROOT_ATTR]["spec"]
-    hidden_size = int(spec["hidden_size"])
-    part = root[PARTS].create_group(name, overwrite=True)
-    part.attrs[PART_ATTR] = {"complete": False}
-    n = len(clips)
+    widths = _widths(spec)
     frames = np.array([f.frames for f in features], dtype=np.int64)
     offsets = np.concatenate([[0], np.cumsum(frames)]).astype(np.int64)
-    total = int(offsets[-1])
-
-    def put(key, data, dims, dtype, chunks=None):
+    data = {
+        "clip_id": np.array([c.clip_id for c in clips], dtype=object),
+        "source_path": np.array([c.source_path for c in clips], dtype=object),
+        "sha256": np.array([c.sha256 for c in clips], dtype=object),
+        "duration_s": np.array([c.duration_s for c in clips], dtype=np.float64),
+        "frames": frames,
+        "offsets": offsets,
+    }
+    for a in SCHEMA:
+        if a.name in data:
+            continue
+        join = np.concatenate if a.axis == "frame" else np.stack
+        data[a.name] = _stack(
+            [getattr(f, a.name) for f in features], widths[a.width], a.dtype, join
+        )
+    part = zarr.create_group(store, path=f"{PARTS}/{name}", overwrite=True, zarr_format=3)
+    part.attrs[PART_ATTR] = {"complete": False}
+    rows = max(64, HIDDEN_CHUNK_BYTES // (widths["hidden"] * 2))
+    for a in SCHEMA:
+        values = data[a.name]
+        dims = {"clip": ("clip",), "offsets": ("clip_offset",), "frame": ("frame",)}[a.axis]
+        if a.width:
+            dims = (*dims, a.width)
+        chunks = (rows, values.shape[1]) if a.axis == "frame" else None
         arr = part.create_array(
-            key,
-            shape=data.shape,
-            dtype=dtype,
-            chunks=chunks or tuple(max(1, s) for s in data.shape),
+            a.name,
+            shape=values.shape,
+            dtype=str if a.dtype == "str" else a.dtype,
+            chunks=chunks or tuple(max(1, s) for s in values.shape),
             dimension_names=dims,
-            fill_value=None if dtype is str else 0,
+            compressors=CODECS,
+            fill_value=None if a.dtype == "str" else 0,
         )
-        if data.size:
-            arr[...] = data
-
-    rows = max(64, HIDDEN_CHUNK_BYTES // (hidden_size * 2))
-    put("clip_id", np.array([c.clip_id for c in clips], dtype=object), ("clip",), str)
-    put("source_path", np.array([c.source_path for c in clips], dtype=object), ("clip",), str)
-    put("sha256", np.array([c.sha256 for c in clips], dtype=object), ("clip",), str)
-    put("duration_s", np.array([c.duration_s for c in clips], np.float64), ("clip",), "float64")
-    put("frames", frames, ("clip",), "int64")
-    put("offsets", offsets, ("clip_offset",), "int64")
-    for key, dim, width, dtype in (
-        ("hidden", "hidden", hidden_size, "float16"),
-        ("frame_vad", "vad", 3, "float32"),
-    ):
-        put(
-            key,
-            _stack([getattr(f, key) for f in features], width, dtype, np.concatenate),
-            ("frame", dim),
-            dtype,
-            chunks=(rows, width),
-        )
-    for key, dim, width in (
-        ("hidden_mean", "hidden", hidden_size),
-        ("vad_mean", "vad", 3),
-        ("clip_vad", "vad", 3),
-    ):
-        put(
-            key,
-            _stack([getattr(f, key) for f in features], width, "float32", np.stack),
-            ("clip", dim),
-            "float32",
-        )
-    marker = {
-        "complete": True,
-        "clips": n,
-        "frames": total,
-        "fingerprint": root.attrs[ROOT_ATTR]["fingerprint"],
-        "failures": failures,
-        "written_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        if values.size:
+            arr[...] = values
+    record = {
+        "clips": len(clips),
+        "frames": int(offsets[-1]),
+        "clip_id": [c.clip_id for c in clips],
+        "clip_frames": [int(f) for f in frames],
+        "sha256": [c.sha256 for c in clips],
+        "duration_s": [float(c.duration_s) for c in clips],
+        "crc32c": {a.name: crc32c_of(data[a.name]) for a in SCHEMA if a.axis != "frame"},
+        "clip_crc32c": {
+            key: [crc32c_of(data[key][offsets[i] : offsets[i + 1]]) for i in range(len(clips))]
+            for key in FRAME_ARRAYS
+        },
+        "fingerprint": fingerprint(spec),
+        "written_at": _utc_now(),
         "written_by": f"{socket.gethostname()}:{os.getpid()}",
     }
-    part.attrs[PART_ATTR] = marker  # written last: the part becomes visible now
-    return marker
+    # Written last; the spec makes the part self-describing (a damaged root can be
+    # rebuilt from its parts).
+    part.attrs[PART_ATTR] = {"complete": True, **record, "spec": spec}
+    return record
 
 
-def part_is_complete(part: zarr.Group) -> bool:
-    return bool(part.attrs.get(PART_ATTR, {}).get("complete"))
-
-
-def remove_incomplete_parts(root: zarr.Group) -> list[str]:
-    """Delete parts without a completion marker (left by a crash); returns their names."""
-    removed = []
-    for name, part in sorted(root[PARTS].groups()):
-        if not part_is_complete(part):
-            del root[PARTS][name]
-            removed.append(name)
-    return removed
-
-
-def next_part_number(root: zarr.Group) -> int:
-    numbers = [int(name[1:]) for name in root[PARTS].group_keys() if name[1:].isdigit()]
-    return max(numbers, default=-1) + 1
-
-
-def part_name(number: int) -> str:
-    return f"p{number:06d}"
+# -- reading -----------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -229,10 +420,12 @@ class ClipLocation:
     row: int
     frame_start: int
     frame_end: int
+    sha256: str
+    duration_s: float
 
 
 class FeatureStore:
-    """Read access to a feature store (local path or fsspec URL).
+    """Read access to a feature store (local path or fsspec URL); every read is checked.
 
     Examples:
         >>> store = FeatureStore.open("feats.zarr")  # doctest: +SKIP
@@ -240,28 +433,33 @@ class FeatureStore:
         (342, 1024)
     """
 
-    def __init__(self, root: zarr.Group, location: str) -> None:
-        self._root = root
-        self.location = location
-        meta = root.attrs.get(ROOT_ATTR)
-        if not meta:
-            raise StoreError(f"{location}: a Zarr group, but not an emi feature store")
+    def __init__(self, location: StoreLocation, meta: dict) -> None:
+        self._where = location
+        self.location = location.url
         self._meta = meta
+        self._zarr = open_zarr_store(
+            location.url, mode="r", storage_options=location.storage_options
+        )
+        self._groups: dict[str, zarr.Group] = {}
+        self._clip_arrays: dict[tuple[str, str], np.ndarray] = {}
 
     @classmethod
     def open(
         cls, location: str | os.PathLike, *, storage_options: dict | None = None
     ) -> FeatureStore:
-        """Open a store read-only.
+        """Open a store read-only: one read of the root, whatever the number of parts.
 
         Raises:
             StoreError: no store there, or not an emi store.
+            StoreDamage: the root metadata is damaged.
         """
-        location = str(location)
-        if not store_exists(location, storage_options=storage_options):
+        where = StoreLocation.of(location, storage_options)
+        meta = read_root(where)
+        if meta is None:
             raise StoreError(f"{location}: no feature store there (run `emi extract` first)")
-        store = open_zarr_store(location, mode="r", storage_options=storage_options)
-        return cls(zarr.open_group(store, mode="r"), location)
+        store = cls(where, meta)
+        store.location = str(location)
+        return store
 
     @property
     def spec(self) -> dict:
@@ -275,32 +473,35 @@ class FeatureStore:
     def hidden_size(self) -> int:
         return int(self.spec["hidden_size"])
 
-    @cached_property
-    def _parts(self) -> dict[str, zarr.Group]:
-        if PARTS not in self._root:
-            return {}
-        return {name: g for name, g in sorted(self._root[PARTS].groups())}
+    @property
+    def parts(self) -> dict[str, dict]:
+        """Committed parts and their records, in commit order."""
+        return self._meta["parts"]
 
-    @cached_property
+    @property
     def complete_parts(self) -> list[str]:
-        return [name for name, g in self._parts.items() if part_is_complete(g)]
-
-    @cached_property
-    def incomplete_parts(self) -> list[str]:
-        return [name for name, g in self._parts.items() if not part_is_complete(g)]
+        """Names of the committed parts, in commit order."""
+        return sorted(self._meta["parts"], key=lambda n: (part_number(n), n))
 
     @cached_property
     def _index(self) -> dict[str, ClipLocation]:
+        # A clip stored again later (its file changed and was refreshed) is served from
+        # the newest part.
         index: dict[str, ClipLocation] = {}
         for name in self.complete_parts:
-            part = self._parts[name]
-            ids = part["clip_id"][...]
-            offsets = part["offsets"][...]
-            for row, clip_id in enumerate(ids):
-                # A clip id is stored once; should a copy exist, the first part wins.
-                index.setdefault(
-                    str(clip_id), ClipLocation(name, row, int(offsets[row]), int(offsets[row + 1]))
+            record = self._meta["parts"][name]
+            start = 0
+            for row, (cid, frames, sha, seconds) in enumerate(
+                zip(
+                    record["clip_id"],
+                    record["clip_frames"],
+                    record["sha256"],
+                    record["duration_s"],
+                    strict=True,
                 )
+            ):
+                index[cid] = ClipLocation(name, row, start, start + frames, sha, seconds)
+                start += frames
         return index
 
     @property
@@ -326,29 +527,95 @@ class FeatureStore:
         return loc.frame_end - loc.frame_start
 
     def sha256_by_clip(self) -> dict[str, str]:
-        """Source sha256 of every stored clip, read one array per part."""
-        hashes = {name: self._parts[name]["sha256"][...] for name in self.complete_parts}
-        return {cid: str(hashes[loc.part][loc.row]) for cid, loc in self._index.items()}
+        """Source sha256 of every stored clip (from the index: no array read)."""
+        return {cid: loc.sha256 for cid, loc in self._index.items()}
 
     def part_of(self, clip_id: str) -> str:
-        """The part that holds ``clip_id`` (the first, should a stray copy exist)."""
+        """The part that serves ``clip_id``."""
         return self._locate(clip_id).part
 
-    def _frames(self, key: str, clip_id: str) -> np.ndarray:
+    # -- checked access to parts and arrays ----------------------------------------------
+    def _group(self, name: str) -> zarr.Group:
+        if name not in self._groups:
+            try:
+                self._groups[name] = zarr.open_group(
+                    self._zarr, path=f"{PARTS}/{name}", mode="r", zarr_format=3
+                )
+            except Exception as err:
+                raise StoreDamage(
+                    f"{self.location}: part {name}: metadata missing or unreadable "
+                    f"({type(err).__name__}: {err}); run `emi store repair`"
+                ) from err
+        return self._groups[name]
+
+    def _array(self, name: str, key: str) -> zarr.Array:
+        where = f"{self.location}: part {name}, array {key}"
+        try:
+            arr = self._group(name)[key]
+        except StoreDamage:
+            raise
+        except Exception as err:
+            raise StoreDamage(
+                f"{where}: missing or unreadable metadata ({type(err).__name__}: {err}); "
+                "run `emi store repair`"
+            ) from err
+        record = self._meta["parts"][name]
+        expected = self._expected_shape(key, record)
+        if tuple(arr.shape) != expected:
+            raise StoreDamage(f"{where}: shape {tuple(arr.shape)}, committed {expected}")
+        return arr
+
+    def _expected_shape(self, key: str, record: dict) -> tuple[int, ...]:
+        a = ARRAYS[key]
+        rows = {"clip": record["clips"], "offsets": record["clips"] + 1, "frame": record["frames"]}[
+            a.axis
+        ]
+        return (rows, _widths(self.spec)[a.width]) if a.width else (rows,)
+
+    def _read(self, name: str, key: str, selection=slice(None)) -> np.ndarray:
+        arr = self._array(name, key)
+        try:
+            return arr[selection]
+        except Exception as err:
+            raise StoreDamage(
+                f"{self.location}: part {name}, array {key}: unreadable chunk "
+                f"({type(err).__name__}: {err}); run `emi store repair`"
+            ) from err
+
+    def _per_clip(self, name: str, key: str) -> np.ndarray:
+        """A whole per-clip array of a part, checked (cached: these are small).
+
+        The first access to a part reads and checks all its per-clip arrays, so any
+        read of a part notices damage anywhere in its per-clip data."""
+        if (name, key) not in self._clip_arrays:
+            expected = self._meta["parts"][name]["crc32c"]
+            for a in SCHEMA:
+                if a.axis == "frame":
+                    continue
+                values = self._read(name, a.name)
+                where = f"{self.location}: part {name}, array {a.name}"
+                self._clip_arrays[(name, a.name)] = check_crc(values, expected[a.name], where=where)
+        return self._clip_arrays[(name, key)]
+
+    def _clip_frames(self, key: str, clip_id: str) -> np.ndarray:
         loc = self._locate(clip_id)
-        return self._parts[loc.part][key][loc.frame_start : loc.frame_end]
+        self._per_clip(loc.part, "offsets")  # the part's per-clip data, checked once
+        values = self._read(loc.part, key, slice(loc.frame_start, loc.frame_end))
+        expected = self._meta["parts"][loc.part]["clip_crc32c"][key][loc.row]
+        where = f"{self.location}: part {loc.part}, array {key}, clip {clip_id}"
+        return check_crc(values, expected, where=where)
 
     def _row(self, key: str, clip_id: str) -> np.ndarray:
         loc = self._locate(clip_id)
-        return self._parts[loc.part][key][loc.row]
+        return self._per_clip(loc.part, key)[loc.row]
 
     def hidden(self, clip_id: str) -> np.ndarray:
         """``(frames, hidden)`` float16 last-layer hidden states."""
-        return self._frames("hidden", clip_id)
+        return self._clip_frames("hidden", clip_id)
 
     def frame_vad(self, clip_id: str) -> np.ndarray:
         """``(frames, 3)`` float32: arousal, dominance, valence per frame."""
-        return self._frames("frame_vad", clip_id)
+        return self._clip_frames("frame_vad", clip_id)
 
     def hidden_mean(self, clip_id: str) -> np.ndarray:
         """``(hidden,)`` float32 mean over real frames."""
@@ -365,46 +632,59 @@ class FeatureStore:
     def clip_info(self, clip_id: str) -> dict:
         """Source path, sha256, duration (s), frames and part of a stored clip."""
         loc = self._locate(clip_id)
-        part = self._parts[loc.part]
         return {
             "clip_id": clip_id,
-            "source_path": str(part["source_path"][loc.row]),
-            "sha256": str(part["sha256"][loc.row]),
-            "duration_s": float(part["duration_s"][loc.row]),
+            "source_path": str(self._per_clip(loc.part, "source_path")[loc.row]),
+            "sha256": loc.sha256,
+            "duration_s": loc.duration_s,
             "frames": loc.frame_end - loc.frame_start,
             "part": loc.part,
         }
 
     def part_marker(self, name: str) -> dict:
-        return dict(self._parts[name].attrs.get(PART_ATTR, {}))
-
-    def part_group(self, name: str) -> zarr.Group:
-        return self._parts[name]
+        """The committed record of part ``name``."""
+        return dict(self._meta["parts"][name])
 
     @property
     def failures(self) -> list[dict]:
         """Clips that failed and are not stored: the latest reason per clip id."""
-        latest: dict[str, dict] = {}
-        for name in self.complete_parts:
-            for failure in self.part_marker(name).get("failures", []):
-                latest[failure["clip_id"]] = {**failure, "part": name}
-        return [f for cid, f in latest.items() if cid not in self._index]
+        return [
+            {"clip_id": cid, **f}
+            for cid, f in self._meta.get("failures", {}).items()
+            if cid not in self._index
+        ]
 
     def iter_parts(
         self, keys: tuple[str, ...] = ("hidden", "frame_vad", "hidden_mean", "vad_mean")
     ) -> Iterator[tuple[str, dict[str, np.ndarray]]]:
-        """Bulk reader: yields ``(part, arrays)`` one whole complete part at a time.
+        """Bulk reader: yields ``(part, arrays)`` one whole committed part at a time.
 
         ``arrays`` holds ``clip_id``, ``offsets`` and the requested ``keys``, read in
-        one go per array (the fast path for training).
+        one go per array and checked (the fast path for training).
         """
         for name in self.complete_parts:
             yield name, self.read_part(name, keys)
 
     def read_part(self, name: str, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
-        """``clip_id`` (as str), ``offsets`` and ``keys`` of part ``name``, one read each."""
-        part = self._parts[name]
-        arrays = {k: part[k][...] for k in ("clip_id", "offsets", *keys)}
+        """``clip_id`` (as str), ``offsets`` and ``keys`` of part ``name``, one read each,
+        every array checked against the part's committed checksums."""
+        record = self._meta["parts"][name]
+        arrays = {}
+        for key in dict.fromkeys(("clip_id", "offsets", *keys)):
+            if ARRAYS[key].axis != "frame":
+                arrays[key] = self._per_clip(name, key)
+                continue
+            values = self._read(name, key)
+            offsets = self._per_clip(name, "offsets")
+            crcs = record["clip_crc32c"][key]
+            for row in range(record["clips"]):
+                check_crc(
+                    values[offsets[row] : offsets[row + 1]],
+                    crcs[row],
+                    where=f"{self.location}: part {name}, array {key}, "
+                    f"clip {record['clip_id'][row]}",
+                )
+            arrays[key] = values
         arrays["clip_id"] = np.array([str(x) for x in arrays["clip_id"]], dtype=object)
         return arrays
 
@@ -422,7 +702,7 @@ class FeatureStore:
             for row, clip_id in enumerate(arrays["clip_id"]):
                 if wanted is not None and clip_id not in wanted:
                     continue
-                if self.part_of(clip_id) != name:  # a stray copy of a stored clip
+                if self.part_of(clip_id) != name:  # an older copy of a refreshed clip
                     continue
                 start, end = int(offsets[row]), int(offsets[row + 1])
                 if max_frames is not None:

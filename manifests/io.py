@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 from pathlib import Path
 
@@ -34,6 +35,14 @@ def save_manifest(records: list[ClipRecord], path: str | Path) -> Path:
     return path
 
 
+def _read_text(path: Path) -> str:
+    """A text file as UTF-8 (a byte-order mark is dropped)."""
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise ManifestError(f"{path}: not UTF-8 text ({err}); save it as UTF-8") from err
+
+
 def load_manifest(path: str | Path) -> list[ClipRecord]:
     """Read a manifest written by :func:`save_manifest`.
 
@@ -46,15 +55,18 @@ def load_manifest(path: str | Path) -> list[ClipRecord]:
         raise ManifestError(f"manifest not found: {path}")
     records, bad = [], []
     if path.suffix.lower() == ".jsonl":
-        for line_no, line in enumerate(path.read_text().splitlines(), start=1):
+        for line_no, line in enumerate(_read_text(path).splitlines(), start=1):
             if not line.strip():
                 continue
             try:
-                records.append(ClipRecord.from_dict(json.loads(line)))
+                data = json.loads(line)
+                if not isinstance(data, dict):
+                    raise ValueError("not a JSON object")
+                records.append(ClipRecord.from_dict(data))
             except (ValueError, KeyError, TypeError) as err:
                 bad.append(f"line {line_no}: {err}")
     elif path.suffix.lower() == ".csv":
-        with path.open(newline="") as f:
+        with io.StringIO(_read_text(path), newline="") as f:
             reader = csv.DictReader(f)
             columns = reader.fieldnames or []
             lacking = [c for c in ("clip_id", "path") if c not in columns]

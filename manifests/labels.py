@@ -7,6 +7,7 @@ named ``clip_id`` works in its place.
 from __future__ import annotations
 
 import csv
+import io
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +42,11 @@ def read_labels(path: str | Path) -> LabelTable:
     path = Path(path)
     if not path.is_file():
         raise ManifestError(f"label file not found: {path}")
-    with path.open(newline="", encoding="utf-8-sig") as f:
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise ManifestError(f"{path}: not UTF-8 text ({err}); save it as UTF-8") from err
+    with io.StringIO(text, newline="") as f:
         reader = csv.reader(f)
         header = next(reader, None)
         if not header:
@@ -53,6 +58,12 @@ def read_labels(path: str | Path) -> LabelTable:
                 "format) or 'clip_id'"
             )
         targets = tuple(header[1:])
+        repeated = sorted({t for t in targets if targets.count(t) > 1 or t == header[0]})
+        if repeated or not all(targets):
+            raise ManifestError(
+                f"{path}: header columns must be distinct and named; repeated or empty: "
+                f"{repeated or ['(empty)']}"
+            )
         if not targets:
             raise ManifestError(f"{path}: no target columns after {header[0]!r}")
         rows: dict[str, tuple[float, ...]] = {}

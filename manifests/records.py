@@ -70,14 +70,20 @@ class ClipRecord:
             value = kind(float(value))
             return None if isinstance(value, float) and math.isnan(value) else value
 
+        for key in ("clip_id", "path"):
+            if not isinstance(data.get(key), str) or not data[key].strip():
+                raise ValueError(f"{key} must be a non-empty text, not {data.get(key)!r}")
+        labels = data.get("labels") or {}
+        if not isinstance(labels, dict):
+            raise ValueError(f"labels must be an object of target: value, not {labels!r}")
         return cls(
-            clip_id=str(data["clip_id"]),
-            path=str(data["path"]),
+            clip_id=data["clip_id"],
+            path=data["path"],
             duration_s=number("duration_s", float),
             sample_rate_hz=number("sample_rate_hz", int),
             channels=number("channels", int),
             sha256=str(data.get("sha256") or ""),
             split=str(data.get("split") or ""),
             problem=str(data.get("problem") or ""),
-            labels={str(k): float(v) for k, v in (data.get("labels") or {}).items()},
+            labels={str(k): float(v) for k, v in labels.items()},
         )

@@ -13,6 +13,7 @@ from pathlib import Path
 from featurestore.extract import dask_client
 from featurestore.store import FeatureStore
 from manifests.labels import LabelTable
+from models.head_files import check_head_destination
 from models.training import HeadPlan, TrainedHead, train_heads
 
 
@@ -52,6 +53,8 @@ def train_heads_on_cluster(
     skip_missing: bool = False,
 ) -> list[TrainedHead]:
     """Train each plan as a task on the cluster at ``scheduler``; results in plan order."""
+    for plan in plans:  # before any work: never write over something that is not a head
+        check_head_destination(Path(out) / plan.name)
     with dask_client(workers=1, scheduler=scheduler, quiet=True) as client:
         gpu = any(
             w.get("resources", {}).get("GPU") for w in client.scheduler_info()["workers"].values()

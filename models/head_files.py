@@ -4,7 +4,8 @@
 
     heads/paper/
       config.json          head type and sizes, targets, training settings, the store's
-                           fingerprint and spec, best epoch and its validation score
+                           fingerprint and spec, best epoch and its validation score,
+                           the sha256 of model.safetensors (checked on load)
       model.safetensors    the best epoch's weights
       metrics.json         per epoch: train loss; validation Pearson, CCC, MSE per target
       learning_curves.png  train loss and validation mean Pearson per epoch
@@ -12,11 +13,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -46,15 +49,52 @@ class LoadedHead:
         return self.config["training"].get("max_frames")
 
 
-def save_head(folder: str | Path, model: nn.Module, config: dict, metrics: dict) -> Path:
+def check_head_destination(folder: str | Path) -> None:
+    """Refuse to write a head where something that is not a head folder exists.
+
+    Raises:
+        HeadError: ``folder`` is a file, or a non-empty folder without a head's files.
+    """
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    if folder.is_file():
+        raise HeadError(f"{folder} is a file; give a folder path for the head")
+    if folder.is_dir() and any(folder.iterdir()) and not (folder / "config.json").is_file():
+        raise HeadError(
+            f"{folder} is a folder that is not a head folder (no config.json); emi writes "
+            "a head only into a new or empty folder or over another head. Nothing was changed."
+        )
+
+
+def save_head(
+    folder: str | Path,
+    model: nn.Module,
+    config: dict,
+    metrics: dict,
+    *,
+    extra_files=None,
+) -> Path:
+    """Write a head folder whole or not at all (a temporary sibling, then a rename).
+
+    ``extra_files(folder)`` may add files (the plots) before the folder is moved into
+    place. config.json records the sha256 of model.safetensors.
+    """
+    from featurestore.atomic import atomic_folder
+
+    folder = Path(folder)
+    check_head_destination(folder)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(folder / "model.safetensors"))
-    (folder / "config.json").write_text(
-        json.dumps({"format_version": HEAD_FORMAT_VERSION, **config}, indent=2)
-    )
-    (folder / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    with atomic_folder(folder) as temporary:
+        weights = temporary / "model.safetensors"
+        save_file(state, str(weights))
+        card = {
+            "format_version": HEAD_FORMAT_VERSION,
+            **config,
+            "weights_sha256": hashlib.sha256(weights.read_bytes()).hexdigest(),
+        }
+        (temporary / "config.json").write_text(json.dumps(card, indent=2))
+        (temporary / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        if extra_files is not None:
+            extra_files(temporary)
     return folder
 
 
@@ -62,7 +102,8 @@ def load_head(folder: str | Path, *, device: str = "cpu") -> LoadedHead:
     """Load a head folder (config.json + model.safetensors); runs no stored code.
 
     Raises:
-        HeadError: missing files or a config this version cannot read.
+        HeadError: missing files, a config this version cannot read, weights that are
+            not the ones the config records, unreadable or non-finite weights.
     """
     folder = Path(folder)
     config_file, weights = folder / "config.json", folder / "model.safetensors"
@@ -74,11 +115,23 @@ def load_head(folder: str | Path, *, device: str = "cpu") -> LoadedHead:
         config["store"]["fingerprint"]  # noqa: B018  (must exist)
     except (ValueError, KeyError, TypeError) as err:
         raise HeadError(f"{config_file}: malformed head config ({err})") from err
+    raw = weights.read_bytes()
+    recorded = config.get("weights_sha256")
+    if recorded is None:
+        raise HeadError(f"{config_file}: records no weights_sha256; retrain the head")
+    if hashlib.sha256(raw).hexdigest() != recorded:
+        raise HeadError(
+            f"{weights}: these are not the weights {config_file.name} was saved with "
+            "(sha256 differs: replaced, damaged or half-written); retrain or restore the head"
+        )
     model = build_head(head_config)
     try:
-        model.load_state_dict(load_file(str(weights)))
-    except RuntimeError as err:
+        state = load_file(str(weights))
+        model.load_state_dict(state)
+    except (RuntimeError, SafetensorError) as err:
         raise HeadError(f"{weights}: weights do not fit the config ({err})") from err
+    if not all(torch.isfinite(t).all() for t in state.values() if t.is_floating_point()):
+        raise HeadError(f"{weights}: the head's weights hold NaN or inf; retrain it")
     model.eval().to(device)
     return LoadedHead(
         name=config.get("name") or folder.name, folder=folder, model=model, config=config
@@ -98,6 +151,7 @@ def check_fingerprint(head: LoadedHead, store_fingerprint: str, store_location: 
 
 
 def torch_device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
+    """The device to train or predict on (the rule of :func:`require_device`)."""
+    from featurestore.errors import require_device
+
+    return require_device(device)

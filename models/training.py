@@ -12,6 +12,7 @@ import copy
 import itertools
 import math
 import os
+import re
 import socket
 import time
 from collections.abc import Callable
@@ -25,9 +26,10 @@ from torch import nn
 from featurestore.store import FeatureStore
 from manifests.labels import LabelTable, check_label_values
 from manifests.records import ManifestError, format_examples
-from models.head_files import save_head, torch_device
+from models.head_files import check_head_destination, save_head, torch_device
 from models.heads import PRESETS, build_head, count_parameters, preset_config
 from models.metrics import evaluate
+from models.options import check_head_name, check_setting, check_targets
 from models.sequences import DEFAULT_BUDGET_BYTES, SequenceData
 
 
@@ -49,6 +51,7 @@ class TrainSettings:
 
 
 SIZE_KEYS = ("lstm_hidden", "lstm_layers", "mlp_hidden", "dropout")
+SETTING_FIELDS = frozenset(f.name for f in fields(TrainSettings))
 
 
 @dataclass(frozen=True)
@@ -72,6 +75,14 @@ def plans_from_grid(grid: dict, *, defaults: TrainSettings) -> list[HeadPlan]:
     ``seed``, ``max_seconds``, ...). Unnamed heads are named by what varies.
     """
     allowed = {"name", "preset", "targets", *SIZE_KEYS, *(f.name for f in fields(TrainSettings))}
+    if not isinstance(grid, dict):
+        raise ValueError("grid file: expected a JSON object with 'defaults', 'heads', 'grid'")
+    shapes = {"defaults": dict, "heads": list, "grid": dict}
+    for key, kind in shapes.items():
+        if not isinstance(grid.get(key, kind()), kind):
+            raise ValueError(f"grid file: '{key}' must be a JSON {kind.__name__}")
+    if not all(isinstance(e, dict) for e in grid.get("heads", [])):
+        raise ValueError("grid file: every entry of 'heads' must be a JSON object")
     unknown = set(grid) - {"defaults", "heads", "grid"}
     if unknown:
         raise ValueError(
@@ -99,19 +110,10 @@ def plans_from_grid(grid: dict, *, defaults: TrainSettings) -> list[HeadPlan]:
             raise ValueError(
                 f"grid file: unknown keys {sorted(bad)} in head {index}; allowed: {sorted(allowed)}"
             )
-        settings = replace(
-            defaults, **{k: merged[k] for k in merged if k in TrainSettings.__dataclass_fields__}
-        )
-        targets = merged.get("targets")
-        plans.append(
-            HeadPlan(
-                name=str(merged.get("name") or f"head{index}"),
-                preset=merged.get("preset", "paper"),
-                targets=tuple(targets) if targets else None,
-                sizes={k: merged[k] for k in SIZE_KEYS if k in merged},
-                settings=settings,
-            )
-        )
+        try:
+            plans.append(_plan_from_entry(merged, index, defaults))
+        except ValueError as err:
+            raise ValueError(f"grid file, head {merged.get('name', index)!r}: {err}") from None
     names = [p.name for p in plans]
     if len(set(names)) != len(names):
         raise ValueError(
@@ -126,10 +128,31 @@ def plans_from_grid(grid: dict, *, defaults: TrainSettings) -> list[HeadPlan]:
     return plans
 
 
+def _plan_from_entry(merged: dict, index: int, defaults: TrainSettings) -> HeadPlan:
+    """One grid entry, every value checked by the rule of its CLI option."""
+    checked = {
+        k: check_setting(k, v) for k, v in merged.items() if k not in ("name", "preset", "targets")
+    }
+    preset = merged.get("preset", "paper")
+    if preset not in PRESETS:
+        raise ValueError(f"preset: unknown {preset!r}; choose one of {', '.join(PRESETS)}")
+    targets = merged.get("targets")
+    return HeadPlan(
+        name=check_head_name(merged.get("name") or f"head{index}"),
+        preset=preset,
+        targets=check_targets(targets) if targets is not None else None,
+        sizes={k: checked[k] for k in SIZE_KEYS if k in checked},
+        settings=replace(
+            defaults,
+            **{k: v for k, v in checked.items() if k in TrainSettings.__dataclass_fields__},
+        ),
+    )
+
+
 def _short(value) -> str:
-    if isinstance(value, list):
-        return "+".join(map(str, value))
-    return str(value)
+    """A value as it appears in a generated head name (only name-safe characters)."""
+    text = "+".join(map(str, value)) if isinstance(value, list) else str(value)
+    return re.sub(r"[^A-Za-z0-9_.+=,-]", "_", text)
 
 
 @dataclass
@@ -321,10 +344,17 @@ def train_one(
         "best_val_pearson_mean": best[0],
     }
     metrics = {"best_epoch": best[1], "epochs": history}
-    save_head(out, model, head_config, metrics)
     from models.plots import plot_learning_curves
 
-    plot_learning_curves(metrics, out / "learning_curves.png", title=plan.name)
+    save_head(
+        out,
+        model,
+        head_config,
+        metrics,
+        extra_files=lambda folder: plot_learning_curves(
+            metrics, folder / "learning_curves.png", title=plan.name
+        ),
+    )
     return TrainedHead(plan.name, out, best[1], best[0], metrics, time.perf_counter() - started)
 
 
@@ -346,6 +376,9 @@ def train_heads(
     Args:
         out: the head folder when ``single``, else the parent of one folder per plan.
     """
+    out = Path(out)
+    for p in plans:  # before any work: never write over something that is not a head
+        check_head_destination(out if single else out / p.name)
     device = torch_device(device)
     train = resolve_labels(store, train_table, role="training", skip_missing=skip_missing)
     val = resolve_labels(store, val_table, role="validation", skip_missing=skip_missing)
@@ -362,7 +395,6 @@ def train_heads(
         f"({'cached in memory' if data.cached else 'streamed from the store'}); "
         f"{len(plans)} heads on {device}"
     )
-    out = Path(out)
     return [
         train_one(
             p,

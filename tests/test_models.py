@@ -12,8 +12,9 @@ import torch
 
 from featurestore.backbone import identify_backbone
 from featurestore.encode import ClipFeatures
+from featurestore.location import StoreLocation
 from featurestore.spec import build_spec
-from featurestore.store import FeatureStore, StoredClip, create_or_check_store, write_part
+from featurestore.store import FeatureStore, StoredClip, StoreWriter
 from manifests import read_labels
 from models.head_files import load_head, save_head
 from models.heads import build_head, count_parameters, preset_config
@@ -144,7 +145,7 @@ def make_store(
     """
     identity = identify_backbone(str(backbone))
     spec = build_spec(identity, max_seconds=None, window_seconds=30.0)
-    root = create_or_check_store(str(location), spec)
+    writer = StoreWriter.open(StoreLocation.of(location), spec, lock=None)
     rng = np.random.default_rng(seed)
     dim = spec["hidden_size"]
     targets, batch, stored = {}, [], []
@@ -170,7 +171,7 @@ def make_store(
             )
         )
         if len(batch) == clips_per_part or i == clips - 1:
-            write_part(root, f"p{i // clips_per_part:06d}", stored, batch, [])
+            writer.add_part(stored, batch)
             batch, stored = [], []
     return targets
 

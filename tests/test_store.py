@@ -87,27 +87,27 @@ def test_verify_catches_corruption(layer_store, tmp_path):
     values[1] += 1
     offsets[:] = values
     result = run_cli("store", "verify", copy, expect=1)
-    assert f"part {name}" in result.output and "frames do not equal" in result.output
+    assert f"part {name}: array offsets" in result.output and "checksum" in result.output
 
 
-def test_incomplete_part_is_invisible_then_rewritten(mixed_corpus, tiny_backbone, tmp_path):
+def test_uncommitted_part_is_invisible_then_removed(mixed_corpus, tiny_backbone, tmp_path):
     store = tmp_path / "s.zarr"
     run_cli("extract", mixed_corpus, store, "--model", tiny_backbone, "--quiet")
     complete = FeatureStore.open(store)
     ids = complete.clip_ids
-    # Simulate a crash: a part whose marker was never written.
-    name = complete.complete_parts[0]
-    part = zarr.open_group(str(store / "parts" / name), mode="r+")
-    part.attrs["emi_part"] = {"complete": False}
+    # A crash after a worker wrote a part but before the driver committed it: a part
+    # folder (here a copy of a committed one) that is not in the root's index.
+    stray = "p000099-deadbeef"
+    shutil.copytree(store / "parts" / complete.complete_parts[0], store / "parts" / stray)
     reopened = FeatureStore.open(store)
-    lost = set(ids) - set(reopened.clip_ids)
-    assert lost and reopened.incomplete_parts == [name]
-    verify = run_cli("store", "verify", store, expect=1)
-    assert "incomplete" in verify.output
-    summary = json.loads(run_cli("extract", mixed_corpus, store, "--json", "--quiet").output)
-    assert summary["incomplete_removed"] == [name] and summary["extracted"] == len(lost)
-    assert sorted(FeatureStore.open(store).clip_ids) == sorted(ids)
+    assert reopened.clip_ids == ids and stray not in reopened.complete_parts
     assert run_cli("store", "verify", store).exit_code == 0
+    info = json.loads(run_cli("store", "info", store, "--json").output)
+    assert info["uncommitted_parts"] == [stray]
+    summary = json.loads(run_cli("extract", mixed_corpus, store, "--json", "--quiet").output)
+    assert summary["incomplete_removed"] == [stray] and summary["extracted"] == 0
+    assert not (store / "parts" / stray).exists()
+    assert FeatureStore.open(store).clip_ids == ids
 
 
 def test_missing_store_is_a_clear_error(tmp_path):

@@ -1,0 +1,61 @@
+"""Results written whole or not at all: a temporary sibling, then one rename.
+
+A crash while writing leaves the previous result (or none) in place, never a mix;
+the temporary is removed on any error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+
+def _sibling(path: Path, what: str) -> Path:
+    return path.with_name(f".{path.name}.{what}-{uuid.uuid4().hex[:8]}")
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success it replaces ``path``.
+
+    Raises:
+        FileNotFoundError: the folder that would hold ``path`` does not exist.
+    """
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"{path.parent}: no such folder (create it first)")
+    temporary = _sibling(path, "partial")
+    try:
+        yield temporary
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary folder beside ``path``; on success it takes ``path``'s place.
+
+    An existing ``path`` is moved aside first and deleted only after the new folder is
+    in place, so a crash leaves either the old folder, or the new one (the old one
+    then remains as a hidden ``.NAME.old-*`` sibling).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = _sibling(path, "partial")
+    temporary.mkdir()
+    try:
+        yield temporary
+        old = None
+        if path.exists():
+            old = _sibling(path, "old")
+            os.replace(path, old)
+        os.replace(temporary, path)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(temporary, ignore_errors=True)

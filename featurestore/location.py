@@ -1,0 +1,116 @@
+"""Where a store lives: raw object access through fsspec, local paths and URLs alike.
+
+The zarr API reads and writes arrays; this module answers the questions zarr does not:
+is anything at this path already (and is it ours), and it creates objects exclusively
+(``O_EXCL`` locally, ``If-None-Match: *`` on S3) for the writer lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass, field
+
+import fsspec
+
+from manifests.sources import is_url
+
+
+@dataclass(frozen=True)
+class StoreLocation:
+    """A store's root: ``url`` as the user gave it, resolved to a filesystem and path."""
+
+    url: str
+    storage_options: dict = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, location: str | os.PathLike, storage_options: dict | None = None):
+        url = str(location)
+        if not is_url(url):
+            url = os.path.abspath(url)
+        return cls(url, dict(storage_options or {}))
+
+    @property
+    def is_local(self) -> bool:
+        return not is_url(self.url)
+
+    @property
+    def fs(self) -> fsspec.AbstractFileSystem:
+        options = {} if self.is_local else {"use_listings_cache": False, **self.storage_options}
+        fs, _ = fsspec.core.url_to_fs(self.url, **options)
+        return fs
+
+    @property
+    def root(self) -> str:
+        return self.fs._strip_protocol(self.url).rstrip("/")
+
+    def key(self, relative: str) -> str:
+        return f"{self.root}/{relative}" if relative else self.root
+
+    def kind(self) -> str:
+        """``absent``, ``file`` or ``directory`` (an object prefix counts as a directory)."""
+        fs = self.fs
+        if self.is_local:
+            if os.path.isdir(self.root):
+                return "directory"
+            return "file" if os.path.lexists(self.root) else "absent"
+        if fs.isfile(self.root):
+            return "file"
+        return "directory" if self.entries() else "absent"
+
+    def entries(self, relative: str = "") -> list[str]:
+        """Names directly below ``relative`` (empty when it does not exist)."""
+        fs = self.fs
+        try:
+            listed = fs.ls(self.key(relative), detail=False)
+        except FileNotFoundError:
+            return []
+        base = self.key(relative).rstrip("/") + "/"
+        return sorted({p.rstrip("/")[len(base) :].split("/")[0] for p in listed} - {""})
+
+    def read(self, relative: str) -> bytes:
+        return self.fs.cat_file(self.key(relative))
+
+    def write(self, relative: str, data: bytes) -> None:
+        """Replace an object (atomically: a local write goes through a renamed temporary)."""
+        path = self.key(relative)
+        if self.is_local:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            temporary = f"{path}.{os.getpid()}.partial"
+            with open(temporary, "wb") as f:
+                f.write(data)
+            os.replace(temporary, path)
+            return
+        self.fs.pipe_file(path, data)
+
+    def create(self, relative: str, data: bytes) -> bool:
+        """Write an object only if none exists there; False if one already did."""
+        path = self.key(relative)
+        if self.is_local:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                return False
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            return True
+        try:
+            self.fs.pipe_file(path, data, mode="create")
+        except (FileExistsError, OSError) as err:
+            if _precondition_failed(err):
+                return False
+            raise
+        return True
+
+    def delete(self, relative: str, *, recursive: bool = False) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.fs.rm(self.key(relative), recursive=recursive)
+
+
+def _precondition_failed(err: BaseException) -> bool:
+    """An S3 conditional write that lost (HTTP 412 or 409), however the client wraps it."""
+    if isinstance(err, FileExistsError):
+        return True
+    text = f"{err!r} {err.__cause__!r}"
+    return any(s in text for s in ("PreconditionFailed", "412", "ConditionalRequestConflict"))

@@ -1,0 +1,103 @@
+"""The rules for training options, shared by the CLI's options and grid files.
+
+Torch-free, so the CLI can build its options from it without importing torch. A grid
+file's value passes exactly when the same value typed on the command line would.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+import click
+
+
+@dataclass(frozen=True)
+class NumberRule:
+    """An int or a float within bounds (``low_open``: the bound itself is excluded)."""
+
+    kind: type  # int or float
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+
+    def click_type(self) -> click.ParamType:
+        ranged = click.IntRange if self.kind is int else click.FloatRange
+        extra = {} if self.kind is int else {"min_open": self.low_open}
+        return ranged(min=self.low, max=self.high, **extra)
+
+    def check(self, key: str, value):
+        """The value as ``kind``; raises ValueError naming ``key`` and the rule."""
+        ok_type = isinstance(value, int) if self.kind is int else isinstance(value, int | float)
+        if isinstance(value, bool) or not ok_type:
+            raise ValueError(f"{key}: {value!r} is not {self.describe()}")
+        value = self.kind(value)
+        if self.kind is float and not math.isfinite(value):
+            raise ValueError(f"{key}: {value!r} is not {self.describe()}")
+        below = self.low is not None and (value <= self.low if self.low_open else value < self.low)
+        if below or (self.high is not None and value > self.high):
+            raise ValueError(f"{key}: {value!r} is not {self.describe()}")
+        return value
+
+    def describe(self) -> str:
+        what = "an integer" if self.kind is int else "a number"
+        if self.low is not None and self.high is not None:
+            return f"{what} in [{self.low}, {self.high}]"
+        if self.low is not None:
+            return f"{what} {'>' if self.low_open else '>='} {self.low}"
+        return what
+
+
+SIZE_RULES = {
+    "lstm_hidden": NumberRule(int, 1),
+    "lstm_layers": NumberRule(int, 1),
+    "mlp_hidden": NumberRule(int, 1),
+    "dropout": NumberRule(float, 0, 1),
+}
+SETTING_RULES = {
+    "epochs": NumberRule(int, 1),
+    "batch_size": NumberRule(int, 1),
+    "lr": NumberRule(float, 0, low_open=True),
+    "weight_decay": NumberRule(float, 0),
+    "warmup_epochs": NumberRule(float, 0),
+    "clip_value": NumberRule(float, 0, low_open=True),
+    "seed": NumberRule(int),
+    "max_seconds": NumberRule(float, 0.02),
+}
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+=,-]{0,99}")
+
+
+def check_head_name(name) -> str:
+    """A head name is a plain folder name: letters, digits and ``_ . + = , -``, not
+    starting with ``.``, at most 100 characters (never a path)."""
+    if not isinstance(name, str) or not _PLAIN_NAME.fullmatch(name):
+        raise ValueError(
+            f"name: {name!r} is not a plain head name (letters, digits, _ . + = , -; "
+            "not starting with '.'; no '/' or '\\\\'; at most 100 characters)"
+        )
+    return name
+
+
+def check_targets(value) -> tuple[str, ...]:
+    """Targets as the CLI takes them (``"A,B"``) or as a JSON list of names."""
+    if isinstance(value, str):
+        value = value.split(",")
+    if not isinstance(value, list | tuple) or not value:
+        raise ValueError(f"targets: {value!r} is not a list of label columns")
+    names = tuple(v.strip() if isinstance(v, str) else v for v in value)
+    if not all(isinstance(v, str) and v for v in names) or len(set(names)) != len(names):
+        raise ValueError(f"targets: {value!r} must name distinct label columns")
+    return names
+
+
+def check_setting(key: str, value):
+    """One grid value, by the rule of the CLI option of the same name."""
+    if key == "max_seconds" and value is None:
+        return None
+    if key == "mixed_precision":
+        if not isinstance(value, bool):
+            raise ValueError(f"mixed_precision: {value!r} is not true or false")
+        return value
+    rule = SETTING_RULES.get(key) or SIZE_RULES[key]
+    return rule.check(key, value)
