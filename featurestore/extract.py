@@ -120,8 +120,8 @@ def dask_client(*, workers: int, scheduler: str | None, quiet: bool, dashboard: 
     # 5% of a CPU extraction, for a dashboard nobody opens here.
     settings = {"distributed.worker.profile.enabled": False}
     if not dashboard:
-        # No HTTP server at all: distributed otherwise starts one per scheduler and
-        # worker (metrics, health) even without a dashboard.
+        # The HTTP servers that distributed always starts answer nothing (no health,
+        # metrics or dashboard routes).
         settings["distributed.scheduler.http.routes"] = []
         settings["distributed.worker.http.routes"] = []
     with (
@@ -130,10 +130,13 @@ def dask_client(*, workers: int, scheduler: str | None, quiet: bool, dashboard: 
             n_workers=workers,
             threads_per_worker=1,
             processes=workers > 1,
-            # Worker processes talk TCP on loopback only; one worker runs in-process
-            # (inproc transport, no socket at all).
+            # Everything on loopback: worker processes talk TCP on 127.0.0.1; one worker
+            # runs in-process (inproc transport). The scheduler's and workers' HTTP
+            # servers (health, metrics) bind 127.0.0.1 too, and serve the dashboard
+            # only when asked for.
             **({"host": "127.0.0.1"} if workers > 1 else {}),
-            dashboard_address="127.0.0.1:8787" if dashboard else None,
+            dashboard_address="127.0.0.1:8787" if dashboard else "127.0.0.1:0",
+            worker_dashboard_address="127.0.0.1:0",
             silence_logs=level,
         ) as cluster,
         Client(cluster, set_as_default=False) as client,

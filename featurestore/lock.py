@@ -178,10 +178,9 @@ class StoreLock:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
-        if self.generation is not None and self.lost_to is None:
-            self.check()
-            if self.lost_to is None:
-                self.location.delete(f"{LOCK_DIR}/g{self.generation:08d}", recursive=True)
+        if self.generation is not None:
+            # Our own generation only: a newer holder's stays (it is the lock now).
+            self.location.delete(f"{LOCK_DIR}/g{self.generation:08d}", recursive=True)
         self.generation = None
 
     def __enter__(self) -> StoreLock:

@@ -119,12 +119,6 @@ def plans_from_grid(grid: dict, *, defaults: TrainSettings) -> list[HeadPlan]:
         raise ValueError(
             f"grid file: head names repeat: {sorted(n for n in names if names.count(n) > 1)}"
         )
-    for plan in plans:
-        if plan.preset not in PRESETS:
-            raise ValueError(
-                f"head {plan.name!r}: unknown preset {plan.preset!r}; "
-                f"choose one of {', '.join(PRESETS)}"
-            )
     return plans
 
 
@@ -135,7 +129,7 @@ def _plan_from_entry(merged: dict, index: int, defaults: TrainSettings) -> HeadP
     }
     preset = merged.get("preset", "paper")
     if preset not in PRESETS:
-        raise ValueError(f"preset: unknown {preset!r}; choose one of {', '.join(PRESETS)}")
+        raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
     targets = merged.get("targets")
     return HeadPlan(
         name=check_head_name(merged.get("name") or f"head{index}"),
