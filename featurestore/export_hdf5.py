@@ -24,8 +24,8 @@ from urllib.parse import quote
 import h5py
 import numpy as np
 
-from featurestore.atomic import atomic_file
 from featurestore.store import FeatureStore
+from manifests.atomic import atomic_file
 
 
 def hdf5_name(clip_id: str) -> str:

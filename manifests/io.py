@@ -7,6 +7,7 @@ import io
 import json
 from pathlib import Path
 
+from manifests.atomic import atomic_file
 from manifests.build import check_unique_ids
 from manifests.records import ClipRecord, ManifestError
 
@@ -15,13 +16,19 @@ def save_manifest(records: list[ClipRecord], path: str | Path) -> Path:
     """Write ``records`` to ``.csv`` (label columns after the fixed ones) or ``.jsonl``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix.lower() == ".jsonl":
+    if path.suffix.lower() not in (".csv", ".jsonl"):
+        raise ManifestError(f"{path}: manifest must end in .csv or .jsonl")
+    with atomic_file(path) as temporary:
+        _write_manifest(records, temporary, path.suffix.lower())
+    return path
+
+
+def _write_manifest(records: list[ClipRecord], path: Path, suffix: str) -> None:
+    if suffix == ".jsonl":
         with path.open("w") as f:
             for r in records:
                 f.write(json.dumps(r.to_dict()) + "\n")
-        return path
-    if path.suffix.lower() != ".csv":
-        raise ManifestError(f"{path}: manifest must end in .csv or .jsonl")
+        return
     targets: list[str] = []
     for r in records:
         targets += [t for t in r.labels if t not in targets]
@@ -32,7 +39,6 @@ def save_manifest(records: list[ClipRecord], path: str | Path) -> Path:
             d = r.to_dict()
             row = ["" if d[k] is None else d[k] for k in ClipRecord.FIELDS]
             writer.writerow(row + [r.labels.get(t, "") for t in targets])
-    return path
 
 
 def _read_text(path: Path) -> str:

@@ -78,7 +78,7 @@ def save_head(
     ``extra_files(folder)`` may add files (the plots) before the folder is moved into
     place. config.json records the sha256 of model.safetensors.
     """
-    from featurestore.atomic import atomic_folder
+    from manifests.atomic import atomic_folder
 
     folder = Path(folder)
     check_head_destination(folder)

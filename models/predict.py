@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 
 from featurestore.store import FeatureStore
+from manifests.atomic import atomic_file
+from models.errors import HeadError
 from models.head_files import LoadedHead, check_fingerprint, torch_device
 from models.sequences import DEFAULT_BUDGET_BYTES, SequenceData
 from models.training import predict_batches
@@ -52,12 +54,17 @@ def predict_store(
 def write_predictions_csv(
     path: str | Path, clip_ids: list[str], heads: list[LoadedHead], predictions: dict
 ) -> Path:
-    """``clip_id`` + one column per target; with several heads, ``<head>/<target>``."""
+    """``clip_id`` + one column per target; with several heads, ``<head>/<target>``.
+
+    Written to a temporary sibling and moved into place (never half a CSV)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     prefix = len(heads) > 1
     header = ["clip_id"] + [f"{h.name}/{t}" if prefix else t for h in heads for t in h.targets]
-    with path.open("w", newline="") as f:
+    for h in heads:
+        if not np.isfinite(predictions[h.name]).all():
+            raise HeadError(f"head {h.name!r} ({h.folder}) predicted NaN or inf; retrain it")
+    with atomic_file(path) as temporary, temporary.open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(header)
         for row, clip_id in enumerate(clip_ids):

@@ -84,9 +84,7 @@ KINDS = ["non-empty folder", "the audio folder itself", "a file", "another zarr 
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_extract_and_score_refuse_a_path_that_is_not_a_store(
-    kind, scored, tiny_backbone, tmp_path
-):
+def test_extract_and_score_refuse_a_path_that_is_not_a_store(kind, scored, tiny_backbone, tmp_path):
     target = _not_a_store(kind, tmp_path, scored["audio"])
     before = snapshot(target.parent)
     source = target if kind == "the audio folder itself" else scored["audio"]
@@ -154,9 +152,7 @@ def test_rescore_after_a_file_changed_equals_a_fresh_run(scored, tmp_path, monke
     write_clip(folder / "00003.wav", 1.7, seed=99, f0_hz=240)
 
     run_cli("score", folder, "--head", head, "-o", tmp_path / "cached.csv", "--quiet")
-    run_cli(
-        "score", folder, "--head", head, "--store", user_store, "-o", tmp_path / "user.csv"
-    )
+    run_cli("score", folder, "--head", head, "--store", user_store, "-o", tmp_path / "user.csv")
     monkeypatch.setenv("EMI_CACHE", str(tmp_path / "fresh-cache"))
     run_cli("score", folder, "--head", head, "-o", tmp_path / "fresh.csv", "--quiet")
 
@@ -166,9 +162,10 @@ def test_rescore_after_a_file_changed_equals_a_fresh_run(scored, tmp_path, monke
     changed = [r for r in _csv(tmp_path / "before.csv") if r["clip_id"] == "00003"]
     assert changed != [r for r in fresh if r["clip_id"] == "00003"]  # it did change
     store = FeatureStore.open(user_store)
-    assert store.clip_info("00003")["sha256"] != FeatureStore.open(scored["store"]).clip_info(
-        "00003"
-    )["sha256"]
+    assert (
+        store.clip_info("00003")["sha256"]
+        != FeatureStore.open(scored["store"]).clip_info("00003")["sha256"]
+    )
 
 
 def test_extract_warns_of_changed_files_and_refreshes_on_request(scored, tmp_path):
@@ -244,7 +241,9 @@ def test_predict_refuses_a_head_whose_weights_were_replaced(scored, tmp_path):
         "--quiet",
     )
     shutil.copy(second / "model.safetensors", first / "model.safetensors")
-    result = run_cli("predict", scored["store"], "--head", first, "-o", tmp_path / "p.csv", expect=2)
+    result = run_cli(
+        "predict", scored["store"], "--head", first, "-o", tmp_path / "p.csv", expect=2
+    )
     assert "not the weights" in result.output and not (tmp_path / "p.csv").exists()
 
 

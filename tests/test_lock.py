@@ -128,7 +128,9 @@ def two_drivers_at_once(tmp_path: Path, store: str, backbone: Path, *, trials: i
     for trial in range(trials):
         url = f"{store}-{trial}"
         procs = {n: _driver(tmp_path / n, url, backbone, env) for n in folders}
-        outcome = {n: (p.wait(timeout=300), p.stdout.read(), p.stderr.read()) for n, p in procs.items()}
+        outcome = {
+            n: (p.wait(timeout=300), p.stdout.read(), p.stderr.read()) for n, p in procs.items()
+        }
         stored = set(FeatureStore.open(url).clip_ids)
         winners = 0
         for name, (code, out, err) in outcome.items():

@@ -168,3 +168,50 @@ def test_audio_in_a_bucket(s3_server, layer_store, mixed_corpus, tiny_backbone):
     for clip_id in local.clip_ids:
         assert remote.clip_info(clip_id)["source_path"].startswith(f"{s3_server}/uploads/")
         assert remote.clip_info(clip_id)["sha256"] == local.clip_info(clip_id)["sha256"]
+
+
+def test_a_prefix_holding_other_objects_is_refused_untouched(
+    s3_server, mixed_corpus, tiny_backbone
+):
+    import boto3
+
+    s3 = boto3.client("s3")
+    s3.put_object(Bucket=BUCKET, Key="theirs/report.pdf", Body=b"precious")
+    s3.put_object(Bucket=BUCKET, Key="theirs/data/table.csv", Body=b"a,b")
+    url = f"{s3_server}/theirs"
+    result = run_cli("extract", mixed_corpus, url, "--model", tiny_backbone, "--quiet", expect=2)
+    assert "not an emi feature store" in result.output
+    listed = s3.list_objects_v2(Bucket=BUCKET, Prefix="theirs/")["Contents"]
+    assert sorted(o["Key"] for o in listed) == ["theirs/data/table.csv", "theirs/report.pdf"]
+    assert s3.get_object(Bucket=BUCKET, Key="theirs/report.pdf")["Body"].read() == b"precious"
+
+
+def test_damaged_remote_part_is_refused_and_repaired(s3_server, layer_store, mixed_corpus):
+    import boto3
+
+    url = f"{s3_server}/damaged.zarr"
+    run_cli(
+        "extract",
+        mixed_corpus,
+        url,
+        "--part-seconds",
+        "2",
+        "--model",
+        FeatureStore.open(layer_store).spec["backbone"]["ref"],
+        "--quiet",
+    )
+    part = FeatureStore.open(url).complete_parts[0]
+    s3 = boto3.client("s3")
+    keys = s3.list_objects_v2(Bucket=BUCKET, Prefix=f"damaged.zarr/parts/{part}/frame_vad/c/")
+    s3.delete_object(Bucket=BUCKET, Key=keys["Contents"][0]["Key"])
+    verify = run_cli("store", "verify", url, expect=1)
+    assert f"part {part}: array frame_vad" in verify.output
+    run_cli("store", "repair", url)
+    run_cli("extract", mixed_corpus, url, "--quiet")
+    assert_same_features(FeatureStore.open(url), FeatureStore.open(layer_store))
+
+
+def test_two_drivers_at_once_on_object_storage(s3_server, tiny_backbone, tmp_path):
+    from tests.test_lock import two_drivers_at_once
+
+    two_drivers_at_once(tmp_path, f"{s3_server}/shared.zarr", tiny_backbone, trials=2)
