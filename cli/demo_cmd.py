@@ -77,6 +77,15 @@ def demo(out: str, clips: int, size: str, workers: int, epochs: int, lr: float, 
 
     started = time.perf_counter()
     folder = Path(out)
+    marker = folder / ".emi-demo"
+    if folder.exists() and not marker.is_file() and (folder.is_file() or any(folder.iterdir())):
+        raise click.BadParameter(
+            f"{folder} exists and is not an emi demo folder; the demo writes audio, labels, "
+            "a store and heads there. Give a new or empty folder. Nothing was changed.",
+            param_hint="--out",
+        )
+    folder.mkdir(parents=True, exist_ok=True)
+    marker.write_text("written by `emi demo`; the demo may rewrite this folder\n")
     click.echo(f"[1/5] synthesising {clips} labelled clips -> {folder / 'audio'}")
     splits = write_corpus(folder, clips=clips, seed=seed)
     backbone = write_random_backbone(folder / f"backbone-{size}", size=size, seed=seed)

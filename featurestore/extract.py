@@ -167,8 +167,12 @@ def extract(
         A summary; ``summary.failed`` lists clips that could not be stored.
 
     Raises:
-        StoreError: the store exists with another fingerprint.
+        StoreError: the store exists with another fingerprint, or ``store`` is a path
+            that is not an emi store (nothing there is changed).
+        StoreDamage: the store's root metadata is damaged.
+        StoreLocked: another driver is writing the store.
         BackboneError: the backbone cannot be found or read.
+        DeviceError: ``--device cuda`` on a machine without one (local cluster).
     """
     started = time.perf_counter()
     if options.compute_dtype not in COMPUTE_DTYPES:
@@ -196,13 +200,13 @@ def extract(
         writer = StoreWriter.open(location, spec, lock)
         summary = ExtractSummary(store=store, fingerprint=fingerprint(spec))
         summary.incomplete_removed = writer.remove_uncommitted_parts()
-        _run(records, store, options, identity, writer, lock, summary)
+        _run(records, options, identity, writer, lock, summary)
     summary.parts_written.sort()
     summary.wall_s = time.perf_counter() - started
     return summary
 
 
-def _run(records, store, options, identity, writer, lock, summary) -> None:
+def _run(records, options, identity, writer, lock, summary) -> None:
     """Plan the missing clips into parts, run them, commit each part as it finishes."""
     existing = FeatureStore(writer.location, writer.meta)
     stored_sha = existing.sha256_by_clip()

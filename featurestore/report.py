@@ -73,7 +73,7 @@ def verify_store(store: FeatureStore) -> list[Problem]:
     """Read and check every committed part; returns the problems (empty: sound).
 
     Checks: every array of every part reads back with the committed content checksums
-    (chunk crc32c, whole-array and per-clip crc32c), shapes match the commit record,
+    (zstd chunk checksums, whole-array and per-clip XXH3 digests), shapes match the commit record,
     the part's own marker agrees with the record, offsets start at 0, rise, and match
     frame counts; ids are unique within a part; values are finite; stored means agree
     with the stored frames (within float16 error).
@@ -88,7 +88,7 @@ def verify_store(store: FeatureStore) -> list[Problem]:
             problems.append(Problem(name, str(err).split(f"part {name}, ", 1)[-1]))
             continue
         if not marker.get("complete") or any(
-            marker.get(k) != record.get(k) for k in ("clip_id", "crc32c", "clip_crc32c")
+            marker.get(k) != record.get(k) for k in ("clip_id", "digests", "clip_digests")
         ):
             problems.append(Problem(name, "its marker does not match the committed record"))
         problems += [Problem(name, p) for p in _check_part(arrays, record)]

@@ -316,3 +316,12 @@ def test_extract_listens_on_loopback_only_and_quiet_is_quiet(workers, tiny_backb
     assert err == ""  # --quiet: no warnings, no progress
     assert len(FeatureStore.open(tmp_path / "s.zarr")) == 8
     assert np.isfinite(FeatureStore.open(tmp_path / "s.zarr").clip_vad("00000")).all()
+
+
+def test_demo_refuses_a_folder_that_is_not_a_demo(tmp_path):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "train_split.csv").write_text("Filename,Joy\nmy,0.5\n")
+    before = snapshot(tmp_path)
+    result = run_cli("demo", "--out", tmp_path / "mine", "--clips", "12", expect=2)
+    assert "not an emi demo folder" in result.output
+    assert snapshot(tmp_path) == before

@@ -87,7 +87,7 @@ def test_verify_catches_corruption(layer_store, tmp_path):
     values[1] += 1
     offsets[:] = values
     result = run_cli("store", "verify", copy, expect=1)
-    assert f"part {name}: array offsets" in result.output and "checksum" in result.output
+    assert f"part {name}: array offsets" in result.output and "digest" in result.output
 
 
 def test_uncommitted_part_is_invisible_then_removed(mixed_corpus, tiny_backbone, tmp_path):

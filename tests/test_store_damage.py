@@ -79,7 +79,7 @@ def _delete(relative):
 
 
 def _swap_chunks(part_dir: Path) -> None:
-    """Two valid chunks (each passes its own crc32c) exchanged between two arrays."""
+    """Two valid chunks (each passes its own chunk checksum) exchanged between two arrays."""
     a, b = _first_chunk(part_dir / "vad_mean"), _first_chunk(part_dir / "clip_vad")
     data_a, data_b = a.read_bytes(), b.read_bytes()
     a.write_bytes(data_b)
