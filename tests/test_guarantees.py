@@ -322,6 +322,6 @@ def test_demo_refuses_a_folder_that_is_not_a_demo(tmp_path):
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "train_split.csv").write_text("Filename,Joy\nmy,0.5\n")
     before = snapshot(tmp_path)
-    result = run_cli("demo", "--out", tmp_path / "mine", "--clips", "12", expect=2)
+    result = run_cli("demo", "--out", tmp_path / "mine", "--clips", "20", expect=2)
     assert "not an emi demo folder" in result.output
     assert snapshot(tmp_path) == before
