@@ -7,7 +7,7 @@ audio (lengths drawn like the EMI data: median about 6 s, 1 to 15 s):
   time, nothing else (the limit);
 - ``naive loop``: per file read, normalise with the transformers processor, plain
   ``Wav2Vec2Model`` forward plus the head, ``np.save`` (how per-file scripts work);
-- ``emi extract (library)``: manifest build plus ``featurestore.extract.extract`` on a
+- ``emi extract (library)``: manifest build plus ``featurestore.extraction.extract`` on a
   real dask ``LocalCluster``, writing the Zarr store;
 - ``emi extract (CLI)``: the same as a fresh ``emi extract`` process, start-up included.
 
@@ -42,7 +42,7 @@ sys.path.insert(0, str(REPO))
 
 from featurestore.audio import normalise  # noqa: E402
 from featurestore.backbone import load_backbone  # noqa: E402
-from featurestore.extract import ExtractOptions, extract  # noqa: E402
+from featurestore.extraction import ExtractOptions, extract  # noqa: E402
 from featurestore.random_backbone import write_random_backbone  # noqa: E402
 from manifests import build_manifest  # noqa: E402
 from tests.synth import voiced  # noqa: E402

@@ -106,9 +106,7 @@ def train_in_memory(
     model = build_head(preset_config(preset, input_dim=store.hidden_size + 3, num_targets=6))
     optimiser = torch.optim.AdamW(model.parameters(), lr=settings.lr)
     steps = math.ceil(len(tr_seqs) / settings.batch_size)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimiser, warmup_cosine(steps, steps * settings.epochs)
-    )
+    scheduler = warmup_cosine(optimiser, steps, steps * settings.epochs)
 
     def batch(seqs, idx):
         lengths = torch.tensor([len(seqs[i]) for i in idx])

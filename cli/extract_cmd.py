@@ -1,26 +1,16 @@
-"""``emi extract``."""
+"""``emi extract``: parse, call the library, print."""
 
 from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 import click
 
-from featurestore.location import StoreLocation
-from featurestore.spec import DEFAULT_MODEL
-from featurestore.store import read_root
-from manifests import build_manifest, load_manifest
-from manifests.sources import is_url
+from featurestore.errors import EXIT_CLIPS_FAILED
+from featurestore.options import COMPUTE_DTYPES, DEFAULT_MODEL, DEVICES, ExtractOptions
 
-EXIT_CLIPS_FAILED = 3
-
-
-def _default_model(store: str) -> str:
-    """The backbone an existing store was made with, else the audeering checkpoint."""
-    meta = read_root(StoreLocation.of(store))
-    return meta["spec"]["backbone"]["ref"] if meta else DEFAULT_MODEL
+DEFAULTS = ExtractOptions()
 
 
 @click.command()
@@ -35,23 +25,23 @@ def _default_model(store: str) -> str:
 @click.option("--revision", default=None, help="Hub revision of --model.")
 @click.option(
     "--device",
-    type=click.Choice(["auto", "cpu", "cuda"]),
-    default="auto",
+    type=click.Choice(DEVICES),
+    default=DEFAULTS.device,
     show_default=True,
     help="auto: cuda on workers that have a GPU, else cpu.",
 )
 @click.option(
     "--dtype",
     "compute_dtype",
-    type=click.Choice(["float32", "float16", "bfloat16"]),
-    default="float32",
+    type=click.Choice(COMPUTE_DTYPES),
+    default=DEFAULTS.compute_dtype,
     show_default=True,
     help="Compute dtype (autocast). Part of the store's fingerprint.",
 )
 @click.option(
     "--workers",
     type=click.IntRange(min=1),
-    default=1,
+    default=DEFAULTS.workers,
     show_default=True,
     help="Worker processes of the local dask cluster (ignored with --scheduler).",
 )
@@ -76,7 +66,7 @@ def _default_model(store: str) -> str:
 @click.option(
     "--window-seconds",
     type=click.FloatRange(min=0),
-    default=30.0,
+    default=DEFAULTS.window_seconds,
     show_default=True,
     help="Encode longer clips in windows of this length (bounded memory); "
     "0 encodes every clip whole.",
@@ -84,7 +74,7 @@ def _default_model(store: str) -> str:
 @click.option(
     "--part-seconds",
     type=click.FloatRange(min=1),
-    default=600.0,
+    default=DEFAULTS.part_seconds,
     show_default=True,
     help="Audio seconds per part (one task, one store group).",
 )
@@ -134,21 +124,12 @@ def extract(
     Only clips missing from STORE are computed: re-running resumes, a longer manifest
     appends. Exit status 3 when some clips failed (each listed with its reason).
     """
-    if is_url(source) or Path(source).is_dir():
-        records = build_manifest(source, label_files=label_files)
-    elif not Path(source).is_file():
-        raise click.BadParameter(
-            f"{source}: no such manifest file or audio folder", param_hint="SOURCE"
-        )
-    else:
-        if label_files:
-            raise click.UsageError("--labels applies to an audio folder; a manifest has them")
-        records = load_manifest(source)
-    from featurestore.extract import ExtractOptions
-    from featurestore.extract import extract as run_extract
+    from featurestore.extraction import extract as run_extract
+    from manifests import load_source
 
+    records = load_source(source, label_files=label_files)
     options = ExtractOptions(
-        model=model or _default_model(store),
+        model=model,
         revision=revision,
         device=device,
         compute_dtype=compute_dtype,
@@ -164,7 +145,7 @@ def extract(
     )
     summary = run_extract(records, store, options)
     if as_json:
-        click.echo(json.dumps(summary.__dict__, indent=2))
+        click.echo(json.dumps(summary.to_dict(), indent=2))
     else:
         speed = summary.audio_s / summary.wall_s if summary.wall_s else 0.0
         click.echo(

@@ -15,9 +15,9 @@ import click
 from cli import demo_cmd, extract_cmd, manifest_cmd, model_cmd, models_cmd, store_cmd
 from featurestore.errors import BackboneError, DeviceError, StoreError
 from manifests.records import ManifestError
-from models.errors import HeadError
+from models.errors import HeadError, SettingsError
 
-USER_ERRORS = (ManifestError, StoreError, BackboneError, HeadError, DeviceError)
+USER_ERRORS = (ManifestError, StoreError, BackboneError, HeadError, DeviceError, SettingsError)
 
 
 class EmiGroup(click.Group):

@@ -6,7 +6,7 @@ import json
 
 import click
 
-SIZES = ("tiny", "small", "base", "large-robust-12")  # featurestore.random_backbone.SIZES
+from featurestore.options import BACKBONE_SIZES
 
 
 @click.group()
@@ -18,7 +18,7 @@ def model() -> None:
 @click.argument("folder", type=click.Path(file_okay=False))
 @click.option(
     "--size",
-    type=click.Choice(SIZES),
+    type=click.Choice(list(BACKBONE_SIZES)),
     default="tiny",
     show_default=True,
     help="tiny/small: layer norm; base: group norm (wav2vec2-base); "

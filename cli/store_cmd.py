@@ -8,7 +8,7 @@ import sys
 import click
 from tqdm import tqdm
 
-from featurestore.export_hdf5 import export_hdf5
+from featurestore.hdf5 import export_hdf5
 from featurestore.report import repair_store, store_info, verify_store
 from featurestore.store import FeatureStore
 

@@ -1,0 +1,48 @@
+"""The feature store: audio -> backbone features in a checked Zarr v3 store.
+
+Public API (imported on first use, so ``import featurestore`` stays light)::
+
+    from featurestore import FeatureStore, extract, ExtractOptions
+    store = FeatureStore.open("feats.zarr")
+    summary = extract(load_source("audio/"), "feats.zarr", ExtractOptions(model="ckpt"))
+
+See the README's "Python API" section for a walk through.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "FeatureStore": "featurestore.store",
+    "StoredClip": "featurestore.store",
+    "StoreWriter": "featurestore.store",
+    "SCHEMA": "featurestore.store",
+    "extract": "featurestore.extraction",
+    "ExtractSummary": "featurestore.extraction",
+    "ExtractOptions": "featurestore.options",
+    "DEFAULT_MODEL": "featurestore.options",
+    "store_info": "featurestore.report",
+    "verify_store": "featurestore.report",
+    "repair_store": "featurestore.report",
+    "export_hdf5": "featurestore.hdf5",
+    "load_backbone": "featurestore.backbone",
+    "identify_backbone": "featurestore.backbone",
+    "write_random_backbone": "featurestore.random_backbone",
+    "StoreError": "featurestore.errors",
+    "StoreDamage": "featurestore.errors",
+    "StoreLocked": "featurestore.errors",
+    "BackboneError": "featurestore.errors",
+    "DeviceError": "featurestore.errors",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'featurestore' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return __all__

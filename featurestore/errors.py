@@ -1,4 +1,10 @@
-"""Errors a user can fix (kept free of heavy imports so the CLI starts fast)."""
+"""Errors a user can fix, and the exit codes (kept free of heavy imports so the CLI
+starts fast)."""
+
+EXIT_OK = 0  # all done
+EXIT_UNEXPECTED = 1  # a bug or an environment problem: the traceback says where
+EXIT_USAGE = 2  # bad option, missing file, mismatched or damaged store, locked store
+EXIT_CLIPS_FAILED = 3  # the run finished, but some clips could not be stored (listed)
 
 
 class BackboneError(RuntimeError):
@@ -22,19 +28,3 @@ class StoreLocked(StoreError):
 class DeviceError(ValueError):
     """A device was asked for that this machine does not have (``--device cuda``
     without a CUDA GPU)."""
-
-
-def require_device(device: str) -> str:
-    """``auto`` -> ``cuda`` where torch sees a GPU, else ``cpu``; an explicit ``cuda``
-    where there is none is a :class:`DeviceError`. The one device rule of extraction,
-    training and prediction."""
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise DeviceError(
-            f"--device {device}: torch sees no CUDA GPU on this machine "
-            f"(torch {torch.__version__}); use --device cpu or auto"
-        )
-    return device

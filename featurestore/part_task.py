@@ -13,14 +13,14 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from featurestore.audio import AudioError, decode_clip
+from featurestore.audio import AudioError, DecodedClip, decode_clip
 from featurestore.backbone import LoadedBackbone, load_backbone
+from featurestore.devices import require_device
 from featurestore.encode import encode_clips
-from featurestore.errors import require_device
+from featurestore.options import GPU_BATCH_SECONDS
 from featurestore.spec import build_spec, fingerprint
 from featurestore.store import StoredClip, open_zarr_store, write_part
 
-GPU_BATCH_SECONDS = 120.0
 COMPUTE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 _BACKBONES: dict[tuple, LoadedBackbone] = {}
@@ -91,13 +91,7 @@ def run_part(job: PartJob) -> dict:
             "the driver and this worker"
         )
     failures: list[dict] = []
-    decoded, kept = [], []
-    for clip in job.clips:
-        try:  # the decoder is the authority on a file, whatever the manifest's probe said
-            decoded.append(decode_clip(clip["path"], max_seconds=job.max_seconds))
-            kept.append(clip)
-        except AudioError as err:
-            failures.append({"clip_id": clip["clip_id"], "path": clip["path"], "reason": str(err)})
+    kept, decoded = _decode(job, failures)
     batch_seconds = job.batch_seconds
     if batch_seconds is None:  # batching does not pay on a CPU (method.md, pitfalls)
         batch_seconds = GPU_BATCH_SECONDS if device.startswith("cuda") else 0.0
@@ -109,31 +103,7 @@ def run_part(job: PartJob) -> dict:
         device=device,
         dtype=COMPUTE_DTYPES[job.compute_dtype],
     )
-    stored, features = [], []
-    for clip, audio, result in zip(kept, decoded, results, strict=True):
-        if isinstance(result, Exception):
-            failures.append(
-                {"clip_id": clip["clip_id"], "path": clip["path"], "reason": str(result)}
-            )
-            continue
-        if not (np.isfinite(result.hidden).all() and np.isfinite(result.frame_vad).all()):
-            failures.append(
-                {
-                    "clip_id": clip["clip_id"],
-                    "path": clip["path"],
-                    "reason": "backbone produced non-finite features (float16 overflow?)",
-                }
-            )
-            continue
-        stored.append(
-            StoredClip(
-                clip_id=clip["clip_id"],
-                source_path=clip["path"],
-                sha256=clip.get("sha256") or "",
-                duration_s=audio.duration_s,
-            )
-        )
-        features.append(result)
+    stored, features = _usable(kept, decoded, results, failures)
     del decoded
     record = write_part(
         open_zarr_store(job.store, mode="a", storage_options=job.storage_options),
@@ -150,3 +120,45 @@ def run_part(job: PartJob) -> dict:
         "audio_s": float(sum(c.duration_s for c in stored)),
         "failures": failures,
     }
+
+
+def _failure(clip: dict, reason: str) -> dict:
+    return {"clip_id": clip["clip_id"], "path": clip["path"], "reason": reason}
+
+
+def _decode(job: PartJob, failures: list[dict]) -> tuple[list[dict], list[DecodedClip]]:
+    """The part's clips decoded (the decoder is the authority on a file, whatever the
+    manifest's probe said); those that cannot be are added to ``failures``."""
+    kept, decoded = [], []
+    for clip in job.clips:
+        try:
+            decoded.append(decode_clip(clip["path"], max_seconds=job.max_seconds))
+            kept.append(clip)
+        except AudioError as err:
+            failures.append(_failure(clip, str(err)))
+    return kept, decoded
+
+
+def _usable(kept, decoded, results, failures: list[dict]):
+    """The clips whose encoding succeeded with finite features, as (stored, features);
+    the others are added to ``failures``."""
+    stored, features = [], []
+    for clip, audio, result in zip(kept, decoded, results, strict=True):
+        if isinstance(result, Exception):
+            failures.append(_failure(clip, str(result)))
+            continue
+        if not (np.isfinite(result.hidden).all() and np.isfinite(result.frame_vad).all()):
+            failures.append(
+                _failure(clip, "backbone produced non-finite features (float16 overflow?)")
+            )
+            continue
+        stored.append(
+            StoredClip(
+                clip_id=clip["clip_id"],
+                source_path=clip["path"],
+                sha256=clip.get("sha256") or "",
+                duration_s=audio.duration_s,
+            )
+        )
+        features.append(result)
+    return stored, features

@@ -26,50 +26,10 @@ from safetensors.torch import save_file
 from transformers import Wav2Vec2Config
 
 from featurestore.backbone import EmotionBackbone
+from featurestore.options import BACKBONE_SIZES
 from featurestore.spec import VAD_LABELS
 
-SIZES: dict[str, dict] = {
-    "tiny": dict(
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        conv_dim=(32,) * 7,
-        num_conv_pos_embeddings=16,
-        num_conv_pos_embedding_groups=2,
-        norm="layer",
-    ),
-    "small": dict(
-        hidden_size=256,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        intermediate_size=1024,
-        conv_dim=(256,) * 7,
-        num_conv_pos_embeddings=64,
-        num_conv_pos_embedding_groups=16,
-        norm="layer",
-    ),
-    "base": dict(
-        hidden_size=768,
-        num_hidden_layers=12,
-        num_attention_heads=12,
-        intermediate_size=3072,
-        conv_dim=(512,) * 7,
-        num_conv_pos_embeddings=128,
-        num_conv_pos_embedding_groups=16,
-        norm="group",
-    ),
-    "large-robust-12": dict(
-        hidden_size=1024,
-        num_hidden_layers=12,
-        num_attention_heads=16,
-        intermediate_size=4096,
-        conv_dim=(512,) * 7,
-        num_conv_pos_embeddings=128,
-        num_conv_pos_embedding_groups=16,
-        norm="layer",
-    ),
-}
+SIZES = BACKBONE_SIZES
 
 
 def random_config(size: str, *, norm: str | None = None) -> Wav2Vec2Config:

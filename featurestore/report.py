@@ -49,12 +49,12 @@ def store_info(store: FeatureStore, *, storage_options: dict | None = None) -> d
         "clips": len(store),
         "frames": frames,
         "hours_audio": audio_s / 3600.0,
-        "hours_extracted": frames / store.spec["frame_rate_hz"] / 3600.0,
+        "hours_extracted": frames / store.spec.frame_rate_hz / 3600.0,
         "parts": len(store.complete_parts),
         "uncommitted_parts": uncommitted_parts(store),
         "size_bytes": size_on_disk(store.location, storage_options=storage_options),
-        "spec": store.spec,
-        "failed": store.failures,
+        "spec": store.spec.to_dict(),
+        "failed": [f.to_dict() for f in store.failures],
     }
 
 

@@ -53,7 +53,8 @@ from zarr.core.sync import sync as zarr_sync
 from featurestore.errors import StoreDamage, StoreError
 from featurestore.integrity import check_digest, digest_of, digest_of_json
 from featurestore.location import StoreLocation
-from featurestore.spec import describe_difference, fingerprint
+from featurestore.records import ClipFailure, FieldAccess
+from featurestore.spec import FeatureSpec, as_spec, describe_difference, fingerprint
 from manifests.sources import is_url
 
 if TYPE_CHECKING:
@@ -199,7 +200,9 @@ class StoreWriter:
         self.lock = lock
 
     @classmethod
-    def open(cls, location: StoreLocation, spec: dict, lock: StoreLock | None) -> StoreWriter:
+    def open(
+        cls, location: StoreLocation, spec: FeatureSpec | dict, lock: StoreLock | None
+    ) -> StoreWriter:
         """Create the store with ``spec`` where none exists, or check the existing one.
 
         Raises:
@@ -212,7 +215,7 @@ class StoreWriter:
             meta = {
                 "format_version": STORE_FORMAT,
                 "fingerprint": wanted,
-                "spec": spec,
+                "spec": as_spec(spec).to_dict(),
                 "parts": {},
                 "failures": {},
             }
@@ -340,14 +343,15 @@ def _stack(pieces: list[np.ndarray], width: int, dtype: str, join) -> np.ndarray
     return join(pieces).astype(dtype, copy=False)
 
 
-def _widths(spec: dict) -> dict[str, int]:
-    return {"hidden": int(spec["hidden_size"]), "vad": len(spec["vad_labels"])}
+def _widths(spec: FeatureSpec | dict) -> dict[str, int]:
+    spec = as_spec(spec)
+    return {"hidden": spec.hidden_size, "vad": spec.vad_width}
 
 
 def write_part(
     store: zarr.storage.StoreLike,
     name: str,
-    spec: dict,
+    spec: FeatureSpec | dict,
     clips: list[StoredClip],
     features: list[ClipFeatures],
 ) -> dict:
@@ -413,11 +417,23 @@ def write_part(
     }
     # Written last; the spec makes the part self-describing (a damaged root can be
     # rebuilt from its parts).
-    part.attrs[PART_ATTR] = {"complete": True, **record, "spec": spec}
+    part.attrs[PART_ATTR] = {"complete": True, **record, "spec": as_spec(spec).to_dict()}
     return record
 
 
 # -- reading -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ClipInfo(FieldAccess):
+    """One stored clip: where it came from and where it is."""
+
+    clip_id: str
+    part: str
+    frames: int
+    duration_s: float
+    source_path: str
+    sha256: str
 
 
 @dataclass(frozen=True)
@@ -467,9 +483,10 @@ class FeatureStore:
         store.location = str(location)
         return store
 
-    @property
-    def spec(self) -> dict:
-        return self._meta["spec"]
+    @cached_property
+    def spec(self) -> FeatureSpec:
+        """What the stored numbers mean (backbone, layer, rates, sizes, crop, dtypes)."""
+        return FeatureSpec.from_dict(self._meta["spec"])
 
     @property
     def fingerprint(self) -> str:
@@ -477,7 +494,7 @@ class FeatureStore:
 
     @property
     def hidden_size(self) -> int:
-        return int(self.spec["hidden_size"])
+        return self.spec.hidden_size
 
     @property
     def parts(self) -> dict[str, dict]:
@@ -648,27 +665,37 @@ class FeatureStore:
         """``(3,)`` float32: the head on the pooled hidden state (the model card's output)."""
         return self._row("clip_vad", clip_id)
 
-    def clip_info(self, clip_id: str) -> dict:
+    def clip_info(self, clip_id: str) -> ClipInfo:
         """Source path, sha256, duration (s), frames and part of a stored clip."""
         loc = self._locate(clip_id)
-        return {
-            "clip_id": clip_id,
-            "source_path": str(self._per_clip(loc.part, "source_path")[loc.row]),
-            "sha256": loc.sha256,
-            "duration_s": loc.duration_s,
-            "frames": loc.frame_end - loc.frame_start,
-            "part": loc.part,
-        }
+        return ClipInfo(
+            clip_id=clip_id,
+            part=loc.part,
+            frames=loc.frame_end - loc.frame_start,
+            duration_s=loc.duration_s,
+            source_path=str(self._per_clip(loc.part, "source_path")[loc.row]),
+            sha256=loc.sha256,
+        )
+
+    def clips(self) -> list[ClipInfo]:
+        """Every stored clip as a :class:`ClipInfo` (reads each part's per-clip arrays)."""
+        return [self.clip_info(c) for c in self.clip_ids]
+
+    def table(self) -> dict[str, list]:
+        """The clips as columns (``clip_id``, ``part``, ``frames``, ``duration_s``,
+        ``source_path``, ``sha256``): ``pandas.DataFrame(store.table())`` gives a table."""
+        rows = self.clips()
+        return {f: [getattr(r, f) for r in rows] for f in ClipInfo.__dataclass_fields__}
 
     def part_marker(self, name: str) -> dict:
         """The committed record of part ``name``."""
         return dict(self._meta["parts"][name])
 
     @property
-    def failures(self) -> list[dict]:
+    def failures(self) -> list[ClipFailure]:
         """Clips that failed and are not stored: the latest reason per clip id."""
         return [
-            {"clip_id": cid, **f}
+            ClipFailure.from_dict({"clip_id": cid, **f})
             for cid, f in self._meta.get("failures", {}).items()
             if cid not in self._index
         ]

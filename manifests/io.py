@@ -91,3 +91,24 @@ def load_manifest(path: str | Path) -> list[ClipRecord]:
         raise ManifestError(f"{path}: unreadable rows: " + "; ".join(bad[:5]))
     check_unique_ids(records, source=str(path))
     return records
+
+
+def load_source(source: str | Path, *, label_files=()) -> list[ClipRecord]:
+    """The clips of ``source``: a manifest file (``.csv``/``.jsonl``), or an audio folder
+    (local or a URL such as ``s3://bucket/audio``) scanned with :func:`build_manifest`
+    (then ``label_files`` are merged on).
+
+    Raises:
+        ManifestError: no such file or folder, labels given with a manifest file, or a
+            bad manifest.
+    """
+    from manifests.build import build_manifest
+    from manifests.sources import is_url
+
+    if is_url(source) or Path(source).is_dir():
+        return build_manifest(source, label_files=label_files)
+    if not Path(source).is_file():
+        raise ManifestError(f"{source}: no such manifest file or audio folder")
+    if label_files:
+        raise ManifestError(f"{source}: labels apply to an audio folder; a manifest has them")
+    return load_manifest(source)

@@ -1,0 +1,51 @@
+"""Heads trained on stored features: training, prediction, scoring, evaluation.
+
+Public API (imported on first use, so ``import models`` stays light)::
+
+    from models import train, predict, score_folder
+    train("feats.zarr", "train_split.csv", "valid_split.csv", "heads/paper")
+    predict("feats.zarr", ["heads/paper"], output="predictions.csv")
+    score_folder("new_audio/", ["heads/paper"], output="scores.csv")
+
+See the README's "Python API" section for a walk through.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "train": "models.training",
+    "HeadPlan": "models.training",
+    "TrainedHead": "models.training",
+    "plans_from_grid": "models.training",
+    "TrainSettings": "models.options",
+    "PRESETS": "models.options",
+    "predict": "models.prediction",
+    "Predictions": "models.prediction",
+    "load_heads": "models.prediction",
+    "score_folder": "models.score",
+    "ScoreResult": "models.score",
+    "run_demo": "models.demo",
+    "DemoResult": "models.demo",
+    "load_head": "models.head_files",
+    "LoadedHead": "models.head_files",
+    "evaluate": "models.metrics",
+    "pearson": "models.metrics",
+    "ccc": "models.metrics",
+    "mse": "models.metrics",
+    "StoreDataset": "models.dataset",
+    "HeadError": "models.errors",
+    "SettingsError": "models.errors",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'models' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from featurestore.extract import dask_client
+from featurestore.cluster import dask_client
 from featurestore.store import FeatureStore
 from manifests.labels import LabelTable
 from models.head_files import check_head_destination

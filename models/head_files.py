@@ -23,10 +23,90 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from featurestore.records import FieldAccess
+from featurestore.spec import FeatureSpec
 from models.errors import HeadError
 from models.heads import HeadConfig, build_head
 
 HEAD_FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class StoreRef(FieldAccess):
+    """The features a head was trained on: the store's fingerprint, where it was, and
+    the spec (so ``emi score`` can make the same features)."""
+
+    fingerprint: str
+    location: str
+    spec: FeatureSpec | None  # None: a card written without it (then score cannot extract)
+
+    def to_dict(self) -> dict:
+        return {
+            "fingerprint": self.fingerprint,
+            "location": self.location,
+            "spec": None if self.spec is None else self.spec.to_dict(),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> StoreRef:
+        spec = data.get("spec")
+        return cls(
+            fingerprint=str(data["fingerprint"]),
+            location=str(data.get("location", "?")),
+            spec=None if spec is None else FeatureSpec.from_dict(spec),
+        )
+
+
+@dataclass(frozen=True)
+class HeadCard(FieldAccess):
+    """A head's ``config.json``: what it is, what it was trained on, how, and how well.
+
+    ``training`` holds the settings that ran (:class:`models.options.TrainSettings`
+    fields) and facts of the run (clips, device, host).
+    """
+
+    name: str
+    preset: str
+    head: HeadConfig
+    parameters: int
+    targets: tuple[str, ...]
+    training: dict
+    store: StoreRef
+    best_epoch: int
+    best_val_pearson_mean: float
+    weights_sha256: str | None = None
+    format_version: int = HEAD_FORMAT_VERSION
+
+    def to_dict(self) -> dict:
+        return {
+            "format_version": self.format_version,
+            "name": self.name,
+            "preset": self.preset,
+            "head": self.head.to_dict(),
+            "parameters": self.parameters,
+            "targets": list(self.targets),
+            "training": dict(self.training),
+            "store": self.store.to_dict(),
+            "best_epoch": self.best_epoch,
+            "best_val_pearson_mean": self.best_val_pearson_mean,
+            "weights_sha256": self.weights_sha256,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> HeadCard:
+        return cls(
+            name=str(data.get("name", "")),
+            preset=str(data.get("preset", "")),
+            head=HeadConfig.from_dict(data["head"]),
+            parameters=int(data.get("parameters", 0)),
+            targets=tuple(data["targets"]),
+            training=dict(data.get("training", {})),
+            store=StoreRef.from_dict(data["store"]),
+            best_epoch=int(data.get("best_epoch", 0)),
+            best_val_pearson_mean=float(data.get("best_val_pearson_mean", float("nan"))),
+            weights_sha256=data.get("weights_sha256"),
+            format_version=int(data.get("format_version", HEAD_FORMAT_VERSION)),
+        )
 
 
 @dataclass
@@ -34,19 +114,25 @@ class LoadedHead:
     name: str
     folder: Path
     model: nn.Module
-    config: dict  # the whole config.json
+    config: HeadCard  # the head's config.json
 
     @property
     def targets(self) -> list[str]:
-        return list(self.config["targets"])
+        return list(self.config.targets)
 
     @property
     def fingerprint(self) -> str:
-        return self.config["store"]["fingerprint"]
+        return self.config.store.fingerprint
+
+    @property
+    def spec(self) -> FeatureSpec:
+        if self.config.store.spec is None:
+            raise HeadError(f"{self.folder}: its config.json records no feature spec")
+        return self.config.store.spec
 
     @property
     def max_frames(self) -> int | None:
-        return self.config["training"].get("max_frames")
+        return self.config.training.get("max_frames")
 
 
 def check_head_destination(folder: str | Path) -> None:
@@ -68,7 +154,7 @@ def check_head_destination(folder: str | Path) -> None:
 def save_head(
     folder: str | Path,
     model: nn.Module,
-    config: dict,
+    config: HeadCard | dict,
     metrics: dict,
     *,
     extra_files=None,
@@ -88,7 +174,7 @@ def save_head(
         save_file(state, str(weights))
         card = {
             "format_version": HEAD_FORMAT_VERSION,
-            **config,
+            **(config.to_dict() if isinstance(config, HeadCard) else config),
             "weights_sha256": hashlib.sha256(weights.read_bytes()).hexdigest(),
         }
         (temporary / "config.json").write_text(json.dumps(card, indent=2))
@@ -110,13 +196,11 @@ def load_head(folder: str | Path, *, device: str = "cpu") -> LoadedHead:
     if not config_file.is_file() or not weights.is_file():
         raise HeadError(f"{folder}: not a head folder (needs config.json and model.safetensors)")
     try:
-        config = json.loads(config_file.read_text())
-        head_config = HeadConfig.from_dict(config["head"])
-        config["store"]["fingerprint"]  # noqa: B018  (must exist)
-    except (ValueError, KeyError, TypeError) as err:
+        config = HeadCard.from_dict(json.loads(config_file.read_text()))
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
         raise HeadError(f"{config_file}: malformed head config ({err})") from err
     raw = weights.read_bytes()
-    recorded = config.get("weights_sha256")
+    recorded = config.weights_sha256
     if recorded is None:
         raise HeadError(f"{config_file}: records no weights_sha256; retrain the head")
     if hashlib.sha256(raw).hexdigest() != recorded:
@@ -124,7 +208,7 @@ def load_head(folder: str | Path, *, device: str = "cpu") -> LoadedHead:
             f"{weights}: these are not the weights {config_file.name} was saved with "
             "(sha256 differs: replaced, damaged or half-written); retrain or restore the head"
         )
-    model = build_head(head_config)
+    model = build_head(config.head)
     try:
         state = load_file(str(weights))
         model.load_state_dict(state)
@@ -133,15 +217,13 @@ def load_head(folder: str | Path, *, device: str = "cpu") -> LoadedHead:
     if not all(torch.isfinite(t).all() for t in state.values() if t.is_floating_point()):
         raise HeadError(f"{weights}: the head's weights hold NaN or inf; retrain it")
     model.eval().to(device)
-    return LoadedHead(
-        name=config.get("name") or folder.name, folder=folder, model=model, config=config
-    )
+    return LoadedHead(name=config.name or folder.name, folder=folder, model=model, config=config)
 
 
 def check_fingerprint(head: LoadedHead, store_fingerprint: str, store_location: str) -> None:
     """Refuse a head trained on features with another fingerprint."""
     if head.fingerprint != store_fingerprint:
-        trained = head.config["store"].get("location", "?")
+        trained = head.config.store.location
         raise HeadError(
             f"head {head.name!r} ({head.folder}) was trained on features with fingerprint "
             f"{head.fingerprint[:12]} (store {trained}); store {store_location} has "
@@ -152,6 +234,6 @@ def check_fingerprint(head: LoadedHead, store_fingerprint: str, store_location: 
 
 def torch_device(device: str) -> str:
     """The device to train or predict on (the rule of :func:`require_device`)."""
-    from featurestore.errors import require_device
+    from featurestore.devices import require_device
 
     return require_device(device)

@@ -44,7 +44,7 @@ class HeadConfig:
         return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
 
 
-PRESETS = ("paper", "compact", "mean-linear")
+from models.options import PRESETS  # noqa: E402  (re-exported)
 
 
 def preset_config(name: str, *, input_dim: int, num_targets: int, **overrides) -> HeadConfig:

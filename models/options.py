@@ -12,6 +12,31 @@ from dataclasses import dataclass
 
 import click
 
+from models.errors import SettingsError
+
+PRESETS = ("paper", "compact", "mean-linear")
+SIZE_KEYS = ("lstm_hidden", "lstm_layers", "mlp_hidden", "dropout")
+FRAMES_PER_SECOND = 50  # the store's frame rate (featurestore.audio.FRAMES_PER_SECOND)
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    epochs: int = 30
+    batch_size: int = 32
+    lr: float = 1e-4
+    weight_decay: float = 0.01  # AdamW's default
+    warmup_epochs: float = 1.0
+    clip_value: float = 100.0
+    seed: int = 1
+    max_seconds: float | None = None  # crop sequences (the paper: 12)
+    mixed_precision: bool = True  # on a GPU only
+
+    @property
+    def max_frames(self) -> int | None:
+        if self.max_seconds is None:
+            return None
+        return max(1, int(round(self.max_seconds * FRAMES_PER_SECOND)))
+
 
 @dataclass(frozen=True)
 class NumberRule:
@@ -28,16 +53,16 @@ class NumberRule:
         return ranged(min=self.low, max=self.high, **extra)
 
     def check(self, key: str, value):
-        """The value as ``kind``; raises ValueError naming ``key`` and the rule."""
+        """The value as ``kind``; raises SettingsError naming ``key`` and the rule."""
         ok_type = isinstance(value, int) if self.kind is int else isinstance(value, int | float)
         if isinstance(value, bool) or not ok_type:
-            raise ValueError(f"{key}: {value!r} is not {self.describe()}")
+            raise SettingsError(f"{key}: {value!r} is not {self.describe()}")
         value = self.kind(value)
         if self.kind is float and not math.isfinite(value):
-            raise ValueError(f"{key}: {value!r} is not {self.describe()}")
+            raise SettingsError(f"{key}: {value!r} is not {self.describe()}")
         below = self.low is not None and (value <= self.low if self.low_open else value < self.low)
         if below or (self.high is not None and value > self.high):
-            raise ValueError(f"{key}: {value!r} is not {self.describe()}")
+            raise SettingsError(f"{key}: {value!r} is not {self.describe()}")
         return value
 
     def describe(self) -> str:
@@ -72,7 +97,7 @@ def check_head_name(name) -> str:
     """A head name is a plain folder name: letters, digits and ``_ . + = , -``, not
     starting with ``.``, at most 100 characters (never a path)."""
     if not isinstance(name, str) or not _PLAIN_NAME.fullmatch(name):
-        raise ValueError(
+        raise SettingsError(
             f"name: {name!r} is not a plain head name (letters, digits, _ . + = , -; "
             "not starting with '.'; no '/' or '\\\\'; at most 100 characters)"
         )
@@ -84,10 +109,10 @@ def check_targets(value) -> tuple[str, ...]:
     if isinstance(value, str):
         value = value.split(",")
     if not isinstance(value, list | tuple) or not value:
-        raise ValueError(f"targets: {value!r} is not a list of label columns")
+        raise SettingsError(f"targets: {value!r} is not a list of label columns")
     names = tuple(v.strip() if isinstance(v, str) else v for v in value)
     if not all(isinstance(v, str) and v for v in names) or len(set(names)) != len(names):
-        raise ValueError(f"targets: {value!r} must name distinct label columns")
+        raise SettingsError(f"targets: {value!r} must name distinct label columns")
     return names
 
 
@@ -97,7 +122,7 @@ def check_setting(key: str, value):
         return None
     if key == "mixed_precision":
         if not isinstance(value, bool):
-            raise ValueError(f"mixed_precision: {value!r} is not true or false")
+            raise SettingsError(f"mixed_precision: {value!r} is not true or false")
         return value
     rule = SETTING_RULES.get(key) or SIZE_RULES[key]
     return rule.check(key, value)

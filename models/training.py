@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import json
 import math
 import os
 import re
@@ -26,31 +27,25 @@ from torch import nn
 from featurestore.store import FeatureStore
 from manifests.labels import LabelTable, check_label_values
 from manifests.records import ManifestError, format_examples
-from models.head_files import check_head_destination, save_head, torch_device
+from models.errors import SettingsError
+from models.head_files import (
+    HeadCard,
+    StoreRef,
+    check_head_destination,
+    save_head,
+    torch_device,
+)
 from models.heads import PRESETS, build_head, count_parameters, preset_config
 from models.metrics import evaluate
-from models.options import check_head_name, check_setting, check_targets
-from models.sequences import DEFAULT_BUDGET_BYTES, SequenceData
+from models.options import (
+    SIZE_KEYS,
+    TrainSettings,
+    check_head_name,
+    check_setting,
+    check_targets,
+)
+from models.sequences import DEFAULT_BUDGET_BYTES, Batch, SequenceData
 
-
-@dataclass(frozen=True)
-class TrainSettings:
-    epochs: int = 30
-    batch_size: int = 32
-    lr: float = 1e-4
-    weight_decay: float = 0.01  # AdamW's default
-    warmup_epochs: float = 1.0
-    clip_value: float = 100.0
-    seed: int = 1
-    max_seconds: float | None = None  # crop sequences (the paper: 12)
-    mixed_precision: bool = True  # on a GPU only
-
-    @property
-    def max_frames(self) -> int | None:
-        return None if self.max_seconds is None else max(1, int(round(self.max_seconds * 50)))
-
-
-SIZE_KEYS = ("lstm_hidden", "lstm_layers", "mlp_hidden", "dropout")
 SETTING_FIELDS = frozenset(f.name for f in fields(TrainSettings))
 
 
@@ -76,16 +71,16 @@ def plans_from_grid(grid: dict, *, defaults: TrainSettings) -> list[HeadPlan]:
     """
     allowed = {"name", "preset", "targets", *SIZE_KEYS, *(f.name for f in fields(TrainSettings))}
     if not isinstance(grid, dict):
-        raise ValueError("grid file: expected a JSON object with 'defaults', 'heads', 'grid'")
+        raise SettingsError("grid file: expected a JSON object with 'defaults', 'heads', 'grid'")
     shapes = {"defaults": dict, "heads": list, "grid": dict}
     for key, kind in shapes.items():
         if not isinstance(grid.get(key, kind()), kind):
-            raise ValueError(f"grid file: '{key}' must be a JSON {kind.__name__}")
+            raise SettingsError(f"grid file: '{key}' must be a JSON {kind.__name__}")
     if not all(isinstance(e, dict) for e in grid.get("heads", [])):
-        raise ValueError("grid file: every entry of 'heads' must be a JSON object")
+        raise SettingsError("grid file: every entry of 'heads' must be a JSON object")
     unknown = set(grid) - {"defaults", "heads", "grid"}
     if unknown:
-        raise ValueError(
+        raise SettingsError(
             f"grid file: unknown top-level keys {sorted(unknown)}; "
             "use 'defaults', 'heads' and 'grid'"
         )
@@ -101,22 +96,22 @@ def plans_from_grid(grid: dict, *, defaults: TrainSettings) -> list[HeadPlan]:
             entry.setdefault("name", "-".join(f"{k}{_short(v)}" for k, v in entry.items()))
             entries.append(entry)
     if not entries:
-        raise ValueError("grid file: no heads (give 'heads' or 'grid')")
+        raise SettingsError("grid file: no heads (give 'heads' or 'grid')")
     plans = []
     for index, entry in enumerate(entries):
         merged = {**base, **entry}
         bad = set(merged) - allowed
         if bad:
-            raise ValueError(
+            raise SettingsError(
                 f"grid file: unknown keys {sorted(bad)} in head {index}; allowed: {sorted(allowed)}"
             )
         try:
             plans.append(_plan_from_entry(merged, index, defaults))
-        except ValueError as err:
-            raise ValueError(f"grid file, head {merged.get('name', index)!r}: {err}") from None
+        except SettingsError as err:
+            raise SettingsError(f"grid file, head {merged.get('name', index)!r}: {err}") from None
     names = [p.name for p in plans]
     if len(set(names)) != len(names):
-        raise ValueError(
+        raise SettingsError(
             f"grid file: head names repeat: {sorted(n for n in names if names.count(n) > 1)}"
         )
     return plans
@@ -129,7 +124,7 @@ def _plan_from_entry(merged: dict, index: int, defaults: TrainSettings) -> HeadP
     }
     preset = merged.get("preset", "paper")
     if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+        raise SettingsError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
     targets = merged.get("targets")
     return HeadPlan(
         name=check_head_name(merged.get("name") or f"head{index}"),
@@ -188,16 +183,12 @@ def resolve_labels(
     )
 
 
-def warmup_cosine(warmup_steps: int, total_steps: int) -> Callable[[int], float]:
-    """LR factor: linear warm-up to 1 over ``warmup_steps``, then cosine decay to 0."""
+def warmup_cosine(optimiser, warmup_steps: int, total_steps: int):
+    """The LR schedule: linear warm-up over ``warmup_steps``, then cosine decay to 0 at
+    ``total_steps`` (transformers' ``get_cosine_schedule_with_warmup``)."""
+    from transformers import get_cosine_schedule_with_warmup
 
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-    return factor
+    return get_cosine_schedule_with_warmup(optimiser, warmup_steps, total_steps)
 
 
 def predict_batches(
@@ -238,6 +229,65 @@ def _amp(device: str, settings: TrainSettings):
     return dtype, scaler
 
 
+def _label_columns(plan: HeadPlan, train: LabelledSplit, val: LabelledSplit):
+    """The head's targets and, per clip, its label rows (training and validation)."""
+    targets = list(plan.targets or train.targets)
+    unknown = [t for t in targets if t not in train.targets or t not in val.targets]
+    if unknown:
+        raise ManifestError(
+            f"head {plan.name!r}: targets {unknown} are not columns of both "
+            f"label files ({', '.join(train.targets)})"
+        )
+    y_train = train.as_dict([train.targets.index(t) for t in targets])
+    y_val = val.as_dict([val.targets.index(t) for t in targets])
+    return targets, y_train, y_val
+
+
+@dataclass
+class _Optimiser:
+    """AdamW with the warm-up cosine schedule, value clipping and (on a GPU) AMP."""
+
+    model: nn.Module
+    settings: TrainSettings
+    device: str
+    steps_per_epoch: int
+
+    def __post_init__(self) -> None:
+        s = self.settings
+        self.adamw = torch.optim.AdamW(
+            self.model.parameters(), lr=s.lr, weight_decay=s.weight_decay
+        )
+        warmup = max(1, round(s.warmup_epochs * self.steps_per_epoch))
+        self.schedule = warmup_cosine(self.adamw, warmup, self.steps_per_epoch * s.epochs)
+        self.amp_dtype, self.scaler = _amp(self.device, s)
+
+    def step(self, batch: Batch) -> float:
+        """One optimisation step on a batch's MSE loss; returns the loss."""
+        b = batch.to(self.device)
+        with torch.autocast(
+            device_type=torch.device(self.device).type,
+            dtype=self.amp_dtype or torch.float32,
+            enabled=self.amp_dtype is not None,
+        ):
+            loss = nn.functional.mse_loss(
+                self.model(b.frames, b.lengths, b.mean).float(), b.targets
+            )
+        self.adamw.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.adamw)
+        else:
+            loss.backward()
+        nn.utils.clip_grad_value_(self.model.parameters(), self.settings.clip_value)
+        if self.scaler is not None:
+            self.scaler.step(self.adamw)
+            self.scaler.update()
+        else:
+            self.adamw.step()
+        self.schedule.step()
+        return float(loss.detach())
+
+
 def train_one(
     plan: HeadPlan,
     data: SequenceData,
@@ -252,60 +302,28 @@ def train_one(
     """Train one head on already-loaded data and save its folder to ``out``."""
     started = time.perf_counter()
     s = plan.settings
-    targets = list(plan.targets or train.targets)
-    unknown = [t for t in targets if t not in train.targets or t not in val.targets]
-    if unknown:
-        raise ManifestError(
-            f"head {plan.name!r}: targets {unknown} are not columns of both "
-            f"label files ({', '.join(train.targets)})"
-        )
-    train_cols = [train.targets.index(t) for t in targets]
-    val_cols = [val.targets.index(t) for t in targets]
-    y_train, y_val = train.as_dict(train_cols), val.as_dict(val_cols)
+    targets, y_train, y_val = _label_columns(plan, train, val)
     true_val = np.stack([y_val[c] for c in val.clip_ids])
-
     torch.manual_seed(s.seed)
     rng = np.random.default_rng(s.seed)
     config = preset_config(
         plan.preset, input_dim=data.input_dim, num_targets=len(targets), **plan.sizes
     )
     model = build_head(config).to(device)
-    optimiser = torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=s.weight_decay)
-    steps_per_epoch = math.ceil(len(train.clip_ids) / s.batch_size)
-    total = steps_per_epoch * s.epochs
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimiser, warmup_cosine(max(1, round(s.warmup_epochs * steps_per_epoch)), total)
-    )
-    amp_dtype, scaler = _amp(device, s)
-    loss_fn = nn.MSELoss()
+    optimiser = _Optimiser(model, s, device, math.ceil(len(train.clip_ids) / s.batch_size))
     history, best_state, best = [], None, (-math.inf, -1)
     for epoch in range(1, s.epochs + 1):
         model.train()
-        losses = []
-        for batch in data.batches(
-            s.batch_size, clip_ids=train.clip_ids, targets=y_train, rng=rng, max_frames=s.max_frames
-        ):
-            b = batch.to(device)
-            with torch.autocast(
-                device_type=torch.device(device).type,
-                dtype=amp_dtype or torch.float32,
-                enabled=amp_dtype is not None,
-            ):
-                loss = loss_fn(model(b.frames, b.lengths, b.mean).float(), b.targets)
-            optimiser.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.unscale_(optimiser)
-            else:
-                loss.backward()
-            nn.utils.clip_grad_value_(model.parameters(), s.clip_value)
-            if scaler is not None:
-                scaler.step(optimiser)
-                scaler.update()
-            else:
-                optimiser.step()
-            scheduler.step()
-            losses.append(float(loss.detach()))
+        losses = [
+            optimiser.step(batch)
+            for batch in data.batches(
+                s.batch_size,
+                clip_ids=train.clip_ids,
+                targets=y_train,
+                rng=rng,
+                max_frames=s.max_frames,
+            )
+        ]
         raw = predict_batches(model, data, val.clip_ids, device=device, max_frames=s.max_frames)
         pred = np.clip(np.stack([raw[c] for c in val.clip_ids]), 0.0, 1.0)
         scores = evaluate(pred, true_val, targets)
@@ -319,13 +337,31 @@ def train_one(
             f"val pearson {scores['pearson_mean']:.3f}{' *' if improved else ''}"
         )
     model.load_state_dict(best_state)
-    head_config = {
-        "name": plan.name,
-        "preset": plan.preset,
-        "head": config.to_dict(),
-        "parameters": count_parameters(model),
-        "targets": targets,
-        "training": {
+    card = _head_card(plan, config, model, targets, train, val, device, store, best)
+    metrics = {"best_epoch": best[1], "epochs": history}
+    from models.plots import plot_learning_curves
+
+    save_head(
+        out,
+        model,
+        card,
+        metrics,
+        extra_files=lambda folder: plot_learning_curves(
+            metrics, folder / "learning_curves.png", title=plan.name
+        ),
+    )
+    return TrainedHead(plan.name, out, best[1], best[0], metrics, time.perf_counter() - started)
+
+
+def _head_card(plan, config, model, targets, train, val, device, store, best) -> HeadCard:
+    s = plan.settings
+    return HeadCard(
+        name=plan.name,
+        preset=plan.preset,
+        head=config,
+        parameters=count_parameters(model),
+        targets=tuple(targets),
+        training={
             **asdict(s),
             "max_frames": s.max_frames,
             "train_clips": len(train.clip_ids),
@@ -333,23 +369,10 @@ def train_one(
             "device": device,
             "trained_by": f"{socket.gethostname()}:{os.getpid()}",
         },
-        "store": {"fingerprint": store.fingerprint, "location": store.location, "spec": store.spec},
-        "best_epoch": best[1],
-        "best_val_pearson_mean": best[0],
-    }
-    metrics = {"best_epoch": best[1], "epochs": history}
-    from models.plots import plot_learning_curves
-
-    save_head(
-        out,
-        model,
-        head_config,
-        metrics,
-        extra_files=lambda folder: plot_learning_curves(
-            metrics, folder / "learning_curves.png", title=plan.name
-        ),
+        store=StoreRef(store.fingerprint, store.location, store.spec),
+        best_epoch=best[1],
+        best_val_pearson_mean=best[0],
     )
-    return TrainedHead(plan.name, out, best[1], best[0], metrics, time.perf_counter() - started)
 
 
 def train_heads(
@@ -402,3 +425,87 @@ def train_heads(
         )
         for p in plans
     ]
+
+
+def train(
+    store: str | os.PathLike | FeatureStore,
+    labels: str | os.PathLike | LabelTable,
+    val_labels: str | os.PathLike | LabelTable,
+    out: str | os.PathLike,
+    *,
+    preset: str = "paper",
+    grid: str | os.PathLike | dict | None = None,
+    targets: str | tuple[str, ...] | None = None,
+    sizes: dict | None = None,
+    settings: TrainSettings | None = None,
+    device: str = "auto",
+    cache_gb: float = 4.0,
+    skip_missing: bool = False,
+    scheduler: str | None = None,
+    log: Callable[[str], None] = lambda _: None,
+) -> list[TrainedHead]:
+    """Train one head, or a grid of heads over one load of the features (``emi train``).
+
+    Args:
+        store: a store path or URL, or an open :class:`FeatureStore`.
+        labels, val_labels: label CSVs in the challenge format (or read tables); the
+            best epoch is the one with the best mean validation Pearson.
+        out: the head folder; with ``grid``, the parent of one folder per head.
+        preset: ``paper``, ``compact`` or ``mean-linear`` (without ``grid``).
+        grid: a grid file (path) or its dict: many heads, one data load (README).
+        targets: label columns to train on (``"A,B"`` or a tuple); None: all.
+        sizes: overrides of ``lstm_hidden``, ``lstm_layers``, ``mlp_hidden``, ``dropout``.
+        settings: the recipe (default ``TrainSettings()``: the paper's).
+        cache_gb: memory for cached sequences; larger data streams from the store.
+        scheduler: spread a grid over a running dask scheduler (one task per head).
+        log: receives per-epoch lines.
+
+    Raises:
+        ManifestError: bad labels, or labelled clips missing (unless ``skip_missing``).
+        SettingsError: a bad grid or setting (the message names head and key).
+        HeadError: ``out`` holds something that is not a head.
+
+    Examples:
+        >>> from models import train  # doctest: +SKIP
+        >>> train("feats.zarr", "train.csv", "valid.csv", "heads/paper")  # doctest: +SKIP
+    """
+    from manifests.labels import read_labels
+
+    settings = settings or TrainSettings()
+    tables = [t if isinstance(t, LabelTable) else read_labels(t) for t in (labels, val_labels)]
+    if grid is not None:
+        if not isinstance(grid, dict):
+            try:
+                grid = json.loads(Path(grid).read_text())
+            except (OSError, ValueError) as err:
+                raise SettingsError(f"grid file {grid}: {err}") from err
+        plans = plans_from_grid(grid, defaults=settings)
+    else:
+        if preset not in PRESETS:
+            raise SettingsError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+        plans = [
+            HeadPlan(
+                name=Path(out).name,
+                preset=preset,
+                sizes={k: check_setting(k, v) for k, v in (sizes or {}).items() if v is not None},
+                settings=settings,
+                targets=None if targets is None else check_targets(targets),
+            )
+        ]
+    budget = int(cache_gb * 2**30)
+    if scheduler:
+        from models.cluster_training import train_heads_on_cluster
+
+        if grid is None:
+            raise SettingsError("a scheduler spreads a grid of heads; give a grid")
+        location = store.location if isinstance(store, FeatureStore) else str(store)
+        FeatureStore.open(location)  # fail here, not on every worker, if it is missing
+        return train_heads_on_cluster(
+            location, *tables, plans, out, scheduler=scheduler, device=device,
+            budget_bytes=budget, skip_missing=skip_missing,
+        )  # fmt: skip
+    opened = store if isinstance(store, FeatureStore) else FeatureStore.open(store)
+    return train_heads(
+        opened, *tables, plans, out, device=device, budget_bytes=budget,
+        skip_missing=skip_missing, single=grid is None, log=log,
+    )  # fmt: skip

@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from featurestore.export_hdf5 import hdf5_name
+from featurestore.hdf5 import hdf5_name
 from featurestore.store import FeatureStore
 from manifests import build_manifest, load_manifest, save_manifest
 from manifests.synthetic import write_corpus

@@ -9,7 +9,7 @@ import numpy as np
 import xarray as xr
 import zarr
 
-from featurestore.export_hdf5 import hdf5_name
+from featurestore.hdf5 import hdf5_name
 from featurestore.store import FeatureStore
 from tests.conftest import run_cli
 

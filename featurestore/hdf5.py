@@ -49,8 +49,8 @@ def _write(store: FeatureStore, path: Path, progress) -> int:
     written = 0
     with h5py.File(path, "w") as f:
         f.attrs["fingerprint"] = store.fingerprint
-        f.attrs["spec"] = json.dumps(store.spec)
-        f.attrs["vad_labels"] = np.array(store.spec["vad_labels"], dtype=h5py.string_dtype())
+        f.attrs["spec"] = json.dumps(store.spec.to_dict())
+        f.attrs["vad_labels"] = np.array(store.spec.vad_labels, dtype=h5py.string_dtype())
         clips = f.create_group("clips")
         parts = store.iter_parts(
             keys=(

@@ -1,0 +1,232 @@
+"""The extraction driver: find missing clips, plan parts, run one dask task per part.
+
+Data flow: manifest records -> missing clips (not in a complete part) -> parts of
+similar-length clips -> ``run_part`` on dask workers (a ``LocalCluster`` by default,
+or an existing scheduler) -> each task writes its own part and its marker last.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import dataclass, field, replace
+
+from tqdm import tqdm
+
+from featurestore.backbone import identify_backbone, local_ref
+from featurestore.cluster import dask_client, has_gpu_resource, worker_count
+from featurestore.devices import require_device
+from featurestore.errors import StoreError
+from featurestore.location import StoreLocation
+from featurestore.lock import StoreLock
+from featurestore.options import DEFAULT_MODEL, MIN_PART_SECONDS, ExtractOptions
+from featurestore.part_task import PartJob, run_part
+from featurestore.records import ClipFailure
+from featurestore.spec import build_spec, fingerprint
+from featurestore.store import FeatureStore, StoreWriter, part_name, read_root
+from manifests.records import ClipRecord
+
+
+@dataclass
+class ExtractSummary:
+    """What a run did; ``failed`` lists every clip that could not be stored, with why."""
+
+    store: str
+    fingerprint: str
+    already_stored: int = 0
+    extracted: int = 0
+    frames: int = 0
+    audio_s: float = 0.0
+    parts_written: list[str] = field(default_factory=list)
+    incomplete_removed: list[str] = field(default_factory=list)
+    changed_sources: list[str] = field(default_factory=list)
+    refreshed: int = 0
+    failed: list[ClipFailure] = field(default_factory=list)
+    wall_s: float = 0.0
+
+    def to_dict(self) -> dict:
+        """The JSON form (``emi extract --json``)."""
+        return {**self.__dict__, "failed": [f.to_dict() for f in self.failed]}
+
+
+def plan_parts(records: list[ClipRecord], *, part_seconds: float) -> list[list[ClipRecord]]:
+    """Split clips into parts of about ``part_seconds`` of audio, similar lengths together.
+
+    Longest clips first, so the longest parts start first and finish with the rest.
+    """
+    ordered = sorted(records, key=lambda r: (-(r.duration_s or 0.0), r.clip_id))
+    parts: list[list[ClipRecord]] = []
+    current: list[ClipRecord] = []
+    seconds = 0.0
+    for record in ordered:
+        duration = record.duration_s or 0.0
+        if current and seconds + duration > part_seconds:
+            parts.append(current)
+            current, seconds = [], 0.0
+        current.append(record)
+        seconds += duration
+    if current:
+        parts.append(current)
+    return parts
+
+
+def _clip_job_dict(r: ClipRecord) -> dict:
+    return {
+        "clip_id": r.clip_id,
+        "path": r.path,
+        "sha256": r.sha256,
+        "duration_s": r.duration_s,
+    }
+
+
+def extract(
+    records: list[ClipRecord], store: str, options: ExtractOptions | None = None
+) -> ExtractSummary:
+    """Extract every clip of ``records`` not yet in ``store``.
+
+    Args:
+        records: the manifest (clip ids unique).
+        store: local path or fsspec URL of the Zarr store (created if missing).
+        options: run settings (default: ``ExtractOptions()``, the CLI's defaults).
+
+    Returns:
+        A summary; ``summary.failed`` lists clips that could not be stored.
+
+    Raises:
+        StoreError: the store exists with another fingerprint, or ``store`` is a path
+            that is not an emi store (nothing there is changed).
+        StoreDamage: the store's root metadata is damaged.
+        StoreLocked: another driver is writing the store.
+        BackboneError: the backbone cannot be found or read.
+        DeviceError: ``--device cuda`` on a machine without one (local cluster).
+    """
+    started = time.perf_counter()
+    options = options or ExtractOptions()
+    if not (options.scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS")):
+        require_device(options.device)  # local workers see this machine's devices
+    location = StoreLocation.of(store, options.storage_options)
+    meta = read_root(location)  # refuse what is not an emi store before writing there
+    default = meta["spec"]["backbone"]["ref"] if meta else DEFAULT_MODEL
+    options = replace(options, model=local_ref(options.model or default))
+    identity = identify_backbone(options.model, revision=options.revision)
+    spec = build_spec(
+        identity,
+        max_seconds=options.max_seconds,
+        window_seconds=options.window_seconds,
+        compute_dtype=options.compute_dtype,
+    )
+    if options.expect_fingerprint and fingerprint(spec) != options.expect_fingerprint:
+        raise StoreError(
+            f"backbone {options.model!r} with these settings makes features with fingerprint "
+            f"{fingerprint(spec)[:12]}, but {options.expect_fingerprint[:12]} is needed (the "
+            "head was trained on those). Nothing was extracted; use the head's backbone "
+            "(its config.json 'store.spec.backbone')."
+        )
+    with StoreLock(location, purpose="extract") as lock:
+        writer = StoreWriter.open(location, spec, lock)
+        summary = ExtractSummary(store=store, fingerprint=fingerprint(spec))
+        summary.incomplete_removed = writer.remove_uncommitted_parts()
+        _run(records, options, identity, writer, lock, summary)
+    summary.parts_written.sort()
+    summary.wall_s = time.perf_counter() - started
+    return summary
+
+
+def _missing(records: list[ClipRecord], writer: StoreWriter, options, summary) -> list:
+    """The clips to compute: not stored, or (with ``refresh_changed``) whose file changed."""
+    stored_sha = FeatureStore(writer.location, writer.meta).sha256_by_clip()
+    summary.changed_sources = [
+        r.clip_id
+        for r in records
+        if r.sha256 and stored_sha.get(r.clip_id) not in (None, "", r.sha256)
+    ]
+    refresh = set(summary.changed_sources) if options.refresh_changed else set()
+    summary.already_stored = len([r for r in records if r.clip_id in stored_sha]) - len(refresh)
+    summary.refreshed = len(refresh)
+    return [r for r in records if r.clip_id not in stored_sha or r.clip_id in refresh]
+
+
+def _run(records, options, identity, writer, lock, summary) -> None:
+    """Plan the missing clips into parts, run them, commit each part as it finishes."""
+    missing = _missing(records, writer, options, summary)
+    if not missing:
+        return
+    with dask_client(
+        workers=options.workers,
+        scheduler=options.scheduler,
+        quiet=options.quiet,
+        dashboard=options.dashboard,
+    ) as client:
+        futures = _submit(client, missing, options, identity, writer, lock, summary.fingerprint)
+        from distributed import as_completed
+
+        show = not options.quiet and sys.stderr.isatty()
+        with tqdm(total=len(missing), unit="clip", disable=not show, desc="extract") as bar:
+            for future in as_completed(futures, loop=client.loop):
+                job = futures[future]
+                _commit(future, job, writer, summary)
+                bar.update(len(job.clips))
+
+
+def _submit(client, missing, options, identity, writer, lock, fingerprint: str) -> dict:
+    """One task per part of about ``part_seconds`` of audio; returns future -> job."""
+    # At least two parts per worker when there is enough audio, so all stay busy.
+    total_s = sum(r.duration_s or 0.0 for r in missing)
+    per_worker = total_s / (2 * worker_count(client))
+    parts = plan_parts(
+        missing, part_seconds=min(options.part_seconds, max(MIN_PART_SECONDS, per_worker))
+    )
+    first = writer.next_part_number()
+    threads = None
+    if not (options.scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS")):
+        threads = max(1, (os.cpu_count() or 1) // max(1, options.workers))
+    resources = {"GPU": 1} if has_gpu_resource(client) else None
+    futures = {}
+    for k, part_records in enumerate(parts):
+        job = PartJob(
+            store=writer.location.url,
+            part=part_name(first + k, lock.run_id),
+            clips=[_clip_job_dict(r) for r in part_records],
+            model=options.model,
+            revision=identity.revision or options.revision,
+            device=options.device,
+            compute_dtype=options.compute_dtype,
+            fingerprint=fingerprint,
+            batch_seconds=options.batch_seconds,
+            window_seconds=options.window_seconds,
+            max_seconds=options.max_seconds,
+            torch_threads=threads,
+            storage_options=options.storage_options,
+        )
+        future = client.submit(
+            run_part,
+            job,
+            key=f"emi-extract-{job.part}-{os.getpid()}-{time.time_ns()}",
+            pure=False,
+            resources=resources,
+        )
+        futures[future] = job
+    return futures
+
+
+def _commit(future, job: PartJob, writer: StoreWriter, summary: ExtractSummary) -> None:
+    """Commit a finished part, or record a failed part's clips as failed."""
+    try:
+        result = future.result()
+    except Exception as err:  # the whole part failed: record why, per clip
+        reason = f"part {job.part} failed: {type(err).__name__}: {err}"
+        failures = [
+            {"clip_id": c["clip_id"], "path": c["path"], "reason": reason} for c in job.clips
+        ]
+        writer.location.delete(f"parts/{job.part}", recursive=True)
+        writer.commit(None, None, failures)
+        summary.failed.extend(ClipFailure.from_dict(f) for f in failures)
+        return
+    writer.commit(result["part"], result["record"], result["failures"])
+    if result["clips"]:
+        summary.parts_written.append(result["part"])
+    summary.extracted += result["clips"]
+    summary.frames += result["frames"]
+    summary.audio_s += result["audio_s"]
+    summary.failed.extend(ClipFailure.from_dict(f) for f in result["failures"])

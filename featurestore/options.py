@@ -1,0 +1,105 @@
+"""The settings of extraction and of backbones: one place, importable without torch.
+
+The CLI builds its options from these (choices and defaults), and the library's
+functions take the same defaults, so a notebook call and a command line behave alike.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+DEFAULT_MODEL = "audeering/wav2vec2-large-robust-12-ft-emotion-msp-dim"
+DEVICES = ("auto", "cpu", "cuda")
+COMPUTE_DTYPES = ("float32", "float16", "bfloat16")
+GPU_BATCH_SECONDS = 120.0  # padded audio seconds per forward on a GPU (CPU: one clip)
+MIN_PART_SECONDS = 30.0
+
+# Random backbones for tests and demos (``emi model init-random --size``).
+BACKBONE_SIZES: dict[str, dict] = {
+    "tiny": dict(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        conv_dim=(32,) * 7,
+        num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=2,
+        norm="layer",
+    ),
+    "small": dict(
+        hidden_size=256,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        intermediate_size=1024,
+        conv_dim=(256,) * 7,
+        num_conv_pos_embeddings=64,
+        num_conv_pos_embedding_groups=16,
+        norm="layer",
+    ),
+    "base": dict(
+        hidden_size=768,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        intermediate_size=3072,
+        conv_dim=(512,) * 7,
+        num_conv_pos_embeddings=128,
+        num_conv_pos_embedding_groups=16,
+        norm="group",
+    ),
+    "large-robust-12": dict(
+        hidden_size=1024,
+        num_hidden_layers=12,
+        num_attention_heads=16,
+        intermediate_size=4096,
+        conv_dim=(512,) * 7,
+        num_conv_pos_embeddings=128,
+        num_conv_pos_embedding_groups=16,
+        norm="layer",
+    ),
+}
+
+
+@dataclass(frozen=True)
+class ExtractOptions:
+    """Settings of one extraction run (the ``emi extract`` options, same defaults).
+
+    Attributes:
+        model: checkpoint folder or hub id; None: the store's backbone, for a new store
+            :data:`DEFAULT_MODEL`.
+        revision: hub revision of ``model``.
+        device: ``auto`` (cuda on workers with a GPU, else cpu), ``cpu`` or ``cuda``.
+        compute_dtype: autocast dtype, one of :data:`COMPUTE_DTYPES` (in the fingerprint).
+        workers: local dask worker processes (1 runs in-process).
+        scheduler: address of a running dask scheduler (also ``DASK_SCHEDULER_ADDRESS``).
+        batch_seconds: padded audio seconds per forward; None: 0 on CPU, 120 on GPU.
+        max_seconds: keep each clip's first seconds (the paper: 12).
+        window_seconds: encode longer clips in windows of this length; None: never.
+        part_seconds: audio seconds per part (one task, one store group).
+        refresh_changed: recompute stored clips whose file changed.
+        expect_fingerprint: refuse, before any work, to make other features.
+        dashboard: serve the local cluster's dashboard on 127.0.0.1:8787.
+        quiet: no progress bar.
+        storage_options: fsspec options for an ``s3://`` store.
+    """
+
+    model: str | None = None
+    revision: str | None = None
+    device: str = "auto"
+    compute_dtype: str = "float32"
+    workers: int = 1
+    scheduler: str | None = None
+    batch_seconds: float | None = None
+    max_seconds: float | None = None
+    window_seconds: float | None = 30.0
+    part_seconds: float = 600.0
+    refresh_changed: bool = False
+    expect_fingerprint: str | None = None
+    dashboard: bool = False
+    quiet: bool = False
+    storage_options: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.device not in DEVICES and not self.device.startswith("cuda:"):
+            raise ValueError(f"device must be one of {', '.join(DEVICES)}, not {self.device!r}")
+        if self.compute_dtype not in COMPUTE_DTYPES:
+            raise ValueError(f"compute dtype must be one of {', '.join(COMPUTE_DTYPES)}")

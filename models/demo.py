@@ -1,0 +1,167 @@
+"""The whole job, offline, on a synthetic labelled corpus (``emi demo``)."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+DISCLAIMER = """\
+NOTE: the backbone in this demo is a *random* wav2vec 2.0 ({size}), not the emotion
+model, and the corpus is synthetic (targets are functions of pitch, syllable rate and
+pauses). The scores measure whether the pipeline carries audible structure from audio
+to the heads; they say nothing about emotion recognition.
+For real features, download the checkpoint and run:
+  emi extract data/audio feats.zarr --model audeering/wav2vec2-large-robust-12-ft-emotion-msp-dim
+  emi train feats.zarr --labels train_split.csv --val-labels valid_split.csv --out heads/paper
+"""
+MARKER = ".emi-demo"
+
+
+@dataclass
+class DemoResult:
+    """What the demo produced.
+
+    Attributes:
+        folder: the demo folder.
+        targets: the label columns.
+        scores: per head name, the held-out test metrics (``models.metrics.evaluate``).
+        seconds: wall time of the whole run.
+    """
+
+    folder: Path
+    targets: list[str]
+    scores: dict[str, dict]
+    seconds: float
+
+
+def _every_fifth(line: str) -> bool:
+    """Keep the training log short: epochs 1, 5, 10, ... and the last."""
+    if "epoch " not in line:
+        return True
+    epoch, total = line.split("epoch ")[1].split()[0].split("/")
+    return int(epoch) == 1 or int(epoch) % 5 == 0 or epoch == total
+
+
+def check_demo_folder(folder: Path) -> None:
+    """Refuse a folder that exists, is not empty and was not made by the demo.
+
+    Raises:
+        ManifestError: with the folder named; nothing is changed.
+    """
+    from manifests import ManifestError
+
+    ours = (folder / MARKER).is_file()
+    if folder.exists() and not ours and (folder.is_file() or any(folder.iterdir())):
+        raise ManifestError(
+            f"{folder} exists and is not an emi demo folder; the demo writes audio, "
+            "labels, a store and heads there. Give a new or empty folder. Nothing was "
+            "changed."
+        )
+
+
+def run_demo(
+    out: str | os.PathLike = "emi-demo",
+    *,
+    clips: int = 240,
+    size: str = "small",
+    workers: int = 1,
+    epochs: int = 30,
+    lr: float = 1e-3,
+    seed: int = 0,
+    echo: Callable[[str], None] = print,
+) -> DemoResult:
+    """Synthesise a labelled corpus, extract it with a random backbone on a dask
+    LocalCluster, train the fusion head and the mean-linear baseline, score the
+    held-out split and write plots (``emi demo``); progress goes to ``echo``.
+
+    Examples:
+        >>> from models import run_demo  # doctest: +SKIP
+        >>> result = run_demo("emi-demo", clips=40, size="tiny", epochs=2)  # doctest: +SKIP
+        >>> result.scores["fusion"]["pearson_mean"]  # doctest: +SKIP
+    """
+    import numpy as np
+
+    from featurestore.extraction import extract
+    from featurestore.options import ExtractOptions
+    from featurestore.random_backbone import write_random_backbone
+    from featurestore.store import FeatureStore
+    from manifests import build_manifest, read_labels
+    from manifests.synthetic import write_corpus
+    from models.head_files import load_head
+    from models.metrics import evaluate
+    from models.options import TrainSettings
+    from models.plots import plot_predictions
+    from models.prediction import predict_store, write_predictions_csv
+    from models.training import HeadPlan, train_heads
+
+    started = time.perf_counter()
+    folder = Path(out)
+    check_demo_folder(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / MARKER).write_text("written by `emi demo`; the demo may rewrite this folder\n")
+    echo(f"[1/5] synthesising {clips} labelled clips -> {folder / 'audio'}")
+    splits = write_corpus(folder, clips=clips, seed=seed)
+    backbone = write_random_backbone(folder / f"backbone-{size}", size=size, seed=seed)
+    echo(
+        f"[2/5] extracting with a random {size} backbone on a LocalCluster "
+        f"({workers} worker{'s' if workers > 1 else ''})"
+    )
+    records = build_manifest(folder / "audio", label_files=list(splits.values()))
+    summary = extract(
+        records, str(folder / "feats.zarr"), ExtractOptions(model=str(backbone), workers=workers)
+    )
+    echo(
+        f"      {summary.extracted} clips extracted, {summary.already_stored} already "
+        f"stored, {len(summary.failed)} failed "
+        f"({summary.audio_s / max(summary.wall_s, 1e-9):.0f} audio s per s)"
+    )
+    store = FeatureStore.open(folder / "feats.zarr")
+    settings = TrainSettings(epochs=epochs, lr=lr, seed=1)
+    plans = [
+        HeadPlan(name="fusion", preset="paper", settings=settings),
+        HeadPlan(name="mean-linear", preset="mean-linear", settings=settings),
+    ]
+    echo(f"[3/5] training {len(plans)} heads ({epochs} epochs, one data load)")
+    trained = train_heads(
+        store,
+        read_labels(splits["train"]),
+        read_labels(splits["valid"]),
+        plans,
+        folder / "heads",
+        log=lambda line: echo(f"      {line}") if _every_fifth(line) else None,
+    )
+    echo("[4/5] scoring the held-out test split")
+    test = read_labels(splits["test"])
+    heads = [load_head(t.folder) for t in trained]
+    ids = sorted(c for c in test.rows if c in store)
+    ids, predictions = predict_store(store, heads, clip_ids=ids)
+    write_predictions_csv(folder / "test_predictions.csv", ids, heads, predictions)
+    true = np.array([test.rows[c] for c in ids])
+    targets = list(test.targets)
+    scores = {h.name: evaluate(predictions[h.name], true, targets) for h in heads}
+    for h in heads:
+        plot_predictions(
+            predictions[h.name],
+            true,
+            targets,
+            folder / f"test_{h.name}_pred_vs_true.png",
+            title=f"{h.name}: held-out test split",
+        )
+    echo("[5/5] held-out test Pearson r per target\n")
+    names = [h.name for h in heads]
+    echo(f"  {'target':16s}" + "".join(f"{n:>14s}" for n in names))
+    for t in targets:
+        echo(f"  {t:16s}" + "".join(f"{scores[n]['pearson'][t]:14.3f}" for n in names))
+    echo(f"  {'mean':16s}" + "".join(f"{scores[n]['pearson_mean']:14.3f}" for n in names))
+    echo(
+        f"\noutputs in {folder}/: feats.zarr, heads/*/ (config.json, model.safetensors, "
+        "metrics.json, learning_curves.png), test_predictions.csv, "
+        "test_*_pred_vs_true.png"
+    )
+    seconds = time.perf_counter() - started
+    echo(f"finished in {seconds:.0f} s\n")
+    echo(DISCLAIMER.format(size=size))
+    return DemoResult(folder, targets, scores, seconds)

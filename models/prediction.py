@@ -1,0 +1,160 @@
+"""Running trained heads over a store: one data pass, CSV out, clamped to [0, 1]."""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from featurestore.store import FeatureStore
+from manifests.atomic import atomic_file
+from models.errors import HeadError
+from models.head_files import LoadedHead, check_fingerprint, load_head, torch_device
+from models.sequences import DEFAULT_BUDGET_BYTES, SequenceData
+from models.training import predict_batches
+
+
+def predict_store(
+    store: FeatureStore,
+    heads: list[LoadedHead],
+    *,
+    clip_ids: list[str] | None = None,
+    device: str = "auto",
+    budget_bytes: int = DEFAULT_BUDGET_BYTES,
+) -> tuple[list[str], dict]:
+    """Predictions of every head for ``clip_ids`` (default: all stored clips).
+
+    Returns:
+        The clip ids and, per head name, a ``(clips, targets)`` array clamped to [0, 1].
+
+    Raises:
+        HeadError: a head was trained on features with another fingerprint.
+    """
+    for head in heads:
+        check_fingerprint(head, store.fingerprint, store.location)
+    device = torch_device(device)
+    ids = list(store.clip_ids if clip_ids is None else clip_ids)
+    crops = [h.max_frames for h in heads]
+    data = SequenceData(
+        store, ids, max_frames=None if None in crops else max(crops), budget_bytes=budget_bytes
+    )
+    out = {}
+    for head in heads:
+        head.model.to(device)
+        raw = predict_batches(head.model, data, ids, device=device, max_frames=head.max_frames)
+        out[head.name] = (
+            np.clip(np.stack([raw[c] for c in ids]), 0.0, 1.0)
+            if ids
+            else np.zeros((0, len(head.targets)))
+        )
+    return ids, out
+
+
+def write_predictions_csv(
+    path: str | Path, clip_ids: list[str], heads: list[LoadedHead], predictions: dict
+) -> Path:
+    """``clip_id`` + one column per target; with several heads, ``<head>/<target>``.
+
+    Written to a temporary sibling and moved into place (never half a CSV)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    prefix = len(heads) > 1
+    header = ["clip_id"] + [f"{h.name}/{t}" if prefix else t for h in heads for t in h.targets]
+    for h in heads:
+        if not np.isfinite(predictions[h.name]).all():
+            raise HeadError(f"head {h.name!r} ({h.folder}) predicted NaN or inf; retrain it")
+    with atomic_file(path) as temporary, temporary.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        for row, clip_id in enumerate(clip_ids):
+            values = [
+                f"{predictions[h.name][row, i]:.6f}" for h in heads for i in range(len(h.targets))
+            ]
+            writer.writerow([clip_id, *values])
+    return path
+
+
+def load_heads(heads: Sequence[str | os.PathLike | LoadedHead], *, device: str = "auto"):
+    """Head folders (or already loaded heads) as :class:`LoadedHead`, names distinct.
+
+    Raises:
+        HeadError: a folder is not a head, or two heads share a name.
+    """
+    device = torch_device(device)
+    loaded = [h if isinstance(h, LoadedHead) else load_head(h, device=device) for h in heads]
+    names = [h.name for h in loaded]
+    if len(set(names)) != len(names):
+        raise HeadError(f"head folders share names {names}; rename a folder")
+    if not loaded:
+        raise HeadError("no head given")
+    return loaded
+
+
+@dataclass
+class Predictions:
+    """Predictions of some heads for some clips, clamped to [0, 1].
+
+    Attributes:
+        clip_ids: the clips, sorted.
+        heads: the heads, in the order given.
+        values: per head name, a ``(clips, targets)`` float array.
+    """
+
+    clip_ids: list[str]
+    heads: list[LoadedHead]
+    values: dict[str, np.ndarray]
+
+    def write_csv(self, path: str | os.PathLike) -> Path:
+        """``clip_id`` + one column per target (``<head>/<target>`` with several heads)."""
+        return write_predictions_csv(path, self.clip_ids, self.heads, self.values)
+
+    def rows(self) -> list[dict]:
+        """One dict per clip: ``clip_id`` and the CSV's columns as floats."""
+        prefix = len(self.heads) > 1
+        out = []
+        for row, clip_id in enumerate(self.clip_ids):
+            entry = {"clip_id": clip_id}
+            for h in self.heads:
+                for i, t in enumerate(h.targets):
+                    entry[f"{h.name}/{t}" if prefix else t] = float(self.values[h.name][row, i])
+            out.append(entry)
+        return out
+
+
+def predict(
+    store: str | os.PathLike | FeatureStore,
+    heads: Sequence[str | os.PathLike | LoadedHead],
+    *,
+    output: str | os.PathLike | None = None,
+    clip_ids: list[str] | None = None,
+    device: str = "auto",
+) -> Predictions:
+    """Run heads over every clip of a store (``emi predict``), rows sorted by clip id.
+
+    Args:
+        store: a store path or URL, or an open :class:`FeatureStore`.
+        heads: head folders (or loaded heads).
+        output: also write the CSV there.
+        clip_ids: only these clips (default: all stored).
+        device: ``auto``, ``cpu`` or ``cuda``.
+
+    Raises:
+        HeadError: a head trained on another fingerprint, or not a head.
+        StoreDamage: damaged data in the store.
+
+    Examples:
+        >>> from models import predict  # doctest: +SKIP
+        >>> predict("feats.zarr", ["heads/paper"], output="predictions.csv")  # doctest: +SKIP
+    """
+    opened = store if isinstance(store, FeatureStore) else FeatureStore.open(store)
+    loaded = load_heads(heads, device=device)
+    ids = sorted(opened.clip_ids if clip_ids is None else clip_ids)
+    ids, values = predict_store(opened, loaded, clip_ids=ids, device=device)
+    result = Predictions(ids, loaded, values)
+    if output is not None:
+        result.write_csv(output)
+    return result

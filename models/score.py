@@ -1,0 +1,153 @@
+"""Scoring a folder of audio: manifest, extraction of what is missing, prediction.
+
+The one place that composes the feature store's extractor with the heads: everything
+else in ``models`` reads stores only.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from featurestore.options import ExtractOptions
+from featurestore.records import ClipFailure
+from featurestore.store import FeatureStore
+from manifests import ClipRecord, build_manifest
+from models.errors import HeadError
+from models.head_files import LoadedHead
+from models.prediction import Predictions, load_heads, predict_store
+
+
+def default_score_store(fingerprint: str) -> Path:
+    """The cache store for features of one spec, under the user cache
+    (``$EMI_CACHE`` or ``~/.cache/emi``).
+
+    Its clips are keyed by the sha256 of the file's bytes, not by path: a file whose
+    content changes is a new clip, so the cache never serves features of other audio.
+    """
+    root = Path(os.environ.get("EMI_CACHE", Path.home() / ".cache" / "emi"))
+    return root / "score" / f"{fingerprint[:16]}.zarr"
+
+
+@dataclass
+class ScoreResult:
+    """What ``score_folder`` did.
+
+    Attributes:
+        predictions: per clip id of the folder (sorted), for the clips that are stored.
+        store: where the features are.
+        extracted: clips computed by this run.
+        reused: clips whose features were already stored.
+        failed: clips of the folder that could not be extracted, left out of the
+            predictions.
+    """
+
+    predictions: Predictions
+    store: str
+    extracted: int
+    reused: int
+    failed: list[ClipFailure] = field(default_factory=list)
+
+
+def score_folder(
+    audio_dir: str | os.PathLike,
+    heads: Sequence[str | os.PathLike | LoadedHead],
+    *,
+    output: str | os.PathLike | None = None,
+    store: str | None = None,
+    model: str | None = None,
+    workers: int = 1,
+    scheduler: str | None = None,
+    device: str = "auto",
+    quiet: bool = False,
+) -> ScoreResult:
+    """Score every audio file below ``audio_dir`` with ``heads`` (``emi score``).
+
+    Features are extracted with the backbone and settings recorded in the heads, into
+    ``store`` or a cache store keyed by file content (:func:`default_score_store`); a
+    stored clip whose file changed is recomputed, so a prediction always comes from the
+    file's current content. The backbone is checked against the heads before anything
+    is extracted.
+
+    Args:
+        audio_dir: a local folder or a URL (``s3://bucket/audio``).
+        heads: head folders (or loaded heads) trained on one feature spec.
+        output: also write the predictions CSV there.
+        store: the store to extract into; None: the cache.
+        model: backbone folder or hub id; None: the heads' own.
+
+    Raises:
+        HeadError: heads of different feature specs, or not heads.
+        StoreError: ``model`` does not make the heads' features; ``store`` is not an
+            emi store, is damaged or is being written.
+
+    Examples:
+        >>> from models import score_folder  # doctest: +SKIP
+        >>> result = score_folder("new", ["heads/paper"], output="s.csv")  # doctest: +SKIP
+        >>> result.failed  # doctest: +SKIP
+        []
+    """
+    from featurestore.extraction import extract
+
+    loaded = load_heads(heads, device=device)
+    if len({h.fingerprint for h in loaded}) > 1:
+        raise HeadError(
+            "the heads were trained on stores with different fingerprints; "
+            "score with heads of one feature spec at a time"
+        )
+    spec = loaded[0].spec
+    folder = build_manifest(audio_dir)
+    cached = store is None
+    location = str(default_score_store(loaded[0].fingerprint)) if cached else store
+    if cached:
+        Path(location).parent.mkdir(parents=True, exist_ok=True)
+    records = _content_keyed(folder) if cached else folder
+
+    def key(record: ClipRecord) -> str:
+        return record.sha256 if cached else record.clip_id
+
+    options = ExtractOptions(
+        model=model or spec.backbone.ref,
+        revision=spec.backbone.revision,
+        device=device,
+        compute_dtype=spec.compute_dtype,
+        workers=workers,
+        scheduler=scheduler,
+        max_seconds=spec.max_seconds,
+        window_seconds=spec.window_seconds,
+        refresh_changed=True,  # never serve features of a file's earlier content
+        expect_fingerprint=loaded[0].fingerprint,
+        quiet=quiet,
+    )
+    summary = extract(records, location, options)
+    opened = FeatureStore.open(location)
+    stored = opened.sha256_by_clip()
+    # Served only where the stored features are of the file's current content.
+    ids = sorted({key(r) for r in folder if stored.get(key(r)) == r.sha256})
+    ids, values = predict_store(opened, loaded, clip_ids=ids, device=device)
+    row_of = {cid: i for i, cid in enumerate(ids)}
+    rows = sorted((r.clip_id, row_of[key(r)]) for r in folder if key(r) in row_of)
+    predictions = Predictions(
+        [cid for cid, _ in rows],
+        loaded,
+        {name: v[[i for _, i in rows]] for name, v in values.items()},
+    )
+    if output is not None:
+        predictions.write_csv(output)
+    names: dict[str, list[str]] = {}
+    for r in folder:
+        names.setdefault(key(r), []).append(r.clip_id)
+    failed = [
+        replace(f, clip_id=cid) for f in summary.failed for cid in names.get(f.clip_id, [f.clip_id])
+    ]
+    return ScoreResult(predictions, location, summary.extracted, summary.already_stored, failed)
+
+
+def _content_keyed(folder: list[ClipRecord]) -> list[ClipRecord]:
+    """One record per distinct file content, its id the content's sha256."""
+    unique: dict[str, ClipRecord] = {}
+    for r in folder:
+        unique.setdefault(r.sha256, replace(r, clip_id=r.sha256, labels={}))
+    return list(unique.values())
