@@ -2,47 +2,53 @@
 
 from __future__ import annotations
 
+import inspect
+
 import click
+
+from models.demo import DEMO_SIZES, run_demo
+
+DEFAULTS = {
+    name: p.default for name, p in inspect.signature(run_demo).parameters.items()
+}  # the library's defaults, so the command and a notebook call agree
 
 
 @click.command()
 @click.option(
     "--out",
-    default="emi-demo",
+    default=DEFAULTS["out"],
     show_default=True,
     type=click.Path(file_okay=False),
     help="Folder for the corpus, store, heads, predictions and plots.",
 )
-@click.option("--clips", type=click.IntRange(min=20), default=240, show_default=True)
+@click.option("--clips", type=click.IntRange(min=20), default=DEFAULTS["clips"], show_default=True)
 @click.option(
     "--size",
-    type=click.Choice(["tiny", "small", "base"]),
-    default="small",
+    type=click.Choice(DEMO_SIZES),
+    default=DEFAULTS["size"],
     show_default=True,
     help="Random backbone size.",
 )
 @click.option(
     "--workers",
     type=click.IntRange(min=1),
-    default=1,
+    default=DEFAULTS["workers"],
     show_default=True,
     help="LocalCluster worker processes for extraction.",
 )
-@click.option("--epochs", type=click.IntRange(min=1), default=30, show_default=True)
+@click.option("--epochs", type=click.IntRange(min=1), default=DEFAULTS["epochs"], show_default=True)
 @click.option(
     "--lr",
     type=float,
-    default=1e-3,
+    default=DEFAULTS["lr"],
     show_default=True,
     help="Learning rate (the paper's 1e-4 is slow for a few hundred clips).",
 )
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=DEFAULTS["seed"], show_default=True)
 def demo(out: str, clips: int, size: str, workers: int, epochs: int, lr: float, seed: int) -> None:
     """Synthesise a labelled corpus, extract it with a random backbone on a dask
     LocalCluster, train the fusion head and the mean-linear baseline, score the
     held-out split, print per-target Pearson and write plots."""
-    from models.demo import run_demo
-
     run_demo(
         out,
         clips=clips,

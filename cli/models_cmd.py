@@ -7,8 +7,8 @@ import sys
 import click
 
 from featurestore.errors import EXIT_CLIPS_FAILED
-from featurestore.options import DEVICES
-from models.options import PRESETS, SETTING_RULES, SIZE_RULES, TrainSettings
+from featurestore.options import DEVICES, ExtractOptions
+from models.options import DEFAULT_CACHE_GB, PRESETS, SETTING_RULES, SIZE_RULES, TrainSettings
 
 DEFAULTS = TrainSettings()
 
@@ -89,7 +89,7 @@ DEVICE_OPTION = click.option(
 @click.option(
     "--cache-gb",
     type=click.FloatRange(min=0),
-    default=4.0,
+    default=DEFAULT_CACHE_GB,
     show_default=True,
     help="Memory for cached sequences; larger data streams from the store.",
 )
@@ -173,7 +173,9 @@ def predict(store: str, head_paths: tuple[str, ...], output: str, device: str) -
     default=None,
     help="Backbone folder or hub id; default: the one the heads' store used.",
 )
-@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option(
+    "--workers", type=click.IntRange(min=1), default=ExtractOptions().workers, show_default=True
+)
 @click.option("--scheduler", default=None, help="Address of a running dask scheduler.")
 @DEVICE_OPTION
 @click.option("--quiet", is_flag=True)

@@ -3,7 +3,8 @@
 Layout::
 
     /                   attrs: fingerprint, spec (JSON), vad_labels
-    /clips/<name>       one group per clip; <name> is the clip id percent-encoded: every
+    /clips/<name>       one group per clip (its datasets and attributes follow the
+                        store's SCHEMA); <name> is the clip id percent-encoded: every
                         character but A-Z a-z 0-9 _ - is written %XX (UTF-8 bytes), so
                         "speaker_b/00007" -> "speaker_b%2F00007", "." -> "%2E";
                         urllib.parse.unquote gives the id back
@@ -24,7 +25,7 @@ from urllib.parse import quote
 import h5py
 import numpy as np
 
-from featurestore.store import FeatureStore
+from featurestore.store import ARRAYS, CLIP_ATTRIBUTES, FEATURE_ARRAYS, FeatureStore
 from manifests.atomic import atomic_file
 
 
@@ -52,18 +53,7 @@ def _write(store: FeatureStore, path: Path, progress) -> int:
         f.attrs["spec"] = json.dumps(store.spec.to_dict())
         f.attrs["vad_labels"] = np.array(store.spec.vad_labels, dtype=h5py.string_dtype())
         clips = f.create_group("clips")
-        parts = store.iter_parts(
-            keys=(
-                "hidden",
-                "frame_vad",
-                "hidden_mean",
-                "vad_mean",
-                "clip_vad",
-                "source_path",
-                "sha256",
-                "duration_s",
-            )
-        )
+        parts = store.iter_parts(keys=FEATURE_ARRAYS + CLIP_ATTRIBUTES)
         for name, arrays in progress(parts) if progress else parts:
             offsets = arrays["offsets"]
             for row, clip_id in enumerate(arrays["clip_id"]):
@@ -71,14 +61,19 @@ def _write(store: FeatureStore, path: Path, progress) -> int:
                     continue
                 start, end = int(offsets[row]), int(offsets[row + 1])
                 group = clips.create_group(hdf5_name(clip_id))
-                group.create_dataset("hidden", data=arrays["hidden"][start:end])
-                group.create_dataset("frame_vad", data=arrays["frame_vad"][start:end])
-                for key in ("hidden_mean", "vad_mean", "clip_vad"):
-                    group.create_dataset(key, data=arrays[key][row])
-                group.attrs["clip_id"] = clip_id
-                group.attrs["source_path"] = str(arrays["source_path"][row])
-                group.attrs["sha256"] = str(arrays["sha256"][row])
-                group.attrs["duration_s"] = float(arrays["duration_s"][row])
-                group.attrs["frames"] = end - start
+                for key in FEATURE_ARRAYS:
+                    rows = slice(start, end) if ARRAYS[key].axis == "frame" else row
+                    group.create_dataset(key, data=arrays[key][rows])
+                for key in CLIP_ATTRIBUTES:
+                    group.attrs[key] = _attribute(arrays[key][row])
                 written += 1
     return written
+
+
+def _attribute(value):
+    """A per-clip value as an HDF5 attribute (text, float or int)."""
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.floating):
+        return float(value)
+    return str(value)

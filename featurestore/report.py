@@ -3,31 +3,29 @@
 
 from __future__ import annotations
 
-import os
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
 from featurestore.errors import StoreDamage, StoreError
 from featurestore.location import StoreLocation
 from featurestore.lock import StoreLock
-from featurestore.store import ARRAYS, PART_ATTR, PARTS, FeatureStore, StoreWriter, read_root
-from manifests.sources import is_url
+from featurestore.store import (
+    ARRAYS,
+    PART_ATTR,
+    PARTS,
+    SCHEMA,
+    FeatureStore,
+    StoreWriter,
+    read_root,
+)
 
 
 def size_on_disk(location: str, *, storage_options: dict | None = None) -> int:
-    """Bytes under the store (local walk, or the fsspec filesystem's ``du``)."""
-    if is_url(location):
-        import fsspec
-
-        fs, path = fsspec.core.url_to_fs(location, **(storage_options or {}))
-        return int(fs.du(path))
-    total = 0
-    for dirpath, _, files in os.walk(location):
-        total += sum(os.path.getsize(Path(dirpath) / f) for f in files)
-    return total
+    """Bytes under the store (the filesystem's ``du``, local or object storage)."""
+    where = StoreLocation.of(location, storage_options)
+    return int(where.fs.du(where.root))
 
 
 def uncommitted_parts(store: FeatureStore) -> list[str]:
@@ -109,7 +107,7 @@ def _check_part(arrays: dict[str, np.ndarray], record: dict) -> list[str]:
         return problems
     if not np.array_equal(np.diff(offsets), arrays["frames"]):
         problems.append("frames do not equal the offset differences")
-    for key in ("hidden", "frame_vad", "hidden_mean", "vad_mean", "clip_vad", "duration_s"):
+    for key in (a.name for a in SCHEMA if a.dtype.startswith("float")):
         if not np.isfinite(arrays[key]).all():
             problems.append(f"{key} holds non-finite values")
     if problems or n == 0:

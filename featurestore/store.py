@@ -82,6 +82,8 @@ class StoredArray:
     width: str | None = None  # "hidden" (the spec's hidden size) or "vad"; None: 1-d
 
 
+# Every stored array: adding one is a row here plus the code that computes it
+# (``ClipFeatures`` for features); writing, reading, checks, verify and export follow.
 SCHEMA = (
     StoredArray("clip_id", "clip", "str"),
     StoredArray("source_path", "clip", "str"),
@@ -97,6 +99,8 @@ SCHEMA = (
 )
 ARRAYS = {a.name: a for a in SCHEMA}
 FRAME_ARRAYS = tuple(a.name for a in SCHEMA if a.axis == "frame")
+FEATURE_ARRAYS = tuple(a.name for a in SCHEMA if a.width)  # per frame or per clip
+CLIP_ATTRIBUTES = tuple(a.name for a in SCHEMA if a.axis == "clip" and not a.width)
 
 
 def open_zarr_store(location: str | os.PathLike, *, mode: str, storage_options: dict | None = None):

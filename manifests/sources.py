@@ -1,5 +1,6 @@
 """Where audio files live: local paths or fsspec URLs (``s3://bucket/audio``).
 
+Every access goes through fsspec, which handles local paths and URLs alike.
 Object-store credentials and endpoints come from the standard environment/config of
 the filesystem (for S3: ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``,
 ``AWS_ENDPOINT_URL``, ...).
@@ -11,58 +12,48 @@ import os
 from pathlib import Path
 from typing import BinaryIO
 
+import fsspec
+
 
 def is_url(location: str | os.PathLike) -> bool:
     return "://" in str(location)
 
 
-def open_source(path: str | os.PathLike) -> BinaryIO:
-    """Open a local file or a URL for binary reading."""
-    if is_url(path):
-        import fsspec
+def _fs(path: str | os.PathLike) -> tuple[fsspec.AbstractFileSystem, str]:
+    return fsspec.core.url_to_fs(str(path))
 
-        return fsspec.open(str(path), "rb").open()
-    return open(path, "rb")  # noqa: SIM115  (the caller closes it)
+
+def open_source(path: str | os.PathLike) -> BinaryIO:
+    """Open a local file or a URL for binary reading (the caller closes it)."""
+    fs, inner = _fs(path)
+    return fs.open(inner, "rb")
 
 
 def source_size(path: str | os.PathLike) -> int:
-    if is_url(path):
-        import fsspec
-
-        fs, inner = fsspec.core.url_to_fs(str(path))
-        return int(fs.size(inner))
-    return Path(path).stat().st_size
+    fs, inner = _fs(path)
+    return int(fs.size(inner))
 
 
 def source_exists(path: str | os.PathLike) -> bool:
-    if is_url(path):
-        import fsspec
-
-        fs, inner = fsspec.core.url_to_fs(str(path))
-        return fs.isfile(inner)
-    return Path(path).is_file()
+    fs, inner = _fs(path)
+    return fs.isfile(inner)
 
 
 def list_files(folder: str | os.PathLike, extensions: tuple[str, ...]) -> list[tuple[str, str]]:
     """``(path relative to folder, full path or URL)`` of files below ``folder``
-    (recursive) whose extension is in ``extensions`` (lower case, with the dot)."""
-    if is_url(folder):
-        import fsspec
+    (recursive) whose extension is in ``extensions`` (lower case, with the dot).
 
-        fs, root = fsspec.core.url_to_fs(str(folder))
-        root = root.rstrip("/")
-        if not fs.isdir(root):
-            raise FileNotFoundError(str(folder))
-        found = []
-        for inner in fs.find(root):
-            if Path(inner).suffix.lower() in extensions:
-                found.append((inner[len(root) + 1 :], fs.unstrip_protocol(inner)))
-        return sorted(found)
-    base = Path(folder)
-    if not base.is_dir():
+    Local folders are resolved first (symlinks followed), so full paths are absolute.
+    """
+    if not is_url(folder):
+        folder = Path(folder).resolve()
+    fs, root = _fs(folder)
+    root = root.rstrip("/")
+    if not fs.isdir(root):
         raise FileNotFoundError(str(folder))
-    return sorted(
-        (p.relative_to(base).as_posix(), str(p.resolve()))
-        for p in base.rglob("*")
-        if p.is_file() and p.suffix.lower() in extensions
-    )
+    found = []
+    for inner in fs.find(root):
+        if Path(inner).suffix.lower() in extensions:
+            full = fs.unstrip_protocol(inner) if is_url(folder) else inner
+            found.append((inner[len(root) + 1 :], full))
+    return sorted(found)

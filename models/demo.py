@@ -18,6 +18,7 @@ For real features, download the checkpoint and run:
   emi train feats.zarr --labels train_split.csv --val-labels valid_split.csv --out heads/paper
 """
 MARKER = ".emi-demo"
+DEMO_SIZES = ("tiny", "small", "base")  # random backbone sizes the demo offers
 
 
 @dataclass

@@ -44,6 +44,7 @@ class HeadConfig:
         return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
 
 
+from models.errors import HeadError  # noqa: E402
 from models.options import PRESETS  # noqa: E402  (re-exported)
 
 
@@ -58,7 +59,7 @@ def preset_config(name: str, *, input_dim: int, num_targets: int, **overrides) -
     elif name == "mean-linear":
         base = dict(head_type="mean-linear")
     else:
-        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+        raise HeadError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
     base.update({k: v for k, v in overrides.items() if v is not None})
     return HeadConfig(input_dim=input_dim, num_targets=num_targets, **base)
 
@@ -119,7 +120,7 @@ def build_head(config: HeadConfig) -> nn.Module:
     try:
         return HEAD_TYPES[config.head_type](config)
     except KeyError:
-        raise ValueError(
+        raise HeadError(
             f"unknown head type {config.head_type!r}; known: {', '.join(HEAD_TYPES)}"
         ) from None
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")  # files only, no display
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+# Figures are made as ``Figure`` objects and saved to files: pyplot and its global
+# backend are never touched, so a notebook's own plotting is left as it was.
 
 
 def plot_learning_curves(metrics: dict, path: str | Path, *, title: str = "") -> Path:
@@ -16,7 +16,8 @@ def plot_learning_curves(metrics: dict, path: str | Path, *, title: str = "") ->
     epochs = [e["epoch"] for e in metrics["epochs"]]
     loss = [e["train_loss"] for e in metrics["epochs"]]
     pearson = [e["val"]["pearson_mean"] for e in metrics["epochs"]]
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig = Figure(figsize=(6, 3.5))
+    ax = fig.subplots()
     ax.plot(epochs, loss, color="tab:blue", label="train loss (MSE)")
     ax.set_xlabel("epoch")
     ax.set_ylabel("train loss (MSE)", color="tab:blue")
@@ -27,7 +28,6 @@ def plot_learning_curves(metrics: dict, path: str | Path, *, title: str = "") ->
     ax.set_title(title or "learning curves")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return Path(path)
 
 
@@ -40,7 +40,8 @@ def plot_predictions(
     r = pearson(pred, true)
     cols = min(3, len(targets))
     rows = int(np.ceil(len(targets) / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.0 * rows), squeeze=False)
+    fig = Figure(figsize=(3.2 * cols, 3.0 * rows))
+    axes = fig.subplots(rows, cols, squeeze=False)
     for i, target in enumerate(targets):
         ax = axes[i // cols][i % cols]
         ax.scatter(true[:, i], pred[:, i], s=8, alpha=0.6)
@@ -56,5 +57,4 @@ def plot_predictions(
         fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return Path(path)

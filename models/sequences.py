@@ -1,6 +1,6 @@
 """Per-clip input sequences for heads, read from the store within a memory budget.
 
-A clip's sequence is ``[hidden, frame_vad]`` per frame, ``(frames, hidden + 3)``, held
+A clip's sequence is ``[hidden, frame_vad]`` per frame, ``(frames, hidden + vad)``, held
 as float16 (the store's precision for hidden). Its global mean vector is
 ``[hidden_mean, vad_mean]`` from the store, or, when a head crops to ``max_frames``,
 the mean over the cropped frames.
@@ -20,8 +20,9 @@ import numpy as np
 import torch
 
 from featurestore.store import FeatureStore
+from models.options import DEFAULT_CACHE_GB
 
-DEFAULT_BUDGET_BYTES = 4 * 2**30
+DEFAULT_BUDGET_BYTES = int(DEFAULT_CACHE_GB * 2**30)
 
 
 @dataclass
@@ -62,7 +63,8 @@ class SequenceData:
     ) -> None:
         self.store = store
         self.max_frames = max_frames
-        self.input_dim = store.hidden_size + 3
+        self.vad_width = store.spec.vad_width
+        self.input_dim = store.hidden_size + self.vad_width
         missing = [c for c in clip_ids if c not in store]
         if missing:
             raise KeyError(f"{len(missing)} clips are not in the store, e.g. {missing[:5]}")
@@ -103,8 +105,8 @@ class SequenceData:
                 if self.max_frames is not None:
                     end = min(end, start + self.max_frames)
                 seq = np.empty((end - start, self.input_dim), dtype=np.float16)
-                seq[:, :-3] = hidden[start:end]
-                seq[:, -3:] = frame_vad[start:end]
+                seq[:, : -self.vad_width] = hidden[start:end]
+                seq[:, -self.vad_width :] = frame_vad[start:end]
                 out[clip_id] = (
                     seq,
                     means[row].astype(np.float32),

@@ -38,6 +38,7 @@ from models.head_files import (
 from models.heads import PRESETS, build_head, count_parameters, preset_config
 from models.metrics import evaluate
 from models.options import (
+    DEFAULT_CACHE_GB,
     SIZE_KEYS,
     TrainSettings,
     check_head_name,
@@ -439,7 +440,7 @@ def train(
     sizes: dict | None = None,
     settings: TrainSettings | None = None,
     device: str = "auto",
-    cache_gb: float = 4.0,
+    cache_gb: float = DEFAULT_CACHE_GB,
     skip_missing: bool = False,
     scheduler: str | None = None,
     log: Callable[[str], None] = lambda _: None,
