@@ -8,6 +8,8 @@ import click
 
 from featurestore.options import BACKBONE_SIZES
 
+SIZES = tuple(BACKBONE_SIZES)  # read from the library's table, not a copy
+
 
 @click.group()
 def model() -> None:
@@ -18,7 +20,7 @@ def model() -> None:
 @click.argument("folder", type=click.Path(file_okay=False))
 @click.option(
     "--size",
-    type=click.Choice(list(BACKBONE_SIZES)),
+    type=click.Choice(SIZES),
     default="tiny",
     show_default=True,
     help="tiny/small: layer norm; base: group norm (wav2vec2-base); "

@@ -161,3 +161,18 @@ def test_the_cli_starts_without_torch():
         check=True,
     )
     assert out.stdout.split() == ["False", "False"]
+
+
+def test_read_clips_streams_what_single_reads_return(layer_store):
+    import numpy as np
+
+    from featurestore import FeatureStore
+
+    store = FeatureStore.open(layer_store)
+    wanted = store.clip_ids[:3]
+    seen = {}
+    for clip_id, hidden, frame_vad in store.read_clips(wanted, max_frames=20):
+        np.testing.assert_array_equal(hidden, store.hidden(clip_id)[:20])
+        np.testing.assert_array_equal(frame_vad, store.frame_vad(clip_id)[:20])
+        seen[clip_id] = len(hidden)
+    assert sorted(seen) == sorted(wanted)
