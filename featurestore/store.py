@@ -224,9 +224,10 @@ class StoreWriter:
                 "failures": {},
             }
             meta["index_digest"] = _index_digest(meta)
-            location.write(f"{PARTS}/zarr.json", _group_node({}))
+            # The root first: a store is never seen with parts/ but without its root.
             if not location.create("zarr.json", _root_node(meta)):
                 raise StoreError(f"{location.url}: another run created a store here just now")
+            location.write(f"{PARTS}/zarr.json", _group_node({}))
             return cls(location, meta, lock)
         if meta["fingerprint"] != wanted:
             raise StoreError(
