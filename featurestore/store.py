@@ -147,7 +147,7 @@ def read_root(location: StoreLocation) -> dict | None:
             f"{location.url} is a file, not a feature store; give a new path or an empty folder"
         )
     try:
-        raw = location.read("zarr.json")
+        raw = _read_root_node(location)
     except FileNotFoundError:
         entries = location.entries()
         if not entries or entries == ["emi_lock"]:
@@ -192,6 +192,18 @@ def read_root(location: StoreLocation) -> dict | None:
             "fingerprint (edited or damaged). Nothing was changed."
         )
     return meta
+
+
+def _read_root_node(location: StoreLocation) -> bytes:
+    """The root's ``zarr.json``; FileNotFoundError only if it is still missing after a
+    listing (a store being created right now may gain its root between a failed read
+    and the listing that would otherwise call it damaged)."""
+    try:
+        return location.read("zarr.json")
+    except FileNotFoundError:
+        if "zarr.json" in location.entries():
+            return location.read("zarr.json")
+        raise
 
 
 class StoreWriter:
