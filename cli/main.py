@@ -12,7 +12,15 @@ import sys
 
 import click
 
-from cli import demo_cmd, extract_cmd, manifest_cmd, model_cmd, models_cmd, store_cmd
+from cli import (
+    demo_cmd,
+    evaluate_cmd,
+    extract_cmd,
+    manifest_cmd,
+    model_cmd,
+    models_cmd,
+    store_cmd,
+)
 from featurestore.errors import BackboneError, DeviceError, StoreError
 from manifests.records import ManifestError
 from models.errors import HeadError, SettingsError
@@ -45,6 +53,7 @@ emi.add_command(store_cmd.store)
 emi.add_command(model_cmd.model)
 emi.add_command(models_cmd.train)
 emi.add_command(models_cmd.predict)
+emi.add_command(evaluate_cmd.evaluate)
 emi.add_command(models_cmd.score)
 emi.add_command(demo_cmd.demo)
 

@@ -13,7 +13,7 @@ SIZES = tuple(BACKBONE_SIZES)  # read from the library's table, not a copy
 
 @click.group()
 def model() -> None:
-    """Backbones: write a random one, show a checkpoint's fingerprint."""
+    """Backbones: write a random one, show a checkpoint's hashes."""
 
 
 @model.command("init-random")
@@ -44,7 +44,8 @@ def init_random(folder: str, size: str, seed: int, norm: str | None) -> None:
     write_random_backbone(folder, size=size, seed=seed, norm=norm)
     identity = identify_backbone(folder)
     click.echo(
-        f"random {size} backbone (seed {seed}) -> {folder}; fingerprint {identity.fingerprint[:12]}"
+        f"random {size} backbone (seed {seed}) -> {folder}; checkpoint hash "
+        f"{identity.checkpoint_hash[:12]}"
     )
 
 
@@ -52,7 +53,10 @@ def init_random(folder: str, size: str, seed: int, norm: str | None) -> None:
 @click.argument("ref")
 @click.option("--revision", default=None, help="Hub revision (hub ids only).")
 def info(ref: str, revision: str | None) -> None:
-    """Show a checkpoint's config summary and fingerprint (REF: folder or hub id)."""
+    """Show a checkpoint's config summary and hashes (REF: folder or hub id).
+
+    ``checkpoint_hash`` identifies the weights and config; a store's ``fingerprint`` is
+    another hash, of the whole feature spec (backbone, layer, crop, dtype...)."""
     from featurestore.backbone import identify_backbone
 
     identity = identify_backbone(ref, revision=revision)
@@ -62,7 +66,7 @@ def info(ref: str, revision: str | None) -> None:
             {
                 "ref": identity.ref,
                 "revision": identity.revision,
-                "fingerprint": identity.fingerprint,
+                "checkpoint_hash": identity.checkpoint_hash,
                 "weights_sha256": identity.weights_sha256,
                 "hidden_size": c.hidden_size,
                 "layers": c.num_hidden_layers,

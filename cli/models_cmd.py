@@ -104,6 +104,11 @@ DEVICE_OPTION = click.option(
     help="Spread a --grid over a running dask scheduler (one task per head; STORE and "
     "--out must be reachable from the workers).",
 )
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Replace existing head folders (without it, an existing head is refused).",
+)
 @click.option("--quiet", is_flag=True, help="No per-epoch lines.")
 def train(store: str, train_labels: str, val_labels: str, out: str, **options) -> None:
     """Train heads on the features in STORE (never touches audio or the backbone)."""
@@ -128,8 +133,10 @@ def train(store: str, train_labels: str, val_labels: str, out: str, **options) -
         **options,
     )
     click.echo(f"{'head':24s} {'best epoch':>10s} {'val mean Pearson':>17s}  folder")
-    for r in results:
+    for r in sorted(results, key=lambda r: -r.best_val_pearson):
         click.echo(f"{r.name:24s} {r.best_epoch:10d} {r.best_val_pearson:17.4f}  {r.folder}")
+    if options["grid"]:
+        click.echo(f"summary -> {out}/summary.csv, {out}/summary.json")
 
 
 HEAD_OPTION = click.option(

@@ -18,6 +18,10 @@ def store() -> None:
     """Inspect, check and export a feature store."""
 
 
+def _seconds(label: str, value: float | None, none: str) -> str:
+    return none if value is None else f"{label} {value:g} s"
+
+
 @store.command("info")
 @click.argument("location")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
@@ -47,7 +51,8 @@ def info(location: str, as_json: bool) -> None:
         + f" (weights sha256 {backbone['weights_sha256'][:12]}, "
         f"{backbone['feat_extract_norm']} norm)",
         f"hidden       {spec['hidden_size']} x {spec['dtypes']['hidden']}, layer {spec['layer']}",
-        f"crop/window  max {spec['max_seconds']} s, window {spec['window_seconds']} s, "
+        f"crop/window  {_seconds('crop to', spec['max_seconds'], 'no crop')}, "
+        f"{_seconds('windows of', spec['window_seconds'], 'no windows')}, "
         f"compute {spec['compute_dtype']}",
         f"failed       {len(data['failed'])} clips",
     ]

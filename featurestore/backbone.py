@@ -109,8 +109,15 @@ class BackboneIdentity:
     config: Wav2Vec2Config
 
     @property
-    def fingerprint(self) -> str:
+    def checkpoint_hash(self) -> str:
+        """sha256 over the weights' and the config's hashes: which checkpoint this is.
+        (A store's *fingerprint* is another hash: of the whole feature spec.)"""
         return hashlib.sha256(f"{self.weights_sha256}:{self.config_sha256}".encode()).hexdigest()
+
+    @property
+    def fingerprint(self) -> str:
+        """The old name of :attr:`checkpoint_hash`."""
+        return self.checkpoint_hash
 
 
 @dataclass(frozen=True)

@@ -14,11 +14,11 @@ Layout (documented in the README; readable with plain zarr, dask and xarray)::
           duration_s  (clip,)             float64, of the source file
           frames      (clip,)             int64
           offsets     (clip_offset,)      int64, clips + 1; clip i = frames [o[i], o[i+1])
-          hidden      (frame, hidden)     float16, last-layer hidden states
-          frame_vad   (frame, vad)        float32, head per frame: arousal, dominance, valence
-          hidden_mean (clip, hidden)      float32, over real frames
-          vad_mean    (clip, vad)         float32, mean of frame_vad
-          clip_vad    (clip, vad)         float32, head on hidden_mean
+          hidden      (frame, hidden_unit)     float16, last-layer hidden states
+          frame_vad   (frame, vad_label)     float32, head per frame: arousal, dominance, valence
+          hidden_mean (clip, hidden_unit)      float32, over real frames
+          vad_mean    (clip, vad_label)         float32, mean of frame_vad
+          clip_vad    (clip, vad_label)         float32, head on hidden_mean
 
 Writing: a part is written by exactly one task, which owns all its arrays, with its
 marker last. It becomes part of the store only when the driver (the one holder of the
@@ -79,7 +79,9 @@ class StoredArray:
     name: str
     axis: str  # "clip" (one row per clip), "frame" (one row per frame), "offsets"
     dtype: str  # numpy dtype, or "str"
-    width: str | None = None  # "hidden" (the spec's hidden size) or "vad"; None: 1-d
+    # The second dimension: "hidden_unit" (the spec's hidden size) or "vad_label" (its
+    # VAD labels); None: 1-d. Named apart from the arrays, so xarray keeps them data.
+    width: str | None = None
 
 
 # Every stored array: adding one is a row here plus the code that computes it
@@ -91,11 +93,11 @@ SCHEMA = (
     StoredArray("duration_s", "clip", "float64"),
     StoredArray("frames", "clip", "int64"),
     StoredArray("offsets", "offsets", "int64"),
-    StoredArray("hidden", "frame", "float16", "hidden"),
-    StoredArray("frame_vad", "frame", "float32", "vad"),
-    StoredArray("hidden_mean", "clip", "float32", "hidden"),
-    StoredArray("vad_mean", "clip", "float32", "vad"),
-    StoredArray("clip_vad", "clip", "float32", "vad"),
+    StoredArray("hidden", "frame", "float16", "hidden_unit"),
+    StoredArray("frame_vad", "frame", "float32", "vad_label"),
+    StoredArray("hidden_mean", "clip", "float32", "hidden_unit"),
+    StoredArray("vad_mean", "clip", "float32", "vad_label"),
+    StoredArray("clip_vad", "clip", "float32", "vad_label"),
 )
 ARRAYS = {a.name: a for a in SCHEMA}
 FRAME_ARRAYS = tuple(a.name for a in SCHEMA if a.axis == "frame")
@@ -362,7 +364,7 @@ def _stack(pieces: list[np.ndarray], width: int, dtype: str, join) -> np.ndarray
 
 def _widths(spec: FeatureSpec | dict) -> dict[str, int]:
     spec = as_spec(spec)
-    return {"hidden": spec.hidden_size, "vad": spec.vad_width}
+    return {"hidden_unit": spec.hidden_size, "vad_label": spec.vad_width}
 
 
 def write_part(

@@ -18,6 +18,7 @@ def save_manifest(records: list[ClipRecord], path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix.lower() not in (".csv", ".jsonl"):
         raise ManifestError(f"{path}: manifest must end in .csv or .jsonl")
+    records = sorted(records, key=lambda r: r.clip_id)  # every CSV emi writes: by clip id
     with atomic_file(path) as temporary:
         _write_manifest(records, temporary, path.suffix.lower())
     return path

@@ -27,6 +27,8 @@ _EXPORTS = {
     "score_folder": "models.score",
     "ScoreResult": "models.score",
     "run_demo": "models.demo",
+    "evaluate_heads": "models.evaluation",
+    "Evaluation": "models.evaluation",
     "DemoResult": "models.demo",
     "load_head": "models.head_files",
     "LoadedHead": "models.head_files",

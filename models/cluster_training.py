@@ -26,6 +26,7 @@ def _train_task(
     device: str,
     budget_bytes: int,
     skip_missing: bool,
+    overwrite: bool,
 ) -> TrainedHead:
     [result] = train_heads(
         FeatureStore.open(store),
@@ -36,6 +37,7 @@ def _train_task(
         device=device,
         budget_bytes=budget_bytes,
         skip_missing=skip_missing,
+        overwrite=overwrite,
     )
     return result
 
@@ -51,10 +53,11 @@ def train_heads_on_cluster(
     device: str = "auto",
     budget_bytes: int,
     skip_missing: bool = False,
+    overwrite: bool = False,
 ) -> list[TrainedHead]:
     """Train each plan as a task on the cluster at ``scheduler``; results in plan order."""
     for plan in plans:  # before any work: never write over something that is not a head
-        check_head_destination(Path(out) / plan.name)
+        check_head_destination(Path(out) / plan.name, overwrite=overwrite)
     with dask_client(workers=1, scheduler=scheduler, quiet=True) as client:
         gpu = any(
             w.get("resources", {}).get("GPU") for w in client.scheduler_info()["workers"].values()
@@ -70,6 +73,7 @@ def train_heads_on_cluster(
                 device,
                 budget_bytes,
                 skip_missing,
+                overwrite,
                 pure=False,
                 resources={"GPU": 1} if gpu else None,
                 key=f"emi-train-{plan.name}",

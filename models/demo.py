@@ -134,6 +134,12 @@ def run_demo(
         folder / "heads",
         log=lambda line: echo(f"      {line}") if _every_fifth(line) else None,
     )
+    for t in trained:
+        total = len(t.metrics["epochs"])
+        echo(
+            f"      {t.name}: best epoch {t.best_epoch} of {total} "
+            f"(validation mean Pearson {t.best_val_pearson:.3f})"
+        )
     echo("[4/5] scoring the held-out test split")
     test = read_labels(splits["test"])
     heads = [load_head(t.folder) for t in trained]

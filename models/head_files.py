@@ -135,13 +135,20 @@ class LoadedHead:
         return self.config.training.get("max_frames")
 
 
-def check_head_destination(folder: str | Path) -> None:
-    """Refuse to write a head where something that is not a head folder exists.
+def check_head_destination(folder: str | Path, *, overwrite: bool = False) -> None:
+    """Refuse to write a head where something that is not a head folder exists, or
+    over an existing head unless ``overwrite``.
 
     Raises:
-        HeadError: ``folder`` is a file, or a non-empty folder without a head's files.
+        HeadError: ``folder`` is a file, a non-empty folder without a head's files, or
+            (without ``overwrite``) a head folder.
     """
     folder = Path(folder)
+    if (folder / "config.json").is_file() and not overwrite:
+        raise HeadError(
+            f"{folder} already holds a head; pass --overwrite (overwrite=True) to replace "
+            "it, or choose another folder. Nothing was changed."
+        )
     if folder.is_file():
         raise HeadError(f"{folder} is a file; give a folder path for the head")
     if folder.is_dir() and any(folder.iterdir()) and not (folder / "config.json").is_file():
@@ -158,6 +165,7 @@ def save_head(
     metrics: dict,
     *,
     extra_files=None,
+    overwrite: bool = False,
 ) -> Path:
     """Write a head folder whole or not at all (a temporary sibling, then a rename).
 
@@ -167,7 +175,7 @@ def save_head(
     from manifests.atomic import atomic_folder
 
     folder = Path(folder)
-    check_head_destination(folder)
+    check_head_destination(folder, overwrite=overwrite)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     with atomic_folder(folder) as temporary:
         weights = temporary / "model.safetensors"

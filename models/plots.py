@@ -12,20 +12,44 @@ from matplotlib.figure import Figure
 
 
 def plot_learning_curves(metrics: dict, path: str | Path, *, title: str = "") -> Path:
-    """Train loss and validation mean Pearson per epoch; the best epoch marked."""
+    """Per epoch: train loss beside validation MSE (left), validation mean Pearson and
+    each target's Pearson (right); the best epoch marked and labelled in both."""
+    from matplotlib.ticker import MaxNLocator
+
     epochs = [e["epoch"] for e in metrics["epochs"]]
-    loss = [e["train_loss"] for e in metrics["epochs"]]
-    pearson = [e["val"]["pearson_mean"] for e in metrics["epochs"]]
-    fig = Figure(figsize=(6, 3.5))
-    ax = fig.subplots()
-    ax.plot(epochs, loss, color="tab:blue", label="train loss (MSE)")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("train loss (MSE)", color="tab:blue")
-    right = ax.twinx()
-    right.plot(epochs, pearson, color="tab:orange", label="val mean Pearson")
-    right.axvline(metrics["best_epoch"], color="grey", linestyle=":", label="best epoch")
-    right.set_ylabel("validation mean Pearson", color="tab:orange")
-    ax.set_title(title or "learning curves")
+    best = metrics["best_epoch"]
+    fig = Figure(figsize=(10, 3.8))
+    loss_ax, pearson_ax = fig.subplots(1, 2)
+    loss_ax.plot(epochs, [e["train_loss"] for e in metrics["epochs"]], label="train loss (MSE)")
+    loss_ax.plot(
+        epochs,
+        [e["val"]["mse_mean"] for e in metrics["epochs"]],
+        label="validation MSE (clamped predictions)",
+    )
+    loss_ax.set_ylabel("mean squared error")
+    targets = list(metrics["epochs"][0]["val"]["pearson"]) if epochs else []
+    for target in targets:
+        pearson_ax.plot(
+            epochs,
+            [e["val"]["pearson"][target] for e in metrics["epochs"]],
+            linewidth=0.8,
+            alpha=0.7,
+            label=target,
+        )
+    pearson_ax.plot(
+        epochs,
+        [e["val"]["pearson_mean"] for e in metrics["epochs"]],
+        color="black",
+        linewidth=2,
+        label="mean (the challenge score)",
+    )
+    pearson_ax.set_ylabel("validation Pearson r")
+    for ax in (loss_ax, pearson_ax):
+        ax.axvline(best, color="grey", linestyle=":", label=f"best epoch ({best})")
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.legend(fontsize=7)
+    fig.suptitle(title or "learning curves")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     return Path(path)

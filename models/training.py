@@ -9,6 +9,7 @@ seed 1, the best epoch chosen by mean validation Pearson of predictions clamped 
 from __future__ import annotations
 
 import copy
+import csv
 import itertools
 import json
 import math
@@ -94,7 +95,7 @@ def plans_from_grid(grid: dict, *, defaults: TrainSettings) -> list[HeadPlan]:
             *(product[k] if isinstance(product[k], list) else [product[k]] for k in keys)
         ):
             entry = dict(zip(keys, values, strict=True))
-            entry.setdefault("name", "-".join(f"{k}{_short(v)}" for k, v in entry.items()))
+            entry.setdefault("name", _name_from(keys, entry))
             entries.append(entry)
     if not entries:
         raise SettingsError("grid file: no heads (give 'heads' or 'grid')")
@@ -107,7 +108,8 @@ def plans_from_grid(grid: dict, *, defaults: TrainSettings) -> list[HeadPlan]:
                 f"grid file: unknown keys {sorted(bad)} in head {index}; allowed: {sorted(allowed)}"
             )
         try:
-            plans.append(_plan_from_entry(merged, index, defaults))
+            keys = [k for k in entry if k != "name"]
+            plans.append(_plan_from_entry(merged, defaults, keys))
         except SettingsError as err:
             raise SettingsError(f"grid file, head {merged.get('name', index)!r}: {err}") from None
     names = [p.name for p in plans]
@@ -118,7 +120,14 @@ def plans_from_grid(grid: dict, *, defaults: TrainSettings) -> list[HeadPlan]:
     return plans
 
 
-def _plan_from_entry(merged: dict, index: int, defaults: TrainSettings) -> HeadPlan:
+def _name_from(keys: list[str], merged: dict) -> str:
+    """A head's name from the values its entry sets: ``preset-mean-linear``,
+    ``seed2-max_seconds12``; ``default`` for an entry that sets nothing."""
+    parts = [f"{k}{'-' if isinstance(merged[k], str) else ''}{_short(merged[k])}" for k in keys]
+    return "-".join(parts) or "default"
+
+
+def _plan_from_entry(merged: dict, defaults: TrainSettings, entry_keys: list[str]) -> HeadPlan:
     """One grid entry, every value checked by the rule of its CLI option."""
     checked = {
         k: check_setting(k, v) for k, v in merged.items() if k not in ("name", "preset", "targets")
@@ -128,7 +137,7 @@ def _plan_from_entry(merged: dict, index: int, defaults: TrainSettings) -> HeadP
         raise SettingsError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
     targets = merged.get("targets")
     return HeadPlan(
-        name=check_head_name(merged.get("name") or f"head{index}"),
+        name=check_head_name(merged.get("name") or _name_from(entry_keys, merged)),
         preset=preset,
         targets=check_targets(targets) if targets is not None else None,
         sizes={k: checked[k] for k in SIZE_KEYS if k in checked},
@@ -218,8 +227,10 @@ class TrainedHead:
     folder: Path
     best_epoch: int
     best_val_pearson: float
-    metrics: dict
+    metrics: dict  # per epoch: train loss, validation metrics
     seconds: float
+    parameters: int = 0
+    plan: HeadPlan | None = None
 
 
 def _amp(device: str, settings: TrainSettings):
@@ -299,6 +310,7 @@ def train_one(
     store: FeatureStore,
     out: Path,
     log: Callable[[str], None] = lambda _: None,
+    overwrite: bool = False,
 ) -> TrainedHead:
     """Train one head on already-loaded data and save its folder to ``out``."""
     started = time.perf_counter()
@@ -350,8 +362,10 @@ def train_one(
         extra_files=lambda folder: plot_learning_curves(
             metrics, folder / "learning_curves.png", title=plan.name
         ),
+        overwrite=overwrite,
     )
-    return TrainedHead(plan.name, out, best[1], best[0], metrics, time.perf_counter() - started)
+    seconds = time.perf_counter() - started
+    return TrainedHead(plan.name, out, best[1], best[0], metrics, seconds, card.parameters, plan)
 
 
 def _head_card(plan, config, model, targets, train, val, device, store, best) -> HeadCard:
@@ -364,6 +378,7 @@ def _head_card(plan, config, model, targets, train, val, device, store, best) ->
         targets=tuple(targets),
         training={
             **asdict(s),
+            "mixed_precision": _amp(device, s)[0] is not None,  # what ran, not what was asked
             "max_frames": s.max_frames,
             "train_clips": len(train.clip_ids),
             "val_clips": len(val.clip_ids),
@@ -388,6 +403,7 @@ def train_heads(
     skip_missing: bool = False,
     single: bool = False,
     log: Callable[[str], None] = lambda _: None,
+    overwrite: bool = False,
 ) -> list[TrainedHead]:
     """Train every plan over one shared load of the features.
 
@@ -396,7 +412,7 @@ def train_heads(
     """
     out = Path(out)
     for p in plans:  # before any work: never write over something that is not a head
-        check_head_destination(out if single else out / p.name)
+        check_head_destination(out if single else out / p.name, overwrite=overwrite)
     device = torch_device(device)
     train = resolve_labels(store, train_table, role="training", skip_missing=skip_missing)
     val = resolve_labels(store, val_table, role="validation", skip_missing=skip_missing)
@@ -411,9 +427,9 @@ def train_heads(
         f"{len(train.clip_ids)} training and {len(val.clip_ids)} validation clips, "
         f"{data.total_bytes / 2**20:.0f} MiB of sequences "
         f"({'cached in memory' if data.cached else 'streamed from the store'}); "
-        f"{len(plans)} heads on {device}"
+        f"{len(plans)} head{'s' if len(plans) != 1 else ''} on {device}"
     )
-    return [
+    trained = [
         train_one(
             p,
             data,
@@ -423,9 +439,62 @@ def train_heads(
             store=store,
             out=out if single else out / p.name,
             log=log,
+            overwrite=overwrite,
         )
         for p in plans
     ]
+    if not single:
+        write_summary(trained, out)
+    return trained
+
+
+def plan_settings(plan: HeadPlan) -> dict:
+    """A plan's settings as one flat dict (preset, targets, sizes, training settings)."""
+    return {
+        "preset": plan.preset,
+        "targets": ",".join(plan.targets) if plan.targets else "all",
+        **plan.sizes,
+        **asdict(plan.settings),
+    }
+
+
+def write_summary(trained: list[TrainedHead], out: Path) -> tuple[Path, Path]:
+    """``summary.csv`` and ``summary.json`` in ``out``: one row per head with the
+    settings that vary across the grid, best epoch, validation metrics at the best
+    epoch, parameters and training time; best head first."""
+    settings = [plan_settings(t.plan) for t in trained]
+    keys = sorted({k for s in settings for k in s})
+    varying = [k for k in keys if len({repr(s.get(k)) for s in settings}) > 1]
+    rows = []
+    for t, s in sorted(
+        zip(trained, settings, strict=True), key=lambda pair: -pair[0].best_val_pearson
+    ):
+        best = t.metrics["epochs"][t.best_epoch - 1]["val"]
+        rows.append(
+            {
+                "name": t.name,
+                **{k: s.get(k) for k in varying},
+                "best_epoch": t.best_epoch,
+                "val_pearson_mean": best["pearson_mean"],
+                "val_ccc_mean": best["ccc_mean"],
+                "val_mse_mean": best["mse_mean"],
+                **{f"val_pearson/{k}": v for k, v in best["pearson"].items()},
+                "parameters": t.parameters,
+                "seconds": round(t.seconds, 1),
+                "folder": str(t.folder),
+            }
+        )
+    from manifests.atomic import atomic_file
+
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_file(out / "summary.json") as temporary:
+        temporary.write_text(json.dumps({"varying": varying, "heads": rows}, indent=2))
+    columns = list(dict.fromkeys(k for r in rows for k in r))
+    with atomic_file(out / "summary.csv") as temporary, temporary.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    return out / "summary.csv", out / "summary.json"
 
 
 def train(
@@ -444,6 +513,7 @@ def train(
     skip_missing: bool = False,
     scheduler: str | None = None,
     log: Callable[[str], None] = lambda _: None,
+    overwrite: bool = False,
 ) -> list[TrainedHead]:
     """Train one head, or a grid of heads over one load of the features (``emi train``).
 
@@ -460,6 +530,7 @@ def train(
         cache_gb: memory for cached sequences; larger data streams from the store.
         scheduler: spread a grid over a running dask scheduler (one task per head).
         log: receives per-epoch lines.
+        overwrite: replace existing head folders (else they are refused before work).
 
     Raises:
         ManifestError: bad labels, or labelled clips missing (unless ``skip_missing``).
@@ -503,10 +574,10 @@ def train(
         FeatureStore.open(location)  # fail here, not on every worker, if it is missing
         return train_heads_on_cluster(
             location, *tables, plans, out, scheduler=scheduler, device=device,
-            budget_bytes=budget, skip_missing=skip_missing,
+            budget_bytes=budget, skip_missing=skip_missing, overwrite=overwrite,
         )  # fmt: skip
     opened = store if isinstance(store, FeatureStore) else FeatureStore.open(store)
     return train_heads(
         opened, *tables, plans, out, device=device, budget_bytes=budget,
-        skip_missing=skip_missing, single=grid is None, log=log,
+        skip_missing=skip_missing, single=grid is None, log=log, overwrite=overwrite,
     )  # fmt: skip

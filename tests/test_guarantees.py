@@ -212,6 +212,7 @@ def test_a_crash_while_retraining_leaves_the_old_head(scored, tmp_path, monkeypa
             "mean-linear",
             "--epochs",
             "1",
+            "--overwrite",
             "--quiet",
             expect=None,
         )
@@ -325,3 +326,26 @@ def test_demo_refuses_a_folder_that_is_not_a_demo(tmp_path):
     result = run_cli("demo", "--out", tmp_path / "mine", "--clips", "20", expect=2)
     assert "not an emi demo folder" in result.output
     assert snapshot(tmp_path) == before
+
+
+def test_train_refuses_an_existing_head_unless_overwrite(scored, tmp_path):
+    head = tmp_path / "head"
+    shutil.copytree(scored["head"], head)
+    before = snapshot(head)
+    args = [
+        "train", scored["store"], "--labels", scored["train"], "--val-labels",
+        scored["valid"], "--out", head, "--preset", "mean-linear", "--epochs", "1", "--quiet",
+    ]  # fmt: skip
+    refused = run_cli(*args, expect=2)
+    assert "already holds a head" in refused.output and "--overwrite" in refused.output
+    assert snapshot(head) == before
+    run_cli(*args, "--overwrite")
+    assert load_head(head).config.preset == "mean-linear"
+    grid = tmp_path / "grid.json"
+    grid.write_text(json.dumps({"heads": [{"name": "head", "preset": "mean-linear"}]}))
+    grid_args = [
+        "train", scored["store"], "--labels", scored["train"], "--val-labels",
+        scored["valid"], "--out", tmp_path, "--grid", grid, "--epochs", "1", "--quiet",
+    ]  # fmt: skip
+    again = run_cli(*grid_args, expect=2)
+    assert "already holds a head" in again.output

@@ -312,8 +312,20 @@ def test_grid_trains_many_heads_over_one_data_load(synthetic, tmp_path, monkeypa
         tmp_path / "grid.json",
         "--quiet",
     )
-    names = sorted(p.name for p in (tmp_path / "heads").iterdir())
+    names = sorted(p.name for p in (tmp_path / "heads").iterdir() if p.is_dir())
     assert names == ["linear", "seed1-targetsAdmiration", "seed2-targetsAdmiration"]
+    summary = json.loads((tmp_path / "heads/summary.json").read_text())
+    assert sorted(r["name"] for r in summary["heads"]) == names
+    assert {"preset", "seed", "targets"} <= set(summary["varying"])
+    scores = [r["val_pearson_mean"] for r in summary["heads"]]
+    assert scores == sorted(scores, reverse=True)  # best head first
+    with (tmp_path / "heads/summary.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [r["name"] for r in rows] == [r["name"] for r in summary["heads"]]
+    for row, entry in zip(rows, summary["heads"], strict=True):
+        config = json.loads((tmp_path / "heads" / row["name"] / "config.json").read_text())
+        assert int(row["best_epoch"]) == config["best_epoch"] == entry["best_epoch"]
+        assert int(row["parameters"]) == config["parameters"]
     assert len(reads) == 1  # one load of the features for all three heads
     assert json.loads((tmp_path / "heads/seed2-targetsAdmiration/config.json").read_text())[
         "targets"

@@ -45,7 +45,8 @@ def test_dask_and_xarray_read_parts(layer_store):
     store = FeatureStore.open(layer_store)
     np.testing.assert_array_equal(means[0], store.hidden_mean(store.clip_ids[0]))
     ds = xr.open_zarr(str(layer_store), group=f"parts/{names[0]}", consolidated=False)
-    assert set(ds.sizes) == {"clip", "clip_offset", "frame", "hidden", "vad"}
+    assert set(ds.sizes) == {"clip", "clip_offset", "frame", "hidden_unit", "vad_label"}
+    assert "hidden" in ds.data_vars and not ds.coords  # no array doubles as a dimension
     clip_id = str(ds["clip_id"].values[0])
     np.testing.assert_array_equal(ds["hidden_mean"].values[0], store.hidden_mean(clip_id))
 

@@ -1,0 +1,57 @@
+"""`./run`: the README's two commands set up what is missing, once."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _project(tmp_path: Path) -> Path:
+    project = tmp_path / "project"
+    project.mkdir()
+    for name in ("run", "pyproject.toml", "constraints-cpu.txt"):
+        shutil.copy2(REPO / name, project / name)
+    return project
+
+
+def _run(project: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["bash", str(project / "run"), *args],
+        env={**os.environ, "EMI_PYTHON": sys.executable, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_an_up_to_date_environment_is_reused_and_a_changed_project_reinstalls(tmp_path):
+    project = _project(tmp_path)
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "python").symlink_to(sys.executable)
+    env = {"EMI_VENV": str(venv), "EMI_TORCH_BUILD": "cpu"}
+
+    fresh = _run(project, "env", "--dry-run", **env)
+    assert fresh.returncode == 0 and "would install" in fresh.stderr  # no stamp yet
+
+    (venv / ".emi-stamp").write_text(_run(project, "stamp", **env).stdout)
+    again = _run(project, "env", "--dry-run", **env)
+    assert again.returncode == 0 and "up to date" in again.stderr, again.stderr
+
+    other_build = _run(project, "env", "--dry-run", EMI_VENV=str(venv), EMI_TORCH_BUILD="cuda")
+    assert "would install" in other_build.stderr  # another torch build is another env
+
+    with (project / "pyproject.toml").open("a") as f:
+        f.write("\n# a new requirement\n")
+    changed = _run(project, "env", "--dry-run", **env)
+    assert "would install" in changed.stderr
+
+
+def test_unknown_verbs_print_the_usage(tmp_path):
+    result = _run(_project(tmp_path), "frobnicate")
+    assert (
+        result.returncode == 2 and "./run demo" in result.stderr and "./run test" in result.stderr
+    )
