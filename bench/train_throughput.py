@@ -44,7 +44,13 @@ from featurestore.spec import build_spec  # noqa: E402
 from featurestore.store import FeatureStore, StoredClip, StoreWriter  # noqa: E402
 from manifests import read_labels  # noqa: E402
 from models.heads import build_head, preset_config  # noqa: E402
-from models.training import HeadPlan, TrainSettings, train_heads, warmup_cosine  # noqa: E402
+from models.training import (  # noqa: E402
+    HeadPlan,
+    TrainSettings,
+    flush_denormals,
+    train_heads,
+    warmup_cosine,
+)
 
 TARGETS = ["Admiration", "Amusement", "Determination", "Empathic Pain", "Excitement", "Joy"]
 
@@ -113,6 +119,15 @@ def train_in_memory(
         padded = torch.nn.utils.rnn.pad_sequence([seqs[i] for i in idx], batch_first=True)
         return padded, lengths
 
+    flush_denormals(  # as the trainer does (see models.training.flush_denormals)
+        _epochs, model, optimiser, scheduler, settings, rng, tr_seqs, tr_means, tr_y,
+        va_seqs, va_means, batch,
+    )  # fmt: skip
+    return time.perf_counter() - start
+
+
+def _epochs(model, optimiser, scheduler, settings, rng, tr_seqs, tr_means, tr_y, va_seqs,
+            va_means, batch) -> None:  # fmt: skip
     for _ in range(settings.epochs):
         model.train()
         order = rng.permutation(len(tr_seqs))
@@ -131,7 +146,6 @@ def train_in_memory(
                 idx = list(range(k, min(k + 64, len(va_seqs))))
                 frames, lengths = batch(va_seqs, idx)
                 model(frames, lengths, va_means[idx])
-    return time.perf_counter() - start
 
 
 def train_emi(store_path, train_csv, val_csv, settings, preset, out, *, budget=None, heads=1):

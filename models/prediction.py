@@ -15,7 +15,7 @@ from manifests.atomic import atomic_file
 from models.errors import HeadError
 from models.head_files import LoadedHead, check_fingerprint, load_head, torch_device
 from models.sequences import DEFAULT_BUDGET_BYTES, SequenceData
-from models.training import predict_batches
+from models.training import flush_denormals, predict_batches
 
 
 def predict_store(
@@ -45,7 +45,9 @@ def predict_store(
     out = {}
     for head in heads:
         head.model.to(device)
-        raw = predict_batches(head.model, data, ids, device=device, max_frames=head.max_frames)
+        raw = flush_denormals(
+            predict_batches, head.model, data, ids, device=device, max_frames=head.max_frames
+        )
         out[head.name] = (
             np.clip(np.stack([raw[c] for c in ids]), 0.0, 1.0)
             if ids

@@ -466,3 +466,18 @@ def test_predict_refuses_a_head_from_another_store(synthetic, tiny_group_backbon
     other_fp = FeatureStore.open(tmp_path / "other.zarr").fingerprint[:12]
     assert head_fp in result.output and other_fp in result.output
     assert not (tmp_path / "p.csv").exists()
+
+
+def test_training_flushes_denormals_and_restores_the_setting():
+    from models.training import flush_denormals
+
+    tiny = torch.tensor([1e-39], dtype=torch.float32)  # a denormal float32
+
+    def product() -> float:
+        return float(tiny * 1.0)
+
+    assert product() != 0.0
+    assert flush_denormals(product) == 0.0  # the LSTM's fading gradients stop costing 20x
+    assert product() != 0.0  # the caller's thread (a notebook's torch) is left as it was
+    with pytest.raises(ZeroDivisionError):
+        flush_denormals(lambda: 1 / 0)  # errors reach the caller
