@@ -75,6 +75,37 @@ def layer_store(mixed_corpus, tiny_backbone, tmp_path_factory) -> Path:
     return store
 
 
+def labelled_store(
+    folder: Path,
+    backbone: Path,
+    *,
+    clips: int,
+    seed: int,
+    presets: tuple[str, ...] = ("mean-linear",),
+    epochs: int = 1,
+    max_seconds: float = 2.0,
+    extract_options: tuple[str, ...] = (),
+) -> dict:
+    """A synthetic labelled corpus, its store and one head per preset (``folder/<preset>``).
+
+    Returns ``store``, ``audio``, ``head`` (the first preset's folder), ``folder`` and
+    the split label files (``train``, ``valid``, ``test``).
+    """
+    from manifests.synthetic import write_corpus
+
+    splits = write_corpus(
+        folder / "corpus", clips=clips, seed=seed, min_seconds=1.0, max_seconds=max_seconds
+    )
+    store, audio = folder / "feats.zarr", folder / "corpus" / "audio"
+    run_cli("extract", audio, store, "--model", backbone, *extract_options, "--quiet")
+    for preset in presets:
+        run_cli(
+            "train", store, "--labels", splits["train"], "--val-labels", splits["valid"],
+            "--out", folder / preset, "--preset", preset, "--epochs", str(epochs), "--quiet",
+        )  # fmt: skip
+    return {"store": store, "audio": audio, "head": folder / presets[0], "folder": folder, **splits}
+
+
 def run_cli(*args: str, expect: int | None = 0):
     """Invoke ``emi`` in-process; assert its exit status unless ``expect`` is None."""
     result = CliRunner().invoke(emi, [str(a) for a in args], catch_exceptions=False)

@@ -15,34 +15,15 @@ from safetensors.torch import load_file, save_file
 from featurestore.hdf5 import hdf5_name
 from featurestore.store import FeatureStore
 from manifests import build_manifest, load_manifest, save_manifest
-from manifests.synthetic import write_corpus
-from tests.conftest import run_cli
+from tests.conftest import labelled_store, run_cli
 from tests.synth import write_clip
 
 
 @pytest.fixture(scope="module")
 def labelled(tmp_path_factory, tiny_backbone):
-    folder = tmp_path_factory.mktemp("labelled")
-    splits = write_corpus(folder / "corpus", clips=12, seed=3, min_seconds=1.0, max_seconds=1.5)
-    store = folder / "feats.zarr"
-    run_cli("extract", folder / "corpus" / "audio", store, "--model", tiny_backbone, "--quiet")
-    head = folder / "head"
-    run_cli(
-        "train",
-        store,
-        "--labels",
-        splits["train"],
-        "--val-labels",
-        splits["valid"],
-        "--out",
-        head,
-        "--preset",
-        "mean-linear",
-        "--epochs",
-        "1",
-        "--quiet",
+    return labelled_store(
+        tmp_path_factory.mktemp("labelled"), tiny_backbone, clips=12, seed=3, max_seconds=1.5
     )
-    return {"store": store, "head": head, "audio": folder / "corpus" / "audio", **splits}
 
 
 def _train(labelled, out, *extra, expect=2):

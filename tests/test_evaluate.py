@@ -7,10 +7,9 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from manifests.synthetic import write_corpus
 from models.evaluation import bootstrap_indices, paired_difference, score_head
 from models.metrics import ccc, mse, pearson
-from tests.conftest import run_cli
+from tests.conftest import labelled_store, run_cli
 
 TARGETS = ["a", "b"]
 
@@ -78,16 +77,14 @@ def test_paired_difference_of_a_head_with_itself_is_zero_and_a_better_head_wins(
 
 @pytest.fixture(scope="module")
 def evaluated(tmp_path_factory, tiny_backbone):
-    folder = tmp_path_factory.mktemp("evaluated")
-    splits = write_corpus(folder / "corpus", clips=30, seed=11, min_seconds=1.0, max_seconds=2.0)
-    store = folder / "feats.zarr"
-    run_cli("extract", folder / "corpus" / "audio", store, "--model", tiny_backbone, "--quiet")
-    for preset in ("mean-linear", "compact"):
-        run_cli(
-            "train", store, "--labels", splits["train"], "--val-labels", splits["valid"],
-            "--out", folder / preset, "--preset", preset, "--epochs", "2", "--quiet",
-        )  # fmt: skip
-    return {"store": store, "folder": folder, **splits}
+    return labelled_store(
+        tmp_path_factory.mktemp("evaluated"),
+        tiny_backbone,
+        clips=30,
+        seed=11,
+        presets=("mean-linear", "compact"),
+        epochs=2,
+    )
 
 
 def test_evaluate_equals_scipy_on_the_predictions(evaluated, tmp_path):

@@ -15,9 +15,8 @@ import psutil
 import pytest
 
 from featurestore.store import FeatureStore
-from manifests.synthetic import write_corpus
 from models.head_files import load_head
-from tests.conftest import run_cli
+from tests.conftest import labelled_store, run_cli
 from tests.synth import write_clip
 
 REPO = Path(__file__).resolve().parents[1]
@@ -30,26 +29,9 @@ def snapshot(folder: Path) -> dict:
 @pytest.fixture(scope="module")
 def scored(tmp_path_factory, tiny_backbone):
     """A labelled corpus, its store and a compact head."""
-    folder = tmp_path_factory.mktemp("scored")
-    splits = write_corpus(folder / "corpus", clips=16, seed=9, min_seconds=1.0, max_seconds=2.0)
-    store = folder / "feats.zarr"
-    run_cli("extract", folder / "corpus" / "audio", store, "--model", tiny_backbone, "--quiet")
-    run_cli(
-        "train",
-        store,
-        "--labels",
-        splits["train"],
-        "--val-labels",
-        splits["valid"],
-        "--out",
-        folder / "head",
-        "--preset",
-        "compact",
-        "--epochs",
-        "1",
-        "--quiet",
+    return labelled_store(
+        tmp_path_factory.mktemp("scored"), tiny_backbone, clips=16, seed=9, presets=("compact",)
     )
-    return {"store": store, "audio": folder / "corpus" / "audio", "head": folder / "head", **splits}
 
 
 # -------------------------------------------------------- emi deletes only what it wrote

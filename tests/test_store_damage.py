@@ -9,36 +9,22 @@ from pathlib import Path
 import pytest
 
 from featurestore.store import FeatureStore
-from manifests.synthetic import write_corpus
-from tests.conftest import run_cli
+from tests.conftest import labelled_store, run_cli
 from tests.reference import assert_same_features
 
 
 @pytest.fixture(scope="module")
 def trusted(tmp_path_factory, tiny_backbone):
     """A labelled corpus, its store (several parts) and a head trained on it."""
-    folder = tmp_path_factory.mktemp("trusted")
-    splits = write_corpus(folder / "corpus", clips=16, seed=5, min_seconds=1.0, max_seconds=2.0)
-    store = folder / "feats.zarr"
-    audio = folder / "corpus" / "audio"
-    run_cli("extract", audio, store, "--model", tiny_backbone, "--part-seconds", "4", "--quiet")
-    run_cli(
-        "train",
-        store,
-        "--labels",
-        splits["train"],
-        "--val-labels",
-        splits["valid"],
-        "--out",
-        folder / "head",
-        "--preset",
-        "mean-linear",
-        "--epochs",
-        "1",
-        "--quiet",
+    made = labelled_store(
+        tmp_path_factory.mktemp("trusted"),
+        tiny_backbone,
+        clips=16,
+        seed=5,
+        extract_options=("--part-seconds", "4"),
     )
-    assert len(FeatureStore.open(store).complete_parts) >= 3
-    return {"store": store, "audio": audio, "head": folder / "head", **splits}
+    assert len(FeatureStore.open(made["store"]).complete_parts) >= 3
+    return made
 
 
 def _part_holding(store: Path, clip_id: str) -> str:
