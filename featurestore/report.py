@@ -14,7 +14,6 @@ from featurestore.lock import StoreLock
 from featurestore.store import (
     ARRAYS,
     PART_ATTR,
-    PARTS,
     SCHEMA,
     FeatureStore,
     StoreWriter,
@@ -26,13 +25,6 @@ def size_on_disk(location: str, *, storage_options: dict | None = None) -> int:
     """Bytes under the store (the filesystem's ``du``, local or object storage)."""
     where = StoreLocation.of(location, storage_options)
     return int(where.fs.du(where.root))
-
-
-def uncommitted_parts(store: FeatureStore) -> list[str]:
-    """Part folders that are not committed: being written now, or left by a stopped run
-    (the next ``emi extract`` or ``emi store repair`` deletes them)."""
-    where = StoreLocation.of(store.location)
-    return [n for n in where.entries(PARTS) if n not in store.parts and n != "zarr.json"]
 
 
 def store_info(store: FeatureStore, *, storage_options: dict | None = None) -> dict:
@@ -49,7 +41,7 @@ def store_info(store: FeatureStore, *, storage_options: dict | None = None) -> d
         "hours_audio": audio_s / 3600.0,
         "hours_extracted": frames / store.spec.frame_rate_hz / 3600.0,
         "parts": len(store.complete_parts),
-        "uncommitted_parts": uncommitted_parts(store),
+        "uncommitted_parts": store.uncommitted_parts(),
         "size_bytes": size_on_disk(store.location, storage_options=storage_options),
         "spec": store.spec.to_dict(),
         "failed": [f.to_dict() for f in store.failures],

@@ -294,11 +294,7 @@ class StoreWriter:
 
     def uncommitted_parts(self) -> list[str]:
         """Part folders not in the index: left by a crashed or stopped run."""
-        return [
-            n
-            for n in self.location.entries(PARTS)
-            if n not in self.meta["parts"] and n != "zarr.json"
-        ]
+        return uncommitted_parts(self.location, self.meta["parts"])
 
     def remove_uncommitted_parts(self) -> list[str]:
         names = self.uncommitted_parts()
@@ -321,6 +317,12 @@ class StoreWriter:
         record = write_part(zarr_store, name, self.meta["spec"], clips, features)
         self.commit(name, record, [])
         return name
+
+
+def uncommitted_parts(location: StoreLocation, committed: dict) -> list[str]:
+    """Part folders of the store at ``location`` that are not in ``committed``: being
+    written now, or left by a stopped run (the next extract or repair deletes them)."""
+    return [n for n in location.entries(PARTS) if n not in committed and n != "zarr.json"]
 
 
 def _group_node(attributes: dict) -> bytes:
@@ -705,6 +707,10 @@ class FeatureStore:
         ``source_path``, ``sha256``): ``pandas.DataFrame(store.table())`` gives a table."""
         rows = self.clips()
         return {f: [getattr(r, f) for r in rows] for f in ClipInfo.__dataclass_fields__}
+
+    def uncommitted_parts(self) -> list[str]:
+        """Part folders that are not committed (being written, or left by a stop)."""
+        return uncommitted_parts(self._where, self._meta["parts"])
 
     def part_marker(self, name: str) -> dict:
         """The committed record of part ``name``."""
