@@ -8,7 +8,8 @@ wins. While it runs, a heartbeat thread rewrites its own generation's ``zarr.jso
 every ``lease / 4`` seconds. A lock whose heartbeat is older than the lease (a crashed
 driver) is taken over by creating the generation after it; on the same host a holder
 whose process is gone is taken over at once. A holder that finds a newer generation
-than its own has lost the lock and stops before committing anything.
+than its own has lost the lock and stops before committing anything. Releasing marks
+the generation released and leaves it, so generation numbers only ever grow.
 """
 
 from __future__ import annotations
@@ -101,7 +102,7 @@ class StoreLock:
             return {}  # being written, or damaged: treated as expired below
 
     def _expired(self, holder: dict) -> bool:
-        if not holder:
+        if not holder or holder.get("released"):
             return True
         try:
             beat = dt.datetime.fromisoformat(holder["heartbeat_at"])
@@ -175,12 +176,19 @@ class StoreLock:
             )
 
     def release(self) -> None:
+        """Mark our generation released (it stays, so generation numbers only grow and
+        a stalled former holder always finds a newer one); if the lock was taken over,
+        just delete ours."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
         if self.generation is not None:
-            # Our own generation only: a newer holder's stays (it is the lock now).
-            self.location.delete(f"{LOCK_DIR}/g{self.generation:08d}", recursive=True)
+            self.check()
+            if self.lost_to is None:
+                record = {**self._record(), "released": True}
+                self.location.write(_generation_key(self.generation), _node(record))
+            else:
+                self.location.delete(f"{LOCK_DIR}/g{self.generation:08d}", recursive=True)
         self.generation = None
 
     def __enter__(self) -> StoreLock:

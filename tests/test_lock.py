@@ -51,7 +51,21 @@ def test_an_expired_lock_is_taken_over(tmp_path):
         assert lock.generation == 8
         assert location.entries("emi_lock") == ["g00000008", "zarr.json"]  # old one gone
         lock.ensure_held()
-    assert location.entries("emi_lock") == ["zarr.json"]  # released
+    assert location.entries("emi_lock") == ["g00000008", "zarr.json"]  # kept, released
+    with StoreLock(location) as again:  # a released lock is free at once
+        assert again.generation == 9  # numbers only grow
+
+
+def test_a_stalled_holder_notices_a_takeover_even_after_the_new_holder_left(tmp_path):
+    location = StoreLocation.of(tmp_path / "s.zarr")
+    stalled = StoreLock(location).acquire()
+    stalled._stop.set()  # its heartbeat stops, as in a long pause
+    _plant_holder(location, host="other", pid=1, age_s=600)  # g7, expired
+    location.delete(f"emi_lock/g{stalled.generation:08d}", recursive=True)
+    with StoreLock(location):  # takes g8 over the expired g7, then releases it
+        pass
+    with pytest.raises(StoreLocked, match="lost the writer lock"):
+        stalled.ensure_held()
 
 
 def test_a_dead_holder_on_this_host_is_taken_over_at_once(tmp_path):
