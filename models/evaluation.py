@@ -95,6 +95,7 @@ class Evaluation:
     def write_csv(self, path: str | os.PathLike) -> Path:
         """One row per head, metric and target (``mean`` for the mean over targets)."""
         path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)  # as the predictions CSV does
         with atomic_file(path) as temporary, temporary.open("w", newline="") as f:
             writer = csv.writer(f)
             writer.writerow(["head", "metric", "target", "value", "low", "high"])

@@ -92,7 +92,7 @@ def test_evaluate_equals_scipy_on_the_predictions(evaluated, tmp_path):
     out = run_cli(
         "evaluate", evaluated["store"], "--head", heads[0], "--head", heads[1],
         "--labels", evaluated["test"], "--resamples", "200", "--json",
-        "--csv", tmp_path / "metrics.csv",
+        "--csv", tmp_path / "new" / "metrics.csv",
     ).output  # fmt: skip
     result = json.loads(out)
     run_cli("predict", evaluated["store"], "--head", heads[0], "-o", tmp_path / "p.csv")
@@ -113,7 +113,7 @@ def test_evaluate_equals_scipy_on_the_predictions(evaluated, tmp_path):
     assert scores["means"]["pearson"]["value"] == pytest.approx(np.mean(rs), abs=1e-5)
     [diff] = result["differences"]
     assert (diff["a"], diff["b"]) == ("mean-linear", "compact")
-    rows = list(csv.DictReader((tmp_path / "metrics.csv").open()))
+    rows = list(csv.DictReader((tmp_path / "new" / "metrics.csv").open()))
     assert {r["head"] for r in rows} == {"mean-linear", "compact"}
     assert len(rows) == 2 * 3 * (len(targets) + 1)
     table = run_cli(
