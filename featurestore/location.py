@@ -8,6 +8,7 @@ is anything at this path already (and is it ours), and it creates objects exclus
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 from dataclasses import dataclass, field
 
@@ -106,6 +107,12 @@ class StoreLocation:
     def delete(self, relative: str, *, recursive: bool = False) -> None:
         with contextlib.suppress(FileNotFoundError):
             self.fs.rm(self.key(relative), recursive=recursive)
+
+
+def group_node(attributes: dict) -> bytes:
+    """The ``zarr.json`` of a Zarr v3 group with ``attributes`` (for objects emi writes
+    itself: the root, ``parts/`` and the lock's generations)."""
+    return json.dumps({"zarr_format": 3, "node_type": "group", "attributes": attributes}).encode()
 
 
 def _precondition_failed(err: BaseException) -> bool:

@@ -23,7 +23,7 @@ import threading
 import uuid
 
 from featurestore.errors import StoreError, StoreLocked
-from featurestore.location import StoreLocation
+from featurestore.location import StoreLocation, group_node
 
 LOCK_DIR = "emi_lock"
 DEFAULT_LEASE_S = 60.0
@@ -43,9 +43,7 @@ def _generation_key(generation: int) -> str:
 
 
 def _node(record: dict) -> bytes:
-    return json.dumps(
-        {"zarr_format": 3, "node_type": "group", "attributes": {"emi_lock": record}}
-    ).encode()
+    return group_node({"emi_lock": record})
 
 
 def _process_alive(pid: int) -> bool:
@@ -118,13 +116,7 @@ class StoreLock:
         # The lock folder is a zarr group itself, so plain zarr sees a valid hierarchy.
         self.location.create(
             f"{LOCK_DIR}/zarr.json",
-            json.dumps(
-                {
-                    "zarr_format": 3,
-                    "node_type": "group",
-                    "attributes": {"emi_lock": "writer lock generations (see the README)"},
-                }
-            ).encode(),
+            group_node({"emi_lock": "writer lock generations (see the README)"}),
         )
         for _ in range(20):
             generations = self._generations()

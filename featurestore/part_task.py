@@ -46,11 +46,6 @@ class PartJob:
     storage_options: dict = field(default_factory=dict)
 
 
-def resolve_device(device: str) -> str:
-    """``auto`` -> ``cuda`` where this process sees a GPU, else ``cpu``."""
-    return require_device(device)
-
-
 def cached_backbone(job: PartJob, device: str) -> LoadedBackbone:
     """The worker process's backbone for ``job``, loaded on first use."""
     key = (job.model, job.revision, device)
@@ -76,7 +71,7 @@ def run_part(job: PartJob) -> dict:
         RuntimeError: the backbone on this worker does not match the store's spec, or
             the store cannot be written (the driver records the part's clips as failed).
     """
-    device = resolve_device(job.device)
+    device = require_device(job.device)
     backbone = cached_backbone(job, device)
     spec = build_spec(
         backbone.identity,

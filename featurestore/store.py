@@ -52,7 +52,7 @@ from zarr.core.sync import sync as zarr_sync
 
 from featurestore.errors import StoreDamage, StoreError
 from featurestore.integrity import check_digest, digest_of, digest_of_json
-from featurestore.location import StoreLocation
+from featurestore.location import StoreLocation, group_node
 from featurestore.records import ClipFailure, FieldAccess
 from featurestore.spec import FeatureSpec, as_spec, describe_difference, fingerprint
 from manifests.sources import is_url
@@ -120,12 +120,6 @@ def open_zarr_store(location: str | os.PathLike, *, mode: str, storage_options: 
 
 
 # -- the root: reading it, creating it ---------------------------------------------------
-
-
-def _root_node(meta: dict) -> bytes:
-    return json.dumps(
-        {"zarr_format": 3, "node_type": "group", "attributes": {ROOT_ATTR: meta}}
-    ).encode()
 
 
 def _index_digest(meta: dict) -> str:
@@ -239,9 +233,9 @@ class StoreWriter:
             }
             meta["index_digest"] = _index_digest(meta)
             # The root first: a store is never seen with parts/ but without its root.
-            if not location.create("zarr.json", _root_node(meta)):
+            if not location.create("zarr.json", group_node({ROOT_ATTR: meta})):
                 raise StoreError(f"{location.url}: another run created a store here just now")
-            location.write(f"{PARTS}/zarr.json", _group_node({}))
+            location.write(f"{PARTS}/zarr.json", group_node({}))
             return cls(location, meta, lock)
         if meta["fingerprint"] != wanted:
             raise StoreError(
@@ -260,7 +254,7 @@ class StoreWriter:
         if self.lock is not None:
             self.lock.ensure_held()
         self.meta["index_digest"] = _index_digest(self.meta)
-        self.location.write("zarr.json", _root_node(self.meta))
+        self.location.write("zarr.json", group_node({ROOT_ATTR: self.meta}))
 
     def commit(self, name: str | None, record: dict | None, failures: list[dict]) -> None:
         """Make part ``name`` (its arrays and marker already written) part of the store,
@@ -323,10 +317,6 @@ def uncommitted_parts(location: StoreLocation, committed: dict) -> list[str]:
     """Part folders of the store at ``location`` that are not in ``committed``: being
     written now, or left by a stopped run (the next extract or repair deletes them)."""
     return [n for n in location.entries(PARTS) if n not in committed and n != "zarr.json"]
-
-
-def _group_node(attributes: dict) -> bytes:
-    return json.dumps({"zarr_format": 3, "node_type": "group", "attributes": attributes}).encode()
 
 
 def _utc_now() -> str:

@@ -238,10 +238,3 @@ def check_fingerprint(head: LoadedHead, store_fingerprint: str, store_location: 
             f"{store_fingerprint[:12]}. Extract with the head's backbone and settings "
             "(see its config.json 'store.spec'), or train a head on this store."
         )
-
-
-def torch_device(device: str) -> str:
-    """The device to train or predict on (the rule of :func:`require_device`)."""
-    from featurestore.devices import require_device
-
-    return require_device(device)

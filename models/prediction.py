@@ -10,10 +10,11 @@ from pathlib import Path
 
 import numpy as np
 
+from featurestore.devices import require_device
 from featurestore.store import FeatureStore
 from manifests.atomic import atomic_file
 from models.errors import HeadError
-from models.head_files import LoadedHead, check_fingerprint, load_head, torch_device
+from models.head_files import LoadedHead, check_fingerprint, load_head
 from models.sequences import DEFAULT_BUDGET_BYTES, SequenceData
 from models.training import flush_denormals, predict_batches
 
@@ -36,7 +37,7 @@ def predict_store(
     """
     for head in heads:
         check_fingerprint(head, store.fingerprint, store.location)
-    device = torch_device(device)
+    device = require_device(device)
     ids = list(store.clip_ids if clip_ids is None else clip_ids)
     crops = [h.max_frames for h in heads]
     data = SequenceData(
@@ -86,7 +87,7 @@ def load_heads(heads: Sequence[str | os.PathLike | LoadedHead], *, device: str =
     Raises:
         HeadError: a folder is not a head, or two heads share a name.
     """
-    device = torch_device(device)
+    device = require_device(device)
     loaded = [h if isinstance(h, LoadedHead) else load_head(h, device=device) for h in heads]
     names = [h.name for h in loaded]
     if len(set(names)) != len(names):

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from featurestore.devices import require_device
 from featurestore.store import FeatureStore
 from manifests.labels import LabelTable, check_label_values
 from manifests.records import ManifestError, format_examples
@@ -36,7 +37,6 @@ from models.head_files import (
     StoreRef,
     check_head_destination,
     save_head,
-    torch_device,
 )
 from models.heads import PRESETS, build_head, count_parameters, preset_config
 from models.metrics import evaluate
@@ -446,7 +446,7 @@ def train_heads(
     out = Path(out)
     for p in plans:  # before any work: never write over something that is not a head
         check_head_destination(out if single else out / p.name, overwrite=overwrite)
-    device = torch_device(device)
+    device = require_device(device)
     train = resolve_labels(store, train_table, role="training", skip_missing=skip_missing)
     val = resolve_labels(store, val_table, role="validation", skip_missing=skip_missing)
     crops = [p.settings.max_frames for p in plans]
