@@ -106,6 +106,15 @@ def labelled_store(
     return {"store": store, "audio": audio, "head": folder / presets[0], "folder": folder, **splits}
 
 
+def train_cli(made: dict, out: Path, *extra: str, expect: int | None = 0):
+    """``emi train`` on a :func:`labelled_store` (1 epoch, quiet) into ``out``; ``extra``
+    options come last, so they win over these."""
+    return run_cli(
+        "train", made["store"], "--labels", made["train"], "--val-labels", made["valid"],
+        "--out", out, "--epochs", "1", "--quiet", *extra, expect=expect,
+    )  # fmt: skip
+
+
 def run_cli(*args: str, expect: int | None = 0):
     """Invoke ``emi`` in-process; assert its exit status unless ``expect`` is None."""
     result = CliRunner().invoke(emi, [str(a) for a in args], catch_exceptions=False)

@@ -15,7 +15,7 @@ from safetensors.torch import load_file, save_file
 from featurestore.hdf5 import hdf5_name
 from featurestore.store import FeatureStore
 from manifests import build_manifest, load_manifest, save_manifest
-from tests.conftest import labelled_store, run_cli
+from tests.conftest import labelled_store, run_cli, train_cli
 from tests.synth import write_clip
 
 
@@ -27,21 +27,7 @@ def labelled(tmp_path_factory, tiny_backbone):
 
 
 def _train(labelled, out, *extra, expect=2):
-    return run_cli(
-        "train",
-        labelled["store"],
-        "--labels",
-        labelled["train"],
-        "--val-labels",
-        labelled["valid"],
-        "--out",
-        out,
-        "--epochs",
-        "1",
-        "--quiet",
-        *extra,
-        expect=expect,
-    )
+    return train_cli(labelled, out, *extra, expect=expect)
 
 
 GRIDS = {

@@ -16,7 +16,7 @@ import pytest
 
 from featurestore.store import FeatureStore
 from models.head_files import load_head
-from tests.conftest import labelled_store, run_cli
+from tests.conftest import labelled_store, run_cli, train_cli
 from tests.synth import write_clip
 
 REPO = Path(__file__).resolve().parents[1]
@@ -91,19 +91,7 @@ def test_train_refuses_an_out_folder_that_is_not_a_head(scored, tmp_path):
     out = tmp_path / "mine"
     out.mkdir()
     (out / "thesis.tex").write_text("precious")
-    result = run_cli(
-        "train",
-        scored["store"],
-        "--labels",
-        scored["train"],
-        "--val-labels",
-        scored["valid"],
-        "--out",
-        out,
-        "--epochs",
-        "1",
-        expect=2,
-    )
+    result = train_cli(scored, out, expect=2)
     assert "not a head folder" in result.output
     assert [p.name for p in out.iterdir()] == ["thesis.tex"]
 
@@ -181,23 +169,7 @@ def test_a_crash_while_retraining_leaves_the_old_head(scored, tmp_path, monkeypa
 
     monkeypatch.setattr(models.plots, "plot_learning_curves", crash)
     with pytest.raises(RuntimeError, match="power cut"):
-        run_cli(
-            "train",
-            scored["store"],
-            "--labels",
-            scored["train"],
-            "--val-labels",
-            scored["valid"],
-            "--out",
-            head,
-            "--preset",
-            "mean-linear",
-            "--epochs",
-            "1",
-            "--overwrite",
-            "--quiet",
-            expect=None,
-        )
+        train_cli(scored, head, "--preset", "mean-linear", "--overwrite", expect=None)
     assert snapshot(head) == before
     assert load_head(head).config["preset"] == "compact"
     assert [p.name for p in tmp_path.iterdir()] == ["head"]  # no temporary left behind
@@ -206,23 +178,7 @@ def test_a_crash_while_retraining_leaves_the_old_head(scored, tmp_path, monkeypa
 def test_predict_refuses_a_head_whose_weights_were_replaced(scored, tmp_path):
     first, second = tmp_path / "first", tmp_path / "second"
     shutil.copytree(scored["head"], first)
-    run_cli(
-        "train",
-        scored["store"],
-        "--labels",
-        scored["train"],
-        "--val-labels",
-        scored["valid"],
-        "--out",
-        second,
-        "--preset",
-        "compact",
-        "--epochs",
-        "1",
-        "--seed",
-        "5",
-        "--quiet",
-    )
+    train_cli(scored, second, "--preset", "compact", "--seed", "5")
     shutil.copy(second / "model.safetensors", first / "model.safetensors")
     result = run_cli(
         "predict", scored["store"], "--head", first, "-o", tmp_path / "p.csv", expect=2
@@ -314,20 +270,12 @@ def test_train_refuses_an_existing_head_unless_overwrite(scored, tmp_path):
     head = tmp_path / "head"
     shutil.copytree(scored["head"], head)
     before = snapshot(head)
-    args = [
-        "train", scored["store"], "--labels", scored["train"], "--val-labels",
-        scored["valid"], "--out", head, "--preset", "mean-linear", "--epochs", "1", "--quiet",
-    ]  # fmt: skip
-    refused = run_cli(*args, expect=2)
+    refused = train_cli(scored, head, "--preset", "mean-linear", expect=2)
     assert "already holds a head" in refused.output and "--overwrite" in refused.output
     assert snapshot(head) == before
-    run_cli(*args, "--overwrite")
+    train_cli(scored, head, "--preset", "mean-linear", "--overwrite")
     assert load_head(head).config.preset == "mean-linear"
     grid = tmp_path / "grid.json"
     grid.write_text(json.dumps({"heads": [{"name": "head", "preset": "mean-linear"}]}))
-    grid_args = [
-        "train", scored["store"], "--labels", scored["train"], "--val-labels",
-        scored["valid"], "--out", tmp_path, "--grid", grid, "--epochs", "1", "--quiet",
-    ]  # fmt: skip
-    again = run_cli(*grid_args, expect=2)
+    again = train_cli(scored, tmp_path, "--grid", grid, expect=2)
     assert "already holds a head" in again.output

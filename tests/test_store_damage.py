@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from featurestore.store import FeatureStore
-from tests.conftest import labelled_store, run_cli
+from tests.conftest import labelled_store, run_cli, train_cli
 from tests.reference import assert_same_features
 
 
@@ -106,21 +106,8 @@ def test_part_damage_is_reported_refused_and_repaired(kind, trusted, tmp_path):
     assert f"part {part}" in predicted.output and "Traceback" not in predicted.output
     exported = run_cli("store", "export", store, out / "f.h5", expect=2)
     assert f"part {part}" in exported.output
-    trained = run_cli(
-        "train",
-        store,
-        "--labels",
-        trusted["train"],
-        "--val-labels",
-        trusted["valid"],
-        "--out",
-        out / "head",
-        "--preset",
-        "mean-linear",
-        "--epochs",
-        "1",
-        "--quiet",
-        expect=2,
+    trained = train_cli(
+        {**trusted, "store": store}, out / "head", "--preset", "mean-linear", expect=2
     )
     assert f"part {part}" in trained.output
     scored = run_cli(
