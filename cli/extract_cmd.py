@@ -58,6 +58,13 @@ DEFAULTS = ExtractOptions()
     "time, fastest there), 120 on GPU.",
 )
 @click.option(
+    "--decode-threads",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Threads per worker that decode the next clips while the device works "
+    "(0: decode in turn). Default: EMI_DECODE_THREADS, else the worker's CPUs.",
+)
+@click.option(
     "--max-seconds",
     type=click.FloatRange(min=0.025),
     default=None,
@@ -74,9 +81,9 @@ DEFAULTS = ExtractOptions()
 @click.option(
     "--part-seconds",
     type=click.FloatRange(min=1),
-    default=DEFAULTS.part_seconds,
-    show_default=True,
-    help="Audio seconds per part (one task, one store group).",
+    default=None,
+    help="Audio seconds per part (one task, one store group). Default: 600 on CPU "
+    "workers, 3600 on GPU workers.",
 )
 @click.option(
     "--labels",
@@ -109,9 +116,10 @@ def extract(
     workers: int,
     scheduler: str | None,
     batch_seconds: float | None,
+    decode_threads: int | None,
     max_seconds: float | None,
     window_seconds: float,
-    part_seconds: float,
+    part_seconds: float | None,
     label_files: tuple[str, ...],
     refresh_changed: bool,
     dashboard: bool,
@@ -136,6 +144,7 @@ def extract(
         workers=workers,
         scheduler=scheduler,
         batch_seconds=batch_seconds,
+        decode_threads=decode_threads,
         max_seconds=max_seconds,
         window_seconds=window_seconds or None,
         part_seconds=part_seconds,

@@ -7,6 +7,7 @@ or an existing scheduler) -> each task writes its own part and its marker last.
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import time
@@ -20,7 +21,13 @@ from featurestore.devices import require_device
 from featurestore.errors import StoreError
 from featurestore.location import StoreLocation
 from featurestore.lock import StoreLock
-from featurestore.options import DEFAULT_MODEL, MIN_PART_SECONDS, ExtractOptions
+from featurestore.options import (
+    CPU_PART_SECONDS,
+    DEFAULT_MODEL,
+    GPU_PART_SECONDS,
+    MIN_PART_SECONDS,
+    ExtractOptions,
+)
 from featurestore.part_task import PartJob, run_part
 from featurestore.records import ClipFailure
 from featurestore.spec import build_spec, fingerprint
@@ -53,22 +60,22 @@ class ExtractSummary:
 def plan_parts(records: list[ClipRecord], *, part_seconds: float) -> list[list[ClipRecord]]:
     """Split clips into parts of about ``part_seconds`` of audio, similar lengths together.
 
-    Longest clips first, so the longest parts start first and finish with the rest.
+    Longest clips first, so the longest parts start first and finish with the rest. The
+    parts are of nearly equal audio (``ceil(total / part_seconds)`` of them): no small
+    trailing part whose fixed costs would idle a device.
     """
     ordered = sorted(records, key=lambda r: (-(r.duration_s or 0.0), r.clip_id))
-    parts: list[list[ClipRecord]] = []
-    current: list[ClipRecord] = []
-    seconds = 0.0
+    total = sum(r.duration_s or 0.0 for r in ordered)
+    count = max(1, math.ceil(total / part_seconds)) if part_seconds > 0 else 1
+    target = total / count if total else 1.0
+    parts: list[list[ClipRecord]] = [[] for _ in range(count)]
+    done = 0.0
     for record in ordered:
         duration = record.duration_s or 0.0
-        if current and seconds + duration > part_seconds:
-            parts.append(current)
-            current, seconds = [], 0.0
-        current.append(record)
-        seconds += duration
-    if current:
-        parts.append(current)
-    return parts
+        # A clip belongs to the part in which its middle falls.
+        parts[min(count - 1, int((done + duration / 2) / target))].append(record)
+        done += duration
+    return [part for part in parts if part]
 
 
 def _clip_job_dict(r: ClipRecord) -> dict:
@@ -174,14 +181,19 @@ def _submit(client, missing, options, identity, writer, lock, fingerprint: str) 
     # At least two parts per worker when there is enough audio, so all stay busy.
     total_s = sum(r.duration_s or 0.0 for r in missing)
     per_worker = total_s / (2 * worker_count(client))
-    parts = plan_parts(
-        missing, part_seconds=min(options.part_seconds, max(MIN_PART_SECONDS, per_worker))
-    )
+    resources = {"GPU": 1} if has_gpu_resource(client) else None
+    part_seconds = options.part_seconds
+    if part_seconds is None:  # a GPU part takes seconds: fewer, longer parts idle it less
+        on_gpu = resources is not None or (
+            not (options.scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS"))
+            and require_device(options.device).startswith("cuda")
+        )
+        part_seconds = GPU_PART_SECONDS if on_gpu else CPU_PART_SECONDS
+    parts = plan_parts(missing, part_seconds=min(part_seconds, max(MIN_PART_SECONDS, per_worker)))
     first = writer.next_part_number()
     threads = None
     if not (options.scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS")):
         threads = max(1, (os.cpu_count() or 1) // max(1, options.workers))
-    resources = {"GPU": 1} if has_gpu_resource(client) else None
     futures = {}
     for k, part_records in enumerate(parts):
         job = PartJob(
@@ -198,6 +210,7 @@ def _submit(client, missing, options, identity, writer, lock, fingerprint: str) 
             max_seconds=options.max_seconds,
             torch_threads=threads,
             storage_options=options.storage_options,
+            decode_threads=options.decode_threads,
         )
         future = client.submit(
             run_part,

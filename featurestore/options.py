@@ -13,6 +13,8 @@ DEVICES = ("auto", "cpu", "cuda")
 COMPUTE_DTYPES = ("float32", "float16", "bfloat16")
 GPU_BATCH_SECONDS = 120.0  # padded audio seconds per forward on a GPU (CPU: one clip)
 MIN_PART_SECONDS = 30.0
+CPU_PART_SECONDS = 600.0  # default audio per part on CPU workers (minutes of work)
+GPU_PART_SECONDS = 3600.0  # on GPU workers (seconds of work: fixed costs per part matter)
 
 # Random backbones for tests and demos (``emi model init-random --size``).
 BACKBONE_SIZES: dict[str, dict] = {
@@ -72,9 +74,12 @@ class ExtractOptions:
         workers: local dask worker processes (1 runs in-process).
         scheduler: address of a running dask scheduler (also ``DASK_SCHEDULER_ADDRESS``).
         batch_seconds: padded audio seconds per forward; None: 0 on CPU, 120 on GPU.
+        decode_threads: threads per worker decoding ahead of the device (0: in turn);
+            None: ``EMI_DECODE_THREADS``, else the worker's share of the CPUs.
         max_seconds: keep each clip's first seconds (the paper: 12).
         window_seconds: encode longer clips in windows of this length; None: never.
-        part_seconds: audio seconds per part (one task, one store group).
+        part_seconds: audio seconds per part (one task, one store group); None:
+            :data:`CPU_PART_SECONDS`, or :data:`GPU_PART_SECONDS` on GPU workers.
         refresh_changed: recompute stored clips whose file changed.
         expect_fingerprint: refuse, before any work, to make other features.
         dashboard: serve the local cluster's dashboard on 127.0.0.1:8787.
@@ -89,9 +94,10 @@ class ExtractOptions:
     workers: int = 1
     scheduler: str | None = None
     batch_seconds: float | None = None
+    decode_threads: int | None = None
     max_seconds: float | None = None
     window_seconds: float | None = 30.0
-    part_seconds: float = 600.0
+    part_seconds: float | None = None
     refresh_changed: bool = False
     expect_fingerprint: str | None = None
     dashboard: bool = False
@@ -101,5 +107,7 @@ class ExtractOptions:
     def __post_init__(self) -> None:
         if self.device not in DEVICES and not self.device.startswith("cuda:"):
             raise ValueError(f"device must be one of {', '.join(DEVICES)}, not {self.device!r}")
+        if self.decode_threads is not None and self.decode_threads < 0:
+            raise ValueError(f"decode threads must be 0 or more, not {self.decode_threads}")
         if self.compute_dtype not in COMPUTE_DTYPES:
             raise ValueError(f"compute dtype must be one of {', '.join(COMPUTE_DTYPES)}")

@@ -2,26 +2,39 @@
 
 Runs on a dask worker. The backbone is loaded once per worker process and kept in a
 module-level cache keyed by (model, revision, device): tasks never reload it.
+
+The three stages overlap (``featurestore.pipeline``): threads decode the next clips
+while the device encodes the current round of clips, and a thread compresses and
+writes the rounds already encoded. A part's first round is short (the device starts
+after :data:`FIRST_ROUND_SECONDS` of audio are decoded), later rounds double up to one
+batch (``batch_seconds``, at least :data:`MIN_ROUND_SECONDS`); parts hold clips of
+similar lengths, longest first, so rounds in arrival order batch with little padding.
+The features of a clip do not depend on its round.
 """
 
 from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 
-from featurestore.audio import AudioError, DecodedClip, decode_clip
+from featurestore.audio import SAMPLE_RATE_HZ, AudioError, DecodedClip, decode_clip
 from featurestore.backbone import LoadedBackbone, load_backbone
 from featurestore.devices import require_device
-from featurestore.encode import encode_clips
+from featurestore.encode import BatchEncoder, ClipFeatures, encode_clips
 from featurestore.options import GPU_BATCH_SECONDS
+from featurestore.pipeline import WriteBehind, available_cpus, decode_ahead
 from featurestore.spec import build_spec, fingerprint
-from featurestore.store import StoredClip, open_zarr_store, write_part
+from featurestore.store import PartWriter, StoredClip, open_zarr_store
 
 COMPUTE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+FIRST_ROUND_SECONDS = 10.0  # audio of a part's first round: the device starts early
+MIN_ROUND_SECONDS = 30.0  # rounds then double up to max(this, batch_seconds)
+WRITE_DEPTH = 2  # encoded rounds that may wait for the writer
 
 _BACKBONES: dict[tuple, LoadedBackbone] = {}
 _LOCK = threading.Lock()
@@ -44,6 +57,7 @@ class PartJob:
     max_seconds: float | None
     torch_threads: int | None = None
     storage_options: dict = field(default_factory=dict)
+    decode_threads: int | None = None  # None: EMI_DECODE_THREADS, else the worker's CPUs
 
 
 def cached_backbone(job: PartJob, device: str) -> LoadedBackbone:
@@ -59,8 +73,22 @@ def cached_backbone(job: PartJob, device: str) -> LoadedBackbone:
         return _BACKBONES[key]
 
 
-def run_part(job: PartJob) -> dict:
+def decode_threads_for(job: PartJob) -> int:
+    """Decoding threads for ``job``: the job's setting, ``EMI_DECODE_THREADS``, the
+    worker's torch threads, else every CPU this process may use."""
+    for value in (job.decode_threads, os.environ.get("EMI_DECODE_THREADS"), job.torch_threads):
+        if value not in (None, ""):
+            return max(0, int(value))
+    return available_cpus()
+
+
+def run_part(job: PartJob, *, encoder: BatchEncoder | None = None) -> dict:
     """Extract and write one part; per-clip problems become failures, not exceptions.
+
+    Args:
+        job: the part.
+        encoder: the device step, with the ``identity`` of its backbone; None: the
+            worker's backbone on ``job.device`` (benchmarks and tests pass a stand-in).
 
     Returns:
         ``{"part", "record" (to commit), "clips", "frames", "audio_s",
@@ -72,9 +100,16 @@ def run_part(job: PartJob) -> dict:
             the store cannot be written (the driver records the part's clips as failed).
     """
     device = require_device(job.device)
-    backbone = cached_backbone(job, device)
+    if encoder is None:
+        backbone = cached_backbone(job, device)
+        encoder = BatchEncoder(
+            backbone.model,
+            device,
+            COMPUTE_DTYPES[job.compute_dtype],
+            identity=backbone.identity,
+        )
     spec = build_spec(
-        backbone.identity,
+        encoder.identity,
         max_seconds=job.max_seconds,
         window_seconds=job.window_seconds,
         compute_dtype=job.compute_dtype,
@@ -85,67 +120,99 @@ def run_part(job: PartJob) -> dict:
             f"the store expects {job.fingerprint[:12]}: the checkpoint differs between "
             "the driver and this worker"
         )
-    failures: list[dict] = []
-    kept, decoded = _decode(job, failures)
     batch_seconds = job.batch_seconds
     if batch_seconds is None:  # batching does not pay on a CPU (method.md, pitfalls)
         batch_seconds = GPU_BATCH_SECONDS if device.startswith("cuda") else 0.0
-    results = encode_clips(
-        backbone.model,
-        [d.samples for d in decoded],
-        batch_seconds=batch_seconds,
-        window_seconds=job.window_seconds,
-        device=device,
-        dtype=COMPUTE_DTYPES[job.compute_dtype],
-    )
-    stored, features = _usable(kept, decoded, results, failures)
-    del decoded
-    record = write_part(
+    round_seconds = max(MIN_ROUND_SECONDS, batch_seconds)
+    part = PartWriter(
         open_zarr_store(job.store, mode="a", storage_options=job.storage_options),
         job.part,
         spec,
-        stored,
-        features,
     )
+    writer = WriteBehind(lambda work: part.append(*work), depth=WRITE_DEPTH)
+    failures: list[dict] = []
+    audio_s = 0.0
+    try:
+        for batch in _rounds(job, round_seconds, failures):
+            kept = [clip for clip, _ in batch]
+            results = encode_clips(
+                encoder,
+                [decoded.samples for _, decoded in batch],
+                batch_seconds=batch_seconds,
+                window_seconds=job.window_seconds,
+            )
+            stored, features = _usable(kept, [d for _, d in batch], results, failures)
+            audio_s += sum(c.duration_s for c in stored)
+            writer.submit((stored, features))
+    finally:
+        writer.close()
+    record = part.finish()
     return {
         "part": job.part,
         "record": record,
         "clips": record["clips"],
         "frames": record["frames"],
-        "audio_s": float(sum(c.duration_s for c in stored)),
+        "audio_s": float(audio_s),
         "failures": failures,
     }
+
+
+def _rounds(
+    job: PartJob, round_seconds: float, failures: list[dict]
+) -> Iterator[list[tuple[dict, DecodedClip]]]:
+    """The part's decoded clips, in rounds of :data:`FIRST_ROUND_SECONDS` of audio, then
+    twice as much up to ``round_seconds`` (the last may be shorter); clips that cannot be
+    decoded are added to ``failures`` (the decoder is the authority on a file, whatever
+    the manifest's probe said)."""
+    decoded = decode_ahead(
+        job.clips,
+        lambda clip: decode_clip(clip["path"], max_seconds=job.max_seconds),
+        threads=decode_threads_for(job),
+        ahead_seconds=2 * round_seconds,
+        seconds=lambda clip: _expected_seconds(clip, job.max_seconds),
+    )
+    current: list[tuple[dict, DecodedClip]] = []
+    seconds, target = 0.0, min(FIRST_ROUND_SECONDS, round_seconds)
+    for clip, result in decoded:
+        if isinstance(result, Exception):
+            failures.append(_failure(clip, _decode_reason(result)))
+            continue
+        current.append((clip, result))
+        seconds += len(result.samples) / SAMPLE_RATE_HZ
+        if seconds >= target:
+            yield current
+            current, seconds, target = [], 0.0, min(2 * target, round_seconds)
+    if current:
+        yield current
+
+
+def _expected_seconds(clip: dict, max_seconds: float | None) -> float:
+    seconds = clip.get("duration_s") or 1.0
+    return min(seconds, max_seconds) if max_seconds else seconds
+
+
+def _decode_reason(err: Exception) -> str:
+    if isinstance(err, AudioError):
+        return str(err)
+    return f"decoding failed: {type(err).__name__}: {err}"
 
 
 def _failure(clip: dict, reason: str) -> dict:
     return {"clip_id": clip["clip_id"], "path": clip["path"], "reason": reason}
 
 
-def _decode(job: PartJob, failures: list[dict]) -> tuple[list[dict], list[DecodedClip]]:
-    """The part's clips decoded (the decoder is the authority on a file, whatever the
-    manifest's probe said); those that cannot be are added to ``failures``."""
-    kept, decoded = [], []
-    for clip in job.clips:
-        try:
-            decoded.append(decode_clip(clip["path"], max_seconds=job.max_seconds))
-            kept.append(clip)
-        except AudioError as err:
-            failures.append(_failure(clip, str(err)))
-    return kept, decoded
-
-
-def _usable(kept, decoded, results, failures: list[dict]):
-    """The clips whose encoding succeeded with finite features, as (stored, features);
-    the others are added to ``failures``."""
+def _usable(
+    kept: list[dict],
+    decoded: list[DecodedClip],
+    results: list[ClipFeatures | Exception],
+    failures: list[dict],
+) -> tuple[list[StoredClip], list[ClipFeatures]]:
+    """The clips whose encoding succeeded (with finite features, checked on the device),
+    as (stored, features); the others are added to ``failures``."""
     stored, features = [], []
     for clip, audio, result in zip(kept, decoded, results, strict=True):
         if isinstance(result, Exception):
             failures.append(_failure(clip, str(result)))
-            continue
-        if not (np.isfinite(result.hidden).all() and np.isfinite(result.frame_vad).all()):
-            failures.append(
-                _failure(clip, "backbone produced non-finite features (float16 overflow?)")
-            )
             continue
         stored.append(
             StoredClip(

@@ -1,0 +1,131 @@
+"""The stages that keep a device fed: decode ahead on threads, write behind on a thread.
+
+A part task (``featurestore.part_task``) runs three stages at once:
+
+1. :func:`decode_ahead`: a pool of ``decode_threads`` threads decodes, resamples and
+   normalises the next clips (libsndfile, soxr and numpy release the GIL) while the
+   device works; at most ``ahead_seconds`` of audio (by the manifest's durations) is
+   decoded but not yet taken.
+2. the device step, on the task's own thread, in rounds of about ``round_seconds``.
+3. :class:`WriteBehind`: one thread compresses and writes finished rounds; at most
+   ``depth`` rounds wait for it.
+
+So the memory of a task is bounded by the audio decoded ahead, the round on the device
+and the ``depth`` rounds waiting to be written (see the README for the figures), not by
+the size of the part.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TypeVar
+
+Item = TypeVar("Item")
+Result = TypeVar("Result")
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (its affinity mask, else the machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def decode_ahead(
+    items: Iterable[Item],
+    decode: Callable[[Item], Result],
+    *,
+    threads: int,
+    ahead_seconds: float,
+    seconds: Callable[[Item], float],
+) -> Iterator[tuple[Item, Result | Exception]]:
+    """Yield ``(item, decode(item))`` in order, decoding ahead on ``threads`` threads.
+
+    ``decode`` errors are yielded in place of the result (one clip's failure never
+    stops the others). ``threads`` 0 decodes on the caller's thread, in order, when each
+    item is taken. Items are submitted while less than ``ahead_seconds`` (by
+    ``seconds(item)``) are decoded or decoding, and always ``threads`` items at least.
+    """
+    if threads <= 0:
+        for item in items:
+            yield item, _call(decode, item)
+        return
+    pending: deque[tuple[Item, Future, float]] = deque()
+    source = iter(items)
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="emi-decode") as pool:
+        try:
+            exhausted = False
+            while True:
+                in_flight = sum(s for _, _, s in pending)
+                while not exhausted and (len(pending) < threads or in_flight < ahead_seconds):
+                    item = next(source, None)
+                    if item is None:
+                        exhausted = True
+                        break
+                    pending.append((item, pool.submit(_call, decode, item), seconds(item)))
+                    in_flight += pending[-1][2]
+                if not pending:
+                    return
+                item, future, _ = pending.popleft()
+                yield item, future.result()
+        finally:  # a consumer that stops early: drop what has not started
+            for _, future, _ in pending:
+                future.cancel()
+
+
+def _call(decode: Callable, item):
+    try:
+        return decode(item)
+    except Exception as err:  # noqa: BLE001 - reported per item
+        return err
+
+
+class WriteBehind:
+    """Runs ``write(round)`` for each submitted round on one background thread.
+
+    ``submit`` blocks while ``depth`` rounds are waiting, so memory stays bounded. The
+    first error of ``write`` is raised by the next ``submit`` or by ``close``; after an
+    error later rounds are dropped.
+    """
+
+    def __init__(self, write: Callable[[object], None], *, depth: int = 2) -> None:
+        self._write = write
+        self._queue: queue.Queue = queue.Queue(maxsize=max(1, depth))
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._loop, name="emi-write", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while True:
+            work = self._queue.get()
+            if work is _STOP:
+                return
+            if self._error is None:
+                try:
+                    self._write(work)
+                except BaseException as err:  # noqa: BLE001 - handed to the caller
+                    self._error = err
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def submit(self, work: object) -> None:
+        """Queue ``work`` (waits while the queue is full)."""
+        self._raise()
+        self._queue.put(work)
+
+    def close(self) -> None:
+        """Wait for every queued round to be written; raise the first write error."""
+        self._queue.put(_STOP)
+        self._thread.join()
+        self._raise()
+
+
+_STOP = object()
