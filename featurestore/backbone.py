@@ -263,28 +263,90 @@ def _used_weights(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 _WEIGHTS_HASHES: dict[tuple, str] = {}
+WEIGHTS_HASH_CACHE = "weights-sha256.json"  # under the user cache (``EMI_CACHE``)
 
 
-def _cached_weights_hash(folder: Path, state: dict[str, torch.Tensor]) -> str:
-    """Hash the weights once per process and weight file (same path, size, mtime)."""
-    files = [folder / name for name in WEIGHT_FILES if (folder / name).is_file()]
-    stat = files[0].stat()
-    key = (str(files[0].resolve()), stat.st_size, stat.st_mtime_ns)
+def _weights_file(folder: Path) -> Path:
+    for name in WEIGHT_FILES:
+        if (folder / name).is_file():
+            return folder / name
+    raise BackboneError(f"{folder}: no {' or '.join(WEIGHT_FILES)}")
+
+
+def _file_key(file: Path) -> str:
+    """What identifies a weight file's version without reading it: resolved path, size,
+    modification time (ns), device and inode. Any change gives a new key."""
+    stat = file.stat()
+    return f"{file.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{stat.st_dev}|{stat.st_ino}"
+
+
+def _hash_cache_file() -> Path:
+    root = Path(os.environ.get("EMI_CACHE", Path.home() / ".cache" / "emi"))
+    return root / WEIGHTS_HASH_CACHE
+
+
+def _read_hash_cache() -> dict[str, str]:
+    try:
+        cached = json.loads(_hash_cache_file().read_text())
+    except (OSError, ValueError):  # none yet, unreadable or damaged: recompute
+        return {}
+    return cached if isinstance(cached, dict) else {}
+
+
+def _remember_hash(key: str, digest: str) -> None:
+    """Add to the on-disk cache (atomic replace; a cache that cannot be written is
+    skipped: it only saves time)."""
+    file = _hash_cache_file()
+    try:
+        file.parent.mkdir(parents=True, exist_ok=True)
+        entries = {k: v for k, v in _read_hash_cache().items() if isinstance(v, str)}
+        entries[key] = digest
+        if len(entries) > 256:  # keep the newest entries
+            entries = dict(list(entries.items())[-256:])
+        temporary = file.with_name(f".{file.name}.{os.getpid()}.tmp")
+        temporary.write_text(json.dumps(entries, indent=1))
+        os.replace(temporary, file)
+    except OSError:
+        pass
+
+
+def cached_weights_hash(folder: Path) -> str | None:
+    """The weights' sha256 remembered for this exact weight file, or None."""
+    key = _file_key(_weights_file(folder))
     if key not in _WEIGHTS_HASHES:
-        _WEIGHTS_HASHES[key] = hash_state_dict(state)
+        digest = _read_hash_cache().get(key)
+        if not isinstance(digest, str) or len(digest) != 64:
+            return None
+        _WEIGHTS_HASHES[key] = digest
     return _WEIGHTS_HASHES[key]
 
 
+def _weights_hash(folder: Path, state: dict[str, torch.Tensor]) -> str:
+    """Hash the weights once per weight file version (same path, size, mtime, inode):
+    remembered in the process and in the user cache, so a later run skips the hashing
+    (about 2 s for a 1.2 GB checkpoint) and, when only identifying, the reading."""
+    digest = cached_weights_hash(folder)
+    if digest is None:
+        digest = hash_state_dict(state)
+        key = _file_key(_weights_file(folder))
+        _WEIGHTS_HASHES[key] = digest
+        _remember_hash(key, digest)
+    return digest
+
+
 def _read_checkpoint(
-    ref: str, revision: str | None
-) -> tuple[BackboneIdentity, dict[str, torch.Tensor], Path]:
+    ref: str, revision: str | None, *, weights: bool = True
+) -> tuple[BackboneIdentity, dict[str, torch.Tensor] | None, Path]:
+    """The identity of a checkpoint, and its used weights (``weights``, or when their
+    hash is not cached)."""
     folder, resolved_revision = resolve_checkpoint(ref, revision=revision)
     config, raw = read_config(folder)
-    state = _used_weights(read_weights(folder))
+    digest = None if weights else cached_weights_hash(folder)
+    state = _used_weights(read_weights(folder)) if digest is None or weights else None
     identity = BackboneIdentity(
         ref=local_ref(ref),
         revision=resolved_revision,
-        weights_sha256=_cached_weights_hash(folder, state),
+        weights_sha256=digest or _weights_hash(folder, state),
         config_sha256=hash_config(raw),
         config=config,
     )
@@ -312,8 +374,9 @@ def local_ref(ref: str) -> str:
 
 
 def identify_backbone(ref: str, *, revision: str | None = None) -> BackboneIdentity:
-    """Hash a checkpoint's weights and config without building the model."""
-    return _read_checkpoint(ref, revision)[0]
+    """Hash a checkpoint's weights and config without building the model (the weights
+    are not even read when their hash is cached for this exact file)."""
+    return _read_checkpoint(ref, revision, weights=False)[0]
 
 
 def load_backbone(ref: str, *, device: str = "cpu", revision: str | None = None) -> LoadedBackbone:

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # tests never download
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
+# The user cache (score store, weights hashes) of a test run is its own.
+os.environ["EMI_CACHE"] = tempfile.mkdtemp(prefix="emi-test-cache-")
 
 from pathlib import Path  # noqa: E402
 

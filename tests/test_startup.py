@@ -1,0 +1,83 @@
+"""Small jobs start fast: a checkpoint's weights are hashed once per file version."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from featurestore import backbone
+from featurestore.backbone import identify_backbone, load_backbone
+from featurestore.errors import BackboneError
+from featurestore.random_backbone import write_random_backbone
+
+
+def _new_process(monkeypatch, *, weights_readable: bool) -> list[str]:
+    """Forget the in-process hashes; count (or refuse) reads of the weight file."""
+    monkeypatch.setattr(backbone, "_WEIGHTS_HASHES", {})
+    reads: list[str] = []
+    read = backbone.read_weights
+
+    def counting(folder):
+        reads.append(str(folder))
+        if not weights_readable:
+            raise BackboneError("weights read although their hash was cached")
+        return read(folder)
+
+    monkeypatch.setattr(backbone, "read_weights", counting)
+    return reads
+
+
+def test_a_cached_hash_spares_reading_the_weights(tmp_path, monkeypatch):
+    monkeypatch.setenv("EMI_CACHE", str(tmp_path / "cache"))
+    folder = write_random_backbone(tmp_path / "ckpt", seed=3)
+    first = load_backbone(str(folder)).identity
+    assert (tmp_path / "cache" / backbone.WEIGHTS_HASH_CACHE).is_file()
+    _new_process(monkeypatch, weights_readable=False)
+    again = identify_backbone(str(folder))
+    assert again.weights_sha256 == first.weights_sha256
+    assert again.checkpoint_hash == first.checkpoint_hash
+
+
+def test_a_changed_weight_file_is_hashed_again(tmp_path, monkeypatch):
+    monkeypatch.setenv("EMI_CACHE", str(tmp_path / "cache"))
+    folder = write_random_backbone(tmp_path / "ckpt", seed=3)
+    before = identify_backbone(str(folder)).weights_sha256
+    weights = folder / "model.safetensors"
+    size = weights.stat().st_size
+    write_random_backbone(tmp_path / "other", seed=4)
+    os.replace(tmp_path / "other" / "model.safetensors", weights)  # same size, new bytes
+    assert weights.stat().st_size == size
+    reads = _new_process(monkeypatch, weights_readable=True)
+    after = identify_backbone(str(folder)).weights_sha256
+    assert reads and after != before
+    assert after == backbone.hash_state_dict(backbone._used_weights(backbone.read_weights(folder)))
+
+
+@pytest.mark.parametrize("damage", ["garbage", "wrong digest type", "missing"])
+def test_a_damaged_cache_is_ignored_and_rewritten(tmp_path, monkeypatch, damage):
+    monkeypatch.setenv("EMI_CACHE", str(tmp_path / "cache"))
+    folder = write_random_backbone(tmp_path / "ckpt", seed=5)
+    expected = identify_backbone(str(folder)).weights_sha256
+    cache = tmp_path / "cache" / backbone.WEIGHTS_HASH_CACHE
+    if damage == "garbage":
+        cache.write_bytes(b"\x00{not json")
+    elif damage == "wrong digest type":
+        cache.write_text(json.dumps({k: 7 for k in json.loads(cache.read_text())}))
+    else:
+        cache.unlink()
+    reads = _new_process(monkeypatch, weights_readable=True)
+    assert identify_backbone(str(folder)).weights_sha256 == expected
+    assert reads  # recomputed from the weights
+    assert expected in json.loads(cache.read_text()).values()
+
+
+def test_an_unwritable_cache_only_costs_time(tmp_path, monkeypatch):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the cache folder would be")
+    monkeypatch.setenv("EMI_CACHE", str(blocker))
+    folder = write_random_backbone(tmp_path / "ckpt", seed=6)
+    first = identify_backbone(str(folder)).weights_sha256
+    _new_process(monkeypatch, weights_readable=True)
+    assert identify_backbone(str(folder)).weights_sha256 == first
