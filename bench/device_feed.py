@@ -43,7 +43,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 HIDDEN = 1024  # the large-robust-12 shape
-POOL_FRAMES = 3_000  # 60 s of frames: covers the 30 s windows
+POOL_FRAMES = 40_000  # 13 min of frames, handed out in turn: no chunk repeats data
 RATIOS = (0.5, 0.7, 1.0)
 
 
@@ -120,6 +120,20 @@ def stand_in_identity():
     )
 
 
+class Pool:
+    """Distinct frames for each call, handed out in turn from a random pool (features
+    that repeat within a chunk would compress unrealistically fast)."""
+
+    def __init__(self, values) -> None:
+        self.values, self.cursor = values, 0
+
+    def take(self, frames: int) -> int:
+        if self.cursor + frames > len(self.values):
+            self.cursor = 0
+        start, self.cursor = self.cursor, self.cursor + frames
+        return start
+
+
 def pipelined_encoder(identity, busy: Busy, rate: float):
     """A stand-in for ``featurestore.encode.BatchEncoder``: what a GPU sends back."""
     import numpy as np
@@ -127,8 +141,8 @@ def pipelined_encoder(identity, busy: Busy, rate: float):
     from featurestore.encode import SegmentOutput
 
     rng = np.random.default_rng(1)
-    hidden_pool = rng.standard_normal((POOL_FRAMES, HIDDEN)).astype(np.float16)
-    vad_pool = rng.standard_normal((POOL_FRAMES, 3)).astype(np.float32)
+    hidden = Pool(rng.standard_normal((POOL_FRAMES, HIDDEN)).astype(np.float16))
+    vad = rng.standard_normal((POOL_FRAMES, 3)).astype(np.float32)
     sums = rng.standard_normal(HIDDEN).astype(np.float32)
 
     class StandInDevice:
@@ -143,10 +157,19 @@ def pipelined_encoder(identity, busy: Busy, rate: float):
             for index, row in enumerate(rows):
                 staging[index, : len(row)] = row
             busy.wait(sum(len(r) for r in rows) / 16_000, rate)
-            return [
-                SegmentOutput(hidden_pool[:n], vad_pool[:n], sums * n, vad_pool[0] * n, True)
-                for n in frames
-            ]
+            outputs = []
+            for n in frames:
+                start = hidden.take(n)
+                outputs.append(
+                    SegmentOutput(
+                        hidden.values[start : start + n],
+                        vad[start : start + n],
+                        sums * n,
+                        vad[start] * n,
+                        True,
+                    )
+                )
+            return outputs
 
         def clip_vad(self, means):
             return np.zeros((len(means), 3), np.float32)
@@ -161,7 +184,7 @@ def patch_baseline_forward(part_task, identity, busy: Busy, rate: float) -> None
     from featurestore.backbone import LoadedBackbone
 
     generator = torch.Generator().manual_seed(1)
-    hidden_pool = torch.randn((POOL_FRAMES, HIDDEN), generator=generator)
+    hidden = Pool(torch.randn((POOL_FRAMES, HIDDEN), generator=generator))
     vad_pool = torch.randn((POOL_FRAMES, 3), generator=generator)
 
     class StandInForward:
@@ -173,10 +196,10 @@ def patch_baseline_forward(part_task, identity, busy: Busy, rate: float) -> None
             real = batch * samples if attention_mask is None else int(attention_mask.sum())
             busy.wait(real / 16_000, rate)
             frames = (samples - 400) // 320 + 1
-            return (
-                hidden_pool[None, :frames].expand(batch, -1, -1),
-                vad_pool[None, :frames].expand(batch, -1, -1),
-            )
+            start = hidden.take(batch * frames)  # rows: consecutive, distinct slices
+            rows = hidden.values[start : start + batch * frames].view(batch, frames, HIDDEN)
+            vad = vad_pool[start % (POOL_FRAMES - frames) :][:frames]
+            return rows, vad[None].expand(batch, -1, -1)
 
     loaded = LoadedBackbone(model=StandInForward(), identity=identity)
     part_task.cached_backbone = lambda job, device: loaded

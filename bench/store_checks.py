@@ -31,7 +31,7 @@ from zarr.codecs import ZstdCodec  # noqa: E402
 from featurestore.encode import ClipFeatures  # noqa: E402
 from featurestore.location import StoreLocation  # noqa: E402
 from featurestore.report import verify_store  # noqa: E402
-from featurestore.spec import VAD_LABELS  # noqa: E402
+from featurestore.spec import VAD_LABELS, as_spec  # noqa: E402
 from featurestore.store import PARTS, SCHEMA, FeatureStore, StoredClip, StoreWriter  # noqa: E402
 from models.sequences import SequenceData  # noqa: E402
 
@@ -39,18 +39,21 @@ KEYS = ("hidden", "frame_vad", "hidden_mean", "vad_mean")
 
 
 def synthetic_spec(hidden: int) -> dict:
-    return {
-        "format_version": 1,
-        "backbone": {"ref": "synthetic", "revision": None, "weights_sha256": "0" * 64},
-        "layer": "last",
-        "sample_rate_hz": 16000,
-        "frame_rate_hz": 50,
-        "hidden_size": hidden,
-        "vad_labels": list(VAD_LABELS),
-        "max_seconds": None,
-        "window_seconds": 30.0,
-        "compute_dtype": "float32",
-    }
+    """A spec in its canonical form (every field, as a stored spec has them)."""
+    return as_spec(
+        {
+            "format_version": 1,
+            "backbone": {"ref": "synthetic", "revision": None, "weights_sha256": "0" * 64},
+            "layer": "last",
+            "sample_rate_hz": 16000,
+            "frame_rate_hz": 50,
+            "hidden_size": hidden,
+            "vad_labels": list(VAD_LABELS),
+            "max_seconds": None,
+            "window_seconds": 30.0,
+            "compute_dtype": "float32",
+        }
+    ).to_dict()
 
 
 def build(work: Path, clips: int, hidden: int, per_part: int) -> tuple[Path, Path]:

@@ -9,6 +9,7 @@ does for one unpadded clip.
 from __future__ import annotations
 
 import io
+import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,16 +100,29 @@ def decode_clip(path: str | Path, *, max_seconds: float | None = None) -> Decode
     Raises:
         AudioError: unreadable, truncated, empty, non-finite or shorter than one frame.
     """
-    if not source_exists(path):
-        raise AudioError(f"no such file: {path}")
-    size = source_size(path)
+    if is_url(path):  # object-store clips are read into memory once
+        if not source_exists(path):
+            raise AudioError(f"no such file: {path}")
+        size = source_size(path)
+        if size == 0:
+            raise AudioError("empty file (0 bytes)")
+        with open_source(path) as raw:
+            source = io.BytesIO(raw.read())
+        check_wav_truncation(source, size)
+        return _decode(source, max_seconds)
+    # Local files: plain system calls (no fsspec layer per clip); libsndfile opens the
+    # path itself, so its reads run without the GIL.
+    try:
+        size = os.stat(path).st_size
+        if not os.path.isfile(path):
+            raise FileNotFoundError(path)
+    except OSError:
+        raise AudioError(f"no such file: {path}") from None
     if size == 0:
         raise AudioError("empty file (0 bytes)")
-    with open_source(path) as raw:
-        # Object-store clips are read into memory once; local files stay on disk.
-        source = io.BytesIO(raw.read()) if is_url(path) else raw
-        check_wav_truncation(source, size)
-        return _decode(source if is_url(path) else str(path), max_seconds)
+    with open(path, "rb") as raw:
+        check_wav_truncation(raw, size)
+    return _decode(str(path), max_seconds)
 
 
 def _decode(source: BinaryIO | str, max_seconds: float | None) -> DecodedClip:
