@@ -2,7 +2,8 @@
 
 The backbone's device step is replaced by a stand-in that, like a GPU, returns
 real-shaped features (1024-d float16 frames of the ``large-robust-12`` shape, its VAD
-outputs and per-segment sums) after waiting ``audio_s / R`` seconds with the GIL
+outputs and per-segment sums) ``audio_s / R`` seconds after its work could start: work
+queues behind earlier work as on a CUDA stream, and waiting for it sleeps with the GIL
 released. What remains is the CPU side of a part task, exactly as a dask worker runs it:
 decode, mix down, resample, normalise, batch (the padded host batch is still built),
 assemble clips, digest, compress and write the Zarr part.
@@ -83,19 +84,34 @@ def make_corpus(
 
 
 class Busy:
-    """Seconds the stand-in device spent busy (sleeping for its compute)."""
+    """The stand-in device's clock: work queues behind earlier work, as on a GPU stream.
+
+    ``start`` queues ``audio_s / rate`` seconds of work and returns when it will be done;
+    ``wait`` sleeps until then (releasing the GIL, as a CUDA synchronize does). The
+    device's busy time is the sum of its work.
+    """
 
     def __init__(self) -> None:
         self.seconds = 0.0
+        self.free_at = 0.0
         self.lock = threading.Lock()
 
-    def wait(self, audio_s: float, rate: float) -> None:
+    def start(self, audio_s: float, rate: float) -> float:
         if rate == float("inf"):
-            return
-        start = time.perf_counter()
-        time.sleep(audio_s / rate)  # releases the GIL, as a CUDA sync does
+            return 0.0
         with self.lock:
-            self.seconds += time.perf_counter() - start
+            self.free_at = max(time.perf_counter(), self.free_at) + audio_s / rate
+            self.seconds += audio_s / rate
+            return self.free_at
+
+    def wait(self, until: float) -> None:
+        left = until - time.perf_counter()
+        if left > 0:
+            time.sleep(left)
+
+    def run(self, audio_s: float, rate: float) -> None:
+        """Synchronous work: start and wait."""
+        self.wait(self.start(audio_s, rate))
 
 
 def stand_in_identity():
@@ -151,12 +167,17 @@ def pipelined_encoder(identity, busy: Busy, rate: float):
         def __init__(self) -> None:
             self.identity = identity
 
-        def __call__(self, rows, frames):
+        def launch(self, rows, frames):
             longest = max(len(r) for r in rows)
-            staging = np.zeros((len(rows), longest), np.float32)  # the host batch
+            staging = np.empty((len(rows), longest), np.float32)  # the host batch
             for index, row in enumerate(rows):
                 staging[index, : len(row)] = row
-            busy.wait(sum(len(r) for r in rows) / 16_000, rate)
+                staging[index, len(row) :] = 0.0
+            return busy.start(sum(len(r) for r in rows) / 16_000, rate), frames
+
+        def collect(self, launched):
+            until, frames = launched
+            busy.wait(until)
             outputs = []
             for n in frames:
                 start = hidden.take(n)
@@ -194,7 +215,7 @@ def patch_baseline_forward(part_task, identity, busy: Busy, rate: float) -> None
         def __call__(self, inputs, attention_mask=None):
             batch, samples = inputs.shape
             real = batch * samples if attention_mask is None else int(attention_mask.sum())
-            busy.wait(real / 16_000, rate)
+            busy.run(real / 16_000, rate)
             frames = (samples - 400) // 320 + 1
             start = hidden.take(batch * frames)  # rows: consecutive, distinct slices
             rows = hidden.values[start : start + batch * frames].view(batch, frames, HIDDEN)

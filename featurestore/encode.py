@@ -20,6 +20,7 @@ Rules (see ``method.md``, pitfalls):
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -125,6 +126,17 @@ class SegmentOutput:
     finite: bool  # every stored value finite (no float16 overflow)
 
 
+@dataclass
+class Launched:
+    """A batch queued on the device: the host tensors its outputs arrive in, and the
+    event that says they have (None on a CPU, where the work is already done)."""
+
+    frames: list[int]
+    outputs: list[torch.Tensor]
+    done: object | None
+    keep: tuple  # host and device inputs, alive until the copies are done
+
+
 class BatchEncoder:
     """The device step: a batch of segments in, per-segment :class:`SegmentOutput` out.
 
@@ -152,14 +164,18 @@ class BatchEncoder:
         """Whether segments of different lengths may share a batch (layer norm)."""
         return self.model.uses_layer_norm
 
-    def __call__(self, rows: list[np.ndarray], frames: list[int]) -> list[SegmentOutput]:
-        """Encode ``rows`` (normalised 16 kHz float32 audio) of ``frames`` frames each."""
+    def launch(self, rows: list[np.ndarray], frames: list[int]) -> Launched:
+        """Start encoding ``rows`` (normalised 16 kHz float32 audio) of ``frames`` frames
+        each. On a GPU this returns once the work is queued (the host batch is staged in
+        pinned memory, copies are asynchronous), so the next batch can be staged while
+        this one runs; :meth:`collect` waits for it."""
         cuda = self.device.type == "cuda"
         longest = max(len(r) for r in rows)
-        host = torch.zeros((len(rows), longest), dtype=torch.float32, pin_memory=cuda)
+        host = torch.empty((len(rows), longest), dtype=torch.float32, pin_memory=cuda)
         staging = host.numpy()
         for index, row in enumerate(rows):
             staging[index, : len(row)] = row
+            staging[index, len(row) :] = 0.0
         inputs = host.to(self.device, non_blocking=True)
         attention = None
         if any(len(r) != longest for r in rows):
@@ -184,13 +200,22 @@ class BatchEncoder:
                 hidden_sum = (hidden * real[..., None]).sum(dim=1)
                 vad_sum = (frame_vad * real[..., None]).sum(dim=1)
                 finite = (finite | ~real).all(dim=1)
-            back = [
-                t.to("cpu", non_blocking=cuda)
-                for t in (hidden16, frame_vad, hidden_sum, vad_sum, finite)
-            ]
-        if cuda:
-            torch.cuda.current_stream(self.device).synchronize()
-        hidden16, frame_vad, hidden_sum, vad_sum, finite = (t.numpy() for t in back)
+            results = (hidden16, frame_vad, hidden_sum, vad_sum, finite)
+            if cuda:  # into pinned host memory, asynchronously; done when the event is
+                back = [torch.empty(t.shape, dtype=t.dtype, pin_memory=True) for t in results]
+                for target, source in zip(back, results, strict=True):
+                    target.copy_(source, non_blocking=True)
+                done = torch.cuda.Event()
+                done.record(torch.cuda.current_stream(self.device))
+            else:
+                back, done = list(results), None
+        return Launched(frames=list(frames), outputs=back, done=done, keep=(host, inputs))
+
+    def collect(self, launched: Launched) -> list[SegmentOutput]:
+        """Wait for a launched batch; its per-segment outputs (views of one host copy)."""
+        if launched.done is not None:
+            launched.done.synchronize()
+        hidden16, frame_vad, hidden_sum, vad_sum, finite = (t.numpy() for t in launched.outputs)
         return [
             SegmentOutput(
                 hidden=hidden16[row, :n],
@@ -199,8 +224,12 @@ class BatchEncoder:
                 vad_sum=vad_sum[row],
                 finite=bool(finite[row]),
             )
-            for row, n in enumerate(frames)
+            for row, n in enumerate(launched.frames)
         ]
+
+    def __call__(self, rows: list[np.ndarray], frames: list[int]) -> list[SegmentOutput]:
+        """Encode ``rows`` and wait for them: :meth:`launch` then :meth:`collect`."""
+        return self.collect(self.launch(rows, frames))
 
     def clip_vad(self, hidden_means: np.ndarray) -> np.ndarray:
         """The head on clip means: ``(clips, hidden)`` float32 -> ``(clips, 3)`` float32."""
@@ -211,18 +240,37 @@ class BatchEncoder:
             return head(pooled).float().cpu().numpy()
 
 
-def _run_batch(
+def _launch(
     encoder: BatchEncoder, audio: list[np.ndarray], batch: list[Segment]
-) -> list[SegmentOutput]:
+) -> Launched | Exception:
     rows = [audio[s.clip][s.sample_start : s.sample_end] for s in batch]
-    return encoder(rows, [s.frames for s in batch])
-
-
-def _run_alone(
-    encoder: BatchEncoder, audio: list[np.ndarray], seg: Segment
-) -> SegmentOutput | Exception:
     try:
-        return _run_batch(encoder, audio, [seg])[0]
+        return encoder.launch(rows, [s.frames for s in batch])
+    except Exception as err:
+        return err
+
+
+def _collect(
+    encoder: BatchEncoder, audio: list[np.ndarray], batch: list[Segment], launched
+) -> list[SegmentOutput | Exception]:
+    """A launched batch's outputs; a batch that failed is retried one segment at a time
+    (one bad or huge segment must not sink the batch)."""
+    try:
+        if isinstance(launched, Exception):
+            raise launched
+        return encoder.collect(launched)
+    except Exception as err:
+        if len(batch) == 1:
+            return [err]
+        return [_alone(encoder, audio, seg) for seg in batch]
+
+
+def _alone(encoder: BatchEncoder, audio: list[np.ndarray], seg: Segment):
+    launched = _launch(encoder, audio, [seg])
+    try:
+        if isinstance(launched, Exception):
+            raise launched
+        return encoder.collect(launched)[0]
     except Exception as err:
         return err
 
@@ -235,14 +283,51 @@ def encode_segments(
     batch_seconds: float,
 ) -> Iterator[tuple[Segment, SegmentOutput | Exception]]:
     """Yield ``(segment, output)`` per segment, or ``(segment, error)``."""
-    for batch in plan_batches(
-        segments, batch_seconds=batch_seconds, allow_padding=encoder.allow_padding
+    for _, outputs in encode_rounds(
+        encoder, iter([(None, audio, segments)]), batch_seconds=batch_seconds
     ):
-        try:
-            outputs: list = _run_batch(encoder, audio, batch)
-        except Exception as err:  # retry alone: one bad or huge segment must not sink the batch
-            outputs = [err] if len(batch) == 1 else [_run_alone(encoder, audio, s) for s in batch]
-        yield from zip(batch, outputs, strict=True)
+        yield from outputs
+
+
+def encode_rounds(
+    encoder: BatchEncoder,
+    rounds: Iterator[tuple[object, list[np.ndarray], list[Segment]]],
+    *,
+    batch_seconds: float,
+) -> Iterator[tuple[object, list[tuple[Segment, SegmentOutput | Exception]]]]:
+    """For each ``(payload, audio, segments)`` round, in order, yield ``(payload,
+    [(segment, output or error), ...])``.
+
+    One batch is in flight while the next is staged, across rounds too: batch k+1 is
+    launched before batch k is collected, so on a GPU the host's work (staging, the
+    next round's planning) overlaps the device's.
+    """
+    waiting: deque[list] = deque()  # [payload, outputs, batches left], in round order
+    pending = None  # (round entry, audio, batch, launched)
+
+    def finish(entry, audio, batch, launched) -> None:
+        entry[1].extend(zip(batch, _collect(encoder, audio, batch, launched), strict=True))
+        entry[2] -= 1
+
+    for payload, audio, segments in rounds:
+        batches = plan_batches(
+            segments, batch_seconds=batch_seconds, allow_padding=encoder.allow_padding
+        )
+        entry = [payload, [], len(batches)]
+        waiting.append(entry)
+        for batch in batches:
+            launched = _launch(encoder, audio, batch)
+            if pending is not None:
+                finish(*pending)
+            pending = (entry, audio, batch, launched)
+            while waiting and waiting[0][2] == 0:
+                done = waiting.popleft()
+                yield done[0], done[1]
+    if pending is not None:
+        finish(*pending)
+    while waiting:
+        done = waiting.popleft()
+        yield done[0], done[1]
 
 
 def encode_clips(
@@ -258,20 +343,49 @@ def encode_clips(
 
     ``model`` is a backbone (run on ``device`` in ``dtype``) or a ready
     :class:`BatchEncoder` (or a stand-in with its interface). Frame outputs are kept at
-    storage precision (float16 hidden
-    states); the means come from the float32 states, summed in float32 on the device per
-    segment and in float64 across a clip's segments (relative error about 1e-7, far
-    below float16's 2**-11).
+    storage precision (float16 hidden states); the means come from the float32 states,
+    summed in float32 on the device per segment and in float64 across a clip's segments
+    (relative error about 1e-7, far below float16's 2**-11).
     """
     encoder = BatchEncoder(model, device, dtype) if isinstance(model, torch.nn.Module) else model
-    segments = [
+    outputs = run_segments(
+        encoder, audio, batch_seconds=batch_seconds, window_seconds=window_seconds
+    )
+    return assemble_clips(encoder, len(audio), outputs)
+
+
+def run_segments(
+    encoder: BatchEncoder,
+    audio: list[np.ndarray],
+    *,
+    batch_seconds: float,
+    window_seconds: float | None,
+) -> list[tuple[Segment, SegmentOutput | Exception]]:
+    """The device's half of :func:`encode_clips`: every segment of ``audio`` through the
+    device, in batches, as ``(segment, output or error)``."""
+    segments = segments_of(audio, window_seconds=window_seconds)
+    return list(encode_segments(encoder, audio, segments, batch_seconds=batch_seconds))
+
+
+def segments_of(audio: list[np.ndarray], *, window_seconds: float | None) -> list[Segment]:
+    """Every window of every clip (clip index = position in ``audio``)."""
+    return [
         seg
         for index, samples in enumerate(audio)
         for seg in plan_segments(index, len(samples), window_seconds=window_seconds)
     ]
-    pieces: list[dict[int, SegmentOutput]] = [{} for _ in audio]
+
+
+def assemble_clips(
+    encoder: BatchEncoder,
+    clips: int,
+    outputs: list[tuple[Segment, SegmentOutput | Exception]],
+) -> list[ClipFeatures | Exception]:
+    """The host's half of :func:`encode_clips`: per clip, its segments joined in frame
+    order, its means, and the head on its mean (``clip_vad``); or why it failed."""
+    pieces: list[dict[int, SegmentOutput]] = [{} for _ in range(clips)]
     errors: dict[int, str] = {}
-    for seg, out in encode_segments(encoder, audio, segments, batch_seconds=batch_seconds):
+    for seg, out in outputs:
         if isinstance(out, Exception):
             errors.setdefault(seg.clip, f"backbone forward failed: {out}")
         elif not out.finite:
@@ -279,23 +393,21 @@ def encode_clips(
         else:
             pieces[seg.clip][seg.first_frame] = out
     assembled: dict[int, tuple] = {}
-    for index in range(len(audio)):
+    for index in range(clips):
         if index in errors:
             continue
         if not pieces[index]:
             errors[index] = "no frames (clip shorter than one frame)"
             continue
-        ordered = [pieces[index][k] for k in sorted(pieces[index])]
-        pieces[index] = {}
-        assembled[index] = _join(ordered)
+        assembled[index] = _join([pieces[index][k] for k in sorted(pieces[index])])
     clip_vad = (
         encoder.clip_vad(np.stack([joined[2] for joined in assembled.values()]))
         if assembled
-        else None
+        else []
     )
-    vad_rows = dict(zip(assembled, clip_vad if clip_vad is not None else [], strict=True))
+    vad_rows = dict(zip(assembled, clip_vad, strict=True))
     results: list[ClipFeatures | Exception] = []
-    for index in range(len(audio)):
+    for index in range(clips):
         if index in errors:
             results.append(RuntimeError(errors[index]))
             continue
@@ -306,7 +418,7 @@ def encode_clips(
                 frame_vad=frame_vad,
                 hidden_mean=hidden_mean,
                 vad_mean=vad_mean,
-                clip_vad=vad_rows[index].astype(np.float32),
+                clip_vad=np.asarray(vad_rows[index], dtype=np.float32),
             )
         )
     return results

@@ -3,9 +3,10 @@
 Runs on a dask worker. The backbone is loaded once per worker process and kept in a
 module-level cache keyed by (model, revision, device): tasks never reload it.
 
-The three stages overlap (``featurestore.pipeline``): threads decode the next clips
-while the device encodes the current round of clips, and a thread compresses and
-writes the rounds already encoded. A part's first round is short (the device starts
+The stages overlap (``featurestore.pipeline``): threads decode the next clips, a
+device thread encodes the current round of clips, the task's thread assembles the
+round before (windows joined, means, the head on the mean), and a thread compresses
+and writes the rounds already assembled. A part's first round is short (the device starts
 after :data:`FIRST_ROUND_SECONDS` of audio are decoded), later rounds double up to one
 batch (``batch_seconds``, at least :data:`MIN_ROUND_SECONDS`); parts hold clips of
 similar lengths, longest first, so rounds in arrival order batch with little padding.
@@ -24,9 +25,15 @@ import torch
 from featurestore.audio import SAMPLE_RATE_HZ, AudioError, DecodedClip, decode_clip
 from featurestore.backbone import LoadedBackbone, load_backbone
 from featurestore.devices import require_device
-from featurestore.encode import BatchEncoder, ClipFeatures, encode_clips
+from featurestore.encode import (
+    BatchEncoder,
+    ClipFeatures,
+    assemble_clips,
+    encode_rounds,
+    segments_of,
+)
 from featurestore.options import GPU_BATCH_SECONDS
-from featurestore.pipeline import WriteBehind, available_cpus, decode_ahead
+from featurestore.pipeline import WriteBehind, available_cpus, decode_ahead, run_ahead
 from featurestore.spec import build_spec, fingerprint
 from featurestore.store import PartWriter, StoredClip, open_zarr_store
 
@@ -132,16 +139,20 @@ def run_part(job: PartJob, *, encoder: BatchEncoder | None = None) -> dict:
     writer = WriteBehind(lambda work: part.append(*work), depth=WRITE_DEPTH)
     failures: list[dict] = []
     audio_s = 0.0
-    try:
+
+    def planned() -> Iterator[tuple[list, list, list]]:
         for batch in _rounds(job, round_seconds, failures):
-            kept = [clip for clip, _ in batch]
-            results = encode_clips(
-                encoder,
-                [decoded.samples for _, decoded in batch],
-                batch_seconds=batch_seconds,
-                window_seconds=job.window_seconds,
-            )
-            stored, features = _usable(kept, [d for _, d in batch], results, failures)
+            audio = [decoded.samples for _, decoded in batch]
+            yield batch, audio, segments_of(audio, window_seconds=job.window_seconds)
+
+    # The device thread runs the decoded rounds through the device, one batch in
+    # flight across rounds; this thread assembles finished rounds and hands them on.
+    device_rounds = encode_rounds(encoder, planned(), batch_seconds=batch_seconds)
+    try:
+        for batch, outputs in run_ahead(device_rounds, depth=1):
+            results = assemble_clips(encoder, len(batch), outputs)
+            kept, decoded = [clip for clip, _ in batch], [d for _, d in batch]
+            stored, features = _usable(kept, decoded, results, failures)
             audio_s += sum(c.duration_s for c in stored)
             writer.submit((stored, features))
     finally:
@@ -160,28 +171,33 @@ def run_part(job: PartJob, *, encoder: BatchEncoder | None = None) -> dict:
 def _rounds(
     job: PartJob, round_seconds: float, failures: list[dict]
 ) -> Iterator[list[tuple[dict, DecodedClip]]]:
-    """The part's decoded clips, in rounds of :data:`FIRST_ROUND_SECONDS` of audio, then
-    twice as much up to ``round_seconds`` (the last may be shorter); clips that cannot be
-    decoded are added to ``failures`` (the decoder is the authority on a file, whatever
-    the manifest's probe said)."""
+    """The part's decoded clips in rounds: :data:`FIRST_ROUND_SECONDS` of audio, then
+    twice as much up to ``round_seconds``, and shrinking again towards the part's end (a
+    round is at most a quarter of the audio still to come), so the device starts early
+    and little is left to write after its last batch. Clips that cannot be decoded are
+    added to ``failures`` (the decoder is the authority on a file, whatever the
+    manifest's probe said)."""
+    expected = {id(clip): _expected_seconds(clip, job.max_seconds) for clip in job.clips}
     decoded = decode_ahead(
         job.clips,
         lambda clip: decode_clip(clip["path"], max_seconds=job.max_seconds),
         threads=decode_threads_for(job),
         ahead_seconds=2 * round_seconds,
-        seconds=lambda clip: _expected_seconds(clip, job.max_seconds),
+        seconds=lambda clip: expected[id(clip)],
     )
+    left = sum(expected.values())
     current: list[tuple[dict, DecodedClip]] = []
-    seconds, target = 0.0, min(FIRST_ROUND_SECONDS, round_seconds)
+    seconds, grown = 0.0, min(FIRST_ROUND_SECONDS, round_seconds)
     for clip, result in decoded:
+        left -= expected[id(clip)]
         if isinstance(result, Exception):
             failures.append(_failure(clip, _decode_reason(result)))
             continue
         current.append((clip, result))
         seconds += len(result.samples) / SAMPLE_RATE_HZ
-        if seconds >= target:
+        if seconds >= min(grown, max(FIRST_ROUND_SECONDS, left / 4)):
             yield current
-            current, seconds, target = [], 0.0, min(2 * target, round_seconds)
+            current, seconds, grown = [], 0.0, min(2 * grown, round_seconds)
     if current:
         yield current
 

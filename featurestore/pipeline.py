@@ -1,22 +1,25 @@
 """The stages that keep a device fed: decode ahead on threads, write behind on a thread.
 
-A part task (``featurestore.part_task``) runs three stages at once:
+A part task (``featurestore.part_task``) runs its stages at once:
 
 1. :func:`decode_ahead`: a pool of ``decode_threads`` threads decodes, resamples and
    normalises the next clips (libsndfile, soxr and numpy release the GIL) while the
    device works; at most ``ahead_seconds`` of audio (by the manifest's durations) is
    decoded but not yet taken.
-2. the device step, on the task's own thread, in rounds of about ``round_seconds``.
+2. :func:`run_ahead`: the device step, on a thread of its own, in rounds of clips; the
+   task's thread assembles a finished round (joins windows, means, the head on the
+   mean) while the device encodes the next one.
 3. :class:`WriteBehind`: one thread compresses and writes finished rounds; at most
    ``depth`` rounds wait for it.
 
-So the memory of a task is bounded by the audio decoded ahead, the round on the device
-and the ``depth`` rounds waiting to be written (see the README for the figures), not by
-the size of the part.
+So the memory of a task is bounded by the audio decoded ahead, the round on the device,
+the round being assembled and the ``depth`` rounds waiting to be written (see the
+README for the figures), not by the size of the part.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import threading
@@ -84,6 +87,47 @@ def _call(decode: Callable, item):
         return decode(item)
     except Exception as err:  # noqa: BLE001 - reported per item
         return err
+
+
+def run_ahead(produce: Iterator[Item], *, depth: int = 1) -> Iterator[Item]:
+    """Yield the items of ``produce``, advanced on a background thread at most ``depth``
+    items ahead of the consumer (so the producer never waits for the consumer's work
+    unless ``depth`` items are ready). An exception of ``produce`` is raised here; a
+    consumer that stops early stops the producer at its next item."""
+    ready: queue.Queue = queue.Queue(maxsize=max(1, depth))
+    stop = threading.Event()
+
+    def advance() -> None:
+        try:
+            for item in produce:
+                while not stop.is_set():
+                    try:
+                        ready.put((item, None), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            ready.put((_STOP, None))
+        except BaseException as err:  # noqa: BLE001 - raised in the consumer
+            ready.put((_STOP, err))
+
+    thread = threading.Thread(target=advance, name="emi-device", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item, error = ready.get()
+            if item is _STOP:
+                if error is not None:
+                    raise error
+                return
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():  # let a blocked producer see the stop
+            with contextlib.suppress(queue.Empty):
+                ready.get(timeout=0.1)
+        thread.join()
 
 
 class WriteBehind:

@@ -16,7 +16,7 @@ import zarr
 from featurestore import part_task
 from featurestore.encode import BatchEncoder, ClipFeatures
 from featurestore.extraction import ExtractOptions, extract, plan_parts
-from featurestore.pipeline import WriteBehind, decode_ahead
+from featurestore.pipeline import WriteBehind, decode_ahead, run_ahead
 from featurestore.store import FeatureStore, PartWriter, StoredClip, write_part
 from manifests import build_manifest
 from manifests.records import ClipRecord
@@ -66,9 +66,9 @@ def test_pipelined_store_equals_unbatched_forward(
     monkeypatch.setattr(part_task, "FIRST_ROUND_SECONDS", 0.5)
     monkeypatch.setattr(part_task, "MIN_ROUND_SECONDS", 1.0)
     rounds = []
-    encode = part_task.encode_clips
+    encode = part_task.segments_of
     monkeypatch.setattr(
-        part_task, "encode_clips", lambda *a, **k: rounds.append(len(a[1])) or encode(*a, **k)
+        part_task, "segments_of", lambda *a, **k: rounds.append(len(a[0])) or encode(*a, **k)
     )
     summary = _extract(container_corpus, tmp_path / "s.zarr", tiny_backbone, decode_threads=threads)
     assert not summary.failed and summary.extracted == len(build_manifest(container_corpus))
@@ -100,15 +100,15 @@ def test_a_batch_that_fails_on_the_device_is_retried_one_segment_at_a_time(
     container_corpus, tiny_backbone, tmp_path, monkeypatch
 ):
     sizes = []
-    run = BatchEncoder.__call__
+    launch = BatchEncoder.launch
 
     def out_of_memory_for_batches(self, rows, frames):
         sizes.append(len(rows))
         if len(rows) > 1:
             raise RuntimeError("CUDA out of memory (injected)")
-        return run(self, rows, frames)
+        return launch(self, rows, frames)
 
-    monkeypatch.setattr(BatchEncoder, "__call__", out_of_memory_for_batches)
+    monkeypatch.setattr(BatchEncoder, "launch", out_of_memory_for_batches)
     summary = _extract(container_corpus, tmp_path / "s.zarr", tiny_backbone, decode_threads=2)
     assert not summary.failed
     assert max(sizes) > 1  # batches were tried, failed and were split
@@ -138,6 +138,38 @@ def test_decode_ahead_keeps_order_and_bounds_the_audio_decoded_ahead():
     assert isinstance(taken[7][1], ValueError)
     assert all(r == i * i for i, r in taken if i != 7)
     assert sorted(started) == list(range(40))
+
+
+def test_run_ahead_keeps_order_stays_bounded_and_raises_the_producers_error():
+    produced: list[int] = []
+
+    def produce():
+        for i in range(20):
+            produced.append(i)
+            yield i
+        raise RuntimeError("device lost")
+
+    seen = []
+    with pytest.raises(RuntimeError, match="device lost"):
+        for item in run_ahead(produce(), depth=2):
+            time.sleep(0.005)  # a slow consumer: the producer waits, at most 3 ahead
+            assert len(produced) <= item + 4
+            seen.append(item)
+    assert seen == list(range(20))
+
+    def endless():
+        i = 0
+        while True:
+            produced.append(i)
+            yield i
+            i += 1
+
+    produced.clear()
+    for item in run_ahead(endless(), depth=1):
+        if item == 3:
+            break  # the consumer stops: so does the producer
+    time.sleep(0.3)
+    assert len(produced) <= 6
 
 
 def test_write_behind_bounds_its_queue_and_raises_the_first_write_error():
