@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from transformers import Wav2Vec2Config, Wav2Vec2Model
+from transformers import Wav2Vec2Config
 
 from featurestore.errors import BackboneError
 
@@ -65,6 +65,10 @@ class EmotionBackbone(nn.Module):
     def __init__(self, config: Wav2Vec2Config) -> None:
         super().__init__()
         self.config = config
+        # Imported here: the modelling code costs about 1.3 s of imports, which a run
+        # that only identifies a checkpoint (all its clips stored) does not pay.
+        from transformers import Wav2Vec2Model
+
         self.wav2vec2 = Wav2Vec2Model(config)
         self.classifier = RegressionHead(
             config.hidden_size, config.num_labels, config.final_dropout
