@@ -14,10 +14,17 @@ audio (lengths drawn like the EMI data: median about 6 s, 1 to 15 s):
 Then peak memory (max RSS of a fresh ``emi extract`` process) for one long clip with
 windowing, against a clip 10x shorter, to show memory does not grow with clip length.
 
+On a GPU (``--device cuda``) the pure forward runs the same padded batches emi plans
+(``--batch-seconds``, several values compared in one run) under ``--dtype`` autocast,
+with the device synchronised before the clock stops, and the GPU's peak memory is
+reported per case.
+
 Usage::
 
     python bench/extract_throughput.py --minutes 3 --sizes small,base --repeats 2
     python bench/extract_throughput.py --memory-only --long-minutes 20
+    python bench/extract_throughput.py --device cuda --sizes large-robust-12 \
+        --dtype float16 --batch-seconds 30,120,480 --minutes 30 --skip-memory
 """
 
 from __future__ import annotations
@@ -62,26 +69,66 @@ def make_corpus(folder: Path, minutes: float, seed: int = 0) -> list[Path]:
     return paths
 
 
-def time_pure_forward(checkpoint: Path, paths: list[Path]) -> float:
-    model = load_backbone(str(checkpoint)).model
-    tensors = [
-        torch.from_numpy(normalise(sf.read(str(p), dtype="float32")[0]))[None] for p in paths
-    ]
-    with torch.inference_mode():
-        model(tensors[0])  # warm-up
+def time_pure_forward(
+    checkpoint: Path, paths: list[Path], device: str, dtype: str, batch_seconds: float
+) -> float:
+    """The backbone alone over preloaded, normalised audio already on the device, in the
+    padded batches emi would plan (one clip per forward when ``batch_seconds`` is 0)."""
+    from featurestore.encode import plan_batches, plan_segments
+    from featurestore.part_task import COMPUTE_DTYPES
+
+    model = load_backbone(str(checkpoint), device=device).model
+    audio = [normalise(sf.read(str(p), dtype="float32")[0]) for p in paths]
+    segments = [s for i, a in enumerate(audio) for s in plan_segments(i, len(a), window_seconds=30)]
+    batches = []
+    for batch in plan_batches(
+        segments, batch_seconds=batch_seconds, allow_padding=model.uses_layer_norm
+    ):
+        longest = max(s.samples for s in batch)
+        values = torch.zeros((len(batch), longest))
+        mask = torch.zeros((len(batch), longest), dtype=torch.long)
+        for row, seg in enumerate(batch):
+            values[row, : seg.samples] = torch.from_numpy(
+                audio[seg.clip][seg.sample_start : seg.sample_end]
+            )
+            mask[row, : seg.samples] = 1
+        padded = any(s.samples != longest for s in batch)
+        batches.append((values.to(device), mask.to(device) if padded else None))
+    autocast = torch.autocast(
+        device_type=torch.device(device).type,
+        dtype=COMPUTE_DTYPES[dtype],
+        enabled=dtype != "float32",
+    )
+    with torch.inference_mode(), autocast:
+        model(*batches[0])  # warm-up
+        _synchronise(device)
         start = time.perf_counter()
-        for x in tensors:
-            model(x)
+        for values, mask in batches:
+            model(values, attention_mask=mask)
+        _synchronise(device)
     return time.perf_counter() - start
 
 
-def time_naive_loop(checkpoint: Path, paths: list[Path], out: Path) -> float:
+def _synchronise(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _gpu_peak_mib(device: str) -> float | None:
+    if not device.startswith("cuda"):
+        return None
+    peak = torch.cuda.max_memory_allocated() / 2**20
+    torch.cuda.reset_peak_memory_stats()
+    return peak
+
+
+def time_naive_loop(checkpoint: Path, paths: list[Path], out: Path, device: str) -> float:
     from safetensors.torch import load_file
     from transformers import Wav2Vec2FeatureExtractor, Wav2Vec2Model
 
     start = time.perf_counter()
-    encoder = Wav2Vec2Model.from_pretrained(str(checkpoint)).eval()
-    state = load_file(str(checkpoint / "model.safetensors"))
+    encoder = Wav2Vec2Model.from_pretrained(str(checkpoint)).eval().to(device)
+    state = {k: v.to(device) for k, v in load_file(str(checkpoint / "model.safetensors")).items()}
     dense_w, dense_b = state["classifier.dense.weight"], state["classifier.dense.bias"]
     out_w, out_b = state["classifier.out_proj.weight"], state["classifier.out_proj.bias"]
     processor = Wav2Vec2FeatureExtractor(do_normalize=True, return_attention_mask=True)
@@ -90,16 +137,25 @@ def time_naive_loop(checkpoint: Path, paths: list[Path], out: Path) -> float:
         for path in paths:
             audio, rate = sf.read(str(path), dtype="float32")
             values = processor(audio, sampling_rate=rate, return_tensors="pt").input_values
-            hidden = encoder(values).last_hidden_state[0]
+            hidden = encoder(values.to(device)).last_hidden_state[0]
             vad = torch.tanh(hidden @ dense_w.T + dense_b) @ out_w.T + out_b
-            np.save(out / f"{path.stem}.npy", torch.cat([hidden, vad], 1).numpy())
+            np.save(out / f"{path.stem}.npy", torch.cat([hidden, vad], 1).cpu().numpy())
     return time.perf_counter() - start
 
 
-def time_emi_library(checkpoint: Path, folder: Path, store: Path) -> float:
+def time_emi_library(
+    checkpoint: Path, folder: Path, store: Path, device: str, dtype: str, batch_seconds: float
+) -> float:
     start = time.perf_counter()
     records = build_manifest(folder)
-    summary = extract(records, str(store), ExtractOptions(model=str(checkpoint), quiet=True))
+    options = ExtractOptions(
+        model=str(checkpoint),
+        device=device,
+        compute_dtype=dtype,
+        batch_seconds=batch_seconds,
+        quiet=True,
+    )
+    summary = extract(records, str(store), options)
     elapsed = time.perf_counter() - start
     assert not summary.failed and summary.extracted == len(records), summary
     return elapsed
@@ -123,59 +179,78 @@ def run_emi_cli(args: list[str]) -> tuple[float, float]:
     return elapsed, peak / 1024
 
 
-def throughput(sizes: list[str], minutes: float, work: Path, repeats: int) -> list[dict]:
+def throughput(
+    sizes: list[str],
+    minutes: float,
+    work: Path,
+    repeats: int,
+    *,
+    device: str = "cpu",
+    dtype: str = "float32",
+    batch_list: tuple[float, ...] = (0.0,),
+) -> list[dict]:
     paths = make_corpus(work / "corpus", minutes)
     audio_s = sum(sf.info(str(p)).duration for p in paths)
     print(
-        f"corpus: {len(paths)} clips, {audio_s / 60:.1f} min of audio; "
-        f"torch threads {torch.get_num_threads()}, {os.cpu_count()} cpus; "
+        f"corpus: {len(paths)} clips, {audio_s / 60:.1f} min of audio; device {device}, "
+        f"dtype {dtype}; torch threads {torch.get_num_threads()}, {os.cpu_count()} cpus; "
         f"best of {repeats} interleaved runs"
     )
     rows = []
     for size in sizes:
         ckpt = write_random_backbone(work / f"ckpt-{size}", size=size, seed=0)
-        times: dict[str, list[float]] = {k: [] for k in ("pure", "naive", "library", "cli")}
-        for rep in range(repeats):
-            times["pure"].append(time_pure_forward(ckpt, paths))
-            times["naive"].append(time_naive_loop(ckpt, paths, work / f"naive-{size}-{rep}"))
-            times["library"].append(
-                time_emi_library(ckpt, work / "corpus", work / f"lib-{size}-{rep}.zarr")
+        for batch_seconds in batch_list:
+            rows.append(
+                _one_case(ckpt, size, paths, audio_s, work, repeats, device, dtype, batch_seconds)
             )
-            times["cli"].append(
-                run_emi_cli(
-                    [
-                        "extract",
-                        str(work / "corpus"),
-                        str(work / f"cli-{size}-{rep}.zarr"),
-                        "--model",
-                        str(ckpt),
-                        "--quiet",
-                    ]
-                )[0]
-            )
-        best = {k: min(v) for k, v in times.items()}
-        row = {
-            "size": size,
-            "audio_s": audio_s,
-            "runs": times,
-            **{f"{k}_best_s": v for k, v in best.items()},
-        }
-        rows.append(row)
-        print(f"\n[{size}] audio seconds per wall second (higher is better)")
-        for name, key in (
-            ("pure forward (limit)", "pure"),
-            ("naive per-file loop", "naive"),
-            ("emi extract (library)", "library"),
-            ("emi extract (CLI, start-up incl.)", "cli"),
-        ):
-            print(f"  {name:36s} {audio_s / best[key]:8.1f} x real time  ({best[key]:.1f} s)")
-        print(
-            f"  emi library / pure forward time   {best['library'] / best['pure']:.3f}  "
-            f"(overhead {100 * (best['library'] / best['pure'] - 1):+.1f}%)"
-        )
-        print(f"  emi library / naive loop time     {best['library'] / best['naive']:.3f}")
-        print(f"  emi CLI / pure forward time       {best['cli'] / best['pure']:.3f}")
     return rows
+
+
+def _one_case(ckpt, size, paths, audio_s, work, repeats, device, dtype, batch_seconds) -> dict:
+    times: dict[str, list[float]] = {k: [] for k in ("pure", "naive", "library", "cli")}
+    gpu: dict[str, float | None] = {}
+    tag = f"{size}-{dtype}-{batch_seconds:g}"
+    for rep in range(repeats):
+        times["pure"].append(time_pure_forward(ckpt, paths, device, dtype, batch_seconds))
+        gpu["pure"] = _gpu_peak_mib(device)
+        times["naive"].append(time_naive_loop(ckpt, paths, work / f"naive-{tag}-{rep}", device))
+        gpu["naive"] = _gpu_peak_mib(device)
+        times["library"].append(
+            time_emi_library(
+                ckpt, work / "corpus", work / f"lib-{tag}-{rep}.zarr", device, dtype, batch_seconds
+            )
+        )
+        gpu["library"] = _gpu_peak_mib(device)
+        cli = ["extract", str(work / "corpus"), str(work / f"cli-{tag}-{rep}.zarr")]
+        cli += ["--model", str(ckpt), "--device", device, "--dtype", dtype, "--quiet"]
+        cli += ["--batch-seconds", str(batch_seconds)]
+        times["cli"].append(run_emi_cli(cli)[0])
+    best = {k: min(v) for k, v in times.items()}
+    print(f"\n[{size}, {dtype}, batch {batch_seconds:g} s] audio seconds per wall second")
+    for name, key in (
+        ("pure forward (limit)", "pure"),
+        ("naive per-file loop", "naive"),
+        ("emi extract (library)", "library"),
+        ("emi extract (CLI, start-up incl.)", "cli"),
+    ):
+        memory = f", GPU peak {gpu[key]:.0f} MiB" if gpu.get(key) is not None else ""
+        print(f"  {name:36s} {audio_s / best[key]:8.1f} x real time  ({best[key]:.1f} s{memory})")
+    print(
+        f"  emi library / pure forward time   {best['library'] / best['pure']:.3f}  "
+        f"(overhead {100 * (best['library'] / best['pure'] - 1):+.1f}%)"
+    )
+    print(f"  emi library / naive loop time     {best['library'] / best['naive']:.3f}")
+    print(f"  emi CLI / pure forward time       {best['cli'] / best['pure']:.3f}")
+    return {
+        "size": size,
+        "dtype": dtype,
+        "batch_seconds": batch_seconds,
+        "device": device,
+        "audio_s": audio_s,
+        "runs": times,
+        "gpu_peak_mib": gpu,
+        **{f"{k}_best_s": v for k, v in best.items()},
+    }
 
 
 def memory(long_minutes: float, work: Path, size: str) -> dict:
@@ -224,6 +299,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2, help="interleaved runs; best kept")
     parser.add_argument("--memory-only", action="store_true")
     parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--dtype", default="float32", help="float32, float16 or bfloat16")
+    parser.add_argument(
+        "--batch-seconds", default="0", help="comma-separated padded seconds per forward"
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write results here")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -232,7 +312,13 @@ def main() -> None:
         results = {}
         if not args.memory_only:
             results["throughput"] = throughput(
-                args.sizes.split(","), args.minutes, work, args.repeats
+                args.sizes.split(","),
+                args.minutes,
+                work,
+                args.repeats,
+                device=args.device,
+                dtype=args.dtype,
+                batch_list=tuple(float(b) for b in args.batch_seconds.split(",")),
             )
         if not args.skip_memory:
             results["memory"] = memory(args.long_minutes, work, args.memory_size)
