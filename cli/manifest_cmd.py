@@ -37,7 +37,8 @@ def manifest() -> None:
 def build(
     audio_dir: str, output: str, label_files: tuple[str, ...], only_labelled: bool, quiet: bool
 ) -> None:
-    """Scan AUDIO_DIR (recursively: wav, flac, ogg, mp3) into a manifest.
+    """Scan AUDIO_DIR (recursively: wav, flac, ogg, mp3, and video or audio containers:
+    mp4, mkv, webm, avi, mov, m4a, aac, opus) into a manifest.
 
     The clip id is the path below AUDIO_DIR without extension. Files whose header
     cannot be read are kept and flagged (extraction then lists them as failed).

@@ -1,9 +1,11 @@
 """Decoding a clip into what the backbone reads: 16 kHz mono float32, normalised.
 
-Decoding uses soundfile (libsndfile: wav, flac, ogg, mp3), mixes channels down by their
-mean, resamples with soxr (high quality) and normalises to zero mean and unit variance
-over the clip's real samples, exactly as ``Wav2Vec2FeatureExtractor(do_normalize=True)``
-does for one unpadded clip.
+Decoding uses soundfile (libsndfile: wav, flac, ogg, mp3) or, for video and audio
+containers (mp4, mkv, webm, avi, mov, m4a, aac, opus), PyAV on the first audio stream
+(``manifests.containers``); it mixes channels down by their mean, resamples with soxr
+(high quality) and normalises to zero mean and unit variance over the clip's real
+samples, exactly as ``Wav2Vec2FeatureExtractor(do_normalize=True)`` does for one
+unpadded clip.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+from manifests.containers import ContainerError, is_container, read_container
 from manifests.sources import is_url, open_source, source_exists, source_size
 
 SAMPLE_RATE_HZ = 16_000
@@ -108,6 +111,8 @@ def decode_clip(path: str | Path, *, max_seconds: float | None = None) -> Decode
             raise AudioError("empty file (0 bytes)")
         with open_source(path) as raw:
             source = io.BytesIO(raw.read())
+        if is_container(path):
+            return _decode_container(source, max_seconds)
         check_wav_truncation(source, size)
         return _decode(source, max_seconds)
     # Local files: plain system calls (no fsspec layer per clip); libsndfile opens the
@@ -120,6 +125,8 @@ def decode_clip(path: str | Path, *, max_seconds: float | None = None) -> Decode
         raise AudioError(f"no such file: {path}") from None
     if size == 0:
         raise AudioError("empty file (0 bytes)")
+    if is_container(path):
+        return _decode_container(str(path), max_seconds)
     with open(path, "rb") as raw:
         check_wav_truncation(raw, size)
     return _decode(str(path), max_seconds)
@@ -137,6 +144,25 @@ def _decode(source: BinaryIO | str, max_seconds: float | None) -> DecodedClip:
         raise AudioError(
             f"unreadable as audio ({err}); check the file is wav, flac, ogg or mp3"
         ) from err
+    return _prepare(mono, source_hz, channels, float(total) / float(source_hz), max_seconds)
+
+
+def _decode_container(source: BinaryIO | str, max_seconds: float | None) -> DecodedClip:
+    try:
+        audio = read_container(source, max_seconds=max_seconds)
+    except ContainerError as err:
+        raise AudioError(str(err)) from err
+    data = audio.samples
+    if audio.offset:
+        data = data.astype(np.float32) - np.float32(audio.offset)
+    mono = _mix_down(data, audio.scale)
+    return _prepare(mono, audio.sample_rate_hz, audio.channels, audio.duration_s, max_seconds)
+
+
+def _prepare(
+    mono: np.ndarray, source_hz: int, channels: int, duration_s: float, max_seconds
+) -> DecodedClip:
+    """Check, resample to 16 kHz, crop and normalise a mixed-down clip."""
     if mono.size == 0:
         raise AudioError("no audio samples")
     if not np.isfinite(mono).all():
@@ -154,7 +180,7 @@ def _decode(source: BinaryIO | str, max_seconds: float | None) -> DecodedClip:
         samples=normalise(mono),
         source_hz=int(source_hz),
         channels=int(channels),
-        duration_s=float(total) / float(source_hz),
+        duration_s=float(duration_s),
     )
 
 
@@ -162,16 +188,20 @@ def _read_mono(f: sf.SoundFile, frames: int) -> np.ndarray:
     """``frames`` frames of ``f`` as float32, channels mixed down by their mean.
 
     16-bit files are read as integers and scaled by 2**-15 (exactly what libsndfile's
-    float conversion does, at a third of its cost). The mix-down adds channels in place
-    (for one or two channels bit-identical to ``mean(axis=1)``, at five times its speed;
-    no BLAS call, whose thread pool would fight the other decoding threads).
+    float conversion does, at a third of its cost).
     """
     if f.subtype == "PCM_16":
-        data = f.read(frames=frames, dtype="int16", always_2d=True)
-        scale = 2.0**-15
-    else:
-        data = f.read(frames=frames, dtype="float32", always_2d=True)
-        scale = 1.0
+        return _mix_down(f.read(frames=frames, dtype="int16", always_2d=True), 2.0**-15)
+    return _mix_down(f.read(frames=frames, dtype="float32", always_2d=True), 1.0)
+
+
+def _mix_down(data: np.ndarray, scale: float) -> np.ndarray:
+    """``(frames, channels)`` samples -> float32 mono: the channels' mean, times ``scale``.
+
+    Channels are added in place (for one or two channels bit-identical to
+    ``mean(axis=1)`` of the scaled floats, at five times its speed; no BLAS call, whose
+    thread pool would fight the other decoding threads).
+    """
     mono = data[:, 0].astype(np.float32)
     for channel in range(1, data.shape[1]):
         mono += data[:, channel]

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -266,7 +267,8 @@ def _used_weights(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     }
 
 
-_WEIGHTS_HASHES: dict[tuple, str] = {}
+_WEIGHTS_HASHES: dict[str, str] = {}  # file key -> digest (cached or computed)
+_COMPUTED_HASHES: dict[str, str] = {}  # file key -> digest of weights read here
 WEIGHTS_HASH_CACHE = "weights-sha256.json"  # under the user cache (``EMI_CACHE``)
 
 
@@ -277,11 +279,19 @@ def _weights_file(folder: Path) -> Path:
     raise BackboneError(f"{folder}: no {' or '.join(WEIGHT_FILES)}")
 
 
+HASH_SCHEME = "sha256-names-dtypes-shapes-bytes-v1"  # in the cache key: a new scheme
+# never reads an old one's digests
+
+
 def _file_key(file: Path) -> str:
     """What identifies a weight file's version without reading it: resolved path, size,
-    modification time (ns), device and inode. Any change gives a new key."""
+    modification time (ns), device and inode (and the hashing scheme). Any change gives
+    a new key."""
     stat = file.stat()
-    return f"{file.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{stat.st_dev}|{stat.st_ino}"
+    return (
+        f"{HASH_SCHEME}|{file.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|"
+        f"{stat.st_dev}|{stat.st_ino}"
+    )
 
 
 def _hash_cache_file() -> Path:
@@ -304,11 +314,13 @@ def _remember_hash(key: str, digest: str) -> None:
     try:
         file.parent.mkdir(parents=True, exist_ok=True)
         entries = {k: v for k, v in _read_hash_cache().items() if isinstance(v, str)}
+        entries.pop(key, None)
         entries[key] = digest
         if len(entries) > 256:  # keep the newest entries
             entries = dict(list(entries.items())[-256:])
-        temporary = file.with_name(f".{file.name}.{os.getpid()}.tmp")
-        temporary.write_text(json.dumps(entries, indent=1))
+        handle, temporary = tempfile.mkstemp(dir=file.parent, prefix=f".{file.name}.")
+        with os.fdopen(handle, "w") as out:
+            json.dump(entries, out, indent=1)
         os.replace(temporary, file)
     except OSError:
         pass
@@ -326,16 +338,22 @@ def cached_weights_hash(folder: Path) -> str | None:
 
 
 def _weights_hash(folder: Path, state: dict[str, torch.Tensor]) -> str:
-    """Hash the weights once per weight file version (same path, size, mtime, inode):
-    remembered in the process and in the user cache, so a later run skips the hashing
-    (about 2 s for a 1.2 GB checkpoint) and, when only identifying, the reading."""
-    digest = cached_weights_hash(folder)
-    if digest is None:
+    """Hash weights that are in memory (once per process and file version), and
+    remember the digest for later runs that only identify the checkpoint.
+
+    Weights that were read are always hashed, never taken from the disk cache: if a file
+    was replaced keeping its path, size, mtime and inode (``cp -p`` over it, a coarse
+    clock), the worker that loads it computes the true fingerprint and the run stops
+    with a fingerprint mismatch instead of storing features under the old one; the
+    cache then holds the new digest.
+    """
+    key = _file_key(_weights_file(folder))
+    if key not in _COMPUTED_HASHES:
         digest = hash_state_dict(state)
-        key = _file_key(_weights_file(folder))
-        _WEIGHTS_HASHES[key] = digest
-        _remember_hash(key, digest)
-    return digest
+        _COMPUTED_HASHES[key] = _WEIGHTS_HASHES[key] = digest
+        if _read_hash_cache().get(key) != digest:
+            _remember_hash(key, digest)
+    return _COMPUTED_HASHES[key]
 
 
 def _read_checkpoint(
@@ -346,7 +364,7 @@ def _read_checkpoint(
     folder, resolved_revision = resolve_checkpoint(ref, revision=revision)
     config, raw = read_config(folder)
     digest = None if weights else cached_weights_hash(folder)
-    state = _used_weights(read_weights(folder)) if digest is None or weights else None
+    state = _used_weights(read_weights(folder)) if digest is None else None
     identity = BackboneIdentity(
         ref=local_ref(ref),
         revision=resolved_revision,

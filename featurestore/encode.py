@@ -19,6 +19,7 @@ Rules (see ``method.md``, pitfalls):
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections import deque
 from collections.abc import Iterator
@@ -126,6 +127,11 @@ class SegmentOutput:
     finite: bool  # every stored value finite (no float16 overflow)
 
 
+@contextlib.contextmanager
+def _nothing():
+    yield
+
+
 @dataclass
 class Launched:
     """A batch queued on the device: the host tensors its outputs arrive in, and the
@@ -197,15 +203,16 @@ class BatchEncoder:
             else:  # padded rows: only real frames count
                 counts = torch.tensor(frames).to(self.device, non_blocking=True)
                 real = torch.arange(hidden.shape[1], device=self.device)[None] < counts[:, None]
-                hidden_sum = (hidden * real[..., None]).sum(dim=1)
-                vad_sum = (frame_vad * real[..., None]).sum(dim=1)
+                # where, not a product: an inf in a padded frame would make NaN
+                hidden_sum = torch.where(real[..., None], hidden, 0.0).sum(dim=1)
+                vad_sum = torch.where(real[..., None], frame_vad, 0.0).sum(dim=1)
                 finite = (finite | ~real).all(dim=1)
             results = (hidden16, frame_vad, hidden_sum, vad_sum, finite)
             if cuda:  # into pinned host memory, asynchronously; done when the event is
                 back = [torch.empty(t.shape, dtype=t.dtype, pin_memory=True) for t in results]
                 for target, source in zip(back, results, strict=True):
                     target.copy_(source, non_blocking=True)
-                done = torch.cuda.Event()
+                done = torch.cuda.Event(blocking=True)  # waiting sleeps, not spins
                 done.record(torch.cuda.current_stream(self.device))
             else:
                 back, done = list(results), None
@@ -232,10 +239,14 @@ class BatchEncoder:
         return self.collect(self.launch(rows, frames))
 
     def clip_vad(self, hidden_means: np.ndarray) -> np.ndarray:
-        """The head on clip means: ``(clips, hidden)`` float32 -> ``(clips, 3)`` float32."""
+        """The head on clip means: ``(clips, hidden)`` float32 -> ``(clips, 3)`` float32.
+
+        On a GPU it runs on a stream of its own, so it does not wait for the batches
+        the device thread has queued."""
         head = self.model.classifier
         head_dtype = next(head.parameters()).dtype
-        with torch.inference_mode():
+        side = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
+        with torch.inference_mode(), torch.cuda.stream(side) if side else _nothing():
             pooled = torch.from_numpy(hidden_means).to(device=self.device, dtype=head_dtype)
             return head(pooled).float().cpu().numpy()
 

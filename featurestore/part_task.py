@@ -15,6 +15,7 @@ The features of a clip do not depend on its round.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from collections.abc import Iterator
@@ -155,8 +156,11 @@ def run_part(job: PartJob, *, encoder: BatchEncoder | None = None) -> dict:
             stored, features = _usable(kept, decoded, results, failures)
             audio_s += sum(c.duration_s for c in stored)
             writer.submit((stored, features))
-    finally:
-        writer.close()
+    except BaseException:
+        with contextlib.suppress(Exception):  # the first error is the one to report
+            writer.close()
+        raise
+    writer.close()
     record = part.finish()
     return {
         "part": job.part,

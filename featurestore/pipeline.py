@@ -61,14 +61,15 @@ def decode_ahead(
         return
     pending: deque[tuple[Item, Future, float]] = deque()
     source = iter(items)
+    end = object()
     with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="emi-decode") as pool:
         try:
             exhausted = False
             while True:
                 in_flight = sum(s for _, _, s in pending)
                 while not exhausted and (len(pending) < threads or in_flight < ahead_seconds):
-                    item = next(source, None)
-                    if item is None:
+                    item = next(source, end)
+                    if item is end:
                         exhausted = True
                         break
                     pending.append((item, pool.submit(_call, decode, item), seconds(item)))
@@ -111,6 +112,10 @@ def run_ahead(produce: Iterator[Item], *, depth: int = 1) -> Iterator[Item]:
             ready.put((_STOP, None))
         except BaseException as err:  # noqa: BLE001 - raised in the consumer
             ready.put((_STOP, err))
+        finally:  # a producer left early releases its threads and buffers here, now
+            close = getattr(produce, "close", None)
+            if close is not None:
+                close()
 
     thread = threading.Thread(target=advance, name="emi-device", daemon=True)
     thread.start()

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import soundfile as sf
 
+from manifests.containers import ContainerError, is_container, probe_container
 from manifests.labels import LabelTable, read_labels
 from manifests.records import AUDIO_EXTENSIONS, ClipRecord, ManifestError, format_examples
 from manifests.sources import list_files, open_source, source_size
@@ -31,6 +32,8 @@ def probe(record: ClipRecord) -> ClipRecord:
     if source_size(record.path) == 0:
         record.problem = "empty file (0 bytes)"
         return record
+    if is_container(record.path):
+        return _probe_container(record)
     try:
         with open_source(record.path) as f:
             info = sf.info(f)
@@ -42,6 +45,23 @@ def probe(record: ClipRecord) -> ClipRecord:
     record.sample_rate_hz = int(info.samplerate)
     record.channels = int(info.channels)
     record.duration_s = info.frames / info.samplerate if info.samplerate > 0 else 0.0
+    return record
+
+
+def _probe_container(record: ClipRecord) -> ClipRecord:
+    """A video or audio container: its first audio stream's rate, channels and
+    duration, from the container."""
+    try:
+        with open_source(record.path) as f:
+            info = probe_container(f)
+    except ContainerError as err:
+        record.problem = str(err)
+        return record
+    if info.sample_rate_hz <= 0 or info.duration_s <= 0:
+        record.problem = f"no audio samples (audio stream: {info.duration_s:.3f} s)"
+    record.sample_rate_hz = info.sample_rate_hz
+    record.channels = info.channels
+    record.duration_s = info.duration_s
     return record
 
 
@@ -126,7 +146,8 @@ def build_manifest(
     """Scan ``audio_dir``, merge labels, probe every file (header and sha256).
 
     Args:
-        audio_dir: folder searched recursively for wav, flac, ogg and mp3.
+        audio_dir: folder searched recursively for wav, flac, ogg and mp3 files and for
+            video and audio containers (mp4, mkv, webm, avi, mov, m4a, aac, opus).
         label_files: challenge-format CSVs; each file's name gives the split
             (``train_split.csv`` -> ``train``).
         only_labelled: keep only clips that appear in a label file.

@@ -5,7 +5,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3")
+SOUNDFILE_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3")
+# Video and audio containers, decoded with PyAV (``manifests.containers``).
+CONTAINER_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4a", ".aac", ".opus")
+AUDIO_EXTENSIONS = SOUNDFILE_EXTENSIONS + CONTAINER_EXTENSIONS
 EMOTIONS = ("Admiration", "Amusement", "Determination", "Empathic Pain", "Excitement", "Joy")
 
 

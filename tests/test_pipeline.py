@@ -247,3 +247,55 @@ def test_parts_are_balanced_with_no_small_trailing_part():
     assert len(parts) == 3  # 1300 s: three parts of about 433 s, not 600 + 600 + 100
     assert sorted(len(p) for p in parts) == [43, 43, 44]
     assert sorted(r.clip_id for p in parts for r in p) == sorted(r.clip_id for r in records)
+
+
+def test_a_producer_left_early_is_closed_on_its_own_thread():
+    closed = threading.Event()
+
+    def produce():
+        try:
+            while True:
+                yield 1
+        finally:
+            closed.set()  # e.g. the decoding pool shutting down
+
+    for _ in run_ahead(produce(), depth=1):
+        break
+    assert closed.wait(2.0)
+
+
+def test_padding_never_leaks_into_a_clips_sums():
+    import torch
+
+    class InfInPadding(torch.nn.Module):
+        """Finite on real frames, inf on padded ones (as an overflow there would be)."""
+
+        uses_layer_norm = True
+
+        def forward(self, values, attention_mask=None):
+            frames = (values.shape[1] - 400) // 320 + 1
+            hidden = torch.ones(values.shape[0], frames, 4)
+            if attention_mask is not None:
+                real = (attention_mask.sum(dim=1) - 400) // 320 + 1
+                for row, count in enumerate(real.tolist()):
+                    hidden[row, count:] = float("inf")
+            return hidden, hidden[..., :3]
+
+    long, short = np.zeros(16_000, np.float32), np.zeros(8_000, np.float32)
+    outputs = BatchEncoder(InfInPadding())([long, short], [49, 24])
+    assert all(o.finite for o in outputs)
+    np.testing.assert_array_equal(outputs[1].hidden_sum, np.full(4, 24.0, np.float32))
+    np.testing.assert_array_equal(outputs[1].vad_sum, np.full(3, 24.0, np.float32))
+
+
+def test_unknown_or_odd_durations_still_plan_balanced_parts():
+    durations = [float("inf"), None, 0.0, -3.0, float("nan")] + [10.0] * 100
+    records = [
+        ClipRecord(clip_id=f"c{i}", path=f"/a/c{i}.wav", duration_s=d)
+        for i, d in enumerate(durations)
+    ]
+    parts = plan_parts(records, part_seconds=300)
+    assert sorted(r.clip_id for p in parts for r in p) == sorted(r.clip_id for r in records)
+    # 1005 s, odd durations counted as 1 s: four parts of about 251 s
+    seconds = [sum(r.duration_s if r.duration_s == 10.0 else 1.0 for r in p) for p in parts]
+    assert len(parts) == 4 and all(abs(s - 1005 / 4) <= 10 for s in seconds), seconds

@@ -16,6 +16,7 @@ from featurestore.random_backbone import write_random_backbone
 def _new_process(monkeypatch, *, weights_readable: bool) -> list[str]:
     """Forget the in-process hashes; count (or refuse) reads of the weight file."""
     monkeypatch.setattr(backbone, "_WEIGHTS_HASHES", {})
+    monkeypatch.setattr(backbone, "_COMPUTED_HASHES", {})
     reads: list[str] = []
     read = backbone.read_weights
 
@@ -81,3 +82,20 @@ def test_an_unwritable_cache_only_costs_time(tmp_path, monkeypatch):
     first = identify_backbone(str(folder)).weights_sha256
     _new_process(monkeypatch, weights_readable=True)
     assert identify_backbone(str(folder)).weights_sha256 == first
+
+
+def test_a_stale_cache_entry_never_reaches_loaded_weights(tmp_path, monkeypatch):
+    """A file replaced keeping path, size, mtime and inode (``cp -p`` over it) keeps its
+    cache key: identifying trusts the cache, but a worker that loads the weights hashes
+    them, so the run sees a fingerprint mismatch, and the cache is corrected."""
+    monkeypatch.setenv("EMI_CACHE", str(tmp_path / "cache"))
+    folder = write_random_backbone(tmp_path / "ckpt", seed=7)
+    true = load_backbone(str(folder)).identity.weights_sha256
+    cache = tmp_path / "cache" / backbone.WEIGHTS_HASH_CACHE
+    stale = "f" * 64
+    cache.write_text(json.dumps({k: stale for k in json.loads(cache.read_text())}))
+    _new_process(monkeypatch, weights_readable=True)
+    assert identify_backbone(str(folder)).weights_sha256 == stale  # the cache is trusted
+    assert load_backbone(str(folder)).identity.weights_sha256 == true  # loading is not
+    _new_process(monkeypatch, weights_readable=False)
+    assert identify_backbone(str(folder)).weights_sha256 == true  # and it was corrected
