@@ -242,7 +242,8 @@ def measure(args) -> dict:
     spec = build_spec(identity, max_seconds=None, window_seconds=30.0, compute_dtype="float16")
     busy = Busy()
     pipelined = hasattr(part_task, "decode_threads_for")
-    if pipelined:
+    if pipelined:  # a GPU worker: decoding threads on the cores it is given
+        os.environ.setdefault("EMI_DECODE_THREADS", str(len(os.sched_getaffinity(0))))
         encoder = pipelined_encoder(identity, busy, args.rate)
     else:
         patch_baseline_forward(part_task, identity, busy, args.rate)

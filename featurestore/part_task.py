@@ -81,13 +81,17 @@ def cached_backbone(job: PartJob, device: str) -> LoadedBackbone:
         return _BACKBONES[key]
 
 
-def decode_threads_for(job: PartJob) -> int:
-    """Decoding threads for ``job``: the job's setting, ``EMI_DECODE_THREADS``, the
-    worker's torch threads, else every CPU this process may use."""
-    for value in (job.decode_threads, os.environ.get("EMI_DECODE_THREADS"), job.torch_threads):
+def decode_threads_for(job: PartJob, device: str) -> int:
+    """Decoding threads for ``job``: the job's setting, ``EMI_DECODE_THREADS``, else on
+    a GPU the worker's torch threads or every CPU this process may use, and on a CPU 0
+    (the forward pass is nearly all the work there, and threads beside torch's own
+    slow it down more than overlapping saves)."""
+    for value in (job.decode_threads, os.environ.get("EMI_DECODE_THREADS")):
         if value not in (None, ""):
             return max(0, int(value))
-    return available_cpus()
+    if not device.startswith("cuda"):
+        return 0
+    return job.torch_threads or available_cpus()
 
 
 def run_part(job: PartJob, *, encoder: BatchEncoder | None = None) -> dict:
@@ -137,12 +141,15 @@ def run_part(job: PartJob, *, encoder: BatchEncoder | None = None) -> dict:
         job.part,
         spec,
     )
-    writer = WriteBehind(lambda work: part.append(*work), depth=WRITE_DEPTH)
+    # On a CPU the stages run in turn (the forward pass is nearly all the work, and
+    # threads beside torch's own slow it); on a GPU they overlap.
+    overlap = device.startswith("cuda") or decode_threads_for(job, device) > 0
+    writer = WriteBehind(lambda work: part.append(*work), depth=WRITE_DEPTH if overlap else 0)
     failures: list[dict] = []
     audio_s = 0.0
 
     def planned() -> Iterator[tuple[list, list, list]]:
-        for batch in _rounds(job, round_seconds, failures):
+        for batch in _rounds(job, device, round_seconds, failures):
             audio = [decoded.samples for _, decoded in batch]
             yield batch, audio, segments_of(audio, window_seconds=job.window_seconds)
 
@@ -150,7 +157,7 @@ def run_part(job: PartJob, *, encoder: BatchEncoder | None = None) -> dict:
     # flight across rounds; this thread assembles finished rounds and hands them on.
     device_rounds = encode_rounds(encoder, planned(), batch_seconds=batch_seconds)
     try:
-        for batch, outputs in run_ahead(device_rounds, depth=1):
+        for batch, outputs in run_ahead(device_rounds, depth=1 if overlap else 0):
             results = assemble_clips(encoder, len(batch), outputs)
             kept, decoded = [clip for clip, _ in batch], [d for _, d in batch]
             stored, features = _usable(kept, decoded, results, failures)
@@ -173,7 +180,7 @@ def run_part(job: PartJob, *, encoder: BatchEncoder | None = None) -> dict:
 
 
 def _rounds(
-    job: PartJob, round_seconds: float, failures: list[dict]
+    job: PartJob, device: str, round_seconds: float, failures: list[dict]
 ) -> Iterator[list[tuple[dict, DecodedClip]]]:
     """The part's decoded clips in rounds: :data:`FIRST_ROUND_SECONDS` of audio, then
     twice as much up to ``round_seconds``, and shrinking again towards the part's end (a
@@ -185,7 +192,7 @@ def _rounds(
     decoded = decode_ahead(
         job.clips,
         lambda clip: decode_clip(clip["path"], max_seconds=job.max_seconds),
-        threads=decode_threads_for(job),
+        threads=decode_threads_for(job, device),
         ahead_seconds=2 * round_seconds,
         seconds=lambda clip: expected[id(clip)],
     )

@@ -93,8 +93,12 @@ def _call(decode: Callable, item):
 def run_ahead(produce: Iterator[Item], *, depth: int = 1) -> Iterator[Item]:
     """Yield the items of ``produce``, advanced on a background thread at most ``depth``
     items ahead of the consumer (so the producer never waits for the consumer's work
-    unless ``depth`` items are ready). An exception of ``produce`` is raised here; a
-    consumer that stops early stops the producer at its next item."""
+    unless ``depth`` items are ready); ``depth`` 0 advances it on the caller's thread.
+    An exception of ``produce`` is raised here; a consumer that stops early stops the
+    producer at its next item."""
+    if depth <= 0:
+        yield from produce
+        return
     ready: queue.Queue = queue.Queue(maxsize=max(1, depth))
     stop = threading.Event()
 
@@ -138,17 +142,19 @@ def run_ahead(produce: Iterator[Item], *, depth: int = 1) -> Iterator[Item]:
 class WriteBehind:
     """Runs ``write(round)`` for each submitted round on one background thread.
 
-    ``submit`` blocks while ``depth`` rounds are waiting, so memory stays bounded. The
-    first error of ``write`` is raised by the next ``submit`` or by ``close``; after an
-    error later rounds are dropped.
+    ``submit`` blocks while ``depth`` rounds are waiting, so memory stays bounded; depth
+    0 writes on the caller's thread, at once. The first error of ``write`` is raised by
+    the next ``submit`` or by ``close``; after an error later rounds are dropped.
     """
 
     def __init__(self, write: Callable[[object], None], *, depth: int = 2) -> None:
         self._write = write
-        self._queue: queue.Queue = queue.Queue(maxsize=max(1, depth))
         self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._loop, name="emi-write", daemon=True)
-        self._thread.start()
+        self._thread = None
+        if depth > 0:
+            self._queue: queue.Queue = queue.Queue(maxsize=depth)
+            self._thread = threading.Thread(target=self._loop, name="emi-write", daemon=True)
+            self._thread.start()
 
     def _loop(self) -> None:
         while True:
@@ -168,12 +174,16 @@ class WriteBehind:
     def submit(self, work: object) -> None:
         """Queue ``work`` (waits while the queue is full)."""
         self._raise()
-        self._queue.put(work)
+        if self._thread is None:
+            self._write(work)
+        else:
+            self._queue.put(work)
 
     def close(self) -> None:
         """Wait for every queued round to be written; raise the first write error."""
-        self._queue.put(_STOP)
-        self._thread.join()
+        if self._thread is not None:
+            self._queue.put(_STOP)
+            self._thread.join()
         self._raise()
 
 
