@@ -25,9 +25,7 @@ def mux_audio(
     channels = audio.shape[1]
     layout = {1: "mono", 2: "stereo"}[channels]
     with av.open(str(path), mode="w") as container:
-        if video:
-            picture = container.add_stream("mpeg4", rate=10)
-            picture.width, picture.height, picture.pix_fmt = 64, 48, "yuv420p"
+        picture = _video_stream(container) if video else None
         stream = container.add_stream(codec, rate=rate, layout=layout)
         stream.time_base = Fraction(1, rate)
         encoder_format = stream.codec_context.format.name
@@ -40,16 +38,29 @@ def mux_audio(
                 container.mux(packet)
         for packet in stream.encode(None):
             container.mux(packet)
-        if video:
-            for index in range(int(10 * len(audio) / rate)):
-                image = np.full((48, 64, 3), (index * 7) % 255, dtype=np.uint8)
-                frame = av.VideoFrame.from_ndarray(image, format="rgb24")
-                frame.pts = index
-                for packet in picture.encode(frame):
-                    container.mux(packet)
-            for packet in picture.encode(None):
-                container.mux(packet)
+        if picture is not None:
+            _write_video(container, picture, len(audio) / rate)
     return path
+
+
+def _video_stream(container):
+    picture = container.add_stream("mpeg4", rate=10)
+    picture.width, picture.height, picture.pix_fmt = 64, 48, "yuv420p"
+    return picture
+
+
+def _write_video(container, picture, seconds: float) -> None:
+    """Ten small grey frames per second, their shade changing."""
+    import av
+
+    for index in range(int(10 * seconds)):
+        image = np.full((48, 64, 3), (index * 7) % 255, dtype=np.uint8)
+        frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+        frame.pts = index
+        for packet in picture.encode(frame):
+            container.mux(packet)
+    for packet in picture.encode(None):
+        container.mux(packet)
 
 
 def _frame(block: np.ndarray, encoder_format: str, layout: str, rate: int):
@@ -77,15 +88,5 @@ def write_video_without_audio(path: str | Path, seconds: float = 1.0) -> Path:
 
     path = Path(path)
     with av.open(str(path), mode="w") as container:
-        picture = container.add_stream("mpeg4", rate=10)
-        picture.width, picture.height, picture.pix_fmt = 64, 48, "yuv420p"
-        for index in range(int(10 * seconds)):
-            frame = av.VideoFrame.from_ndarray(
-                np.full((48, 64, 3), index * 20 % 255, dtype=np.uint8), format="rgb24"
-            )
-            frame.pts = index
-            for packet in picture.encode(frame):
-                container.mux(packet)
-        for packet in picture.encode(None):
-            container.mux(packet)
+        _write_video(container, _video_stream(container), seconds)
     return path
