@@ -1,0 +1,45 @@
+"""The benchmarks still run (at toy sizes): their figures go in the README, and a
+benchmark that stopped working would go unnoticed until someone needs its numbers."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _bench(*args: str) -> str:
+    result = subprocess.run(
+        [sys.executable, *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+def test_store_checks_bench_runs():
+    out = _bench("bench/store_checks.py", "--clips", "6", "--hidden", "32", "--repeats", "1")
+    assert "checked / unchecked time" in out and "emi store verify" in out
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="pins cores (Linux)")
+def test_device_feed_bench_runs_against_this_tree():
+    out = _bench("bench/device_feed.py", "--minutes", "0.15", "--cores", "1", "--repeats", "1")
+    assert "CPU-side ceiling" in out and "device busy" in out
+
+
+def test_extract_throughput_bench_runs():
+    out = _bench(
+        "bench/extract_throughput.py",
+        "--minutes", "0.05", "--sizes", "tiny", "--repeats", "1", "--skip-memory",
+    )  # fmt: skip
+    assert "emi library / pure forward time" in out
