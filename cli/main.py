@@ -16,6 +16,7 @@ from cli import (
     demo_cmd,
     evaluate_cmd,
     extract_cmd,
+    heads_cmd,
     manifest_cmd,
     model_cmd,
     models_cmd,
@@ -54,6 +55,7 @@ emi.add_command(model_cmd.model)
 emi.add_command(models_cmd.train)
 emi.add_command(models_cmd.predict)
 emi.add_command(evaluate_cmd.evaluate)
+emi.add_command(heads_cmd.heads)
 emi.add_command(models_cmd.score)
 emi.add_command(demo_cmd.demo)
 

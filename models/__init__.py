@@ -28,6 +28,8 @@ _EXPORTS = {
     "ScoreResult": "models.score",
     "run_demo": "models.demo",
     "evaluate_heads": "models.evaluation",
+    "compare_heads": "models.compare",
+    "HeadRow": "models.compare",
     "Evaluation": "models.evaluation",
     "DemoResult": "models.demo",
     "load_head": "models.head_files",

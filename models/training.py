@@ -383,7 +383,8 @@ def train_one(
             f"val pearson {scores['pearson_mean']:.3f}{' *' if improved else ''}"
         )
     model.load_state_dict(best_state)
-    card = _head_card(plan, config, model, targets, train, val, device, store, best)
+    trained_s = time.perf_counter() - started
+    card = _head_card(plan, config, model, targets, train, val, device, store, best, trained_s)
     metrics = {"best_epoch": best[1], "epochs": history}
     from models.plots import plot_learning_curves
 
@@ -401,7 +402,7 @@ def train_one(
     return TrainedHead(plan.name, out, best[1], best[0], metrics, seconds, card.parameters, plan)
 
 
-def _head_card(plan, config, model, targets, train, val, device, store, best) -> HeadCard:
+def _head_card(plan, config, model, targets, train, val, device, store, best, seconds) -> HeadCard:
     s = plan.settings
     return HeadCard(
         name=plan.name,
@@ -416,6 +417,7 @@ def _head_card(plan, config, model, targets, train, val, device, store, best) ->
             "train_clips": len(train.clip_ids),
             "val_clips": len(val.clip_ids),
             "device": device,
+            "seconds": round(seconds, 3),  # training, before saving
             "trained_by": f"{socket.gethostname()}:{os.getpid()}",
         },
         store=StoreRef(store.fingerprint, store.location, store.spec),

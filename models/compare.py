@@ -1,0 +1,166 @@
+"""Comparing trained heads side by side (``emi heads compare``).
+
+Reads each head's ``config.json`` and ``metrics.json`` (the validation metrics of its
+best epoch); never its weights. Heads are ranked by the challenge score, the mean
+Pearson correlation over the targets on the validation clips.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from models.errors import HeadError
+from models.head_files import HeadCard
+
+
+@dataclass(frozen=True)
+class HeadRow:
+    """One head's line of the comparison."""
+
+    name: str
+    folder: str
+    features: str  # backbone and feature fingerprint the head was trained on
+    layer: str
+    preset: str
+    best_epoch: int
+    val_pearson_mean: float  # the challenge score, at the best epoch
+    val_ccc_mean: float
+    val_pearson: dict[str, float]
+    val_ccc: dict[str, float]
+    parameters: int
+    train_seconds: float | None  # None for heads saved before it was recorded
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def find_heads(paths: Sequence[str | os.PathLike]) -> list[Path]:
+    """Head folders: each path that is one, or the head folders found below it."""
+    found: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if not path.exists():
+            raise HeadError(f"{path}: no such folder")
+        if _is_head(path):
+            found.append(path)
+            continue
+        below = sorted(c.parent for c in path.rglob("config.json") if _is_head(c.parent))
+        if not below:
+            raise HeadError(f"{path}: no head folders in it (config.json + model.safetensors)")
+        found.extend(below)
+    return list(dict.fromkeys(p.resolve() for p in found))
+
+
+def _is_head(folder: Path) -> bool:
+    return (folder / "config.json").is_file() and (folder / "model.safetensors").is_file()
+
+
+def compare_heads(paths: Sequence[str | os.PathLike]) -> list[HeadRow]:
+    """Every head found under ``paths``, best first (validation mean Pearson).
+
+    Raises:
+        HeadError: a path holds no head, or a head's config or metrics are unreadable.
+    """
+    rows = [_row(folder) for folder in find_heads(paths)]
+    return sorted(rows, key=lambda r: (-r.val_pearson_mean, r.name, r.folder))
+
+
+def _row(folder: Path) -> HeadRow:
+    try:
+        card = HeadCard.from_dict(json.loads((folder / "config.json").read_text()))
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
+        raise HeadError(f"{folder / 'config.json'}: malformed head config ({err})") from err
+    try:
+        metrics = json.loads((folder / "metrics.json").read_text())
+        best = metrics["epochs"][card.best_epoch - 1]["val"]
+        pearson = {k: float(v) for k, v in best["pearson"].items()}
+        ccc = {k: float(v) for k, v in best["ccc"].items()}
+        pearson_mean, ccc_mean = float(best["pearson_mean"]), float(best["ccc_mean"])
+    except (OSError, ValueError, KeyError, IndexError, TypeError, AttributeError) as err:
+        raise HeadError(
+            f"{folder / 'metrics.json'}: missing or malformed metrics ({err}); retrain the head"
+        ) from err
+    spec = card.store.spec
+    seconds = card.training.get("seconds")
+    return HeadRow(
+        name=card.name or folder.name,
+        folder=str(folder),
+        features=f"{Path(spec.backbone.ref).name}@{card.store.fingerprint[:12]}",
+        layer=str(spec.layer),
+        preset=card.preset,
+        best_epoch=card.best_epoch,
+        val_pearson_mean=pearson_mean,
+        val_ccc_mean=ccc_mean,
+        val_pearson=pearson,
+        val_ccc=ccc,
+        parameters=card.parameters,
+        train_seconds=float(seconds) if isinstance(seconds, (int, float)) else None,
+    )
+
+
+def comparison_table(rows: list[HeadRow]) -> str:
+    """A plain-text table, one line per head, best first, then the best head's folder."""
+    targets = list(dict.fromkeys(t for r in rows for t in r.val_pearson))
+    short = {t: t.split()[0][:5] for t in targets}
+    header = ["head", "features", "layer", "preset", "epoch", "Pearson", "CCC"]
+    header += [f"r:{short[t]}" for t in targets] + ["params", "train s"]
+    lines = [header]
+    for r in rows:
+        lines.append(
+            [
+                r.name,
+                r.features,
+                r.layer,
+                r.preset,
+                str(r.best_epoch),
+                f"{r.val_pearson_mean:.4f}",
+                f"{r.val_ccc_mean:.4f}",
+                *(f"{r.val_pearson[t]:.3f}" if t in r.val_pearson else "-" for t in targets),
+                f"{r.parameters:,}",
+                "-" if r.train_seconds is None else f"{r.train_seconds:.1f}",
+            ]
+        )
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    text = "\n".join(
+        "  ".join(
+            cell.ljust(w) if i < 4 else cell.rjust(w)
+            for i, (cell, w) in enumerate(zip(line, widths, strict=True))
+        )
+        for line in lines
+    )
+    best = rows[0]
+    return f"{text}\nbest: {best.name} ({best.val_pearson_mean:.4f}) in {best.folder}"
+
+
+def comparison_figure(rows: list[HeadRow], path: str | os.PathLike) -> Path:
+    """A PNG: each head's mean validation Pearson (bar) and per-target Pearson (dots)."""
+    from matplotlib.figure import Figure
+
+    path = Path(path)
+    shown = list(reversed(rows))  # best at the top
+    fig = Figure(figsize=(8, 1.2 + 0.45 * len(shown)))
+    ax = fig.add_subplot()
+    positions = range(len(shown))
+    ax.barh(positions, [r.val_pearson_mean for r in shown], color="#9ecae1", label="mean")
+    targets = list(dict.fromkeys(t for r in rows for t in r.val_pearson))
+    for k, target in enumerate(targets):
+        ax.scatter(
+            [r.val_pearson.get(target, float("nan")) for r in shown],
+            positions,
+            s=14,
+            marker="osD^v<>p"[k % 8],
+            label=target,
+            zorder=3,
+        )
+    ax.set_yticks(list(positions), [r.name for r in shown])
+    ax.set_xlabel("validation Pearson (best epoch)")
+    ax.axvline(0, color="grey", linewidth=0.8)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    return path
