@@ -215,3 +215,28 @@ def test_two_drivers_at_once_on_object_storage(s3_server, tiny_backbone, tmp_pat
     from tests.test_lock import two_drivers_at_once
 
     two_drivers_at_once(tmp_path, f"{s3_server}/shared.zarr", tiny_backbone, trials=2)
+
+
+def test_video_containers_in_a_bucket(s3_server, tiny_backbone, tmp_path):
+    """Containers are read from object storage too; a silent video fails as a clip."""
+    import boto3
+    import numpy as np
+
+    from tests.media import mux_audio, write_video_without_audio
+    from tests.test_containers import RATE, _pcm
+
+    local = tmp_path / "videos"
+    local.mkdir()
+    mux_audio(local / "talk.mkv", _pcm(RATE), RATE, "flac", video=True)
+    write_video_without_audio(local / "silent.mp4")
+    s3 = boto3.client("s3")
+    for path in local.iterdir():
+        s3.put_object(Bucket=BUCKET, Key=f"videos/{path.name}", Body=path.read_bytes())
+    url = f"{s3_server}/videos.zarr"
+    args = ("--model", tiny_backbone, "--quiet", "--json")
+    summary = json.loads(run_cli("extract", f"{s3_server}/videos", url, *args, expect=3).stdout)
+    assert [f["clip_id"] for f in summary["failed"]] == ["silent"]
+    assert "no audio stream" in summary["failed"][0]["reason"]
+    run_cli("extract", local, tmp_path / "local.zarr", *args, expect=3)
+    remote, here = FeatureStore.open(url), FeatureStore.open(tmp_path / "local.zarr")
+    np.testing.assert_array_equal(remote.hidden("talk"), here.hidden("talk"))
