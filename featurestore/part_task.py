@@ -83,7 +83,8 @@ def cached_backbone(job: PartJob, device: str) -> LoadedBackbone:
 
 def decode_threads_for(job: PartJob, device: str) -> int:
     """Decoding threads for ``job``: the job's setting, ``EMI_DECODE_THREADS``, else on
-    a GPU the worker's torch threads or every CPU this process may use, and on a CPU 0
+    a GPU the worker's torch threads (``EMI_TORCH_THREADS``) or every CPU this process
+    may use, and on a CPU 0
     (the forward pass is nearly all the work there, and threads beside torch's own
     slow it down more than overlapping saves)."""
     for value in (job.decode_threads, os.environ.get("EMI_DECODE_THREADS")):
@@ -91,7 +92,9 @@ def decode_threads_for(job: PartJob, device: str) -> int:
             return max(0, int(value))
     if not device.startswith("cuda"):
         return 0
-    return job.torch_threads or available_cpus()
+    # A worker's CPU share: what torch was given, else the CPUs this process may use
+    # (in a container that is often the whole node: set EMI_DECODE_THREADS there).
+    return job.torch_threads or int(os.environ.get("EMI_TORCH_THREADS") or 0) or available_cpus()
 
 
 def run_part(job: PartJob, *, encoder: BatchEncoder | None = None) -> dict:

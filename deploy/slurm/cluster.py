@@ -36,7 +36,11 @@ def main() -> None:
         walltime=args.walltime,
         job_extra_directives=["--gres=gpu:1"],
         worker_extra_args=["--resources", "GPU=1", "--nthreads", "1"],
-        job_script_prologue=["export EMI_TORCH_THREADS=8", "export HF_HUB_OFFLINE=1"],
+        job_script_prologue=[
+            "export EMI_TORCH_THREADS=8",
+            "export EMI_DECODE_THREADS=8",
+            "export HF_HUB_OFFLINE=1",
+        ],
     )
     cluster.scale(jobs=args.jobs)
     try:
