@@ -32,7 +32,7 @@ from featurestore.part_task import PartJob, run_part
 from featurestore.records import ClipFailure
 from featurestore.spec import build_spec, fingerprint
 from featurestore.store import FeatureStore, StoreWriter, part_name, read_root
-from manifests.records import ClipRecord
+from manifests.records import ClipRecord, planning_seconds
 
 
 @dataclass
@@ -64,24 +64,18 @@ def plan_parts(records: list[ClipRecord], *, part_seconds: float) -> list[list[C
     parts are of nearly equal audio (``ceil(total / part_seconds)`` of them): no small
     trailing part whose fixed costs would idle a device.
     """
-    ordered = sorted(records, key=lambda r: (-_seconds(r), r.clip_id))
-    total = sum(_seconds(r) for r in ordered)
+    ordered = sorted(records, key=lambda r: (-planning_seconds(r.duration_s), r.clip_id))
+    total = sum(planning_seconds(r.duration_s) for r in ordered)
     count = max(1, math.ceil(total / part_seconds)) if part_seconds > 0 else 1
     target = total / count
     parts: list[list[ClipRecord]] = [[] for _ in range(count)]
     done = 0.0
     for record in ordered:
-        duration = _seconds(record)
+        duration = planning_seconds(record.duration_s)
         # A clip belongs to the part in which its middle falls.
         parts[min(count - 1, int((done + duration / 2) / target))].append(record)
         done += duration
     return [part for part in parts if part]
-
-
-def _seconds(record: ClipRecord) -> float:
-    """A clip's duration for planning: unknown, zero or not finite counts as 1 s."""
-    duration = record.duration_s
-    return duration if duration and math.isfinite(duration) and duration > 0 else 1.0
 
 
 def _clip_job_dict(r: ClipRecord) -> dict:

@@ -37,6 +37,7 @@ from featurestore.options import GPU_BATCH_SECONDS
 from featurestore.pipeline import WriteBehind, available_cpus, decode_ahead, run_ahead
 from featurestore.spec import build_spec, fingerprint
 from featurestore.store import PartWriter, StoredClip, open_zarr_store
+from manifests.records import planning_seconds
 
 COMPUTE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -217,7 +218,7 @@ def _rounds(
 
 
 def _expected_seconds(clip: dict, max_seconds: float | None) -> float:
-    seconds = clip.get("duration_s") or 1.0
+    seconds = planning_seconds(clip.get("duration_s"))
     return min(seconds, max_seconds) if max_seconds else seconds
 
 

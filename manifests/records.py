@@ -12,6 +12,14 @@ AUDIO_EXTENSIONS = SOUNDFILE_EXTENSIONS + CONTAINER_EXTENSIONS
 EMOTIONS = ("Admiration", "Amusement", "Determination", "Empathic Pain", "Excitement", "Joy")
 
 
+def planning_seconds(duration_s: float | None) -> float:
+    """A clip's duration for planning work (parts, rounds, decoding ahead): unknown,
+    zero, negative or not finite counts as 1 s."""
+    if duration_s and math.isfinite(duration_s) and duration_s > 0:
+        return float(duration_s)
+    return 1.0
+
+
 class ManifestError(ValueError):
     """A manifest problem, with the offending rows in the message."""
 
