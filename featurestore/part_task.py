@@ -147,13 +147,14 @@ def run_part(job: PartJob, *, encoder: BatchEncoder | None = None) -> dict:
     )
     # On a CPU the stages run in turn (the forward pass is nearly all the work, and
     # threads beside torch's own slow it); on a GPU they overlap.
-    overlap = device.startswith("cuda") or decode_threads_for(job, device) > 0
+    threads = decode_threads_for(job, device)
+    overlap = device.startswith("cuda") or threads > 0
     writer = WriteBehind(lambda work: part.append(*work), depth=WRITE_DEPTH if overlap else 0)
     failures: list[dict] = []
     audio_s = 0.0
 
     def planned() -> Iterator[tuple[list, list, list]]:
-        for batch in _rounds(job, device, round_seconds, failures):
+        for batch in _rounds(job, threads, round_seconds, failures):
             audio = [decoded.samples for _, decoded in batch]
             yield batch, audio, segments_of(audio, window_seconds=job.window_seconds)
 
@@ -184,7 +185,7 @@ def run_part(job: PartJob, *, encoder: BatchEncoder | None = None) -> dict:
 
 
 def _rounds(
-    job: PartJob, device: str, round_seconds: float, failures: list[dict]
+    job: PartJob, threads: int, round_seconds: float, failures: list[dict]
 ) -> Iterator[list[tuple[dict, DecodedClip]]]:
     """The part's decoded clips in rounds: :data:`FIRST_ROUND_SECONDS` of audio, then
     twice as much up to ``round_seconds``, and shrinking again towards the part's end (a
@@ -196,7 +197,7 @@ def _rounds(
     decoded = decode_ahead(
         job.clips,
         lambda clip: decode_clip(clip["path"], max_seconds=job.max_seconds),
-        threads=decode_threads_for(job, device),
+        threads=threads,
         ahead_seconds=2 * round_seconds,
         seconds=lambda clip: expected[id(clip)],
     )
