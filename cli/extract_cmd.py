@@ -62,7 +62,8 @@ DEFAULTS = ExtractOptions()
     type=click.IntRange(min=0),
     default=None,
     help="Threads per worker that decode the next clips while the device works "
-    "(0: decode in turn). Default: EMI_DECODE_THREADS, else the worker's CPUs.",
+    "(0: decode, forward and write in turn). Default: EMI_DECODE_THREADS, else on GPU "
+    "workers their CPU share (EMI_TORCH_THREADS or the CPUs they see), on CPU 0.",
 )
 @click.option(
     "--max-seconds",

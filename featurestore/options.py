@@ -74,8 +74,9 @@ class ExtractOptions:
         workers: local dask worker processes (1 runs in-process).
         scheduler: address of a running dask scheduler (also ``DASK_SCHEDULER_ADDRESS``).
         batch_seconds: padded audio seconds per forward; None: 0 on CPU, 120 on GPU.
-        decode_threads: threads per worker decoding ahead of the device (0: in turn);
-            None: ``EMI_DECODE_THREADS``, else the worker's share of the CPUs.
+        decode_threads: threads per worker decoding ahead of the device (0: decode,
+            forward and write in turn); None: ``EMI_DECODE_THREADS``, else on GPU
+            workers their share of the CPUs, on CPU 0.
         max_seconds: keep each clip's first seconds (the paper: 12).
         window_seconds: encode longer clips in windows of this length; None: never.
         part_seconds: audio seconds per part (one task, one store group); None:
