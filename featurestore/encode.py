@@ -127,11 +127,6 @@ class SegmentOutput:
     finite: bool  # every stored value finite (no float16 overflow)
 
 
-@contextlib.contextmanager
-def _nothing():
-    yield
-
-
 @dataclass
 class Launched:
     """A batch queued on the device: the host tensors its outputs arrive in, and the
@@ -246,7 +241,7 @@ class BatchEncoder:
         head = self.model.classifier
         head_dtype = next(head.parameters()).dtype
         side = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
-        with torch.inference_mode(), torch.cuda.stream(side) if side else _nothing():
+        with torch.inference_mode(), torch.cuda.stream(side) if side else contextlib.nullcontext():
             pooled = torch.from_numpy(hidden_means).to(device=self.device, dtype=head_dtype)
             return head(pooled).float().cpu().numpy()
 
@@ -277,27 +272,7 @@ def _collect(
 
 
 def _alone(encoder: BatchEncoder, audio: list[np.ndarray], seg: Segment):
-    launched = _launch(encoder, audio, [seg])
-    try:
-        if isinstance(launched, Exception):
-            raise launched
-        return encoder.collect(launched)[0]
-    except Exception as err:
-        return err
-
-
-def encode_segments(
-    encoder: BatchEncoder,
-    audio: list[np.ndarray],
-    segments: list[Segment],
-    *,
-    batch_seconds: float,
-) -> Iterator[tuple[Segment, SegmentOutput | Exception]]:
-    """Yield ``(segment, output)`` per segment, or ``(segment, error)``."""
-    for _, outputs in encode_rounds(
-        encoder, iter([(None, audio, segments)]), batch_seconds=batch_seconds
-    ):
-        yield from outputs
+    return _collect(encoder, audio, [seg], _launch(encoder, audio, [seg]))[0]
 
 
 def encode_rounds(
@@ -359,23 +334,11 @@ def encode_clips(
     (relative error about 1e-7, far below float16's 2**-11).
     """
     encoder = BatchEncoder(model, device, dtype) if isinstance(model, torch.nn.Module) else model
-    outputs = run_segments(
-        encoder, audio, batch_seconds=batch_seconds, window_seconds=window_seconds
+    segments = segments_of(audio, window_seconds=window_seconds)
+    [(_, outputs)] = encode_rounds(
+        encoder, iter([(None, audio, segments)]), batch_seconds=batch_seconds
     )
     return assemble_clips(encoder, len(audio), outputs)
-
-
-def run_segments(
-    encoder: BatchEncoder,
-    audio: list[np.ndarray],
-    *,
-    batch_seconds: float,
-    window_seconds: float | None,
-) -> list[tuple[Segment, SegmentOutput | Exception]]:
-    """The device's half of :func:`encode_clips`: every segment of ``audio`` through the
-    device, in batches, as ``(segment, output or error)``."""
-    segments = segments_of(audio, window_seconds=window_seconds)
-    return list(encode_segments(encoder, audio, segments, batch_seconds=batch_seconds))
 
 
 def segments_of(audio: list[np.ndarray], *, window_seconds: float | None) -> list[Segment]:
