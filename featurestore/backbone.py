@@ -28,6 +28,7 @@ from torch import nn
 from transformers import Wav2Vec2Config
 
 from featurestore.errors import BackboneError
+from featurestore.options import user_cache_dir
 
 CONFIG_FILE = "config.json"
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
@@ -295,8 +296,7 @@ def _file_key(file: Path) -> str:
 
 
 def _hash_cache_file() -> Path:
-    root = Path(os.environ.get("EMI_CACHE", Path.home() / ".cache" / "emi"))
-    return root / WEIGHTS_HASH_CACHE
+    return user_cache_dir() / WEIGHTS_HASH_CACHE
 
 
 def _read_hash_cache() -> dict[str, str]:

@@ -78,6 +78,11 @@ def plan_parts(records: list[ClipRecord], *, part_seconds: float) -> list[list[C
     return [part for part in parts if part]
 
 
+def _local_cluster(options: ExtractOptions) -> bool:
+    """Whether the run starts its own LocalCluster (its workers see this machine)."""
+    return not (options.scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS"))
+
+
 def _clip_job_dict(r: ClipRecord) -> dict:
     return {
         "clip_id": r.clip_id,
@@ -110,7 +115,7 @@ def extract(
     """
     started = time.perf_counter()
     options = options or ExtractOptions()
-    if not (options.scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS")):
+    if _local_cluster(options):
         require_device(options.device)  # local workers see this machine's devices
     location = StoreLocation.of(store, options.storage_options)
     meta = read_root(location)  # refuse what is not an emi store before writing there
@@ -179,20 +184,20 @@ def _run(records, options, identity, writer, lock, summary) -> None:
 def _submit(client, missing, options, identity, writer, lock, fingerprint: str) -> dict:
     """One task per part of about ``part_seconds`` of audio; returns future -> job."""
     # At least two parts per worker when there is enough audio, so all stay busy.
-    total_s = sum(r.duration_s or 0.0 for r in missing)
+    total_s = sum(planning_seconds(r.duration_s) for r in missing)
     per_worker = total_s / (2 * worker_count(client))
     resources = {"GPU": 1} if has_gpu_resource(client) else None
+    local = _local_cluster(options)
     part_seconds = options.part_seconds
     if part_seconds is None:  # a GPU part takes seconds: fewer, longer parts idle it less
         on_gpu = resources is not None or (
-            not (options.scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS"))
-            and require_device(options.device).startswith("cuda")
+            local and require_device(options.device).startswith("cuda")
         )
         part_seconds = GPU_PART_SECONDS if on_gpu else CPU_PART_SECONDS
     parts = plan_parts(missing, part_seconds=min(part_seconds, max(MIN_PART_SECONDS, per_worker)))
     first = writer.next_part_number()
     threads = None
-    if not (options.scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS")):
+    if local:
         threads = max(1, (os.cpu_count() or 1) // max(1, options.workers))
     futures = {}
     for k, part_records in enumerate(parts):

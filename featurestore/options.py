@@ -6,7 +6,16 @@ functions take the same defaults, so a notebook call and a command line behave a
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
+
+
+def user_cache_dir() -> Path:
+    """emi's user cache (score stores, weight hashes): ``$EMI_CACHE``, else
+    ``~/.cache/emi``."""
+    return Path(os.environ.get("EMI_CACHE", Path.home() / ".cache" / "emi"))
+
 
 DEFAULT_MODEL = "audeering/wav2vec2-large-robust-12-ft-emotion-msp-dim"
 DEVICES = ("auto", "cpu", "cuda")

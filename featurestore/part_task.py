@@ -66,7 +66,7 @@ class PartJob:
     max_seconds: float | None
     torch_threads: int | None = None
     storage_options: dict = field(default_factory=dict)
-    decode_threads: int | None = None  # None: EMI_DECODE_THREADS, else the worker's CPUs
+    decode_threads: int | None = None  # None: see decode_threads_for
 
 
 def cached_backbone(job: PartJob, device: str) -> LoadedBackbone:
@@ -85,9 +85,8 @@ def cached_backbone(job: PartJob, device: str) -> LoadedBackbone:
 def decode_threads_for(job: PartJob, device: str) -> int:
     """Decoding threads for ``job``: the job's setting, ``EMI_DECODE_THREADS``, else on
     a GPU the worker's torch threads (``EMI_TORCH_THREADS``) or every CPU this process
-    may use, and on a CPU 0
-    (the forward pass is nearly all the work there, and threads beside torch's own
-    slow it down more than overlapping saves)."""
+    may use, and on a CPU 0 (the forward pass is nearly all the work there, and threads
+    beside torch's own slow it down more than overlapping saves)."""
     for value in (job.decode_threads, os.environ.get("EMI_DECODE_THREADS")):
         if value not in (None, ""):
             return max(0, int(value))

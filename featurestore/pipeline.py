@@ -99,7 +99,7 @@ def run_ahead(produce: Iterator[Item], *, depth: int = 1) -> Iterator[Item]:
     if depth <= 0:
         yield from produce
         return
-    ready: queue.Queue = queue.Queue(maxsize=max(1, depth))
+    ready: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
 
     def advance() -> None:

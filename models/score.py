@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from featurestore.options import ExtractOptions
+from featurestore.options import ExtractOptions, user_cache_dir
 from featurestore.records import ClipFailure
 from featurestore.store import FeatureStore
 from manifests import ClipRecord, build_manifest
@@ -27,8 +27,7 @@ def default_score_store(fingerprint: str) -> Path:
     Its clips are keyed by the sha256 of the file's bytes, not by path: a file whose
     content changes is a new clip, so the cache never serves features of other audio.
     """
-    root = Path(os.environ.get("EMI_CACHE", Path.home() / ".cache" / "emi"))
-    return root / "score" / f"{fingerprint[:16]}.zarr"
+    return user_cache_dir() / "score" / f"{fingerprint[:16]}.zarr"
 
 
 @dataclass
