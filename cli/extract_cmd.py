@@ -66,6 +66,13 @@ DEFAULTS = ExtractOptions()
     "workers their CPU share (EMI_TORCH_THREADS or the CPUs they see), on CPU 0.",
 )
 @click.option(
+    "--layers",
+    default=None,
+    help="Transformer layers to store: last, all, or numbers such as 0,6,12 (0: the "
+    "feature projection's output; the last layer is always stored). Part of the "
+    "fingerprint. Default: the store's layers, for a new store last.",
+)
+@click.option(
     "--max-seconds",
     type=click.FloatRange(min=0.025),
     default=None,
@@ -118,6 +125,7 @@ def extract(
     scheduler: str | None,
     batch_seconds: float | None,
     decode_threads: int | None,
+    layers: str | None,
     max_seconds: float | None,
     window_seconds: float,
     part_seconds: float | None,
@@ -146,6 +154,7 @@ def extract(
         scheduler=scheduler,
         batch_seconds=batch_seconds,
         decode_threads=decode_threads,
+        layers=layers,
         max_seconds=max_seconds,
         window_seconds=window_seconds or None,
         part_seconds=part_seconds,

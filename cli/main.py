@@ -22,11 +22,19 @@ from cli import (
     models_cmd,
     store_cmd,
 )
-from featurestore.errors import BackboneError, DeviceError, StoreError
+from featurestore.errors import BackboneError, DeviceError, LayerError, StoreError
 from manifests.records import ManifestError
 from models.errors import HeadError, SettingsError
 
-USER_ERRORS = (ManifestError, StoreError, BackboneError, HeadError, DeviceError, SettingsError)
+USER_ERRORS = (
+    ManifestError,
+    StoreError,
+    BackboneError,
+    HeadError,
+    DeviceError,
+    SettingsError,
+    LayerError,
+)
 
 
 class EmiGroup(click.Group):

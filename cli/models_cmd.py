@@ -72,6 +72,19 @@ DEVICE_OPTION = click.option(
     help="JSON file of many heads trained over one data load (see README).",
 )
 @click.option("--targets", default=None, help="Comma-separated subset of label columns.")
+@click.option(
+    "--layer",
+    default=None,
+    help="Stored layer to read: a layer number of the store (emi store info lists them) "
+    "or last (the last hidden state, the default).",
+)
+@click.option(
+    "--layers",
+    type=click.Choice(["weighted"]),
+    default=None,
+    help="weighted: learn a softmax weighting of every stored layer (SUPERB style); "
+    "the weights go in the head's metrics.json and plot.",
+)
 @_size("lstm_hidden")
 @_size("lstm_layers")
 @_size("mlp_hidden")
@@ -120,6 +133,12 @@ def train(store: str, train_labels: str, val_labels: str, out: str, **options) -
         mixed_precision=not options.pop("no_mixed_precision"),
     )
     quiet = options.pop("quiet")
+    layers = options.pop("layers")
+    if layers and options["layer"]:
+        raise click.UsageError("give --layer or --layers weighted, not both")
+    if (layers or options["layer"]) and options["grid"]:
+        raise click.UsageError("with --grid, give layer or layers in the grid file")
+    options["layer"] = layers or options["layer"]
     if options["scheduler"] and not options["grid"]:
         raise click.UsageError("--scheduler spreads a --grid of heads; give --grid")
     results = train_heads(

@@ -51,6 +51,12 @@ def info(location: str, as_json: bool) -> None:
         + f" (weights sha256 {backbone['weights_sha256'][:12]}, "
         f"{backbone['feat_extract_norm']} norm)",
         f"hidden       {spec['hidden_size']} x {spec['dtypes']['hidden']}, layer {spec['layer']}",
+        "layers       "
+        + (
+            f"hidden_states {', '.join(map(str, spec['layers']))} besides the last hidden state"
+            if spec.get("layers")
+            else "the last hidden state only"
+        ),
         f"crop/window  {_seconds('crop to', spec['max_seconds'], 'no crop')}, "
         f"{_seconds('windows of', spec['window_seconds'], 'no windows')}, "
         f"compute {spec['compute_dtype']}",

@@ -82,21 +82,32 @@ class EmotionBackbone(nn.Module):
         return self.config.feat_extract_norm == "layer"
 
     def forward(
-        self, input_values: torch.Tensor, attention_mask: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+        self,
+        input_values: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        layers: tuple[int, ...] = (),
+    ) -> tuple[torch.Tensor, torch.Tensor] | tuple[torch.Tensor, torch.Tensor, list]:
         """Run the backbone.
 
         Args:
             input_values: normalised 16 kHz audio, ``(batch, samples)``.
             attention_mask: ``(batch, samples)``, 1 for real samples; required for
                 padded batches of layer-norm backbones.
+            layers: other layers to return besides the last (``hidden_states[k]`` as
+                transformers numbers them: 0 is the feature projection's output).
 
         Returns:
             ``hidden`` ``(batch, frames, hidden)`` (last layer) and ``frame_vad``
-            ``(batch, frames, 3)`` (the head applied to every frame).
+            ``(batch, frames, 3)`` (the head applied to every frame); with ``layers``
+            also the list of those layers' ``(batch, frames, hidden)`` states.
         """
-        hidden = self.wav2vec2(input_values, attention_mask=attention_mask).last_hidden_state
-        return hidden, self.classifier(hidden)
+        out = self.wav2vec2(
+            input_values, attention_mask=attention_mask, output_hidden_states=bool(layers)
+        )
+        hidden = out.last_hidden_state
+        if not layers:
+            return hidden, self.classifier(hidden)
+        return hidden, self.classifier(hidden), [out.hidden_states[k] for k in layers]
 
     def frames_for_samples(self, samples: int) -> int:
         """Frames the conv encoder yields for ``samples`` input samples (0 if too short)."""

@@ -23,7 +23,7 @@ import contextlib
 import math
 from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -35,6 +35,7 @@ from featurestore.audio import (
     frames_for_samples,
 )
 from featurestore.backbone import BackboneIdentity, EmotionBackbone
+from featurestore.spec import layer_key
 
 
 @dataclass(frozen=True)
@@ -61,10 +62,17 @@ class ClipFeatures:
     hidden_mean: np.ndarray  # (hidden,) float32, over real frames, from float32 values
     vad_mean: np.ndarray  # (3,) float32
     clip_vad: np.ndarray  # (3,) float32: the head on hidden_mean
+    # Other stored layers by array name: hidden_lKK (frames, hidden) float16 and
+    # hidden_mean_lKK (hidden,) float32.
+    layers: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def frames(self) -> int:
         return int(self.hidden.shape[0])
+
+    def array(self, key: str) -> np.ndarray:
+        """The values of stored array ``key`` for this clip."""
+        return self.layers[key] if key in self.layers else getattr(self, key)
 
 
 def plan_segments(clip: int, samples: int, *, window_seconds: float | None) -> list[Segment]:
@@ -125,6 +133,8 @@ class SegmentOutput:
     hidden_sum: np.ndarray  # (hidden,) float32: sum over frames of the float32 states
     vad_sum: np.ndarray  # (3,) float32
     finite: bool  # every stored value finite (no float16 overflow)
+    layers: np.ndarray | None = None  # (other layers, frames, hidden) float16
+    layer_sums: np.ndarray | None = None  # (other layers, hidden) float32
 
 
 @dataclass
@@ -154,11 +164,13 @@ class BatchEncoder:
         dtype: torch.dtype = torch.float32,
         *,
         identity: BackboneIdentity | None = None,
+        layers: tuple[int, ...] = (),
     ) -> None:
         self.model = model
         self.device = torch.device(device)
         self.dtype = dtype
         self.identity = identity  # what the features' spec records
+        self.layers = tuple(layers)  # stored besides the last hidden state (spec.layers)
 
     @property
     def allow_padding(self) -> bool:
@@ -188,21 +200,28 @@ class BatchEncoder:
             torch.inference_mode(),
             torch.autocast(device_type=self.device.type, dtype=self.dtype, enabled=autocast),
         ):
-            hidden, frame_vad = self.model(inputs, attention_mask=attention)
-            hidden, frame_vad = hidden.float(), frame_vad.float()
-            hidden16 = hidden.to(torch.float16)
-            finite = torch.isfinite(hidden16).all(dim=2) & torch.isfinite(frame_vad).all(dim=2)
-            if all(n == hidden.shape[1] for n in frames):
-                hidden_sum, vad_sum = hidden.sum(dim=1), frame_vad.sum(dim=1)
-                finite = finite.all(dim=1)
-            else:  # padded rows: only real frames count
+            if self.layers:
+                hidden, frame_vad, others = self.model(
+                    inputs, attention_mask=attention, layers=self.layers
+                )
+            else:
+                (hidden, frame_vad), others = self.model(inputs, attention_mask=attention), []
+            padded = any(n != hidden.shape[1] for n in frames)
+            real = None
+            if padded:  # only real frames count in sums and checks
                 counts = torch.tensor(frames).to(self.device, non_blocking=True)
                 real = torch.arange(hidden.shape[1], device=self.device)[None] < counts[:, None]
-                # where, not a product: an inf in a padded frame would make NaN
-                hidden_sum = torch.where(real[..., None], hidden, 0.0).sum(dim=1)
-                vad_sum = torch.where(real[..., None], frame_vad, 0.0).sum(dim=1)
-                finite = (finite | ~real).all(dim=1)
-            results = (hidden16, frame_vad, hidden_sum, vad_sum, finite)
+            hidden16, hidden_sum, finite = _frames_out(hidden, real)
+            frame_vad = frame_vad.float()
+            vad_finite = torch.isfinite(frame_vad).all(dim=2)
+            finite &= (vad_finite | ~real).all(dim=1) if padded else vad_finite.all(dim=1)
+            vad_sum = _frame_sum(frame_vad, real)
+            results = [hidden16, frame_vad, hidden_sum, vad_sum, finite]
+            if others:
+                layer_outs = [_frames_out(states, real) for states in others]
+                results.append(torch.stack([o[0] for o in layer_outs], dim=1))
+                results.append(torch.stack([o[1] for o in layer_outs], dim=1))
+                results[4] = finite & torch.stack([o[2] for o in layer_outs]).all(dim=0)
             if cuda:  # into pinned host memory, asynchronously; done when the event is
                 back = [torch.empty(t.shape, dtype=t.dtype, pin_memory=True) for t in results]
                 for target, source in zip(back, results, strict=True):
@@ -217,7 +236,10 @@ class BatchEncoder:
         """Wait for a launched batch; its per-segment outputs (views of one host copy)."""
         if launched.done is not None:
             launched.done.synchronize()
-        hidden16, frame_vad, hidden_sum, vad_sum, finite = (t.numpy() for t in launched.outputs)
+        hidden16, frame_vad, hidden_sum, vad_sum, finite, *others = (
+            t.numpy() for t in launched.outputs
+        )
+        layers, layer_sums = others or (None, None)
         return [
             SegmentOutput(
                 hidden=hidden16[row, :n],
@@ -225,6 +247,8 @@ class BatchEncoder:
                 hidden_sum=hidden_sum[row],
                 vad_sum=vad_sum[row],
                 finite=bool(finite[row]),
+                layers=None if layers is None else layers[row, :, :n],
+                layer_sums=None if layer_sums is None else layer_sums[row],
             )
             for row, n in enumerate(launched.frames)
         ]
@@ -244,6 +268,27 @@ class BatchEncoder:
         with torch.inference_mode(), torch.cuda.stream(side) if side else contextlib.nullcontext():
             pooled = torch.from_numpy(hidden_means).to(device=self.device, dtype=head_dtype)
             return head(pooled).float().cpu().numpy()
+
+
+def _frame_sum(values: torch.Tensor, real: torch.Tensor | None) -> torch.Tensor:
+    """``(batch, frames, width)`` -> ``(batch, width)`` float32 sums over real frames
+    (``real``: ``(batch, frames)`` bool, None where no row is padded)."""
+    if real is None:
+        return values.sum(dim=1)
+    # where, not a product: an inf in a padded frame would make NaN
+    return torch.where(real[..., None], values, 0.0).sum(dim=1)
+
+
+def _frames_out(
+    states: torch.Tensor, real: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One layer's ``(batch, frames, hidden)`` states -> their float16 values, float32
+    sums over real frames, and whether every real frame is finite in float16."""
+    states = states.float()
+    states16 = states.to(torch.float16)
+    finite = torch.isfinite(states16).all(dim=2)
+    finite = (finite | ~real).all(dim=1) if real is not None else finite.all(dim=1)
+    return states16, _frame_sum(states, real), finite
 
 
 def _launch(
@@ -373,7 +418,9 @@ def assemble_clips(
         if not pieces[index]:
             errors[index] = "no frames (clip shorter than one frame)"
             continue
-        assembled[index] = _join([pieces[index][k] for k in sorted(pieces[index])])
+        assembled[index] = _join(
+            [pieces[index][k] for k in sorted(pieces[index])], getattr(encoder, "layers", ())
+        )
     clip_vad = (
         encoder.clip_vad(np.stack([joined[2] for joined in assembled.values()]))
         if assembled
@@ -385,7 +432,7 @@ def assemble_clips(
         if index in errors:
             results.append(RuntimeError(errors[index]))
             continue
-        hidden, frame_vad, hidden_mean, vad_mean = assembled[index]
+        hidden, frame_vad, hidden_mean, vad_mean, layers = assembled[index]
         results.append(
             ClipFeatures(
                 hidden=hidden,
@@ -393,24 +440,37 @@ def assemble_clips(
                 hidden_mean=hidden_mean,
                 vad_mean=vad_mean,
                 clip_vad=np.asarray(vad_rows[index], dtype=np.float32),
+                layers=layers,
             )
         )
     return results
 
 
-def _join(ordered: list[SegmentOutput]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """One clip's segments, in frame order -> (hidden, frame_vad, hidden_mean, vad_mean)."""
-    if len(ordered) == 1:  # no copy: views into the batch the device returned
-        hidden, frame_vad = ordered[0].hidden, ordered[0].frame_vad
-    else:
-        hidden = np.concatenate([o.hidden for o in ordered])
-        frame_vad = np.concatenate([o.frame_vad for o in ordered])
+def _join(ordered: list[SegmentOutput], layers: tuple[int, ...] = ()) -> tuple:
+    """One clip's segments, in frame order -> (hidden, frame_vad, hidden_mean, vad_mean,
+    {array name: values} of the other ``layers``)."""
+
+    def frames_of(values: list[np.ndarray], axis: int = 0) -> np.ndarray:
+        # One segment: no copy, views into the batch the device returned.
+        return values[0] if len(values) == 1 else np.concatenate(values, axis=axis)
+
+    def mean_of(sums: list[np.ndarray], frames: int) -> np.ndarray:
+        return (np.sum(sums, axis=0, dtype=np.float64) / frames).astype(np.float32)
+
+    hidden = frames_of([o.hidden for o in ordered])
+    frame_vad = frames_of([o.frame_vad for o in ordered])
     frames = len(hidden)
-    hidden_sum = np.sum([o.hidden_sum for o in ordered], axis=0, dtype=np.float64)
-    vad_sum = np.sum([o.vad_sum for o in ordered], axis=0, dtype=np.float64)
+    others = {}
+    if layers:
+        states = frames_of([o.layers for o in ordered], axis=1)  # (layers, frames, hidden)
+        means = mean_of([o.layer_sums for o in ordered], frames)  # (layers, hidden)
+        for i, k in enumerate(layers):
+            others[layer_key("hidden", k)] = states[i]
+            others[layer_key("hidden_mean", k)] = means[i]
     return (
         hidden,
         frame_vad,
-        (hidden_sum / frames).astype(np.float32),
-        (vad_sum / frames).astype(np.float32),
+        mean_of([o.hidden_sum for o in ordered], frames),
+        mean_of([o.vad_sum for o in ordered], frames),
+        others,
     )

@@ -28,3 +28,8 @@ class StoreLocked(StoreError):
 class DeviceError(ValueError):
     """A device was asked for that this machine does not have (``--device cuda``
     without a CUDA GPU)."""
+
+
+class LayerError(ValueError):
+    """Layers asked for that the backbone or the store does not have (the message names
+    the option and the layers there are)."""

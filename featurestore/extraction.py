@@ -120,6 +120,9 @@ def extract(
     location = StoreLocation.of(store, options.storage_options)
     meta = read_root(location)  # refuse what is not an emi store before writing there
     default = meta["spec"]["backbone"]["ref"] if meta else DEFAULT_MODEL
+    layers = options.layers
+    if layers is None:  # the store's layers, for a new store the last layer only
+        layers = tuple(meta["spec"].get("layers", ())) if meta else "last"
     options = replace(options, model=local_ref(options.model or default))
     identity = identify_backbone(options.model, revision=options.revision)
     spec = build_spec(
@@ -127,7 +130,9 @@ def extract(
         max_seconds=options.max_seconds,
         window_seconds=options.window_seconds,
         compute_dtype=options.compute_dtype,
+        layers=layers or "last",
     )
+    options = replace(options, layers=spec.layers)
     if options.expect_fingerprint and fingerprint(spec) != options.expect_fingerprint:
         raise StoreError(
             f"backbone {options.model!r} with these settings makes features with fingerprint "
@@ -216,6 +221,7 @@ def _submit(client, missing, options, identity, writer, lock, fingerprint: str) 
             torch_threads=threads,
             storage_options=options.storage_options,
             decode_threads=options.decode_threads,
+            layers=tuple(options.layers),
         )
         future = client.submit(
             run_part,

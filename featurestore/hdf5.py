@@ -13,6 +13,7 @@ Layout::
         hidden_mean     (hidden,) float32
         vad_mean        (3,) float32
         clip_vad        (3,) float32
+        hidden_lKK, hidden_mean_lKK   the other stored layers (``--layers``), as above
         attrs           clip_id, source_path, sha256, duration_s, frames
 """
 
@@ -25,7 +26,7 @@ from urllib.parse import quote
 import h5py
 import numpy as np
 
-from featurestore.store import ARRAYS, CLIP_ATTRIBUTES, FEATURE_ARRAYS, FeatureStore
+from featurestore.store import CLIP_ATTRIBUTES, FeatureStore, schema
 from manifests.atomic import atomic_file
 
 
@@ -53,7 +54,8 @@ def _write(store: FeatureStore, path: Path, progress) -> int:
         f.attrs["spec"] = json.dumps(store.spec.to_dict())
         f.attrs["vad_labels"] = np.array(store.spec.vad_labels, dtype=h5py.string_dtype())
         clips = f.create_group("clips")
-        parts = store.iter_parts(keys=FEATURE_ARRAYS + CLIP_ATTRIBUTES)
+        features = {a.name: a.axis for a in schema(store.spec) if a.width}
+        parts = store.iter_parts(keys=(*features, *CLIP_ATTRIBUTES))
         for name, arrays in progress(parts) if progress else parts:
             offsets = arrays["offsets"]
             for row, clip_id in enumerate(arrays["clip_id"]):
@@ -61,8 +63,8 @@ def _write(store: FeatureStore, path: Path, progress) -> int:
                     continue
                 start, end = int(offsets[row]), int(offsets[row + 1])
                 group = clips.create_group(hdf5_name(clip_id))
-                for key in FEATURE_ARRAYS:
-                    rows = slice(start, end) if ARRAYS[key].axis == "frame" else row
+                for key, axis in features.items():
+                    rows = slice(start, end) if axis == "frame" else row
                     group.create_dataset(key, data=arrays[key][rows])
                 for key in CLIP_ATTRIBUTES:
                     group.attrs[key] = _attribute(arrays[key][row])

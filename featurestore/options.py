@@ -86,6 +86,9 @@ class ExtractOptions:
         decode_threads: threads per worker decoding ahead of the device (0: decode,
             forward and write in turn); None: ``EMI_DECODE_THREADS``, else on GPU
             workers their share of the CPUs, on CPU 0.
+        layers: the transformer layers to store: ``"last"``, ``"all"``, ``"0,6,12"``
+            or a tuple of layer numbers (the last layer is always stored; in the
+            fingerprint); None: the store's layers, for a new store ``"last"``.
         max_seconds: keep each clip's first seconds (the paper: 12).
         window_seconds: encode longer clips in windows of this length; None: never.
         part_seconds: audio seconds per part (one task, one store group); None:
@@ -105,6 +108,7 @@ class ExtractOptions:
     scheduler: str | None = None
     batch_seconds: float | None = None
     decode_threads: int | None = None
+    layers: str | tuple[int, ...] | None = None
     max_seconds: float | None = None
     window_seconds: float | None = 30.0
     part_seconds: float | None = None

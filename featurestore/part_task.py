@@ -67,6 +67,7 @@ class PartJob:
     torch_threads: int | None = None
     storage_options: dict = field(default_factory=dict)
     decode_threads: int | None = None  # None: see decode_threads_for
+    layers: tuple[int, ...] = ()  # the spec's stored layers (): the last only
 
 
 def cached_backbone(job: PartJob, device: str) -> LoadedBackbone:
@@ -115,20 +116,22 @@ def run_part(job: PartJob, *, encoder: BatchEncoder | None = None) -> dict:
             the store cannot be written (the driver records the part's clips as failed).
     """
     device = require_device(job.device)
+    backbone = cached_backbone(job, device) if encoder is None else None
+    spec = build_spec(
+        encoder.identity if backbone is None else backbone.identity,
+        max_seconds=job.max_seconds,
+        window_seconds=job.window_seconds,
+        compute_dtype=job.compute_dtype,
+        layers=job.layers,
+    )
     if encoder is None:
-        backbone = cached_backbone(job, device)
         encoder = BatchEncoder(
             backbone.model,
             device,
             COMPUTE_DTYPES[job.compute_dtype],
             identity=backbone.identity,
+            layers=spec.layers,
         )
-    spec = build_spec(
-        encoder.identity,
-        max_seconds=job.max_seconds,
-        window_seconds=job.window_seconds,
-        compute_dtype=job.compute_dtype,
-    )
     if fingerprint(spec) != job.fingerprint:
         raise RuntimeError(
             f"backbone {job.model!r} on this worker has fingerprint {fingerprint(spec)[:12]}, "

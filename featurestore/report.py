@@ -11,10 +11,9 @@ import numpy as np
 from featurestore.errors import StoreDamage, StoreError
 from featurestore.location import StoreLocation
 from featurestore.lock import StoreLock
+from featurestore.spec import layer_key
 from featurestore.store import (
-    ARRAYS,
     PART_ATTR,
-    SCHEMA,
     FeatureStore,
     StoreWriter,
     read_root,
@@ -73,7 +72,7 @@ def verify_store(store: FeatureStore) -> list[Problem]:
         record = store.part_marker(name)
         try:
             marker = dict(store._group(name).attrs.get(PART_ATTR, {}))
-            arrays = store.read_part(name, tuple(k for k in ARRAYS if k not in ("clip_id",)))
+            arrays = store.read_part(name, tuple(k for k in store.arrays if k != "clip_id"))
         except StoreDamage as err:
             problems.append(Problem(name, str(err).split(f"part {name}, ", 1)[-1]))
             continue
@@ -81,11 +80,11 @@ def verify_store(store: FeatureStore) -> list[Problem]:
             marker.get(k) != record.get(k) for k in ("clip_id", "digests", "clip_digests")
         ):
             problems.append(Problem(name, "its marker does not match the committed record"))
-        problems += [Problem(name, p) for p in _check_part(arrays, record)]
+        problems += [Problem(name, p) for p in _check_part(arrays, record, store)]
     return problems
 
 
-def _check_part(arrays: dict[str, np.ndarray], record: dict) -> list[str]:
+def _check_part(arrays: dict[str, np.ndarray], record: dict, store: FeatureStore) -> list[str]:
     problems = []
     n = len(arrays["clip_id"])
     offsets = arrays["offsets"]
@@ -99,17 +98,21 @@ def _check_part(arrays: dict[str, np.ndarray], record: dict) -> list[str]:
         return problems
     if not np.array_equal(np.diff(offsets), arrays["frames"]):
         problems.append("frames do not equal the offset differences")
-    for key in (a.name for a in SCHEMA if a.dtype.startswith("float")):
-        if not np.isfinite(arrays[key]).all():
+    for key, values in arrays.items():
+        if values.dtype.kind == "f" and not np.isfinite(values).all():
             problems.append(f"{key} holds non-finite values")
     if problems or n == 0:
         return problems
-    for row in range(n):
-        frames = arrays["hidden"][offsets[row] : offsets[row + 1]].astype(np.float32)
-        mean = frames.mean(axis=0)
-        scale = 1.0 + float(np.abs(frames).max())
-        if np.abs(mean - arrays["hidden_mean"][row]).max() > 2e-3 * scale:
-            problems.append(f"clip {arrays['clip_id'][row]}: hidden_mean disagrees with hidden")
+    for layer in (None, *store.spec.layers):
+        hidden, mean_key = layer_key("hidden", layer), layer_key("hidden_mean", layer)
+        for row in range(n):
+            frames = arrays[hidden][offsets[row] : offsets[row + 1]].astype(np.float32)
+            mean = frames.mean(axis=0)
+            scale = 1.0 + float(np.abs(frames).max())
+            if np.abs(mean - arrays[mean_key][row]).max() > 2e-3 * scale:
+                problems.append(
+                    f"clip {arrays['clip_id'][row]}: {mean_key} disagrees with {hidden}"
+                )
     return problems
 
 

@@ -21,6 +21,7 @@ from featurestore.audio import (
     FRAMES_PER_SECOND,
     SAMPLE_RATE_HZ,
 )
+from featurestore.errors import LayerError
 from featurestore.options import DEFAULT_MODEL  # noqa: F401  (re-exported)
 from featurestore.records import FieldAccess
 
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
 FORMAT_VERSION = 1
 VAD_LABELS = ("arousal", "dominance", "valence")  # the checkpoint's id2label 0, 1, 2
 _DESCRIPTIVE = ("ref", "revision")
+LAYER_CHOICES = ("last", "all")  # besides a list of layer numbers: ``--layers 0,6,12``
 
 
 @dataclass(frozen=True)
@@ -58,7 +60,13 @@ class FeatureSpec(FieldAccess):
     max_seconds: float | None
     window_seconds: float | None
     compute_dtype: str = "float32"
-    layer: str = "last"  # last_hidden_state of the Wav2Vec2Model
+    layer: str = "last"  # ``hidden``: last_hidden_state of the Wav2Vec2Model
+    # Other stored layers: ``hidden_states[k]`` as transformers numbers them (0: the
+    # input of the first transformer layer, k: the output of layer k; in stable-layer-norm
+    # models such as the large ones, the last layer's output is taken before the final
+    # layer norm that ``hidden`` has). (): none (the JSON then leaves the key out, so
+    # such stores keep the fingerprint they had before layers could be chosen).
+    layers: tuple[int, ...] = ()
     sample_rate_hz: int = SAMPLE_RATE_HZ
     frame_rate_hz: int = FRAMES_PER_SECOND
     frame_hop_samples: int = FRAME_HOP_SAMPLES
@@ -78,6 +86,10 @@ class FeatureSpec(FieldAccess):
         data["backbone"] = self.backbone.to_dict()
         data["vad_labels"] = list(self.vad_labels)
         data["dtypes"] = dict(self.dtypes)
+        if self.layers:
+            data["layers"] = list(self.layers)
+        else:
+            del data["layers"]
         return data
 
     @classmethod
@@ -86,6 +98,7 @@ class FeatureSpec(FieldAccess):
         values["backbone"] = BackboneRef.from_dict(data["backbone"])
         values["vad_labels"] = tuple(data.get("vad_labels", VAD_LABELS))
         values["dtypes"] = tuple(dict(data.get("dtypes", dict(cls.dtypes))).items())
+        values["layers"] = tuple(int(k) for k in data.get("layers", ()))
         return cls(**values)
 
     @property
@@ -96,6 +109,21 @@ class FeatureSpec(FieldAccess):
     @property
     def vad_width(self) -> int:
         return len(self.vad_labels)
+
+    def layer_number(self, layer: int | None) -> int | None:
+        """``layer`` checked against the stored layers (None: ``hidden``, the model's
+        last hidden state, always stored).
+
+        Raises:
+            LayerError: that layer is not stored (the message names the stored ones).
+        """
+        if layer is None or int(layer) in self.layers:
+            return None if layer is None else int(layer)
+        stored = ", ".join(map(str, self.layers)) or "none besides the last hidden state"
+        raise LayerError(
+            f"layer {layer} is not stored (stored layers: {stored}); extract it into a "
+            "new store or feature set with --layers"
+        )
 
     def differences(self, other: FeatureSpec) -> str:
         """The hashed fields where ``other`` differs, for error messages."""
@@ -120,8 +148,12 @@ def build_spec(
     max_seconds: float | None,
     window_seconds: float | None,
     compute_dtype: str = "float32",
+    layers: str | tuple[int, ...] = "last",
 ) -> FeatureSpec:
-    """The spec of features made by ``backbone`` with these settings."""
+    """The spec of features made by ``backbone`` with these settings.
+
+    ``layers``: ``"last"``, ``"all"``, ``"0,6,12"`` or a tuple of layer numbers (see
+    :func:`parse_layers`)."""
     config = backbone.config
     return FeatureSpec(
         backbone=BackboneRef(
@@ -135,7 +167,47 @@ def build_spec(
         max_seconds=max_seconds,
         window_seconds=window_seconds,
         compute_dtype=compute_dtype,
+        layers=parse_layers(layers, int(config.num_hidden_layers)),
     )
+
+
+def parse_layers(layers: str | tuple[int, ...] | list[int], last: int) -> tuple[int, ...]:
+    """The layers to store besides ``hidden`` for a backbone of ``last`` transformer
+    layers: ``"last"``: () (``hidden`` only, the store as before layers could be
+    chosen); ``"all"``: 0..last; ``"0,6,12"`` or a sequence: those layers, sorted.
+
+    Raises:
+        LayerError: not a choice, or a layer outside 0..last (the message names
+            ``--layers`` and the backbone's range).
+    """
+    if isinstance(layers, str):
+        text = layers.strip().lower()
+        if text == "last":
+            return ()
+        if text == "all":
+            return tuple(range(last + 1))
+        try:
+            chosen = [int(k) for k in text.split(",") if k.strip()]
+        except ValueError:
+            raise LayerError(
+                f"--layers {layers!r}: give 'last', 'all' or layer numbers such as 0,6,{last}"
+            ) from None
+        if not chosen:
+            raise LayerError(f"--layers {layers!r}: no layer given")
+        layers = chosen
+    wrong = [k for k in layers if not 0 <= int(k) <= last]
+    if wrong:
+        raise LayerError(
+            f"--layers: layer {wrong[0]} does not exist; this backbone has layers 0 (the "
+            f"input of its first transformer layer) to {last}"
+        )
+    return tuple(sorted({int(k) for k in layers}))
+
+
+def layer_key(name: str, layer: int | None) -> str:
+    """The array of ``name`` (``hidden`` or ``hidden_mean``) for a stored layer: None
+    (the last hidden state) is ``hidden``, layer 6 is ``hidden_l06``."""
+    return name if layer is None else f"{name}_l{layer:02d}"
 
 
 def fingerprint(spec: FeatureSpec | dict) -> str:

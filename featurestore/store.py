@@ -19,6 +19,8 @@ Layout (documented in the README; readable with plain zarr, dask and xarray)::
           hidden_mean (clip, hidden_unit)      float32, over real frames
           vad_mean    (clip, vad_label)         float32, mean of frame_vad
           clip_vad    (clip, vad_label)         float32, head on hidden_mean
+          hidden_l06  (frame, hidden_unit)     float16, hidden_states[6] (``--layers``)
+          hidden_mean_l06 (clip, hidden_unit)  float32, its mean; one pair per stored layer
 
 Writing: a part is written by exactly one task, which owns all its arrays, with its
 marker last. It becomes part of the store only when the driver (the one holder of the
@@ -54,7 +56,13 @@ from featurestore.errors import StoreDamage, StoreError
 from featurestore.integrity import check_digest, digest_of, digest_of_json
 from featurestore.location import StoreLocation, group_node
 from featurestore.records import ClipFailure, FieldAccess
-from featurestore.spec import FeatureSpec, as_spec, describe_difference, fingerprint
+from featurestore.spec import (
+    FeatureSpec,
+    as_spec,
+    describe_difference,
+    fingerprint,
+    layer_key,
+)
 from manifests.sources import is_url
 
 if TYPE_CHECKING:
@@ -103,6 +111,22 @@ ARRAYS = {a.name: a for a in SCHEMA}
 FRAME_ARRAYS = tuple(a.name for a in SCHEMA if a.axis == "frame")
 FEATURE_ARRAYS = tuple(a.name for a in SCHEMA if a.width)  # per frame or per clip
 CLIP_ATTRIBUTES = tuple(a.name for a in SCHEMA if a.axis == "clip" and not a.width)
+
+
+def schema(spec: FeatureSpec | dict) -> tuple[StoredArray, ...]:
+    """The arrays of a part of a store with ``spec``: :data:`SCHEMA`, and for every
+    layer of ``spec.layers`` ``hidden_lKK`` (frame) and ``hidden_mean_lKK`` (clip), each
+    its own array so a reader of one layer reads only that layer's chunks."""
+    extra = []
+    for k in as_spec(spec).layers:
+        extra.append(StoredArray(layer_key("hidden", k), "frame", "float16", "hidden_unit"))
+        extra.append(StoredArray(layer_key("hidden_mean", k), "clip", "float32", "hidden_unit"))
+    return SCHEMA + tuple(extra)
+
+
+def feature_arrays(spec: FeatureSpec | dict) -> tuple[str, ...]:
+    """The feature arrays (per frame or per clip, with a width) of a store with ``spec``."""
+    return tuple(a.name for a in schema(spec) if a.width)
 
 
 def open_zarr_store(location: str | os.PathLike, *, mode: str, storage_options: dict | None = None):
@@ -398,16 +422,18 @@ class PartWriter:
     def __init__(self, store: zarr.storage.StoreLike, name: str, spec: FeatureSpec | dict):
         self.spec = as_spec(spec)
         self._widths = _widths(self.spec)
+        self._schema = {a.name: a for a in schema(self.spec)}
         self._store, self._name = store, name
         self._part = None  # created by the first append (on the writing thread)
         self._clips: list[StoredClip] = []
         self._per_clip: dict[str, list[np.ndarray]] = {
-            a.name: [] for a in SCHEMA if a.axis == "clip" and a.width
+            a.name: [] for a in self._schema.values() if a.axis == "clip" and a.width
         }
         self._frames: list[int] = []
-        self._clip_digests: dict[str, list[str]] = {key: [] for key in FRAME_ARRAYS}
+        frame_arrays = [a.name for a in self._schema.values() if a.axis == "frame"]
+        self._clip_digests: dict[str, list[str]] = {key: [] for key in frame_arrays}
         self._arrays = {}
-        self._pending: dict[str, list[np.ndarray]] = {key: [] for key in FRAME_ARRAYS}
+        self._pending: dict[str, list[np.ndarray]] = {key: [] for key in frame_arrays}
 
     def _open(self) -> None:
         """Create the part's group, marked incomplete, and its per-frame arrays."""
@@ -417,7 +443,7 @@ class PartWriter:
             self._store, path=f"{PARTS}/{self._name}", overwrite=True, zarr_format=3
         )
         self._part.attrs[PART_ATTR] = {"complete": False}
-        for a in SCHEMA:
+        for a in self._schema.values():
             if a.axis != "frame":
                 continue
             width = self._widths[a.width]
@@ -438,7 +464,7 @@ class PartWriter:
             if values.size:
                 await arr.setitem(Ellipsis, values)
 
-        await asyncio.gather(*(one(a) for a in SCHEMA if a.axis != "frame"))
+        await asyncio.gather(*(one(a) for a in self._schema.values() if a.axis != "frame"))
 
     def append(self, clips: list[StoredClip], features: list[ClipFeatures]) -> None:
         """Add clips (in store order) with their features."""
@@ -446,12 +472,12 @@ class PartWriter:
         for clip, feature in zip(clips, features, strict=True):
             self._clips.append(clip)
             self._frames.append(feature.frames)
-            for key in FRAME_ARRAYS:
-                values = np.asarray(getattr(feature, key), dtype=ARRAYS[key].dtype)
+            for key, pending in self._pending.items():
+                values = np.asarray(feature.array(key), dtype=self._schema[key].dtype)
                 self._clip_digests[key].append(digest_of(values))
-                self._pending[key].append(values)
+                pending.append(values)
             for key, rows in self._per_clip.items():
-                rows.append(np.asarray(getattr(feature, key), dtype=ARRAYS[key].dtype))
+                rows.append(np.asarray(feature.array(key), dtype=self._schema[key].dtype))
         self._flush(final=False)
 
     def _flush(self, *, final: bool) -> None:
@@ -487,8 +513,8 @@ class PartWriter:
             "offsets": offsets,
         }
         for key, rows in self._per_clip.items():
-            width = self._widths[ARRAYS[key].width]
-            data[key] = np.stack(rows) if rows else np.zeros((0, width), ARRAYS[key].dtype)
+            a = self._schema[key]
+            data[key] = np.stack(rows) if rows else np.zeros((0, self._widths[a.width]), a.dtype)
         zarr_sync(self._write_small(data))
         record = {
             "clips": len(clips),
@@ -565,6 +591,7 @@ class FeatureStore:
         )
         self._groups: dict[str, zarr.Group] = {}
         self._clip_arrays: dict[tuple[str, str], np.ndarray] = {}
+        self._schema = {a.name: a for a in schema(meta["spec"])}
 
     @classmethod
     def open(
@@ -705,8 +732,21 @@ class FeatureStore:
 
         return dict(zip(selections, zarr_sync(all_of()), strict=True))
 
+    def _array(self, key: str) -> StoredArray:
+        try:
+            return self._schema[key]
+        except KeyError:
+            raise KeyError(
+                f"{self.location} has no array {key!r} (its arrays: {', '.join(self._schema)})"
+            ) from None
+
+    @property
+    def arrays(self) -> tuple[str, ...]:
+        """The names of every part's arrays (:func:`schema` of the store's spec)."""
+        return tuple(self._schema)
+
     def _expected_shape(self, key: str, record: dict) -> tuple[int, ...]:
-        a = ARRAYS[key]
+        a = self._array(key)
         rows = {"clip": record["clips"], "offsets": record["clips"] + 1, "frame": record["frames"]}[
             a.axis
         ]
@@ -724,7 +764,7 @@ class FeatureStore:
         a part notices damage anywhere in its per-clip data."""
         keys = list(frame_keys)
         if (name, "offsets") not in self._clip_arrays:
-            keys += [a.name for a in SCHEMA if a.axis != "frame"]
+            keys += [a.name for a in self._schema.values() if a.axis != "frame"]
         values = self._read_arrays(name, dict.fromkeys(keys, slice(None)))
         expected = self._meta["parts"][name]["digests"]
         for k in keys:
@@ -746,17 +786,30 @@ class FeatureStore:
         loc = self._locate(clip_id)
         return self._per_clip(loc.part, key)[loc.row]
 
-    def hidden(self, clip_id: str) -> np.ndarray:
-        """``(frames, hidden)`` float16 last-layer hidden states."""
-        return self._clip_frames("hidden", clip_id)
+    @property
+    def layers(self) -> tuple[int, ...]:
+        """The layer numbers stored besides ``hidden`` (``hidden_states[k]`` as
+        transformers numbers them; see :attr:`FeatureSpec.layers`); () where only the
+        last hidden state is stored (``emi extract --layers``)."""
+        return self.spec.layers
+
+    def hidden(self, clip_id: str, layer: int | None = None) -> np.ndarray:
+        """``(frames, hidden)`` float16 hidden states: ``layer`` None: the model's last
+        hidden state (``hidden``); k: ``hidden_states[k]`` (stored with ``--layers``).
+
+        Raises:
+            KeyError: the clip is not stored.
+            LayerError: that layer is not stored (the message names the stored ones).
+        """
+        return self._clip_frames(layer_key("hidden", self.spec.layer_number(layer)), clip_id)
 
     def frame_vad(self, clip_id: str) -> np.ndarray:
         """``(frames, 3)`` float32: arousal, dominance, valence per frame."""
         return self._clip_frames("frame_vad", clip_id)
 
-    def hidden_mean(self, clip_id: str) -> np.ndarray:
-        """``(hidden,)`` float32 mean over real frames."""
-        return self._row("hidden_mean", clip_id)
+    def hidden_mean(self, clip_id: str, layer: int | None = None) -> np.ndarray:
+        """``(hidden,)`` float32 mean over real frames of ``layer`` (as :meth:`hidden`)."""
+        return self._row(layer_key("hidden_mean", self.spec.layer_number(layer)), clip_id)
 
     def vad_mean(self, clip_id: str) -> np.ndarray:
         """``(3,)`` float32 mean of the frame VAD."""
@@ -821,7 +874,7 @@ class FeatureStore:
         (all at once), every array checked against the part's committed checksums."""
         record = self._meta["parts"][name]
         wanted = list(dict.fromkeys(("clip_id", "offsets", *keys)))
-        frame_keys = [k for k in wanted if ARRAYS[k].axis == "frame"]
+        frame_keys = [k for k in wanted if self._array(k).axis == "frame"]
         read = self._load_part(name, tuple(frame_keys))
         arrays = {k: self._per_clip(name, k) for k in wanted if k not in frame_keys}
         offsets = self._per_clip(name, "offsets")

@@ -38,6 +38,19 @@ class HeadRow:
         return asdict(self)
 
 
+def layer_choice(layers: tuple[int | None, ...]) -> str:
+    """A head's layers as the table shows them: ``last``, ``6``, ``weighted(0-12)``."""
+    if len(layers) == 1:
+        return "last" if layers[0] is None else str(layers[0])
+    numbers = [k for k in layers if k is not None]
+    span = (
+        f"{numbers[0]}-{numbers[-1]}"
+        if numbers == list(range(numbers[0], numbers[-1] + 1))
+        else ",".join(map(str, numbers))
+    )
+    return f"weighted({span})"
+
+
 def find_heads(paths: Sequence[str | os.PathLike]) -> list[Path]:
     """Head folders: each path that is one, or the head folders found below it."""
     found: list[Path] = []
@@ -90,7 +103,7 @@ def _row(folder: Path) -> HeadRow:
         name=card.name or folder.name,
         folder=str(folder),
         features=f"{Path(spec.backbone.ref).name}@{card.store.fingerprint[:12]}",
-        layer=str(spec.layer),
+        layer=layer_choice(card.head.layers),
         preset=card.preset,
         best_epoch=card.best_epoch,
         val_pearson_mean=pearson_mean,

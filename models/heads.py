@@ -14,6 +14,11 @@ Presets (``input`` is the per-frame width of the store):
 ``mean-linear`` Linear(input, targets) on the global mean vector (the challenge's
                 wav2vec2 + linear baseline).
 ==============  =====================================================================
+
+Layers: a head reads ``hidden`` (the last hidden state) by default, or one stored layer
+(``layer``), or several (``layers``, e.g. every stored layer for ``layers: weighted``):
+then a learned softmax weighting over them (SUPERB style) mixes the per-frame and mean
+vectors into one ``hidden`` block before the head proper; the weights start equal.
 """
 
 from __future__ import annotations
@@ -35,21 +40,50 @@ class HeadConfig:
     lstm_layers: int = 0
     mlp_hidden: int = 0
     dropout: float = 0.0
+    # The stored layers read, in order (None: ``hidden``); several are mixed by learned
+    # softmax weights over blocks of ``layer_width`` (the store's hidden size).
+    layers: tuple[int | None, ...] = (None,)
+    layer_width: int = 0
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        data = asdict(self)
+        data["layers"] = list(self.layers)
+        return data
 
     @classmethod
     def from_dict(cls, data: dict) -> HeadConfig:
-        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+        values = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
+        if "layers" in values:
+            values["layers"] = tuple(values["layers"])
+        return cls(**values)
+
+    @property
+    def mixes_layers(self) -> bool:
+        return len(self.layers) > 1
+
+    @property
+    def read_width(self) -> int:
+        """Per-frame width of the head's input as read: ``input_dim``, with one more
+        ``layer_width`` block per further mixed layer."""
+        return self.input_dim + (len(self.layers) - 1) * self.layer_width
 
 
 from models.errors import HeadError  # noqa: E402
 from models.options import PRESETS  # noqa: E402  (re-exported)
 
 
-def preset_config(name: str, *, input_dim: int, num_targets: int, **overrides) -> HeadConfig:
-    """A preset's config for features of width ``input_dim``; ``overrides`` change sizes."""
+def preset_config(
+    name: str,
+    *,
+    input_dim: int,
+    num_targets: int,
+    layers: tuple[int | None, ...] = (None,),
+    layer_width: int = 0,
+    **overrides,
+) -> HeadConfig:
+    """A preset's config for features of width ``input_dim`` (one layer's hidden size
+    plus the VAD outputs); ``overrides`` change sizes; ``layers`` as in
+    :class:`HeadConfig`."""
     if name == "paper":
         base = dict(
             head_type="fusion", lstm_hidden=input_dim, lstm_layers=2, mlp_hidden=2 * input_dim
@@ -61,7 +95,38 @@ def preset_config(name: str, *, input_dim: int, num_targets: int, **overrides) -
     else:
         raise HeadError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
     base.update({k: v for k, v in overrides.items() if v is not None})
-    return HeadConfig(input_dim=input_dim, num_targets=num_targets, **base)
+    return HeadConfig(
+        input_dim=input_dim,
+        num_targets=num_targets,
+        layers=tuple(layers),
+        layer_width=layer_width if len(layers) > 1 else 0,
+        **base,
+    )
+
+
+class LayerMix(nn.Module):
+    """A learned softmax weighting of ``layers`` blocks of ``width`` (SUPERB style):
+    ``(..., layers x width + rest)`` -> ``(..., width + rest)``; ``rest`` (the VAD
+    outputs) passes through. The weights start equal."""
+
+    def __init__(self, layers: int, width: int) -> None:
+        super().__init__()
+        self.width = width
+        self.logits = nn.Parameter(torch.zeros(layers))
+
+    def weights(self) -> torch.Tensor:
+        """``(layers,)`` the softmax weights, summing to 1."""
+        return torch.softmax(self.logits, dim=0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        split = self.logits.numel() * self.width
+        blocks = x[..., :split].unflatten(-1, (self.logits.numel(), self.width))
+        mixed = (blocks * self.weights().to(x.dtype)[:, None]).sum(dim=-2)
+        return torch.cat([mixed, x[..., split:]], dim=-1)
+
+
+def _mixer(config: HeadConfig) -> nn.Module | None:
+    return LayerMix(len(config.layers), config.layer_width) if config.mixes_layers else None
 
 
 class FusionHead(nn.Module):
@@ -81,12 +146,15 @@ class FusionHead(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
         self.fc1 = nn.Linear(config.input_dim + config.lstm_hidden, config.mlp_hidden)
         self.fc2 = nn.Linear(config.mlp_hidden, config.num_targets)
+        self.layer_mix = _mixer(config)
 
     def forward(
         self, frames: torch.Tensor, lengths: torch.Tensor, mean: torch.Tensor
     ) -> torch.Tensor:
-        """``frames (batch, time, input)`` padded, ``lengths (batch,)`` real frames (CPU
-        int64), ``mean (batch, input)`` -> ``(batch, targets)``."""
+        """``frames (batch, time, read_width)`` padded, ``lengths (batch,)`` real frames
+        (CPU int64), ``mean (batch, read_width)`` -> ``(batch, targets)``."""
+        if self.layer_mix is not None:
+            frames, mean = self.layer_mix(frames), self.layer_mix(mean)
         # A unidirectional LSTM's output at step t depends on steps <= t only, so the
         # output at each clip's last real frame equals the packed-sequence result
         # (padding comes after it); the padded form runs the fused kernel, about 5x
@@ -106,10 +174,13 @@ class MeanLinear(nn.Module):
         super().__init__()
         self.config = config
         self.linear = nn.Linear(config.input_dim, config.num_targets)
+        self.layer_mix = _mixer(config)
 
     def forward(
         self, frames: torch.Tensor, lengths: torch.Tensor, mean: torch.Tensor
     ) -> torch.Tensor:
+        if self.layer_mix is not None:
+            mean = self.layer_mix(mean)
         return self.linear(mean)
 
 
@@ -127,3 +198,15 @@ def build_head(config: HeadConfig) -> nn.Module:
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def layer_weights(model: nn.Module) -> dict[str, float] | None:
+    """A layer-mixing head's learned weights by layer (``"last"`` for ``hidden``);
+    None for a head that reads one layer."""
+    if getattr(model, "layer_mix", None) is None:
+        return None
+    weights = model.layer_mix.weights().detach().float().cpu().tolist()
+    return {
+        "last" if k is None else str(k): round(w, 6)
+        for k, w in zip(model.config.layers, weights, strict=True)
+    }

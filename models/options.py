@@ -117,6 +117,25 @@ def check_targets(value) -> tuple[str, ...]:
     return names
 
 
+def check_layer_choice(layer=None, layers=None) -> int | str | None:
+    """A head's layer choice from its ``layer`` (a layer number or ``"last"``) and
+    ``layers`` (``"weighted"``) options: None (the last hidden state), k or
+    ``"weighted"``."""
+    if layer is not None and layers is not None:
+        raise SettingsError("give layer or layers: weighted, not both")
+    if layers is not None:
+        if layers != "weighted":
+            raise SettingsError(f"layers: {layers!r} is not 'weighted'")
+        return "weighted"
+    if layer is None or layer == "last":
+        return None
+    if isinstance(layer, str) and layer.isdigit():
+        layer = int(layer)
+    if isinstance(layer, bool) or not isinstance(layer, int) or layer < 0:
+        raise SettingsError(f"layer: {layer!r} is not 'last' or a layer number (0 or more)")
+    return layer
+
+
 def check_setting(key: str, value):
     """One grid value, by the rule of the CLI option of the same name."""
     if key == "max_seconds" and value is None:

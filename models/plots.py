@@ -13,13 +13,22 @@ from matplotlib.figure import Figure
 
 def plot_learning_curves(metrics: dict, path: str | Path, *, title: str = "") -> Path:
     """Per epoch: train loss beside validation MSE (left), validation mean Pearson and
-    each target's Pearson (right); the best epoch marked and labelled in both."""
+    each target's Pearson (middle); the best epoch marked and labelled in both; for a
+    layer-mixing head, its learned layer weights (right)."""
     from matplotlib.ticker import MaxNLocator
 
     epochs = [e["epoch"] for e in metrics["epochs"]]
     best = metrics["best_epoch"]
-    fig = Figure(figsize=(10, 3.8))
-    loss_ax, pearson_ax = fig.subplots(1, 2)
+    weights = metrics.get("layer_weights")  # a layer-mixing head's learned weights
+    fig = Figure(figsize=(14 if weights else 10, 3.8))
+    loss_ax, pearson_ax, *rest = fig.subplots(1, 3 if weights else 2)
+    if weights:
+        (weights_ax,) = rest
+        weights_ax.bar(list(weights), list(weights.values()), color="tab:purple")
+        weights_ax.axhline(1 / len(weights), color="grey", linestyle=":", label="equal")
+        weights_ax.set_xlabel("layer")
+        weights_ax.set_ylabel(f"learned weight (epoch {best})")
+        weights_ax.legend(fontsize=7)
     loss_ax.plot(epochs, [e["train_loss"] for e in metrics["epochs"]], label="train loss (MSE)")
     loss_ax.plot(
         epochs,

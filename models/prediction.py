@@ -41,7 +41,11 @@ def predict_store(
     ids = list(store.clip_ids if clip_ids is None else clip_ids)
     crops = [h.max_frames for h in heads]
     data = SequenceData(
-        store, ids, max_frames=None if None in crops else max(crops), budget_bytes=budget_bytes
+        store,
+        ids,
+        max_frames=None if None in crops else max(crops),
+        budget_bytes=budget_bytes,
+        layers=tuple(k for h in heads for k in h.model.config.layers),
     )
     out = {}
     for head in heads:

@@ -116,6 +116,7 @@ def score_folder(
         scheduler=scheduler,
         max_seconds=spec.max_seconds,
         window_seconds=spec.window_seconds,
+        layers=spec.layers,
         refresh_changed=True,  # never serve features of a file's earlier content
         expect_fingerprint=loaded[0].fingerprint,
         quiet=quiet,

@@ -3,7 +3,9 @@
 A clip's sequence is ``[hidden, frame_vad]`` per frame, ``(frames, hidden + vad)``, held
 as float16 (the store's precision for hidden). Its global mean vector is
 ``[hidden_mean, vad_mean]`` from the store, or, when a head crops to ``max_frames``,
-the mean over the cropped frames.
+the mean over the cropped frames. Where heads read other stored layers (``layers``),
+the sequence holds one ``hidden`` block per layer, ``(frames, layers x hidden + vad)``,
+and each batch carries the blocks its head asks for, in its order.
 
 Memory: if the requested clips fit in ``budget_bytes`` they are read once, part by
 part, and kept for every epoch and every head. Otherwise each pass streams: parts in
@@ -19,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from featurestore.spec import layer_key
 from featurestore.store import FeatureStore
 from models.options import DEFAULT_CACHE_GB
 
@@ -51,6 +54,8 @@ class SequenceData:
         clip_ids: the clips to serve (all must be stored).
         max_frames: longest crop any consumer will ask for (None: whole clips).
         budget_bytes: memory for cached float16 sequences.
+        layers: the stored layers any consumer will ask for (None: ``hidden``, the
+            last hidden state; k: ``hidden_states[k]``), read in one pass.
     """
 
     def __init__(
@@ -60,11 +65,17 @@ class SequenceData:
         *,
         max_frames: int | None = None,
         budget_bytes: int = DEFAULT_BUDGET_BYTES,
+        layers: tuple[int | None, ...] = (None,),
     ) -> None:
         self.store = store
         self.max_frames = max_frames
         self.vad_width = store.spec.vad_width
-        self.input_dim = store.hidden_size + self.vad_width
+        self.layers = tuple(dict.fromkeys(layers))
+        for layer in self.layers:
+            store.spec.layer_number(layer)  # a layer that is not stored: LayerError now
+        self.hidden_size = store.hidden_size
+        self.input_dim = store.hidden_size + self.vad_width  # of one layer
+        self.width = len(self.layers) * store.hidden_size + self.vad_width  # as held
         missing = [c for c in clip_ids if c not in store]
         if missing:
             raise KeyError(f"{len(missing)} clips are not in the store, e.g. {missing[:5]}")
@@ -74,7 +85,7 @@ class SequenceData:
             by_part.setdefault(store.part_of(clip_id), []).append(clip_id)
         self._by_part = by_part
         self._bytes = {
-            part: sum(self._clip_frames(c) for c in ids) * self.input_dim * 2
+            part: sum(self._clip_frames(c) for c in ids) * self.width * 2
             for part, ids in by_part.items()
         }
         self.total_bytes = sum(self._bytes.values())
@@ -91,11 +102,13 @@ class SequenceData:
         """clip id -> (sequence (frames, input) float16, stored mean (input,) float32,
         the clip's full frame count)."""
         out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        hidden_keys = [layer_key("hidden", k) for k in self.layers]
+        mean_keys = [layer_key("hidden_mean", k) for k in self.layers]
         for part in parts:
-            arrays = self.store.read_part(part, ("hidden", "frame_vad", "hidden_mean", "vad_mean"))
+            arrays = self.store.read_part(part, (*hidden_keys, "frame_vad", *mean_keys, "vad_mean"))
             ids, offsets = arrays["clip_id"], arrays["offsets"]
-            hidden, frame_vad = arrays["hidden"], arrays["frame_vad"]
-            means = np.concatenate([arrays["hidden_mean"], arrays["vad_mean"]], axis=1)
+            frame_vad = arrays["frame_vad"]
+            means = np.concatenate([*(arrays[k] for k in mean_keys), arrays["vad_mean"]], axis=1)
             self.parts_read += 1
             wanted = set(self._by_part[part])
             for row, clip_id in enumerate(ids):
@@ -104,8 +117,10 @@ class SequenceData:
                 start, end = int(offsets[row]), int(offsets[row + 1])
                 if self.max_frames is not None:
                     end = min(end, start + self.max_frames)
-                seq = np.empty((end - start, self.input_dim), dtype=np.float16)
-                seq[:, : -self.vad_width] = hidden[start:end]
+                seq = np.empty((end - start, self.width), dtype=np.float16)
+                for block, key in enumerate(hidden_keys):
+                    columns = slice(block * self.hidden_size, (block + 1) * self.hidden_size)
+                    seq[:, columns] = arrays[key][start:end]
                 seq[:, -self.vad_width :] = frame_vad[start:end]
                 out[clip_id] = (
                     seq,
@@ -142,6 +157,7 @@ class SequenceData:
         targets: dict[str, np.ndarray] | None = None,
         rng: np.random.Generator | None = None,
         max_frames: int | None = None,
+        layers: tuple[int | None, ...] = (None,),
     ) -> Iterator[Batch]:
         """One pass over ``clip_ids`` (default all) in batches.
 
@@ -150,28 +166,51 @@ class SequenceData:
             rng: shuffles when given; None keeps store order.
             max_frames: crop for this consumer (<= the data's own ``max_frames``); the
                 mean vector is then taken over the cropped frames.
+            layers: the layers this consumer reads (of the data's ``layers``); a batch's
+                per-frame width is ``len(layers) x hidden + vad``.
         """
         wanted = set(self.clip_ids if clip_ids is None else clip_ids)
+        columns = self._columns(layers)
         for window in self._windows(rng):
             ids = [c for c in window if c in wanted]
             if rng is not None:
                 ids = [ids[i] for i in rng.permutation(len(ids))]
             for start in range(0, len(ids), batch_size):
                 chunk = ids[start : start + batch_size]
-                yield self._collate(window, chunk, targets, max_frames)
+                yield self._collate(window, chunk, targets, max_frames, columns)
 
-    def _collate(self, window, chunk, targets, max_frames) -> Batch:
+    def _columns(self, layers: tuple[int | None, ...]) -> np.ndarray | None:
+        """The columns of the held sequence that ``layers`` read (None: all of them)."""
+        missing = [k for k in layers if k not in self.layers]
+        if missing:
+            raise KeyError(f"layers {missing} were not loaded (loaded: {list(self.layers)})")
+        if tuple(layers) == self.layers:
+            return None
+        blocks = [
+            np.arange(
+                self.layers.index(k) * self.hidden_size,
+                (self.layers.index(k) + 1) * self.hidden_size,
+            )
+            for k in layers
+        ]
+        vad = np.arange(self.width - self.vad_width, self.width)
+        return np.concatenate([*blocks, vad])
+
+    def _collate(self, window, chunk, targets, max_frames, columns) -> Batch:
         seqs, means = [], []
         for clip_id in chunk:
             seq, stored_mean, full_frames = window[clip_id]
             if max_frames is not None:
                 seq = seq[:max_frames]
+            if columns is not None:
+                seq, stored_mean = seq[:, columns], stored_mean[columns]
             # The stored mean covers the whole clip; a cropped clip's mean is recomputed.
             cropped = len(seq) < full_frames
             means.append(seq.astype(np.float32).mean(axis=0) if cropped else stored_mean)
             seqs.append(seq)
         lengths = np.array([len(s) for s in seqs], dtype=np.int64)
-        frames = np.zeros((len(seqs), int(lengths.max()), self.input_dim), dtype=np.float32)
+        width = self.width if columns is None else len(columns)
+        frames = np.zeros((len(seqs), int(lengths.max()), width), dtype=np.float32)
         for row, seq in enumerate(seqs):
             frames[row, : len(seq)] = seq
         return Batch(

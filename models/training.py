@@ -38,13 +38,14 @@ from models.head_files import (
     check_head_destination,
     save_head,
 )
-from models.heads import PRESETS, build_head, count_parameters, preset_config
+from models.heads import PRESETS, build_head, count_parameters, layer_weights, preset_config
 from models.metrics import evaluate
 from models.options import (
     DEFAULT_CACHE_GB,
     SIZE_KEYS,
     TrainSettings,
     check_head_name,
+    check_layer_choice,
     check_setting,
     check_targets,
 )
@@ -64,6 +65,32 @@ class HeadPlan:
     targets: tuple[str, ...] | None = None  # None: every label column
     sizes: dict = field(default_factory=dict)
     settings: TrainSettings = TrainSettings()
+    layer: int | str | None = None  # None: the last hidden state; k; or "weighted"
+
+    def layers(self, store: FeatureStore) -> tuple[int | None, ...]:
+        """The stored layers this head reads (None: ``hidden``), checked against
+        ``store``: ``layer: k`` reads ``hidden_states[k]``, ``layers: weighted`` every
+        stored layer (mixed by learned weights).
+
+        Raises:
+            SettingsError: the store lacks the layer (naming the stored ones).
+        """
+        stored = store.layers
+        if self.layer == "weighted":
+            if len(stored) < 2:
+                raise SettingsError(
+                    f"head {self.name!r}: layers: weighted needs a store with several "
+                    f"layers (this one holds {list(stored) or 'the last hidden state only'}); "
+                    "extract with --layers all"
+                )
+            return stored
+        if self.layer is not None and self.layer not in stored:
+            raise SettingsError(
+                f"head {self.name!r}: layer {self.layer} is not stored (stored layers: "
+                f"{', '.join(map(str, stored)) or 'none besides the last hidden state'}); "
+                "extract with --layers"
+            )
+        return (self.layer,)
 
 
 def plans_from_grid(grid: dict, *, defaults: TrainSettings) -> list[HeadPlan]:
@@ -71,11 +98,16 @@ def plans_from_grid(grid: dict, *, defaults: TrainSettings) -> list[HeadPlan]:
 
     Format: ``{"defaults": {...}, "heads": [{...}, ...], "grid": {"key": [values]}}``;
     ``heads`` lists heads one by one, ``grid`` adds the cartesian product of its lists.
-    Keys: ``name``, ``preset``, ``targets``, the sizes (``lstm_hidden``, ``lstm_layers``,
-    ``mlp_hidden``, ``dropout``) and the training settings (``epochs``, ``lr``,
-    ``seed``, ``max_seconds``, ...). Unnamed heads are named by what varies.
+    Keys: ``name``, ``preset``, ``targets``, ``layer`` (a stored layer number, or
+    ``"last"``), ``layers`` (``"weighted"``), the sizes (``lstm_hidden``,
+    ``lstm_layers``, ``mlp_hidden``, ``dropout``) and the training settings
+    (``epochs``, ``lr``, ``seed``, ``max_seconds``, ...). Unnamed heads are named by what
+    varies.
     """
-    allowed = {"name", "preset", "targets", *SIZE_KEYS, *(f.name for f in fields(TrainSettings))}
+    allowed = {
+        "name", "preset", "targets", "layer", "layers", *SIZE_KEYS,
+        *(f.name for f in fields(TrainSettings)),
+    }  # fmt: skip
     if not isinstance(grid, dict):
         raise SettingsError("grid file: expected a JSON object with 'defaults', 'heads', 'grid'")
     shapes = {"defaults": dict, "heads": list, "grid": dict}
@@ -134,7 +166,9 @@ def _name_from(keys: list[str], merged: dict) -> str:
 def _plan_from_entry(merged: dict, defaults: TrainSettings, entry_keys: list[str]) -> HeadPlan:
     """One grid entry, every value checked by the rule of its CLI option."""
     checked = {
-        k: check_setting(k, v) for k, v in merged.items() if k not in ("name", "preset", "targets")
+        k: check_setting(k, v)
+        for k, v in merged.items()
+        if k not in ("name", "preset", "targets", "layer", "layers")
     }
     preset = merged.get("preset", "paper")
     if preset not in PRESETS:
@@ -144,6 +178,7 @@ def _plan_from_entry(merged: dict, defaults: TrainSettings, entry_keys: list[str
         name=check_head_name(merged.get("name") or _name_from(entry_keys, merged)),
         preset=preset,
         targets=check_targets(targets) if targets is not None else None,
+        layer=check_layer_choice(merged.get("layer"), merged.get("layers")),
         sizes={k: checked[k] for k in SIZE_KEYS if k in checked},
         settings=replace(
             defaults,
@@ -217,8 +252,11 @@ def predict_batches(
     """Raw (unclamped) predictions per clip id."""
     out: dict[str, np.ndarray] = {}
     model.eval()
+    layers = getattr(getattr(model, "config", None), "layers", (None,))
     with torch.inference_mode():
-        for batch in data.batches(batch_size, clip_ids=clip_ids, max_frames=max_frames):
+        for batch in data.batches(
+            batch_size, clip_ids=clip_ids, max_frames=max_frames, layers=layers
+        ):
             b = batch.to(device)
             pred = model(b.frames, b.lengths, b.mean).float().cpu().numpy()
             out.update(zip(batch.clip_ids, pred, strict=True))
@@ -353,7 +391,12 @@ def train_one(
     torch.manual_seed(s.seed)
     rng = np.random.default_rng(s.seed)
     config = preset_config(
-        plan.preset, input_dim=data.input_dim, num_targets=len(targets), **plan.sizes
+        plan.preset,
+        input_dim=data.input_dim,
+        num_targets=len(targets),
+        layers=plan.layers(store),
+        layer_width=data.hidden_size,
+        **plan.sizes,
     )
     model = build_head(config).to(device)
     optimiser = _Optimiser(model, s, device, math.ceil(len(train.clip_ids) / s.batch_size))
@@ -368,12 +411,15 @@ def train_one(
                 targets=y_train,
                 rng=rng,
                 max_frames=s.max_frames,
+                layers=config.layers,
             )
         ]
         raw = predict_batches(model, data, val.clip_ids, device=device, max_frames=s.max_frames)
         pred = np.clip(np.stack([raw[c] for c in val.clip_ids]), 0.0, 1.0)
         scores = evaluate(pred, true_val, targets)
         history.append({"epoch": epoch, "train_loss": float(np.mean(losses)), "val": scores})
+        if config.mixes_layers:
+            history[-1]["layer_weights"] = layer_weights(model)
         improved = scores["pearson_mean"] > best[0]
         if improved:
             best = (scores["pearson_mean"], epoch)
@@ -386,6 +432,8 @@ def train_one(
     trained_s = time.perf_counter() - started
     card = _head_card(plan, config, model, targets, train, val, device, store, best, trained_s)
     metrics = {"best_epoch": best[1], "epochs": history}
+    if config.mixes_layers:  # the weights of the saved (best) epoch
+        metrics["layer_weights"] = layer_weights(model)
     from models.plots import plot_learning_curves
 
     save_head(
@@ -457,6 +505,7 @@ def train_heads(
         sorted(set(train.clip_ids) | set(val.clip_ids)),
         max_frames=None if None in crops else max(crops),
         budget_bytes=budget_bytes,
+        layers=tuple(k for p in plans for k in p.layers(store)),  # one read for every head
     )
     log(
         f"{len(train.clip_ids)} training and {len(val.clip_ids)} validation clips, "
@@ -492,6 +541,7 @@ def plan_settings(plan: HeadPlan) -> dict:
     return {
         "preset": plan.preset,
         "targets": ",".join(plan.targets) if plan.targets else "all",
+        "layer": "last" if plan.layer is None else plan.layer,
         **plan.sizes,
         **asdict(plan.settings),
     }
@@ -545,6 +595,7 @@ def train(
     preset: str = "paper",
     grid: str | os.PathLike | dict | None = None,
     targets: str | tuple[str, ...] | None = None,
+    layer: int | str | None = None,
     sizes: dict | None = None,
     settings: TrainSettings | None = None,
     device: str = "auto",
@@ -564,6 +615,9 @@ def train(
         preset: ``paper``, ``compact`` or ``mean-linear`` (without ``grid``).
         grid: a grid file (path) or its dict: many heads, one data load (README).
         targets: label columns to train on (``"A,B"`` or a tuple); None: all.
+        layer: the representation (without ``grid``): None or ``"last"``: the last
+            hidden state; k: stored layer k; ``"weighted"``: a learned softmax
+            weighting of every stored layer.
         sizes: overrides of ``lstm_hidden``, ``lstm_layers``, ``mlp_hidden``, ``dropout``.
         settings: the recipe (default ``TrainSettings()``: the paper's).
         cache_gb: memory for cached sequences; larger data streams from the store.
@@ -601,6 +655,9 @@ def train(
                 sizes={k: check_setting(k, v) for k, v in (sizes or {}).items() if v is not None},
                 settings=settings,
                 targets=None if targets is None else check_targets(targets),
+                layer=check_layer_choice(layers=layer)
+                if layer == "weighted"
+                else check_layer_choice(layer=layer),
             )
         ]
     budget = int(cache_gb * 2**30)

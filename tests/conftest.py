@@ -106,7 +106,8 @@ def labelled_store(
             "train", store, "--labels", splits["train"], "--val-labels", splits["valid"],
             "--out", folder / preset, "--preset", preset, "--epochs", str(epochs), "--quiet",
         )  # fmt: skip
-    return {"store": store, "audio": audio, "head": folder / presets[0], "folder": folder, **splits}
+    head = folder / presets[0] if presets else None
+    return {"store": store, "audio": audio, "head": head, "folder": folder, **splits}
 
 
 def train_cli(made: dict, out: Path, *extra: str, expect: int | None = 0):

@@ -32,16 +32,19 @@ class ReferenceForward:
 
     @torch.inference_mode()
     def __call__(self, audio_16k: np.ndarray, *, normalised: bool = False) -> dict:
-        """Features of one clip: hidden, frame_vad, hidden_mean, vad_mean, clip_vad."""
+        """Features of one clip: hidden, frame_vad, hidden_mean, vad_mean, clip_vad,
+        and ``layers``: every ``hidden_states[k]`` (k = 0 .. last)."""
         if normalised:
             values = torch.from_numpy(np.asarray(audio_16k, dtype=np.float32))[None]
         else:
             values = self.processor(
                 audio_16k, sampling_rate=16_000, return_tensors="pt"
             ).input_values
-        hidden = self.encoder(values).last_hidden_state[0]
+        out = self.encoder(values, output_hidden_states=True)
+        hidden = out.last_hidden_state[0]
         frame_vad = self.apply_head(hidden)
         return {
+            "layers": [states[0].numpy() for states in out.hidden_states],
             "hidden": hidden.numpy(),
             "frame_vad": frame_vad.numpy(),
             "hidden_mean": hidden.mean(0).numpy(),
