@@ -73,6 +73,13 @@ DEFAULTS = ExtractOptions()
     "fingerprint. Default: the store's layers, for a new store last.",
 )
 @click.option(
+    "--feature-set",
+    default=None,
+    help="Feature set of STORE to extract into; a new name adds a set (another backbone "
+    "or settings) without touching the others. Default: the set these settings make, "
+    "else the store's default set; for a new store the backbone's name.",
+)
+@click.option(
     "--max-seconds",
     type=click.FloatRange(min=0.025),
     default=None,
@@ -126,6 +133,7 @@ def extract(
     batch_seconds: float | None,
     decode_threads: int | None,
     layers: str | None,
+    feature_set: str | None,
     max_seconds: float | None,
     window_seconds: float,
     part_seconds: float | None,
@@ -155,6 +163,7 @@ def extract(
         batch_seconds=batch_seconds,
         decode_threads=decode_threads,
         layers=layers,
+        feature_set=feature_set,
         max_seconds=max_seconds,
         window_seconds=window_seconds or None,
         part_seconds=part_seconds,
@@ -170,7 +179,8 @@ def extract(
         click.echo(
             f"{summary.extracted} clips extracted ({summary.audio_s / 3600:.3f} h of audio, "
             f"{summary.frames} frames, {speed:.1f} audio s/s), {summary.already_stored} "
-            f"already stored, {len(summary.failed)} failed -> {store}"
+            f"already stored, {len(summary.failed)} failed -> {store} "
+            f"(feature set {summary.feature_set})"
         )
         if summary.incomplete_removed:
             click.echo(

@@ -73,6 +73,12 @@ DEVICE_OPTION = click.option(
 )
 @click.option("--targets", default=None, help="Comma-separated subset of label columns.")
 @click.option(
+    "--feature-set",
+    default=None,
+    help="The feature set of STORE to train on (emi store info lists them); default: "
+    "its only or default set.",
+)
+@click.option(
     "--layer",
     default=None,
     help="Stored layer to read: a layer number of the store (emi store info lists them) "

@@ -22,19 +22,38 @@ def _seconds(label: str, value: float | None, none: str) -> str:
     return none if value is None else f"{label} {value:g} s"
 
 
+SET_OPTION = click.option(
+    "--feature-set",
+    default=None,
+    help="The feature set (emi store info lists them); default: the store's default set.",
+)
+
+
 @store.command("info")
 @click.argument("location")
+@SET_OPTION
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def info(location: str, as_json: bool) -> None:
-    """Clips, frames, hours of audio, size on disk, spec and failed clips of LOCATION."""
-    data = store_info(FeatureStore.open(location))
+def info(location: str, feature_set: str | None, as_json: bool) -> None:
+    """The feature sets of LOCATION, and of one set: clips, frames, hours of audio,
+    size on disk, spec and failed clips."""
+    data = store_info(FeatureStore.open(location, feature_set=feature_set))
     if as_json:
         click.echo(json.dumps(data, indent=2))
         return
     spec = data["spec"]
     backbone = spec["backbone"]
-    lines = [
-        f"store        {data['store']}",
+    sets = data["feature_sets"]
+    lines = [f"store        {data['store']} ({data['size_bytes'] / 2**20:.1f} MiB)"]
+    lines += [f"feature sets {len(sets)}"]
+    lines += [
+        f"  {'*' if s['feature_set'] == data['feature_set'] else ' '} {s['feature_set']:32s} "
+        f"{s['fingerprint'][:12]}  {s['hidden_size']}-d, layers "
+        f"{','.join(map(str, s['layers'])) or 'last'}{'' if s['vad'] else ', no VAD head'}; "
+        f"{s['clips']} clips, {s['hours_audio']:.3f} h, {s['set_size_bytes'] / 2**20:.1f} MiB"
+        for s in sets
+    ]
+    lines += [
+        f"feature set  {data['feature_set']}",
         f"fingerprint  {data['fingerprint']}",
         f"clips        {data['clips']} in {data['parts']} parts"
         + (
@@ -45,7 +64,7 @@ def info(location: str, as_json: bool) -> None:
         f"frames       {data['frames']} ({data['hours_extracted']:.3f} h at "
         f"{spec['frame_rate_hz']} Hz)",
         f"audio        {data['hours_audio']:.3f} h",
-        f"size         {data['size_bytes'] / 2**20:.1f} MiB",
+        f"size         {data['set_size_bytes'] / 2**20:.1f} MiB",
         f"backbone     {backbone['ref']}"
         + (f" @ {backbone['revision']}" if backbone.get("revision") else "")
         + f" (weights sha256 {backbone['weights_sha256'][:12]}, "
@@ -72,18 +91,29 @@ def verify(location: str) -> None:
     """Read every committed part and check it against its checksums, shapes, offsets,
     ids and means; exit 1 naming each damaged part and array."""
     opened = FeatureStore.open(location)
-    problems = verify_store(opened)
+    found = {name: verify_store(opened.with_set(name)) for name in opened.feature_sets}
+    problems = [p for listed in found.values() for p in listed]
     if problems:
         click.echo(f"{location}: {len(problems)} problems", err=True)
-        for p in problems:
-            click.echo(f"  {p}", err=True)
+        for name, listed in found.items():
+            for p in listed:
+                click.echo(f"  {p}" if len(found) == 1 else f"  set {name}: {p}", err=True)
         click.echo(
             "run `emi store repair` to drop the damaged parts; the next `emi extract` "
             "recomputes their clips",
             err=True,
         )
         sys.exit(1)
-    click.echo(f"{location}: ok ({len(opened)} clips in {len(opened.complete_parts)} parts)")
+    counts = [opened.with_set(name) for name in opened.feature_sets]
+    click.echo(
+        f"{location}: ok ("
+        + "; ".join(
+            f"{len(s)} clips in {len(s.complete_parts)} parts"
+            + ("" if len(counts) == 1 else f" of set {s.feature_set}")
+            for s in counts
+        )
+        + ")"
+    )
 
 
 @store.command("repair")
@@ -106,10 +136,12 @@ def repair(location: str) -> None:
 @store.command("export")
 @click.argument("location")
 @click.argument("output", type=click.Path(dir_okay=False))
+@SET_OPTION
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def export(location: str, output: str, quiet: bool) -> None:
-    """Export every clip of LOCATION to an HDF5 file OUTPUT (a group per clip)."""
-    opened = FeatureStore.open(location)
+def export(location: str, output: str, feature_set: str | None, quiet: bool) -> None:
+    """Export every clip of one feature set of LOCATION to an HDF5 file OUTPUT (a group
+    per clip)."""
+    opened = FeatureStore.open(location, feature_set=feature_set)
     show = not quiet and sys.stderr.isatty()
     try:
         count = export_hdf5(

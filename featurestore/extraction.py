@@ -31,7 +31,15 @@ from featurestore.options import (
 from featurestore.part_task import PartJob, run_part
 from featurestore.records import ClipFailure
 from featurestore.spec import build_spec, fingerprint
-from featurestore.store import FeatureStore, StoreWriter, part_name, read_root
+from featurestore.store import (
+    FeatureStore,
+    StoreWriter,
+    check_set_name,
+    default_set,
+    feature_sets,
+    part_name,
+    read_root,
+)
 from manifests.records import ClipRecord, planning_seconds
 
 
@@ -41,6 +49,7 @@ class ExtractSummary:
 
     store: str
     fingerprint: str
+    feature_set: str | None = None
     already_stored: int = 0
     extracted: int = 0
     frames: int = 0
@@ -117,12 +126,17 @@ def extract(
     options = options or ExtractOptions()
     if _local_cluster(options):
         require_device(options.device)  # local workers see this machine's devices
+    if options.feature_set is not None:
+        check_set_name(options.feature_set)
     location = StoreLocation.of(store, options.storage_options)
     meta = read_root(location)  # refuse what is not an emi store before writing there
-    default = meta["spec"]["backbone"]["ref"] if meta else DEFAULT_MODEL
+    held = None  # the set this run adds to, where it exists: its settings are the defaults
+    if meta is not None:
+        held = feature_sets(meta).get(options.feature_set or default_set(meta))
+    default = held["spec"]["backbone"]["ref"] if held else DEFAULT_MODEL
     layers = options.layers
-    if layers is None:  # the store's layers, for a new store the last layer only
-        layers = tuple(meta["spec"].get("layers", ())) if meta else "last"
+    if layers is None:  # the set's layers, for a new set the last layer only
+        layers = tuple(held["spec"].get("layers", ())) if held else "last"
     options = replace(options, model=local_ref(options.model or default))
     identity = identify_backbone(options.model, revision=options.revision)
     spec = build_spec(
@@ -141,8 +155,10 @@ def extract(
             "(its config.json 'store.spec.backbone')."
         )
     with StoreLock(location, purpose="extract") as lock:
-        writer = StoreWriter.open(location, spec, lock)
-        summary = ExtractSummary(store=store, fingerprint=fingerprint(spec))
+        writer = StoreWriter.open(location, spec, lock, feature_set=options.feature_set)
+        summary = ExtractSummary(
+            store=store, fingerprint=fingerprint(spec), feature_set=writer.feature_set
+        )
         summary.incomplete_removed = writer.remove_uncommitted_parts()
         _run(records, options, identity, writer, lock, summary)
     summary.parts_written.sort()
@@ -152,7 +168,7 @@ def extract(
 
 def _missing(records: list[ClipRecord], writer: StoreWriter, options, summary) -> list:
     """The clips to compute: not stored, or (with ``refresh_changed``) whose file changed."""
-    stored_sha = FeatureStore(writer.location, writer.meta).sha256_by_clip()
+    stored_sha = FeatureStore(writer.location, writer.meta, writer.feature_set).sha256_by_clip()
     summary.changed_sources = [
         r.clip_id
         for r in records
@@ -222,6 +238,7 @@ def _submit(client, missing, options, identity, writer, lock, fingerprint: str) 
             storage_options=options.storage_options,
             decode_threads=options.decode_threads,
             layers=tuple(options.layers),
+            parts_path=writer.parts_path,
         )
         future = client.submit(
             run_part,

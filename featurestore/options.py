@@ -86,6 +86,9 @@ class ExtractOptions:
         decode_threads: threads per worker decoding ahead of the device (0: decode,
             forward and write in turn); None: ``EMI_DECODE_THREADS``, else on GPU
             workers their share of the CPUs, on CPU 0.
+        feature_set: the store's feature set to extract into (created where it is
+            new); None: the set with this run's fingerprint, else the default set, for
+            a new store the backbone's name.
         layers: the transformer layers to store: ``"last"``, ``"all"``, ``"0,6,12"``
             or a tuple of layer numbers (the last layer is always stored; in the
             fingerprint); None: the store's layers, for a new store ``"last"``.
@@ -109,6 +112,7 @@ class ExtractOptions:
     batch_seconds: float | None = None
     decode_threads: int | None = None
     layers: str | tuple[int, ...] | None = None
+    feature_set: str | None = None
     max_seconds: float | None = None
     window_seconds: float | None = 30.0
     part_seconds: float | None = None

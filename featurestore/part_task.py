@@ -68,6 +68,7 @@ class PartJob:
     storage_options: dict = field(default_factory=dict)
     decode_threads: int | None = None  # None: see decode_threads_for
     layers: tuple[int, ...] = ()  # the spec's stored layers (): the last only
+    parts_path: str = "parts"  # the feature set's part folders, relative to the store
 
 
 def cached_backbone(job: PartJob, device: str) -> LoadedBackbone:
@@ -146,6 +147,7 @@ def run_part(job: PartJob, *, encoder: BatchEncoder | None = None) -> dict:
         open_zarr_store(job.store, mode="a", storage_options=job.storage_options),
         job.part,
         spec,
+        job.parts_path,
     )
     # On a CPU the stages run in turn (the forward pass is nearly all the work, and
     # threads beside torch's own slow it); on a GPU they overlap.

@@ -16,6 +16,7 @@ from featurestore.store import (
     PART_ATTR,
     FeatureStore,
     StoreWriter,
+    feature_sets,
     read_root,
 )
 
@@ -27,23 +28,41 @@ def size_on_disk(location: str, *, storage_options: dict | None = None) -> int:
 
 
 def store_info(store: FeatureStore, *, storage_options: dict | None = None) -> dict:
-    """Clips, frames, hours, size, spec and failed clips, as a JSON-able dict (reads the
-    root only, plus a listing and the size)."""
+    """Clips, frames, hours, size, spec and failed clips of ``store``'s feature set, and
+    a summary of every set of the store (``feature_sets``: name, fingerprint, backbone,
+    hidden size, layers, clips, hours, size), as a JSON-able dict (reads the root only,
+    plus listings and sizes)."""
+    return {
+        "store": store.location,
+        "size_bytes": size_on_disk(store.location, storage_options=storage_options),
+        **_set_info(store, storage_options),
+        "uncommitted_parts": store.uncommitted_parts(),
+        "spec": store.spec.to_dict(),
+        "failed": [f.to_dict() for f in store.failures],
+        "feature_sets": [
+            _set_info(store.with_set(name), storage_options) for name in store.feature_sets
+        ],
+    }
+
+
+def _set_info(store: FeatureStore, storage_options: dict | None) -> dict:
     records = store.parts.values()
     frames = sum(int(r["frames"]) for r in records)
     audio_s = sum(float(np.sum(r["duration_s"])) for r in records)
+    where = StoreLocation.of(store.location, storage_options)
     return {
-        "store": store.location,
+        "feature_set": store.feature_set,
         "fingerprint": store.fingerprint,
+        "backbone": store.spec.backbone.ref,
+        "hidden_size": store.spec.hidden_size,
+        "layers": list(store.layers),
+        "vad": bool(store.spec.vad_labels),
         "clips": len(store),
         "frames": frames,
         "hours_audio": audio_s / 3600.0,
         "hours_extracted": frames / store.spec.frame_rate_hz / 3600.0,
         "parts": len(store.complete_parts),
-        "uncommitted_parts": store.uncommitted_parts(),
-        "size_bytes": size_on_disk(store.location, storage_options=storage_options),
-        "spec": store.spec.to_dict(),
-        "failed": [f.to_dict() for f in store.failures],
+        "set_size_bytes": int(where.fs.du(where.key(store._parts_path))),
     }
 
 
@@ -136,16 +155,18 @@ def repair_store(location: str, *, storage_options: dict | None = None) -> Repai
     report = RepairReport()
     with StoreLock(where, purpose="store repair") as lock:
         meta = read_root(where)
-        store = FeatureStore(where, meta)
-        store.location = str(location)
-        report.problems = verify_store(store)
-        damaged = sorted({p.part for p in report.problems if p.part})
-        report.dropped_clips = sorted(
-            cid for name in damaged for cid in store.part_marker(name)["clip_id"]
-        )
-        writer = StoreWriter(where, meta, lock)
-        if damaged:
-            writer.drop_parts(damaged)
-        report.dropped_parts = damaged
-        report.removed_uncommitted = writer.remove_uncommitted_parts()
+        for name in feature_sets(meta):
+            store = FeatureStore(where, meta, name)
+            store.location = str(location)
+            problems = verify_store(store)
+            damaged = sorted({p.part for p in problems if p.part})
+            report.problems += problems
+            report.dropped_clips += sorted(
+                cid for part in damaged for cid in store.part_marker(part)["clip_id"]
+            )
+            writer = StoreWriter(where, meta, lock, name)
+            if damaged:
+                writer.drop_parts(damaged)
+            report.dropped_parts += damaged
+            report.removed_uncommitted += writer.remove_uncommitted_parts()
     return report

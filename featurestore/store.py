@@ -39,6 +39,7 @@ import asyncio
 import datetime as dt
 import json
 import os
+import re
 import socket
 import uuid
 from collections.abc import Iterator
@@ -70,7 +71,10 @@ if TYPE_CHECKING:
     from featurestore.lock import StoreLock
 
 STORE_FORMAT = 2  # 1: parts found by listing, no checksums (emi 0.1)
-PARTS = "parts"
+SETS_FORMAT = 3  # several feature sets (a store of one set keeps format 2)
+STORE_FORMATS = (STORE_FORMAT, SETS_FORMAT)
+PARTS = "parts"  # the first feature set's parts; a further set's: sets/<name>/parts
+SETS = "sets"
 ROOT_ATTR = "emi"
 PART_ATTR = "emi_part"
 CHUNK_BYTES = 4 << 20  # about 4 MiB per chunk of a per-frame array (41 s of 1024-d float16)
@@ -146,8 +150,80 @@ def open_zarr_store(location: str | os.PathLike, *, mode: str, storage_options: 
 # -- the root: reading it, creating it ---------------------------------------------------
 
 
+# -- feature sets: a store holds one or several, each with its own spec and parts ------
+
+_SET_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+=-]{0,99}")
+
+
+def check_set_name(name: str) -> str:
+    """A feature set's name is a plain folder name (letters, digits, ``_ . + = -``, not
+    starting with ``.``, at most 100 characters)."""
+    if not isinstance(name, str) or not _SET_NAME.fullmatch(name):
+        raise StoreError(
+            f"--feature-set {name!r}: not a plain name (letters, digits, _ . + = -; not "
+            "starting with '.'; at most 100 characters)"
+        )
+    return name
+
+
+def set_name_of(spec: FeatureSpec | dict) -> str:
+    """The default name of a feature set: its backbone's folder or hub name, made plain
+    (``audeering/wav2vec2-large-robust-12-ft-emotion-msp-dim`` ->
+    ``wav2vec2-large-robust-12-ft-emotion-msp-dim``)."""
+    ref = str(as_spec(spec).backbone.ref or "features").rstrip("/")
+    name = re.sub(r"[^A-Za-z0-9_.+=-]", "_", ref.rsplit("/", 1)[-1]).lstrip(".")
+    return name[:100] or "features"
+
+
+def feature_sets(meta: dict) -> dict[str, dict]:
+    """The store's feature sets: name -> its record (``fingerprint``, ``spec``,
+    ``parts``, ``failures``; ``parts_path`` where it is not ``parts``). The records are
+    the root's own dicts: a writer's changes to them are the root's."""
+    if meta.get("format_version") == SETS_FORMAT:
+        return meta["sets"]
+    return {meta.get("feature_set") or set_name_of(meta["spec"]): meta}
+
+
+def default_set(meta: dict) -> str:
+    """The set used where none is named: the store's first."""
+    if meta.get("format_version") == SETS_FORMAT:
+        return meta["default_set"]
+    return next(iter(feature_sets(meta)))
+
+
+def parts_path(record: dict) -> str:
+    """Where a feature set's part folders are, relative to the store."""
+    return record.get("parts_path", PARTS)
+
+
 def _index_digest(meta: dict) -> str:
-    return digest_of_json({"parts": meta.get("parts", {}), "failures": meta.get("failures", {})})
+    if meta.get("format_version") == SETS_FORMAT:
+        return digest_of_json(
+            {
+                "default_set": meta.get("default_set"),
+                "sets": {
+                    name: {k: r.get(k) for k in ("parts_path", "fingerprint", "parts", "failures")}
+                    for name, r in meta.get("sets", {}).items()
+                },
+            }
+        )
+    named = {"feature_set": meta["feature_set"]} if "feature_set" in meta else {}
+    return digest_of_json(
+        {"parts": meta.get("parts", {}), "failures": meta.get("failures", {}), **named}
+    )
+
+
+def _intact(meta: dict) -> bool:
+    """The root's index digest and every set's fingerprint match."""
+    try:
+        sets = feature_sets(meta)
+        return (
+            meta.get("index_digest") == _index_digest(meta)
+            and default_set(meta) in sets
+            and all(fingerprint(r["spec"]) == r.get("fingerprint") for r in sets.values())
+        )
+    except (KeyError, TypeError, AttributeError, StopIteration):
+        return False
 
 
 def read_root(location: StoreLocation) -> dict | None:
@@ -192,19 +268,13 @@ def read_root(location: StoreLocation) -> dict | None:
         raise StoreError(
             f"{location.url}: a Zarr group, but not an emi feature store. Nothing was changed."
         )
-    if meta.get("format_version") != STORE_FORMAT:
+    if meta.get("format_version") not in STORE_FORMATS:
         raise StoreError(
             f"{location.url}: store format {meta.get('format_version')} (this emi reads "
-            f"format {STORE_FORMAT}, with committed parts and checksums); re-extract into "
-            "a new store."
+            f"formats {STORE_FORMAT} and {SETS_FORMAT}, with committed parts and checksums); "
+            "re-extract into a new store."
         )
-    try:
-        intact = meta.get("index_digest") == _index_digest(meta) and fingerprint(
-            meta["spec"]
-        ) == meta.get("fingerprint")
-    except (KeyError, TypeError, AttributeError):
-        intact = False
-    if not intact:
+    if not _intact(meta):
         raise StoreDamage(
             f"{location.url}: root metadata zarr.json does not match its own checksum or "
             "fingerprint (edited or damaged). Nothing was changed."
@@ -225,31 +295,52 @@ def _read_root_node(location: StoreLocation) -> bytes:
 
 
 class StoreWriter:
-    """The driver's side of a store: creates it, commits parts, records failures.
+    """The driver's side of one feature set of a store: creates it, commits parts,
+    records failures.
 
     Only the holder of the writer lock uses it; every commit checks the lock first.
     """
 
-    def __init__(self, location: StoreLocation, meta: dict, lock: StoreLock | None) -> None:
+    def __init__(
+        self,
+        location: StoreLocation,
+        meta: dict,
+        lock: StoreLock | None,
+        feature_set: str | None = None,
+    ) -> None:
         self.location = location
-        self.meta = meta
+        self.meta = meta  # the whole root
         self.lock = lock
+        self.feature_set = feature_set or default_set(meta)
 
     @classmethod
     def open(
-        cls, location: StoreLocation, spec: FeatureSpec | dict, lock: StoreLock | None
+        cls,
+        location: StoreLocation,
+        spec: FeatureSpec | dict,
+        lock: StoreLock | None,
+        feature_set: str | None = None,
     ) -> StoreWriter:
-        """Create the store with ``spec`` where none exists, or check the existing one.
+        """Create the store with ``spec`` where none exists, add feature set
+        ``feature_set`` to an existing one, or check the existing set.
+
+        ``feature_set`` None: the store's set with this spec's fingerprint, else its
+        default set; for a new store, the backbone's name (:func:`set_name_of`).
+        Adding a set never changes another set's bytes (only the root's index).
 
         Raises:
-            StoreError: another spec's store, or something that is not an emi store.
+            StoreError: the set exists with another spec, or something that is not an
+                emi store is there.
             StoreDamage: a damaged root.
         """
         meta = read_root(location)
         wanted = fingerprint(spec)
+        if feature_set is not None:
+            check_set_name(feature_set)
         if meta is None:
             meta = {
                 "format_version": STORE_FORMAT,
+                "feature_set": feature_set or set_name_of(spec),
                 "fingerprint": wanted,
                 "spec": as_spec(spec).to_dict(),
                 "parts": {},
@@ -261,18 +352,63 @@ class StoreWriter:
                 raise StoreError(f"{location.url}: another run created a store here just now")
             location.write(f"{PARTS}/zarr.json", group_node({}))
             return cls(location, meta, lock)
-        if meta["fingerprint"] != wanted:
+        sets = feature_sets(meta)
+        if feature_set is None:
+            matching = [name for name, r in sets.items() if r["fingerprint"] == wanted]
+            feature_set = matching[0] if matching else default_set(meta)
+        if feature_set not in sets:
+            return cls._add_set(location, meta, feature_set, spec, lock)
+        held = sets[feature_set]
+        if held["fingerprint"] != wanted:
+            others = ", ".join(sorted(sets))
             raise StoreError(
-                f"{location.url} holds features with fingerprint {meta['fingerprint'][:12]}, "
-                f"this run would make {wanted[:12]} "
-                f"({describe_difference(meta['spec'], spec)}). "
-                "Use another store path, or the settings the store was made with."
+                f"{location.url}: feature set {feature_set!r} holds features with fingerprint "
+                f"{held['fingerprint'][:12]}, this run would make {wanted[:12]} "
+                f"({describe_difference(held['spec'], spec)}). Use the settings the set was "
+                f"made with, another store path, or --feature-set NAME to add these "
+                f"features as a new set (sets here: {others})."
             )
-        return cls(location, meta, lock)
+        return cls(location, meta, lock, feature_set)
+
+    @classmethod
+    def _add_set(cls, location, meta, name: str, spec, lock) -> StoreWriter:
+        """Add an empty feature set (the root becomes format 3); its folder first, then
+        the root that commits it."""
+        if meta["format_version"] == STORE_FORMAT:
+            first = default_set(meta)
+            record = {k: meta[k] for k in ("fingerprint", "spec", "parts", "failures")}
+            meta.clear()
+            meta.update(
+                format_version=SETS_FORMAT,
+                default_set=first,
+                sets={first: {"parts_path": PARTS, **record}},
+            )
+        path = f"{SETS}/{name}/{PARTS}"
+        meta["sets"][name] = {
+            "parts_path": path,
+            "fingerprint": fingerprint(spec),
+            "spec": as_spec(spec).to_dict(),
+            "parts": {},
+            "failures": {},
+        }
+        for folder in (SETS, f"{SETS}/{name}", path):
+            location.write(f"{folder}/zarr.json", group_node({}))
+        writer = cls(location, meta, lock, name)
+        writer._save()
+        return writer
+
+    @property
+    def record(self) -> dict:
+        """This set's record in the root (fingerprint, spec, parts, failures)."""
+        return feature_sets(self.meta)[self.feature_set]
+
+    @property
+    def parts_path(self) -> str:
+        return parts_path(self.record)
 
     @property
     def fingerprint(self) -> str:
-        return self.meta["fingerprint"]
+        return self.record["fingerprint"]
 
     def _save(self) -> None:
         if self.lock is not None:
@@ -281,20 +417,21 @@ class StoreWriter:
         self.location.write("zarr.json", group_node({ROOT_ATTR: self.meta}))
 
     def commit(self, name: str | None, record: dict | None, failures: list[dict]) -> None:
-        """Make part ``name`` (its arrays and marker already written) part of the store,
+        """Make part ``name`` (its arrays and marker already written) part of the set,
         and record ``failures`` (clips that could not be stored, with reasons).
 
         A part that stored no clip is not committed (its folder is deleted)."""
+        held = self.record
         if name is not None and record is not None and record["clips"]:
-            self.meta["parts"][name] = record
+            held["parts"][name] = record
         elif name is not None:
-            self.location.delete(f"{PARTS}/{name}", recursive=True)
+            self.location.delete(f"{self.parts_path}/{name}", recursive=True)
         stored = set(record["clip_id"]) if record else set()
         for cid in stored:
-            self.meta["failures"].pop(cid, None)
+            held["failures"].pop(cid, None)
         now = _utc_now()
         for f in failures:
-            self.meta["failures"][f["clip_id"]] = {
+            held["failures"][f["clip_id"]] = {
                 "path": f["path"],
                 "reason": f["reason"],
                 "at": now,
@@ -305,23 +442,23 @@ class StoreWriter:
         """Take parts out of the index (their clips count as missing again), then delete
         their folders."""
         for name in names:
-            self.meta["parts"].pop(name, None)
+            self.record["parts"].pop(name, None)
         self._save()
         for name in names:
-            self.location.delete(f"{PARTS}/{name}", recursive=True)
+            self.location.delete(f"{self.parts_path}/{name}", recursive=True)
 
     def uncommitted_parts(self) -> list[str]:
-        """Part folders not in the index: left by a crashed or stopped run."""
-        return uncommitted_parts(self.location, self.meta["parts"])
+        """Part folders of this set not in the index: left by a crashed or stopped run."""
+        return uncommitted_parts(self.location, self.record["parts"], self.parts_path)
 
     def remove_uncommitted_parts(self) -> list[str]:
         names = self.uncommitted_parts()
         for name in names:
-            self.location.delete(f"{PARTS}/{name}", recursive=True)
+            self.location.delete(f"{self.parts_path}/{name}", recursive=True)
         return names
 
     def next_part_number(self) -> int:
-        numbers = [part_number(n) for n in self.meta["parts"]]
+        numbers = [part_number(n) for n in self.record["parts"]]
         return max(numbers, default=-1) + 1
 
     def add_part(self, clips: list[StoredClip], features: list[ClipFeatures]) -> str:
@@ -332,15 +469,18 @@ class StoreWriter:
         zarr_store = open_zarr_store(
             self.location.url, mode="a", storage_options=self.location.storage_options
         )
-        record = write_part(zarr_store, name, self.meta["spec"], clips, features)
+        record = write_part(
+            zarr_store, name, self.record["spec"], clips, features, parts_path=self.parts_path
+        )
         self.commit(name, record, [])
         return name
 
 
-def uncommitted_parts(location: StoreLocation, committed: dict) -> list[str]:
-    """Part folders of the store at ``location`` that are not in ``committed``: being
-    written now, or left by a stopped run (the next extract or repair deletes them)."""
-    return [n for n in location.entries(PARTS) if n not in committed and n != "zarr.json"]
+def uncommitted_parts(location: StoreLocation, committed: dict, path: str = PARTS) -> list[str]:
+    """Part folders under ``path`` of the store at ``location`` that are not in
+    ``committed``: being written now, or left by a stopped run (the next extract or
+    repair deletes them)."""
+    return [n for n in location.entries(path) if n not in committed and n != "zarr.json"]
 
 
 def _utc_now() -> str:
@@ -419,8 +559,15 @@ class PartWriter:
     clip for the per-frame arrays).
     """
 
-    def __init__(self, store: zarr.storage.StoreLike, name: str, spec: FeatureSpec | dict):
+    def __init__(
+        self,
+        store: zarr.storage.StoreLike,
+        name: str,
+        spec: FeatureSpec | dict,
+        parts_path: str = PARTS,
+    ):
         self.spec = as_spec(spec)
+        self._parts_path = parts_path
         self._widths = _widths(self.spec)
         self._schema = {a.name: a for a in schema(self.spec)}
         self._store, self._name = store, name
@@ -440,7 +587,7 @@ class PartWriter:
         if self._part is not None:
             return
         self._part = zarr.create_group(
-            self._store, path=f"{PARTS}/{self._name}", overwrite=True, zarr_format=3
+            self._store, path=f"{self._parts_path}/{self._name}", overwrite=True, zarr_format=3
         )
         self._part.attrs[PART_ATTR] = {"complete": False}
         for a in self._schema.values():
@@ -541,9 +688,10 @@ def write_part(
     spec: FeatureSpec | dict,
     clips: list[StoredClip],
     features: list[ClipFeatures],
+    parts_path: str = PARTS,
 ) -> dict:
     """Write one part's arrays, then its marker, in one go; returns its commit record."""
-    writer = PartWriter(store, name, spec)
+    writer = PartWriter(store, name, spec, parts_path)
     writer.append(clips, features)
     return writer.finish()
 
@@ -582,34 +730,71 @@ class FeatureStore:
         (342, 1024)
     """
 
-    def __init__(self, location: StoreLocation, meta: dict) -> None:
+    def __init__(self, location: StoreLocation, meta: dict, feature_set: str | None = None) -> None:
         self._where = location
         self.location = location.url
-        self._meta = meta
+        self._root = meta
+        sets = feature_sets(meta)
+        self.feature_set = feature_set or default_set(meta)
+        if self.feature_set not in sets:
+            raise StoreError(
+                f"{location.url} has no feature set {self.feature_set!r} (its sets: "
+                f"{', '.join(sorted(sets))})"
+            )
+        self._meta = sets[self.feature_set]  # this set's record
+        self._parts_path = parts_path(self._meta)
         self._zarr = open_zarr_store(
             location.url, mode="r", storage_options=location.storage_options
         )
         self._groups: dict[str, zarr.Group] = {}
         self._clip_arrays: dict[tuple[str, str], np.ndarray] = {}
-        self._schema = {a.name: a for a in schema(meta["spec"])}
+        self._schema = {a.name: a for a in schema(self._meta["spec"])}
 
     @classmethod
     def open(
-        cls, location: str | os.PathLike, *, storage_options: dict | None = None
+        cls,
+        location: str | os.PathLike,
+        *,
+        storage_options: dict | None = None,
+        feature_set: str | None = None,
     ) -> FeatureStore:
-        """Open a store read-only: one read of the root, whatever the number of parts.
+        """Open one feature set of a store read-only: one read of the root, whatever the
+        number of sets and parts.
+
+        Args:
+            feature_set: the set's name; None: the store's only or default set.
 
         Raises:
-            StoreError: no store there, or not an emi store.
+            StoreError: no store there, not an emi store, or no such set (the message
+                names the sets there).
             StoreDamage: the root metadata is damaged.
         """
         where = StoreLocation.of(location, storage_options)
         meta = read_root(where)
         if meta is None:
             raise StoreError(f"{location}: no feature store there (run `emi extract` first)")
-        store = cls(where, meta)
+        store = cls(where, meta, feature_set)
         store.location = str(location)
         return store
+
+    @property
+    def feature_sets(self) -> tuple[str, ...]:
+        """The names of the store's feature sets (the default set first)."""
+        first = default_set(self._root)
+        return (first, *sorted(n for n in feature_sets(self._root) if n != first))
+
+    def with_set(self, feature_set: str) -> FeatureStore:
+        """Another feature set of this store, from the root already read (no read)."""
+        other = FeatureStore(self._where, self._root, feature_set)
+        other.location = self.location
+        return other
+
+    def set_for_fingerprint(self, wanted: str) -> FeatureStore | None:
+        """The set of this store whose features have fingerprint ``wanted``, or None."""
+        for name in self.feature_sets:
+            if feature_sets(self._root)[name]["fingerprint"] == wanted:
+                return self if name == self.feature_set else self.with_set(name)
+        return None
 
     @cached_property
     def spec(self) -> FeatureSpec:
@@ -690,7 +875,7 @@ class FeatureStore:
         if name not in self._groups:
             try:
                 self._groups[name] = zarr.open_group(
-                    self._zarr, path=f"{PARTS}/{name}", mode="r", zarr_format=3
+                    self._zarr, path=f"{self._parts_path}/{name}", mode="r", zarr_format=3
                 )
             except Exception as err:
                 raise StoreDamage(
@@ -843,7 +1028,7 @@ class FeatureStore:
 
     def uncommitted_parts(self) -> list[str]:
         """Part folders that are not committed (being written, or left by a stop)."""
-        return uncommitted_parts(self._where, self._meta["parts"])
+        return uncommitted_parts(self._where, self._meta["parts"], self._parts_path)
 
     def part_marker(self, name: str) -> dict:
         """The committed record of part ``name``."""

@@ -27,9 +27,10 @@ def _train_task(
     budget_bytes: int,
     skip_missing: bool,
     overwrite: bool,
+    feature_set: str | None = None,
 ) -> TrainedHead:
     [result] = train_heads(
-        FeatureStore.open(store),
+        FeatureStore.open(store, feature_set=feature_set),
         train_table,
         val_table,
         [plan],
@@ -54,8 +55,10 @@ def train_heads_on_cluster(
     budget_bytes: int,
     skip_missing: bool = False,
     overwrite: bool = False,
+    feature_set: str | None = None,
 ) -> list[TrainedHead]:
-    """Train each plan as a task on the cluster at ``scheduler``; results in plan order."""
+    """Train each plan as a task on the cluster at ``scheduler`` (on the store's
+    ``feature_set``, None: its default set); results in plan order."""
     for plan in plans:  # before any work: never write over something that is not a head
         check_head_destination(Path(out) / plan.name, overwrite=overwrite)
     with dask_client(workers=1, scheduler=scheduler, quiet=True) as client:
@@ -74,6 +77,7 @@ def train_heads_on_cluster(
                 budget_bytes,
                 skip_missing,
                 overwrite,
+                feature_set,
                 pure=False,
                 resources={"GPU": 1} if gpu else None,
                 key=f"emi-train-{plan.name}",

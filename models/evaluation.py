@@ -210,11 +210,13 @@ def evaluate_heads(
         Interval(value=0.41, low=0.37, high=0.45)
     """
     from models.errors import HeadError
+    from models.head_files import set_for_head
     from models.training import resolve_labels
 
     opened = store if isinstance(store, FeatureStore) else FeatureStore.open(store)
     table = labels if isinstance(labels, LabelTable) else read_labels(labels)
     loaded = load_heads(heads, device=device)
+    opened = set_for_head(opened, loaded[0])  # the set of the heads' features
     split = resolve_labels(opened, table, role="evaluation", skip_missing=skip_missing)
     targets = list(loaded[0].targets)
     for h in loaded:

@@ -17,6 +17,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from safetensors import SafetensorError
@@ -27,6 +28,9 @@ from featurestore.records import FieldAccess
 from featurestore.spec import FeatureSpec
 from models.errors import HeadError
 from models.heads import HeadConfig, build_head
+
+if TYPE_CHECKING:
+    from featurestore.store import FeatureStore
 
 HEAD_FORMAT_VERSION = 1
 
@@ -39,12 +43,14 @@ class StoreRef(FieldAccess):
     fingerprint: str
     location: str
     spec: FeatureSpec | None  # None: a card written without it (then score cannot extract)
+    feature_set: str | None = None  # the set's name in that store (None: not recorded)
 
     def to_dict(self) -> dict:
         return {
             "fingerprint": self.fingerprint,
             "location": self.location,
             "spec": None if self.spec is None else self.spec.to_dict(),
+            "feature_set": self.feature_set,
         }
 
     @classmethod
@@ -54,6 +60,7 @@ class StoreRef(FieldAccess):
             fingerprint=str(data["fingerprint"]),
             location=str(data.get("location", "?")),
             spec=None if spec is None else FeatureSpec.from_dict(spec),
+            feature_set=data.get("feature_set"),
         )
 
 
@@ -228,13 +235,25 @@ def load_head(folder: str | Path, *, device: str = "cpu") -> LoadedHead:
     return LoadedHead(name=config.name or folder.name, folder=folder, model=model, config=config)
 
 
-def check_fingerprint(head: LoadedHead, store_fingerprint: str, store_location: str) -> None:
-    """Refuse a head trained on features with another fingerprint."""
-    if head.fingerprint != store_fingerprint:
-        trained = head.config.store.location
-        raise HeadError(
-            f"head {head.name!r} ({head.folder}) was trained on features with fingerprint "
-            f"{head.fingerprint[:12]} (store {trained}); store {store_location} has "
-            f"{store_fingerprint[:12]}. Extract with the head's backbone and settings "
-            "(see its config.json 'store.spec'), or train a head on this store."
-        )
+def set_for_head(store: FeatureStore, head: LoadedHead) -> FeatureStore:
+    """The feature set of ``store`` that holds ``head``'s features (its fingerprint).
+
+    Raises:
+        HeadError: no set of the store has them (the message names the set the head
+            needs and the store's sets with their fingerprints).
+    """
+    found = store.set_for_fingerprint(head.fingerprint)
+    if found is not None:
+        return found
+    wanted = head.config.store.feature_set
+    sets = ", ".join(
+        f"{name} ({store.with_set(name).fingerprint[:12]})" for name in store.feature_sets
+    )
+    raise HeadError(
+        f"head {head.name!r} ({head.folder}) needs feature set "
+        f"{wanted or '(unnamed)'!r} with fingerprint {head.fingerprint[:12]} (trained on "
+        f"store {head.config.store.location}); store {store.location} has no set with "
+        f"those features (its sets: {sets}). Extract them with `emi extract ... "
+        f"--feature-set {wanted or 'NAME'}` using the head's backbone and settings (its "
+        "config.json 'store.spec'), or train a head on this store."
+    )

@@ -14,7 +14,7 @@ from featurestore.devices import require_device
 from featurestore.store import FeatureStore
 from manifests.atomic import atomic_file
 from models.errors import HeadError
-from models.head_files import LoadedHead, check_fingerprint, load_head
+from models.head_files import LoadedHead, load_head, set_for_head
 from models.sequences import DEFAULT_BUDGET_BYTES, SequenceData
 from models.training import flush_denormals, predict_batches
 
@@ -32,33 +32,38 @@ def predict_store(
     Returns:
         The clip ids and, per head name, a ``(clips, targets)`` array clamped to [0, 1].
 
+    Each head reads the feature set of ``store`` that holds its features (its
+    fingerprint); heads of one set share one read of it. Default clips: those of the
+    first head's set.
+
     Raises:
-        HeadError: a head was trained on features with another fingerprint.
+        HeadError: no set of the store holds a head's features (naming the set it needs).
     """
-    for head in heads:
-        check_fingerprint(head, store.fingerprint, store.location)
+    sets = {h.fingerprint: set_for_head(store, h) for h in heads}
     device = require_device(device)
-    ids = list(store.clip_ids if clip_ids is None else clip_ids)
-    crops = [h.max_frames for h in heads]
-    data = SequenceData(
-        store,
-        ids,
-        max_frames=None if None in crops else max(crops),
-        budget_bytes=budget_bytes,
-        layers=tuple(k for h in heads for k in h.model.config.layers),
-    )
+    ids = list(sets[heads[0].fingerprint].clip_ids if clip_ids is None else clip_ids)
     out = {}
-    for head in heads:
-        head.model.to(device)
-        raw = flush_denormals(
-            predict_batches, head.model, data, ids, device=device, max_frames=head.max_frames
+    for wanted, opened in sets.items():
+        readers = [h for h in heads if h.fingerprint == wanted]
+        crops = [h.max_frames for h in readers]
+        data = SequenceData(
+            opened,
+            ids,
+            max_frames=None if None in crops else max(crops),
+            budget_bytes=budget_bytes,
+            layers=tuple(k for h in readers for k in h.model.config.layers),
         )
-        out[head.name] = (
-            np.clip(np.stack([raw[c] for c in ids]), 0.0, 1.0)
-            if ids
-            else np.zeros((0, len(head.targets)))
-        )
-    return ids, out
+        for head in readers:
+            head.model.to(device)
+            raw = flush_denormals(
+                predict_batches, head.model, data, ids, device=device, max_frames=head.max_frames
+            )
+            out[head.name] = (
+                np.clip(np.stack([raw[c] for c in ids]), 0.0, 1.0)
+                if ids
+                else np.zeros((0, len(head.targets)))
+            )
+    return ids, {h.name: out[h.name] for h in heads}
 
 
 def write_predictions_csv(
@@ -159,6 +164,7 @@ def predict(
     """
     opened = store if isinstance(store, FeatureStore) else FeatureStore.open(store)
     loaded = load_heads(heads, device=device)
+    opened = set_for_head(opened, loaded[0])  # the set of the heads' features
     ids = sorted(opened.clip_ids if clip_ids is None else clip_ids)
     ids, values = predict_store(opened, loaded, clip_ids=ids, device=device)
     result = Predictions(ids, loaded, values)

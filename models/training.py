@@ -468,7 +468,7 @@ def _head_card(plan, config, model, targets, train, val, device, store, best, se
             "seconds": round(seconds, 3),  # training, before saving
             "trained_by": f"{socket.gethostname()}:{os.getpid()}",
         },
-        store=StoreRef(store.fingerprint, store.location, store.spec),
+        store=StoreRef(store.fingerprint, store.location, store.spec, store.feature_set),
         best_epoch=best[1],
         best_val_pearson_mean=best[0],
     )
@@ -604,6 +604,7 @@ def train(
     scheduler: str | None = None,
     log: Callable[[str], None] = lambda _: None,
     overwrite: bool = False,
+    feature_set: str | None = None,
 ) -> list[TrainedHead]:
     """Train one head, or a grid of heads over one load of the features (``emi train``).
 
@@ -624,6 +625,8 @@ def train(
         scheduler: spread a grid over a running dask scheduler (one task per head).
         log: receives per-epoch lines.
         overwrite: replace existing head folders (else they are refused before work).
+        feature_set: the store's feature set to train on (a path or URL ``store``);
+            None: its only or default set.
 
     Raises:
         ManifestError: bad labels, or labelled clips missing (unless ``skip_missing``).
@@ -667,12 +670,20 @@ def train(
         if grid is None:
             raise SettingsError("a scheduler spreads a grid of heads; give a grid")
         location = store.location if isinstance(store, FeatureStore) else str(store)
-        FeatureStore.open(location)  # fail here, not on every worker, if it is missing
+        if isinstance(store, FeatureStore):
+            feature_set = store.feature_set
+        # fail here, not on every worker, if the store or set is missing
+        FeatureStore.open(location, feature_set=feature_set)
         return train_heads_on_cluster(
             location, *tables, plans, out, scheduler=scheduler, device=device,
             budget_bytes=budget, skip_missing=skip_missing, overwrite=overwrite,
+            feature_set=feature_set,
         )  # fmt: skip
-    opened = store if isinstance(store, FeatureStore) else FeatureStore.open(store)
+    opened = (
+        store
+        if isinstance(store, FeatureStore)
+        else FeatureStore.open(store, feature_set=feature_set)
+    )
     return train_heads(
         opened, *tables, plans, out, device=device, budget_bytes=budget,
         skip_missing=skip_missing, single=grid is None, log=log, overwrite=overwrite,

@@ -1,0 +1,175 @@
+"""Several feature sets per store: each with its own spec, fingerprint, parts and
+resume; adding one never changes another's bytes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from featurestore.errors import StoreDamage, StoreError
+from featurestore.report import verify_store
+from featurestore.store import FeatureStore, _index_digest
+from tests.conftest import read_16k_mono, run_cli
+from tests.reference import ReferenceForward, assert_matches
+
+
+def _files(store):
+    """Every file of the store but the root's index and the writer lock, with its bytes."""
+    return {
+        p.relative_to(store).as_posix(): p.read_bytes()
+        for p in sorted(store.rglob("*"))
+        if p.is_file()
+        and p.relative_to(store).as_posix() != "zarr.json"
+        and not p.relative_to(store).as_posix().startswith("emi_lock/")
+    }
+
+
+@pytest.fixture(scope="module")
+def two_sets(layer_store, tiny_group_backbone, mixed_corpus, tmp_path_factory):
+    """The layer store (one set, tiny layer-norm backbone) plus a second set made by
+    the group-norm backbone; and the first set's files before the second was added."""
+    store = tmp_path_factory.mktemp("sets") / "two.zarr"
+    shutil.copytree(layer_store, store)
+    before = _files(store)
+    run_cli(
+        "extract", mixed_corpus, store, "--model", tiny_group_backbone,
+        "--feature-set", "group", "--batch-seconds", "5", "--quiet",
+    )  # fmt: skip
+    return {"store": store, "before": before}
+
+
+def test_a_second_set_leaves_the_first_byte_identical(two_sets, layer_store):
+    store = two_sets["store"]
+    after = _files(store)
+    for name, data in two_sets["before"].items():
+        assert after[name] == data, name  # not one byte of the first set changed
+    added = set(after) - set(two_sets["before"])
+    assert added and all(name.startswith("sets/") for name in added)
+    assert any(name.startswith("sets/group/parts/p0") for name in added)
+    opened = FeatureStore.open(store)
+    first = FeatureStore.open(layer_store)
+    assert opened.feature_sets == (first.feature_set, "group")
+    assert opened.feature_set == first.feature_set  # the default set is the first
+    assert opened.fingerprint == first.fingerprint
+    for clip_id in first.clip_ids:
+        np.testing.assert_array_equal(opened.hidden(clip_id), first.hidden(clip_id))
+    root = json.loads((store / "zarr.json").read_text())["attributes"]["emi"]
+    assert root["format_version"] == 3 and set(root["sets"]) == {first.feature_set, "group"}
+
+
+def test_each_set_equals_its_backbones_reference(two_sets, mixed_corpus, tiny_group_backbone):
+    group = FeatureStore.open(two_sets["store"], feature_set="group")
+    assert group.spec.backbone.feat_extract_norm == "group"
+    reference = ReferenceForward(tiny_group_backbone)
+    for path in sorted(p for p in mixed_corpus.rglob("*") if p.is_file()):
+        clip_id = path.relative_to(mixed_corpus).with_suffix("").as_posix()
+        assert_matches(group, clip_id, reference(read_16k_mono(path)))
+    for name in FeatureStore.open(two_sets["store"]).feature_sets:
+        assert verify_store(FeatureStore.open(two_sets["store"], feature_set=name)) == []
+
+
+def test_each_set_resumes_on_its_own(two_sets, mixed_corpus, tiny_backbone, tiny_group_backbone):
+    store = two_sets["store"]
+    for model, options in ((tiny_group_backbone, ()), (tiny_backbone, ())):
+        # without --feature-set: the set these settings make
+        again = run_cli("extract", mixed_corpus, store, "--model", model, *options, "--json")
+        assert json.loads(again.output)["extracted"] == 0
+    summary = json.loads(
+        run_cli("extract", mixed_corpus, store, "--feature-set", "group", "--json").output
+    )
+    assert summary["extracted"] == 0 and summary["feature_set"] == "group"
+    # the same name with other settings is refused, naming the sets; nothing changes
+    before = (store / "zarr.json").read_bytes()
+    refused = run_cli(
+        "extract", mixed_corpus, store, "--model", tiny_backbone, "--feature-set", "group",
+        expect=2,
+    )  # fmt: skip
+    assert "feature set 'group' holds features" in refused.output
+    assert "--feature-set NAME" in refused.output
+    assert (store / "zarr.json").read_bytes() == before
+    bad = run_cli("extract", mixed_corpus, store, "--feature-set", "../x", expect=2)
+    assert "not a plain name" in bad.output
+
+
+def test_info_lists_the_sets_and_opening_a_missing_set_names_them(two_sets):
+    store = two_sets["store"]
+    info = run_cli("store", "info", store).output
+    assert "feature sets 2" in info and "group" in info and "no VAD" not in info
+    data = json.loads(run_cli("store", "info", store, "--json").output)
+    listed = {s["feature_set"]: s for s in data["feature_sets"]}
+    assert set(listed) == set(FeatureStore.open(store).feature_sets)
+    assert all(s["clips"] == 9 and s["set_size_bytes"] > 0 for s in listed.values())
+    assert data["size_bytes"] >= sum(s["set_size_bytes"] for s in listed.values())
+    with pytest.raises(StoreError, match="no feature set 'nope' .*group"):
+        FeatureStore.open(store, feature_set="nope")
+    assert "ok (" in run_cli("store", "verify", store).output
+
+
+def test_damage_in_one_set_is_repaired_without_touching_the_other(two_sets, tmp_path):
+    store = tmp_path / "copy.zarr"
+    shutil.copytree(two_sets["store"], store)
+    group = FeatureStore.open(store, feature_set="group")
+    part = group.complete_parts[0]
+    chunk = next(p for p in (store / "sets/group/parts" / part / "hidden").rglob("*") if p.is_file()
+                 and p.name != "zarr.json")  # fmt: skip
+    chunk.write_bytes(b"damaged")
+    with pytest.raises(StoreDamage):
+        group.hidden(group.clip_ids[0])
+    first_files = {k: v for k, v in _files(store).items() if not k.startswith("sets/")}
+    verified = run_cli("store", "verify", store, expect=1)
+    assert "set group:" in verified.output
+    repaired = run_cli("store", "repair", store)
+    assert "dropped 1 damaged parts" in repaired.output
+    assert {k: v for k, v in _files(store).items() if not k.startswith("sets/")} == first_files
+    assert (
+        len(FeatureStore.open(store, feature_set="group").complete_parts)
+        == len(group.complete_parts) - 1
+    )
+
+
+def test_a_store_from_before_sets_opens_as_one_set(layer_store, tmp_path):
+    """A format-2 root without a set name (stores made before feature sets) is one set
+    named after its backbone."""
+    store = tmp_path / "old.zarr"
+    shutil.copytree(layer_store, store)
+    node = json.loads((store / "zarr.json").read_text())
+    meta = node["attributes"]["emi"]
+    del meta["feature_set"]
+    meta["index_digest"] = _index_digest(meta)
+    (store / "zarr.json").write_text(json.dumps(node))
+    opened = FeatureStore.open(store)
+    backbone = FeatureStore.open(layer_store).spec.backbone.ref
+    assert opened.feature_sets == (backbone.rsplit("/", 1)[-1],)
+    assert len(opened) == len(FeatureStore.open(layer_store))
+
+
+def test_heads_find_their_set_and_are_refused_where_it_is_missing(
+    tiny_backbone, tiny_group_backbone, tmp_path
+):
+    from tests.conftest import labelled_store, train_cli
+
+    made = labelled_store(tmp_path, tiny_backbone, clips=16, seed=4, presets=())
+    run_cli("extract", made["audio"], made["store"], "--model", tiny_group_backbone,
+            "--feature-set", "group", "--quiet")  # fmt: skip
+    train_cli(made, tmp_path / "on_group", "--preset", "mean-linear", "--feature-set", "group")
+    train_cli(made, tmp_path / "on_first", "--preset", "mean-linear")
+    card = json.loads((tmp_path / "on_group" / "config.json").read_text())
+    assert card["store"]["feature_set"] == "group"
+    group = FeatureStore.open(made["store"], feature_set="group")
+    assert card["store"]["fingerprint"] == group.fingerprint
+    # one predict over both heads: each reads its own set
+    run_cli("predict", made["store"], "--head", tmp_path / "on_group", "--head",
+            tmp_path / "on_first", "-o", tmp_path / "both.csv")  # fmt: skip
+    header = (tmp_path / "both.csv").read_text().splitlines()[0]
+    assert "on_group/" in header and "on_first/" in header
+    # a store without the set: refused, naming the set and its fingerprint
+    single = tmp_path / "single.zarr"
+    run_cli("extract", made["audio"], single, "--model", tiny_backbone, "--quiet")
+    refused = run_cli("predict", single, "--head", tmp_path / "on_group", "-o",
+                      tmp_path / "p.csv", expect=2)  # fmt: skip
+    assert "needs feature set 'group'" in refused.output
+    assert group.fingerprint[:12] in refused.output and "--feature-set group" in refused.output
+    assert not (tmp_path / "p.csv").exists()
