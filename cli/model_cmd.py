@@ -33,18 +33,26 @@ def model() -> None:
     default=None,
     help="Override the feature encoder's norm (default: the size's).",
 )
-def init_random(folder: str, size: str, seed: int, norm: str | None) -> None:
-    """Write a seeded random checkpoint in the real checkpoint's layout to FOLDER.
+@click.option(
+    "--family",
+    type=click.Choice(["wav2vec2", "hubert", "wavlm"]),
+    default="wav2vec2",
+    show_default=True,
+    help="wav2vec2: the audeering layout with its VAD head; hubert, wavlm: a plain "
+    "transformers checkpoint of that family (hidden states only, no VAD head).",
+)
+def init_random(folder: str, size: str, seed: int, norm: str | None, family: str) -> None:
+    """Write a seeded random checkpoint to FOLDER (see --family).
 
     Its scores mean nothing: it exercises the pipeline offline.
     """
     from featurestore.backbone import identify_backbone
     from featurestore.random_backbone import write_random_backbone
 
-    write_random_backbone(folder, size=size, seed=seed, norm=norm)
+    write_random_backbone(folder, size=size, seed=seed, norm=norm, family=family)
     identity = identify_backbone(folder)
     click.echo(
-        f"random {size} backbone (seed {seed}) -> {folder}; checkpoint hash "
+        f"random {size} {family} backbone (seed {seed}) -> {folder}; checkpoint hash "
         f"{identity.checkpoint_hash[:12]}"
     )
 
@@ -57,7 +65,7 @@ def info(ref: str, revision: str | None) -> None:
 
     ``checkpoint_hash`` identifies the weights and config; a store's ``fingerprint`` is
     another hash, of the whole feature spec (backbone, layer, crop, dtype...)."""
-    from featurestore.backbone import identify_backbone
+    from featurestore.backbone import has_vad_head, identify_backbone
 
     identity = identify_backbone(ref, revision=revision)
     c = identity.config
@@ -65,6 +73,8 @@ def info(ref: str, revision: str | None) -> None:
         json.dumps(
             {
                 "ref": identity.ref,
+                "family": c.model_type,
+                "vad_head": has_vad_head(c),
                 "revision": identity.revision,
                 "checkpoint_hash": identity.checkpoint_hash,
                 "weights_sha256": identity.weights_sha256,

@@ -73,10 +73,10 @@ DEVICE_OPTION = click.option(
 )
 @click.option("--targets", default=None, help="Comma-separated subset of label columns.")
 @click.option(
-    "--feature-set",
+    "--features",
     default=None,
-    help="The feature set of STORE to train on (emi store info lists them); default: "
-    "its only or default set.",
+    help="Feature set(s) of STORE to train on (emi store info lists them): a name, or "
+    "names joined per frame (a,b). Default: the store's only or default set.",
 )
 @click.option(
     "--layer",
@@ -142,8 +142,8 @@ def train(store: str, train_labels: str, val_labels: str, out: str, **options) -
     layers = options.pop("layers")
     if layers and options["layer"]:
         raise click.UsageError("give --layer or --layers weighted, not both")
-    if (layers or options["layer"]) and options["grid"]:
-        raise click.UsageError("with --grid, give layer or layers in the grid file")
+    if (layers or options["layer"] or options["features"]) and options["grid"]:
+        raise click.UsageError("with --grid, give features, layer or layers in the grid file")
     options["layer"] = layers or options["layer"]
     if options["scheduler"] and not options["grid"]:
         raise click.UsageError("--scheduler spreads a --grid of heads; give --grid")

@@ -1,4 +1,6 @@
-"""Loading a wav2vec 2.0 emotion backbone laid out like the audeering checkpoint.
+"""Loading a speech backbone: the audeering emotion checkpoint's layout (wav2vec 2.0
+with a VAD head), or a plain transformers wav2vec 2.0, HuBERT or WavLM checkpoint
+(hidden states only, no VAD head).
 
 The checkpoint layout (``audeering/wav2vec2-large-robust-12-ft-emotion-msp-dim``)::
 
@@ -7,6 +9,12 @@ The checkpoint layout (``audeering/wav2vec2-large-robust-12-ft-emotion-msp-dim``
         wav2vec2.*                  a transformers Wav2Vec2Model
         classifier.dense            Linear(hidden, hidden), then tanh
         classifier.out_proj         Linear(hidden, 3): arousal, dominance, valence
+
+Plain checkpoints (``config.json`` with ``model_type`` wav2vec2, hubert or wavlm) hold the
+base model's weights with or without its prefix (``hubert.encoder...`` or
+``encoder...``); other heads in them (CTC, quantizer) are ignored. A checkpoint has the
+VAD head where its config is a wav2vec2 one with 3 labels whose ``architectures`` name a
+classification model (or name none).
 
 Loading never runs pickled code (safetensors, or ``torch.load(weights_only=True)``) and
 never uses ``trust_remote_code``. The backbone's fingerprint is a sha256 over its weights
@@ -25,7 +33,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from transformers import Wav2Vec2Config
+from transformers import PretrainedConfig
 
 from featurestore.errors import BackboneError
 from featurestore.options import user_cache_dir
@@ -34,8 +42,45 @@ CONFIG_FILE = "config.json"
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 # Config keys that describe the software that wrote the file, not the model.
 _CONFIG_KEYS_NOT_HASHED = {"transformers_version", "_name_or_path", "architectures"}
+FAMILIES = ("wav2vec2", "hubert", "wavlm")  # config.json model_type
 # Used only for SpecAugment in training; checkpoints may omit it.
-_OPTIONAL_KEYS = {"wav2vec2.masked_spec_embed"}
+_OPTIONAL_KEYS = {f"{family}.masked_spec_embed" for family in FAMILIES}
+# The base model's modules: keys starting with these are the base model's, unprefixed.
+_BASE_MODULES = ("feature_extractor.", "feature_projection.", "encoder.", "masked_spec_embed")
+
+
+def _config_class(family: str) -> type[PretrainedConfig]:
+    from transformers import HubertConfig, Wav2Vec2Config, WavLMConfig
+
+    return {"wav2vec2": Wav2Vec2Config, "hubert": HubertConfig, "wavlm": WavLMConfig}[family]
+
+
+def _model_class(family: str) -> type[nn.Module]:
+    # Imported here: the modelling code costs about 1.3 s of imports, which a run that
+    # only identifies a checkpoint (all its clips stored) does not pay.
+    if family == "hubert":
+        from transformers import HubertModel
+
+        return HubertModel
+    if family == "wavlm":
+        from transformers import WavLMModel
+
+        return WavLMModel
+    from transformers import Wav2Vec2Model
+
+    return Wav2Vec2Model
+
+
+def has_vad_head(config: PretrainedConfig) -> bool:
+    """Whether a checkpoint of ``config`` carries the VAD head (the audeering layout):
+    a wav2vec2 config with 3 labels whose ``architectures`` name a classification model
+    (or name none)."""
+    architectures = getattr(config, "architectures", None) or ["ForSpeechClassification"]
+    return (
+        config.model_type == "wav2vec2"
+        and config.num_labels == 3
+        and any("Classification" in a for a in architectures)
+    )
 
 
 class RegressionHead(nn.Module):
@@ -62,19 +107,30 @@ class RegressionHead(nn.Module):
 
 
 class EmotionBackbone(nn.Module):
-    """``wav2vec2`` + ``classifier`` in the checkpoint's module layout."""
+    """The base model under its family's name (``wav2vec2``, ``hubert`` or ``wavlm``) and,
+    in the audeering layout, ``classifier`` (the VAD head; None without one)."""
 
-    def __init__(self, config: Wav2Vec2Config) -> None:
+    def __init__(self, config: PretrainedConfig) -> None:
         super().__init__()
         self.config = config
-        # Imported here: the modelling code costs about 1.3 s of imports, which a run
-        # that only identifies a checkpoint (all its clips stored) does not pay.
-        from transformers import Wav2Vec2Model
-
-        self.wav2vec2 = Wav2Vec2Model(config)
-        self.classifier = RegressionHead(
-            config.hidden_size, config.num_labels, config.final_dropout
+        self.family = config.model_type
+        self.add_module(self.family, _model_class(self.family)(config))
+        self.classifier = (
+            RegressionHead(config.hidden_size, config.num_labels, config.final_dropout)
+            if has_vad_head(config)
+            else None
         )
+
+    @property
+    def speech_model(self) -> nn.Module:
+        """The base model (a transformers ``Wav2Vec2Model``, ``HubertModel`` or
+        ``WavLMModel``)."""
+        return getattr(self, self.family)
+
+    @property
+    def vad_width(self) -> int:
+        """VAD outputs per frame: 3 with the VAD head, else 0."""
+        return 0 if self.classifier is None else self.config.num_labels
 
     @property
     def uses_layer_norm(self) -> bool:
@@ -98,20 +154,22 @@ class EmotionBackbone(nn.Module):
 
         Returns:
             ``hidden`` ``(batch, frames, hidden)`` (last layer) and ``frame_vad``
-            ``(batch, frames, 3)`` (the head applied to every frame); with ``layers``
-            also the list of those layers' ``(batch, frames, hidden)`` states.
+            ``(batch, frames, 3)`` (the head applied to every frame; ``(batch, frames,
+            0)`` without a VAD head); with ``layers`` also the list of those layers'
+            ``(batch, frames, hidden)`` states.
         """
-        out = self.wav2vec2(
+        out = self.speech_model(
             input_values, attention_mask=attention_mask, output_hidden_states=bool(layers)
         )
         hidden = out.last_hidden_state
+        frame_vad = hidden[..., :0] if self.classifier is None else self.classifier(hidden)
         if not layers:
-            return hidden, self.classifier(hidden)
-        return hidden, self.classifier(hidden), [out.hidden_states[k] for k in layers]
+            return hidden, frame_vad
+        return hidden, frame_vad, [out.hidden_states[k] for k in layers]
 
     def frames_for_samples(self, samples: int) -> int:
         """Frames the conv encoder yields for ``samples`` input samples (0 if too short)."""
-        n = int(self.wav2vec2._get_feat_extract_output_lengths(torch.tensor(samples)))
+        n = int(self.speech_model._get_feat_extract_output_lengths(torch.tensor(samples)))
         return max(n, 0)
 
 
@@ -123,7 +181,7 @@ class BackboneIdentity:
     revision: str | None  # hub commit, None for a local folder
     weights_sha256: str
     config_sha256: str
-    config: Wav2Vec2Config
+    config: PretrainedConfig
 
     @property
     def checkpoint_hash(self) -> str:
@@ -186,24 +244,30 @@ def resolve_checkpoint(ref: str, *, revision: str | None = None) -> tuple[Path, 
     return folder_path, folder_path.name
 
 
-def read_config(folder: Path) -> tuple[Wav2Vec2Config, dict]:
+def read_config(folder: Path) -> tuple[PretrainedConfig, dict]:
     """Read ``config.json``; returns the config and the raw dict it came from."""
     file = folder / CONFIG_FILE
     if not file.is_file():
-        raise BackboneError(f"{folder}: no {CONFIG_FILE}; is this a wav2vec 2.0 checkpoint?")
+        raise BackboneError(
+            f"{folder}: no {CONFIG_FILE}; is this a wav2vec 2.0, HuBERT or WavLM checkpoint?"
+        )
     try:
         raw = json.loads(file.read_text())
         if not isinstance(raw, dict):
             raise ValueError("not a JSON object")
     except (ValueError, UnicodeDecodeError) as err:
         raise BackboneError(f"{file}: unreadable config ({err}); restore the checkpoint") from err
-    if raw.get("model_type", "wav2vec2") != "wav2vec2":
-        raise BackboneError(f"{file}: model_type {raw.get('model_type')!r}, expected 'wav2vec2'")
+    family = raw.get("model_type", "wav2vec2")
+    if family not in FAMILIES:
+        raise BackboneError(
+            f"{file}: model_type {family!r}; emi runs {', '.join(FAMILIES)} checkpoints"
+        )
     try:
-        config = Wav2Vec2Config.from_dict(raw)
+        config = _config_class(family).from_dict(raw)
     except (ValueError, TypeError, KeyError) as err:
-        raise BackboneError(f"{file}: not a valid wav2vec 2.0 config ({err})") from err
-    if config.num_labels != 3:
+        raise BackboneError(f"{file}: not a valid {family} config ({err})") from err
+    classifies = any("Classification" in a for a in raw.get("architectures") or [])
+    if family == "wav2vec2" and classifies and config.num_labels != 3:
         raise BackboneError(
             f"{file}: num_labels={config.num_labels}; an emotion backbone has a 3-output "
             "(arousal, dominance, valence) regression head"
@@ -270,13 +334,19 @@ def hash_config(raw: dict) -> str:
     return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()
 
 
-def _used_weights(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The keys of the wav2vec2 + classifier layout (others, e.g. a CTC head, are ignored)."""
-    return {
-        k: v
-        for k, v in normalise_state_dict(state).items()
-        if k.startswith(("wav2vec2.", "classifier.")) and k not in _OPTIONAL_KEYS
-    }
+def _used_weights(state: dict[str, torch.Tensor], config: PretrainedConfig) -> dict:
+    """The base model's keys under its family's prefix (given unprefixed in plain
+    checkpoints) and, with a VAD head, ``classifier.*``; others (a CTC head, a
+    quantizer) are ignored."""
+    family = config.model_type
+    kept = ("classifier.",) if has_vad_head(config) else ()
+    used = {}
+    for key, tensor in normalise_state_dict(state).items():
+        if key.startswith(_BASE_MODULES):
+            key = f"{family}.{key}"
+        if key.startswith((f"{family}.", *kept)) and key not in _OPTIONAL_KEYS:
+            used[key] = tensor
+    return used
 
 
 _WEIGHTS_HASHES: dict[str, str] = {}  # file key -> digest (cached or computed)
@@ -375,7 +445,7 @@ def _read_checkpoint(
     folder, resolved_revision = resolve_checkpoint(ref, revision=revision)
     config, raw = read_config(folder)
     digest = None if weights else cached_weights_hash(folder)
-    state = _used_weights(read_weights(folder)) if digest is None else None
+    state = _used_weights(read_weights(folder), config) if digest is None else None
     identity = BackboneIdentity(
         ref=local_ref(ref),
         revision=resolved_revision,
@@ -429,14 +499,14 @@ def load_backbone(ref: str, *, device: str = "cpu", revision: str | None = None)
         model = EmotionBackbone(identity.config)
     missing = sorted(set(model.state_dict()) - set(state) - _OPTIONAL_KEYS)
     if missing:
+        layout = f"{model.family}{' + classifier' if model.classifier is not None else ''}"
         raise BackboneError(
-            f"{folder}: weights lack {len(missing)} keys of the wav2vec2 + classifier layout, "
-            f"e.g. {missing[:5]}"
+            f"{folder}: weights lack {len(missing)} keys of the {layout} layout, e.g. {missing[:5]}"
         )
     unexpected = sorted(set(state) - set(model.state_dict()))
     if unexpected:
         raise BackboneError(
-            f"{folder}: weights have {len(unexpected)} keys this wav2vec2 config does not "
+            f"{folder}: weights have {len(unexpected)} keys this {model.family} config does not "
             f"define, e.g. {unexpected[:5]}; does config.json match the weights?"
         )
     model.load_state_dict(state, strict=False, assign=True)

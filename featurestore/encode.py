@@ -263,6 +263,8 @@ class BatchEncoder:
         On a GPU it runs on a stream of its own, so it does not wait for the batches
         the device thread has queued."""
         head = self.model.classifier
+        if head is None:  # a backbone without a VAD head
+            return np.zeros((len(hidden_means), 0), dtype=np.float32)
         head_dtype = next(head.parameters()).dtype
         side = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
         with torch.inference_mode(), torch.cuda.stream(side) if side else contextlib.nullcontext():

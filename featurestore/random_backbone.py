@@ -14,6 +14,9 @@ large-robust-12    1024    12      16     512          layer (the real model's s
 =================  ======  ======  =====  ===========  =========================
 
 ``norm="group"`` turns any size into a group-norm model (wav2vec2-base style).
+``family="hubert"`` or ``"wavlm"`` writes a plain transformers checkpoint of that family
+(the base model's weights unprefixed, no VAD head) with the same sizes; ``"wav2vec2"``
+(the default) the audeering layout with its VAD head.
 """
 
 from __future__ import annotations
@@ -23,17 +26,21 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
-from transformers import Wav2Vec2Config
+from transformers import PretrainedConfig
 
-from featurestore.backbone import EmotionBackbone
+from featurestore.backbone import FAMILIES, EmotionBackbone, _config_class
 from featurestore.options import BACKBONE_SIZES
 from featurestore.spec import VAD_LABELS
 
 SIZES = BACKBONE_SIZES
 
 
-def random_config(size: str, *, norm: str | None = None) -> Wav2Vec2Config:
+def random_config(
+    size: str, *, norm: str | None = None, family: str = "wav2vec2"
+) -> PretrainedConfig:
     """The config of a random backbone of ``size`` (see the module table)."""
+    if family not in FAMILIES:
+        raise ValueError(f"unknown family {family!r}; choose one of {', '.join(FAMILIES)}")
     if size not in SIZES:
         raise ValueError(f"unknown size {size!r}; choose one of {', '.join(SIZES)}")
     params = dict(SIZES[size])
@@ -41,12 +48,18 @@ def random_config(size: str, *, norm: str | None = None) -> Wav2Vec2Config:
     params.pop("norm", None)
     if norm not in ("layer", "group"):
         raise ValueError(f"norm must be 'layer' or 'group', not {norm!r}")
-    return Wav2Vec2Config(
+    common = dict(
         **params,
         conv_kernel=(10, 3, 3, 3, 3, 2, 2),
         conv_stride=(5, 2, 2, 2, 2, 2, 2),
         feat_extract_norm=norm,
         do_stable_layer_norm=norm == "layer",
+    )
+    if family != "wav2vec2":  # a plain checkpoint: the base model alone
+        names = {"hubert": "HubertModel", "wavlm": "WavLMModel"}
+        return _config_class(family)(**common, architectures=[names[family]])
+    return _config_class(family)(
+        **common,
         num_labels=len(VAD_LABELS),
         id2label={str(i): label for i, label in enumerate(VAD_LABELS)},
         label2id={label: i for i, label in enumerate(VAD_LABELS)},
@@ -56,23 +69,32 @@ def random_config(size: str, *, norm: str | None = None) -> Wav2Vec2Config:
 
 
 def write_random_backbone(
-    folder: str | Path, *, size: str = "tiny", seed: int = 0, norm: str | None = None
+    folder: str | Path,
+    *,
+    size: str = "tiny",
+    seed: int = 0,
+    norm: str | None = None,
+    family: str = "wav2vec2",
 ) -> Path:
     """Write a seeded random checkpoint (``config.json``, ``model.safetensors``,
-    ``preprocessor_config.json``) in the real checkpoint's layout.
+    ``preprocessor_config.json``): for ``family`` wav2vec2 in the real checkpoint's
+    layout (with the VAD head), for hubert and wavlm as transformers saves a plain
+    ``HubertModel`` / ``WavLMModel``.
 
-    The same size, norm and seed always give the same weights, hence the same
+    The same size, norm, family and seed always give the same weights, hence the same
     fingerprint.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    config = random_config(size, norm=norm)
+    config = random_config(size, norm=norm, family=family)
     torch.manual_seed(seed)
     model = EmotionBackbone(config)
-    # A random head on tanh features gives tiny outputs; widen it so VAD varies.
-    with torch.no_grad():
-        model.classifier.out_proj.weight.mul_(4.0)
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    if model.classifier is not None:
+        # A random head on tanh features gives tiny outputs; widen it so VAD varies.
+        state["classifier.out_proj.weight"] = state["classifier.out_proj.weight"] * 4.0
+    else:  # a plain checkpoint: the base model's keys without its prefix
+        state = {k.removeprefix(f"{family}."): v for k, v in state.items()}
     save_file(state, str(folder / "model.safetensors"))
     config.save_pretrained(folder)
     (folder / "preprocessor_config.json").write_text(

@@ -150,10 +150,13 @@ def build_spec(
     compute_dtype: str = "float32",
     layers: str | tuple[int, ...] = "last",
 ) -> FeatureSpec:
-    """The spec of features made by ``backbone`` with these settings.
+    """The spec of features made by ``backbone`` with these settings (no VAD labels for
+    a backbone without the VAD head).
 
     ``layers``: ``"last"``, ``"all"``, ``"0,6,12"`` or a tuple of layer numbers (see
     :func:`parse_layers`)."""
+    from featurestore.backbone import has_vad_head
+
     config = backbone.config
     return FeatureSpec(
         backbone=BackboneRef(
@@ -168,6 +171,7 @@ def build_spec(
         window_seconds=window_seconds,
         compute_dtype=compute_dtype,
         layers=parse_layers(layers, int(config.num_hidden_layers)),
+        vad_labels=VAD_LABELS if has_vad_head(config) else (),
     )
 
 

@@ -118,14 +118,17 @@ CLIP_ATTRIBUTES = tuple(a.name for a in SCHEMA if a.axis == "clip" and not a.wid
 
 
 def schema(spec: FeatureSpec | dict) -> tuple[StoredArray, ...]:
-    """The arrays of a part of a store with ``spec``: :data:`SCHEMA`, and for every
+    """The arrays of a part of a store with ``spec``: :data:`SCHEMA` (without the VAD
+    arrays for a backbone without the VAD head), and for every
     layer of ``spec.layers`` ``hidden_lKK`` (frame) and ``hidden_mean_lKK`` (clip), each
     its own array so a reader of one layer reads only that layer's chunks."""
+    spec = as_spec(spec)
+    base = SCHEMA if spec.vad_labels else tuple(a for a in SCHEMA if a.width != "vad_label")
     extra = []
-    for k in as_spec(spec).layers:
+    for k in spec.layers:
         extra.append(StoredArray(layer_key("hidden", k), "frame", "float16", "hidden_unit"))
         extra.append(StoredArray(layer_key("hidden_mean", k), "clip", "float32", "hidden_unit"))
-    return SCHEMA + tuple(extra)
+    return base + tuple(extra)
 
 
 def feature_arrays(spec: FeatureSpec | dict) -> tuple[str, ...]:

@@ -97,12 +97,15 @@ def _row(folder: Path) -> HeadRow:
         raise HeadError(
             f"{folder / 'metrics.json'}: missing or malformed metrics ({err}); retrain the head"
         ) from err
-    spec = card.store.spec
     seconds = card.training.get("seconds")
     return HeadRow(
         name=card.name or folder.name,
         folder=str(folder),
-        features=f"{Path(spec.backbone.ref).name}@{card.store.fingerprint[:12]}",
+        features="+".join(
+            f"{ref.feature_set or (Path(ref.spec.backbone.ref).name if ref.spec else '?')}"
+            f"@{ref.fingerprint[:12]}"
+            for ref in card.feature_refs
+        ),
         layer=layer_choice(card.head.layers),
         preset=card.preset,
         best_epoch=card.best_epoch,

@@ -83,6 +83,12 @@ class HeadCard(FieldAccess):
     best_val_pearson_mean: float
     weights_sha256: str | None = None
     format_version: int = HEAD_FORMAT_VERSION
+    joined: tuple[StoreRef, ...] = ()  # further feature sets joined per frame to store's
+
+    @property
+    def feature_refs(self) -> tuple[StoreRef, ...]:
+        """Every feature set the head reads, in the order its input joins them."""
+        return (self.store, *self.joined)
 
     def to_dict(self) -> dict:
         return {
@@ -97,6 +103,7 @@ class HeadCard(FieldAccess):
             "best_epoch": self.best_epoch,
             "best_val_pearson_mean": self.best_val_pearson_mean,
             "weights_sha256": self.weights_sha256,
+            "joined": [ref.to_dict() for ref in self.joined],
         }
 
     @classmethod
@@ -113,6 +120,7 @@ class HeadCard(FieldAccess):
             best_val_pearson_mean=float(data.get("best_val_pearson_mean", float("nan"))),
             weights_sha256=data.get("weights_sha256"),
             format_version=int(data.get("format_version", HEAD_FORMAT_VERSION)),
+            joined=tuple(StoreRef.from_dict(ref) for ref in data.get("joined", [])),
         )
 
 
@@ -235,25 +243,34 @@ def load_head(folder: str | Path, *, device: str = "cpu") -> LoadedHead:
     return LoadedHead(name=config.name or folder.name, folder=folder, model=model, config=config)
 
 
-def set_for_head(store: FeatureStore, head: LoadedHead) -> FeatureStore:
-    """The feature set of ``store`` that holds ``head``'s features (its fingerprint).
+def sets_for_head(store: FeatureStore, head: LoadedHead) -> list[FeatureStore]:
+    """The feature sets of ``store`` that hold ``head``'s features (by fingerprint), in
+    the order the head joins them.
 
     Raises:
         HeadError: no set of the store has them (the message names the set the head
             needs and the store's sets with their fingerprints).
     """
-    found = store.set_for_fingerprint(head.fingerprint)
-    if found is not None:
-        return found
-    wanted = head.config.store.feature_set
-    sets = ", ".join(
-        f"{name} ({store.with_set(name).fingerprint[:12]})" for name in store.feature_sets
-    )
-    raise HeadError(
-        f"head {head.name!r} ({head.folder}) needs feature set "
-        f"{wanted or '(unnamed)'!r} with fingerprint {head.fingerprint[:12]} (trained on "
-        f"store {head.config.store.location}); store {store.location} has no set with "
-        f"those features (its sets: {sets}). Extract them with `emi extract ... "
-        f"--feature-set {wanted or 'NAME'}` using the head's backbone and settings (its "
-        "config.json 'store.spec'), or train a head on this store."
-    )
+    found = []
+    for ref in head.config.feature_refs:
+        held = store.set_for_fingerprint(ref.fingerprint)
+        if held is None:
+            sets = ", ".join(
+                f"{name} ({store.with_set(name).fingerprint[:12]})" for name in store.feature_sets
+            )
+            wanted = ref.feature_set
+            raise HeadError(
+                f"head {head.name!r} ({head.folder}) needs feature set "
+                f"{wanted or '(unnamed)'!r} with fingerprint {ref.fingerprint[:12]} (trained "
+                f"on store {ref.location}); store {store.location} has no set with those "
+                f"features (its sets: {sets}). Extract them with `emi extract ... "
+                f"--feature-set {wanted or 'NAME'}` using the head's backbone and settings "
+                "(its config.json 'store.spec'), or train a head on this store."
+            )
+        found.append(held)
+    return found
+
+
+def set_for_head(store: FeatureStore, head: LoadedHead) -> FeatureStore:
+    """The first feature set ``head`` reads (see :func:`sets_for_head`)."""
+    return sets_for_head(store, head)[0]

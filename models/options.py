@@ -117,6 +117,21 @@ def check_targets(value) -> tuple[str, ...]:
     return names
 
 
+def check_features(value) -> tuple[str, ...] | None:
+    """A head's ``features``: a feature set's name, ``"a,b"`` or a list of names (joined
+    per frame, in that order); None: the store's default set."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = value.split(",")
+    if not isinstance(value, list | tuple) or not value:
+        raise SettingsError(f"features: {value!r} is not a feature set name or a list of them")
+    names = tuple(v.strip() if isinstance(v, str) else v for v in value)
+    if not all(isinstance(v, str) and v for v in names) or len(set(names)) != len(names):
+        raise SettingsError(f"features: {value!r} must name distinct feature sets")
+    return names
+
+
 def check_layer_choice(layer=None, layers=None) -> int | str | None:
     """A head's layer choice from its ``layer`` (a layer number or ``"last"``) and
     ``layers`` (``"weighted"``) options: None (the last hidden state), k or

@@ -14,8 +14,8 @@ from featurestore.devices import require_device
 from featurestore.store import FeatureStore
 from manifests.atomic import atomic_file
 from models.errors import HeadError
-from models.head_files import LoadedHead, load_head, set_for_head
-from models.sequences import DEFAULT_BUDGET_BYTES, SequenceData
+from models.head_files import LoadedHead, load_head, set_for_head, sets_for_head
+from models.sequences import DEFAULT_BUDGET_BYTES, JoinedSequences, SequenceData
 from models.training import flush_denormals, predict_batches
 
 
@@ -39,20 +39,25 @@ def predict_store(
     Raises:
         HeadError: no set of the store holds a head's features (naming the set it needs).
     """
-    sets = {h.fingerprint: set_for_head(store, h) for h in heads}
+
+    def key(head: LoadedHead) -> tuple[str, ...]:
+        return tuple(ref.fingerprint for ref in head.config.feature_refs)
+
+    sets = {key(h): sets_for_head(store, h) for h in heads}
     device = require_device(device)
-    ids = list(sets[heads[0].fingerprint].clip_ids if clip_ids is None else clip_ids)
+    ids = list(sets[key(heads[0])][0].clip_ids if clip_ids is None else clip_ids)
     out = {}
     for wanted, opened in sets.items():
-        readers = [h for h in heads if h.fingerprint == wanted]
+        readers = [h for h in heads if key(h) == wanted]
         crops = [h.max_frames for h in readers]
-        data = SequenceData(
-            opened,
-            ids,
-            max_frames=None if None in crops else max(crops),
-            budget_bytes=budget_bytes,
-            layers=tuple(k for h in readers for k in h.model.config.layers),
-        )
+        crop = None if None in crops else max(crops)
+        if len(opened) > 1:
+            data = JoinedSequences(opened, ids, max_frames=crop, budget_bytes=budget_bytes)
+        else:
+            data = SequenceData(
+                opened[0], ids, max_frames=crop, budget_bytes=budget_bytes,
+                layers=tuple(k for h in readers for k in h.model.config.layers),
+            )  # fmt: skip
         for head in readers:
             head.model.to(device)
             raw = flush_denormals(

@@ -16,7 +16,7 @@ from featurestore.records import ClipFailure
 from featurestore.store import FeatureStore
 from manifests import ClipRecord, build_manifest
 from models.errors import HeadError
-from models.head_files import LoadedHead
+from models.head_files import LoadedHead, set_for_head, sets_for_head
 from models.prediction import Predictions, load_heads, predict_store
 
 
@@ -91,15 +91,16 @@ def score_folder(
     from featurestore.extraction import extract
 
     loaded = load_heads(heads, device=device)
-    if len({h.fingerprint for h in loaded}) > 1:
+    refs = loaded[0].config.feature_refs
+    wanted = [ref.fingerprint for ref in refs]
+    if any([ref.fingerprint for ref in h.config.feature_refs] != wanted for h in loaded[1:]):
         raise HeadError(
-            "the heads were trained on stores with different fingerprints; "
-            "score with heads of one feature spec at a time"
+            "the heads were trained on different features; score with heads of one "
+            "feature spec (or one list of joined feature sets) at a time"
         )
-    spec = loaded[0].spec
     folder = build_manifest(audio_dir)
     cached = store is None
-    location = str(default_score_store(loaded[0].fingerprint)) if cached else store
+    location = str(default_score_store("+".join(wanted))) if cached else store
     if cached:
         Path(location).parent.mkdir(parents=True, exist_ok=True)
     records = _content_keyed(folder) if cached else folder
@@ -107,25 +108,31 @@ def score_folder(
     def key(record: ClipRecord) -> str:
         return record.sha256 if cached else record.clip_id
 
-    options = ExtractOptions(
-        model=model or spec.backbone.ref,
-        revision=spec.backbone.revision,
-        device=device,
-        compute_dtype=spec.compute_dtype,
-        workers=workers,
-        scheduler=scheduler,
-        max_seconds=spec.max_seconds,
-        window_seconds=spec.window_seconds,
-        layers=spec.layers,
-        refresh_changed=True,  # never serve features of a file's earlier content
-        expect_fingerprint=loaded[0].fingerprint,
-        quiet=quiet,
-    )
-    summary = extract(records, location, options)
-    opened = FeatureStore.open(location)
-    stored = opened.sha256_by_clip()
-    # Served only where the stored features are of the file's current content.
-    ids = sorted({key(r) for r in folder if stored.get(key(r)) == r.sha256})
+    summaries = []
+    for index, ref in enumerate(refs):  # every feature set the heads read
+        spec = loaded[0].spec if index == 0 else ref.spec
+        if spec is None:
+            raise HeadError(f"{loaded[0].folder}: its config.json records no feature spec")
+        options = ExtractOptions(
+            model=(model if index == 0 and model else None) or spec.backbone.ref,
+            revision=spec.backbone.revision,
+            device=device,
+            compute_dtype=spec.compute_dtype,
+            workers=workers,
+            scheduler=scheduler,
+            max_seconds=spec.max_seconds,
+            window_seconds=spec.window_seconds,
+            layers=spec.layers,
+            feature_set=_set_name(location, ref),
+            refresh_changed=True,  # never serve features of a file's earlier content
+            expect_fingerprint=ref.fingerprint,
+            quiet=quiet,
+        )
+        summaries.append(extract(records, location, options))
+    opened = set_for_head(FeatureStore.open(location), loaded[0])
+    held = [s.sha256_by_clip() for s in sets_for_head(opened, loaded[0])]
+    # Served only where the stored features of every set are of the file's current content.
+    ids = sorted({key(r) for r in folder if all(stored.get(key(r)) == r.sha256 for stored in held)})
     ids, values = predict_store(opened, loaded, clip_ids=ids, device=device)
     row_of = {cid: i for i, cid in enumerate(ids)}
     rows = sorted((r.clip_id, row_of[key(r)]) for r in folder if key(r) in row_of)
@@ -139,10 +146,31 @@ def score_folder(
     names: dict[str, list[str]] = {}
     for r in folder:
         names.setdefault(key(r), []).append(r.clip_id)
+    reasons = {f.clip_id: f for summary in summaries for f in summary.failed}
     failed = [
-        replace(f, clip_id=cid) for f in summary.failed for cid in names.get(f.clip_id, [f.clip_id])
+        replace(f, clip_id=cid)
+        for f in reasons.values()
+        for cid in names.get(f.clip_id, [f.clip_id])
     ]
-    return ScoreResult(predictions, location, summary.extracted, summary.already_stored, failed)
+    return ScoreResult(
+        predictions,
+        location,
+        max(s.extracted for s in summaries),
+        min(s.already_stored for s in summaries),
+        failed,
+    )
+
+
+def _set_name(location: str, ref) -> str | None:
+    """The feature set to extract ``ref``'s features into: None (the set that has them)
+    where the store has them, else the head's name for the set."""
+    from featurestore.location import StoreLocation
+    from featurestore.store import feature_sets, read_root, set_name_of
+
+    meta = read_root(StoreLocation.of(location))
+    if meta and any(r["fingerprint"] == ref.fingerprint for r in feature_sets(meta).values()):
+        return None
+    return ref.feature_set or (set_name_of(ref.spec) if ref.spec else None)
 
 
 def _content_keyed(folder: list[ClipRecord]) -> list[ClipRecord]:

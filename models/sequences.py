@@ -104,11 +104,12 @@ class SequenceData:
         out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         hidden_keys = [layer_key("hidden", k) for k in self.layers]
         mean_keys = [layer_key("hidden_mean", k) for k in self.layers]
+        # a set without the VAD head has no VAD arrays (its sequences are hidden only)
+        vad_keys = ("frame_vad", "vad_mean") if self.vad_width else ()
         for part in parts:
-            arrays = self.store.read_part(part, (*hidden_keys, "frame_vad", *mean_keys, "vad_mean"))
+            arrays = self.store.read_part(part, (*hidden_keys, *mean_keys, *vad_keys))
             ids, offsets = arrays["clip_id"], arrays["offsets"]
-            frame_vad = arrays["frame_vad"]
-            means = np.concatenate([*(arrays[k] for k in mean_keys), arrays["vad_mean"]], axis=1)
+            means = np.concatenate([arrays[k] for k in (*mean_keys, *vad_keys[1:])], axis=1)
             self.parts_read += 1
             wanted = set(self._by_part[part])
             for row, clip_id in enumerate(ids):
@@ -121,7 +122,8 @@ class SequenceData:
                 for block, key in enumerate(hidden_keys):
                     columns = slice(block * self.hidden_size, (block + 1) * self.hidden_size)
                     seq[:, columns] = arrays[key][start:end]
-                seq[:, -self.vad_width :] = frame_vad[start:end]
+                if self.vad_width:
+                    seq[:, -self.vad_width :] = arrays["frame_vad"][start:end]
                 out[clip_id] = (
                     seq,
                     means[row].astype(np.float32),
@@ -222,3 +224,84 @@ class SequenceData:
             if targets is None
             else torch.from_numpy(np.stack([targets[c] for c in chunk]).astype(np.float32)),
         )
+
+
+class JoinedSequences(SequenceData):
+    """Sequences of several feature sets of one store joined per frame: each set's
+    ``[hidden, frame_vad]`` side by side, in the order of ``stores`` (aligned by frame
+    index; a clip keeps the fewest frames any set has, so a set whose encoder yields one
+    frame more loses its last frame). The mean vector is the sets' stored means side by
+    side, or, where a set lost frames, the mean over the kept frames.
+
+    Every set is read once and kept in memory: the joined sequences must fit
+    ``budget_bytes`` (streaming is for one set).
+
+    Raises:
+        SettingsError: the sequences do not fit the budget.
+        KeyError: a clip is missing from a set (naming the set).
+    """
+
+    def __init__(
+        self,
+        stores: list[FeatureStore],
+        clip_ids: list[str],
+        *,
+        max_frames: int | None = None,
+        budget_bytes: int = DEFAULT_BUDGET_BYTES,
+    ) -> None:
+        from models.errors import SettingsError
+
+        self.sets = []
+        for store in stores:
+            missing = [c for c in clip_ids if c not in store]
+            if missing:
+                raise KeyError(
+                    f"{len(missing)} clips are not in feature set {store.feature_set!r}, "
+                    f"e.g. {missing[:5]}"
+                )
+            self.sets.append(
+                SequenceData(store, clip_ids, max_frames=max_frames, budget_bytes=budget_bytes)
+            )
+        needed = sum(s.total_bytes for s in self.sets)
+        if needed > budget_bytes:
+            raise SettingsError(
+                f"the sequences of {len(stores)} joined feature sets need "
+                f"{needed / 2**20:.0f} MiB, more than --cache-gb allows "
+                f"({budget_bytes / 2**20:.0f} MiB); joined sets are held in memory: raise "
+                "--cache-gb or train on fewer clips"
+            )
+        self.store = stores[0]
+        self.clip_ids = list(clip_ids)
+        self.max_frames = max_frames
+        self.layers = (None,)
+        self.hidden_size = sum(s.hidden_size for s in self.sets)
+        self.vad_width = 0  # each set's VAD outputs sit beside its hidden states
+        self.input_dim = self.width = sum(s.width for s in self.sets)
+        self.total_bytes = self.budget_bytes = needed
+        self.cached = True
+        self._by_part = {}
+        self._cache = None
+        self.parts_read = 0
+
+    def _windows(self, rng):
+        if self._cache is None:
+            held = [s._read_parts(list(s._by_part)) for s in self.sets]
+            self.parts_read = sum(s.parts_read for s in self.sets)
+            self._cache = {c: _join([h[c] for h in held]) for c in self.clip_ids}
+        yield self._cache
+
+    def _columns(self, layers):
+        if tuple(layers) != (None,):
+            raise KeyError("a head of joined feature sets reads each set's last hidden state")
+        return None
+
+
+def _join(pieces: list[tuple[np.ndarray, np.ndarray, int]]) -> tuple[np.ndarray, np.ndarray, int]:
+    """One clip's (sequence, stored mean, full frames) of several sets -> joined."""
+    kept = min(len(seq) for seq, _, _ in pieces)
+    seq = np.concatenate([s[:kept] for s, _, _ in pieces], axis=1)
+    if all(len(s) == kept == full for s, _, full in pieces):
+        mean = np.concatenate([m for _, m, _ in pieces])
+    else:  # a set lost frames (or a crop): the mean over the kept frames
+        mean = seq.astype(np.float32).mean(axis=0)
+    return seq, mean, kept

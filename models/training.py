@@ -44,12 +44,13 @@ from models.options import (
     DEFAULT_CACHE_GB,
     SIZE_KEYS,
     TrainSettings,
+    check_features,
     check_head_name,
     check_layer_choice,
     check_setting,
     check_targets,
 )
-from models.sequences import DEFAULT_BUDGET_BYTES, Batch, SequenceData
+from models.sequences import DEFAULT_BUDGET_BYTES, Batch, JoinedSequences, SequenceData
 
 T = TypeVar("T")
 
@@ -66,6 +67,25 @@ class HeadPlan:
     sizes: dict = field(default_factory=dict)
     settings: TrainSettings = TrainSettings()
     layer: int | str | None = None  # None: the last hidden state; k; or "weighted"
+    features: tuple[str, ...] | None = None  # feature sets (None: the opened store's)
+
+    def feature_stores(self, store: FeatureStore) -> list[FeatureStore]:
+        """The feature sets this head reads, from ``store`` (opened on the set used
+        where ``features`` is None), checked: several sets are joined per frame, each
+        read at its last hidden state.
+
+        Raises:
+            StoreError: a set the store does not have (naming its sets).
+            SettingsError: a layer choice with several sets.
+        """
+        if not self.features:
+            return [store]
+        if len(self.features) > 1 and self.layer is not None:
+            raise SettingsError(
+                f"head {self.name!r}: a head of several feature sets reads each set's last "
+                "hidden state; give layer or layers for a head of one set"
+            )
+        return [store.with_set(n) if n != store.feature_set else store for n in self.features]
 
     def layers(self, store: FeatureStore) -> tuple[int | None, ...]:
         """The stored layers this head reads (None: ``hidden``), checked against
@@ -98,14 +118,15 @@ def plans_from_grid(grid: dict, *, defaults: TrainSettings) -> list[HeadPlan]:
 
     Format: ``{"defaults": {...}, "heads": [{...}, ...], "grid": {"key": [values]}}``;
     ``heads`` lists heads one by one, ``grid`` adds the cartesian product of its lists.
-    Keys: ``name``, ``preset``, ``targets``, ``layer`` (a stored layer number, or
-    ``"last"``), ``layers`` (``"weighted"``), the sizes (``lstm_hidden``,
+    Keys: ``name``, ``preset``, ``targets``, ``features`` (a feature set's name, or a
+    list of names to join), ``layer`` (a stored layer number, or ``"last"``),
+    ``layers`` (``"weighted"``), the sizes (``lstm_hidden``,
     ``lstm_layers``, ``mlp_hidden``, ``dropout``) and the training settings
     (``epochs``, ``lr``, ``seed``, ``max_seconds``, ...). Unnamed heads are named by what
     varies.
     """
     allowed = {
-        "name", "preset", "targets", "layer", "layers", *SIZE_KEYS,
+        "name", "preset", "targets", "layer", "layers", "features", *SIZE_KEYS,
         *(f.name for f in fields(TrainSettings)),
     }  # fmt: skip
     if not isinstance(grid, dict):
@@ -168,7 +189,7 @@ def _plan_from_entry(merged: dict, defaults: TrainSettings, entry_keys: list[str
     checked = {
         k: check_setting(k, v)
         for k, v in merged.items()
-        if k not in ("name", "preset", "targets", "layer", "layers")
+        if k not in ("name", "preset", "targets", "layer", "layers", "features")
     }
     preset = merged.get("preset", "paper")
     if preset not in PRESETS:
@@ -179,6 +200,7 @@ def _plan_from_entry(merged: dict, defaults: TrainSettings, entry_keys: list[str
         preset=preset,
         targets=check_targets(targets) if targets is not None else None,
         layer=check_layer_choice(merged.get("layer"), merged.get("layers")),
+        features=check_features(merged.get("features")),
         sizes={k: checked[k] for k in SIZE_KEYS if k in checked},
         settings=replace(
             defaults,
@@ -204,17 +226,24 @@ class LabelledSplit:
 
 
 def resolve_labels(
-    store: FeatureStore, table: LabelTable, *, role: str, skip_missing: bool = False
+    store: FeatureStore | list[FeatureStore],
+    table: LabelTable,
+    *,
+    role: str,
+    skip_missing: bool = False,
 ) -> LabelledSplit:
-    """Labels of ``table`` for clips in ``store``.
+    """Labels of ``table`` for clips in ``store`` (with several feature sets: in every
+    one of them).
 
     Raises:
         ManifestError: NaN or out-of-range labels; labelled clips missing from the store
             (unless ``skip_missing``); a store holding none of the labelled clips.
     """
     check_label_values(table)
-    stored = [c for c in table.rows if c in store]
-    missing = [c for c in table.rows if c not in store]
+    sets = store if isinstance(store, list) else [store]
+    store = sets[0]
+    stored = [c for c in table.rows if all(c in s for s in sets)]
+    missing = [c for c in table.rows if not all(c in s for s in sets)]
     if not stored:
         raise ManifestError(
             f"{role} labels {table.path}: none of its {len(table.rows)} clips are in store "
@@ -382,8 +411,10 @@ def train_one(
     out: Path,
     log: Callable[[str], None] = lambda _: None,
     overwrite: bool = False,
+    joined: list[FeatureStore] | tuple = (),
 ) -> TrainedHead:
-    """Train one head on already-loaded data and save its folder to ``out``."""
+    """Train one head on already-loaded data and save its folder to ``out``
+    (``joined``: the further feature sets the data joins to ``store``'s)."""
     started = time.perf_counter()
     s = plan.settings
     targets, y_train, y_val = _label_columns(plan, train, val)
@@ -431,6 +462,7 @@ def train_one(
     model.load_state_dict(best_state)
     trained_s = time.perf_counter() - started
     card = _head_card(plan, config, model, targets, train, val, device, store, best, trained_s)
+    card = replace(card, joined=tuple(_store_ref(s) for s in joined))
     metrics = {"best_epoch": best[1], "epochs": history}
     if config.mixes_layers:  # the weights of the saved (best) epoch
         metrics["layer_weights"] = layer_weights(model)
@@ -468,10 +500,14 @@ def _head_card(plan, config, model, targets, train, val, device, store, best, se
             "seconds": round(seconds, 3),  # training, before saving
             "trained_by": f"{socket.gethostname()}:{os.getpid()}",
         },
-        store=StoreRef(store.fingerprint, store.location, store.spec, store.feature_set),
+        store=_store_ref(store),
         best_epoch=best[1],
         best_val_pearson_mean=best[0],
     )
+
+
+def _store_ref(store: FeatureStore) -> StoreRef:
+    return StoreRef(store.fingerprint, store.location, store.spec, store.feature_set)
 
 
 def train_heads(
@@ -488,31 +524,43 @@ def train_heads(
     log: Callable[[str], None] = lambda _: None,
     overwrite: bool = False,
 ) -> list[TrainedHead]:
-    """Train every plan over one shared load of the features.
+    """Train every plan; the plans that read the same feature sets share one load of
+    them (every layer any of them reads, at once).
 
     Args:
+        store: the store, opened on the set that plans without ``features`` read.
         out: the head folder when ``single``, else the parent of one folder per plan.
     """
     out = Path(out)
     for p in plans:  # before any work: never write over something that is not a head
         check_head_destination(out if single else out / p.name, overwrite=overwrite)
     device = require_device(device)
-    train = resolve_labels(store, train_table, role="training", skip_missing=skip_missing)
-    val = resolve_labels(store, val_table, role="validation", skip_missing=skip_missing)
-    crops = [p.settings.max_frames for p in plans]
-    data = SequenceData(
-        store,
-        sorted(set(train.clip_ids) | set(val.clip_ids)),
-        max_frames=None if None in crops else max(crops),
-        budget_bytes=budget_bytes,
-        layers=tuple(k for p in plans for k in p.layers(store)),  # one read for every head
-    )
-    log(
-        f"{len(train.clip_ids)} training and {len(val.clip_ids)} validation clips, "
-        f"{data.total_bytes / 2**20:.0f} MiB of sequences "
-        f"({'cached in memory' if data.cached else 'streamed from the store'}); "
-        f"{len(plans)} head{'s' if len(plans) != 1 else ''} on {device}"
-    )
+    groups: dict[tuple[str, ...], list[HeadPlan]] = {}
+    for p in plans:
+        groups.setdefault(tuple(s.feature_set for s in p.feature_stores(store)), []).append(p)
+    loads = []  # every group's sets, labels and data, before any head trains
+    for names, members in groups.items():
+        sets = [store.with_set(n) if n != store.feature_set else store for n in names]
+        train = resolve_labels(sets, train_table, role="training", skip_missing=skip_missing)
+        val = resolve_labels(sets, val_table, role="validation", skip_missing=skip_missing)
+        ids = sorted(set(train.clip_ids) | set(val.clip_ids))
+        crops = [p.settings.max_frames for p in members]
+        crop = None if None in crops else max(crops)
+        if len(sets) > 1:
+            data = JoinedSequences(sets, ids, max_frames=crop, budget_bytes=budget_bytes)
+        else:
+            data = SequenceData(
+                sets[0], ids, max_frames=crop, budget_bytes=budget_bytes,
+                layers=tuple(k for p in members for k in p.layers(sets[0])),
+            )  # fmt: skip
+        loads.append((sets, members, train, val, data))
+        log(
+            f"feature set{'s' if len(sets) > 1 else ''} {'+'.join(names)}: "
+            f"{len(train.clip_ids)} training and {len(val.clip_ids)} validation clips, "
+            f"{data.total_bytes / 2**20:.0f} MiB of sequences "
+            f"({'cached in memory' if data.cached else 'streamed from the store'}); "
+            f"{len(members)} head{'s' if len(members) != 1 else ''} on {device}"
+        )
 
     def train_all() -> list[TrainedHead]:
         return [
@@ -522,15 +570,18 @@ def train_heads(
                 train,
                 val,
                 device=device,
-                store=store,
+                store=sets[0],
+                joined=sets[1:],
                 out=out if single else out / p.name,
                 log=log,
                 overwrite=overwrite,
             )
-            for p in plans
+            for sets, members, train, val, data in loads
+            for p in members
         ]
 
-    trained = flush_denormals(train_all)
+    by_name = {t.name: t for t in flush_denormals(train_all)}
+    trained = [by_name[p.name] for p in plans]  # in plan order
     if not single:
         write_summary(trained, out)
     return trained
@@ -542,6 +593,7 @@ def plan_settings(plan: HeadPlan) -> dict:
         "preset": plan.preset,
         "targets": ",".join(plan.targets) if plan.targets else "all",
         "layer": "last" if plan.layer is None else plan.layer,
+        "features": "+".join(plan.features) if plan.features else "default",
         **plan.sizes,
         **asdict(plan.settings),
     }
@@ -604,7 +656,7 @@ def train(
     scheduler: str | None = None,
     log: Callable[[str], None] = lambda _: None,
     overwrite: bool = False,
-    feature_set: str | None = None,
+    features: str | tuple[str, ...] | None = None,
 ) -> list[TrainedHead]:
     """Train one head, or a grid of heads over one load of the features (``emi train``).
 
@@ -625,8 +677,9 @@ def train(
         scheduler: spread a grid over a running dask scheduler (one task per head).
         log: receives per-epoch lines.
         overwrite: replace existing head folders (else they are refused before work).
-        feature_set: the store's feature set to train on (a path or URL ``store``);
-            None: its only or default set.
+        features: the feature set(s) to train on (without ``grid``; ``"a"``, ``"a,b"``
+            or a tuple: several are joined per frame); None: the store's only or default
+            set (or the set an open ``store`` is on).
 
     Raises:
         ManifestError: bad labels, or labelled clips missing (unless ``skip_missing``).
@@ -661,6 +714,7 @@ def train(
                 layer=check_layer_choice(layers=layer)
                 if layer == "weighted"
                 else check_layer_choice(layer=layer),
+                features=check_features(features),
             )
         ]
     budget = int(cache_gb * 2**30)
@@ -670,20 +724,15 @@ def train(
         if grid is None:
             raise SettingsError("a scheduler spreads a grid of heads; give a grid")
         location = store.location if isinstance(store, FeatureStore) else str(store)
-        if isinstance(store, FeatureStore):
-            feature_set = store.feature_set
-        # fail here, not on every worker, if the store or set is missing
-        FeatureStore.open(location, feature_set=feature_set)
+        opened = store if isinstance(store, FeatureStore) else FeatureStore.open(location)
+        for plan in plans:  # fail here, not on every worker, if a set is missing
+            plan.feature_stores(opened)
         return train_heads_on_cluster(
             location, *tables, plans, out, scheduler=scheduler, device=device,
             budget_bytes=budget, skip_missing=skip_missing, overwrite=overwrite,
-            feature_set=feature_set,
+            feature_set=opened.feature_set,
         )  # fmt: skip
-    opened = (
-        store
-        if isinstance(store, FeatureStore)
-        else FeatureStore.open(store, feature_set=feature_set)
-    )
+    opened = store if isinstance(store, FeatureStore) else FeatureStore.open(store)
     return train_heads(
         opened, *tables, plans, out, device=device, budget_bytes=budget,
         skip_missing=skip_missing, single=grid is None, log=log, overwrite=overwrite,

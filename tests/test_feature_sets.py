@@ -3,6 +3,7 @@ resume; adding one never changes another's bytes."""
 
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 
@@ -154,7 +155,7 @@ def test_heads_find_their_set_and_are_refused_where_it_is_missing(
     made = labelled_store(tmp_path, tiny_backbone, clips=16, seed=4, presets=())
     run_cli("extract", made["audio"], made["store"], "--model", tiny_group_backbone,
             "--feature-set", "group", "--quiet")  # fmt: skip
-    train_cli(made, tmp_path / "on_group", "--preset", "mean-linear", "--feature-set", "group")
+    train_cli(made, tmp_path / "on_group", "--preset", "mean-linear", "--features", "group")
     train_cli(made, tmp_path / "on_first", "--preset", "mean-linear")
     card = json.loads((tmp_path / "on_group" / "config.json").read_text())
     assert card["store"]["feature_set"] == "group"
@@ -173,3 +174,91 @@ def test_heads_find_their_set_and_are_refused_where_it_is_missing(
     assert "needs feature set 'group'" in refused.output
     assert group.fingerprint[:12] in refused.output and "--feature-set group" in refused.output
     assert not (tmp_path / "p.csv").exists()
+
+
+@pytest.mark.parametrize("family", ["hubert", "wavlm"])
+def test_hubert_and_wavlm_sets_equal_their_reference(family, mixed_corpus, tmp_path):
+    """Plain transformers checkpoints (no VAD head) as a second set: every stored layer
+    equals the matching hidden_states[k] of AutoModel's forward."""
+    model = tmp_path / family
+    shown = run_cli("model", "init-random", model, "--size", "tiny", "--family", family)
+    assert family in shown.output
+    info = json.loads(run_cli("model", "info", model).output)
+    assert info["family"] == family and info["vad_head"] is False
+    store = tmp_path / "feats.zarr"
+    run_cli("extract", mixed_corpus, store, "--model", model, "--layers", "all",
+            "--batch-seconds", "3", "--quiet")  # fmt: skip
+    opened = FeatureStore.open(store)
+    assert opened.spec.vad_labels == () and "frame_vad" not in opened.arrays
+    assert opened.layers == (0, 1, 2)
+    reference = ReferenceForward(model)
+    assert type(reference.encoder).__name__.lower().startswith(family)
+    for path in sorted(p for p in mixed_corpus.rglob("*") if p.is_file()):
+        clip_id = path.relative_to(mixed_corpus).with_suffix("").as_posix()
+        ref = reference(read_16k_mono(path))
+        assert_matches(opened, clip_id, ref)
+        for k, expected in enumerate(ref["layers"]):
+            stored = opened.hidden(clip_id, layer=k).astype(np.float32)
+            np.testing.assert_allclose(stored, expected, rtol=2**-10, atol=1e-4)
+    assert verify_store(opened) == []
+    assert "no VAD head" in run_cli("store", "info", store).output
+
+
+def test_heads_train_on_a_set_without_vad(tmp_path):
+    """A set of hidden states only (HuBERT): heads read [hidden] per frame."""
+    from featurestore.random_backbone import write_random_backbone
+    from tests.conftest import labelled_store, train_cli
+
+    model = write_random_backbone(tmp_path / "hubert", size="tiny", seed=2, family="hubert")
+    made = labelled_store(tmp_path, model, clips=16, seed=5, presets=())
+    train_cli(made, tmp_path / "compact", "--preset", "compact")
+    config = json.loads((tmp_path / "compact" / "config.json").read_text())
+    assert config["head"]["input_dim"] == 32  # tiny hidden size, no VAD outputs
+    run_cli("predict", made["store"], "--head", tmp_path / "compact", "-o", tmp_path / "p.csv")
+    rows = (tmp_path / "p.csv").read_text().splitlines()
+    assert len(rows) == 1 + len(FeatureStore.open(made["store"]))
+
+
+def test_a_head_of_two_sets_trains_reloads_and_predicts_its_validation_score(
+    tiny_backbone, tiny_group_backbone, tmp_path
+):
+    from manifests import read_labels
+    from models.metrics import pearson
+    from tests.conftest import labelled_store, train_cli
+
+    made = labelled_store(tmp_path, tiny_backbone, clips=24, seed=6, presets=())
+    run_cli("extract", made["audio"], made["store"], "--model", tiny_group_backbone,
+            "--feature-set", "group", "--quiet")  # fmt: skip
+    first = FeatureStore.open(made["store"]).feature_set
+    head = tmp_path / "joined"
+    train_cli(made, head, "--preset", "compact", "--features", f"group,{first}", "--epochs", "4")
+    card = json.loads((head / "config.json").read_text())
+    assert card["head"]["input_dim"] == 2 * (32 + 3)  # two sets of [hidden, frame_vad]
+    assert card["store"]["feature_set"] == "group"
+    assert [ref["feature_set"] for ref in card["joined"]] == [first]
+    metrics = json.loads((head / "metrics.json").read_text())
+    run_cli("predict", made["store"], "--head", head, "-o", tmp_path / "p.csv")
+    rows = list(csv.DictReader((tmp_path / "p.csv").open()))
+    labels = read_labels(made["valid"])
+    pred = np.array(
+        [[float(r[t]) for t in labels.targets] for r in rows if r["clip_id"] in labels.rows]
+    )
+    true = np.array([labels.rows[r["clip_id"]] for r in rows if r["clip_id"] in labels.rows])
+    best = metrics["epochs"][metrics["best_epoch"] - 1]["val"]["pearson_mean"]
+    assert pearson(np.clip(pred, 0, 1), true).mean() == pytest.approx(best, abs=1e-3)
+    # emi score extracts both sets (into the cache store) and predicts the same
+    run_cli("score", made["audio"], "--head", head, "-o", tmp_path / "s.csv", "--quiet")
+    scored = {r["clip_id"]: r for r in csv.DictReader((tmp_path / "s.csv").open())}
+    assert scored.keys() == {r["clip_id"] for r in rows}
+    for r in rows:
+        for target in labels.targets:
+            assert abs(float(scored[r["clip_id"]][target]) - float(r[target])) < 1e-5
+    # the same head refused where one of its sets is missing, naming it
+    single = tmp_path / "single.zarr"
+    run_cli("extract", made["audio"], single, "--model", tiny_backbone, "--quiet")
+    refused = run_cli("predict", single, "--head", head, "-o", tmp_path / "q.csv", expect=2)
+    assert "needs feature set 'group'" in refused.output
+    # a layer choice with two sets is refused before training
+    bad = train_cli(made, tmp_path / "bad", "--features", f"group,{first}", "--layer", "1",
+                    expect=2)  # fmt: skip
+    assert "several feature sets" in bad.output
