@@ -45,7 +45,16 @@ DEFAULTS = {
     help="Learning rate (the paper's 1e-4 is slow for a few hundred clips).",
 )
 @click.option("--seed", type=int, default=DEFAULTS["seed"], show_default=True)
-def demo(out: str, clips: int, size: str, workers: int, epochs: int, lr: float, seed: int) -> None:
+@click.option(
+    "--layers",
+    default=DEFAULTS["layers"],
+    show_default=True,
+    help="Layers to store (as emi extract --layers); other than last, each head is "
+    "also trained on a learned weighting of them and compared with the last layer.",
+)
+def demo(
+    out: str, clips: int, size: str, workers: int, epochs: int, lr: float, seed: int, layers: str
+) -> None:
     """Synthesise a labelled corpus, extract it with a random backbone on a dask
     LocalCluster, train the fusion head and the mean-linear baseline, score the
     held-out split, print per-target Pearson and write plots."""
@@ -57,5 +66,6 @@ def demo(out: str, clips: int, size: str, workers: int, epochs: int, lr: float, 
         epochs=epochs,
         lr=lr,
         seed=seed,
+        layers=layers,
         echo=click.echo,
     )

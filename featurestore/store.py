@@ -3,8 +3,11 @@
 Layout (documented in the README; readable with plain zarr, dask and xarray)::
 
     STORE/
-      zarr.json                  root group; attrs["emi"] = {format_version, fingerprint,
-                                 spec, parts: {name: commit record}, failures, index_digest}
+      zarr.json                  root group; attrs["emi"] = {format_version: 2, feature_set,
+                                 fingerprint, spec, parts: {name: commit record}, failures,
+                                 index_digest}; with several feature sets {format_version:
+                                 3, default_set, sets: {name: {parts_path, fingerprint,
+                                 spec, parts, failures}}, index_digest}
       emi_lock/g<generation>/    the writer lock (see featurestore.lock)
       parts/
         p000000-<run>/           one part = one writer; attrs["emi_part"] = its marker
@@ -21,6 +24,8 @@ Layout (documented in the README; readable with plain zarr, dask and xarray)::
           clip_vad    (clip, vad_label)         float32, head on hidden_mean
           hidden_l06  (frame, hidden_unit)     float16, hidden_states[6] (``--layers``)
           hidden_mean_l06 (clip, hidden_unit)  float32, its mean; one pair per stored layer
+      sets/<name>/parts/...      a further feature set's parts (the same layout; a set
+                                 without the VAD head has no frame_vad, vad_mean, clip_vad)
 
 Writing: a part is written by exactly one task, which owns all its arrays, with its
 marker last. It becomes part of the store only when the driver (the one holder of the

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 DISCLAIMER = """\
@@ -72,11 +72,16 @@ def run_demo(
     epochs: int = 30,
     lr: float = 1e-3,
     seed: int = 0,
+    layers: str = "last",
     echo: Callable[[str], None] = print,
 ) -> DemoResult:
     """Synthesise a labelled corpus, extract it with a random backbone on a dask
     LocalCluster, train the fusion head and the mean-linear baseline, score the
     held-out split and write plots (``emi demo``); progress goes to ``echo``.
+
+    ``layers`` other than ``"last"`` (``"all"``, ``"0,2,4"``) stores those layers too
+    and trains each head a second time on a learned weighting of them
+    (``fusion-weighted``, ``mean-linear-weighted``), compared side by side.
 
     Examples:
         >>> from models import run_demo  # doctest: +SKIP
@@ -112,7 +117,9 @@ def run_demo(
     )
     records = build_manifest(folder / "audio", label_files=list(splits.values()))
     summary = extract(
-        records, str(folder / "feats.zarr"), ExtractOptions(model=str(backbone), workers=workers)
+        records,
+        str(folder / "feats.zarr"),
+        ExtractOptions(model=str(backbone), workers=workers, layers=layers),
     )
     echo(
         f"      {summary.extracted} clips extracted, {summary.already_stored} already "
@@ -125,6 +132,8 @@ def run_demo(
         HeadPlan(name="fusion", preset="paper", settings=settings),
         HeadPlan(name="mean-linear", preset="mean-linear", settings=settings),
     ]
+    if store.layers:  # the same heads on a learned weighting of the stored layers
+        plans += [replace(p, name=f"{p.name}-weighted", layer="weighted") for p in list(plans)]
     echo(f"[3/5] training {len(plans)} heads ({epochs} epochs, one data load)")
     trained = train_heads(
         store,
@@ -140,6 +149,9 @@ def run_demo(
             f"      {t.name}: best epoch {t.best_epoch} of {total} "
             f"(validation mean Pearson {t.best_val_pearson:.3f})"
         )
+        if "layer_weights" in t.metrics:
+            weights = ", ".join(f"{k}: {w:.2f}" for k, w in t.metrics["layer_weights"].items())
+            echo(f"        learned layer weights {weights}")
     echo("[4/5] scoring the held-out test split")
     test = read_labels(splits["test"])
     heads = [load_head(t.folder) for t in trained]
@@ -159,10 +171,11 @@ def run_demo(
         )
     echo("[5/5] held-out test Pearson r per target\n")
     names = [h.name for h in heads]
-    echo(f"  {'target':16s}" + "".join(f"{n:>14s}" for n in names))
+    width = max(14, *(len(n) + 2 for n in names))
+    echo(f"  {'target':16s}" + "".join(f"{n:>{width}s}" for n in names))
     for t in targets:
-        echo(f"  {t:16s}" + "".join(f"{scores[n]['pearson'][t]:14.3f}" for n in names))
-    echo(f"  {'mean':16s}" + "".join(f"{scores[n]['pearson_mean']:14.3f}" for n in names))
+        echo(f"  {t:16s}" + "".join(f"{scores[n]['pearson'][t]:{width}.3f}" for n in names))
+    echo(f"  {'mean':16s}" + "".join(f"{scores[n]['pearson_mean']:{width}.3f}" for n in names))
     echo(
         f"\noutputs in {folder}/: feats.zarr, heads/*/ (config.json, model.safetensors, "
         "metrics.json, learning_curves.png), test_predictions.csv, "

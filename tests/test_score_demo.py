@@ -73,7 +73,10 @@ def test_score_extracts_missing_clips_and_predicts(tiny_backbone, tmp_path):
 
 def test_demo_runs_offline_and_says_what_it_measures(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    result = run_cli("demo", "--out", "demo", "--clips", "30", "--size", "tiny", "--epochs", "2")
+    result = run_cli(
+        "demo", "--out", "demo", "--clips", "30", "--size", "tiny", "--epochs", "2",
+        "--layers", "all",
+    )  # fmt: skip
     out = result.output
     assert "random" in out and "nothing about emotion recognition" in out
     assert "--model audeering/wav2vec2-large-robust-12-ft-emotion-msp-dim" in out
@@ -84,3 +87,8 @@ def test_demo_runs_offline_and_says_what_it_measures(tmp_path, monkeypatch):
     assert (demo / "test_fusion_pred_vs_true.png").stat().st_size > 1000
     rows = list(csv.DictReader((demo / "test_predictions.csv").open()))
     assert len(rows) == 6 and "fusion/Joy" in rows[0] and "mean-linear/Joy" in rows[0]
+    # --layers all: each head again on a learned weighting of the stored layers 0-2
+    assert "fusion-weighted/Joy" in rows[0] and "mean-linear-weighted/Joy" in rows[0]
+    assert "learned layer weights 0: " in out
+    weights = json.loads((demo / "heads/fusion-weighted/metrics.json").read_text())
+    assert set(weights["layer_weights"]) == {"0", "1", "2"}
