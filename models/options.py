@@ -105,31 +105,27 @@ def check_head_name(name) -> str:
     return name
 
 
-def check_targets(value) -> tuple[str, ...]:
-    """Targets as the CLI takes them (``"A,B"``) or as a JSON list of names."""
+def _distinct_names(value, key: str, what: str) -> tuple[str, ...]:
+    """``"a,b"`` or a JSON list of distinct non-empty names, for option ``key``."""
     if isinstance(value, str):
         value = value.split(",")
     if not isinstance(value, list | tuple) or not value:
-        raise SettingsError(f"targets: {value!r} is not a list of label columns")
+        raise SettingsError(f"{key}: {value!r} is not a list of {what}")
     names = tuple(v.strip() if isinstance(v, str) else v for v in value)
     if not all(isinstance(v, str) and v for v in names) or len(set(names)) != len(names):
-        raise SettingsError(f"targets: {value!r} must name distinct label columns")
+        raise SettingsError(f"{key}: {value!r} must name distinct {what}")
     return names
+
+
+def check_targets(value) -> tuple[str, ...]:
+    """Targets as the CLI takes them (``"A,B"``) or as a JSON list of names."""
+    return _distinct_names(value, "targets", "label columns")
 
 
 def check_features(value) -> tuple[str, ...] | None:
     """A head's ``features``: a feature set's name, ``"a,b"`` or a list of names (joined
     per frame, in that order); None: the store's default set."""
-    if value is None:
-        return None
-    if isinstance(value, str):
-        value = value.split(",")
-    if not isinstance(value, list | tuple) or not value:
-        raise SettingsError(f"features: {value!r} is not a feature set name or a list of them")
-    names = tuple(v.strip() if isinstance(v, str) else v for v in value)
-    if not all(isinstance(v, str) and v for v in names) or len(set(names)) != len(names):
-        raise SettingsError(f"features: {value!r} must name distinct feature sets")
-    return names
+    return None if value is None else _distinct_names(value, "features", "feature sets")
 
 
 def check_layer_choice(layer=None, layers=None) -> int | str | None:

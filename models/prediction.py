@@ -15,7 +15,7 @@ from featurestore.store import FeatureStore
 from manifests.atomic import atomic_file
 from models.errors import HeadError
 from models.head_files import LoadedHead, load_head, set_for_head, sets_for_head
-from models.sequences import DEFAULT_BUDGET_BYTES, JoinedSequences, SequenceData
+from models.sequences import DEFAULT_BUDGET_BYTES, load_sequences
 from models.training import flush_denormals, predict_batches
 
 
@@ -49,15 +49,13 @@ def predict_store(
     out = {}
     for wanted, opened in sets.items():
         readers = [h for h in heads if key(h) == wanted]
-        crops = [h.max_frames for h in readers]
-        crop = None if None in crops else max(crops)
-        if len(opened) > 1:
-            data = JoinedSequences(opened, ids, max_frames=crop, budget_bytes=budget_bytes)
-        else:
-            data = SequenceData(
-                opened[0], ids, max_frames=crop, budget_bytes=budget_bytes,
-                layers=tuple(k for h in readers for k in h.model.config.layers),
-            )  # fmt: skip
+        data = load_sequences(
+            opened,
+            ids,
+            crops=[h.max_frames for h in readers],
+            budget_bytes=budget_bytes,
+            layers=tuple(k for h in readers for k in h.model.config.layers),
+        )
         for head in readers:
             head.model.to(device)
             raw = flush_denormals(

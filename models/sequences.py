@@ -305,3 +305,22 @@ def _join(pieces: list[tuple[np.ndarray, np.ndarray, int]]) -> tuple[np.ndarray,
     else:  # a set lost frames (or a crop): the mean over the kept frames
         mean = seq.astype(np.float32).mean(axis=0)
     return seq, mean, kept
+
+
+def load_sequences(
+    sets: list[FeatureStore],
+    clip_ids: list[str],
+    *,
+    crops: list[int | None],
+    budget_bytes: int = DEFAULT_BUDGET_BYTES,
+    layers: tuple[int | None, ...] = (None,),
+) -> SequenceData:
+    """The sequences consumers of feature ``sets`` read, loaded once for all of them:
+    one set, every layer in ``layers``; several, joined (:class:`JoinedSequences`).
+    ``crops``: each consumer's ``max_frames`` (None: whole clips)."""
+    crop = None if None in crops else max(crops)
+    if len(sets) > 1:
+        return JoinedSequences(sets, clip_ids, max_frames=crop, budget_bytes=budget_bytes)
+    return SequenceData(
+        sets[0], clip_ids, max_frames=crop, budget_bytes=budget_bytes, layers=layers
+    )

@@ -50,7 +50,7 @@ from models.options import (
     check_setting,
     check_targets,
 )
-from models.sequences import DEFAULT_BUDGET_BYTES, Batch, JoinedSequences, SequenceData
+from models.sequences import DEFAULT_BUDGET_BYTES, Batch, SequenceData, load_sequences
 
 T = TypeVar("T")
 
@@ -540,19 +540,16 @@ def train_heads(
         groups.setdefault(tuple(s.feature_set for s in p.feature_stores(store)), []).append(p)
     loads = []  # every group's sets, labels and data, before any head trains
     for names, members in groups.items():
-        sets = [store.with_set(n) if n != store.feature_set else store for n in names]
+        sets = members[0].feature_stores(store)
         train = resolve_labels(sets, train_table, role="training", skip_missing=skip_missing)
         val = resolve_labels(sets, val_table, role="validation", skip_missing=skip_missing)
-        ids = sorted(set(train.clip_ids) | set(val.clip_ids))
-        crops = [p.settings.max_frames for p in members]
-        crop = None if None in crops else max(crops)
-        if len(sets) > 1:
-            data = JoinedSequences(sets, ids, max_frames=crop, budget_bytes=budget_bytes)
-        else:
-            data = SequenceData(
-                sets[0], ids, max_frames=crop, budget_bytes=budget_bytes,
-                layers=tuple(k for p in members for k in p.layers(sets[0])),
-            )  # fmt: skip
+        data = load_sequences(
+            sets,
+            sorted(set(train.clip_ids) | set(val.clip_ids)),
+            crops=[p.settings.max_frames for p in members],
+            budget_bytes=budget_bytes,
+            layers=tuple(k for p in members for k in p.layers(sets[0])),
+        )
         loads.append((sets, members, train, val, data))
         log(
             f"feature set{'s' if len(sets) > 1 else ''} {'+'.join(names)}: "
