@@ -55,6 +55,7 @@ from models.sequences import DEFAULT_BUDGET_BYTES, Batch, SequenceData, load_seq
 T = TypeVar("T")
 
 SETTING_FIELDS = frozenset(f.name for f in fields(TrainSettings))
+LAYER_WEIGHTS_LR_SCALE = 10.0  # learning rate of a layer weighting, x the head's
 
 
 @dataclass(frozen=True)
@@ -366,9 +367,21 @@ class _Optimiser:
 
     def __post_init__(self) -> None:
         s = self.settings
-        self.adamw = torch.optim.AdamW(
-            self.model.parameters(), lr=s.lr, weight_decay=s.weight_decay
-        )
+        mix = getattr(self.model, "layer_mix", None)
+        mixing = set() if mix is None else {id(p) for p in mix.parameters()}
+        groups = [
+            {"params": [p for p in self.model.parameters() if id(p) not in mixing]},
+            # A layer weighting's few logits: without weight decay (it would pull them
+            # back to equal weights) and at LAYER_WEIGHTS_LR_SCALE x the rate (Adam moves
+            # each by about the rate per step: a few hundred steps at the head's rate
+            # would leave them nearly equal).
+            {
+                "params": [] if mix is None else list(mix.parameters()),
+                "lr": s.lr * LAYER_WEIGHTS_LR_SCALE,
+                "weight_decay": 0.0,
+            },
+        ]
+        self.adamw = torch.optim.AdamW(groups, lr=s.lr, weight_decay=s.weight_decay)
         warmup = max(1, round(s.warmup_epochs * self.steps_per_epoch))
         self.schedule = warmup_cosine(self.adamw, warmup, self.steps_per_epoch * s.epochs)
         self.amp_dtype, self.scaler = _amp(self.device, s)

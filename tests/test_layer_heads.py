@@ -113,12 +113,12 @@ def test_the_layer_choice_decides_what_a_head_learns(layered, tmp_path, monkeypa
     )
     assert len(reads) == 1  # every head from one read of the store (all layers at once)
     score = {t.name: t.best_val_pearson for t in trained}
-    assert score["layer1"] > 0.5 and score["weighted"] > 0.45  # measured 0.61, 0.56
+    assert score["layer1"] > 0.5 and score["weighted"] > 0.5  # measured 0.61, 0.63
     assert score["last"] < 0.3 and score["layer0"] < 0.3  # measured 0.08, 0.10
     weights = json.loads((tmp_path / "weighted" / "metrics.json").read_text())["layer_weights"]
     assert set(weights) == {"0", "1", "2"} and sum(weights.values()) == pytest.approx(1, abs=1e-5)
-    # started equal (1/3 each); learned to favour the layer with the signal (0.42)
-    assert weights["1"] == max(weights.values()) and weights["1"] > 0.38
+    # started equal (1/3 each); learned to favour the layer with the signal (0.61)
+    assert weights["1"] == max(weights.values()) and weights["1"] > 0.5
     config = json.loads((tmp_path / "weighted" / "config.json").read_text())
     assert config["head"]["layers"] == [0, 1, 2]
     assert json.loads((tmp_path / "layer1" / "config.json").read_text())["head"]["layers"] == [1]
