@@ -43,3 +43,8 @@ def test_extract_throughput_bench_runs():
         "--minutes", "0.05", "--sizes", "tiny", "--repeats", "1", "--skip-memory",
     )  # fmt: skip
     assert "emi library / pure forward time" in out
+
+
+def test_storage_bench_runs():
+    out = _bench("bench/storage.py", "--seconds", "10", "--size", "tiny")
+    assert "kB/audio s" in out and "--layers all (3 layers)" in out
