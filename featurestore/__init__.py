@@ -18,6 +18,7 @@ _EXPORTS = {
     "StoredClip": "featurestore.store",
     "StoreWriter": "featurestore.store",
     "SCHEMA": "featurestore.store",
+    "schema": "featurestore.store",
     "extract": "featurestore.extraction",
     "ExtractSummary": "featurestore.extraction",
     "ExtractOptions": "featurestore.options",
@@ -34,6 +35,7 @@ _EXPORTS = {
     "StoreLocked": "featurestore.errors",
     "BackboneError": "featurestore.errors",
     "DeviceError": "featurestore.errors",
+    "LayerError": "featurestore.errors",
 }
 __all__ = sorted(_EXPORTS)
 
