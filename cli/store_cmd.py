@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import replace
 
 import click
 from tqdm import tqdm
@@ -91,13 +92,16 @@ def verify(location: str) -> None:
     """Read every committed part and check it against its checksums, shapes, offsets,
     ids and means; exit 1 naming each damaged part and array."""
     opened = FeatureStore.open(location)
-    found = {name: verify_store(opened.with_set(name)) for name in opened.feature_sets}
-    problems = [p for listed in found.values() for p in listed]
+    several = len(opened.feature_sets) > 1
+    problems = [
+        replace(p, feature_set=name) if several else p
+        for name in opened.feature_sets
+        for p in verify_store(opened.with_set(name))
+    ]
     if problems:
         click.echo(f"{location}: {len(problems)} problems", err=True)
-        for name, listed in found.items():
-            for p in listed:
-                click.echo(f"  {p}" if len(found) == 1 else f"  set {name}: {p}", err=True)
+        for p in problems:
+            click.echo(f"  {p}", err=True)
         click.echo(
             "run `emi store repair` to drop the damaged parts; the next `emi extract` "
             "recomputes their clips",
@@ -129,8 +133,11 @@ def repair(location: str) -> None:
         f"({len(report.dropped_clips)} clips to re-extract), removed "
         f"{len(report.removed_uncommitted)} uncommitted part folders"
     )
-    if report.dropped_clips:
-        click.echo(f"re-extract with `emi extract SOURCE {location}`")
+    for name, clips in report.dropped_by_set.items():
+        click.echo(
+            f"re-extract the {len(clips)} clips of feature set {name} with `emi extract "
+            f"SOURCE {location} --feature-set {name}` (and that set's --model)"
+        )
 
 
 @store.command("export")

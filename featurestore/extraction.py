@@ -130,15 +130,24 @@ def extract(
         check_set_name(options.feature_set)
     location = StoreLocation.of(store, options.storage_options)
     meta = read_root(location)  # refuse what is not an emi store before writing there
-    held = None  # the set this run adds to, where it exists: its settings are the defaults
-    if meta is not None:
-        held = feature_sets(meta).get(options.feature_set or default_set(meta))
-    default = held["spec"]["backbone"]["ref"] if held else DEFAULT_MODEL
+    sets = feature_sets(meta) if meta is not None else {}
+    # The set this run adds to, where it exists: its settings are the defaults. Named,
+    # that set; else the default set's backbone, and then the set made with the backbone
+    # this run uses (so updating a further set needs no --feature-set).
+    held = sets.get(options.feature_set or default_set(meta)) if sets else None
+    base = held or (sets.get(default_set(meta)) if sets else None)
+    default = base["spec"]["backbone"]["ref"] if base else DEFAULT_MODEL
+    options = replace(options, model=local_ref(options.model or default))
+    identity = identify_backbone(options.model, revision=options.revision)
+    if options.feature_set is None and sets:
+        same = [
+            r for r in sets.values()
+            if r["spec"]["backbone"]["weights_sha256"] == identity.weights_sha256
+        ]  # fmt: skip
+        held = held if any(held is r for r in same) else (same[0] if same else None)
     layers = options.layers
     if layers is None:  # the set's layers, for a new set the last layer only
         layers = tuple(held["spec"].get("layers", ())) if held else "last"
-    options = replace(options, model=local_ref(options.model or default))
-    identity = identify_backbone(options.model, revision=options.revision)
     spec = build_spec(
         identity,
         max_seconds=options.max_seconds,

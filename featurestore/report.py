@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -72,9 +72,11 @@ class Problem:
 
     part: str | None
     message: str
+    feature_set: str | None = None  # named where the store has several sets
 
     def __str__(self) -> str:
-        return f"part {self.part}: {self.message}" if self.part else self.message
+        text = f"part {self.part}: {self.message}" if self.part else self.message
+        return f"set {self.feature_set}: {text}" if self.feature_set else text
 
 
 def verify_store(store: FeatureStore) -> list[Problem]:
@@ -141,6 +143,8 @@ class RepairReport:
     dropped_clips: list[str] = field(default_factory=list)
     removed_uncommitted: list[str] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
+    # feature set -> its clips to re-extract (``emi extract ... --feature-set NAME``)
+    dropped_by_set: dict[str, list[str]] = field(default_factory=dict)
 
 
 def repair_store(location: str, *, storage_options: dict | None = None) -> RepairReport:
@@ -155,15 +159,17 @@ def repair_store(location: str, *, storage_options: dict | None = None) -> Repai
     report = RepairReport()
     with StoreLock(where, purpose="store repair") as lock:
         meta = read_root(where)
+        several = len(feature_sets(meta)) > 1
         for name in feature_sets(meta):
             store = FeatureStore(where, meta, name)
             store.location = str(location)
             problems = verify_store(store)
             damaged = sorted({p.part for p in problems if p.part})
-            report.problems += problems
-            report.dropped_clips += sorted(
-                cid for part in damaged for cid in store.part_marker(part)["clip_id"]
-            )
+            report.problems += [replace(p, feature_set=name) if several else p for p in problems]
+            dropped = sorted(cid for part in damaged for cid in store.part_marker(part)["clip_id"])
+            report.dropped_clips += dropped
+            if dropped:
+                report.dropped_by_set[name] = dropped
             writer = StoreWriter(where, meta, lock, name)
             if damaged:
                 writer.drop_parts(damaged)

@@ -160,16 +160,19 @@ def open_zarr_store(location: str | os.PathLike, *, mode: str, storage_options: 
 
 # -- feature sets: a store holds one or several, each with its own spec and parts ------
 
-_SET_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+=-]{0,99}")
+# Lower case only: a set's name is its folder's, and on a case-insensitive file system
+# "Hub" and "hub" would be one folder.
+_SET_NAME = re.compile(r"[a-z0-9_][a-z0-9_.+=-]{0,99}")
 
 
 def check_set_name(name: str) -> str:
-    """A feature set's name is a plain folder name (letters, digits, ``_ . + = -``, not
-    starting with ``.``, at most 100 characters)."""
-    if not isinstance(name, str) or not _SET_NAME.fullmatch(name):
+    """A feature set's name is a plain lower-case folder name (letters, digits,
+    ``_ . + = -``, not starting with ``.``, not ending in ``.json``, at most 100
+    characters)."""
+    if not isinstance(name, str) or not _SET_NAME.fullmatch(name) or name.endswith(".json"):
         raise StoreError(
-            f"--feature-set {name!r}: not a plain name (letters, digits, _ . + = -; not "
-            "starting with '.'; at most 100 characters)"
+            f"--feature-set {name!r}: not a plain name (lower-case letters, digits, "
+            "_ . + = -; not starting with '.' nor ending in '.json'; at most 100 characters)"
         )
     return name
 
@@ -179,17 +182,19 @@ def set_name_of(spec: FeatureSpec | dict) -> str:
     (``audeering/wav2vec2-large-robust-12-ft-emotion-msp-dim`` ->
     ``wav2vec2-large-robust-12-ft-emotion-msp-dim``)."""
     ref = str(as_spec(spec).backbone.ref or "features").rstrip("/")
-    name = re.sub(r"[^A-Za-z0-9_.+=-]", "_", ref.rsplit("/", 1)[-1]).lstrip(".")
-    return name[:100] or "features"
+    name = re.sub(r"[^a-z0-9_.+=-]", "_", ref.rsplit("/", 1)[-1].lower()).lstrip(".")
+    name = name[:100].removesuffix(".json")
+    return name or "features"
 
 
 def feature_sets(meta: dict) -> dict[str, dict]:
     """The store's feature sets: name -> its record (``fingerprint``, ``spec``,
     ``parts``, ``failures``; ``parts_path`` where it is not ``parts``). The records are
-    the root's own dicts: a writer's changes to them are the root's."""
+    the root's own dicts: a writer's changes to them are the root's. A format-2 root is
+    one set named after its backbone."""
     if meta.get("format_version") == SETS_FORMAT:
         return meta["sets"]
-    return {meta.get("feature_set") or set_name_of(meta["spec"]): meta}
+    return {set_name_of(meta["spec"]): meta}
 
 
 def default_set(meta: dict) -> str:
@@ -215,18 +220,17 @@ def _index_digest(meta: dict) -> str:
                 },
             }
         )
-    named = {"feature_set": meta["feature_set"]} if "feature_set" in meta else {}
-    return digest_of_json(
-        {"parts": meta.get("parts", {}), "failures": meta.get("failures", {}), **named}
-    )
+    return digest_of_json({"parts": meta.get("parts", {}), "failures": meta.get("failures", {})})
 
 
 def _intact(meta: dict) -> bool:
-    """The root's index digest and every set's fingerprint match."""
+    """The root's index digest and every set's fingerprint match (a format-2 root names
+    no parts folder: its parts are always under ``parts/``)."""
     try:
         sets = feature_sets(meta)
         return (
             meta.get("index_digest") == _index_digest(meta)
+            and (meta.get("format_version") == SETS_FORMAT or "parts_path" not in meta)
             and default_set(meta) in sets
             and all(fingerprint(r["spec"]) == r.get("fingerprint") for r in sets.values())
         )
@@ -302,6 +306,29 @@ def _read_root_node(location: StoreLocation) -> bytes:
         raise
 
 
+def _new_root(spec: FeatureSpec | dict, name: str) -> dict:
+    """A new store's root of one feature set: format 2 (as stores were before feature
+    sets, so earlier emi versions read it) where the set has the default name and the
+    VAD arrays; else format 3, which they refuse with a clear message."""
+    spec = as_spec(spec)
+    record = {
+        "fingerprint": fingerprint(spec),
+        "spec": spec.to_dict(),
+        "parts": {},
+        "failures": {},
+    }
+    if name == set_name_of(spec) and spec.vad_labels:
+        meta = {"format_version": STORE_FORMAT, **record}
+    else:
+        meta = {
+            "format_version": SETS_FORMAT,
+            "default_set": name,
+            "sets": {name: {"parts_path": PARTS, **record}},
+        }
+    meta["index_digest"] = _index_digest(meta)
+    return meta
+
+
 class StoreWriter:
     """The driver's side of one feature set of a store: creates it, commits parts,
     records failures.
@@ -346,15 +373,7 @@ class StoreWriter:
         if feature_set is not None:
             check_set_name(feature_set)
         if meta is None:
-            meta = {
-                "format_version": STORE_FORMAT,
-                "feature_set": feature_set or set_name_of(spec),
-                "fingerprint": wanted,
-                "spec": as_spec(spec).to_dict(),
-                "parts": {},
-                "failures": {},
-            }
-            meta["index_digest"] = _index_digest(meta)
+            meta = _new_root(spec, feature_set or set_name_of(spec))
             # The root first: a store is never seen with parts/ but without its root.
             if not location.create("zarr.json", group_node({ROOT_ATTR: meta})):
                 raise StoreError(f"{location.url}: another run created a store here just now")
@@ -929,8 +948,10 @@ class FeatureStore:
         try:
             return self._schema[key]
         except KeyError:
+            no_vad = "" if self.spec.vad_labels else "; its backbone has no VAD head"
             raise KeyError(
-                f"{self.location} has no array {key!r} (its arrays: {', '.join(self._schema)})"
+                f"{self.location}, feature set {self.feature_set!r}: no array {key!r} (its "
+                f"arrays: {', '.join(self._schema)}{no_vad})"
             ) from None
 
     @property
@@ -967,6 +988,7 @@ class FeatureStore:
         return values
 
     def _clip_frames(self, key: str, clip_id: str) -> np.ndarray:
+        self._array(key)  # an array this set does not have: KeyError naming its arrays
         loc = self._locate(clip_id)
         self._per_clip(loc.part, "offsets")  # the part's per-clip data, checked once
         selection = {key: slice(loc.frame_start, loc.frame_end)}
@@ -976,6 +998,7 @@ class FeatureStore:
         return check_digest(values, expected, where=where)
 
     def _row(self, key: str, clip_id: str) -> np.ndarray:
+        self._array(key)
         loc = self._locate(clip_id)
         return self._per_clip(loc.part, key)[loc.row]
 
@@ -1052,13 +1075,17 @@ class FeatureStore:
         ]
 
     def iter_parts(
-        self, keys: tuple[str, ...] = ("hidden", "frame_vad", "hidden_mean", "vad_mean")
+        self, keys: tuple[str, ...] | None = None
     ) -> Iterator[tuple[str, dict[str, np.ndarray]]]:
         """Bulk reader: yields ``(part, arrays)`` one whole committed part at a time.
 
-        ``arrays`` holds ``clip_id``, ``offsets`` and the requested ``keys``, read in
-        one go per array and checked (the fast path for training).
+        ``arrays`` holds ``clip_id``, ``offsets`` and the requested ``keys`` (default:
+        ``hidden``, ``hidden_mean`` and, where the set has them, ``frame_vad`` and
+        ``vad_mean``), read in one go per array and checked (the fast path for training).
         """
+        if keys is None:
+            wanted = ("hidden", "frame_vad", "hidden_mean", "vad_mean")
+            keys = tuple(k for k in wanted if k in self._schema)
         for name in self.complete_parts:
             yield name, self.read_part(name, keys)
 
@@ -1087,14 +1114,18 @@ class FeatureStore:
     def read_clips(
         self, clip_ids: list[str] | None = None, *, max_frames: int | None = None
     ) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
-        """Yield ``(clip_id, hidden (frames, hidden) float16, frame_vad (frames, 3))``.
+        """Yield ``(clip_id, hidden (frames, hidden) float16, frame_vad (frames, 3))``
+        (``frame_vad`` ``(frames, 0)`` for a set without the VAD head).
 
         Reads whole parts, so asking for many clips costs one read per array per part.
         ``max_frames`` keeps only each clip's first frames.
         """
         wanted = None if clip_ids is None else set(clip_ids)
-        for name, arrays in self.iter_parts(keys=("hidden", "frame_vad")):
+        vad = "frame_vad" in self._schema
+        for name, arrays in self.iter_parts(keys=("hidden", "frame_vad") if vad else ("hidden",)):
             offsets = arrays["offsets"]
+            if not vad:
+                arrays["frame_vad"] = np.zeros((len(arrays["hidden"]), 0), np.float32)
             for row, clip_id in enumerate(arrays["clip_id"]):
                 if wanted is not None and clip_id not in wanted:
                     continue

@@ -76,13 +76,13 @@ class StoreDataset(Dataset):
                 self._cache = next(self._data._windows(None))
             seq, stored_mean, full = self._cache[clip_id]
         else:
-            hidden, vad = self.store.hidden(clip_id), self.store.frame_vad(clip_id)
+            hidden = self.store.hidden(clip_id)
             full = len(hidden)
             end = full if self.max_frames is None else min(full, self.max_frames)
-            seq = np.concatenate([hidden[:end].astype(np.float32), vad[:end]], axis=1)
-            stored_mean = np.concatenate(
-                [self.store.hidden_mean(clip_id), self.store.vad_mean(clip_id)]
-            )
+            seq, stored_mean = hidden[:end].astype(np.float32), self.store.hidden_mean(clip_id)
+            if self.store.spec.vad_labels:  # a set without the VAD head: hidden only
+                seq = np.concatenate([seq, self.store.frame_vad(clip_id)[:end]], axis=1)
+                stored_mean = np.concatenate([stored_mean, self.store.vad_mean(clip_id)])
         seq = seq.astype(np.float32)
         mean = seq.mean(axis=0) if len(seq) < full else stored_mean.astype(np.float32)
         return seq, mean

@@ -210,14 +210,15 @@ def evaluate_heads(
         Interval(value=0.41, low=0.37, high=0.45)
     """
     from models.errors import HeadError
-    from models.head_files import set_for_head
+    from models.head_files import sets_for_head
     from models.training import resolve_labels
 
     opened = store if isinstance(store, FeatureStore) else FeatureStore.open(store)
     table = labels if isinstance(labels, LabelTable) else read_labels(labels)
     loaded = load_heads(heads, device=device)
-    opened = set_for_head(opened, loaded[0])  # the set of the heads' features
-    split = resolve_labels(opened, table, role="evaluation", skip_missing=skip_missing)
+    # every set the heads read: a clip is evaluated where all of them hold it
+    every = list({s.feature_set: s for h in loaded for s in sets_for_head(opened, h)}.values())
+    split = resolve_labels(every, table, role="evaluation", skip_missing=skip_missing)
     targets = list(loaded[0].targets)
     for h in loaded:
         lacking = [t for t in h.targets if t not in table.targets]
@@ -250,7 +251,7 @@ def evaluate_heads(
         seed=seed,
         heads=results,
         differences=differences,
-        skipped=sorted(c for c in table.rows if c not in opened),
+        skipped=sorted(c for c in table.rows if not all(c in s for s in every)),
     )
     if output_csv is not None:
         evaluation.write_csv(output_csv)

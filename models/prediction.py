@@ -11,10 +11,11 @@ from pathlib import Path
 import numpy as np
 
 from featurestore.devices import require_device
+from featurestore.errors import StoreError
 from featurestore.store import FeatureStore
 from manifests.atomic import atomic_file
 from models.errors import HeadError
-from models.head_files import LoadedHead, load_head, set_for_head, sets_for_head
+from models.head_files import LoadedHead, load_head, sets_for_head
 from models.sequences import DEFAULT_BUDGET_BYTES, load_sequences
 from models.training import flush_denormals, predict_batches
 
@@ -32,12 +33,13 @@ def predict_store(
     Returns:
         The clip ids and, per head name, a ``(clips, targets)`` array clamped to [0, 1].
 
-    Each head reads the feature set of ``store`` that holds its features (its
-    fingerprint); heads of one set share one read of it. Default clips: those of the
-    first head's set.
+    Each head reads the feature set(s) of ``store`` that hold its features (by
+    fingerprint); heads of the same sets share one read of them. Default clips: those
+    stored in every set the heads read, sorted.
 
     Raises:
         HeadError: no set of the store holds a head's features (naming the set it needs).
+        StoreError: a clip asked for is missing from a set a head reads (naming it).
     """
 
     def key(head: LoadedHead) -> tuple[str, ...]:
@@ -45,7 +47,19 @@ def predict_store(
 
     sets = {key(h): sets_for_head(store, h) for h in heads}
     device = require_device(device)
-    ids = list(sets[key(heads[0])][0].clip_ids if clip_ids is None else clip_ids)
+    every = {s.feature_set: s for group in sets.values() for s in group}.values()
+    if clip_ids is None:
+        ids = sorted(set.intersection(*(set(s.clip_ids) for s in every)))
+    else:
+        ids = list(clip_ids)
+        for s in every:
+            missing = [c for c in ids if c not in s]
+            if missing:
+                raise StoreError(
+                    f"{len(missing)} clips are not in feature set {s.feature_set!r} of "
+                    f"{store.location} (e.g. {', '.join(missing[:5])}); extract them with "
+                    f"`emi extract ... --feature-set {s.feature_set}`"
+                )
     out = {}
     for wanted, opened in sets.items():
         readers = [h for h in heads if key(h) == wanted]
@@ -167,8 +181,7 @@ def predict(
     """
     opened = store if isinstance(store, FeatureStore) else FeatureStore.open(store)
     loaded = load_heads(heads, device=device)
-    opened = set_for_head(opened, loaded[0])  # the set of the heads' features
-    ids = sorted(opened.clip_ids if clip_ids is None else clip_ids)
+    ids = None if clip_ids is None else sorted(clip_ids)
     ids, values = predict_store(opened, loaded, clip_ids=ids, device=device)
     result = Predictions(ids, loaded, values)
     if output is not None:

@@ -6,6 +6,7 @@ else in ``models`` reads stores only.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -100,7 +101,10 @@ def score_folder(
         )
     folder = build_manifest(audio_dir)
     cached = store is None
-    location = str(default_score_store("+".join(wanted))) if cached else store
+    # one set: its fingerprint (as before sets); several: a hash of them all
+    joined = hashlib.sha256("+".join(wanted).encode()).hexdigest()
+    location = str(default_score_store(wanted[0] if len(wanted) == 1 else joined))
+    location = location if cached else store
     if cached:
         Path(location).parent.mkdir(parents=True, exist_ok=True)
     records = _content_keyed(folder) if cached else folder
@@ -168,9 +172,13 @@ def _set_name(location: str, ref) -> str | None:
     from featurestore.store import feature_sets, read_root, set_name_of
 
     meta = read_root(StoreLocation.of(location))
-    if meta and any(r["fingerprint"] == ref.fingerprint for r in feature_sets(meta).values()):
+    sets = feature_sets(meta) if meta else {}
+    if any(r["fingerprint"] == ref.fingerprint for r in sets.values()):
         return None
-    return ref.feature_set or (set_name_of(ref.spec) if ref.spec else None)
+    name = ref.feature_set or (set_name_of(ref.spec) if ref.spec else None)
+    if name in sets:  # the name is taken by other features: a name of its own
+        name = f"{name}-{ref.fingerprint[:12]}"
+    return name
 
 
 def _content_keyed(folder: list[ClipRecord]) -> list[ClipRecord]:

@@ -249,9 +249,9 @@ class JoinedSequences(SequenceData):
         max_frames: int | None = None,
         budget_bytes: int = DEFAULT_BUDGET_BYTES,
     ) -> None:
+        from featurestore.errors import StoreError
         from models.errors import SettingsError
 
-        self.sets = []
         for store in stores:
             missing = [c for c in clip_ids if c not in store]
             if missing:
@@ -259,9 +259,25 @@ class JoinedSequences(SequenceData):
                     f"{len(missing)} clips are not in feature set {store.feature_set!r}, "
                     f"e.g. {missing[:5]}"
                 )
-            self.sets.append(
-                SequenceData(store, clip_ids, max_frames=max_frames, budget_bytes=budget_bytes)
+        # Joined features must be of the same audio: a file that changed and was
+        # refreshed in one set only would pair two recordings.
+        sources = [s.sha256_by_clip() for s in stores]
+        differ = [c for c in clip_ids if len({held[c] for held in sources}) > 1]
+        frames = [[s.frames(c) for s in stores] for c in clip_ids]
+        uneven = [c for c, n in zip(clip_ids, frames, strict=True) if max(n) - min(n) > 1]
+        if differ or uneven:
+            names = ", ".join(s.feature_set for s in stores)
+            raise StoreError(
+                f"feature sets {names} of {stores[0].location} hold features of different "
+                f"audio for {len(differ) or len(uneven)} clips (e.g. "
+                f"{', '.join((differ or uneven)[:5])}): a file changed and only some sets "
+                "were refreshed. Run `emi extract SOURCE STORE --refresh-changed "
+                "--feature-set NAME` for each of these sets."
             )
+        self.sets = [
+            SequenceData(store, clip_ids, max_frames=max_frames, budget_bytes=budget_bytes)
+            for store in stores
+        ]
         needed = sum(s.total_bytes for s in self.sets)
         if needed > budget_bytes:
             raise SettingsError(

@@ -245,16 +245,21 @@ def resolve_labels(
     store = sets[0]
     stored = [c for c in table.rows if all(c in s for s in sets)]
     missing = [c for c in table.rows if not all(c in s for s in sets)]
+    where = f"{store.location}" + (
+        f" (in every one of feature sets {', '.join(s.feature_set for s in sets)})"
+        if len(sets) > 1
+        else ""
+    )
     if not stored:
         raise ManifestError(
             f"{role} labels {table.path}: none of its {len(table.rows)} clips are in store "
-            f"{store.location} (e.g. {format_examples(list(table.rows), 3)}; the store has e.g. "
+            f"{where} (e.g. {format_examples(list(table.rows), 3)}; the store has e.g. "
             f"{format_examples(store.clip_ids, 3)}). Extract that audio into this store first."
         )
     if missing and not skip_missing:
         raise ManifestError(
             f"{role} labels {table.path}: {len(missing)} of {len(table.rows)} clips are not "
-            f"in store {store.location}: {format_examples(missing)}. Extract them, or pass "
+            f"in store {where}: {format_examples(missing)}. Extract them, or pass "
             "--skip-missing to train on the rest."
         )
     return LabelledSplit(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -131,20 +132,43 @@ def test_damage_in_one_set_is_repaired_without_touching_the_other(two_sets, tmp_
     )
 
 
-def test_a_store_from_before_sets_opens_as_one_set(layer_store, tmp_path):
-    """A format-2 root without a set name (stores made before feature sets) is one set
-    named after its backbone."""
-    store = tmp_path / "old.zarr"
-    shutil.copytree(layer_store, store)
-    node = json.loads((store / "zarr.json").read_text())
-    meta = node["attributes"]["emi"]
-    del meta["feature_set"]
-    meta["index_digest"] = _index_digest(meta)
-    (store / "zarr.json").write_text(json.dumps(node))
-    opened = FeatureStore.open(store)
-    backbone = FeatureStore.open(layer_store).spec.backbone.ref
-    assert opened.feature_sets == (backbone.rsplit("/", 1)[-1],)
-    assert len(opened) == len(FeatureStore.open(layer_store))
+def test_roots_of_one_set_stay_format_2_where_earlier_emi_reads_them(
+    layer_store, mixed_corpus, tiny_backbone, tmp_path
+):
+    """A store of one default-named set with the VAD head is written exactly as before
+    feature sets (format 2, the same keys and digest), so earlier emi versions read it;
+    a first set with another name, or without the VAD head, makes a format-3 root
+    (which they refuse with a clear message, not as damage)."""
+    meta = json.loads((layer_store / "zarr.json").read_text())["attributes"]["emi"]
+    assert meta["format_version"] == 2
+    assert set(meta) == {"format_version", "fingerprint", "spec", "parts", "failures",
+                         "index_digest"}  # fmt: skip
+    assert meta["index_digest"] == _index_digest(meta)
+    opened = FeatureStore.open(layer_store)
+    assert opened.feature_sets == (Path(opened.spec.backbone.ref).name,)
+    named = tmp_path / "named.zarr"
+    run_cli("extract", mixed_corpus, named, "--model", tiny_backbone, "--feature-set", "w2v",
+            "--quiet")  # fmt: skip
+    root = json.loads((named / "zarr.json").read_text())["attributes"]["emi"]
+    assert root["format_version"] == 3 and root["default_set"] == "w2v"
+    assert root["sets"]["w2v"]["parts_path"] == "parts"
+    assert len(FeatureStore.open(named)) == len(opened)
+    # a format-2 root naming a parts folder of its own is not trusted
+    edited = tmp_path / "edited.zarr"
+    shutil.copytree(layer_store, edited)
+    node = json.loads((edited / "zarr.json").read_text())
+    node["attributes"]["emi"]["parts_path"] = "elsewhere"
+    (edited / "zarr.json").write_text(json.dumps(node))
+    with pytest.raises(StoreDamage):
+        FeatureStore.open(edited)
+
+
+def test_set_names_are_plain_lower_case_folder_names(mixed_corpus, tmp_path):
+    for name in ("Hub", "zarr.json", "../x", ".hidden"):
+        bad = run_cli("extract", mixed_corpus, tmp_path / "x.zarr", "--feature-set", name,
+                      expect=2)  # fmt: skip
+        assert "not a plain name" in bad.output, name
+    assert not (tmp_path / "x.zarr").exists()
 
 
 def test_heads_find_their_set_and_are_refused_where_it_is_missing(
@@ -262,3 +286,67 @@ def test_a_head_of_two_sets_trains_reloads_and_predicts_its_validation_score(
     bad = train_cli(made, tmp_path / "bad", "--features", f"group,{first}", "--layer", "1",
                     expect=2)  # fmt: skip
     assert "several feature sets" in bad.output
+
+
+def test_sets_of_different_clips_and_stale_audio(tiny_backbone, tmp_path):
+    """Sets need not hold the same clips: heads read the clips every set they need
+    holds; joined sets of different audio (a file refreshed in one set only) are
+    refused; extract's defaults follow the set being written."""
+    from featurestore.random_backbone import write_random_backbone
+    from tests.conftest import labelled_store, train_cli
+
+    made = labelled_store(tmp_path, tiny_backbone, clips=16, seed=7, presets=())
+    store, audio = made["store"], made["audio"]
+    hubert = write_random_backbone(tmp_path / "hub", size="tiny", seed=3, family="hubert")
+    some = tmp_path / "some"
+    some.mkdir()
+    for wav in sorted(audio.glob("*.wav"))[:8]:
+        shutil.copy(wav, some / wav.name)
+    run_cli("extract", some, store, "--model", hubert, "--feature-set", "hub", "--quiet")
+    first = FeatureStore.open(store)
+    hub = FeatureStore.open(store, feature_set="hub")
+    assert len(hub) == 8 and len(first) == 16
+    # a set without the VAD head says so, and its clips read without VAD outputs
+    with pytest.raises(KeyError, match="no VAD head"):
+        hub.frame_vad(hub.clip_ids[0])
+    [(clip_id, hidden, vad)] = list(hub.read_clips([hub.clip_ids[0]]))
+    assert vad.shape == (len(hidden), 0)
+    train_cli(made, tmp_path / "h_first", "--preset", "mean-linear")
+    train_cli(made, tmp_path / "h_joined", "--preset", "mean-linear", "--features",
+              f"{first.feature_set},hub", "--skip-missing")  # fmt: skip
+    both = run_cli("predict", store, "--head", tmp_path / "h_first", "--head",
+                   tmp_path / "h_joined", "-o", tmp_path / "p.csv")  # fmt: skip
+    rows = list(csv.DictReader((tmp_path / "p.csv").open()))
+    assert sorted(r["clip_id"] for r in rows) == sorted(hub.clip_ids), both.output
+    evaluated = run_cli("evaluate", store, "--head", tmp_path / "h_joined", "--labels",
+                        made["test"], "--skip-missing", "--resamples", "20")  # fmt: skip
+    from manifests import read_labels
+
+    test_ids = set(read_labels(made["test"]).rows)
+    assert evaluated.output.startswith(f"{len(test_ids & set(hub.clip_ids))} clips;")
+    # a file changes; only the first set is refreshed: the joined head refuses to pair
+    # features of two recordings
+    changed = sorted(some.glob("*.wav"))[0]
+    (audio / changed.name).write_bytes((audio / sorted(some.glob("*.wav"))[1].name).read_bytes())
+    run_cli("extract", audio, store, "--refresh-changed", "--quiet")
+    stale = run_cli("predict", store, "--head", tmp_path / "h_joined", "-o",
+                    tmp_path / "q.csv", expect=2)  # fmt: skip
+    assert "different audio" in stale.output and changed.stem in stale.output
+    # without --feature-set, extracting with the HuBERT backbone fills its own set
+    # (with its settings), and a new named set takes the store's backbone
+    filled = json.loads(run_cli("extract", audio, store, "--model", hubert, "--json").output)
+    assert filled["feature_set"] == "hub" and filled["extracted"] == 8
+    added = json.loads(
+        run_cli(
+            "extract", audio, store, "--feature-set", "all", "--layers", "all", "--json"
+        ).output  # fmt: skip
+    )
+    every = FeatureStore.open(store, feature_set="all")
+    assert added["extracted"] == 16 and every.layers == (0, 1, 2)
+    assert every.spec.backbone.weights_sha256 == first.spec.backbone.weights_sha256
+    # damage in a further set: repair names the set and how to re-extract it
+    chunk = next(p for p in (store / "sets/hub/parts").rglob("*")
+                 if p.is_file() and p.parent.name == "0" and "hidden" in p.parts)  # fmt: skip
+    chunk.write_bytes(b"damaged")
+    repaired = run_cli("store", "repair", store)
+    assert "set hub: part" in repaired.output and "--feature-set hub" in repaired.output
