@@ -76,7 +76,7 @@ DEFAULTS = ExtractOptions()
     "--feature-set",
     default=None,
     help="Feature set of STORE to extract into; a new name adds a set (another backbone "
-    "or settings) without touching the others. Default: the set these settings make, "
+    "or settings) without touching the others. Default: the set made with this backbone, "
     "else the store's default set; for a new store the backbone's name.",
 )
 @click.option(

@@ -87,8 +87,9 @@ class ExtractOptions:
             forward and write in turn); None: ``EMI_DECODE_THREADS``, else on GPU
             workers their share of the CPUs, on CPU 0.
         feature_set: the store's feature set to extract into (created where it is
-            new); None: the set with this run's fingerprint, else the default set, for
-            a new store the backbone's name.
+            new; a lower-case name); None: the set made with this run's backbone (its
+            settings are the defaults), else the default set; for a new store the
+            backbone's name.
         layers: the transformer layers to store: ``"last"``, ``"all"``, ``"0,6,12"``
             or a tuple of layer numbers (the last layer is always stored; in the
             fingerprint); None: the store's layers, for a new store ``"last"``.
