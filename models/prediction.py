@@ -11,12 +11,11 @@ from pathlib import Path
 import numpy as np
 
 from featurestore.devices import require_device
-from featurestore.errors import StoreError
 from featurestore.store import FeatureStore
 from manifests.atomic import atomic_file
 from models.errors import HeadError
 from models.head_files import LoadedHead, load_head, sets_for_head
-from models.sequences import DEFAULT_BUDGET_BYTES, load_sequences
+from models.sequences import DEFAULT_BUDGET_BYTES, load_sequences, require_clips
 from models.training import flush_denormals, predict_batches
 
 
@@ -52,14 +51,7 @@ def predict_store(
         ids = sorted(set.intersection(*(set(s.clip_ids) for s in every)))
     else:
         ids = list(clip_ids)
-        for s in every:
-            missing = [c for c in ids if c not in s]
-            if missing:
-                raise StoreError(
-                    f"{len(missing)} clips are not in feature set {s.feature_set!r} of "
-                    f"{store.location} (e.g. {', '.join(missing[:5])}); extract them with "
-                    f"`emi extract ... --feature-set {s.feature_set}`"
-                )
+        require_clips(every, ids)
     out = {}
     for wanted, opened in sets.items():
         readers = [h for h in heads if key(h) == wanted]

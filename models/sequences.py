@@ -238,7 +238,8 @@ class JoinedSequences(SequenceData):
 
     Raises:
         SettingsError: the sequences do not fit the budget.
-        KeyError: a clip is missing from a set (naming the set).
+        StoreError: a clip is missing from a set (naming the set), or its sets were
+            made from different audio.
     """
 
     def __init__(
@@ -252,13 +253,7 @@ class JoinedSequences(SequenceData):
         from featurestore.errors import StoreError
         from models.errors import SettingsError
 
-        for store in stores:
-            missing = [c for c in clip_ids if c not in store]
-            if missing:
-                raise KeyError(
-                    f"{len(missing)} clips are not in feature set {store.feature_set!r}, "
-                    f"e.g. {missing[:5]}"
-                )
+        require_clips(stores, clip_ids)
         # Joined features must be of the same audio: a file that changed and was
         # refreshed in one set only would pair two recordings.
         sources = [s.sha256_by_clip() for s in stores]
@@ -310,6 +305,24 @@ class JoinedSequences(SequenceData):
         if tuple(layers) != (None,):
             raise KeyError("a head of joined feature sets reads each set's last hidden state")
         return None
+
+
+def require_clips(stores, clip_ids: list[str]) -> None:
+    """Every clip of ``clip_ids`` is in every feature set of ``stores``.
+
+    Raises:
+        StoreError: naming the set that lacks clips and how to extract them.
+    """
+    from featurestore.errors import StoreError
+
+    for store in stores:
+        missing = [c for c in clip_ids if c not in store]
+        if missing:
+            raise StoreError(
+                f"{len(missing)} clips are not in feature set {store.feature_set!r} of "
+                f"{store.location} (e.g. {', '.join(missing[:5])}); extract them with "
+                f"`emi extract ... --feature-set {store.feature_set}`"
+            )
 
 
 def _join(pieces: list[tuple[np.ndarray, np.ndarray, int]]) -> tuple[np.ndarray, np.ndarray, int]:
