@@ -128,11 +128,6 @@ class EmotionBackbone(nn.Module):
         return getattr(self, self.family)
 
     @property
-    def vad_width(self) -> int:
-        """VAD outputs per frame: 3 with the VAD head, else 0."""
-        return 0 if self.classifier is None else self.config.num_labels
-
-    @property
     def uses_layer_norm(self) -> bool:
         """True for layer-norm feature encoders (padding with a mask is exact)."""
         return self.config.feat_extract_norm == "layer"

@@ -153,7 +153,7 @@ def extract(
         max_seconds=options.max_seconds,
         window_seconds=options.window_seconds,
         compute_dtype=options.compute_dtype,
-        layers=layers or "last",
+        layers=layers,
     )
     options = replace(options, layers=spec.layers)
     if options.expect_fingerprint and fingerprint(spec) != options.expect_fingerprint:

@@ -31,7 +31,6 @@ if TYPE_CHECKING:
 FORMAT_VERSION = 1
 VAD_LABELS = ("arousal", "dominance", "valence")  # the checkpoint's id2label 0, 1, 2
 _DESCRIPTIVE = ("ref", "revision")
-LAYER_CHOICES = ("last", "all")  # besides a list of layer numbers: ``--layers 0,6,12``
 
 
 @dataclass(frozen=True)

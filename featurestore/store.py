@@ -116,9 +116,6 @@ SCHEMA = (
     StoredArray("vad_mean", "clip", "float32", "vad_label"),
     StoredArray("clip_vad", "clip", "float32", "vad_label"),
 )
-ARRAYS = {a.name: a for a in SCHEMA}
-FRAME_ARRAYS = tuple(a.name for a in SCHEMA if a.axis == "frame")
-FEATURE_ARRAYS = tuple(a.name for a in SCHEMA if a.width)  # per frame or per clip
 CLIP_ATTRIBUTES = tuple(a.name for a in SCHEMA if a.axis == "clip" and not a.width)
 
 
@@ -134,11 +131,6 @@ def schema(spec: FeatureSpec | dict) -> tuple[StoredArray, ...]:
         extra.append(StoredArray(layer_key("hidden", k), "frame", "float16", "hidden_unit"))
         extra.append(StoredArray(layer_key("hidden_mean", k), "clip", "float32", "hidden_unit"))
     return base + tuple(extra)
-
-
-def feature_arrays(spec: FeatureSpec | dict) -> tuple[str, ...]:
-    """The feature arrays (per frame or per clip, with a width) of a store with ``spec``."""
-    return tuple(a.name for a in schema(spec) if a.width)
 
 
 def open_zarr_store(location: str | os.PathLike, *, mode: str, storage_options: dict | None = None):

@@ -269,8 +269,3 @@ def sets_for_head(store: FeatureStore, head: LoadedHead) -> list[FeatureStore]:
             )
         found.append(held)
     return found
-
-
-def set_for_head(store: FeatureStore, head: LoadedHead) -> FeatureStore:
-    """The first feature set ``head`` reads (see :func:`sets_for_head`)."""
-    return sets_for_head(store, head)[0]

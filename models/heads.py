@@ -61,12 +61,6 @@ class HeadConfig:
     def mixes_layers(self) -> bool:
         return len(self.layers) > 1
 
-    @property
-    def read_width(self) -> int:
-        """Per-frame width of the head's input as read: ``input_dim``, with one more
-        ``layer_width`` block per further mixed layer."""
-        return self.input_dim + (len(self.layers) - 1) * self.layer_width
-
 
 from models.errors import HeadError  # noqa: E402
 from models.options import PRESETS  # noqa: E402  (re-exported)
@@ -151,8 +145,9 @@ class FusionHead(nn.Module):
     def forward(
         self, frames: torch.Tensor, lengths: torch.Tensor, mean: torch.Tensor
     ) -> torch.Tensor:
-        """``frames (batch, time, read_width)`` padded, ``lengths (batch,)`` real frames
-        (CPU int64), ``mean (batch, read_width)`` -> ``(batch, targets)``."""
+        """``frames (batch, time, width)`` padded, ``lengths (batch,)`` real frames (CPU
+        int64), ``mean (batch, width)`` -> ``(batch, targets)``; ``width`` is
+        ``input_dim``, plus one ``layer_width`` block per further mixed layer."""
         if self.layer_mix is not None:
             frames, mean = self.layer_mix(frames), self.layer_mix(mean)
         # A unidirectional LSTM's output at step t depends on steps <= t only, so the

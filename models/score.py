@@ -17,7 +17,7 @@ from featurestore.records import ClipFailure
 from featurestore.store import FeatureStore
 from manifests import ClipRecord, build_manifest
 from models.errors import HeadError
-from models.head_files import LoadedHead, set_for_head, sets_for_head
+from models.head_files import LoadedHead, sets_for_head
 from models.prediction import Predictions, load_heads, predict_store
 
 
@@ -133,7 +133,7 @@ def score_folder(
             quiet=quiet,
         )
         summaries.append(extract(records, location, options))
-    opened = set_for_head(FeatureStore.open(location), loaded[0])
+    opened = FeatureStore.open(location)
     held = [s.sha256_by_clip() for s in sets_for_head(opened, loaded[0])]
     # Served only where the stored features of every set are of the file's current content.
     ids = sorted({key(r) for r in folder if all(stored.get(key(r)) == r.sha256 for stored in held)})

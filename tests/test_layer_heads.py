@@ -20,8 +20,8 @@ from models.metrics import pearson
 from models.sequences import SequenceData
 from models.training import HeadPlan, TrainSettings, train_heads
 from tests.conftest import run_cli
+from tests.test_models import TARGETS, write_labels
 
-TARGETS = ("Admiration", "Amusement")
 SIGNAL_LAYER = 1  # the only layer that carries the targets
 
 
@@ -67,15 +67,6 @@ def make_layer_store(location: Path, backbone: Path, *, clips: int = 240, seed: 
             writer.add_part(stored, batch)
             batch, stored = [], []
     return targets
-
-
-def write_labels(path: Path, targets: dict, ids: list[str]) -> Path:
-    with path.open("w", newline="") as f:
-        out = csv.writer(f)
-        out.writerow(["Filename", *TARGETS])
-        for clip_id in ids:
-            out.writerow([clip_id, *(f"{v:.5f}" for v in targets[clip_id])])
-    return path
 
 
 @pytest.fixture(scope="module")
