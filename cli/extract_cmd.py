@@ -9,6 +9,7 @@ import click
 
 from featurestore.errors import EXIT_CLIPS_FAILED
 from featurestore.options import COMPUTE_DTYPES, DEFAULT_MODEL, DEVICES, ExtractOptions
+from manifests.records import count_of
 
 DEFAULTS = ExtractOptions()
 
@@ -110,8 +111,14 @@ DEFAULTS = ExtractOptions()
 @click.option(
     "--refresh-changed",
     is_flag=True,
-    help="Recompute stored clips whose file changed since (the new features replace "
-    "the old ones; the old bytes stay in their part).",
+    help="Recompute stored clips whose file (the same path) changed since (the new "
+    "features replace the old ones; the old bytes stay in their part).",
+)
+@click.option(
+    "--replace-other-sources",
+    is_flag=True,
+    help="Also replace a stored clip by a file of the same clip id from another path "
+    "with other content (without it such a file fails, naming both files).",
 )
 @click.option(
     "--dashboard",
@@ -139,6 +146,7 @@ def extract(
     part_seconds: float | None,
     label_files: tuple[str, ...],
     refresh_changed: bool,
+    replace_other_sources: bool,
     dashboard: bool,
     as_json: bool,
     quiet: bool,
@@ -168,6 +176,7 @@ def extract(
         window_seconds=window_seconds or None,
         part_seconds=part_seconds,
         refresh_changed=refresh_changed,
+        replace_other_sources=replace_other_sources,
         dashboard=dashboard,
         quiet=quiet,
     )
@@ -191,9 +200,9 @@ def extract(
             click.echo(f"refreshed {summary.refreshed} clips whose file changed")
         elif summary.changed_sources:
             click.echo(
-                f"warning: {len(summary.changed_sources)} stored clips have a different "
-                f"file now (sha256 changed) and were not recomputed; run again with "
-                f"--refresh-changed to recompute them: "
+                f"warning: the files of {count_of(len(summary.changed_sources), 'stored clip')} changed "
+                f"since they were stored (same path, other content) and were not "
+                f"recomputed; run again with --refresh-changed to recompute them: "
                 f"{', '.join(summary.changed_sources[:10])}",
                 err=True,
             )

@@ -8,6 +8,7 @@ import click
 
 from featurestore.errors import EXIT_CLIPS_FAILED
 from featurestore.options import DEVICES, ExtractOptions
+from manifests.records import count_of
 from models.options import DEFAULT_CACHE_GB, PRESETS, SETTING_RULES, SIZE_RULES, TrainSettings
 
 DEFAULTS = TrainSettings()
@@ -186,7 +187,16 @@ def predict(store: str, head_paths: tuple[str, ...], output: str, device: str) -
     from models.prediction import predict as run_predict
 
     result = run_predict(store, head_paths, output=output, device=device)
-    click.echo(f"{len(result.clip_ids)} clips x {len(result.heads)} heads -> {output}")
+    click.echo(
+        f"{count_of(len(result.clip_ids), 'clip')} x {count_of(len(result.heads), 'head')} "
+        f"-> {output}"
+    )
+    for name, clips in result.unscored.items():
+        if clips:
+            _echo_err(
+                f"head {name}: {count_of(len(clips), 'clip')} not in its feature sets "
+                f"(empty cells), e.g. {', '.join(clips[:5])}"
+            )
 
 
 @click.command()

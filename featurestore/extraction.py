@@ -56,7 +56,8 @@ class ExtractSummary:
     audio_s: float = 0.0
     parts_written: list[str] = field(default_factory=list)
     incomplete_removed: list[str] = field(default_factory=list)
-    changed_sources: list[str] = field(default_factory=list)
+    changed_sources: list[str] = field(default_factory=list)  # same file, new content
+    other_sources: list[str] = field(default_factory=list)  # same id, another file
     refreshed: int = 0
     failed: list[ClipFailure] = field(default_factory=list)
     wall_s: float = 0.0
@@ -176,15 +177,50 @@ def extract(
 
 
 def _missing(records: list[ClipRecord], writer: StoreWriter, options, summary) -> list:
-    """The clips to compute: not stored, or (with ``refresh_changed``) whose file changed."""
-    stored_sha = FeatureStore(writer.location, writer.meta, writer.feature_set).sha256_by_clip()
-    summary.changed_sources = [
-        r.clip_id
-        for r in records
-        if r.sha256 and stored_sha.get(r.clip_id) not in (None, "", r.sha256)
+    """The clips to compute: not stored, or (with ``refresh_changed``) whose file changed.
+
+    A clip's identity is its id *and* its source: a stored clip is refreshed only from
+    the file it was made from (the same source path) when that file's content changed.
+    A file of another source path with the same clip id and other content (another
+    folder's ``00003.wav``) never replaces the stored clip unless
+    ``replace_other_sources`` asks for it: it is a failure naming both files. The same
+    content from another path is the same clip (already stored).
+    """
+    store = FeatureStore(writer.location, writer.meta, writer.feature_set)
+    stored_sha = store.sha256_by_clip()
+    differing = [
+        r for r in records if r.sha256 and stored_sha.get(r.clip_id) not in (None, "", r.sha256)
     ]
+    changed, collisions = [], []
+    for r in differing:
+        stored_from = store.clip_info(r.clip_id).source_path
+        if stored_from == r.path:
+            changed.append(r)
+        else:
+            collisions.append((r, stored_from))
+    summary.changed_sources = [r.clip_id for r in changed]
+    summary.other_sources = [r.clip_id for r, _ in collisions]
     refresh = set(summary.changed_sources) if options.refresh_changed else set()
-    summary.already_stored = len([r for r in records if r.clip_id in stored_sha]) - len(refresh)
+    if options.replace_other_sources:
+        refresh |= set(summary.other_sources)
+    else:
+        summary.failed.extend(
+            ClipFailure(
+                clip_id=r.clip_id,
+                path=r.path,
+                reason=(
+                    f"clip id {r.clip_id!r} is already stored from another file, {stored_from} "
+                    "(other content); this file was not stored and the stored clip was kept. "
+                    "Give this file another name or folder, extract it into another store, "
+                    "or pass --replace-other-sources to replace the stored clip"
+                ),
+            )
+            for r, stored_from in collisions
+        )
+    blocked = set(summary.other_sources) - refresh
+    summary.already_stored = len(
+        [r for r in records if r.clip_id in stored_sha and r.clip_id not in refresh | blocked]
+    )
     summary.refreshed = len(refresh)
     return [r for r in records if r.clip_id not in stored_sha or r.clip_id in refresh]
 

@@ -35,6 +35,29 @@ def digest_of_json(value) -> str:
     return xxhash.xxh3_64_hexdigest(json.dumps(value, sort_keys=True).encode())
 
 
+# The fields of an array's ``zarr.json`` that decide what its bytes mean: a part's
+# commit record holds the digest of these per array, so an edited dtype, shape, chunk
+# grid, codec list or fill value is damage even where the bytes are untouched.
+ARRAY_METADATA_FIELDS = (
+    "shape",
+    "data_type",
+    "chunk_grid",
+    "chunk_key_encoding",
+    "fill_value",
+    "codecs",
+    "dimension_names",
+)
+
+
+def metadata_digest(metadata) -> str:
+    """XXH3-64 (hex) of an array's metadata (a zarr ``ArrayV3Metadata``): the fields
+    of :data:`ARRAY_METADATA_FIELDS` in their JSON form."""
+    data = metadata.to_dict()
+    return digest_of_json(
+        json.loads(json.dumps({k: data.get(k) for k in ARRAY_METADATA_FIELDS}, default=str))
+    )
+
+
 def check_digest(values: np.ndarray, expected: str, *, where: str) -> np.ndarray:
     """Return ``values`` if their digest is ``expected``; raise :class:`StoreDamage`."""
     if digest_of(values) != expected:

@@ -97,7 +97,11 @@ class ExtractOptions:
         window_seconds: encode longer clips in windows of this length; None: never.
         part_seconds: audio seconds per part (one task, one store group); None:
             :data:`CPU_PART_SECONDS`, or :data:`GPU_PART_SECONDS` on GPU workers.
-        refresh_changed: recompute stored clips whose file changed.
+        refresh_changed: recompute stored clips whose file (the same source path)
+            changed since.
+        replace_other_sources: also replace a stored clip by a file of the same clip
+            id from another source path with other content (never done otherwise: such
+            a file is a failure naming both paths).
         expect_fingerprint: refuse, before any work, to make other features.
         dashboard: serve the local cluster's dashboard on 127.0.0.1:8787.
         quiet: no progress bar.
@@ -118,6 +122,7 @@ class ExtractOptions:
     window_seconds: float | None = 30.0
     part_seconds: float | None = None
     refresh_changed: bool = False
+    replace_other_sources: bool = False
     expect_fingerprint: str | None = None
     dashboard: bool = False
     quiet: bool = False

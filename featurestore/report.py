@@ -98,7 +98,8 @@ def verify_store(store: FeatureStore) -> list[Problem]:
             problems.append(Problem(name, str(err).split(f"part {name}, ", 1)[-1]))
             continue
         if not marker.get("complete") or any(
-            marker.get(k) != record.get(k) for k in ("clip_id", "digests", "clip_digests")
+            marker.get(k) != record.get(k)
+            for k in ("clip_id", "digests", "clip_digests", "metadata_digests")
         ):
             problems.append(Problem(name, "its marker does not match the committed record"))
         problems += [Problem(name, p) for p in _check_part(arrays, record, store)]

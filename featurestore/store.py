@@ -59,7 +59,7 @@ from zarr.codecs import ZstdCodec
 from zarr.core.sync import sync as zarr_sync
 
 from featurestore.errors import StoreDamage, StoreError
-from featurestore.integrity import check_digest, digest_of, digest_of_json
+from featurestore.integrity import check_digest, digest_of, digest_of_json, metadata_digest
 from featurestore.location import StoreLocation, group_node
 from featurestore.records import ClipFailure, FieldAccess
 from featurestore.spec import (
@@ -538,6 +538,15 @@ def _widths(spec: FeatureSpec | dict) -> dict[str, int]:
 _DIMS = {"clip": ("clip",), "offsets": ("clip_offset",), "frame": ("frame",)}
 
 
+def fill_value(a: StoredArray):
+    """What a plain zarr, dask or xarray reader sees where a chunk is missing: NaN for
+    floats and -1 for the integer arrays (counts and offsets, never negative), so a
+    deleted chunk is noticed instead of read as zeros."""
+    if a.dtype == "str":
+        return None
+    return float("nan") if np.dtype(a.dtype).kind == "f" else -1
+
+
 def _array_options(a: StoredArray, shape: tuple, chunks: tuple) -> dict:
     dims = (*_DIMS[a.axis], a.width) if a.width else _DIMS[a.axis]
     return dict(
@@ -546,7 +555,7 @@ def _array_options(a: StoredArray, shape: tuple, chunks: tuple) -> dict:
         chunks=chunks,
         dimension_names=dims,
         compressors=CODECS,
-        fill_value=None if a.dtype == "str" else 0,
+        fill_value=fill_value(a),
         # Every chunk is written, even one equal to the fill value: no pass over each
         # chunk to compare it, and a missing chunk is always damage.
         config={"write_empty_chunks": True},
@@ -600,6 +609,7 @@ class PartWriter:
         self._clip_digests: dict[str, list[str]] = {key: [] for key in frame_arrays}
         self._arrays = {}
         self._pending: dict[str, list[np.ndarray]] = {key: [] for key in frame_arrays}
+        self._metadata: dict[str, str] = {}  # array -> digest of its final metadata
 
     def _open(self) -> None:
         """Create the part's group, marked incomplete, and its per-frame arrays."""
@@ -627,6 +637,7 @@ class PartWriter:
             arr = await self._part._async_group.create_array(
                 a.name, **_array_options(a, values.shape, chunks)
             )
+            self._metadata[a.name] = metadata_digest(arr.metadata)
             if values.size:
                 await arr.setitem(Ellipsis, values)
 
@@ -682,6 +693,8 @@ class PartWriter:
             a = self._schema[key]
             data[key] = np.stack(rows) if rows else np.zeros((0, self._widths[a.width]), a.dtype)
         zarr_sync(self._write_small(data))
+        for key, arr in self._arrays.items():
+            self._metadata[key] = metadata_digest(arr.metadata)
         record = {
             "clips": len(clips),
             "frames": int(offsets[-1]),
@@ -691,6 +704,8 @@ class PartWriter:
             "duration_s": [float(c.duration_s) for c in clips],
             "digests": {name: digest_of(values) for name, values in data.items()},
             "clip_digests": self._clip_digests,
+            # dtype, shape, chunks, codecs and fill value of every array
+            "metadata_digests": {k: self._metadata[k] for k in self._schema},
             "fingerprint": fingerprint(self.spec),
             "written_at": _utc_now(),
             "written_by": f"{socket.gethostname()}:{os.getpid()}",
@@ -920,12 +935,7 @@ class FeatureStore:
                 arr = await group.getitem(key)
             except Exception as err:
                 raise self._damage(name, key, "missing or unreadable metadata", err) from err
-            expected = self._expected_shape(key, record)
-            if tuple(arr.shape) != expected:
-                raise StoreDamage(
-                    f"{self.location}: part {name}, array {key}: shape {tuple(arr.shape)}, "
-                    f"committed {expected}; run `emi store repair`"
-                )
+            self._check_metadata(name, key, arr, record)
             try:
                 return await arr.getitem(selection)
             except Exception as err:
@@ -935,6 +945,32 @@ class FeatureStore:
             return await asyncio.gather(*(one(k, sel) for k, sel in selections.items()))
 
         return dict(zip(selections, zarr_sync(all_of()), strict=True))
+
+    def _check_metadata(self, name: str, key: str, arr, record: dict) -> None:
+        """An array's metadata against the schema for the set's spec (dtype, shape,
+        chunk width) and, for parts that committed it, its digest (every field of
+        :data:`featurestore.integrity.ARRAY_METADATA_FIELDS`: codecs, chunks, fill
+        value too)."""
+        a = self._array(key)
+        where = f"{self.location}: part {name}, array {key}"
+        expected = self._expected_shape(key, record)
+        found = arr.metadata.data_type.to_json(zarr_format=3)
+        wanted = "string" if a.dtype == "str" else a.dtype
+        problem = None
+        if found != wanted:
+            problem = f"data type {found}, the schema's is {wanted}"
+        elif tuple(arr.shape) != expected:
+            problem = f"shape {tuple(arr.shape)}, committed {expected}"
+        elif len(arr.chunks) != len(expected) or tuple(arr.chunks[1:]) != expected[1:]:
+            problem = f"chunks {tuple(arr.chunks)} do not fit shape {expected}"
+        else:
+            committed = record.get("metadata_digests", {}).get(key)
+            if committed is not None and metadata_digest(arr.metadata) != committed:
+                problem = (
+                    "metadata (codecs, chunks or fill value) differs from what was committed"
+                )
+        if problem:
+            raise StoreDamage(f"{where}: {problem} (edited or damaged); run `emi store repair`")
 
     def _array(self, key: str) -> StoredArray:
         try:

@@ -24,6 +24,11 @@ class ManifestError(ValueError):
     """A manifest problem, with the offending rows in the message."""
 
 
+def count_of(number: int, noun: str, plural: str | None = None) -> str:
+    """``1 clip``, ``2 clips``: a number with its noun in the right form."""
+    return f"{number} {noun if number == 1 else plural or noun + 's'}"
+
+
 def format_examples(items: list, limit: int = 5) -> str:
     """The first ``limit`` items, and how many there are in all when more."""
     shown = ", ".join(str(i) for i in items[:limit])

@@ -19,6 +19,21 @@ from models.sequences import DEFAULT_BUDGET_BYTES, load_sequences, require_clips
 from models.training import flush_denormals, predict_batches
 
 
+def clip_id_list(clip_ids, *, what: str = "clip_ids") -> list[str]:
+    """``clip_ids`` as a list of distinct texts, in the order given.
+
+    Raises:
+        HeadError: a single text instead of a list, or items that are not texts.
+    """
+    if isinstance(clip_ids, (str, bytes)):
+        raise HeadError(f"{what} must be a list of clip ids, not the text {clip_ids!r}")
+    items = list(clip_ids)
+    bad = [c for c in items if not isinstance(c, str)]
+    if bad:
+        raise HeadError(f"{what} must hold clip ids (texts), not {bad[:3]!r}")
+    return list(dict.fromkeys(items))
+
+
 def predict_store(
     store: FeatureStore,
     heads: list[LoadedHead],
@@ -27,17 +42,21 @@ def predict_store(
     device: str = "auto",
     budget_bytes: int = DEFAULT_BUDGET_BYTES,
 ) -> tuple[list[str], dict]:
-    """Predictions of every head for ``clip_ids`` (default: all stored clips).
+    """Predictions of every head for ``clip_ids`` (default: every clip some head can
+    score).
 
     Returns:
-        The clip ids and, per head name, a ``(clips, targets)`` array clamped to [0, 1].
+        The clip ids and, per head name, a ``(clips, targets)`` array clamped to [0, 1];
+        without ``clip_ids``, a row is NaN where the head's feature sets do not hold the
+        clip (each head predicts every clip its own sets hold; no clip is dropped).
 
     Each head reads the feature set(s) of ``store`` that hold its features (by
     fingerprint); heads of the same sets share one read of them. Default clips: those
-    stored in every set the heads read, sorted.
+    every set of at least one head holds, sorted.
 
     Raises:
-        HeadError: no set of the store holds a head's features (naming the set it needs).
+        HeadError: no set of the store holds a head's features (naming the set it
+            needs); a head predicted NaN or inf (naming the clips).
         StoreError: a clip asked for is missing from a set a head reads (naming it).
     """
 
@@ -47,17 +66,20 @@ def predict_store(
     sets = {key(h): sets_for_head(store, h) for h in heads}
     device = require_device(device)
     every = {s.feature_set: s for group in sets.values() for s in group}.values()
+    held = {k: set.intersection(*(set(s.clip_ids) for s in group)) for k, group in sets.items()}
     if clip_ids is None:
-        ids = sorted(set.intersection(*(set(s.clip_ids) for s in every)))
+        ids = sorted(set().union(*held.values()))
     else:
-        ids = list(clip_ids)
+        ids = clip_id_list(clip_ids)
         require_clips(every, ids)
+    row_of = {c: i for i, c in enumerate(ids)}
     out = {}
     for wanted, opened in sets.items():
         readers = [h for h in heads if key(h) == wanted]
+        own = [c for c in ids if c in held[wanted]]
         data = load_sequences(
             opened,
-            ids,
+            own,
             crops=[h.max_frames for h in readers],
             budget_bytes=budget_bytes,
             layers=tuple(k for h in readers for k in h.model.config.layers),
@@ -65,13 +87,20 @@ def predict_store(
         for head in readers:
             head.model.to(device)
             raw = flush_denormals(
-                predict_batches, head.model, data, ids, device=device, max_frames=head.max_frames
+                predict_batches, head.model, data, own, device=device, max_frames=head.max_frames
             )
-            out[head.name] = (
-                np.clip(np.stack([raw[c] for c in ids]), 0.0, 1.0)
-                if ids
-                else np.zeros((0, len(head.targets)))
-            )
+            values = np.full((len(ids), len(head.targets)), np.nan)
+            if own:
+                predicted = np.stack([raw[c] for c in own])
+                bad = [c for c, ok in zip(own, np.isfinite(predicted).all(1), strict=True) if not ok]
+                if bad:
+                    raise HeadError(
+                        f"head {head.name!r} ({head.folder}) predicted NaN or inf for "
+                        f"{len(bad)} clips (e.g. {', '.join(bad[:5])}); check them with "
+                        "`emi store verify`, or retrain the head"
+                    )
+                values[[row_of[c] for c in own]] = np.clip(predicted, 0.0, 1.0)
+            out[head.name] = values
     return ids, {h.name: out[h.name] for h in heads}
 
 
@@ -79,6 +108,8 @@ def write_predictions_csv(
     path: str | Path, clip_ids: list[str], heads: list[LoadedHead], predictions: dict
 ) -> Path:
     """``clip_id`` + one column per target; with several heads, ``<head>/<target>``.
+    A head's cells are empty where it could not score the clip (NaN: its feature sets
+    do not hold it).
 
     Written to a temporary sibling and moved into place (never half a CSV)."""
     path = Path(path)
@@ -86,17 +117,21 @@ def write_predictions_csv(
     prefix = len(heads) > 1
     header = ["clip_id"] + [f"{h.name}/{t}" if prefix else t for h in heads for t in h.targets]
     for h in heads:
-        if not np.isfinite(predictions[h.name]).all():
-            raise HeadError(f"head {h.name!r} ({h.folder}) predicted NaN or inf; retrain it")
+        if np.isinf(predictions[h.name]).any():
+            raise HeadError(f"head {h.name!r} ({h.folder}) predicted inf; retrain it")
     with atomic_file(path) as temporary, temporary.open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(header)
         for row, clip_id in enumerate(clip_ids):
             values = [
-                f"{predictions[h.name][row, i]:.6f}" for h in heads for i in range(len(h.targets))
+                _cell(predictions[h.name][row, i]) for h in heads for i in range(len(h.targets))
             ]
             writer.writerow([clip_id, *values])
     return path
+
+
+def _cell(value: float) -> str:
+    return "" if np.isnan(value) else f"{value:.6f}"
 
 
 def load_heads(heads: Sequence[str | os.PathLike | LoadedHead], *, device: str = "auto"):
@@ -122,7 +157,8 @@ class Predictions:
     Attributes:
         clip_ids: the clips, sorted.
         heads: the heads, in the order given.
-        values: per head name, a ``(clips, targets)`` float array.
+        values: per head name, a ``(clips, targets)`` float array; a row is NaN where
+            that head's feature sets do not hold the clip (see :attr:`unscored`).
     """
 
     clip_ids: list[str]
@@ -133,15 +169,26 @@ class Predictions:
         """``clip_id`` + one column per target (``<head>/<target>`` with several heads)."""
         return write_predictions_csv(path, self.clip_ids, self.heads, self.values)
 
+    @property
+    def unscored(self) -> dict[str, list[str]]:
+        """Per head name, the clips it could not score (its feature sets lack them)."""
+        return {
+            h.name: [c for c, row in zip(self.clip_ids, self.values[h.name], strict=True)
+                     if np.isnan(row).all()]
+            for h in self.heads
+        }  # fmt: skip
+
     def rows(self) -> list[dict]:
-        """One dict per clip: ``clip_id`` and the CSV's columns as floats."""
+        """One dict per clip: ``clip_id`` and the CSV's columns as floats (None where
+        the head could not score the clip)."""
         prefix = len(self.heads) > 1
         out = []
         for row, clip_id in enumerate(self.clip_ids):
             entry = {"clip_id": clip_id}
             for h in self.heads:
                 for i, t in enumerate(h.targets):
-                    entry[f"{h.name}/{t}" if prefix else t] = float(self.values[h.name][row, i])
+                    value = float(self.values[h.name][row, i])
+                    entry[f"{h.name}/{t}" if prefix else t] = None if np.isnan(value) else value
             out.append(entry)
         return out
 
@@ -160,7 +207,8 @@ def predict(
         store: a store path or URL, or an open :class:`FeatureStore`.
         heads: head folders (or loaded heads).
         output: also write the CSV there.
-        clip_ids: only these clips (default: all stored).
+        clip_ids: only these clips (default: every clip some head's sets hold; a head's
+            cells are empty for clips its sets lack).
         device: ``auto``, ``cpu`` or ``cuda``.
 
     Raises:
@@ -173,7 +221,7 @@ def predict(
     """
     opened = store if isinstance(store, FeatureStore) else FeatureStore.open(store)
     loaded = load_heads(heads, device=device)
-    ids = None if clip_ids is None else sorted(clip_ids)
+    ids = None if clip_ids is None else sorted(clip_id_list(clip_ids))
     ids, values = predict_store(opened, loaded, clip_ids=ids, device=device)
     result = Predictions(ids, loaded, values)
     if output is not None:

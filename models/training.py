@@ -465,7 +465,7 @@ def train_one(
         ]
         raw = predict_batches(model, data, val.clip_ids, device=device, max_frames=s.max_frames)
         pred = np.clip(np.stack([raw[c] for c in val.clip_ids]), 0.0, 1.0)
-        scores = evaluate(pred, true_val, targets)
+        scores = evaluate(pred, true_val, targets, allow_nonfinite=True)
         history.append({"epoch": epoch, "train_loss": float(np.mean(losses)), "val": scores})
         if config.mixes_layers:
             history[-1]["layer_weights"] = layer_weights(model)
@@ -476,6 +476,11 @@ def train_one(
         log(
             f"{plan.name}: epoch {epoch}/{s.epochs} loss {np.mean(losses):.4f} "
             f"val pearson {scores['pearson_mean']:.3f}{' *' if improved else ''}"
+        )
+    if best_state is None:
+        raise SettingsError(
+            f"head {plan.name!r}: every epoch predicted NaN or inf on the validation clips "
+            "(the training diverged); lower --lr or check the features with `emi store verify`"
         )
     model.load_state_dict(best_state)
     trained_s = time.perf_counter() - started

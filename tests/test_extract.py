@@ -271,4 +271,4 @@ def test_changed_file_is_named_not_recomputed(tiny_backbone, tmp_path):
     assert json.loads(result.stdout)["changed_sources"] == ["00001"]
     np.testing.assert_array_equal(FeatureStore.open(store).hidden("00001"), before)
     text = run_cli("extract", tmp_path / "audio", store, "--quiet")
-    assert "1 stored clips have a different file now" in text.output and "00001" in text.output
+    assert "the files of 1 stored clip changed" in text.output and "00001" in text.output

@@ -316,8 +316,19 @@ def test_sets_of_different_clips_and_stale_audio(tiny_backbone, tmp_path):
               f"{first.feature_set},hub", "--skip-missing")  # fmt: skip
     both = run_cli("predict", store, "--head", tmp_path / "h_first", "--head",
                    tmp_path / "h_joined", "-o", tmp_path / "p.csv")  # fmt: skip
+    # each head predicts every clip its own sets hold; no row is dropped
     rows = list(csv.DictReader((tmp_path / "p.csv").open()))
-    assert sorted(r["clip_id"] for r in rows) == sorted(hub.clip_ids), both.output
+    assert sorted(r["clip_id"] for r in rows) == sorted(first.clip_ids), both.output
+    for r in rows:
+        assert all(r[k] != "" for k in r if k.startswith("h_first/"))
+        joined_cells = [r[k] for k in r if k.startswith("h_joined/")]
+        if r["clip_id"] in hub:
+            assert all(c != "" for c in joined_cells)
+        else:
+            assert all(c == "" for c in joined_cells)
+    assert "head h_joined: 8 clips not in its feature sets" in both.output
+    alone = run_cli("predict", store, "--head", tmp_path / "h_first", "-o", tmp_path / "a.csv")
+    assert alone.output.startswith("16 clips x 1 head ->")
     evaluated = run_cli("evaluate", store, "--head", tmp_path / "h_joined", "--labels",
                         made["test"], "--skip-missing", "--resamples", "20")  # fmt: skip
     from manifests import read_labels
@@ -334,8 +345,12 @@ def test_sets_of_different_clips_and_stale_audio(tiny_backbone, tmp_path):
     assert "different audio" in stale.output and changed.stem in stale.output
     # without --feature-set, extracting with the HuBERT backbone fills its own set
     # (with its settings), and a new named set takes the store's backbone
-    filled = json.loads(run_cli("extract", audio, store, "--model", hubert, "--json").output)
+    # (the changed file's clip is stored in that set from some/, another file of other
+    # content: it is refused, never replaced)
+    filled = run_cli("extract", audio, store, "--model", hubert, "--json", expect=3).output
+    filled = json.loads(filled)
     assert filled["feature_set"] == "hub" and filled["extracted"] == 8
+    assert filled["other_sources"] == [changed.stem]
     added = json.loads(
         run_cli(
             "extract", audio, store, "--feature-set", "all", "--layers", "all", "--json"

@@ -72,6 +72,34 @@ def _swap_chunks(part_dir: Path) -> None:
     b.write_bytes(data_a)
 
 
+def _edit_metadata(array, change):
+    """An array's ``zarr.json`` edited into another valid one (the chunk bytes stay)."""
+
+    def damage(part_dir: Path) -> None:
+        meta_file = part_dir / array / "zarr.json"
+        node = json.loads(meta_file.read_text())
+        change(node)
+        meta_file.write_text(json.dumps(node))
+
+    return damage
+
+
+def _set(key, value):
+    def change(node: dict) -> None:
+        node[key] = value
+
+    return change
+
+
+def _no_checksum(node: dict) -> None:
+    node["codecs"][-1]["configuration"]["checksum"] = False
+
+
+def _halve_chunks(node: dict) -> None:
+    grid = node["chunk_grid"]["configuration"]["chunk_shape"]
+    grid[0] = max(1, grid[0] // 2)
+
+
 DAMAGE = {
     # A deleted chunk reads back as fill values unless the content checksums catch it.
     **{
@@ -84,6 +112,19 @@ DAMAGE = {
     "truncated part zarr.json": (_truncate("zarr.json"), None),
     "deleted part zarr.json": (_delete("zarr.json"), None),
     "truncated array zarr.json": (_truncate("hidden/zarr.json"), "hidden"),
+    # Metadata edited into another valid type of the same size: the bytes are untouched.
+    "hidden float16 -> int16": (_edit_metadata("hidden", _set("data_type", "int16")), "hidden"),
+    "hidden_mean float32 -> uint32": (
+        _edit_metadata("hidden_mean", _set("data_type", "uint32")),
+        "hidden_mean",
+    ),
+    "frame_vad float32 -> int32": (
+        _edit_metadata("frame_vad", _set("data_type", "int32")),
+        "frame_vad",
+    ),
+    "codec checksum off": (_edit_metadata("hidden", _no_checksum), "hidden"),
+    "chunk grid changed": (_edit_metadata("vad_mean", _halve_chunks), "vad_mean"),
+    "fill value changed": (_edit_metadata("hidden", _set("fill_value", 0.0)), "hidden"),
 }
 
 
