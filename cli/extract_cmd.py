@@ -199,8 +199,9 @@ def extract(
         if summary.refreshed:
             click.echo(f"refreshed {summary.refreshed} clips whose file changed")
         elif summary.changed_sources:
+            changed = count_of(len(summary.changed_sources), "stored clip")
             click.echo(
-                f"warning: the files of {count_of(len(summary.changed_sources), 'stored clip')} changed "
+                f"warning: the files of {changed} changed "
                 f"since they were stored (same path, other content) and were not "
                 f"recomputed; run again with --refresh-changed to recompute them: "
                 f"{', '.join(summary.changed_sources[:10])}",

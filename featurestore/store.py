@@ -966,9 +966,7 @@ class FeatureStore:
         else:
             committed = record.get("metadata_digests", {}).get(key)
             if committed is not None and metadata_digest(arr.metadata) != committed:
-                problem = (
-                    "metadata (codecs, chunks or fill value) differs from what was committed"
-                )
+                problem = "metadata (codecs, chunks or fill value) differs from what was committed"
         if problem:
             raise StoreDamage(f"{where}: {problem} (edited or damaged); run `emi store repair`")
 

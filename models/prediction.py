@@ -92,7 +92,8 @@ def predict_store(
             values = np.full((len(ids), len(head.targets)), np.nan)
             if own:
                 predicted = np.stack([raw[c] for c in own])
-                bad = [c for c, ok in zip(own, np.isfinite(predicted).all(1), strict=True) if not ok]
+                finite = np.isfinite(predicted).all(1)
+                bad = [c for c, ok in zip(own, finite, strict=True) if not ok]
                 if bad:
                     raise HeadError(
                         f"head {head.name!r} ({head.folder}) predicted NaN or inf for "
