@@ -57,11 +57,22 @@ def normalise(samples: np.ndarray) -> np.ndarray:
 
     Bit-identical to ``(x - x.mean()) / np.sqrt(x.var() + 1e-7)`` (the same float32
     sums), with two fewer passes over the clip.
+
+    Raises:
+        AudioError: the samples are so large that their mean or variance overflows
+            float32 (a per-clip failure, never a clip stored as silence).
     """
     x = samples.astype(np.float32, copy=False)
-    centred = x - x.mean()
-    variance = np.square(centred).sum() / centred.size
-    centred /= np.sqrt(variance + NORM_EPS)
+    with np.errstate(over="ignore", invalid="ignore"):
+        centred = x - x.mean()
+        variance = np.square(centred).sum() / centred.size
+        if not np.isfinite(variance):
+            peak = float(np.abs(x).max())
+            raise AudioError(
+                f"sample values too large to normalise (peak |x| = {peak:.3g}; the variance "
+                "overflows float32); rescale the file to [-1, 1]"
+            )
+        centred /= np.sqrt(variance + NORM_EPS)
     return centred
 
 

@@ -84,7 +84,11 @@ def compare_heads(paths: Sequence[str | os.PathLike]) -> list[HeadRow]:
 
 def _row(folder: Path) -> HeadRow:
     try:
-        card = HeadCard.from_dict(json.loads((folder / "config.json").read_text()))
+        card = HeadCard.from_dict(
+            json.loads((folder / "config.json").read_text()), str(folder / "config.json")
+        )
+    except HeadError:
+        raise
     except (ValueError, KeyError, TypeError, AttributeError) as err:
         raise HeadError(f"{folder / 'config.json'}: malformed head config ({err})") from err
     try:

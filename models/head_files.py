@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -32,7 +32,7 @@ from models.heads import HeadConfig, build_head
 if TYPE_CHECKING:
     from featurestore.store import FeatureStore
 
-HEAD_FORMAT_VERSION = 1
+HEAD_FORMAT_VERSION = 2  # 2: the card records card_sha256 (models.card_rules)
 
 
 @dataclass(frozen=True)
@@ -84,6 +84,8 @@ class HeadCard(FieldAccess):
     weights_sha256: str | None = None
     format_version: int = HEAD_FORMAT_VERSION
     joined: tuple[StoreRef, ...] = ()  # further feature sets joined per frame to store's
+    # of the card's own JSON (format 2): to_dict writes it, from_dict checks it
+    card_sha256: str | None = field(default=None, compare=False)
 
     @property
     def feature_refs(self) -> tuple[StoreRef, ...]:
@@ -91,7 +93,7 @@ class HeadCard(FieldAccess):
         return (self.store, *self.joined)
 
     def to_dict(self) -> dict:
-        return {
+        data = {
             "format_version": self.format_version,
             "name": self.name,
             "preset": self.preset,
@@ -105,9 +107,23 @@ class HeadCard(FieldAccess):
             "weights_sha256": self.weights_sha256,
             "joined": [ref.to_dict() for ref in self.joined],
         }
+        if self.format_version >= 2:
+            from models.card_rules import card_digest
+
+            data["card_sha256"] = card_digest(data)
+        return data
 
     @classmethod
-    def from_dict(cls, data: dict) -> HeadCard:
+    def from_dict(cls, data: dict, where: str = "head config.json") -> HeadCard:
+        """A card from its JSON form, checked against the card's rules
+        (:func:`models.card_rules.check_card`).
+
+        Raises:
+            HeadError: a field that breaks its rule, or (format 2) an edited card.
+        """
+        from models.card_rules import check_card
+
+        check_card(data, where)
         return cls(
             name=str(data.get("name", "")),
             preset=str(data.get("preset", "")),
@@ -121,6 +137,7 @@ class HeadCard(FieldAccess):
             weights_sha256=data.get("weights_sha256"),
             format_version=int(data.get("format_version", HEAD_FORMAT_VERSION)),
             joined=tuple(StoreRef.from_dict(ref) for ref in data.get("joined", [])),
+            card_sha256=data.get("card_sha256"),
         )
 
 
@@ -188,6 +205,7 @@ def save_head(
     place. config.json records the sha256 of model.safetensors.
     """
     from manifests.atomic import atomic_folder
+    from models.card_rules import card_digest, check_card
 
     folder = Path(folder)
     check_head_destination(folder, overwrite=overwrite)
@@ -196,10 +214,14 @@ def save_head(
         weights = temporary / "model.safetensors"
         save_file(state, str(weights))
         card = {
-            "format_version": HEAD_FORMAT_VERSION,
             **(config.to_dict() if isinstance(config, HeadCard) else config),
+            "format_version": HEAD_FORMAT_VERSION,
             "weights_sha256": hashlib.sha256(weights.read_bytes()).hexdigest(),
         }
+        card.pop("card_sha256", None)
+        card.setdefault("joined", [])
+        card["card_sha256"] = card_digest(card)
+        check_card(card, str(folder / "config.json"))  # a card this emi cannot read is a bug
         (temporary / "config.json").write_text(json.dumps(card, indent=2))
         (temporary / "metrics.json").write_text(json.dumps(metrics, indent=2))
         if extra_files is not None:
@@ -219,9 +241,10 @@ def load_head(folder: str | Path, *, device: str = "cpu") -> LoadedHead:
     if not config_file.is_file() or not weights.is_file():
         raise HeadError(f"{folder}: not a head folder (needs config.json and model.safetensors)")
     try:
-        config = HeadCard.from_dict(json.loads(config_file.read_text()))
-    except (ValueError, KeyError, TypeError, AttributeError) as err:
-        raise HeadError(f"{config_file}: malformed head config ({err})") from err
+        data = json.loads(config_file.read_text())
+    except (ValueError, UnicodeDecodeError) as err:
+        raise HeadError(f"{config_file}: not JSON ({err}); restore it or retrain the head") from err
+    config = HeadCard.from_dict(data, str(config_file))
     raw = weights.read_bytes()
     recorded = config.weights_sha256
     if recorded is None:

@@ -117,3 +117,118 @@ def test_nan_predictions_are_refused_by_metrics_and_evaluate(made):
 
     with pytest.raises(Exception, match="predicted NaN or inf"):
         evaluate_heads(made["store"], [head], made["test"], resamples=10)
+
+
+# -- 5. a head's card is checked against its rules and covered by its checksum ------------
+
+
+def _edits() -> dict:
+    def set_in(path, value):
+        def edit(card):
+            node = card
+            for key in path[:-1]:
+                node = node[key]
+            node[path[-1]] = value
+
+        return edit
+
+    def drop(key):
+        return lambda card: card.pop(key)
+
+    return {
+        # (edit, the field the rules name; None: only the checksum can tell)
+        "dropout 5": (set_in(("head", "dropout"), 5), "head.dropout"),
+        "lstm_layers 0": (set_in(("head", "head_type"), "fusion"), "head.lstm_hidden"),
+        "input_dim '35'": (set_in(("head", "input_dim"), "35"), "head.input_dim"),
+        "input_dim 36": (set_in(("head", "input_dim"), 36), "head.input_dim"),
+        "layers ['x']": (set_in(("head", "layers"), ["x"]), "head.layers"),
+        "layers [2]": (set_in(("head", "layers"), [2]), "head.layers"),
+        "max_frames 0": (set_in(("training", "max_frames"), 0), "training.max_frames"),
+        "seven targets": (
+            lambda c: c["targets"].append("Seventh"),
+            "head.num_targets",
+        ),
+        "duplicated target": (set_in(("targets", 1), "Admiration"), "targets"),
+        "foreign fingerprint": (set_in(("store", "fingerprint"), "ab" * 32), "store.fingerprint"),
+        "joined removed": (drop("joined"), "joined"),
+        "format_version 99": (set_in(("format_version",), 99), "format_version"),
+        "renamed target": (set_in(("targets", 0), "Awe"), None),
+    }
+
+
+@pytest.mark.parametrize("edit", list(_edits()))
+def test_an_edited_head_card_is_refused_naming_what_is_wrong(edit, made, tmp_path):
+    import shutil
+
+    from models.card_rules import card_digest
+
+    change, field = _edits()[edit]
+    head = tmp_path / "head"
+    shutil.copytree(made["head"], head)
+    card = json.loads((head / "config.json").read_text())
+    assert card["format_version"] == 2 and card["card_sha256"] == card_digest(card)
+    change(card)
+    (head / "config.json").write_text(json.dumps(card))
+    out = tmp_path / "p.csv"
+    refused = run_cli("predict", made["store"], "--head", head, "-o", out, expect=2)
+    assert "Traceback" not in refused.output and not out.exists()
+    if edit != "format_version 99":
+        assert "card_sha256" in refused.output, refused.output
+    if field is None:
+        return
+    # the same edit with the checksum made to match: the rules name the field
+    card["card_sha256"] = card_digest(card)
+    (head / "config.json").write_text(json.dumps(card))
+    named = run_cli("predict", made["store"], "--head", head, "-o", out, expect=2)
+    assert f"field {field!r}" in named.output, named.output
+    assert run_cli("heads", "compare", head, expect=2).exit_code == 2
+
+
+def test_a_format_1_card_still_loads(made, tmp_path):
+    import shutil
+
+    head = tmp_path / "old"
+    shutil.copytree(made["head"], head)
+    card = json.loads((head / "config.json").read_text())
+    card.pop("card_sha256")
+    card["format_version"] = 1
+    (head / "config.json").write_text(json.dumps(card))
+    new = run_cli("predict", made["store"], "--head", made["head"], "-o", tmp_path / "a.csv")
+    old = run_cli("predict", made["store"], "--head", head, "-o", tmp_path / "b.csv")
+    assert new.exit_code == old.exit_code == 0
+    assert (tmp_path / "a.csv").read_text() == (tmp_path / "b.csv").read_text()
+
+
+# -- 6. samples too large to normalise are a per-clip failure, not silence ----------------
+
+
+def test_huge_float_samples_fail_their_clip_with_the_reason(tiny_backbone, tmp_path):
+    import soundfile as sf
+
+    audio = tmp_path / "audio"
+    write_clip(audio / "fine.wav", 1.0, seed=1)
+    t = np.arange(16000) / 16000
+    sf.write(audio / "huge.wav", (1e30 * np.sin(2 * np.pi * 220 * t)).astype(np.float32),
+             16000, subtype="FLOAT")  # fmt: skip
+    with _no_runtime_warning():
+        result = run_cli("extract", audio, tmp_path / "s.zarr", "--model", tiny_backbone,
+                         "--json", "--quiet", expect=3)  # fmt: skip
+    summary = json.loads(result.stdout)
+    [failure] = summary["failed"]
+    assert failure["clip_id"] == "huge" and "too large to normalise" in failure["reason"]
+    assert FeatureStore.open(tmp_path / "s.zarr").clip_ids == ["fine"]
+
+
+def _no_runtime_warning():
+    import warnings
+
+    class Guard:
+        def __enter__(self):
+            self._catch = warnings.catch_warnings()
+            self._catch.__enter__()
+            warnings.simplefilter("error", RuntimeWarning)
+
+        def __exit__(self, *exc):
+            return self._catch.__exit__(*exc)
+
+    return Guard()
