@@ -31,6 +31,7 @@ from transformers import PretrainedConfig
 from featurestore.backbone import FAMILIES, EmotionBackbone, _config_class
 from featurestore.options import BACKBONE_SIZES
 from featurestore.spec import VAD_LABELS
+from manifests.atomic import apply_umask
 
 SIZES = BACKBONE_SIZES
 
@@ -96,6 +97,7 @@ def write_random_backbone(
     else:  # a plain checkpoint: the base model's keys without its prefix
         state = {k.removeprefix(f"{family}."): v for k, v in state.items()}
     save_file(state, str(folder / "model.safetensors"))
+    apply_umask(folder / "model.safetensors")  # safetensors writes 0600
     config.save_pretrained(folder)
     (folder / "preprocessor_config.json").write_text(
         json.dumps(

@@ -14,6 +14,34 @@ from collections.abc import Iterator
 from pathlib import Path
 
 
+def current_umask() -> int:
+    """The process's umask (read from /proc where it is there: setting it to read it
+    back is not thread-safe)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def apply_umask(path: str | os.PathLike) -> None:
+    """Give ``path`` (and, for a folder, everything below it) the mode a plain
+    ``open``/``mkdir`` would have: 0666 or 0777 less the umask. Some writers (the
+    safetensors library, ``tempfile.mkstemp``) create files 0600, which other users
+    and workers sharing a head or model folder cannot read."""
+    mask = current_umask()
+    path = Path(path)
+    items = [path, *path.rglob("*")] if path.is_dir() else [path]
+    for item in items:
+        if item.is_symlink():
+            continue
+        os.chmod(item, (0o777 if item.is_dir() else 0o666) & ~mask)
+
+
 def _sibling(path: Path, what: str) -> Path:
     return path.with_name(f".{path.name}.{what}-{uuid.uuid4().hex[:8]}")
 
@@ -31,6 +59,7 @@ def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
     temporary = _sibling(path, "partial")
     try:
         yield temporary
+        apply_umask(temporary)
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
@@ -50,6 +79,7 @@ def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
     temporary.mkdir()
     try:
         yield temporary
+        apply_umask(temporary)
         old = None
         if path.exists():
             old = _sibling(path, "old")

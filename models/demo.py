@@ -14,8 +14,8 @@ model, and the corpus is synthetic (targets are functions of pitch, syllable rat
 pauses). The scores measure whether the pipeline carries audible structure from audio
 to the heads; they say nothing about emotion recognition.
 For real features, download the checkpoint and run:
-  emi extract data/audio feats.zarr --model audeering/wav2vec2-large-robust-12-ft-emotion-msp-dim
-  emi train feats.zarr --labels train_split.csv --val-labels valid_split.csv --out heads/paper
+  {emi} extract data/audio feats.zarr --model audeering/wav2vec2-large-robust-12-ft-emotion-msp-dim
+  {emi} train feats.zarr --labels train_split.csv --val-labels valid_split.csv --out heads/paper
 """
 MARKER = ".emi-demo"
 DEMO_SIZES = ("tiny", "small", "base")  # random backbone sizes the demo offers
@@ -63,6 +63,45 @@ def check_demo_folder(folder: Path) -> None:
         )
 
 
+def _prepare_folder(folder: Path, settings: dict, echo) -> None:
+    """A demo folder for a run with ``settings``: an earlier run's folder (its marker)
+    is reused where the settings are the same (the store resumes: nothing to extract;
+    the heads are rewritten) and emptied where they differ; the marker records them."""
+    import json
+    import shutil
+
+    check_demo_folder(folder)
+    marker = folder / MARKER
+    if marker.is_file():
+        try:
+            earlier = json.loads(marker.read_text()).get("settings")
+        except (ValueError, AttributeError):
+            earlier = None
+        if earlier != settings:
+            echo(f"      {folder} holds an earlier demo run with other settings; rewriting it")
+            for item in folder.iterdir():
+                if item.is_dir() and not item.is_symlink():
+                    shutil.rmtree(item)
+                else:
+                    item.unlink()
+        else:
+            echo(f"      {folder} holds an earlier demo run with these settings; reusing its store")
+    folder.mkdir(parents=True, exist_ok=True)
+    marker.write_text(
+        json.dumps(
+            {"written_by": "emi demo; the demo may rewrite this folder", "settings": settings},
+            indent=1,
+        )
+    )
+
+
+def emi_command() -> str:
+    """How to call emi from here: ``emi`` where it is on PATH, else ``./run emi``."""
+    import shutil
+
+    return "emi" if shutil.which("emi") else "./run emi"
+
+
 def run_demo(
     out: str | os.PathLike = "emi-demo",
     *,
@@ -105,9 +144,8 @@ def run_demo(
 
     started = time.perf_counter()
     folder = Path(out)
-    check_demo_folder(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / MARKER).write_text("written by `emi demo`; the demo may rewrite this folder\n")
+    settings = {"clips": clips, "size": size, "seed": seed, "layers": layers}
+    _prepare_folder(folder, settings, echo)
     echo(f"[1/5] synthesising {clips} labelled clips -> {folder / 'audio'}")
     splits = write_corpus(folder, clips=clips, seed=seed)
     backbone = write_random_backbone(folder / f"backbone-{size}", size=size, seed=seed)
@@ -141,6 +179,7 @@ def run_demo(
         read_labels(splits["valid"]),
         plans,
         folder / "heads",
+        overwrite=True,  # the demo's own folder
         log=lambda line: echo(f"      {line}") if _every_fifth(line) else None,
     )
     for t in trained:
@@ -176,12 +215,21 @@ def run_demo(
     for t in targets:
         echo(f"  {t:16s}" + "".join(f"{scores[n]['pearson'][t]:{width}.3f}" for n in names))
     echo(f"  {'mean':16s}" + "".join(f"{scores[n]['pearson_mean']:{width}.3f}" for n in names))
-    echo(
-        f"\noutputs in {folder}/: feats.zarr, heads/*/ (config.json, model.safetensors, "
-        "metrics.json, learning_curves.png), test_predictions.csv, "
-        "test_*_pred_vs_true.png"
-    )
+    echo(f"\noutputs in {folder}/:")
+    outputs = [
+        ("audio/, *_split.csv", "the synthetic corpus and its labels"),
+        ("feats.zarr", "the feature store"),
+        *(
+            (f"heads/{t.name}/", "config.json, model.safetensors, metrics.json, "
+             "learning_curves.png")
+            for t in trained
+        ),
+        ("test_predictions.csv", "held-out predictions of every head"),
+        *((f"test_{n}_pred_vs_true.png", "predicted against true, per target") for n in names),
+    ]  # fmt: skip
+    for name, what in outputs:
+        echo(f"  {name:34s} {what}")
     seconds = time.perf_counter() - started
     echo(f"finished in {seconds:.0f} s\n")
-    echo(DISCLAIMER.format(size=size))
+    echo(DISCLAIMER.format(size=size, emi=emi_command()))
     return DemoResult(folder, targets, scores, seconds)

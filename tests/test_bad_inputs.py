@@ -102,6 +102,9 @@ def test_truncated_and_nan_heads_are_refused(labelled, tmp_path):
     import hashlib
 
     config["weights_sha256"] = hashlib.sha256((nan / "model.safetensors").read_bytes()).hexdigest()
+    from models.card_rules import card_digest
+
+    config["card_sha256"] = card_digest(config)  # a card made to match the new weights
     (nan / "config.json").write_text(json.dumps(config))
     result = run_cli(
         "predict", labelled["store"], "--head", nan, "-o", tmp_path / "p.csv", expect=2

@@ -92,3 +92,17 @@ def test_demo_runs_offline_and_says_what_it_measures(tmp_path, monkeypatch):
     assert "learned layer weights 0: " in out
     weights = json.loads((demo / "heads/fusion-weighted/metrics.json").read_text())
     assert set(weights["layer_weights"]) == {"0", "1", "2"}
+
+
+def test_a_second_demo_just_works(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    quick = ("demo", "--out", "demo", "--clips", "20", "--size", "tiny", "--epochs", "1")
+    run_cli(*quick)
+    again = run_cli(*quick).output
+    assert "reusing its store" in again and "0 clips extracted, 20 already stored" in again
+    for line in ("best epoch", "heads/fusion/", "test_predictions.csv", "feats.zarr"):
+        assert line in again
+    other = run_cli(*quick[:4], "24", *quick[5:]).output
+    assert "other settings; rewriting it" in other and "24 clips extracted" in other
+    rows = list(csv.DictReader((tmp_path / "demo" / "test_predictions.csv").open()))
+    assert len(rows) == 5  # the 24-clip corpus's test split, not a mix of both runs

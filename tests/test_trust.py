@@ -232,3 +232,19 @@ def _no_runtime_warning():
             return self._catch.__exit__(*exc)
 
     return Guard()
+
+
+# -- 18. weights keep the umask's mode, as every other file does --------------------------
+
+
+def test_weights_files_are_readable_as_the_umask_says(made, tmp_path):
+    import os
+
+    from manifests.atomic import current_umask
+
+    wanted = 0o666 & ~current_umask()
+    for folder in (made["head"], tmp_path / "model"):
+        if folder == tmp_path / "model":
+            run_cli("model", "init-random", folder, "--size", "tiny")
+        for file in folder.iterdir():
+            assert os.stat(file).st_mode & 0o777 == wanted, file
