@@ -12,6 +12,7 @@ from tqdm import tqdm
 from featurestore.hdf5 import export_hdf5
 from featurestore.report import repair_store, store_info, verify_store
 from featurestore.store import FeatureStore
+from manifests.records import count_of
 
 
 @click.group()
@@ -99,7 +100,7 @@ def verify(location: str) -> None:
         for p in verify_store(opened.with_set(name))
     ]
     if problems:
-        click.echo(f"{location}: {len(problems)} problems", err=True)
+        click.echo(f"{location}: {count_of(len(problems), 'problem')}", err=True)
         for p in problems:
             click.echo(f"  {p}", err=True)
         click.echo(
@@ -126,17 +127,29 @@ def repair(location: str) -> None:
     """Drop damaged parts (their clips count as missing, so the next `emi extract`
     recomputes them) and delete part folders no run committed."""
     report = repair_store(location)
+    if report.removed_unfinished_root:
+        click.echo(
+            f"{location}: removed the empty root of a store whose creation never completed "
+            "(nothing had been committed); `emi extract` creates the store anew"
+        )
+        return
     for p in report.problems:
         click.echo(f"  {p}", err=True)
     click.echo(
-        f"{location}: dropped {len(report.dropped_parts)} damaged parts "
-        f"({len(report.dropped_clips)} clips to re-extract), removed "
-        f"{len(report.removed_uncommitted)} uncommitted part folders"
+        f"{location}: dropped {count_of(len(report.dropped_parts), 'damaged part')} "
+        f"({count_of(len(report.dropped_clips), 'clip')} to re-extract), removed "
+        f"{count_of(len(report.removed_uncommitted), 'uncommitted part folder')}"
+        + (
+            f" and {count_of(len(report.removed_leftovers), 'temporary file')} of "
+            "interrupted writes"
+            if report.removed_leftovers
+            else ""
+        )
     )
     for name, clips in report.dropped_by_set.items():
         click.echo(
-            f"re-extract the {len(clips)} clips of feature set {name} with `emi extract "
-            f"SOURCE {location} --feature-set {name}` (and that set's --model)"
+            f"re-extract the {count_of(len(clips), 'clip')} of feature set {name} with "
+            f"`emi extract SOURCE {location} --feature-set {name}` (and that set's --model)"
         )
 
 

@@ -7,6 +7,7 @@ or an existing scheduler) -> each task writes its own part and its marker last.
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 import sys
@@ -164,13 +165,22 @@ def extract(
             "head was trained on those). Nothing was extracted; use the head's backbone "
             "(its config.json 'store.spec.backbone')."
         )
-    with StoreLock(location, purpose="extract") as lock:
-        writer = StoreWriter.open(location, spec, lock, feature_set=options.feature_set)
-        summary = ExtractSummary(
-            store=store, fingerprint=fingerprint(spec), feature_set=writer.feature_set
-        )
-        summary.incomplete_removed = writer.remove_uncommitted_parts()
-        _run(records, options, identity, writer, lock, summary)
+    try:
+        with StoreLock(location, purpose="extract") as lock:
+            writer = StoreWriter.open(location, spec, lock, feature_set=options.feature_set)
+            summary = ExtractSummary(
+                store=store, fingerprint=fingerprint(spec), feature_set=writer.feature_set
+            )
+            summary.incomplete_removed = writer.remove_uncommitted_parts()
+            _run(records, options, identity, writer, lock, summary)
+    except OSError as err:
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES):
+            raise
+        raise StoreError(
+            f"{store}: could not write ({err.strerror or err}); every part committed "
+            "before stays stored. Free space (or fix the permissions) and run the same "
+            "command again: it resumes."
+        ) from err
     summary.parts_written.sort()
     summary.wall_s = time.perf_counter() - started
     return summary
@@ -305,7 +315,7 @@ def _commit(future, job: PartJob, writer: StoreWriter, summary: ExtractSummary) 
         failures = [
             {"clip_id": c["clip_id"], "path": c["path"], "reason": reason} for c in job.clips
         ]
-        writer.location.delete(f"parts/{job.part}", recursive=True)
+        writer.location.delete(f"{writer.parts_path}/{job.part}", recursive=True)
         writer.commit(None, None, failures)
         summary.failed.extend(ClipFailure.from_dict(f) for f in failures)
         return

@@ -8,8 +8,10 @@ is anything at this path already (and is it ours), and it creates objects exclus
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import uuid
 from dataclasses import dataclass, field
 
 import fsspec
@@ -73,29 +75,45 @@ class StoreLocation:
         return self.fs.cat_file(self.key(relative))
 
     def write(self, relative: str, data: bytes) -> None:
-        """Replace an object (atomically: a local write goes through a renamed temporary)."""
+        """Replace an object (atomically: a local write goes through a renamed temporary,
+        removed again when the write fails, e.g. on a full disk)."""
         path = self.key(relative)
         if self.is_local:
             os.makedirs(os.path.dirname(path), exist_ok=True)
-            temporary = f"{path}.{os.getpid()}.partial"
-            with open(temporary, "wb") as f:
-                f.write(data)
-            os.replace(temporary, path)
+            temporary = f"{path}.{os.getpid()}{PARTIAL_SUFFIX}"
+            try:
+                _write_file(temporary, data)
+                os.replace(temporary, path)
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(temporary)
             return
         self.fs.pipe_file(path, data)
 
     def create(self, relative: str, data: bytes) -> bool:
-        """Write an object only if none exists there; False if one already did."""
+        """Write an object only if none exists there; False if one already did.
+
+        Never leaves a partial object: locally the bytes go to a temporary first and are
+        linked into place (exclusive, like ``O_EXCL``), so a full disk leaves nothing
+        where the object would be; on S3 a conditional put is atomic."""
         path = self.key(relative)
         if self.is_local:
             os.makedirs(os.path.dirname(path), exist_ok=True)
+            temporary = f"{path}.{os.getpid()}-{uuid.uuid4().hex[:8]}{PARTIAL_SUFFIX}"
             try:
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-            except FileExistsError:
-                return False
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            return True
+                _write_file(temporary, data)
+                try:
+                    os.link(temporary, path)
+                except FileExistsError:
+                    return False
+                except OSError as err:  # a file system without hard links
+                    if err.errno not in (errno.EPERM, errno.ENOTSUP, errno.EXDEV, errno.ENOSYS):
+                        raise
+                    return _create_exclusive(path, data)
+                return True
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(temporary)
         try:
             self.fs.pipe_file(path, data, mode="create")
         except (FileExistsError, OSError) as err:
@@ -104,9 +122,37 @@ class StoreLocation:
             raise
         return True
 
+    def leftovers(self, relative: str = "") -> list[str]:
+        """Temporaries of interrupted writes directly below ``relative`` (names)."""
+        return [n for n in self.entries(relative) if n.endswith(PARTIAL_SUFFIX)]
+
     def delete(self, relative: str, *, recursive: bool = False) -> None:
         with contextlib.suppress(FileNotFoundError):
             self.fs.rm(self.key(relative), recursive=recursive)
+
+
+PARTIAL_SUFFIX = ".partial"  # a local write's temporary (``zarr.json.<pid>.partial``)
+
+
+def _write_file(path: str, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+
+
+def _create_exclusive(path: str, data: bytes) -> bool:
+    """``O_EXCL`` create; a failed write removes the file it began."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    except FileExistsError:
+        return False
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        raise
+    return True
 
 
 def group_node(attributes: dict) -> bytes:

@@ -14,9 +14,11 @@ from featurestore.lock import StoreLock
 from featurestore.spec import layer_key
 from featurestore.store import (
     PART_ATTR,
+    PARTS,
     FeatureStore,
     StoreWriter,
     feature_sets,
+    never_completed,
     read_root,
 )
 
@@ -88,7 +90,11 @@ def verify_store(store: FeatureStore) -> list[Problem]:
     frame counts; ids are unique within a part; values are finite; stored means agree
     with the stored frames (within float16 error).
     """
-    problems: list[Problem] = []
+    problems = [
+        Problem(None, f"{path} is the temporary of an interrupted write; `emi store repair` "
+                "removes it")
+        for path in leftover_files(store)
+    ]  # fmt: skip
     for name in store.complete_parts:
         record = store.part_marker(name)
         try:
@@ -104,6 +110,16 @@ def verify_store(store: FeatureStore) -> list[Problem]:
             problems.append(Problem(name, "its marker does not match the committed record"))
         problems += [Problem(name, p) for p in _check_part(arrays, record, store)]
     return problems
+
+
+def leftover_files(store: FeatureStore) -> list[str]:
+    """Temporaries of interrupted writes (``zarr.json.<pid>.partial``) in the store's
+    root (reported with the default set) and in this set's parts folder."""
+    where = store._where
+    found = [f"{store._parts_path}/{n}" for n in where.leftovers(store._parts_path)]
+    if store.feature_set == store.feature_sets[0]:
+        found = where.leftovers() + found
+    return found
 
 
 def _check_part(arrays: dict[str, np.ndarray], record: dict, store: FeatureStore) -> list[str]:
@@ -146,6 +162,9 @@ class RepairReport:
     problems: list[Problem] = field(default_factory=list)
     # feature set -> its clips to re-extract (``emi extract ... --feature-set NAME``)
     dropped_by_set: dict[str, list[str]] = field(default_factory=dict)
+    removed_leftovers: list[str] = field(default_factory=list)  # interrupted writes' temporaries
+    # an empty root left by a store creation that never completed (nothing committed)
+    removed_unfinished_root: bool = False
 
 
 def repair_store(location: str, *, storage_options: dict | None = None) -> RepairReport:
@@ -155,9 +174,20 @@ def repair_store(location: str, *, storage_options: dict | None = None) -> Repai
     Takes the writer lock. Raises :class:`StoreDamage` when the root itself is damaged.
     """
     where = StoreLocation.of(location, storage_options)
-    if read_root(where) is None:
-        raise StoreError(f"{location}: no feature store there")
     report = RepairReport()
+    if read_root(where) is None:
+        if not never_completed(where):
+            raise StoreError(f"{location}: no feature store there")
+        with StoreLock(where, purpose="store repair"):
+            if never_completed(where):  # nothing was ever committed: an empty root goes
+                where.delete("zarr.json")
+                report.removed_leftovers = where.leftovers() + [
+                    f"{PARTS}/{n}" for n in where.leftovers(PARTS)
+                ]
+                for path in report.removed_leftovers:
+                    where.delete(path)
+                report.removed_unfinished_root = True
+        return report
     with StoreLock(where, purpose="store repair") as lock:
         meta = read_root(where)
         several = len(feature_sets(meta)) > 1
@@ -176,4 +206,7 @@ def repair_store(location: str, *, storage_options: dict | None = None) -> Repai
                 writer.drop_parts(damaged)
             report.dropped_parts += damaged
             report.removed_uncommitted += writer.remove_uncommitted_parts()
+            for path in leftover_files(store):
+                where.delete(path)
+                report.removed_leftovers.append(path)
     return report

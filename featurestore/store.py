@@ -264,6 +264,8 @@ def read_root(location: StoreLocation) -> dict | None:
         node = json.loads(raw)
         attrs = node.get("attributes", {})
     except (ValueError, AttributeError) as err:
+        if never_completed(location, raw):
+            return None  # a creation that stopped (a full disk): the next extract redoes it
         raise StoreDamage(
             f"{location.url}: root metadata zarr.json is damaged ({err}). Nothing was changed."
         ) from err
@@ -284,6 +286,26 @@ def read_root(location: StoreLocation) -> dict | None:
             "fingerprint (edited or damaged). Nothing was changed."
         )
     return meta
+
+
+def never_completed(location: StoreLocation, raw: bytes | None = None) -> bool:
+    """A store whose creation stopped before its root was written whole (earlier emi
+    versions left an empty ``zarr.json`` on a full disk): the root is empty or not
+    JSON, and nothing was ever committed (no part folder, no further set). Such a root
+    holds nothing and is replaced by the next ``emi extract``."""
+    if raw is None:
+        try:
+            raw = location.read("zarr.json")
+        except FileNotFoundError:
+            return False
+    try:
+        json.loads(raw)
+        return False
+    except (ValueError, UnicodeDecodeError):
+        pass
+    if len(raw) > 4096 or SETS in location.entries():
+        return False
+    return all(n == "zarr.json" or n.endswith(".partial") for n in location.entries(PARTS))
 
 
 def _read_root_node(location: StoreLocation) -> bytes:
@@ -365,6 +387,8 @@ class StoreWriter:
         if feature_set is not None:
             check_set_name(feature_set)
         if meta is None:
+            if never_completed(location):  # we hold the lock: replace it
+                location.delete("zarr.json")
             meta = _new_root(spec, feature_set or set_name_of(spec))
             # The root first: a store is never seen with parts/ but without its root.
             if not location.create("zarr.json", group_node({ROOT_ATTR: meta})):
@@ -806,6 +830,11 @@ class FeatureStore:
         where = StoreLocation.of(location, storage_options)
         meta = read_root(where)
         if meta is None:
+            if never_completed(where):
+                raise StoreError(
+                    f"{location}: a store whose creation never completed (an empty root, "
+                    "nothing committed); `emi extract` creates it anew"
+                )
             raise StoreError(f"{location}: no feature store there (run `emi extract` first)")
         store = cls(where, meta, feature_set)
         store.location = str(location)

@@ -124,7 +124,7 @@ def test_damage_in_one_set_is_repaired_without_touching_the_other(two_sets, tmp_
     verified = run_cli("store", "verify", store, expect=1)
     assert "set group:" in verified.output
     repaired = run_cli("store", "repair", store)
-    assert "dropped 1 damaged parts" in repaired.output
+    assert "dropped 1 damaged part " in repaired.output
     assert {k: v for k, v in _files(store).items() if not k.startswith("sets/")} == first_files
     assert (
         len(FeatureStore.open(store, feature_set="group").complete_parts)

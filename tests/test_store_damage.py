@@ -168,7 +168,7 @@ def test_part_damage_is_reported_refused_and_repaired(kind, trusted, tmp_path):
 
     lost = FeatureStore.open(trusted["store"]).part_marker(part)["clip_id"]
     repaired = run_cli("store", "repair", store)
-    assert f"dropped 1 damaged parts ({len(lost)} clips" in repaired.output
+    assert f"dropped 1 damaged part ({len(lost)} clips" in repaired.output
     assert not (store / "parts" / part).exists()
     assert run_cli("store", "verify", store).exit_code == 0
     again = json.loads(run_cli("extract", trusted["audio"], store, "--json", "--quiet").output)

@@ -248,3 +248,70 @@ def test_weights_files_are_readable_as_the_umask_says(made, tmp_path):
             run_cli("model", "init-random", folder, "--size", "tiny")
         for file in folder.iterdir():
             assert os.stat(file).st_mode & 0o777 == wanted, file
+
+
+# -- 8, 9. a full disk ends with a message, never a wedged store --------------------------
+
+
+def _disk_full(*args, **kwargs):
+    import errno
+    import os
+
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def test_a_full_disk_while_creating_a_store_leaves_nothing_wedged(
+    made, tiny_backbone, tmp_path, monkeypatch
+):
+    import featurestore.location
+
+    store = tmp_path / "new.zarr"
+    with monkeypatch.context() as m:
+        m.setattr(featurestore.location, "_write_file", _disk_full)
+        full = run_cli("extract", made["audio"], store, "--model", tiny_backbone, "--quiet",
+                       expect=2)  # fmt: skip
+    assert "No space left" in full.output and "run the same command again" in full.output
+    assert not (store / "zarr.json").exists()
+    assert not [p for p in store.rglob("*.partial")]
+    run_cli("extract", made["audio"], store, "--model", tiny_backbone, "--quiet")
+    assert len(FeatureStore.open(store)) == 16
+
+
+def test_an_empty_root_left_by_earlier_versions_is_replaced(made, tiny_backbone, tmp_path):
+    store = tmp_path / "wedged.zarr"
+    (store / "parts").mkdir(parents=True)
+    (store / "zarr.json").write_bytes(b"")  # what a full disk left before
+    (store / "parts" / "zarr.json.123.partial").write_bytes(b"{")
+    verify = run_cli("store", "verify", store, expect=2)
+    assert "creation never completed" in verify.output
+    repaired = run_cli("store", "repair", store)
+    assert "never completed" in repaired.output and not (store / "zarr.json").exists()
+    (store / "zarr.json").write_bytes(b"")
+    run_cli("extract", made["audio"], store, "--model", tiny_backbone, "--quiet")
+    assert run_cli("store", "verify", store).exit_code == 0
+
+
+def test_a_full_disk_in_a_further_sets_part_is_a_clean_failure(made, tmp_path, monkeypatch):
+    import featurestore.store
+
+    store = copy_store(made, tmp_path / "s.zarr")
+    with monkeypatch.context() as m:
+        m.setattr(featurestore.store.PartWriter, "finish", _disk_full)
+        failed = run_cli("extract", made["audio"], store, "--feature-set", "more", "--layers",
+                         "all", "--json", "--quiet", expect=3)  # fmt: skip
+    summary = json.loads(failed.stdout)
+    assert summary["extracted"] == 0 and len(summary["failed"]) == 16
+    assert "No space left" in summary["failed"][0]["reason"]
+    leftover = [p.name for p in (store / "sets" / "more" / "parts").iterdir()]
+    assert leftover == ["zarr.json"]  # the failed part's folder is gone
+    assert run_cli("store", "verify", store).exit_code == 0
+
+
+def test_verify_reports_and_repair_removes_temporaries_of_interrupted_writes(made, tmp_path):
+    store = copy_store(made, tmp_path / "s.zarr")
+    (store / "zarr.json.999.partial").write_bytes(b'{"half')
+    verify = run_cli("store", "verify", store, expect=1)
+    assert "zarr.json.999.partial" in verify.output and "interrupted write" in verify.output
+    repaired = run_cli("store", "repair", store)
+    assert "1 temporary file of interrupted writes" in repaired.output
+    assert run_cli("store", "verify", store).exit_code == 0
