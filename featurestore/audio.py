@@ -133,6 +133,8 @@ def decode_clip(path: str | Path, *, max_seconds: float | None = None) -> Decode
         if not os.path.isfile(path):
             raise FileNotFoundError(path)
     except OSError:
+        if os.path.islink(path):
+            raise AudioError(f"a broken symbolic link (to {os.readlink(path)})") from None
         raise AudioError(f"no such file: {path}") from None
     if size == 0:
         raise AudioError("empty file (0 bytes)")

@@ -166,7 +166,13 @@ def extract(
             "(its config.json 'store.spec.backbone')."
         )
     try:
-        with StoreLock(location, purpose="extract") as lock:
+        lock = StoreLock(
+            location,
+            purpose="extract",
+            wait_s=options.wait_for_lock_s,
+            on_wait=lambda message: print(message, file=sys.stderr, flush=True),
+        )
+        with lock:
             writer = StoreWriter.open(location, spec, lock, feature_set=options.feature_set)
             summary = ExtractSummary(
                 store=store, fingerprint=fingerprint(spec), feature_set=writer.feature_set

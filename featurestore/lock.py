@@ -63,9 +63,21 @@ class StoreLock:
         StoreLocked: another driver holds the lock and its heartbeat is fresh.
     """
 
-    def __init__(self, location: StoreLocation, *, purpose: str = "extract") -> None:
+    def __init__(
+        self,
+        location: StoreLocation,
+        *,
+        purpose: str = "extract",
+        wait_s: float = 0.0,
+        on_wait=None,
+    ) -> None:
+        """``wait_s``: how long to wait for another holder to finish before raising
+        :class:`StoreLocked` (0: not at all); ``on_wait(message)`` is called once when
+        waiting starts."""
         self.location = location
         self.purpose = purpose
+        self.wait_s = wait_s
+        self.on_wait = on_wait
         self.lease_s = lease_seconds()
         self.run_id = uuid.uuid4().hex[:8]
         self.generation: int | None = None
@@ -183,8 +195,26 @@ class StoreLock:
                 self.location.delete(f"{LOCK_DIR}/g{self.generation:08d}", recursive=True)
         self.generation = None
 
+    def acquire_waiting(self) -> StoreLock:
+        """:meth:`acquire`, retried once a second for up to ``wait_s`` seconds while
+        another driver holds the lock."""
+        import time
+
+        deadline = time.monotonic() + self.wait_s
+        told = False
+        while True:
+            try:
+                return self.acquire()
+            except StoreLocked as err:
+                if time.monotonic() >= deadline:
+                    raise
+                if not told and self.on_wait is not None:
+                    self.on_wait(f"waiting for the writer lock: {str(err).split('. One', 1)[0]}")
+                    told = True
+                time.sleep(1.0)
+
     def __enter__(self) -> StoreLock:
-        return self.acquire()
+        return self.acquire_waiting()
 
     def __exit__(self, *exc) -> None:
         self.release()

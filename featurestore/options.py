@@ -102,6 +102,8 @@ class ExtractOptions:
         replace_other_sources: also replace a stored clip by a file of the same clip
             id from another source path with other content (never done otherwise: such
             a file is a failure naming both paths).
+        wait_for_lock_s: wait this long for another writer of the store to finish
+            (saying so on stderr unless ``quiet``) instead of failing at once.
         expect_fingerprint: refuse, before any work, to make other features.
         dashboard: serve the local cluster's dashboard on 127.0.0.1:8787.
         quiet: no progress bar.
@@ -123,6 +125,7 @@ class ExtractOptions:
     part_seconds: float | None = None
     refresh_changed: bool = False
     replace_other_sources: bool = False
+    wait_for_lock_s: float = 0.0
     expect_fingerprint: str | None = None
     dashboard: bool = False
     quiet: bool = False

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from collections import defaultdict
 from collections.abc import Iterable
 from pathlib import Path
@@ -27,9 +28,20 @@ def sha256_of_file(path: str | Path) -> str:
 
 
 def probe(record: ClipRecord) -> ClipRecord:
-    """Fill duration, rate, channels and sha256 from the file; set ``problem`` if unreadable."""
-    record.sha256 = sha256_of_file(record.path)
-    if source_size(record.path) == 0:
+    """Fill duration, rate, channels and sha256 from the file; set ``problem`` if unreadable
+    (a broken symbolic link, a file without read permission, ...)."""
+    try:
+        record.sha256 = sha256_of_file(record.path)
+        size = source_size(record.path)
+    except OSError as err:
+        broken = os.path.islink(record.path) and not os.path.exists(record.path)
+        record.problem = (
+            f"a broken symbolic link (to {os.readlink(record.path)})"
+            if broken
+            else f"cannot be read ({err.strerror or type(err).__name__})"
+        )
+        return record
+    if size == 0:
         record.problem = "empty file (0 bytes)"
         return record
     if is_container(record.path):

@@ -21,6 +21,9 @@ from models.head_files import LoadedHead, sets_for_head
 from models.prediction import Predictions, load_heads, predict_store
 
 
+LOCK_WAIT_S = 6 * 3600.0  # how long a score waits for another writer of its store
+
+
 def default_score_store(fingerprint: str) -> Path:
     """The cache store for features of one spec, under the user cache
     (``$EMI_CACHE`` or ``~/.cache/emi``).
@@ -114,6 +117,10 @@ def score_folder(
 
     summaries = []
     for index, ref in enumerate(refs):  # every feature set the heads read
+        stored = _all_stored(location, ref.fingerprint, records)
+        if stored is not None:  # nothing to extract: no writer lock taken
+            summaries.append(stored)
+            continue
         spec = loaded[0].spec if index == 0 else ref.spec
         if spec is None:
             raise HeadError(f"{loaded[0].folder}: its config.json records no feature spec")
@@ -129,6 +136,8 @@ def score_folder(
             layers=spec.layers,
             feature_set=_set_name(location, ref),
             refresh_changed=True,  # never serve features of a file's earlier content
+            # another score (or extract) writing the store: wait for it, saying so
+            wait_for_lock_s=LOCK_WAIT_S,
             expect_fingerprint=ref.fingerprint,
             quiet=quiet,
         )
@@ -163,6 +172,28 @@ def score_folder(
         min(s.already_stored for s in summaries),
         failed,
     )
+
+
+def _all_stored(location: str, wanted: str, records: list[ClipRecord]):
+    """An :class:`ExtractSummary` of nothing to do where the store's set of features
+    ``wanted`` holds every record with the file's current content; else None."""
+    from featurestore.errors import StoreError
+    from featurestore.extraction import ExtractSummary
+
+    try:
+        opened = FeatureStore.open(location)
+    except StoreError:
+        return None  # absent (or damaged: extract says so)
+    held = opened.set_for_fingerprint(wanted)
+    if held is None or any(r.problem or not r.sha256 for r in records):
+        return None
+    stored = held.sha256_by_clip()
+    if any(stored.get(r.clip_id) != r.sha256 for r in records):
+        return None
+    return ExtractSummary(
+        store=location, fingerprint=wanted, feature_set=held.feature_set,
+        already_stored=len(records),
+    )  # fmt: skip
 
 
 def _set_name(location: str, ref) -> str | None:

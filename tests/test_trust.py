@@ -315,3 +315,53 @@ def test_verify_reports_and_repair_removes_temporaries_of_interrupted_writes(mad
     repaired = run_cli("store", "repair", store)
     assert "1 temporary file of interrupted writes" in repaired.output
     assert run_cli("store", "verify", store).exit_code == 0
+
+
+# -- 10. scores of the cache store: no lock when nothing is missing, else wait for it -----
+
+
+def test_scores_share_the_cache_store(made, tmp_path, monkeypatch):
+    import shutil
+    import threading
+
+    from featurestore.location import StoreLocation
+    from featurestore.lock import StoreLock
+    from models.score import default_score_store
+
+    monkeypatch.setenv("EMI_CACHE", str(tmp_path / "cache"))
+    first, second = tmp_path / "a", tmp_path / "b"
+    first.mkdir()
+    second.mkdir()
+    for k, wav in enumerate(sorted(made["audio"].glob("*.wav"))[:6]):
+        shutil.copy(wav, (first if k < 3 else second) / wav.name)
+    run_cli("score", first, "--head", made["head"], "-o", tmp_path / "a.csv", "--quiet")
+    fingerprint = json.loads((made["head"] / "config.json").read_text())["store"]["fingerprint"]
+    cache = default_score_store(fingerprint)
+    assert cache.exists()
+    held = StoreLock(StoreLocation.of(cache), purpose="extract").acquire()  # another writer
+    try:
+        again = run_cli("score", first, "--head", made["head"], "-o", tmp_path / "a2.csv")
+        assert "0 extracted, 3 reused" in again.output
+        threading.Timer(2.0, held.release).start()
+        waited = run_cli("score", second, "--head", made["head"], "-o", tmp_path / "b.csv")
+    finally:
+        held.release()
+    assert "waiting for the writer lock" in waited.output and "3 extracted" in waited.output
+
+
+# -- 11. a broken symlink is a per-clip problem ----------------------------------------------
+
+
+def test_a_broken_symlink_is_a_clip_with_its_reason(made, tiny_backbone, tmp_path):
+    audio = tmp_path / "audio"
+    audio.mkdir()
+    (audio / "00001.wav").write_bytes((made["audio"] / "00001.wav").read_bytes())
+    (audio / "gone.wav").symlink_to(tmp_path / "nowhere.wav")
+    built = run_cli("manifest", "build", audio, "-o", tmp_path / "m.csv")
+    assert "gone" in built.output and "broken symbolic link" in built.output
+    extracted = run_cli("extract", audio, tmp_path / "s.zarr", "--model", tiny_backbone,
+                        "--json", "--quiet", expect=3)  # fmt: skip
+    [failure] = json.loads(extracted.stdout)["failed"]
+    assert failure["clip_id"] == "gone" and "broken symbolic link" in failure["reason"]
+    scored = run_cli("score", audio, "--head", made["head"], "-o", tmp_path / "p.csv", expect=3)
+    assert "gone: " in scored.output and "Traceback" not in scored.output
