@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import uuid
 from collections.abc import Iterator
@@ -46,6 +47,49 @@ def _sibling(path: Path, what: str) -> Path:
     return path.with_name(f".{path.name}.{what}-{uuid.uuid4().hex[:8]}")
 
 
+_LEFTOVER = re.compile(r"\.(?P<name>.+)\.(?P<what>partial|old)-[0-9a-f]{8}")
+
+
+def is_leftover(path: str | os.PathLike) -> bool:
+    """A hidden ``.NAME.partial-*`` or ``.NAME.old-*`` sibling of an interrupted write."""
+    return _LEFTOVER.fullmatch(Path(path).name) is not None
+
+
+def clean_leftovers(
+    folder: str | os.PathLike, *, name: str | None = None, min_age_s: float = 600.0
+) -> list[Path]:
+    """Tidy what interrupted atomic writes left directly in ``folder`` (only those of
+    ``name`` when given) at least ``min_age_s`` ago (a write in progress is younger: a
+    head's files are written in seconds); returns what was removed or restored.
+
+    A ``.NAME.partial-*`` never took NAME's place: removed. A ``.NAME.old-*`` is the
+    earlier NAME moved aside: removed where NAME exists, else moved back (the write
+    stopped between the two renames, so it is the only copy)."""
+    import time
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    done = []
+    now = time.time()
+    found = [(p, p.lstat().st_mtime) for p in folder.iterdir() if is_leftover(p)]
+    for item, mtime in sorted(found, key=lambda pair: pair[1], reverse=True):
+        match = _LEFTOVER.fullmatch(item.name)
+        if (name is not None and match["name"] != name) or now - mtime < min_age_s:
+            continue
+        if not os.path.lexists(item):
+            continue
+        target = folder / match["name"]
+        if match["what"] == "old" and not target.exists():
+            os.replace(item, target)
+        elif item.is_dir() and not item.is_symlink():
+            shutil.rmtree(item, ignore_errors=True)
+        else:
+            item.unlink(missing_ok=True)
+        done.append(item)
+    return done
+
+
 @contextlib.contextmanager
 def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it replaces ``path``.
@@ -75,6 +119,7 @@ def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    clean_leftovers(path.parent, name=path.name, min_age_s=0)  # an interrupted earlier write
     temporary = _sibling(path, "partial")
     temporary.mkdir()
     try:

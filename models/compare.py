@@ -53,19 +53,34 @@ def layer_choice(layers: tuple[int | None, ...]) -> str:
 
 def find_heads(paths: Sequence[str | os.PathLike]) -> list[Path]:
     """Head folders: each path that is one, or the head folders found below it."""
+    from manifests.atomic import clean_leftovers, is_leftover
+
     found: list[Path] = []
     for raw in paths:
         path = Path(raw)
         if not path.exists():
             raise HeadError(f"{path}: no such folder")
+        if is_leftover(path):
+            raise HeadError(f"{path}: the temporary of an interrupted write, not a head")
+        clean_leftovers(path)  # what killed trainings left beside the heads
         if _is_head(path):
             found.append(path)
             continue
-        below = sorted(c.parent for c in path.rglob("config.json") if _is_head(c.parent))
+        below = sorted(
+            c.parent
+            for c in path.rglob("config.json")
+            if _is_head(c.parent) and not _hidden_below(c.parent, path)
+        )
         if not below:
             raise HeadError(f"{path}: no head folders in it (config.json + model.safetensors)")
         found.extend(below)
     return list(dict.fromkeys(p.resolve() for p in found))
+
+
+def _hidden_below(folder: Path, top: Path) -> bool:
+    """A folder below ``top`` whose path has a hidden part (``.a.partial-*`` left by an
+    interrupted write, ``.git``, ...): never a head to list."""
+    return any(part.startswith(".") for part in folder.relative_to(top).parts)
 
 
 def _is_head(folder: Path) -> bool:

@@ -114,6 +114,9 @@ class HeadPlan:
         return (self.layer,)
 
 
+MAX_GRID_HEADS = 1000  # heads one grid file may make (each is a training run)
+
+
 def plans_from_grid(grid: dict, *, defaults: TrainSettings) -> list[HeadPlan]:
     """Head plans from a grid file's dict.
 
@@ -147,6 +150,14 @@ def plans_from_grid(grid: dict, *, defaults: TrainSettings) -> list[HeadPlan]:
     base = dict(grid.get("defaults", {}))
     entries = [dict(e) for e in grid.get("heads", [])]
     product = grid.get("grid", {})
+    lists = [v if isinstance(v, list) else [v] for v in product.values()]
+    count = len(entries) + (math.prod(len(v) for v in lists) if product else 0)
+    if count > MAX_GRID_HEADS:
+        sizes = " x ".join(str(len(v)) for v in lists)
+        raise SettingsError(
+            f"grid file: {count} heads ({len(entries)} listed + a grid of {sizes}), more "
+            f"than the limit of {MAX_GRID_HEADS} per run; split it into several grid files"
+        )
     if product:
         keys = list(product)
         for values in itertools.product(
@@ -720,6 +731,11 @@ def train(
                 grid = json.loads(Path(grid).read_text())
             except (OSError, ValueError) as err:
                 raise SettingsError(f"grid file {grid}: {err}") from err
+            except RecursionError:
+                raise SettingsError(
+                    f"grid file {grid}: nested too deeply to be a grid (a grid is an object "
+                    "of 'defaults', 'heads' and 'grid', each one level deep)"
+                ) from None
         plans = plans_from_grid(grid, defaults=settings)
     else:
         if preset not in PRESETS:

@@ -365,3 +365,41 @@ def test_a_broken_symlink_is_a_clip_with_its_reason(made, tiny_backbone, tmp_pat
     assert failure["clip_id"] == "gone" and "broken symbolic link" in failure["reason"]
     scored = run_cli("score", audio, "--head", made["head"], "-o", tmp_path / "p.csv", expect=3)
     assert "gone: " in scored.output and "Traceback" not in scored.output
+
+
+# -- 12. what a killed training left is never a head; the next train or heads command tidies -
+
+
+def test_leftovers_of_killed_trainings_are_not_heads(made, tmp_path):
+    import os
+    import shutil
+
+    heads = tmp_path / "heads"
+    shutil.copytree(made["head"], heads / "a")
+    shutil.copytree(made["head"], heads / ".a.partial-0123abcd")  # killed while writing
+    shutil.copytree(made["head"], heads / ".b.old-4567cdef")  # killed between the renames
+    for leftover in (heads / ".a.partial-0123abcd", heads / ".b.old-4567cdef"):
+        os.utime(leftover, (1e9, 1e9))  # long ago
+    card = json.loads((heads / ".a.partial-0123abcd" / "config.json").read_text())
+    compared = run_cli("heads", "compare", heads, "--json")
+    rows = json.loads(compared.output)["heads"]
+    assert sorted(Path(r["folder"]).name for r in rows) == ["a", "b"]  # b restored
+    assert not (heads / ".a.partial-0123abcd").exists() and (heads / "b" / "config.json").exists()
+    assert card["name"]  # (the partial held a whole head: only its name makes it a leftover)
+
+
+# -- 13. a grid's size is counted before it is expanded; deep nesting is a clear error -----
+
+
+def test_huge_and_deep_grids_are_refused_at_once(made, tmp_path):
+    from tests.conftest import train_cli
+
+    huge = {
+        "grid": {k: list(range(100)) for k in ("lr", "seed", "epochs", "dropout", "batch_size")}
+    }
+    (tmp_path / "huge.json").write_text(json.dumps(huge))
+    refused = train_cli(made, tmp_path / "h", "--grid", tmp_path / "huge.json", expect=2)
+    assert "10000000000 heads" in refused.output and "limit of 1000" in refused.output
+    (tmp_path / "deep.json").write_text("[" * 100_000 + "]" * 100_000)
+    deep = train_cli(made, tmp_path / "h", "--grid", tmp_path / "deep.json", expect=2)
+    assert "nested too deeply" in deep.output and "Traceback" not in deep.output
