@@ -20,7 +20,6 @@ from models.errors import HeadError
 from models.head_files import LoadedHead, sets_for_head
 from models.prediction import Predictions, load_heads, predict_store
 
-
 LOCK_WAIT_S = 6 * 3600.0  # how long a score waits for another writer of its store
 
 
