@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import replace
 
 import click
 from tqdm import tqdm
 
 from featurestore.hdf5 import export_hdf5
-from featurestore.report import repair_store, store_info, verify_store
+from featurestore.report import rebuild_root, repair_store, store_info, verify_all
 from featurestore.store import FeatureStore
 from manifests.records import count_of
 
@@ -92,13 +91,7 @@ def info(location: str, feature_set: str | None, as_json: bool) -> None:
 def verify(location: str) -> None:
     """Read every committed part and check it against its checksums, shapes, offsets,
     ids and means; exit 1 naming each damaged part and array."""
-    opened = FeatureStore.open(location)
-    several = len(opened.feature_sets) > 1
-    problems = [
-        replace(p, feature_set=name) if several else p
-        for name in opened.feature_sets
-        for p in verify_store(opened.with_set(name))
-    ]
+    problems = verify_all(location)
     if problems:
         click.echo(f"{location}: {count_of(len(problems), 'problem')}", err=True)
         for p in problems:
@@ -109,6 +102,7 @@ def verify(location: str) -> None:
             err=True,
         )
         sys.exit(1)
+    opened = FeatureStore.open(location)
     counts = [opened.with_set(name) for name in opened.feature_sets]
     click.echo(
         f"{location}: ok ("
@@ -123,9 +117,30 @@ def verify(location: str) -> None:
 
 @store.command("repair")
 @click.argument("location")
-def repair(location: str) -> None:
+@click.option(
+    "--rebuild-root",
+    "rebuild",
+    is_flag=True,
+    help="Rebuild the root's index from the part markers first (a damaged root, or an "
+    "edited feature set spec); the old root is kept beside it.",
+)
+def repair(location: str, rebuild: bool) -> None:
     """Drop damaged parts (their clips count as missing, so the next `emi extract`
-    recomputes them) and delete part folders no run committed."""
+    recomputes them) and delete part folders no run committed.
+
+    With --rebuild-root, first rebuild the root's index from the part markers (for a
+    root that is damaged or whose set specs were edited); the old root is kept beside
+    it."""
+    if rebuild:
+        rebuilt = rebuild_root(location)
+        sets = ", ".join(f"{name} ({count_of(n, 'part')})" for name, n in rebuilt.sets.items())
+        click.echo(
+            f"{location}: rebuilt the root from the part markers: {sets}, "
+            f"{count_of(rebuilt.clips, 'clip')}"
+            + (f"; the old root is kept as {rebuilt.backup}" if rebuilt.backup else "")
+        )
+        for why in rebuilt.skipped:
+            click.echo(f"  left out {why}", err=True)
     report = repair_store(location)
     if report.removed_unfinished_root:
         click.echo(

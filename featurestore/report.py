@@ -3,23 +3,33 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import json
 from collections import Counter
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from featurestore.errors import StoreDamage, StoreError
-from featurestore.location import StoreLocation
+from featurestore.location import StoreLocation, group_node
 from featurestore.lock import StoreLock
-from featurestore.spec import layer_key
+from featurestore.spec import fingerprint, layer_key
 from featurestore.store import (
     PART_ATTR,
     PARTS,
+    ROOT_ATTR,
+    SETS,
+    SETS_FORMAT,
+    STORE_FORMAT,
     FeatureStore,
     StoreWriter,
+    default_set,
     feature_sets,
+    index_digest,
     never_completed,
     read_root,
+    set_intact,
+    set_name_of,
 )
 
 
@@ -192,7 +202,11 @@ def repair_store(location: str, *, storage_options: dict | None = None) -> Repai
         meta = read_root(where)
         several = len(feature_sets(meta)) > 1
         for name in feature_sets(meta):
-            store = FeatureStore(where, meta, name)
+            try:
+                store = FeatureStore(where, meta, name)
+            except StoreDamage as err:  # its spec was edited: only a rebuilt root helps
+                report.problems.append(Problem(None, str(err), feature_set=name))
+                continue
             store.location = str(location)
             problems = verify_store(store)
             damaged = sorted({p.part for p in problems if p.part})
@@ -210,3 +224,146 @@ def repair_store(location: str, *, storage_options: dict | None = None) -> Repai
                 where.delete(path)
                 report.removed_leftovers.append(path)
     return report
+
+
+def verify_all(location: str, *, storage_options: dict | None = None) -> list[Problem]:
+    """:func:`verify_store` of every feature set of the store at ``location`` (a set
+    whose spec in the root was edited is one problem; the others are still checked).
+
+    Raises:
+        StoreError: no store there. StoreDamage: the root itself is damaged.
+    """
+    where = StoreLocation.of(location, storage_options)
+    meta = read_root(where)
+    if meta is None:
+        FeatureStore.open(location, storage_options=storage_options)  # says why
+    names = [default_set(meta), *sorted(n for n in feature_sets(meta) if n != default_set(meta))]
+    several = len(names) > 1
+    problems: list[Problem] = []
+    for name in names:
+        try:
+            store = FeatureStore(where, meta, name)
+        except StoreDamage as err:
+            problems.append(Problem(None, str(err), feature_set=name if several else None))
+            continue
+        store.location = str(location)
+        problems += [replace(p, feature_set=name) if several else p for p in verify_store(store)]
+    return problems
+
+
+@dataclass
+class RebuildReport:
+    """What :func:`rebuild_root` found: the sets and parts of the new root, and the part
+    folders it left out (with why)."""
+
+    sets: dict[str, int] = field(default_factory=dict)  # set name -> parts
+    clips: int = 0
+    skipped: list[str] = field(default_factory=list)  # "path: why"
+    backup: str | None = None  # where the old root's bytes were kept
+
+
+def rebuild_root(location: str, *, storage_options: dict | None = None) -> RebuildReport:
+    """Rebuild the root's index from the part markers (``emi store repair
+    --rebuild-root``): every part folder whose marker says complete becomes a part of
+    its folder's feature set, with the spec and record its marker holds (parts of other
+    features than the set's first are left out and named). The old root's bytes are
+    kept beside it (``zarr.json.before-rebuild-<time>``); failure records, which only
+    the root held, are kept where the old root is readable, else lost (the next
+    extract retries those clips). Takes the writer lock.
+    """
+    where = StoreLocation.of(location, storage_options)
+    report = RebuildReport()
+    with StoreLock(where, purpose="store repair"):
+        try:
+            old_raw = where.read("zarr.json")
+        except FileNotFoundError:
+            old_raw = None
+        old = _readable_root(old_raw)
+        old_sets = _old_sets(old)
+        folders = [(None, PARTS)] + [
+            (name, f"{SETS}/{name}/{PARTS}")
+            for name in where.entries(SETS)
+            if name != "zarr.json" and not name.endswith(".partial")
+        ]
+        sets: dict[str, dict] = {}
+        for name, path in folders:
+            spec, parts = _parts_from_markers(where, path, report)
+            if spec is None:
+                continue
+            if name is None:  # the first set: its old name, else its backbone's
+                by_path = [n for n, r in old_sets.items() if r.get("parts_path", PARTS) == PARTS]
+                name = by_path[0] if by_path else set_name_of(spec)
+            failures = old_sets.get(name, {}).get("failures", {})
+            sets[name] = {
+                "parts_path": path,
+                "fingerprint": fingerprint(spec),
+                "spec": spec,
+                "parts": parts,
+                "failures": failures if isinstance(failures, dict) else {},
+            }
+            report.sets[name] = len(parts)
+            report.clips += sum(int(r.get("clips", 0)) for r in parts.values())
+        if not sets:
+            raise StoreError(f"{location}: no complete part to rebuild a root from")
+        first = next(iter(sets))
+        record = sets[first]
+        if (
+            len(sets) == 1
+            and first == set_name_of(record["spec"])
+            and record["spec"].get("vad_labels")
+        ):
+            meta = {"format_version": STORE_FORMAT, **{k: v for k, v in record.items()
+                                                       if k != "parts_path"}}  # fmt: skip
+        else:
+            meta = {"format_version": SETS_FORMAT, "default_set": first, "sets": sets}
+        meta["index_digest"] = index_digest(meta)
+        if old_raw is not None:
+            stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+            report.backup = f"zarr.json.before-rebuild-{stamp}"
+            where.write(report.backup, old_raw)
+        where.write("zarr.json", group_node({ROOT_ATTR: meta}))
+    return report
+
+
+def _readable_root(raw: bytes | None) -> dict:
+    try:
+        meta = json.loads(raw)["attributes"][ROOT_ATTR]
+        return meta if isinstance(meta, dict) else {}
+    except (TypeError, ValueError, KeyError):
+        return {}
+
+
+def _old_sets(old: dict) -> dict[str, dict]:
+    try:
+        sets = feature_sets(old)
+        return {n: r for n, r in sets.items() if isinstance(r, dict)}
+    except (KeyError, TypeError, AttributeError):
+        return {}
+
+
+def _parts_from_markers(where: StoreLocation, path: str, report: RebuildReport):
+    """The spec and ``{part: record}`` of the complete parts under ``path``."""
+    spec, parts = None, {}
+    for part in where.entries(path):
+        if part == "zarr.json" or part.endswith(".partial"):
+            continue
+        try:
+            marker = json.loads(where.read(f"{path}/{part}/zarr.json"))["attributes"][PART_ATTR]
+        except (FileNotFoundError, ValueError, KeyError, TypeError):
+            report.skipped.append(f"{path}/{part}: no readable marker")
+            continue
+        if not isinstance(marker, dict) or not marker.get("complete"):
+            report.skipped.append(f"{path}/{part}: never completed")
+            continue
+        if not set_intact(marker):
+            report.skipped.append(
+                f"{path}/{part}: its marker's spec does not match its fingerprint"
+            )
+            continue
+        if spec is None:
+            spec = marker["spec"]
+        elif fingerprint(marker["spec"]) != fingerprint(spec):
+            report.skipped.append(f"{path}/{part}: features of another spec than the set's")
+            continue
+        parts[part] = {k: v for k, v in marker.items() if k not in ("complete", "spec")}
+    return spec, parts

@@ -201,7 +201,9 @@ def parts_path(record: dict) -> str:
     return record.get("parts_path", PARTS)
 
 
-def _index_digest(meta: dict) -> str:
+def index_digest(meta: dict) -> str:
+    """The digest of a root's index (what every set holds), recorded as its
+    ``index_digest``."""
     if meta.get("format_version") == SETS_FORMAT:
         return digest_of_json(
             {
@@ -216,18 +218,41 @@ def _index_digest(meta: dict) -> str:
 
 
 def _intact(meta: dict) -> bool:
-    """The root's index digest and every set's fingerprint match (a format-2 root names
-    no parts folder: its parts are always under ``parts/``)."""
+    """The root's index digest matches (a format-2 root names no parts folder: its
+    parts are always under ``parts/``; its one set's spec must match its fingerprint).
+    A format-3 set whose spec was edited is damage of that set only
+    (:func:`check_set_record`): the other sets stay readable."""
     try:
         sets = feature_sets(meta)
         return (
-            meta.get("index_digest") == _index_digest(meta)
+            meta.get("index_digest") == index_digest(meta)
             and (meta.get("format_version") == SETS_FORMAT or "parts_path" not in meta)
             and default_set(meta) in sets
-            and all(fingerprint(r["spec"]) == r.get("fingerprint") for r in sets.values())
+            and (meta.get("format_version") == SETS_FORMAT or set_intact(meta))
         )
     except (KeyError, TypeError, AttributeError, StopIteration):
         return False
+
+
+def set_intact(record: dict) -> bool:
+    """A set's spec is the one its fingerprint was made from."""
+    try:
+        return isinstance(record.get("spec"), dict) and fingerprint(record["spec"]) == record.get(
+            "fingerprint"
+        )
+    except (KeyError, TypeError, AttributeError, ValueError):
+        return False
+
+
+def check_set_record(location: str, name: str, record: dict) -> None:
+    """Raise :class:`StoreDamage` where feature set ``name``'s spec in the root does not
+    match its fingerprint (edited): that set is unreadable until the root is rebuilt."""
+    if not set_intact(record):
+        raise StoreDamage(
+            f"{location}: feature set {name!r}: its spec in the root metadata does not match "
+            "its fingerprint (edited or damaged); `emi store repair --rebuild-root` rebuilds "
+            "the root from the part markers. The store's other sets are unaffected."
+        )
 
 
 def read_root(location: StoreLocation) -> dict | None:
@@ -253,7 +278,8 @@ def read_root(location: StoreLocation) -> dict | None:
         if PARTS in entries:
             raise StoreDamage(
                 f"{location.url}: its root metadata zarr.json is missing, but parts/ is "
-                "there: a damaged feature store. Nothing was changed."
+                "there: a damaged feature store. Nothing was changed; `emi store repair "
+                "--rebuild-root` rebuilds it from the part markers."
             ) from None
         raise StoreError(
             f"{location.url} is a folder that is not an emi feature store (it holds "
@@ -267,7 +293,8 @@ def read_root(location: StoreLocation) -> dict | None:
         if never_completed(location, raw):
             return None  # a creation that stopped (a full disk): the next extract redoes it
         raise StoreDamage(
-            f"{location.url}: root metadata zarr.json is damaged ({err}). Nothing was changed."
+            f"{location.url}: root metadata zarr.json is damaged ({err}). Nothing was "
+            "changed; `emi store repair --rebuild-root` rebuilds it from the part markers."
         ) from err
     meta = attrs.get(ROOT_ATTR) if isinstance(attrs, dict) else None
     if not isinstance(meta, dict):
@@ -283,7 +310,8 @@ def read_root(location: StoreLocation) -> dict | None:
     if not _intact(meta):
         raise StoreDamage(
             f"{location.url}: root metadata zarr.json does not match its own checksum or "
-            "fingerprint (edited or damaged). Nothing was changed."
+            "fingerprint (edited or damaged). Nothing was changed; `emi store repair "
+            "--rebuild-root` rebuilds it from the part markers."
         )
     return meta
 
@@ -339,7 +367,7 @@ def _new_root(spec: FeatureSpec | dict, name: str) -> dict:
             "default_set": name,
             "sets": {name: {"parts_path": PARTS, **record}},
         }
-    meta["index_digest"] = _index_digest(meta)
+    meta["index_digest"] = index_digest(meta)
     return meta
 
 
@@ -402,6 +430,7 @@ class StoreWriter:
         if feature_set not in sets:
             return cls._add_set(location, meta, feature_set, spec, lock)
         held = sets[feature_set]
+        check_set_record(location.url, feature_set, held)
         if held["fingerprint"] != wanted:
             others = ", ".join(sorted(sets))
             raise StoreError(
@@ -456,7 +485,7 @@ class StoreWriter:
     def _save(self) -> None:
         if self.lock is not None:
             self.lock.ensure_held()
-        self.meta["index_digest"] = _index_digest(self.meta)
+        self.meta["index_digest"] = index_digest(self.meta)
         self.location.write("zarr.json", group_node({ROOT_ATTR: self.meta}))
 
     def commit(self, name: str | None, record: dict | None, failures: list[dict]) -> None:
@@ -800,6 +829,7 @@ class FeatureStore:
                 f"{', '.join(sorted(sets))})"
             )
         self._meta = sets[self.feature_set]  # this set's record
+        check_set_record(location.url, self.feature_set, self._meta)
         self._parts_path = parts_path(self._meta)
         self._zarr = open_zarr_store(
             location.url, mode="r", storage_options=location.storage_options

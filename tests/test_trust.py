@@ -403,3 +403,37 @@ def test_huge_and_deep_grids_are_refused_at_once(made, tmp_path):
     (tmp_path / "deep.json").write_text("[" * 100_000 + "]" * 100_000)
     deep = train_cli(made, tmp_path / "h", "--grid", tmp_path / "deep.json", expect=2)
     assert "nested too deeply" in deep.output and "Traceback" not in deep.output
+
+
+# -- 14. an edited set spec blocks that set only; the root rebuilds from the part markers -
+
+
+def test_an_edited_set_spec_blocks_only_that_set_and_the_root_rebuilds(made, tmp_path):
+    store = copy_store(made, tmp_path / "s.zarr")
+    run_cli("extract", made["audio"], store, "--feature-set", "more", "--layers", "all",
+            "--quiet")  # fmt: skip
+    before = {n: FeatureStore.open(store, feature_set=n).hidden("00001").copy()
+              for n in ("more", FeatureStore.open(store).feature_set)}  # fmt: skip
+    root = store / "zarr.json"
+    node = json.loads(root.read_text())
+    node["attributes"]["emi"]["sets"]["more"]["spec"]["window_seconds"] = 5.0
+    root.write_text(json.dumps(node))
+    first = FeatureStore.open(store)  # the other set is unaffected
+    np.testing.assert_array_equal(first.hidden("00001"), before[first.feature_set])
+    with pytest.raises(Exception, match="feature set 'more': its spec"):
+        FeatureStore.open(store, feature_set="more")
+    verify = run_cli("store", "verify", store, expect=1)
+    assert "set more" in verify.output and "--rebuild-root" in verify.output
+    run_cli("predict", store, "--head", made["head"], "-o", tmp_path / "p.csv")
+    # the whole root lost: rebuilt from the markers, both sets as they were
+    root.write_bytes(b"garbage")
+    assert "--rebuild-root" in run_cli("store", "verify", store, expect=2).output
+    rebuilt = run_cli("store", "repair", store, "--rebuild-root")
+    assert "rebuilt the root from the part markers" in rebuilt.output
+    assert (store / rebuilt.output.split("kept as ")[1].split()[0].rstrip(",;")).exists()
+    assert run_cli("store", "verify", store).exit_code == 0
+    for name, hidden in before.items():
+        np.testing.assert_array_equal(
+            FeatureStore.open(store, feature_set=name).hidden("00001"), hidden
+        )
+    assert FeatureStore.open(store).fingerprint == first.fingerprint
