@@ -22,11 +22,18 @@ from cli import (
     models_cmd,
     store_cmd,
 )
-from featurestore.errors import BackboneError, DeviceError, LayerError, StoreError
+from featurestore.errors import (
+    ArgumentError,
+    BackboneError,
+    DeviceError,
+    LayerError,
+    StoreError,
+)
 from manifests.records import ManifestError
 from models.errors import HeadError, SettingsError
 
 USER_ERRORS = (
+    ArgumentError,
     ManifestError,
     StoreError,
     BackboneError,

@@ -36,6 +36,7 @@ _EXPORTS = {
     "BackboneError": "featurestore.errors",
     "DeviceError": "featurestore.errors",
     "LayerError": "featurestore.errors",
+    "ArgumentError": "featurestore.errors",
 }
 __all__ = sorted(_EXPORTS)
 

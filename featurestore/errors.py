@@ -30,6 +30,11 @@ class DeviceError(ValueError):
     without a CUDA GPU)."""
 
 
+class ArgumentError(ValueError):
+    """A Python API call with an argument that breaks its rule (the message names the
+    argument, what it is and what it must be)."""
+
+
 class LayerError(ValueError):
     """Layers asked for that the backbone or the store does not have (the message names
     the option and the layers there are)."""

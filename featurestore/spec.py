@@ -116,8 +116,12 @@ class FeatureSpec(FieldAccess):
         Raises:
             LayerError: that layer is not stored (the message names the stored ones).
         """
-        if layer is None or int(layer) in self.layers:
-            return None if layer is None else int(layer)
+        if layer is not None and (isinstance(layer, bool) or not isinstance(layer, int)):
+            raise LayerError(
+                f"layer {layer!r}: give a layer number (an int) or None for the last hidden state"
+            )
+        if layer is None or layer in self.layers:
+            return layer
         stored = ", ".join(map(str, self.layers)) or "none besides the last hidden state"
         raise LayerError(
             f"layer {layer} is not stored (stored layers: {stored}); extract it into a "

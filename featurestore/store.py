@@ -58,7 +58,7 @@ import zarr.storage
 from zarr.codecs import ZstdCodec
 from zarr.core.sync import sync as zarr_sync
 
-from featurestore.errors import StoreDamage, StoreError
+from featurestore.errors import ArgumentError, StoreDamage, StoreError
 from featurestore.integrity import check_digest, digest_of, digest_of_json, metadata_digest
 from featurestore.location import StoreLocation, group_node
 from featurestore.records import ClipFailure, FieldAccess
@@ -786,6 +786,26 @@ def write_part(
 # -- reading -----------------------------------------------------------------------------
 
 
+def check_clip_ids(clip_ids, what: str = "clip_ids") -> list[str]:
+    """``clip_ids`` as a list of distinct clip ids (texts), in the order given.
+
+    Raises:
+        ArgumentError: one text instead of a list of them, or items that are not texts.
+    """
+    if isinstance(clip_ids, (str, bytes)):
+        raise ArgumentError(
+            f"{what}: give a list of clip ids, not the text {clip_ids!r} (write [{clip_ids!r}])"
+        )
+    try:
+        items = list(clip_ids)
+    except TypeError:
+        raise ArgumentError(f"{what}: give a list of clip ids, not {clip_ids!r}") from None
+    bad = [c for c in items if not isinstance(c, str)]
+    if bad:
+        raise ArgumentError(f"{what}: clip ids are texts, not {bad[:3]!r}")
+    return list(dict.fromkeys(items))
+
+
 @dataclass(frozen=True)
 class ClipInfo(FieldAccess):
     """One stored clip: where it came from and where it is."""
@@ -945,6 +965,8 @@ class FeatureStore:
         return len(self._index)
 
     def _locate(self, clip_id: str) -> ClipLocation:
+        if not isinstance(clip_id, str):
+            raise ArgumentError(f"clip id {clip_id!r}: clip ids are texts")
         try:
             return self._index[clip_id]
         except KeyError:
@@ -1205,6 +1227,12 @@ class FeatureStore:
         Reads whole parts, so asking for many clips costs one read per array per part.
         ``max_frames`` keeps only each clip's first frames.
         """
+        if clip_ids is not None:
+            clip_ids = check_clip_ids(clip_ids)
+        if max_frames is not None and (
+            isinstance(max_frames, bool) or not isinstance(max_frames, int) or max_frames < 1
+        ):
+            raise ArgumentError(f"max_frames {max_frames!r}: give a whole number >= 1 or None")
         wanted = None if clip_ids is None else set(clip_ids)
         vad = "frame_vad" in self._schema
         for name, arrays in self.iter_parts(keys=("hidden", "frame_vad") if vad else ("hidden",)):

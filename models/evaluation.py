@@ -209,10 +209,19 @@ def evaluate_heads(
         >>> result.heads[0].score  # doctest: +SKIP
         Interval(value=0.41, low=0.37, high=0.45)
     """
+    from featurestore.errors import ArgumentError
     from models.errors import HeadError
     from models.head_files import sets_for_head
     from models.training import resolve_labels
 
+    if isinstance(resamples, bool) or not isinstance(resamples, int) or resamples < 0:
+        raise ArgumentError(f"resamples {resamples!r}: give a whole number >= 0 (0: no intervals)")
+    if (
+        isinstance(confidence, bool)
+        or not isinstance(confidence, (int, float))
+        or not (0 < confidence < 1)
+    ):
+        raise ArgumentError(f"confidence {confidence!r}: give a number between 0 and 1 (0.95)")
     opened = store if isinstance(store, FeatureStore) else FeatureStore.open(store)
     table = labels if isinstance(labels, LabelTable) else read_labels(labels)
     loaded = load_heads(heads, device=device)

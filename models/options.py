@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import click
 
@@ -32,6 +32,15 @@ class TrainSettings:
     max_seconds: float | None = None  # crop sequences (the paper: 12)
     mixed_precision: bool = True  # on a GPU only
 
+    def __post_init__(self) -> None:
+        """Every field by the rule of its CLI option (:data:`SETTING_RULES`).
+
+        Raises:
+            SettingsError: naming the field, its value and the rule.
+        """
+        for f in fields(self):
+            object.__setattr__(self, f.name, check_setting(f.name, getattr(self, f.name)))
+
     @property
     def max_frames(self) -> int | None:
         if self.max_seconds is None:
@@ -49,6 +58,8 @@ class NumberRule:
     low_open: bool = False
 
     def click_type(self) -> click.ParamType:
+        if self.low is None and self.high is None:
+            return click.INT if self.kind is int else click.FLOAT
         ranged = click.IntRange if self.kind is int else click.FloatRange
         extra = {} if self.kind is int else {"min_open": self.low_open}
         return ranged(min=self.low, max=self.high, **extra)

@@ -11,27 +11,12 @@ from pathlib import Path
 import numpy as np
 
 from featurestore.devices import require_device
-from featurestore.store import FeatureStore
+from featurestore.store import FeatureStore, check_clip_ids
 from manifests.atomic import atomic_file
 from models.errors import HeadError
 from models.head_files import LoadedHead, load_head, sets_for_head
 from models.sequences import DEFAULT_BUDGET_BYTES, load_sequences, require_clips
 from models.training import flush_denormals, predict_batches
-
-
-def clip_id_list(clip_ids, *, what: str = "clip_ids") -> list[str]:
-    """``clip_ids`` as a list of distinct texts, in the order given.
-
-    Raises:
-        HeadError: a single text instead of a list, or items that are not texts.
-    """
-    if isinstance(clip_ids, (str, bytes)):
-        raise HeadError(f"{what} must be a list of clip ids, not the text {clip_ids!r}")
-    items = list(clip_ids)
-    bad = [c for c in items if not isinstance(c, str)]
-    if bad:
-        raise HeadError(f"{what} must hold clip ids (texts), not {bad[:3]!r}")
-    return list(dict.fromkeys(items))
 
 
 def predict_store(
@@ -70,7 +55,7 @@ def predict_store(
     if clip_ids is None:
         ids = sorted(set().union(*held.values()))
     else:
-        ids = clip_id_list(clip_ids)
+        ids = check_clip_ids(clip_ids)
         require_clips(every, ids)
     row_of = {c: i for i, c in enumerate(ids)}
     out = {}
@@ -142,6 +127,8 @@ def load_heads(heads: Sequence[str | os.PathLike | LoadedHead], *, device: str =
         HeadError: a folder is not a head, or two heads share a name.
     """
     device = require_device(device)
+    if isinstance(heads, (str, os.PathLike, LoadedHead)):
+        heads = [heads]  # one head folder given alone
     loaded = [h if isinstance(h, LoadedHead) else load_head(h, device=device) for h in heads]
     names = [h.name for h in loaded]
     if len(set(names)) != len(names):
@@ -222,7 +209,7 @@ def predict(
     """
     opened = store if isinstance(store, FeatureStore) else FeatureStore.open(store)
     loaded = load_heads(heads, device=device)
-    ids = None if clip_ids is None else sorted(clip_id_list(clip_ids))
+    ids = None if clip_ids is None else sorted(check_clip_ids(clip_ids))
     ids, values = predict_store(opened, loaded, clip_ids=ids, device=device)
     result = Predictions(ids, loaded, values)
     if output is not None:

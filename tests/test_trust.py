@@ -437,3 +437,63 @@ def test_an_edited_set_spec_blocks_only_that_set_and_the_root_rebuilds(made, tmp
             FeatureStore.open(store, feature_set=name).hidden("00001"), hidden
         )
     assert FeatureStore.open(store).fingerprint == first.fingerprint
+
+
+# -- 15. public functions validate their arguments ------------------------------------------
+
+
+def test_python_api_misuse_gets_the_projects_errors(made):
+    from featurestore import ArgumentError, LayerError
+    from models import evaluate_heads, predict
+    from models.errors import SettingsError
+    from models.options import TrainSettings
+
+    store = FeatureStore.open(made["store"])
+    clip = store.clip_ids[0]
+    for bad in (1.5, True, "1"):
+        with pytest.raises(LayerError, match="give a layer number"):
+            store.hidden(clip, layer=bad)
+    with pytest.raises(ArgumentError, match="max_frames -1"):
+        list(store.read_clips([clip], max_frames=-1))
+    with pytest.raises(ArgumentError, match="not the text"):
+        list(store.read_clips(clip))
+    [(only, hidden, _)] = list(store.read_clips([clip, clip], max_frames=2))
+    assert only == clip and len(hidden) == 2
+    one = predict(store, str(made["head"]))  # one folder alone is one head
+    assert one.clip_ids == sorted(store.clip_ids)
+    twice = predict(store, [made["head"]], clip_ids=[clip, clip])
+    assert twice.clip_ids == [clip]
+    with pytest.raises(ArgumentError, match="resamples -1"):
+        evaluate_heads(store, [made["head"]], made["test"], resamples=-1)
+    with pytest.raises(ArgumentError, match="confidence 2"):
+        evaluate_heads(store, [made["head"]], made["test"], confidence=2)
+    with pytest.raises(SettingsError, match="batch_size: 0"):
+        TrainSettings(batch_size=0)
+    with pytest.raises(SettingsError, match="lr"):
+        TrainSettings(lr=float("nan"))
+
+
+# -- 16. the README's reading without emi works on stores of one and of several sets -------
+
+
+def test_the_readme_plain_reading_works_for_both_root_formats(made, tmp_path, monkeypatch):
+    import re
+
+    from tests.test_python_api import README
+
+    text = README.read_text()
+    start = text.index("- **Reading without emi**")
+    [snippet] = re.findall(r"```python\n(.*?)```", text[start : text.index("## Python API")],
+                           flags=re.S)  # fmt: skip
+    store = copy_store(made, tmp_path / "feats.zarr")
+    monkeypatch.chdir(tmp_path)
+    for formats in (2, 3):
+        if formats == 3:
+            run_cli("extract", made["audio"], store, "--feature-set", "more", "--quiet")
+        namespace: dict = {}
+        exec(compile(snippet, "README.md", "exec"), namespace)  # noqa: S102
+        assert namespace["emi"]["format_version"] == formats
+        opened = FeatureStore.open(store)
+        first = str(namespace["ids"][0])
+        np.testing.assert_array_equal(namespace["hidden_0"], opened.hidden(first))
+        assert namespace["means"].shape[0] == len(opened)
