@@ -77,6 +77,8 @@ def evaluate(
         return
     for line in format_evaluation(result):
         click.echo(line)
+    for warning in result.warnings:
+        click.echo(f"warning: {warning}", err=True)
     if csv_path:
         click.echo(f"\nmetrics -> {csv_path}")
 
@@ -127,5 +129,8 @@ def format_evaluation(result) -> list[str]:
                 f"{d['a']} better in {d['share_a_better'] * 100:.1f}% of resamples; {verdict}"
             )
     if result.skipped:
-        lines.append(f"\n{len(result.skipped)} labelled clips are not in the store (skipped)")
+        lines.append(
+            f"\n{len(result.skipped)} labelled clip{'s are' if len(result.skipped) != 1 else ' is'} "
+            "not in the store (skipped)"
+        )
     return lines

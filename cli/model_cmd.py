@@ -63,8 +63,8 @@ def init_random(folder: str, size: str, seed: int, norm: str | None, family: str
 def info(ref: str, revision: str | None) -> None:
     """Show a checkpoint's config summary and hashes (REF: folder or hub id).
 
-    ``checkpoint_hash`` identifies the weights and config; a store's ``fingerprint`` is
-    another hash, of the whole feature spec (backbone, layer, crop, dtype...)."""
+    checkpoint_hash identifies the weights and config; a store's fingerprint is another
+    hash, of the whole feature spec (backbone, layer, crop, dtype...)."""
     from featurestore.backbone import has_vad_head, identify_backbone
 
     identity = identify_backbone(ref, revision=revision)

@@ -29,8 +29,20 @@ def _setting(name: str, help: str | None = None):
     )
 
 
+SIZE_HELP = {
+    "lstm_hidden": "LSTM hidden units of a fusion head (default: the preset's; paper: the "
+    "input width).",
+    "lstm_layers": "LSTM layers of a fusion head (default: the preset's; paper: 2).",
+    "mlp_hidden": "Hidden units of the head's MLP (default: the preset's; paper: twice the "
+    "input width).",
+    "dropout": "Dropout before each linear layer, in [0, 1) (default: the preset's, 0).",
+}
+
+
 def _size(name: str):
-    return click.option(f"--{name.replace('_', '-')}", type=SIZE_RULES[name].click_type())
+    return click.option(
+        f"--{name.replace('_', '-')}", type=SIZE_RULES[name].click_type(), help=SIZE_HELP[name]
+    )
 
 
 DEVICE_OPTION = click.option(
@@ -162,7 +174,8 @@ def train(store: str, train_labels: str, val_labels: str, out: str, **options) -
     for r in sorted(results, key=lambda r: -r.best_val_pearson):
         click.echo(f"{r.name:24s} {r.best_epoch:10d} {r.best_val_pearson:17.4f}  {r.folder}")
     if options["grid"]:
-        click.echo(f"summary -> {out}/summary.csv, {out}/summary.json")
+        folder = out.rstrip("/") or out
+        click.echo(f"summary -> {folder}/summary.csv, {folder}/summary.json")
 
 
 HEAD_OPTION = click.option(
@@ -202,7 +215,13 @@ def predict(store: str, head_paths: tuple[str, ...], output: str, device: str) -
 @click.command()
 @click.argument("audio_dir")
 @HEAD_OPTION
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False))
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="CSV to write: clip_id and one column per target (<head>/<target> with several heads).",
+)
 @click.option(
     "--store",
     default=None,
@@ -220,7 +239,7 @@ def predict(store: str, head_paths: tuple[str, ...], output: str, device: str) -
 )
 @click.option("--scheduler", default=None, help="Address of a running dask scheduler.")
 @DEVICE_OPTION
-@click.option("--quiet", is_flag=True)
+@click.option("--quiet", is_flag=True, help="No progress bar.")
 def score(audio_dir: str, head_paths: tuple[str, ...], output: str, **options) -> None:
     """Score a folder of audio: manifest, extract (missing clips only), predict, CSV.
 
@@ -231,11 +250,14 @@ def score(audio_dir: str, head_paths: tuple[str, ...], output: str, **options) -
 
     result = score_folder(audio_dir, head_paths, output=output, **options)
     click.echo(
-        f"{len(result.predictions.clip_ids)} clips scored ({result.extracted} extracted, "
+        f"{count_of(len(result.predictions.clip_ids), 'clip')} scored ({result.extracted} extracted, "
         f"{result.reused} reused from {result.store}) -> {output}"
     )
     if result.failed:
-        _echo_err(f"{len(result.failed)} clips could not be extracted and are not in the CSV:")
+        _echo_err(
+            f"{count_of(len(result.failed), 'clip')} could not be extracted and "
+            f"{'is' if len(result.failed) == 1 else 'are'} not in the CSV:"
+        )
         for f in result.failed:
             _echo_err(f"  {f['clip_id']}: {f['reason']}")
         sys.exit(EXIT_CLIPS_FAILED)

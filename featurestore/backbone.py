@@ -232,7 +232,7 @@ def resolve_checkpoint(ref: str, *, revision: str | None = None) -> tuple[Path, 
             else "check the name and your network"
         )
         raise BackboneError(
-            f"cannot fetch backbone {ref!r} from the hub ({hint}): {err}. "
+            f"cannot fetch backbone {ref!r} from the hub ({hint}): {str(err).rstrip('. ')}. "
             "Download it once, or pass a local checkpoint folder with --model."
         ) from err
     folder_path = Path(folder)

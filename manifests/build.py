@@ -12,7 +12,13 @@ import soundfile as sf
 
 from manifests.containers import ContainerError, is_container, probe_container
 from manifests.labels import LabelTable, read_labels
-from manifests.records import AUDIO_EXTENSIONS, ClipRecord, ManifestError, format_examples
+from manifests.records import (
+    AUDIO_EXTENSIONS,
+    ClipRecord,
+    ManifestError,
+    count_of,
+    format_examples,
+)
 from manifests.sources import list_files, open_source, source_size
 
 HASH_BLOCK_BYTES = 1 << 20
@@ -140,9 +146,16 @@ def merge_labels(
     if missing:
         exts = "/".join(e.lstrip(".") for e in AUDIO_EXTENSIONS)
         problems.append(
-            f"{len(missing)} labelled clips have no audio file {audio_dir}/<Filename>.{{{exts}}}: "
-            f"{format_examples(missing)}"
+            f"{count_of(len(missing), 'labelled clip')} {'has' if len(missing) == 1 else 'have'} "
+            f"no audio file {audio_dir}/<Filename>.{{{exts}}}: {format_examples(missing)}"
         )
+        with_extension = [c for c in missing if c.lower().endswith(AUDIO_EXTENSIONS)]
+        if with_extension:
+            problems.append(
+                "the challenge's ids have no extension (00042, not 00042.wav): remove the "
+                f"extension from the Filename column (e.g. {with_extension[0]} -> "
+                f"{with_extension[0].rsplit('.', 1)[0]})"
+            )
     if problems:
         raise ManifestError("; ".join(problems))
     return records

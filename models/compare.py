@@ -172,30 +172,41 @@ def comparison_table(rows: list[HeadRow]) -> str:
 
 
 def comparison_figure(rows: list[HeadRow], path: str | os.PathLike) -> Path:
-    """A PNG: each head's mean validation Pearson (bar) and per-target Pearson (dots)."""
+    """A PNG: each head's mean validation Pearson (bar) and per-target Pearson (one
+    marker and colour per target), the legend beside the axes."""
+    fig = comparison_plot(rows)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    return path
+
+
+def comparison_plot(rows: list[HeadRow]):
+    """The ``matplotlib`` Figure of :func:`comparison_figure`."""
     from matplotlib.figure import Figure
 
-    path = Path(path)
+    from models.plots import PALETTE, style
+
     shown = list(reversed(rows))  # best at the top
-    fig = Figure(figsize=(8, 1.2 + 0.45 * len(shown)))
+    fig = Figure(figsize=(9, 1.4 + 0.45 * len(shown)))
     ax = fig.add_subplot()
     positions = range(len(shown))
-    ax.barh(positions, [r.val_pearson_mean for r in shown], color="#9ecae1", label="mean")
+    ax.barh(positions, [r.val_pearson_mean for r in shown], color="#c6dbef", label="mean")
     targets = list(dict.fromkeys(t for r in rows for t in r.val_pearson))
     for k, target in enumerate(targets):
+        look = style(k)
         ax.scatter(
             [r.val_pearson.get(target, float("nan")) for r in shown],
             positions,
-            s=14,
-            marker="osD^v<>p"[k % 8],
+            s=22,
+            marker=look["marker"],
+            color=PALETTE[k % len(PALETTE)],
             label=target,
             zorder=3,
         )
     ax.set_yticks(list(positions), [r.name for r in shown])
     ax.set_xlabel("validation Pearson (best epoch)")
     ax.axvline(0, color="grey", linewidth=0.8)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    return path
+    return fig

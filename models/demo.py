@@ -191,6 +191,9 @@ def run_demo(
         if "layer_weights" in t.metrics:
             weights = ", ".join(f"{k}: {w:.2f}" for k, w in t.metrics["layer_weights"].items())
             echo(f"        learned layer weights {weights}")
+    from models.compare import compare_heads, comparison_figure
+
+    comparison_figure(compare_heads([folder / "heads"]), folder / "heads_comparison.png")
     echo("[4/5] scoring the held-out test split")
     test = read_labels(splits["test"])
     heads = [load_head(t.folder) for t in trained]
@@ -224,6 +227,7 @@ def run_demo(
              "learning_curves.png")
             for t in trained
         ),
+        ("heads_comparison.png", "the heads side by side (validation Pearson)"),
         ("test_predictions.csv", "held-out predictions of every head"),
         *((f"test_{n}_pred_vs_true.png", "predicted against true, per target") for n in names),
     ]  # fmt: skip

@@ -23,7 +23,7 @@ from featurestore.store import FeatureStore
 from manifests.atomic import atomic_file
 from manifests.labels import LabelTable, read_labels
 from models.head_files import LoadedHead
-from models.metrics import ccc, mse, pearson
+from models.metrics import ccc, constant_columns, mse, pearson
 from models.prediction import load_heads, predict_store
 
 METRICS = {"pearson": pearson, "ccc": ccc, "mse": mse}
@@ -70,6 +70,8 @@ class Evaluation:
     heads: list[HeadScores]
     differences: list[dict] = field(default_factory=list)  # paired, per pair of heads
     skipped: list[str] = field(default_factory=list)  # labelled clips not in the store
+    # what the numbers cannot say (a head predicting a constant: Pearson undefined, shown 0)
+    warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return {
@@ -90,6 +92,7 @@ class Evaluation:
             },
             "differences": self.differences,
             "skipped": self.skipped,
+            "warnings": self.warnings,
         }
 
     def write_csv(self, path: str | os.PathLike) -> Path:
@@ -237,8 +240,15 @@ def evaluate_heads(
     ids, predictions = predict_store(opened, loaded, clip_ids=ids, device=device)
     rows = {c: split.values[i] for i, c in enumerate(split.clip_ids)}
     indices = bootstrap_indices(len(ids), resamples, seed)
-    results, samples, full = [], {}, {}
+    results, samples, full, warnings = [], {}, {}, []
     for h in loaded:
+        constant = [t for t, c in zip(h.targets, constant_columns(predictions[h.name]),
+                                      strict=True) if c]  # fmt: skip
+        if constant and ids:
+            warnings.append(
+                f"head {h.name} predicts the same value for every clip for "
+                f"{', '.join(constant)}: Pearson is undefined there (shown as 0.000)"
+            )
         columns = [table.targets.index(t) for t in h.targets]
         true = np.array([rows[c][columns] for c in ids], dtype=np.float64)
         scores, samples[h.name] = score_head(
@@ -261,6 +271,7 @@ def evaluate_heads(
         heads=results,
         differences=differences,
         skipped=sorted(c for c in table.rows if not all(c in s for s in every)),
+        warnings=warnings,
     )
     if output_csv is not None:
         evaluation.write_csv(output_csv)

@@ -10,46 +10,78 @@ from matplotlib.figure import Figure
 # Figures are made as ``Figure`` objects and saved to files: pyplot and its global
 # backend are never touched, so a notebook's own plotting is left as it was.
 
+# Okabe and Ito's colour-blind-safe palette, each colour with its own line style and
+# marker, so targets stay apart in grey print and for colour-blind readers too.
+PALETTE = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#000000", "#F0E442")
+LINE_STYLES = ("-", "--", "-.", ":", (0, (5, 1)), (0, (3, 1, 1, 1)), (0, (1, 1)), (0, (8, 2)))
+MARKERS = ("o", "s", "D", "^", "v", "P", "X", "*")
+
+
+def style(k: int) -> dict:
+    """The colour, line style and marker of series ``k``."""
+    return {
+        "color": PALETTE[k % len(PALETTE)],
+        "linestyle": LINE_STYLES[k % len(LINE_STYLES)],
+        "marker": MARKERS[k % len(MARKERS)],
+    }
+
+
+def legend_below(ax, columns: int = 2) -> None:
+    """The axes' legend under its x label, outside the data."""
+    ax.legend(
+        fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=columns, frameon=False
+    )
+
 
 def plot_learning_curves(metrics: dict, path: str | Path, *, title: str = "") -> Path:
+    """Write :func:`learning_curves_figure` to ``path`` (PNG)."""
+    learning_curves_figure(metrics, title=title).savefig(path, dpi=100, bbox_inches="tight")
+    return Path(path)
+
+
+def learning_curves_figure(metrics: dict, *, title: str = "") -> Figure:
     """Per epoch: train loss beside validation MSE (left), validation mean Pearson and
     each target's Pearson (middle); the best epoch marked and labelled in both; for a
-    layer-mixing head, its learned layer weights (right)."""
+    layer-mixing head, its learned layer weights (right). Legends sit below the axes."""
     from matplotlib.ticker import MaxNLocator
 
     epochs = [e["epoch"] for e in metrics["epochs"]]
     best = metrics["best_epoch"]
     weights = metrics.get("layer_weights")  # a layer-mixing head's learned weights
-    fig = Figure(figsize=(14 if weights else 10, 3.8))
+    fig = Figure(figsize=(14 if weights else 10, 4.8))
     loss_ax, pearson_ax, *rest = fig.subplots(1, 3 if weights else 2)
     if weights:
         (weights_ax,) = rest
-        weights_ax.bar(list(weights), list(weights.values()), color="tab:purple")
+        weights_ax.bar(list(weights), list(weights.values()), color=PALETTE[0])
         weights_ax.axhline(1 / len(weights), color="grey", linestyle=":", label="equal")
         weights_ax.set_xlabel("layer")
         weights_ax.set_ylabel(f"learned weight (epoch {best})")
-        weights_ax.legend(fontsize=7)
-    loss_ax.plot(epochs, [e["train_loss"] for e in metrics["epochs"]], label="train loss (MSE)")
+        legend_below(weights_ax, 1)
+    loss_ax.plot(epochs, [e["train_loss"] for e in metrics["epochs"]], label="train loss (MSE)",
+                 color=PALETTE[0], linestyle="-")  # fmt: skip
     loss_ax.plot(
         epochs,
         [e["val"]["mse_mean"] for e in metrics["epochs"]],
         label="validation MSE (clamped predictions)",
+        color=PALETTE[1],
+        linestyle="--",
     )
     loss_ax.set_ylabel("mean squared error")
     targets = list(metrics["epochs"][0]["val"]["pearson"]) if epochs else []
-    for target in targets:
+    for k, target in enumerate(targets):
         pearson_ax.plot(
             epochs,
             [e["val"]["pearson"][target] for e in metrics["epochs"]],
-            linewidth=0.8,
-            alpha=0.7,
+            linewidth=1.0,
+            markersize=3,
             label=target,
+            **style(k),
         )
     pearson_ax.plot(
         epochs,
         [e["val"]["pearson_mean"] for e in metrics["epochs"]],
         color="black",
-        linewidth=2,
+        linewidth=2.2,
         label="mean (the challenge score)",
     )
     pearson_ax.set_ylabel("validation Pearson r")
@@ -57,11 +89,13 @@ def plot_learning_curves(metrics: dict, path: str | Path, *, title: str = "") ->
         ax.axvline(best, color="grey", linestyle=":", label=f"best epoch ({best})")
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.legend(fontsize=7)
+        if epochs:
+            ax.set_xlim(0.5, max(epochs) + 0.5)
+    legend_below(loss_ax, 1)
+    legend_below(pearson_ax, 2)
     fig.suptitle(title or "learning curves")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    return Path(path)
+    return fig
 
 
 def plot_predictions(

@@ -271,7 +271,7 @@ def resolve_labels(
         raise ManifestError(
             f"{role} labels {table.path}: {len(missing)} of {len(table.rows)} clips are not "
             f"in store {where}: {format_examples(missing)}. Extract them, or pass "
-            "--skip-missing to train on the rest."
+            f"--skip-missing to {'evaluate' if role == 'evaluation' else 'train on'} the rest."
         )
     return LabelledSplit(
         stored, table.targets, np.array([table.rows[c] for c in stored], dtype=np.float32)

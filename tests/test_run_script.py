@@ -55,3 +55,27 @@ def test_unknown_verbs_print_the_usage(tmp_path):
     assert (
         result.returncode == 2 and "./run demo" in result.stderr and "./run test" in result.stderr
     )
+
+
+def test_set_up_says_what_it_installs_without_pips_banners(tmp_path):
+    project = _project(tmp_path)
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    fake = venv / "bin" / "python"  # stands in for the venv's python -m pip
+    fake.write_text(
+        "#!/usr/bin/env bash\n"
+        'echo "Collecting torch==2.13.0"\n'
+        'echo "  BuildBackendWarning: Editable installation." >&2\n'
+        'echo "  ********************************************" >&2\n'
+        'echo "Collecting zarr>=3.1"\n'
+        'echo "Successfully installed emi-0.1.0 torch-2.13.0 zarr-3.1.0"\n'
+    )
+    fake.chmod(0o755)
+    done = _run(project, "env", EMI_VENV=str(venv), EMI_TORCH_BUILD="cpu")
+    assert done.returncode == 0, done.stderr
+    assert "fetching torch==2.13.0" in done.stderr and "installed 3 packages" in done.stderr
+    assert "BuildBackendWarning" not in done.stderr and "*****" not in done.stderr
+    fake.write_text('#!/usr/bin/env bash\necho "ERROR: no matching distribution"\nexit 1\n')
+    (venv / ".emi-stamp").unlink()
+    failed = _run(project, "env", EMI_VENV=str(venv), EMI_TORCH_BUILD="cpu")
+    assert failed.returncode == 1 and "no matching distribution" in failed.stderr

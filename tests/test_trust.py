@@ -497,3 +497,81 @@ def test_the_readme_plain_reading_works_for_both_root_formats(made, tmp_path, mo
         first = str(namespace["ids"][0])
         np.testing.assert_array_equal(namespace["hidden_0"], opened.hidden(first))
         assert namespace["means"].shape[0] == len(opened)
+
+
+# -- 19. legends beside the data, never over it; colour-blind-safe, distinct line styles ---
+
+
+def test_plot_legends_sit_outside_the_axes_and_targets_look_different(made):
+    from models.compare import compare_heads, comparison_plot
+    from models.plots import PALETTE, learning_curves_figure
+
+    metrics = json.loads((made["head"] / "metrics.json").read_text())
+    metrics["layer_weights"] = {"0": 0.2, "1": 0.5, "last": 0.3}  # the third panel too
+    figures = [learning_curves_figure(metrics), comparison_plot(compare_heads([made["head"]]))]
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    for fig in figures:
+        canvas = FigureCanvasAgg(fig)
+        canvas.draw()
+        renderer = canvas.get_renderer()
+        for ax in fig.axes:
+            legend = ax.get_legend()
+            assert legend is not None
+            if legend.get_window_extent(renderer).overlaps(ax.get_window_extent(renderer)):
+                raise AssertionError(f"a legend covers the data of {ax.get_ylabel()!r}")
+    pearson_ax = figures[0].axes[1]
+    targets = [
+        line
+        for line in pearson_ax.get_lines()
+        if line.get_label() in metrics["epochs"][0]["val"]["pearson"]
+    ]
+    looks = {(line.get_color(), str(line.get_linestyle())) for line in targets}
+    assert len(targets) == 6 and len(looks) == 6
+    assert all(line.get_color() in PALETTE for line in targets)
+
+
+# -- 20. words that help: label ids with extensions, evaluate's advice, constant columns, --
+#        help texts, plurals
+
+
+def test_messages_and_help_say_what_to_do(made, tmp_path):
+    import torch
+
+    from models.evaluation import evaluate_heads
+    from models.head_files import load_head
+
+    labels = tmp_path / "train_split.csv"
+    labels.write_text("Filename,Joy\n00000.wav,0.5\n00001.wav,0.2\n")
+    refused = run_cli("manifest", "build", made["audio"], "--labels", labels, "-o",
+                      tmp_path / "m.csv", expect=2)  # fmt: skip
+    assert "have no extension" in refused.output and "00000.wav -> 00000" in refused.output
+    lacking = tmp_path / "test_split.csv"
+    lacking.write_text("Filename,Joy\n00000,0.5\nnot-stored,0.2\n")
+    evaluated = run_cli("evaluate", made["store"], "--head", made["head"], "--labels", lacking,
+                        expect=2)  # fmt: skip
+    assert "--skip-missing to evaluate the rest" in evaluated.output
+    head = load_head(made["head"])
+    with torch.no_grad():
+        for p in head.model.parameters():
+            if p.ndim > 1:
+                p.zero_()  # predicts its bias: the same for every clip
+    result = evaluate_heads(made["store"], [head], made["test"], resamples=5)
+    assert any("same value for every clip" in w and "Joy" in w for w in result.warnings)
+    train_help = run_cli("train", "--help").output
+    assert "x<=None" not in train_help and "x>=None" not in train_help
+    for option in ("--lstm-hidden", "--lstm-layers", "--mlp-hidden", "--dropout"):
+        line = train_help.split(option, 1)[1].split("\n  --", 1)[0]
+        assert len(line.split()) > 3, (option, line)  # it has a help text
+    score_help = run_cli("score", "--help").output
+    assert "CSV to write" in score_help and "No progress bar" in score_help
+    assert "``" not in run_cli("model", "info", "--help").output
+    hub = run_cli("extract", made["audio"], tmp_path / "x.zarr", "--model", "someone/model",
+                  expect=2)  # fmt: skip
+    assert ".." not in hub.output.replace("...", "")
+    grid = tmp_path / "grid.json"
+    grid.write_text(json.dumps({"heads": [{"name": "one", "preset": "mean-linear"}]}))
+    from tests.conftest import train_cli
+
+    trained = train_cli(made, f"{tmp_path / 'grid_heads'}/", "--grid", grid)
+    assert "//summary.csv" not in trained.output and "grid_heads/summary.csv" in trained.output
