@@ -7,6 +7,7 @@ import json
 import click
 
 from featurestore.options import DEVICES
+from manifests.records import count_of
 
 
 @click.command()
@@ -130,7 +131,7 @@ def format_evaluation(result) -> list[str]:
             )
     if result.skipped:
         lines.append(
-            f"\n{len(result.skipped)} labelled clip{'s are' if len(result.skipped) != 1 else ' is'} "
-            "not in the store (skipped)"
+            f"\n{count_of(len(result.skipped), 'labelled clip')} "
+            f"{'is' if len(result.skipped) == 1 else 'are'} not in the store (skipped)"
         )
     return lines

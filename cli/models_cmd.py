@@ -250,7 +250,8 @@ def score(audio_dir: str, head_paths: tuple[str, ...], output: str, **options) -
 
     result = score_folder(audio_dir, head_paths, output=output, **options)
     click.echo(
-        f"{count_of(len(result.predictions.clip_ids), 'clip')} scored ({result.extracted} extracted, "
+        f"{count_of(len(result.predictions.clip_ids), 'clip')} scored "
+        f"({result.extracted} extracted, "
         f"{result.reused} reused from {result.store}) -> {output}"
     )
     if result.failed:
