@@ -116,8 +116,10 @@ def score_folder(
 
     summaries = []
     for index, ref in enumerate(refs):  # every feature set the heads read
-        stored = _all_stored(location, ref.fingerprint, records)
-        if stored is not None:  # nothing to extract: no writer lock taken
+        # nothing to extract: no writer lock taken (with another --model, extract checks
+        # that it makes the heads' features first)
+        stored = None if model else _all_stored(location, ref.fingerprint, records)
+        if stored is not None:
             summaries.append(stored)
             continue
         spec = loaded[0].spec if index == 0 else ref.spec

@@ -13,7 +13,7 @@ import pytest
 
 from featurestore.errors import StoreDamage, StoreError
 from featurestore.report import verify_store
-from featurestore.store import FeatureStore, _index_digest
+from featurestore.store import FeatureStore, index_digest
 from tests.conftest import read_16k_mono, run_cli
 from tests.reference import ReferenceForward, assert_matches
 
@@ -143,7 +143,7 @@ def test_roots_of_one_set_stay_format_2_where_earlier_emi_reads_them(
     assert meta["format_version"] == 2
     assert set(meta) == {"format_version", "fingerprint", "spec", "parts", "failures",
                          "index_digest"}  # fmt: skip
-    assert meta["index_digest"] == _index_digest(meta)
+    assert meta["index_digest"] == index_digest(meta)
     opened = FeatureStore.open(layer_store)
     assert opened.feature_sets == (Path(opened.spec.backbone.ref).name,)
     named = tmp_path / "named.zarr"

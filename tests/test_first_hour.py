@@ -19,13 +19,13 @@ def test_score_refuses_another_backbone_before_any_work(
     cache.mkdir()
     monkeypatch.setenv("EMI_CACHE", str(cache))
     run_cli("score", scored["audio"], "--head", scored["head"], "-o", tmp_path / "a.csv")
-    before = snapshot(cache)
+    before = snapshot(cache / "score")  # the score store (not the weights-hash cache)
     refused = run_cli(
         "score", scored["audio"], "--head", scored["head"], "-o", tmp_path / "b.csv",
         "--model", tiny_group_backbone, expect=2,
     )  # fmt: skip
     assert "Nothing was extracted" in refused.output and "fingerprint" in refused.output
-    assert snapshot(cache) == before and not (tmp_path / "b.csv").exists()
+    assert snapshot(cache / "score") == before and not (tmp_path / "b.csv").exists()
     run_cli("score", scored["audio"], "--head", scored["head"], "-o", tmp_path / "c.csv")
     assert (tmp_path / "c.csv").read_text() == (tmp_path / "a.csv").read_text()
 

@@ -110,11 +110,13 @@ def _csv(path: Path) -> list[dict]:
     return list(csv.DictReader(path.open()))
 
 
-def test_rescore_after_a_file_changed_equals_a_fresh_run(scored, tmp_path, monkeypatch):
+def test_rescore_after_a_file_changed_equals_a_fresh_run(
+    scored, tiny_backbone, tmp_path, monkeypatch
+):
     folder = tmp_path / "audio"
     shutil.copytree(scored["audio"], folder)
-    user_store = tmp_path / "user.zarr"
-    shutil.copytree(scored["store"], user_store)
+    user_store = tmp_path / "user.zarr"  # made from this folder: refreshed from its files
+    run_cli("extract", folder, user_store, "--model", tiny_backbone, "--quiet")
     monkeypatch.setenv("EMI_CACHE", str(tmp_path / "cache"))
     head = scored["head"]
     run_cli("score", folder, "--head", head, "-o", tmp_path / "before.csv", "--quiet")
@@ -138,11 +140,11 @@ def test_rescore_after_a_file_changed_equals_a_fresh_run(scored, tmp_path, monke
     )
 
 
-def test_extract_warns_of_changed_files_and_refreshes_on_request(scored, tmp_path):
+def test_extract_warns_of_changed_files_and_refreshes_on_request(scored, tiny_backbone, tmp_path):
     folder = tmp_path / "audio"
     shutil.copytree(scored["audio"], folder)
-    store = tmp_path / "s.zarr"
-    shutil.copytree(scored["store"], store)
+    store = tmp_path / "s.zarr"  # made from this folder: its files' changes are refreshes
+    run_cli("extract", folder, store, "--model", tiny_backbone, "--quiet")
     write_clip(folder / "00005.wav", 1.2, seed=77, f0_hz=200)
     warned = run_cli("extract", folder, store, "--quiet")
     assert "00005" in warned.output and "--refresh-changed" in warned.output
