@@ -48,9 +48,14 @@ def info(location: str, feature_set: str | None, as_json: bool) -> None:
     lines += [f"feature sets {len(sets)}"]
     lines += [
         f"  {'*' if s['feature_set'] == data['feature_set'] else ' '} {s['feature_set']:32s} "
-        f"{s['fingerprint'][:12]}  {s['hidden_size']}-d, layers "
-        f"{','.join(map(str, s['layers'])) or 'last'}{'' if s['vad'] else ', no VAD head'}; "
-        f"{s['clips']} clips, {s['hours_audio']:.3f} h, {s['set_size_bytes'] / 2**20:.1f} MiB"
+        + (
+            f"DAMAGED: {s['damaged']}"
+            if "damaged" in s
+            else f"{s['fingerprint'][:12]}  {s['hidden_size']}-d, layers "
+            f"{','.join(map(str, s['layers'])) or 'last'}{'' if s['vad'] else ', no VAD head'}; "
+            f"{s['clips']} clips, {s['hours_audio']:.3f} h, "
+            f"{s['set_size_bytes'] / 2**20:.1f} MiB"
+        )
         for s in sets
     ]
     lines += [

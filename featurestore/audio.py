@@ -133,7 +133,7 @@ def decode_clip(path: str | Path, *, max_seconds: float | None = None) -> Decode
         if not os.path.isfile(path):
             raise FileNotFoundError(path)
     except OSError:
-        if os.path.islink(path):
+        if os.path.islink(path) and not os.path.exists(path):
             raise AudioError(f"a broken symbolic link (to {os.readlink(path)})") from None
         raise AudioError(f"no such file: {path}") from None
     if size == 0:

@@ -40,6 +40,7 @@ from featurestore.store import (
     feature_sets,
     part_name,
     read_root,
+    set_intact,
 )
 from manifests.records import ClipRecord, planning_seconds
 
@@ -132,7 +133,9 @@ def extract(
         check_set_name(options.feature_set)
     location = StoreLocation.of(store, options.storage_options)
     meta = read_root(location)  # refuse what is not an emi store before writing there
-    sets = feature_sets(meta) if meta is not None else {}
+    # the sets whose settings may be defaults (a set whose spec was edited is refused by
+    # the writer below, naming it)
+    sets = {n: r for n, r in feature_sets(meta).items() if set_intact(r)} if meta else {}
     # The set this run adds to, where it exists: its settings are the defaults. Named,
     # that set; else the default set's backbone, and then the set made with the backbone
     # this run uses (so updating a further set needs no --feature-set).

@@ -98,7 +98,9 @@ class StoreLocation:
         where the object would be; on S3 a conditional put is atomic."""
         path = self.key(relative)
         if self.is_local:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
+            folder = os.path.dirname(path)
+            made = not os.path.isdir(folder)
+            os.makedirs(folder, exist_ok=True)
             temporary = f"{path}.{os.getpid()}-{uuid.uuid4().hex[:8]}{PARTIAL_SUFFIX}"
             try:
                 _write_file(temporary, data)
@@ -111,6 +113,12 @@ class StoreLocation:
                         raise
                     return _create_exclusive(path, data)
                 return True
+            except BaseException:
+                if made:  # a folder made for this object alone stays only with it
+                    with contextlib.suppress(OSError):
+                        os.unlink(temporary)
+                        os.rmdir(folder)
+                raise
             finally:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(temporary)

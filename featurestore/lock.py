@@ -20,6 +20,7 @@ import json
 import os
 import socket
 import threading
+import time
 import uuid
 
 from featurestore.errors import StoreError, StoreLocked
@@ -136,7 +137,14 @@ class StoreLock:
             if current:
                 holder = self._read(current)
                 if holder is None:
-                    continue  # released between the listing and the read
+                    # released between the listing and the read, being created right now,
+                    # or a folder whose creation failed (a full disk, a kill): look again
+                    # after a moment, then take the generation after it
+                    time.sleep(0.2)
+                    if self._read(current) is None and current in self._generations():
+                        holder = {}
+                    else:
+                        continue
                 if not self._expired(holder):
                     raise StoreLocked(describe_holder(self.location.url, holder))
             if self.location.create(_generation_key(current + 1), _node(self._record())):
@@ -198,8 +206,6 @@ class StoreLock:
     def acquire_waiting(self) -> StoreLock:
         """:meth:`acquire`, retried once a second for up to ``wait_s`` seconds while
         another driver holds the lock."""
-        import time
-
         deadline = time.monotonic() + self.wait_s
         told = False
         while True:

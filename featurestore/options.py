@@ -103,7 +103,7 @@ class ExtractOptions:
             id from another source path with other content (never done otherwise: such
             a file is a failure naming both paths).
         wait_for_lock_s: wait this long for another writer of the store to finish
-            (saying so on stderr unless ``quiet``) instead of failing at once.
+            (saying so on stderr) instead of failing at once.
         expect_fingerprint: refuse, before any work, to make other features.
         dashboard: serve the local cluster's dashboard on 127.0.0.1:8787.
         quiet: no progress bar.

@@ -52,7 +52,10 @@ def store_info(store: FeatureStore, *, storage_options: dict | None = None) -> d
         "spec": store.spec.to_dict(),
         "failed": [f.to_dict() for f in store.failures],
         "feature_sets": [
-            _set_info(store.with_set(name), storage_options) for name in store.feature_sets
+            _set_info(store.with_set(name), storage_options)
+            if not store.with_set(name).damage
+            else {"feature_set": name, "damaged": store.with_set(name).damage}
+            for name in store.feature_sets
         ],
     }
 
@@ -196,16 +199,16 @@ def repair_store(location: str, *, storage_options: dict | None = None) -> Repai
                 ]
                 for path in report.removed_leftovers:
                     where.delete(path)
+                where.delete(PARTS, recursive=True)  # an empty group: nothing was committed
                 report.removed_unfinished_root = True
         return report
     with StoreLock(where, purpose="store repair") as lock:
         meta = read_root(where)
         several = len(feature_sets(meta)) > 1
         for name in feature_sets(meta):
-            try:
-                store = FeatureStore(where, meta, name)
-            except StoreDamage as err:  # its spec was edited: only a rebuilt root helps
-                report.problems.append(Problem(None, str(err), feature_set=name))
+            store = FeatureStore(where, meta, name)
+            if store.damage:  # its spec was edited: only a rebuilt root helps
+                report.problems.append(Problem(None, store.damage, feature_set=name))
                 continue
             store.location = str(location)
             problems = verify_store(store)
@@ -241,10 +244,9 @@ def verify_all(location: str, *, storage_options: dict | None = None) -> list[Pr
     several = len(names) > 1
     problems: list[Problem] = []
     for name in names:
-        try:
-            store = FeatureStore(where, meta, name)
-        except StoreDamage as err:
-            problems.append(Problem(None, str(err), feature_set=name if several else None))
+        store = FeatureStore(where, meta, name)
+        if store.damage:
+            problems.append(Problem(None, store.damage, feature_set=name if several else None))
             continue
         store.location = str(location)
         problems += [replace(p, feature_set=name) if several else p for p in verify_store(store)]
@@ -293,6 +295,8 @@ def rebuild_root(location: str, *, storage_options: dict | None = None) -> Rebui
             if name is None:  # the first set: its old name, else its backbone's
                 by_path = [n for n, r in old_sets.items() if r.get("parts_path", PARTS) == PARTS]
                 name = by_path[0] if by_path else set_name_of(spec)
+                if name in {n for n, _ in folders if n}:  # a further set has that name
+                    name = f"{name}-{fingerprint(spec)[:12]}"
             failures = old_sets.get(name, {}).get("failures", {})
             sets[name] = {
                 "parts_path": path,
@@ -309,6 +313,7 @@ def rebuild_root(location: str, *, storage_options: dict | None = None) -> Rebui
         record = sets[first]
         if (
             len(sets) == 1
+            and record["parts_path"] == PARTS
             and first == set_name_of(record["spec"])
             and record["spec"].get("vad_labels")
         ):

@@ -275,6 +275,8 @@ def read_root(location: StoreLocation) -> dict | None:
         entries = location.entries()
         if not entries or entries == ["emi_lock"]:
             return None  # empty, or a store being created right now
+        if PARTS in entries and _nothing_committed(location):
+            return None  # a creation that stopped (or a root removed by repair): no data
         if PARTS in entries:
             raise StoreDamage(
                 f"{location.url}: its root metadata zarr.json is missing, but parts/ is "
@@ -331,7 +333,16 @@ def never_completed(location: StoreLocation, raw: bytes | None = None) -> bool:
         return False
     except (ValueError, UnicodeDecodeError):
         pass
-    if len(raw) > 4096 or SETS in location.entries():
+    if len(raw) > 4096:
+        return False
+    return _nothing_committed(location)
+
+
+def _nothing_committed(location: StoreLocation) -> bool:
+    """The folder holds only what creating a store writes before any commit: the root,
+    an empty ``parts/`` group, the lock, and temporaries of interrupted writes."""
+    ours = {"zarr.json", PARTS, "emi_lock"}
+    if any(n not in ours and not n.endswith(".partial") for n in location.entries()):
         return False
     return all(n == "zarr.json" or n.endswith(".partial") for n in location.entries(PARTS))
 
@@ -849,14 +860,24 @@ class FeatureStore:
                 f"{', '.join(sorted(sets))})"
             )
         self._meta = sets[self.feature_set]  # this set's record
-        check_set_record(location.url, self.feature_set, self._meta)
+        # A set whose spec in the root was edited: named as damage by every read of it,
+        # while the store's other sets stay readable.
+        self.damage: str | None = None
+        try:
+            check_set_record(location.url, self.feature_set, self._meta)
+        except StoreDamage as err:
+            self.damage = str(err)
         self._parts_path = parts_path(self._meta)
         self._zarr = open_zarr_store(
             location.url, mode="r", storage_options=location.storage_options
         )
         self._groups: dict[str, zarr.Group] = {}
         self._clip_arrays: dict[tuple[str, str], np.ndarray] = {}
-        self._schema = {a.name: a for a in schema(self._meta["spec"])}
+        self._schema = {} if self.damage else {a.name: a for a in schema(self._meta["spec"])}
+
+    def _require_intact(self) -> None:
+        if self.damage:
+            raise StoreDamage(self.damage)
 
     @classmethod
     def open(
@@ -912,6 +933,7 @@ class FeatureStore:
     @cached_property
     def spec(self) -> FeatureSpec:
         """What the stored numbers mean (backbone, layer, rates, sizes, crop, dtypes)."""
+        self._require_intact()
         return FeatureSpec.from_dict(self._meta["spec"])
 
     @property
@@ -937,6 +959,7 @@ class FeatureStore:
         # A clip stored again later (its file changed and was refreshed) is served from
         # the newest part.
         index: dict[str, ClipLocation] = {}
+        self._require_intact()
         for name in self.complete_parts:
             record = self._meta["parts"][name]
             start = 0
@@ -1008,6 +1031,7 @@ class FeatureStore:
     def _read_arrays(self, name: str, selections: dict[str, slice]) -> dict[str, np.ndarray]:
         """Read several arrays of a part at once (their metadata and chunks fetched
         concurrently: one round of latency, not one per array), shapes checked."""
+        self._require_intact()
         group = self._group(name)._async_group
         record = self._meta["parts"][name]
 

@@ -72,7 +72,10 @@ def clean_leftovers(
         return []
     done = []
     now = time.time()
-    found = [(p, p.lstat().st_mtime) for p in folder.iterdir() if is_leftover(p)]
+    # ctime too: a rename (the earlier NAME moved aside) keeps the mtime, not the ctime
+    found = [
+        (p, max(p.lstat().st_mtime, p.lstat().st_ctime)) for p in folder.iterdir() if is_leftover(p)
+    ]
     for item, mtime in sorted(found, key=lambda pair: pair[1], reverse=True):
         match = _LEFTOVER.fullmatch(item.name)
         if (name is not None and match["name"] != name) or now - mtime < min_age_s:
@@ -119,7 +122,7 @@ def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    clean_leftovers(path.parent, name=path.name, min_age_s=0)  # an interrupted earlier write
+    clean_leftovers(path.parent, name=path.name, min_age_s=60)  # an interrupted earlier write
     temporary = _sibling(path, "partial")
     temporary.mkdir()
     try:

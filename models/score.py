@@ -112,7 +112,7 @@ def score_folder(
     records = _content_keyed(folder) if cached else folder
 
     def key(record: ClipRecord) -> str:
-        return record.sha256 if cached else record.clip_id
+        return content_key(record) if cached else record.clip_id
 
     summaries = []
     for index, ref in enumerate(refs):  # every feature set the heads read
@@ -217,5 +217,11 @@ def _content_keyed(folder: list[ClipRecord]) -> list[ClipRecord]:
     """One record per distinct file content, its id the content's sha256."""
     unique: dict[str, ClipRecord] = {}
     for r in folder:
-        unique.setdefault(r.sha256, replace(r, clip_id=r.sha256, labels={}))
+        unique.setdefault(content_key(r), replace(r, clip_id=content_key(r), labels={}))
     return list(unique.values())
+
+
+def content_key(record: ClipRecord) -> str:
+    """A clip's id in the cache store: its content's sha256; a file that could not be
+    read (no sha256) is keyed by its path, so each such file fails on its own."""
+    return record.sha256 or f"unreadable:{record.path}"

@@ -370,17 +370,20 @@ def test_a_broken_symlink_is_a_clip_with_its_reason(made, tiny_backbone, tmp_pat
 # -- 12. what a killed training left is never a head; the next train or heads command tidies -
 
 
-def test_leftovers_of_killed_trainings_are_not_heads(made, tmp_path):
-    import os
+def test_leftovers_of_killed_trainings_are_not_heads(made, tmp_path, monkeypatch):
     import shutil
+    import time
 
     heads = tmp_path / "heads"
     shutil.copytree(made["head"], heads / "a")
     shutil.copytree(made["head"], heads / ".a.partial-0123abcd")  # killed while writing
     shutil.copytree(made["head"], heads / ".b.old-4567cdef")  # killed between the renames
-    for leftover in (heads / ".a.partial-0123abcd", heads / ".b.old-4567cdef"):
-        os.utime(leftover, (1e9, 1e9))  # long ago
     card = json.loads((heads / ".a.partial-0123abcd" / "config.json").read_text())
+    fresh = run_cli("heads", "compare", heads, "--json")  # a write may still be running
+    assert [Path(r["folder"]).name for r in json.loads(fresh.output)["heads"]] == ["a"]
+    assert (heads / ".b.old-4567cdef").exists()
+    now = time.time
+    monkeypatch.setattr(time, "time", lambda: now() + 3600)  # an hour later
     compared = run_cli("heads", "compare", heads, "--json")
     rows = json.loads(compared.output)["heads"]
     assert sorted(Path(r["folder"]).name for r in rows) == ["a", "b"]  # b restored
@@ -420,8 +423,9 @@ def test_an_edited_set_spec_blocks_only_that_set_and_the_root_rebuilds(made, tmp
     root.write_text(json.dumps(node))
     first = FeatureStore.open(store)  # the other set is unaffected
     np.testing.assert_array_equal(first.hidden("00001"), before[first.feature_set])
+    damaged = FeatureStore.open(store, feature_set="more")  # opens; every read refuses
     with pytest.raises(Exception, match="feature set 'more': its spec"):
-        FeatureStore.open(store, feature_set="more")
+        damaged.hidden("00001")
     verify = run_cli("store", "verify", store, expect=1)
     assert "set more" in verify.output and "--rebuild-root" in verify.output
     run_cli("predict", store, "--head", made["head"], "-o", tmp_path / "p.csv")
@@ -575,3 +579,79 @@ def test_messages_and_help_say_what_to_do(made, tmp_path):
 
     trained = train_cli(made, f"{tmp_path / 'grid_heads'}/", "--grid", grid)
     assert "//summary.csv" not in trained.output and "grid_heads/summary.csv" in trained.output
+
+
+# -- what a review of the above found ----------------------------------------------------------
+
+
+def test_a_cached_score_lists_each_unreadable_file(made, tmp_path, monkeypatch):
+    monkeypatch.setenv("EMI_CACHE", str(tmp_path / "cache"))
+    audio = tmp_path / "audio"
+    audio.mkdir()
+    (audio / "00001.wav").write_bytes((made["audio"] / "00001.wav").read_bytes())
+    (audio / "gone_a.wav").symlink_to(tmp_path / "nowhere_a.wav")
+    (audio / "gone_b.wav").symlink_to(tmp_path / "nowhere_b.wav")
+    (audio / "noise.wav").write_bytes(b"RIFF....WAVEfmt not audio")
+    scored = run_cli("score", audio, "--head", made["head"], "-o", tmp_path / "p.csv", expect=3)
+    for name in ("gone_a: a broken symbolic link", "gone_b: a broken symbolic link", "noise: "):
+        assert name in scored.output, scored.output
+    assert [r["clip_id"] for r in csv.DictReader((tmp_path / "p.csv").open())] == ["00001"]
+
+
+def test_an_empty_lock_generation_does_not_lock_the_store_for_good(made, tmp_path):
+    store = copy_store(made, tmp_path / "s.zarr")
+    generations = sorted((store / "emi_lock").glob("g*"))
+    empty = store / "emi_lock" / f"g{int(generations[-1].name[1:]) + 1:08d}"
+    empty.mkdir()  # what a write that failed between the folder and its node left
+    run_cli("extract", made["audio"], store, "--quiet")
+    assert run_cli("store", "repair", store).exit_code == 0
+
+
+def test_a_rebuilt_root_keeps_every_set_apart(made, tmp_path):
+    import shutil
+
+    from featurestore.store import set_name_of
+
+    store = tmp_path / "s.zarr"
+    backbone = json.loads((made["head"] / "config.json").read_text())["store"]["spec"]
+    run_cli("extract", made["audio"], store, "--model", backbone["backbone"]["ref"],
+            "--feature-set", "mine", "--quiet")  # fmt: skip
+    named = set_name_of(FeatureStore.open(store).spec)  # a further set of the default name
+    run_cli("extract", made["audio"], store, "--feature-set", named, "--layers", "all",
+            "--quiet")  # fmt: skip
+    (store / "zarr.json").write_bytes(b"lost")
+    run_cli("store", "repair", store, "--rebuild-root")
+    rebuilt = FeatureStore.open(store)
+    assert len(rebuilt.feature_sets) == 2 and named in rebuilt.feature_sets
+    assert all(len(rebuilt.with_set(n)) == 16 for n in rebuilt.feature_sets)
+    assert run_cli("store", "verify", store).exit_code == 0
+    # the first set's parts lost: the one left keeps its own parts folder
+    for part in (store / "parts").iterdir():
+        if part.is_dir():
+            shutil.rmtree(part)
+    (store / "zarr.json").write_bytes(b"lost")
+    run_cli("store", "repair", store, "--rebuild-root")
+    assert FeatureStore.open(store).feature_sets == (named,)
+    assert len(FeatureStore.open(store)) == 16
+    assert run_cli("store", "verify", store).exit_code == 0
+
+
+def test_a_damaged_default_set_leaves_the_others_readable(made, tmp_path):
+    from tests.conftest import train_cli
+
+    store = copy_store(made, tmp_path / "s.zarr")
+    run_cli("extract", made["audio"], store, "--feature-set", "more", "--layers", "all",
+            "--quiet")  # fmt: skip
+    train_cli({**made, "store": store}, tmp_path / "on_more", "--preset", "mean-linear",
+              "--features", "more")  # fmt: skip
+    root = store / "zarr.json"
+    node = json.loads(root.read_text())
+    meta = node["attributes"]["emi"]
+    meta["sets"][meta["default_set"]]["spec"]["window_seconds"] = 5.0
+    root.write_text(json.dumps(node))
+    predicted = run_cli("predict", store, "--head", tmp_path / "on_more", "-o", tmp_path / "p.csv")
+    assert predicted.output.startswith("16 clips x 1 head")
+    info = run_cli("store", "info", store, "--feature-set", "more").output
+    assert "DAMAGED" in info and "more" in info
+    refused = run_cli("predict", store, "--head", made["head"], "-o", tmp_path / "q.csv", expect=2)
+    assert "its spec in the root metadata does not match" in refused.output
