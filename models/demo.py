@@ -159,10 +159,14 @@ def run_demo(
         str(folder / "feats.zarr"),
         ExtractOptions(model=str(backbone), workers=workers, layers=layers),
     )
+    speed = (
+        f" ({summary.audio_s / max(summary.wall_s, 1e-9):.0f} audio s per s)"
+        if summary.extracted
+        else ""
+    )
     echo(
         f"      {summary.extracted} clips extracted, {summary.already_stored} already "
-        f"stored, {len(summary.failed)} failed "
-        f"({summary.audio_s / max(summary.wall_s, 1e-9):.0f} audio s per s)"
+        f"stored, {len(summary.failed)} failed{speed}"
     )
     store = FeatureStore.open(folder / "feats.zarr")
     settings = TrainSettings(epochs=epochs, lr=lr, seed=1)
