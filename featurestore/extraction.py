@@ -176,7 +176,13 @@ def extract(
             on_wait=lambda message: print(message, file=sys.stderr, flush=True),
         )
         with lock:
-            writer = StoreWriter.open(location, spec, lock, feature_set=options.feature_set)
+            writer = StoreWriter.open(
+                location,
+                spec,
+                lock,
+                feature_set=options.feature_set,
+                new_set_name=options.new_set_name,
+            )
             summary = ExtractSummary(
                 store=store, fingerprint=fingerprint(spec), feature_set=writer.feature_set
             )
@@ -211,8 +217,9 @@ def _missing(records: list[ClipRecord], writer: StoreWriter, options, summary) -
         r for r in records if r.sha256 and stored_sha.get(r.clip_id) not in (None, "", r.sha256)
     ]
     changed, collisions = [], []
+    sources = store.source_paths([r.clip_id for r in differing])
     for r in differing:
-        stored_from = store.clip_info(r.clip_id).source_path
+        stored_from = sources[r.clip_id]
         if stored_from == r.path:
             changed.append(r)
         else:

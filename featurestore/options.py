@@ -102,6 +102,9 @@ class ExtractOptions:
         replace_other_sources: also replace a stored clip by a file of the same clip
             id from another source path with other content (never done otherwise: such
             a file is a failure naming both paths).
+        new_set_name: with ``feature_set`` None, the name of the set to add where the
+            store has no set of these features (with the fingerprint appended where the
+            name is taken); chosen under the writer lock.
         wait_for_lock_s: wait this long for another writer of the store to finish
             (saying so on stderr) instead of failing at once.
         expect_fingerprint: refuse, before any work, to make other features.
@@ -125,6 +128,7 @@ class ExtractOptions:
     part_seconds: float | None = None
     refresh_changed: bool = False
     replace_other_sources: bool = False
+    new_set_name: str | None = None
     wait_for_lock_s: float = 0.0
     expect_fingerprint: str | None = None
     dashboard: bool = False

@@ -408,12 +408,16 @@ class StoreWriter:
         spec: FeatureSpec | dict,
         lock: StoreLock | None,
         feature_set: str | None = None,
+        new_set_name: str | None = None,
     ) -> StoreWriter:
         """Create the store with ``spec`` where none exists, add feature set
         ``feature_set`` to an existing one, or check the existing set.
 
-        ``feature_set`` None: the store's set with this spec's fingerprint, else its
-        default set; for a new store, the backbone's name (:func:`set_name_of`).
+        ``feature_set`` None: the store's set with this spec's fingerprint, else (with
+        ``new_set_name``) a new set of that name, or of that name and the fingerprint
+        where the name is taken, else its default set; for a new store
+        ``new_set_name`` or the backbone's name (:func:`set_name_of`). Decided here,
+        under the writer lock, so two runs waiting for the lock never pick one name.
         Adding a set never changes another set's bytes (only the root's index).
 
         Raises:
@@ -423,12 +427,13 @@ class StoreWriter:
         """
         meta = read_root(location)
         wanted = fingerprint(spec)
-        if feature_set is not None:
-            check_set_name(feature_set)
+        for name in (feature_set, new_set_name):
+            if name is not None:
+                check_set_name(name)
         if meta is None:
             if never_completed(location):  # we hold the lock: replace it
                 location.delete("zarr.json")
-            meta = _new_root(spec, feature_set or set_name_of(spec))
+            meta = _new_root(spec, feature_set or new_set_name or set_name_of(spec))
             # The root first: a store is never seen with parts/ but without its root.
             if not location.create("zarr.json", group_node({ROOT_ATTR: meta})):
                 raise StoreError(f"{location.url}: another run created a store here just now")
@@ -437,7 +442,13 @@ class StoreWriter:
         sets = feature_sets(meta)
         if feature_set is None:
             matching = [name for name, r in sets.items() if r["fingerprint"] == wanted]
-            feature_set = matching[0] if matching else default_set(meta)
+            if matching:
+                feature_set = matching[0]
+            elif new_set_name is not None:
+                taken = new_set_name in sets  # by other features: a name of its own
+                feature_set = f"{new_set_name[:87]}-{wanted[:12]}" if taken else new_set_name
+            else:
+                feature_set = default_set(meta)
         if feature_set not in sets:
             return cls._add_set(location, meta, feature_set, spec, lock)
         held = sets[feature_set]
@@ -1177,6 +1188,25 @@ class FeatureStore:
             source_path=str(self._per_clip(loc.part, "source_path")[loc.row]),
             sha256=loc.sha256,
         )
+
+    def source_paths(self, clip_ids: list[str]) -> dict[str, str]:
+        """The source path of each stored clip of ``clip_ids``, reading only the
+        ``source_path`` array of the parts that serve them (checked)."""
+        rows: dict[str, list[tuple[str, int]]] = {}
+        for clip_id in check_clip_ids(clip_ids):
+            loc = self._locate(clip_id)
+            rows.setdefault(loc.part, []).append((clip_id, loc.row))
+        found = {}
+        for part, wanted in rows.items():
+            values = self._clip_arrays.get((part, "source_path"))
+            if values is None:
+                values = check_digest(
+                    self._read_arrays(part, {"source_path": slice(None)})["source_path"],
+                    self._meta["parts"][part]["digests"]["source_path"],
+                    where=f"{self.location}: part {part}, array source_path",
+                )
+            found.update((clip_id, str(values[row])) for clip_id, row in wanted)
+        return found
 
     def clips(self) -> list[ClipInfo]:
         """Every stored clip as a :class:`ClipInfo` (reads each part's per-clip arrays)."""

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from featurestore.options import ExtractOptions, user_cache_dir
 from featurestore.records import ClipFailure
-from featurestore.store import FeatureStore
+from featurestore.store import FeatureStore, set_name_of
 from manifests import ClipRecord, build_manifest
 from models.errors import HeadError
 from models.head_files import LoadedHead, sets_for_head
@@ -135,7 +135,9 @@ def score_folder(
             max_seconds=spec.max_seconds,
             window_seconds=spec.window_seconds,
             layers=spec.layers,
-            feature_set=_set_name(location, ref),
+            # the set holding these features, else a new one of the head's set name
+            # (chosen under the writer lock: two scores waiting never take one name)
+            new_set_name=ref.feature_set or (set_name_of(ref.spec) if ref.spec else None),
             refresh_changed=True,  # never serve features of a file's earlier content
             # another score (or extract) writing the store: wait for it, saying so
             wait_for_lock_s=LOCK_WAIT_S,
@@ -195,22 +197,6 @@ def _all_stored(location: str, wanted: str, records: list[ClipRecord]):
         store=location, fingerprint=wanted, feature_set=held.feature_set,
         already_stored=len(records),
     )  # fmt: skip
-
-
-def _set_name(location: str, ref) -> str | None:
-    """The feature set to extract ``ref``'s features into: None (the set that has them)
-    where the store has them, else the head's name for the set."""
-    from featurestore.location import StoreLocation
-    from featurestore.store import feature_sets, read_root, set_name_of
-
-    meta = read_root(StoreLocation.of(location))
-    sets = feature_sets(meta) if meta else {}
-    if any(r["fingerprint"] == ref.fingerprint for r in sets.values()):
-        return None
-    name = ref.feature_set or (set_name_of(ref.spec) if ref.spec else None)
-    if name in sets:  # the name is taken by other features: a name of its own
-        name = f"{name}-{ref.fingerprint[:12]}"
-    return name
 
 
 def _content_keyed(folder: list[ClipRecord]) -> list[ClipRecord]:

@@ -655,3 +655,23 @@ def test_a_damaged_default_set_leaves_the_others_readable(made, tmp_path):
     assert "DAMAGED" in info and "more" in info
     refused = run_cli("predict", store, "--head", made["head"], "-o", tmp_path / "q.csv", expect=2)
     assert "its spec in the root metadata does not match" in refused.output
+
+
+def test_a_new_sets_name_is_chosen_under_the_writer_lock(made, tmp_path):
+    from dataclasses import replace
+
+    from featurestore.location import StoreLocation
+    from featurestore.lock import StoreLock
+    from featurestore.store import StoreWriter
+
+    store = copy_store(made, tmp_path / "s.zarr")
+    first = FeatureStore.open(store)
+    other = replace(first.spec, window_seconds=5.0)  # other features, the same backbone
+    where = StoreLocation.of(store)
+    with StoreLock(where) as lock:
+        same = StoreWriter.open(where, first.spec, lock, new_set_name=first.feature_set)
+        assert same.feature_set == first.feature_set  # the set that has these features
+        added = StoreWriter.open(where, other, lock, new_set_name=first.feature_set)
+    # the name is taken by other features: the new set gets a name of its own
+    assert added.feature_set == f"{first.feature_set}-{other.fingerprint[:12]}"
+    assert set(FeatureStore.open(store).feature_sets) == {first.feature_set, added.feature_set}
