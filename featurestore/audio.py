@@ -22,7 +22,7 @@ import soundfile as sf
 import soxr
 
 from manifests.containers import ContainerError, is_container, read_container
-from manifests.sources import is_url, open_source, source_exists, source_size
+from manifests.sources import broken_link, is_url, open_source, source_exists, source_size
 
 SAMPLE_RATE_HZ = 16_000
 FRAME_HOP_SAMPLES = 320  # 20 ms: 50 frames per second
@@ -133,9 +133,7 @@ def decode_clip(path: str | Path, *, max_seconds: float | None = None) -> Decode
         if not os.path.isfile(path):
             raise FileNotFoundError(path)
     except OSError:
-        if os.path.islink(path) and not os.path.exists(path):
-            raise AudioError(f"a broken symbolic link (to {os.readlink(path)})") from None
-        raise AudioError(f"no such file: {path}") from None
+        raise AudioError(broken_link(path) or f"no such file: {path}") from None
     if size == 0:
         raise AudioError("empty file (0 bytes)")
     if is_container(path):

@@ -23,7 +23,6 @@ from featurestore.store import (
     STORE_FORMAT,
     FeatureStore,
     StoreWriter,
-    default_set,
     feature_sets,
     index_digest,
     never_completed,
@@ -52,10 +51,10 @@ def store_info(store: FeatureStore, *, storage_options: dict | None = None) -> d
         "spec": store.spec.to_dict(),
         "failed": [f.to_dict() for f in store.failures],
         "feature_sets": [
-            _set_info(store.with_set(name), storage_options)
-            if not store.with_set(name).damage
-            else {"feature_set": name, "damaged": store.with_set(name).damage}
-            for name in store.feature_sets
+            {"feature_set": s.feature_set, "damaged": s.damage}
+            if s.damage
+            else _set_info(s, storage_options)
+            for s in map(store.with_set, store.feature_sets)
         ],
     }
 
@@ -236,20 +235,15 @@ def verify_all(location: str, *, storage_options: dict | None = None) -> list[Pr
     Raises:
         StoreError: no store there. StoreDamage: the root itself is damaged.
     """
-    where = StoreLocation.of(location, storage_options)
-    meta = read_root(where)
-    if meta is None:
-        FeatureStore.open(location, storage_options=storage_options)  # says why
-    names = [default_set(meta), *sorted(n for n in feature_sets(meta) if n != default_set(meta))]
-    several = len(names) > 1
+    opened = FeatureStore.open(location, storage_options=storage_options)
+    several = len(opened.feature_sets) > 1
     problems: list[Problem] = []
-    for name in names:
-        store = FeatureStore(where, meta, name)
+    for store in map(opened.with_set, opened.feature_sets):
+        name = store.feature_set if several else None
         if store.damage:
-            problems.append(Problem(None, store.damage, feature_set=name if several else None))
+            problems.append(Problem(None, store.damage, feature_set=name))
             continue
-        store.location = str(location)
-        problems += [replace(p, feature_set=name) if several else p for p in verify_store(store)]
+        problems += [replace(p, feature_set=name) for p in verify_store(store)]
     return problems
 
 

@@ -10,6 +10,7 @@ import contextlib
 import os
 import re
 import shutil
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -65,17 +66,14 @@ def clean_leftovers(
     A ``.NAME.partial-*`` never took NAME's place: removed. A ``.NAME.old-*`` is the
     earlier NAME moved aside: removed where NAME exists, else moved back (the write
     stopped between the two renames, so it is the only copy)."""
-    import time
-
     folder = Path(folder)
     if not folder.is_dir():
         return []
     done = []
     now = time.time()
     # ctime too: a rename (the earlier NAME moved aside) keeps the mtime, not the ctime
-    found = [
-        (p, max(p.lstat().st_mtime, p.lstat().st_ctime)) for p in folder.iterdir() if is_leftover(p)
-    ]
+    found = [(p, p.lstat()) for p in folder.iterdir() if is_leftover(p)]
+    found = [(p, max(st.st_mtime, st.st_ctime)) for p, st in found]
     for item, mtime in sorted(found, key=lambda pair: pair[1], reverse=True):
         match = _LEFTOVER.fullmatch(item.name)
         if (name is not None and match["name"] != name) or now - mtime < min_age_s:

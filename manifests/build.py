@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
 from collections import defaultdict
 from collections.abc import Iterable
 from pathlib import Path
@@ -19,7 +18,7 @@ from manifests.records import (
     count_of,
     format_examples,
 )
-from manifests.sources import list_files, open_source, source_size
+from manifests.sources import broken_link, list_files, open_source, source_size
 
 HASH_BLOCK_BYTES = 1 << 20
 
@@ -40,11 +39,8 @@ def probe(record: ClipRecord) -> ClipRecord:
         record.sha256 = sha256_of_file(record.path)
         size = source_size(record.path)
     except OSError as err:
-        broken = os.path.islink(record.path) and not os.path.exists(record.path)
-        record.problem = (
-            f"a broken symbolic link (to {os.readlink(record.path)})"
-            if broken
-            else f"cannot be read ({err.strerror or type(err).__name__})"
+        record.problem = broken_link(record.path) or (
+            f"cannot be read ({err.strerror or type(err).__name__})"
         )
         return record
     if size == 0:

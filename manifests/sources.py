@@ -29,6 +29,14 @@ def open_source(path: str | os.PathLike) -> BinaryIO:
     return fs.open(inner, "rb")
 
 
+def broken_link(path: str | os.PathLike) -> str | None:
+    """``a broken symbolic link (to TARGET)`` where ``path`` is a local symbolic link to
+    nothing; else None."""
+    if is_url(path) or not os.path.islink(path) or os.path.exists(path):
+        return None
+    return f"a broken symbolic link (to {os.readlink(path)})"
+
+
 def source_size(path: str | os.PathLike) -> int:
     fs, inner = _fs(path)
     return int(fs.size(inner))

@@ -15,9 +15,9 @@ import math
 import re
 
 from models.errors import HeadError
+from models.heads import HEAD_TYPES
 
 CARD_FORMATS = (1, 2)
-HEAD_TYPES = ("fusion", "mean-linear")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
@@ -42,12 +42,6 @@ class _Rules:
         value = data.get(field)
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             self.fail(name or field, f"must be a whole number >= {low}", value)
-        return value
-
-    def text(self, data: dict, field: str, name: str | None = None) -> str:
-        value = data.get(field)
-        if not isinstance(value, str) or not value.strip():
-            self.fail(name or field, "must be a non-empty text", value)
         return value
 
 
