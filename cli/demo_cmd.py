@@ -42,7 +42,8 @@ DEFAULTS = {
     type=float,
     default=DEFAULTS["lr"],
     show_default=True,
-    help="Learning rate (the paper's 1e-4 is slow for a few hundred clips).",
+    help="Learning rate of the fusion head (emi's recipe; the paper's 1e-4 is slow for a "
+    "few hundred clips).",
 )
 @click.option("--seed", type=int, default=DEFAULTS["seed"], show_default=True)
 @click.option(

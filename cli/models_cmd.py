@@ -9,7 +9,17 @@ import click
 from featurestore.errors import EXIT_CLIPS_FAILED
 from featurestore.options import DEVICES, ExtractOptions
 from manifests.records import count_of
-from models.options import DEFAULT_CACHE_GB, PRESETS, SETTING_RULES, SIZE_RULES, TrainSettings
+from models.options import (
+    DEFAULT_CACHE_GB,
+    DEFAULT_PRESET,
+    EMI_RECIPE,
+    PAPER_RECIPE,
+    PRESETS,
+    RECIPE_KEYS,
+    SETTING_RULES,
+    SIZE_RULES,
+    TrainSettings,
+)
 
 DEFAULTS = TrainSettings()
 
@@ -19,7 +29,17 @@ def _echo_err(message: str) -> None:
 
 
 def _setting(name: str, help: str | None = None):
-    """A training option whose rule and default come from ``models.options``."""
+    """A training option whose rule and default come from ``models.options``; a recipe
+    setting left out takes the preset's value (both recipes' values are shown)."""
+    if name in RECIPE_KEYS:
+        ours, paper = EMI_RECIPE[name], PAPER_RECIPE[name]
+        shown = f"{ours}" if ours == paper else f"{ours}; --preset paper: {paper}"
+        return click.option(
+            f"--{name.replace('_', '-')}",
+            type=SETTING_RULES[name].click_type(),
+            default=None,
+            help=f"{help + ' ' if help else ''}[default: the preset's: {shown}]",
+        )
     return click.option(
         f"--{name.replace('_', '-')}",
         type=SETTING_RULES[name].click_type(),
@@ -74,9 +94,10 @@ DEVICE_OPTION = click.option(
 @click.option(
     "--preset",
     type=click.Choice(PRESETS),
-    default="paper",
+    default=DEFAULT_PRESET,
     show_default=True,
-    help="Head architecture (see README).",
+    help="Head and recipe: fusion (the paper's architecture, emi's recipe), paper (the "
+    "paper's recipe exactly), compact, mean-linear (closed-form ridge). See the docs.",
 )
 @click.option(
     "--grid",
@@ -114,6 +135,14 @@ DEVICE_OPTION = click.option(
 @_setting("weight_decay")
 @_setting("warmup_epochs")
 @_setting("clip_value", help="Gradient clipping by value.")
+@_setting("patience", help="Stop after this many epochs without a better validation score "
+          "(0: run every epoch).")  # fmt: skip
+@click.option(
+    "--standardize/--no-standardize",
+    default=None,
+    help="Scale each input dimension by its training mean and std (stored in the head). "
+    "[default: the preset's: on; --preset paper: off]",
+)
 @_setting("seed")
 @_setting("max_seconds", help="Crop sequences to their first seconds (the paper: 12).")
 @DEVICE_OPTION

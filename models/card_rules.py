@@ -118,6 +118,14 @@ def check_card(card: object, where: str) -> None:
         rules.fail("head.layer_width", "must be a whole number >= 0", width)
     if (len(layers) > 1) != (width > 0):
         rules.fail("head.layer_width", "must be > 0 exactly when several layers are mixed", width)
+    for field in ("standardize", "layer_norm"):
+        if not isinstance(head.get(field, False), bool):
+            rules.fail(f"head.{field}", "must be true or false", head.get(field))
+    mix = head.get("mix", "softmax")
+    if mix not in ("softmax", "concat"):
+        rules.fail("head.mix", "must be 'softmax' or 'concat'", mix)
+    if mix == "concat" and head["head_type"] != "mean-linear":
+        rules.fail("head.mix", "can be 'concat' only for a mean-linear head", mix)
     training = card.get("training", {})
     if not isinstance(training, dict):
         rules.fail("training", "must be an object", training)

@@ -171,7 +171,7 @@ def run_demo(
     store = FeatureStore.open(folder / "feats.zarr")
     settings = TrainSettings(epochs=epochs, lr=lr, seed=1)
     plans = [
-        HeadPlan(name="fusion", preset="paper", settings=settings),
+        HeadPlan(name="fusion", preset="fusion", settings=settings),
         HeadPlan(name="mean-linear", preset="mean-linear", settings=settings),
     ]
     if store.layers:  # the same heads on a learned weighting of the stored layers

@@ -18,7 +18,16 @@ Presets (``input`` is the per-frame width of the store):
 Layers: a head reads ``hidden`` (the last hidden state) by default, or one stored layer
 (``layer``), or several (``layers``, e.g. every stored layer for ``layers: weighted``):
 then a learned softmax weighting over them (SUPERB style) mixes the per-frame and mean
-vectors into one ``hidden`` block before the head proper; the weights start equal.
+vectors into one ``hidden`` block before the head proper; the weights start equal. The
+closed-form ``mean-linear`` head reads several layers side by side instead
+(``mix: concat``): a linear map of all of them, of which any weighting is a special case.
+
+Input scale: a head with ``standardize`` holds a per-dimension mean and standard
+deviation of its input (computed from its training clips, :mod:`models.input_scale`) and
+applies ``(x - mean) / std`` to the frames and the mean vector first; with
+``layer_norm`` a layer weighting normalizes each layer's block (a layer norm without
+learned parameters) before mixing, so that layers of different scales compete on their
+content. Heads saved before these existed have neither and predict as they did.
 """
 
 from __future__ import annotations
@@ -44,6 +53,9 @@ class HeadConfig:
     # softmax weights over blocks of ``layer_width`` (the store's hidden size).
     layers: tuple[int | None, ...] = (None,)
     layer_width: int = 0
+    standardize: bool = False  # (x - mean) / std per input dimension, stored in the head
+    layer_norm: bool = False  # a layer weighting normalizes each layer's block first
+    mix: str = "softmax"  # several layers: "softmax" (learned weights) or "concat"
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -59,7 +71,14 @@ class HeadConfig:
 
     @property
     def mixes_layers(self) -> bool:
-        return len(self.layers) > 1
+        """Several layers mixed by learned softmax weights."""
+        return len(self.layers) > 1 and self.mix == "softmax"
+
+    @property
+    def held_width(self) -> int:
+        """Per-frame width of the input the head reads: ``input_dim`` plus one
+        ``layer_width`` block for each further layer."""
+        return self.input_dim + (len(self.layers) - 1) * self.layer_width
 
 
 from models.errors import HeadError  # noqa: E402
@@ -73,12 +92,14 @@ def preset_config(
     num_targets: int,
     layers: tuple[int | None, ...] = (None,),
     layer_width: int = 0,
+    standardize: bool = False,
     **overrides,
 ) -> HeadConfig:
     """A preset's config for features of width ``input_dim`` (one layer's hidden size
     plus the VAD outputs); ``overrides`` change sizes; ``layers`` as in
-    :class:`HeadConfig`."""
-    if name == "paper":
+    :class:`HeadConfig`. A layer weighting of unstandardized inputs normalizes each
+    layer (``layer_norm``); the closed-form linear head reads layers side by side."""
+    if name in ("paper", "fusion"):  # the paper's architecture (fusion: emi's recipe)
         base = dict(
             head_type="fusion", lstm_hidden=input_dim, lstm_layers=2, mlp_hidden=2 * input_dim
         )
@@ -89,23 +110,48 @@ def preset_config(
     else:
         raise HeadError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
     base.update({k: v for k, v in overrides.items() if v is not None})
+    several = len(layers) > 1
+    linear = base["head_type"] == "mean-linear"
     return HeadConfig(
         input_dim=input_dim,
         num_targets=num_targets,
         layers=tuple(layers),
-        layer_width=layer_width if len(layers) > 1 else 0,
+        layer_width=layer_width if several else 0,
+        standardize=standardize,
+        layer_norm=several and not linear and not standardize,
+        mix="concat" if several and linear else "softmax",
         **base,
     )
+
+
+class Standardizer(nn.Module):
+    """``(x - mean) / std`` per input dimension (the last axis); ``mean`` and ``std``
+    are buffers, saved with the head's weights."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(width))
+        self.register_buffer("std", torch.ones(width))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
+
+    def set(self, mean, std) -> None:
+        """Set the statistics (``(width,)`` arrays)."""
+        self.mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
+        self.std.copy_(torch.as_tensor(std, dtype=torch.float32))
 
 
 class LayerMix(nn.Module):
     """A learned softmax weighting of ``layers`` blocks of ``width`` (SUPERB style):
     ``(..., layers x width + rest)`` -> ``(..., width + rest)``; ``rest`` (the VAD
-    outputs) passes through. The weights start equal."""
+    outputs) passes through. The weights start equal. With ``normalize`` each block is
+    layer-normalized (no learned parameters) before the weighted sum."""
 
-    def __init__(self, layers: int, width: int) -> None:
+    def __init__(self, layers: int, width: int, normalize: bool = False) -> None:
         super().__init__()
         self.width = width
+        self.normalize = normalize
         self.logits = nn.Parameter(torch.zeros(layers))
 
     def weights(self) -> torch.Tensor:
@@ -115,12 +161,20 @@ class LayerMix(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         split = self.logits.numel() * self.width
         blocks = x[..., :split].unflatten(-1, (self.logits.numel(), self.width))
+        if self.normalize:
+            blocks = nn.functional.layer_norm(blocks, (self.width,))
         mixed = (blocks * self.weights().to(x.dtype)[:, None]).sum(dim=-2)
         return torch.cat([mixed, x[..., split:]], dim=-1)
 
 
 def _mixer(config: HeadConfig) -> nn.Module | None:
-    return LayerMix(len(config.layers), config.layer_width) if config.mixes_layers else None
+    if not config.mixes_layers:
+        return None
+    return LayerMix(len(config.layers), config.layer_width, normalize=config.layer_norm)
+
+
+def _standardizer(config: HeadConfig) -> nn.Module | None:
+    return Standardizer(config.held_width) if config.standardize else None
 
 
 class FusionHead(nn.Module):
@@ -141,6 +195,7 @@ class FusionHead(nn.Module):
         self.fc1 = nn.Linear(config.input_dim + config.lstm_hidden, config.mlp_hidden)
         self.fc2 = nn.Linear(config.mlp_hidden, config.num_targets)
         self.layer_mix = _mixer(config)
+        self.standardizer = _standardizer(config)
 
     def forward(
         self, frames: torch.Tensor, lengths: torch.Tensor, mean: torch.Tensor
@@ -148,6 +203,8 @@ class FusionHead(nn.Module):
         """``frames (batch, time, width)`` padded, ``lengths (batch,)`` real frames (CPU
         int64), ``mean (batch, width)`` -> ``(batch, targets)``; ``width`` is
         ``input_dim``, plus one ``layer_width`` block per further mixed layer."""
+        if self.standardizer is not None:
+            frames, mean = self.standardizer(frames), self.standardizer(mean)
         if self.layer_mix is not None:
             frames, mean = self.layer_mix(frames), self.layer_mix(mean)
         # A unidirectional LSTM's output at step t depends on steps <= t only, so the
@@ -163,17 +220,22 @@ class FusionHead(nn.Module):
 
 
 class MeanLinear(nn.Module):
-    """Linear regression on the global mean vector."""
+    """Linear regression on the global mean vector (solved in closed form by
+    :mod:`models.ridge`; heads of earlier versions were trained by gradient descent)."""
 
     def __init__(self, config: HeadConfig) -> None:
         super().__init__()
         self.config = config
-        self.linear = nn.Linear(config.input_dim, config.num_targets)
         self.layer_mix = _mixer(config)
+        width = config.input_dim if self.layer_mix is not None else config.held_width
+        self.linear = nn.Linear(width, config.num_targets)
+        self.standardizer = _standardizer(config)
 
     def forward(
         self, frames: torch.Tensor, lengths: torch.Tensor, mean: torch.Tensor
     ) -> torch.Tensor:
+        if self.standardizer is not None:
+            mean = self.standardizer(mean)
         if self.layer_mix is not None:
             mean = self.layer_mix(mean)
         return self.linear(mean)

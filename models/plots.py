@@ -1,4 +1,5 @@
-"""PNG plots: learning curves of a head; predicted vs true per target."""
+"""PNG plots: learning curves of a head (or a ridge head's penalty search); predicted vs
+true per target."""
 
 from __future__ import annotations
 
@@ -96,6 +97,26 @@ def learning_curves_figure(metrics: dict, *, title: str = "") -> Figure:
     fig.suptitle(title or "learning curves")
     fig.tight_layout()
     return fig
+
+
+def plot_ridge_penalty(metrics: dict, path: str | Path, *, title: str = "") -> Path:
+    """A closed-form ridge head's penalty search: leave-one-out MSE on the training
+    clips against the penalty (log scale), the chosen penalty marked (PNG)."""
+    ridge = metrics["ridge"]
+    fig = Figure(figsize=(6, 4.4))
+    ax = fig.subplots()
+    ax.plot(ridge["alphas"], ridge["loo_mse"], label="leave-one-out MSE (training clips)",
+            **style(0))  # fmt: skip
+    ax.axvline(ridge["alpha"], color="grey", linestyle=":", label=f"chosen ({ridge['alpha']:g})")
+    ax.set_xscale("log")
+    ax.set_xlabel("ridge penalty (alpha)")
+    ax.set_ylabel("mean squared error")
+    val = metrics["epochs"][0]["val"]["pearson_mean"]
+    legend_below(ax, 1)
+    fig.suptitle(f"{title or 'ridge'}: validation mean Pearson {val:.3f}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    return Path(path)
 
 
 def plot_predictions(

@@ -1,9 +1,13 @@
-"""Training heads on stored features: the paper's recipe, many heads per data load.
+"""Training heads on stored features: many heads per data load.
 
-Recipe defaults (``method.md``): MSE loss, AdamW lr 1e-4, linear warm-up for one epoch
-then cosine decay to zero, 30 epochs, batch 32, gradient clipping by value at 100,
-seed 1, the best epoch chosen by mean validation Pearson of predictions clamped to
-[0, 1]; mixed precision on a GPU. Every setting can be overridden per head.
+Two recipes (``models.options.RECIPES``): the paper's, exactly (``--preset paper``: MSE
+loss, AdamW lr 1e-4, linear warm-up for one epoch then cosine decay to zero, 30 epochs,
+batch 32, gradient clipping by value at 100, raw inputs), and emi's (every other preset:
+the same schedule on standardized inputs at lr 1e-3, stopping early when validation
+stops improving). Either way the best epoch is the one with the best mean validation
+Pearson of predictions clamped to [0, 1]; seed 1; mixed precision on a GPU. Every
+setting can be overridden per head. The ``mean-linear`` head is solved in closed form
+(ridge regression, :mod:`models.ridge`), not by gradient descent.
 """
 
 from __future__ import annotations
@@ -39,9 +43,11 @@ from models.head_files import (
     save_head,
 )
 from models.heads import PRESETS, build_head, count_parameters, layer_weights, preset_config
+from models.input_scale import input_statistics
 from models.metrics import evaluate
 from models.options import (
     DEFAULT_CACHE_GB,
+    DEFAULT_PRESET,
     SIZE_KEYS,
     TrainSettings,
     check_features,
@@ -55,20 +61,30 @@ from models.sequences import DEFAULT_BUDGET_BYTES, Batch, SequenceData, load_seq
 T = TypeVar("T")
 
 SETTING_FIELDS = frozenset(f.name for f in fields(TrainSettings))
-LAYER_WEIGHTS_LR_SCALE = 10.0  # learning rate of a layer weighting, x the head's
+# A layer weighting's logits learn at their own rate: Adam moves a parameter by about its
+# rate per step whatever the gradient's size, so the rate is set from the run's length:
+# over the whole schedule (warm-up and cosine: half the peak rate on average) a logit
+# can travel about LAYER_WEIGHTS_TRAVEL / 2, enough for one layer to take nearly all the
+# weight (e^5 = 150 x another's) on a small store and on a large one alike. At the head's
+# own rate (1e-4: a few hundred steps move a logit by 0.01-0.1) the weights stay equal.
+LAYER_WEIGHTS_TRAVEL = 10.0
 
 
 @dataclass(frozen=True)
 class HeadPlan:
-    """One head to train: preset, size overrides, targets and settings."""
+    """One head to train: preset, size overrides, targets and settings (the preset's
+    recipe where ``settings`` leaves a field unset)."""
 
     name: str
-    preset: str = "paper"
+    preset: str = DEFAULT_PRESET
     targets: tuple[str, ...] | None = None  # None: every label column
     sizes: dict = field(default_factory=dict)
     settings: TrainSettings = TrainSettings()
     layer: int | str | None = None  # None: the last hidden state; k; or "weighted"
     features: tuple[str, ...] | None = None  # feature sets (None: the opened store's)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "settings", self.settings.for_preset(self.preset))
 
     def feature_stores(self, store: FeatureStore) -> list[FeatureStore]:
         """The feature sets this head reads, from ``store`` (opened on the set used
@@ -203,7 +219,7 @@ def _plan_from_entry(merged: dict, defaults: TrainSettings, entry_keys: list[str
         for k, v in merged.items()
         if k not in ("name", "preset", "targets", "layer", "layers", "features")
     }
-    preset = merged.get("preset", "paper")
+    preset = merged.get("preset", DEFAULT_PRESET)
     if preset not in PRESETS:
         raise SettingsError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
     targets = merged.get("targets")
@@ -388,12 +404,10 @@ class _Optimiser:
         groups = [
             {"params": [p for p in self.model.parameters() if id(p) not in mixing]},
             # A layer weighting's few logits: without weight decay (it would pull them
-            # back to equal weights) and at LAYER_WEIGHTS_LR_SCALE x the rate (Adam moves
-            # each by about the rate per step: a few hundred steps at the head's rate
-            # would leave them nearly equal).
+            # back to equal weights), at their own rate (LAYER_WEIGHTS_*).
             {
                 "params": [] if mix is None else list(mix.parameters()),
-                "lr": s.lr * LAYER_WEIGHTS_LR_SCALE,
+                "lr": LAYER_WEIGHTS_TRAVEL / (self.steps_per_epoch * s.epochs),
                 "weight_decay": 0.0,
             },
         ]
@@ -447,18 +461,69 @@ def train_one(
     started = time.perf_counter()
     s = plan.settings
     targets, y_train, y_val = _label_columns(plan, train, val)
-    true_val = np.stack([y_val[c] for c in val.clip_ids])
     torch.manual_seed(s.seed)
-    rng = np.random.default_rng(s.seed)
     config = preset_config(
         plan.preset,
         input_dim=data.input_dim,
         num_targets=len(targets),
         layers=plan.layers(store),
         layer_width=data.hidden_size,
+        standardize=s.standardize,
         **plan.sizes,
     )
-    model = build_head(config).to(device)
+    model = build_head(config)
+    facts: dict = {}
+    linear = config.head_type == "mean-linear"
+    if config.standardize:
+        stats = input_statistics(
+            data,
+            train.clip_ids,
+            layers=config.layers,
+            max_frames=s.max_frames,
+            over="clips" if linear else "frames",
+        )
+        model.standardizer.set(stats.mean, stats.std)
+        facts["standardized_over"] = f"{stats.count} training {stats.over}"
+    model = model.to(device)
+    fit = _fit_ridge if linear else _fit_by_gradient
+    history, best, extra = fit(plan, model, data, train, val, y_train, y_val, targets, device, log)
+    trained_s = time.perf_counter() - started
+    card = _head_card(plan, config, model, targets, train, val, device, store, best, trained_s)
+    card = replace(
+        card, joined=tuple(_store_ref(s) for s in joined), training={**card.training, **facts}
+    )
+    if linear:
+        card = replace(card, training=_ridge_training(card.training, extra["ridge"]))
+    metrics = {"best_epoch": best[1], "epochs": history, **extra}
+    if config.mixes_layers:  # the weights of the saved (best) epoch
+        metrics["layer_weights"] = layer_weights(model)
+    from models.plots import plot_learning_curves, plot_ridge_penalty
+
+    def plots(folder: Path) -> None:
+        if linear:
+            plot_ridge_penalty(metrics, folder / "ridge_penalty.png", title=plan.name)
+        else:
+            plot_learning_curves(metrics, folder / "learning_curves.png", title=plan.name)
+
+    save_head(out, model, card, metrics, extra_files=plots, overwrite=overwrite)
+    seconds = time.perf_counter() - started
+    return TrainedHead(plan.name, out, best[1], best[0], metrics, seconds, card.parameters, plan)
+
+
+def _validate(model, data, val, y_val, targets, device, max_frames) -> dict:
+    """Validation metrics of predictions clamped to [0, 1] (NaN where non-finite)."""
+    raw = predict_batches(model, data, val.clip_ids, device=device, max_frames=max_frames)
+    pred = np.clip(np.stack([raw[c] for c in val.clip_ids]), 0.0, 1.0)
+    true = np.stack([y_val[c] for c in val.clip_ids])
+    return evaluate(pred, true, targets, allow_nonfinite=True)
+
+
+def _fit_by_gradient(plan, model, data, train, val, y_train, y_val, targets, device, log):
+    """The epochs of the recipe (stopping after ``patience`` epochs without improvement);
+    leaves ``model`` at its best epoch. Returns (history, (best score, best epoch), {})."""
+    s = plan.settings
+    rng = np.random.default_rng(s.seed)
+    config = model.config
     optimiser = _Optimiser(model, s, device, math.ceil(len(train.clip_ids) / s.batch_size))
     history, best_state, best = [], None, (-math.inf, -1)
     for epoch in range(1, s.epochs + 1):
@@ -474,9 +539,7 @@ def train_one(
                 layers=config.layers,
             )
         ]
-        raw = predict_batches(model, data, val.clip_ids, device=device, max_frames=s.max_frames)
-        pred = np.clip(np.stack([raw[c] for c in val.clip_ids]), 0.0, 1.0)
-        scores = evaluate(pred, true_val, targets, allow_nonfinite=True)
+        scores = _validate(model, data, val, y_val, targets, device, s.max_frames)
         history.append({"epoch": epoch, "train_loss": float(np.mean(losses)), "val": scores})
         if config.mixes_layers:
             history[-1]["layer_weights"] = layer_weights(model)
@@ -488,36 +551,86 @@ def train_one(
             f"{plan.name}: epoch {epoch}/{s.epochs} loss {np.mean(losses):.4f} "
             f"val pearson {scores['pearson_mean']:.3f}{' *' if improved else ''}"
         )
+        if s.patience and best_state is not None and epoch - best[1] >= s.patience:
+            log(
+                f"{plan.name}: stopping early after epoch {epoch}: no better validation "
+                f"mean Pearson for {s.patience} epochs (best: epoch {best[1]})"
+            )
+            break
     if best_state is None:
         raise SettingsError(
             f"head {plan.name!r}: every epoch predicted NaN or inf on the validation clips "
             "(the training diverged); lower --lr or check the features with `emi store verify`"
         )
     model.load_state_dict(best_state)
-    trained_s = time.perf_counter() - started
-    card = _head_card(plan, config, model, targets, train, val, device, store, best, trained_s)
-    card = replace(card, joined=tuple(_store_ref(s) for s in joined))
-    metrics = {"best_epoch": best[1], "epochs": history}
-    if config.mixes_layers:  # the weights of the saved (best) epoch
-        metrics["layer_weights"] = layer_weights(model)
-    from models.plots import plot_learning_curves
+    return history, best, {}
 
-    save_head(
-        out,
-        model,
-        card,
-        metrics,
-        extra_files=lambda folder: plot_learning_curves(
-            metrics, folder / "learning_curves.png", title=plan.name
-        ),
-        overwrite=overwrite,
+
+def _fit_ridge(plan, model, data, train, val, y_train, y_val, targets, device, log):
+    """The closed-form ridge solution on the training clips' (standardized) mean
+    vectors, its penalty chosen by leave-one-out on the training clips only; written
+    into the head's linear layer. Returns (history of one entry, (score, 1),
+    {"ridge": ...})."""
+    from models.errors import HeadError
+    from models.ridge import fit_ridge
+
+    s = plan.settings
+    means, rows = [], []
+    for batch in data.batches(
+        256, clip_ids=train.clip_ids, max_frames=s.max_frames, layers=model.config.layers
+    ):
+        means.append(batch.mean.numpy().astype(np.float64))
+        rows.extend(y_train[c] for c in batch.clip_ids)
+    x, y = np.concatenate(means), np.stack(rows).astype(np.float64)
+    scaler = model.standardizer
+    if scaler is not None:
+        x = (x - scaler.mean.double().cpu().numpy()) / scaler.std.double().cpu().numpy()
+    try:
+        solved = fit_ridge(x, y)
+    except ValueError as err:
+        raise HeadError(f"head {plan.name!r}: {err}") from None
+    with torch.no_grad():
+        model.linear.weight.copy_(torch.from_numpy(solved.weights.T).float())
+        model.linear.bias.copy_(torch.from_numpy(solved.bias).float())
+    train_mse = float(np.mean((solved.predict(x) - y) ** 2))
+    scores = _validate(model, data, val, y_val, targets, device, s.max_frames)
+    if not math.isfinite(scores["pearson_mean"]):
+        raise SettingsError(
+            f"head {plan.name!r}: the ridge solution predicts NaN or inf on the validation "
+            "clips; check the features with `emi store verify`"
+        )
+    edge = " (the edge of the grid)" if solved.at_edge else ""
+    log(
+        f"{plan.name}: ridge penalty {solved.alpha:g}{edge} by leave-one-out on "
+        f"{len(x)} training clips; val pearson {scores['pearson_mean']:.3f}"
     )
-    seconds = time.perf_counter() - started
-    return TrainedHead(plan.name, out, best[1], best[0], metrics, seconds, card.parameters, plan)
+    ridge = {
+        "alpha": solved.alpha,
+        "alpha_at_edge": solved.at_edge,
+        "alphas": list(solved.alphas),
+        "loo_mse": list(solved.loo_mse),
+    }
+    history = [{"epoch": 1, "train_loss": train_mse, "val": scores}]
+    return history, (scores["pearson_mean"], 1), {"ridge": ridge}
+
+
+def _ridge_training(training: dict, ridge: dict) -> dict:
+    """A closed-form head's card ``training``: the solver and its penalty instead of
+    the gradient recipe's settings, which it does not use."""
+    unused = ("epochs", "batch_size", "lr", "weight_decay", "warmup_epochs", "clip_value")
+    unused += ("patience", "mixed_precision", "recipe")
+    kept = {k: v for k, v in training.items() if k not in unused}
+    return {
+        **kept,
+        "solver": "ridge, closed form; penalty by leave-one-out on the training clips",
+        "alpha": ridge["alpha"],
+        "alpha_at_edge": ridge["alpha_at_edge"],
+    }
 
 
 def _head_card(plan, config, model, targets, train, val, device, store, best, seconds) -> HeadCard:
     s = plan.settings
+    changed = s.overrides(plan.preset)
     return HeadCard(
         name=plan.name,
         preset=plan.preset,
@@ -526,6 +639,7 @@ def _head_card(plan, config, model, targets, train, val, device, store, best, se
         targets=tuple(targets),
         training={
             **asdict(s),
+            "recipe": _recipe_words(plan.preset, changed),
             "mixed_precision": _amp(device, s)[0] is not None,  # what ran, not what was asked
             "max_frames": s.max_frames,
             "train_clips": len(train.clip_ids),
@@ -538,6 +652,14 @@ def _head_card(plan, config, model, targets, train, val, device, store, best, se
         best_epoch=best[1],
         best_val_pearson_mean=best[0],
     )
+
+
+def _recipe_words(preset: str, changed: dict) -> str:
+    """What recipe a head was trained with, in words (its card's ``training.recipe``)."""
+    name = "the paper's recipe" if preset == "paper" else "emi's recipe"
+    if not changed:
+        return f"{name}, exactly" if preset == "paper" else name
+    return f"{name} with {', '.join(f'{k}={v}' for k, v in changed.items())}"
 
 
 def _store_ref(store: FeatureStore) -> StoreRef:
@@ -675,7 +797,7 @@ def train(
     val_labels: str | os.PathLike | LabelTable,
     out: str | os.PathLike,
     *,
-    preset: str = "paper",
+    preset: str = DEFAULT_PRESET,
     grid: str | os.PathLike | dict | None = None,
     targets: str | tuple[str, ...] | None = None,
     layer: int | str | None = None,
@@ -696,14 +818,16 @@ def train(
         labels, val_labels: label CSVs in the challenge format (or read tables); the
             best epoch is the one with the best mean validation Pearson.
         out: the head folder; with ``grid``, the parent of one folder per head.
-        preset: ``paper``, ``compact`` or ``mean-linear`` (without ``grid``).
+        preset: ``fusion`` (the paper's architecture, emi's recipe), ``paper`` (the
+            paper's recipe exactly), ``compact`` or ``mean-linear`` (closed-form ridge),
+            without ``grid``.
         grid: a grid file (path) or its dict: many heads, one data load (README).
         targets: label columns to train on (``"A,B"`` or a tuple); None: all.
         layer: the representation (without ``grid``): None or ``"last"``: the last
             hidden state; k: stored layer k; ``"weighted"``: a learned softmax
             weighting of every stored layer.
         sizes: overrides of ``lstm_hidden``, ``lstm_layers``, ``mlp_hidden``, ``dropout``.
-        settings: the recipe (default ``TrainSettings()``: the paper's).
+        settings: overrides of the preset's recipe (fields left None keep it).
         cache_gb: memory for cached sequences; larger data streams from the store.
         scheduler: spread a grid over a running dask scheduler (one task per head).
         log: receives per-epoch lines.

@@ -120,13 +120,20 @@ def test_the_layer_choice_decides_what_a_head_learns(layered, tmp_path, monkeypa
     assert "layer" in summary["varying"]
 
 
-@pytest.mark.parametrize("options", [("--layer", "1"), ("--layers", "weighted")])
-def test_layer_heads_reload_and_predict_their_validation_score(layered, tmp_path, options):
+@pytest.mark.parametrize(
+    "preset,options",
+    [
+        ("mean-linear", ("--layer", "1")),
+        ("mean-linear", ("--layers", "weighted")),  # closed form: the layers side by side
+        ("compact", ("--layers", "weighted", "--lstm-hidden", "8", "--mlp-hidden", "8")),
+    ],
+)
+def test_layer_heads_reload_and_predict_their_validation_score(layered, tmp_path, preset, options):
     head = tmp_path / "head"
     run_cli(
         "train", layered["store"], "--labels", layered["train"], "--val-labels",
-        layered["valid"], "--out", head, "--preset", "mean-linear", "--epochs", "15",
-        "--lr", "3e-2", "--quiet", *options,
+        layered["valid"], "--out", head, "--preset", preset, "--epochs", "10",
+        "--lr", "1e-2", "--quiet", *options,
     )  # fmt: skip
     metrics = json.loads((head / "metrics.json").read_text())
     run_cli("predict", layered["store"], "--head", head, "-o", tmp_path / "p.csv")
@@ -137,9 +144,14 @@ def test_layer_heads_reload_and_predict_their_validation_score(layered, tmp_path
     best = metrics["epochs"][metrics["best_epoch"] - 1]["val"]["pearson_mean"]
     assert pearson(pred, true).mean() == pytest.approx(best, abs=1e-3)
     assert best > 0.3  # the mean of layer 1 carries target 0
-    if "weighted" in options:
+    config = json.loads((head / "config.json").read_text())
+    if preset == "compact":
         assert (head / "learning_curves.png").stat().st_size > 0
         assert set(metrics["layer_weights"]) == {"0", "1", "2"}
+    else:
+        assert (head / "ridge_penalty.png").stat().st_size > 0 and "layer_weights" not in metrics
+        if "weighted" in options:
+            assert config["head"]["mix"] == "concat" and config["head"]["layers"] == [0, 1, 2]
 
 
 def test_layer_choices_that_do_not_fit_the_store_are_refused(layered, layer_store, tmp_path):

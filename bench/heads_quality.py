@@ -1,0 +1,196 @@
+"""Head quality on a corpus of synthesized speech, every recipe side by side in one run.
+
+The corpus (``manifests.spoken``): espeak-ng sentences, targets a known function of
+pitch, rate and pauses plus noise, validation voices never heard in training. It is
+extracted once with a random wav2vec 2.0 backbone (``--size``) and ``--layers all``;
+then, from that store alone:
+
+- **ridge (anchor)**: scikit-learn's ``StandardScaler`` + ``RidgeCV`` on the stored
+  ``hidden_mean`` + ``vad_mean`` of each layer choice (all layers side by side for
+  ``weighted``), computed here without emi's training code;
+- **heads**: every ``--presets`` x layer choice (``last``, each stored layer,
+  ``weighted``) x ``--standardize`` (on, off), trained by ``emi train --grid`` in one
+  data load, each at its preset's recipe.
+
+Prints validation mean Pearson per head (and its difference from the anchor on the same
+features), the best epoch and epochs run, and training seconds. A later run with the
+same ``--work`` reuses corpus and store, and adds its heads to ``results.json`` there:
+the table shows every head measured on that store (``--only-this-run``: this run's).
+
+Usage::
+
+    python bench/heads_quality.py --work /tmp/emi-heads-bench --clips 300 --size small
+    python bench/heads_quality.py --presets fusion,compact --layers last,weighted
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from featurestore.extraction import extract  # noqa: E402
+from featurestore.options import ExtractOptions  # noqa: E402
+from featurestore.random_backbone import write_random_backbone  # noqa: E402
+from featurestore.store import FeatureStore  # noqa: E402
+from manifests import build_manifest, read_labels  # noqa: E402
+from manifests.spoken import write_spoken_corpus  # noqa: E402
+from models.options import PRESETS  # noqa: E402
+from models.training import train  # noqa: E402
+
+
+def prepare(work: Path, clips: int, size: str, seed: int) -> tuple[Path, Path, Path]:
+    """The corpus and its store in ``work`` (made once; a later run reuses them)."""
+    done = work / "prepared.json"
+    settings = {"clips": clips, "size": size, "seed": seed}
+    if done.is_file() and json.loads(done.read_text()) == settings:
+        return work / "feats.zarr", work / "train_split.csv", work / "valid_split.csv"
+    for made in ("audio", "feats.zarr", "heads", "results.json"):  # another corpus's
+        target = work / made
+        if target.is_dir():
+            shutil.rmtree(target)
+        elif target.exists():
+            target.unlink()
+    started = time.perf_counter()
+    splits = write_spoken_corpus(work, clips=clips, seed=seed)
+    backbone = write_random_backbone(work / f"backbone-{size}", size=size, seed=seed)
+    records = build_manifest(work / "audio", label_files=list(splits.values()))
+    summary = extract(
+        records, str(work / "feats.zarr"), ExtractOptions(model=str(backbone), layers="all")
+    )
+    if summary.failed:
+        raise SystemExit(f"{len(summary.failed)} clips failed to extract: {summary.failed[:3]}")
+    print(
+        f"corpus: {summary.extracted} clips ({summary.audio_s / 3600:.2f} h) synthesized and "
+        f"extracted in {time.perf_counter() - started:.0f} s"
+    )
+    done.write_text(json.dumps(settings))
+    return work / "feats.zarr", splits["train"], splits["valid"]
+
+
+def _pearson_mean(pred: np.ndarray, true: np.ndarray) -> float:
+    from scipy.stats import pearsonr
+
+    return float(np.mean([pearsonr(pred[:, j], true[:, j])[0] for j in range(true.shape[1])]))
+
+
+def ridge_anchor(store: FeatureStore, train_csv: Path, val_csv: Path, layer) -> float:
+    """scikit-learn's standardized RidgeCV on the stored global means of ``layer``
+    (None: the last hidden state; "weighted": every stored layer side by side)."""
+    from sklearn.linear_model import RidgeCV
+    from sklearn.preprocessing import StandardScaler
+
+    from models.ridge import DEFAULT_ALPHAS
+
+    layers = store.layers if layer == "weighted" else (layer,)
+
+    def features(ids):
+        return np.stack(
+            [
+                np.concatenate([*(store.hidden_mean(c, k) for k in layers), store.vad_mean(c)])
+                for c in ids
+            ]
+        ).astype(np.float64)
+
+    tables = [read_labels(p) for p in (train_csv, val_csv)]
+    (x_train, y_train), (x_val, y_val) = (
+        (features(list(t.rows)), np.array(list(t.rows.values()))) for t in tables
+    )
+    scaler = StandardScaler().fit(x_train)
+    model = RidgeCV(alphas=DEFAULT_ALPHAS).fit(scaler.transform(x_train), y_train)
+    pred = np.clip(model.predict(scaler.transform(x_val)), 0, 1)
+    return _pearson_mean(pred, y_val)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--work", type=Path, default=Path("/tmp/emi-heads-bench"))
+    parser.add_argument("--clips", type=int, default=300)
+    parser.add_argument("--size", default="small", help="random backbone size")
+    parser.add_argument("--seed", type=int, default=0, help="corpus and backbone seed")
+    parser.add_argument("--presets", default=",".join(PRESETS))
+    parser.add_argument(
+        "--layers", default="last,each,weighted", help="layer choices: last, each, weighted"
+    )
+    parser.add_argument("--standardize", default="on,off", help="on, off or on,off")
+    parser.add_argument("--epochs", type=int, default=None, help="default: each preset's")
+    parser.add_argument("--only-this-run", action="store_true")
+    args = parser.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+    store_path, train_csv, val_csv = prepare(args.work, args.clips, args.size, args.seed)
+    store = FeatureStore.open(store_path)
+    choices = []
+    for choice in args.layers.split(","):
+        choices += list(store.layers) if choice == "each" else [choice]
+    print(f"store: {len(store.clip_ids)} clips, hidden {store.hidden_size}, layers {store.layers}")
+
+    anchors = {str(c): ridge_anchor(store, train_csv, val_csv, _layer(c)) for c in choices}
+    heads = []
+    for preset in args.presets.split(","):
+        for choice in choices:
+            for scale in args.standardize.split(","):
+                entry = {"name": f"{preset}-{choice}-std{scale}", "preset": preset}
+                entry.update({"layers": "weighted"} if choice == "weighted" else {"layer": choice})
+                entry["standardize"] = scale == "on"
+                if args.epochs:
+                    entry["epochs"] = args.epochs
+                heads.append(entry)
+    print(f"training {len(heads)} heads (one data load) ...", flush=True)
+    trained = train(
+        store, train_csv, val_csv, args.work / "heads", grid={"heads": heads}, overwrite=True
+    )
+    results_file = args.work / "results.json"
+    earlier = json.loads(results_file.read_text())["heads"] if results_file.is_file() else []
+    rows = [] if args.only_this_run else [r for r in earlier if r["head"] not in names(heads)]
+    for entry, t in zip(heads, trained, strict=True):
+        choice = entry.get("layers") or entry.get("layer")
+        rows.append(
+            {
+                "head": t.name,
+                "preset": entry["preset"],
+                "layer": str(choice),
+                "standardize": entry["standardize"],
+                "val_pearson_mean": t.best_val_pearson,
+                "ridge_anchor": anchors[str(choice)],
+                "best_epoch": t.best_epoch,
+                "epochs_run": len(t.metrics["epochs"]),
+                "seconds": round(t.seconds, 1),
+                "layer_weights": t.metrics.get("layer_weights"),
+            }
+        )
+    anchors.update({r["layer"]: r["ridge_anchor"] for r in rows})
+    print(f"\n{'head':34s} {'val r':>7s} {'- ridge':>8s} {'best/run':>9s} {'seconds':>8s}")
+    for choice in sorted(anchors, key=lambda c: (len(c), c)):
+        print(f"{'ridge anchor, layer ' + choice:34s} {anchors[choice]:7.3f}")
+    for r in sorted(rows, key=lambda r: -r["val_pearson_mean"]):
+        diff = r["val_pearson_mean"] - r["ridge_anchor"]
+        run = f"{r['best_epoch']}/{r['epochs_run']}"
+        print(f"{r['head']:34s} {r['val_pearson_mean']:7.3f} {diff:+8.3f} {run:>9s} "
+              f"{r['seconds']:8.1f}")  # fmt: skip
+    for r in rows:
+        if r["layer_weights"]:
+            shown = ", ".join(f"{k}: {w:.2f}" for k, w in r["layer_weights"].items())
+            print(f"layer weights of {r['head']}: {shown}")
+    kept = rows + [r for r in earlier if args.only_this_run and r["head"] not in names(heads)]
+    results_file.write_text(json.dumps({"anchors": anchors, "heads": kept}, indent=1))
+    print(f"results -> {results_file}")
+
+
+def names(heads: list[dict]) -> set[str]:
+    return {h["name"] for h in heads}
+
+
+def _layer(choice: str):
+    return None if choice == "last" else choice if choice == "weighted" else int(choice)
+
+
+if __name__ == "__main__":
+    main()
