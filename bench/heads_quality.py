@@ -83,7 +83,8 @@ def _pearson_mean(pred: np.ndarray, true: np.ndarray) -> float:
 
 
 def ridge_anchor(store: FeatureStore, train_csv: Path, val_csv: Path, layer) -> float:
-    """scikit-learn's standardized RidgeCV on the stored global means of ``layer``
+    """scikit-learn's standardized RidgeCV (a penalty per target, chosen by
+    leave-one-out on the training clips) on the stored global means of ``layer``
     (None: the last hidden state; "weighted": every stored layer side by side)."""
     from sklearn.linear_model import RidgeCV
     from sklearn.preprocessing import StandardScaler
@@ -105,7 +106,8 @@ def ridge_anchor(store: FeatureStore, train_csv: Path, val_csv: Path, layer) -> 
         (features(list(t.rows)), np.array(list(t.rows.values()))) for t in tables
     )
     scaler = StandardScaler().fit(x_train)
-    model = RidgeCV(alphas=DEFAULT_ALPHAS).fit(scaler.transform(x_train), y_train)
+    model = RidgeCV(alphas=DEFAULT_ALPHAS, alpha_per_target=True)
+    model.fit(scaler.transform(x_train), y_train)
     pred = np.clip(model.predict(scaler.transform(x_val)), 0, 1)
     return _pearson_mean(pred, y_val)
 
@@ -166,7 +168,10 @@ def main() -> None:
                 "layer_weights": t.metrics.get("layer_weights"),
             }
         )
-    anchors.update({r["layer"]: r["ridge_anchor"] for r in rows})
+    for r in rows:  # earlier runs' heads too: every anchor computed by this version
+        if r["layer"] not in anchors:
+            anchors[r["layer"]] = ridge_anchor(store, train_csv, val_csv, _layer(r["layer"]))
+        r["ridge_anchor"] = anchors[r["layer"]]
     print(f"\n{'head':34s} {'val r':>7s} {'- ridge':>8s} {'best/run':>9s} {'seconds':>8s}")
     for choice in sorted(anchors, key=lambda c: (len(c), c)):
         print(f"{'ridge anchor, layer ' + choice:34s} {anchors[choice]:7.3f}")

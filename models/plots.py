@@ -100,19 +100,22 @@ def learning_curves_figure(metrics: dict, *, title: str = "") -> Figure:
 
 
 def plot_ridge_penalty(metrics: dict, path: str | Path, *, title: str = "") -> Path:
-    """A closed-form ridge head's penalty search: leave-one-out MSE on the training
-    clips against the penalty (log scale), the chosen penalty marked (PNG)."""
+    """A closed-form ridge head's penalty search: per target, leave-one-out MSE on the
+    training clips against the penalty (log scale), the chosen penalty circled (PNG)."""
     ridge = metrics["ridge"]
-    fig = Figure(figsize=(6, 4.4))
+    fig = Figure(figsize=(7, 4.8))
     ax = fig.subplots()
-    ax.plot(ridge["alphas"], ridge["loo_mse"], label="leave-one-out MSE (training clips)",
-            **style(0))  # fmt: skip
-    ax.axvline(ridge["alpha"], color="grey", linestyle=":", label=f"chosen ({ridge['alpha']:g})")
+    for k, (target, errors) in enumerate(ridge["loo_mse"].items()):
+        chosen = ridge["alpha"][target]
+        ax.plot(ridge["alphas"], errors, label=f"{target} (chosen {chosen:g})", linewidth=1.0,
+                markersize=3, **style(k))  # fmt: skip
+        ax.plot([chosen], [errors[ridge["alphas"].index(chosen)]], marker="o", markersize=9,
+                markerfacecolor="none", color="grey")  # fmt: skip
     ax.set_xscale("log")
     ax.set_xlabel("ridge penalty (alpha)")
-    ax.set_ylabel("mean squared error")
+    ax.set_ylabel("leave-one-out MSE on the training clips")
     val = metrics["epochs"][0]["val"]["pearson_mean"]
-    legend_below(ax, 1)
+    legend_below(ax, 2)
     fig.suptitle(f"{title or 'ridge'}: validation mean Pearson {val:.3f}")
     fig.tight_layout()
     fig.savefig(path, dpi=100, bbox_inches="tight")

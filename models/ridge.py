@@ -2,11 +2,13 @@
 
 The ``mean-linear`` head's solver. For training inputs ``x (clips, features)`` and
 targets ``y (clips, targets)``, with an unpenalised intercept, every penalty ``alpha``
-of a grid is scored by the mean squared leave-one-out error over all clips and targets,
-computed exactly from one SVD of the centred inputs (the hat matrix
+of a grid is scored, for each target, by the mean squared leave-one-out error over the
+clips, computed exactly from one SVD of the centred inputs (the hat matrix
 ``H = U diag(s^2 / (s^2 + alpha)) U^T + 1/n``; the left-out residual of clip ``i`` is
-``(y_i - yhat_i) / (1 - H_ii)``); the best penalty's solution is returned. This is what
-scikit-learn's ``RidgeCV(alphas, fit_intercept=True)`` does in its default
+``(y_i - yhat_i) / (1 - H_ii)``); each target gets the solution at its best penalty
+(targets differ in how predictable they are: one penalty for all over-fits the weak
+ones or under-fits the strong ones). This is what scikit-learn's
+``RidgeCV(alphas, fit_intercept=True, alpha_per_target=True)`` does in its default
 (efficient leave-one-out) mode; the tests hold the two equal.
 
 Only the training split is used: the validation labels never choose the penalty.
@@ -31,16 +33,17 @@ class RidgeFit:
     Attributes:
         weights: ``(features, targets)``.
         bias: ``(targets,)``.
-        alpha: the chosen penalty.
+        alpha: ``(targets,)`` the penalty chosen for each target.
         alphas: the penalties tried.
-        loo_mse: mean squared leave-one-out error of each penalty, over clips and targets.
+        loo_mse: ``(len(alphas), targets)`` mean squared leave-one-out error of each
+            penalty, per target.
     """
 
     weights: np.ndarray
     bias: np.ndarray
-    alpha: float
+    alpha: np.ndarray
     alphas: tuple[float, ...]
-    loo_mse: tuple[float, ...]
+    loo_mse: np.ndarray
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         """``(clips, features)`` -> ``(clips, targets)``."""
@@ -48,15 +51,17 @@ class RidgeFit:
 
     @property
     def at_edge(self) -> bool:
-        """The chosen penalty is the grid's smallest or largest (the grid may be short)."""
-        return len(self.alphas) > 1 and self.alpha in (min(self.alphas), max(self.alphas))
+        """A target's penalty is the grid's smallest or largest (the grid may be short)."""
+        edges = (min(self.alphas), max(self.alphas))
+        return len(self.alphas) > 1 and any(a in edges for a in self.alpha)
 
 
 def fit_ridge(
     x: np.ndarray, y: np.ndarray, alphas: tuple[float, ...] | list[float] = DEFAULT_ALPHAS
 ) -> RidgeFit:
     """Ridge regression of ``y (clips, targets)`` on ``x (clips, features)`` with an
-    intercept, the penalty chosen from ``alphas`` by leave-one-out mean squared error.
+    intercept, each target's penalty chosen from ``alphas`` by its leave-one-out mean
+    squared error.
 
     Raises:
         ValueError: fewer than 3 clips, shapes that disagree, non-finite values or
@@ -81,20 +86,21 @@ def fit_ridge(
     u, s, vt = np.linalg.svd(xc, full_matrices=False)
     s2 = s**2
     uty = u.T @ yc  # (rank, targets)
-    errors = []
-    for alpha in alphas:
+    errors = np.empty((len(alphas), y.shape[1]))
+    for row, alpha in enumerate(alphas):
         shrink = s2 / (s2 + alpha)
         fitted = u @ (shrink[:, None] * uty)  # centred predictions
         leverage = (u**2) @ shrink + 1.0 / n
         residual = (yc - fitted) / (1.0 - leverage)[:, None]
-        errors.append(float(np.mean(residual**2)))
-    best = int(np.argmin(errors))  # the first of equal errors: the smallest penalty
-    alpha = alphas[best]
-    weights = vt.T @ ((s / (s2 + alpha))[:, None] * uty)
+        errors[row] = np.mean(residual**2, axis=0)
+    best = np.argmin(errors, axis=0)  # per target; the first of equal errors
+    chosen = np.array([alphas[b] for b in best])
+    # each target's weights at its own penalty: V diag(s / (s^2 + alpha_t)) U^T y_t
+    weights = vt.T @ ((s[:, None] / (s2[:, None] + chosen[None, :])) * uty)
     return RidgeFit(
         weights=weights,
         bias=y_mean - x_mean @ weights,
-        alpha=alpha,
+        alpha=chosen,
         alphas=alphas,
-        loo_mse=tuple(errors),
+        loo_mse=errors,
     )

@@ -599,16 +599,17 @@ def _fit_ridge(plan, model, data, train, val, y_train, y_val, targets, device, l
             f"head {plan.name!r}: the ridge solution predicts NaN or inf on the validation "
             "clips; check the features with `emi store verify`"
         )
-    edge = " (the edge of the grid)" if solved.at_edge else ""
+    edge = " (a penalty at the edge of the grid)" if solved.at_edge else ""
+    shown = ", ".join(f"{a:g}" for a in solved.alpha)
     log(
-        f"{plan.name}: ridge penalty {solved.alpha:g}{edge} by leave-one-out on "
+        f"{plan.name}: ridge penalties {shown}{edge} by leave-one-out on "
         f"{len(x)} training clips; val pearson {scores['pearson_mean']:.3f}"
     )
     ridge = {
-        "alpha": solved.alpha,
+        "alpha": dict(zip(targets, solved.alpha.tolist(), strict=True)),
         "alpha_at_edge": solved.at_edge,
         "alphas": list(solved.alphas),
-        "loo_mse": list(solved.loo_mse),
+        "loo_mse": {t: solved.loo_mse[:, j].tolist() for j, t in enumerate(targets)},
     }
     history = [{"epoch": 1, "train_loss": train_mse, "val": scores}]
     return history, (scores["pearson_mean"], 1), {"ridge": ridge}
@@ -622,7 +623,7 @@ def _ridge_training(training: dict, ridge: dict) -> dict:
     kept = {k: v for k, v in training.items() if k not in unused}
     return {
         **kept,
-        "solver": "ridge, closed form; penalty by leave-one-out on the training clips",
+        "solver": "ridge, closed form; a penalty per target by leave-one-out on the training clips",
         "alpha": ridge["alpha"],
         "alpha_at_edge": ridge["alpha_at_edge"],
     }

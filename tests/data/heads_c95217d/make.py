@@ -36,7 +36,9 @@ settings = TrainSettings(epochs=2, lr=1e-2, seed=1)
 sizes = {"lstm_hidden": 8, "mlp_hidden": 8}
 plans = [
     HeadPlan("compact-last", preset="compact", sizes=sizes, settings=settings),
-    HeadPlan("compact-weighted", preset="compact", sizes=sizes, settings=settings, layer="weighted"),
+    HeadPlan(
+        "compact-weighted", preset="compact", sizes=sizes, settings=settings, layer="weighted"
+    ),
     HeadPlan("mean-linear-last", preset="mean-linear", settings=settings),
     HeadPlan("mean-linear-weighted", preset="mean-linear", settings=settings, layer="weighted"),
 ]
