@@ -47,12 +47,14 @@ from models.options import PRESETS  # noqa: E402
 from models.training import train  # noqa: E402
 
 
-def prepare(work: Path, clips: int, size: str, seed: int) -> tuple[Path, Path, Path]:
-    """The corpus and its store in ``work`` (made once; a later run reuses them)."""
+def prepare(work: Path, clips: int, size: str, seed: int) -> tuple[Path, dict[str, Path]]:
+    """The corpus and its store in ``work`` (made once; a later run reuses them):
+    the store's path and the split label files."""
     done = work / "prepared.json"
     settings = {"clips": clips, "size": size, "seed": seed}
+    splits = {s: work / f"{s}_split.csv" for s in ("train", "valid", "test")}
     if done.is_file() and json.loads(done.read_text()) == settings:
-        return work / "feats.zarr", work / "train_split.csv", work / "valid_split.csv"
+        return work / "feats.zarr", splits
     for made in ("audio", "feats.zarr", "heads", "results.json"):  # another corpus's
         target = work / made
         if target.is_dir():
@@ -73,7 +75,7 @@ def prepare(work: Path, clips: int, size: str, seed: int) -> tuple[Path, Path, P
         f"extracted in {time.perf_counter() - started:.0f} s"
     )
     done.write_text(json.dumps(settings))
-    return work / "feats.zarr", splits["train"], splits["valid"]
+    return work / "feats.zarr", splits
 
 
 def _pearson_mean(pred: np.ndarray, true: np.ndarray) -> float:
@@ -124,10 +126,14 @@ def main() -> None:
     )
     parser.add_argument("--standardize", default="on,off", help="on, off or on,off")
     parser.add_argument("--epochs", type=int, default=None, help="default: each preset's")
+    parser.add_argument(
+        "--lrs", default=None, help="learning rates to try, e.g. 3e-4,1e-3 (default: the preset's)"
+    )
     parser.add_argument("--only-this-run", action="store_true")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
-    store_path, train_csv, val_csv = prepare(args.work, args.clips, args.size, args.seed)
+    store_path, splits = prepare(args.work, args.clips, args.size, args.seed)
+    train_csv, val_csv = splits["train"], splits["valid"]
     store = FeatureStore.open(store_path)
     choices = []
     for choice in args.layers.split(","):
@@ -139,12 +145,17 @@ def main() -> None:
     for preset in args.presets.split(","):
         for choice in choices:
             for scale in args.standardize.split(","):
-                entry = {"name": f"{preset}-{choice}-std{scale}", "preset": preset}
-                entry.update({"layers": "weighted"} if choice == "weighted" else {"layer": choice})
-                entry["standardize"] = scale == "on"
-                if args.epochs:
-                    entry["epochs"] = args.epochs
-                heads.append(entry)
+                for lr in args.lrs.split(",") if args.lrs else [None]:
+                    name = f"{preset}-{choice}-std{scale}" + (f"-lr{lr}" if lr else "")
+                    entry = {"name": name, "preset": preset, "standardize": scale == "on"}
+                    entry.update(
+                        {"layers": "weighted"} if choice == "weighted" else {"layer": choice}
+                    )
+                    if lr:
+                        entry["lr"] = float(lr)
+                    if args.epochs:
+                        entry["epochs"] = args.epochs
+                    heads.append(entry)
     print(f"training {len(heads)} heads (one data load) ...", flush=True)
     trained = train(
         store, train_csv, val_csv, args.work / "heads", grid={"heads": heads}, overwrite=True
@@ -172,21 +183,81 @@ def main() -> None:
         if r["layer"] not in anchors:
             anchors[r["layer"]] = ridge_anchor(store, train_csv, val_csv, _layer(r["layer"]))
         r["ridge_anchor"] = anchors[r["layer"]]
-    print(f"\n{'head':34s} {'val r':>7s} {'- ridge':>8s} {'best/run':>9s} {'seconds':>8s}")
+    print(f"\n{'head':34s} {'val r':>7s} {'- ridge':>8s} {'best/run':>9s} {'seconds':>8s} "
+          f"{'test r':>7s}")  # fmt: skip
     for choice in sorted(anchors, key=lambda c: (len(c), c)):
         print(f"{'ridge anchor, layer ' + choice:34s} {anchors[choice]:7.3f}")
+    tested = held_out(store, args.work / "heads", splits["test"], rows)
+    for r in rows:
+        r["test_pearson_mean"] = tested["scores"][r["head"]]
     for r in sorted(rows, key=lambda r: -r["val_pearson_mean"]):
         diff = r["val_pearson_mean"] - r["ridge_anchor"]
         run = f"{r['best_epoch']}/{r['epochs_run']}"
         print(f"{r['head']:34s} {r['val_pearson_mean']:7.3f} {diff:+8.3f} {run:>9s} "
-              f"{r['seconds']:8.1f}")  # fmt: skip
+              f"{r['seconds']:8.1f} {r['test_pearson_mean']:7.3f}")  # fmt: skip
+    print(f"\non the test split ({tested['clips']} clips, voices unseen in training and "
+          "validation), paired bootstrap, 95% intervals:")  # fmt: skip
+    for line in tested["comparisons"]:
+        print(f"  {line}")
     for r in rows:
         if r["layer_weights"]:
             shown = ", ".join(f"{k}: {w:.2f}" for k, w in r["layer_weights"].items())
             print(f"layer weights of {r['head']}: {shown}")
     kept = rows + [r for r in earlier if args.only_this_run and r["head"] not in names(heads)]
-    results_file.write_text(json.dumps({"anchors": anchors, "heads": kept}, indent=1))
+    results_file.write_text(
+        json.dumps(
+            {"anchors": anchors, "heads": kept, "comparisons": tested["comparisons"]}, indent=1
+        )
+    )
     print(f"results -> {results_file}")
+
+
+def held_out(store: FeatureStore, folder: Path, test_csv: Path, rows: list[dict]) -> dict:
+    """Every head's mean Pearson on the test split, and paired bootstrap differences
+    (1000 resamples of the test clips) for the questions the benchmark asks: each
+    weighted head against the single layer of the same preset and scaling that
+    validated best; each standardized fusion head against ridge on the same features;
+    emi's recipe against the paper's."""
+    from models.evaluation import evaluate_heads
+
+    by_name = {r["head"]: r for r in rows}
+    result = evaluate_heads(
+        store, [folder / n for n in by_name], test_csv, resamples=1000, seed=0, device="cpu"
+    )
+    scores = {h.head: h.score.value for h in result.heads}
+    pairs = []
+    for r in rows:
+        if r["layer"] == "weighted":
+            singles = [
+                s for s in rows
+                if s["preset"] == r["preset"] and s["standardize"] == r["standardize"]
+                and s["layer"] != "weighted"
+            ]  # fmt: skip
+            if singles:
+                best = max(singles, key=lambda s: s["val_pearson_mean"])
+                pairs.append((r["head"], best["head"], "weighted vs the best single layer"))
+    for name, other, why in (
+        ("fusion-last-stdon", "mean-linear-last-stdon", "emi's default vs ridge"),
+        ("compact-last-stdon", "mean-linear-last-stdon", "compact vs ridge"),
+        ("fusion-last-stdon", "paper-last-stdoff", "emi's recipe vs the paper's"),
+        ("fusion-last-stdon", "compact-last-stdon", "fusion vs compact"),
+    ):
+        if name in by_name and other in by_name:
+            pairs.append((name, other, why))
+    differences = {(d["a"], d["b"]): d for d in result.differences}
+    comparisons = []
+    for a, b, why in pairs:
+        d = differences.get((a, b))
+        sign = 1
+        if d is None:
+            d, sign = differences[(b, a)], -1
+        value, low, high = (sign * d["difference"][k] for k in ("value", "low", "high"))
+        low, high = min(low, high), max(low, high)
+        comparisons.append(
+            f"{why}: {a} - {b} = {value:+.3f} [{low:+.3f}, {high:+.3f}]"
+            f"{'' if low <= 0 <= high else ' (the interval excludes 0)'}"
+        )
+    return {"scores": scores, "comparisons": comparisons, "clips": result.clips}
 
 
 def names(heads: list[dict]) -> set[str]:

@@ -96,8 +96,9 @@ DEVICE_OPTION = click.option(
     type=click.Choice(PRESETS),
     default=DEFAULT_PRESET,
     show_default=True,
-    help="Head and recipe: fusion (the paper's architecture, emi's recipe), paper (the "
-    "paper's recipe exactly), compact, mean-linear (closed-form ridge). See the docs.",
+    help="Head and recipe: compact (a 256-unit fusion head, emi's recipe), fusion (the "
+    "paper's architecture, emi's recipe), paper (the paper's recipe exactly), mean-linear "
+    "(closed-form ridge). See the README.",
 )
 @click.option(
     "--grid",

@@ -10,9 +10,11 @@ Presets (``input`` is the per-frame width of the store):
 ``paper``       LSTM 2 layers x ``input``; Linear(2 input, 2 input), tanh,
                 Linear(2 input, targets). For a 1024-d backbone and 6 targets:
                 21,125,396 parameters, exactly the paper's head.
+``fusion``      the same architecture, trained by emi's recipe (``models.options``).
 ``compact``     LSTM 1 layer x 256; Linear(input + 256, 256), tanh, Linear(256, targets).
 ``mean-linear`` Linear(input, targets) on the global mean vector (the challenge's
-                wav2vec2 + linear baseline).
+                wav2vec2 + linear baseline), solved as ridge regression
+                (:mod:`models.ridge`).
 ==============  =====================================================================
 
 Layers: a head reads ``hidden`` (the last hidden state) by default, or one stored layer

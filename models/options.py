@@ -14,8 +14,8 @@ import click
 
 from models.errors import SettingsError
 
-PRESETS = ("fusion", "paper", "compact", "mean-linear")
-DEFAULT_PRESET = "fusion"
+PRESETS = ("compact", "fusion", "paper", "mean-linear")
+DEFAULT_PRESET = "compact"
 DEFAULT_CACHE_GB = 4.0  # memory for cached sequences (emi train --cache-gb)
 SIZE_KEYS = ("lstm_hidden", "lstm_layers", "mlp_hidden", "dropout")
 FRAMES_PER_SECOND = 50  # the store's frame rate (featurestore.audio.FRAMES_PER_SECOND)

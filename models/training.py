@@ -819,9 +819,9 @@ def train(
         labels, val_labels: label CSVs in the challenge format (or read tables); the
             best epoch is the one with the best mean validation Pearson.
         out: the head folder; with ``grid``, the parent of one folder per head.
-        preset: ``fusion`` (the paper's architecture, emi's recipe), ``paper`` (the
-            paper's recipe exactly), ``compact`` or ``mean-linear`` (closed-form ridge),
-            without ``grid``.
+        preset: ``compact`` (the default: a 256-unit fusion head, emi's recipe),
+            ``fusion`` (the paper's architecture, emi's recipe), ``paper`` (the paper's
+            recipe exactly) or ``mean-linear`` (closed-form ridge), without ``grid``.
         grid: a grid file (path) or its dict: many heads, one data load (README).
         targets: label columns to train on (``"A,B"`` or a tuple); None: all.
         layer: the representation (without ``grid``): None or ``"last"``: the last

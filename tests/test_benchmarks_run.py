@@ -48,3 +48,13 @@ def test_extract_throughput_bench_runs():
 def test_storage_bench_runs():
     out = _bench("bench/storage.py", "--seconds", "10", "--size", "tiny")
     assert "kB/audio s" in out and "--layers all (3 layers)" in out
+
+
+def test_heads_quality_bench_runs(tmp_path):
+    out = _bench(
+        "bench/heads_quality.py", "--work", str(tmp_path), "--clips", "28", "--size", "tiny",
+        "--presets", "compact,mean-linear", "--layers", "last,weighted", "--standardize", "on",
+        "--epochs", "1",
+    )  # fmt: skip
+    assert "ridge anchor, layer last" in out and "compact-weighted-stdon" in out
+    assert "weighted vs the best single layer" in out and "compact vs ridge" in out

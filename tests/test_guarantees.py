@@ -169,7 +169,7 @@ def test_a_crash_while_retraining_leaves_the_old_head(scored, tmp_path, monkeypa
     def crash(*args, **kwargs):
         raise RuntimeError("power cut")
 
-    monkeypatch.setattr(models.plots, "plot_learning_curves", crash)
+    monkeypatch.setattr(models.plots, "plot_ridge_penalty", crash)
     with pytest.raises(RuntimeError, match="power cut"):
         train_cli(scored, head, "--preset", "mean-linear", "--overwrite", expect=None)
     assert snapshot(head) == before

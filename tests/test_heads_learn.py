@@ -292,7 +292,7 @@ def test_the_paper_preset_is_the_papers_recipe_and_says_so(store_and_labels, tmp
     assert {k: paper["training"][k] for k in PAPER_RECIPE} == PAPER_RECIPE
     assert paper["head"]["standardize"] is False and paper["head"]["lstm_layers"] == 2
     assert len(json.loads((tmp_path / "paper" / "metrics.json").read_text())["epochs"]) == 30
-    assert default["preset"] == "fusion"
+    assert default["preset"] == "compact" and default["head"]["lstm_hidden"] == 8
     assert default["training"]["recipe"] == "emi's recipe with epochs=3"
     assert {k: default["training"][k] for k in EMI_RECIPE if k != "epochs"} == {
         k: v for k, v in EMI_RECIPE.items() if k != "epochs"
