@@ -130,7 +130,13 @@ def main() -> None:
         "--lrs", default=None, help="learning rates to try, e.g. 3e-4,1e-3 (default: the preset's)"
     )
     parser.add_argument("--only-this-run", action="store_true")
+    parser.add_argument(
+        "--markdown", action="store_true", help="print the README tables of --work's results"
+    )
     args = parser.parse_args()
+    if args.markdown:
+        print(markdown(json.loads((args.work / "results.json").read_text())))
+        return
     args.work.mkdir(parents=True, exist_ok=True)
     store_path, splits = prepare(args.work, args.clips, args.size, args.seed)
     train_csv, val_csv = splits["train"], splits["valid"]
@@ -147,6 +153,7 @@ def main() -> None:
             for scale in args.standardize.split(","):
                 for lr in args.lrs.split(",") if args.lrs else [None]:
                     name = f"{preset}-{choice}-std{scale}" + (f"-lr{lr}" if lr else "")
+                    name += f"-e{args.epochs}" if args.epochs else ""
                     entry = {"name": name, "preset": preset, "standardize": scale == "on"}
                     entry.update(
                         {"layers": "weighted"} if choice == "weighted" else {"layer": choice}
@@ -216,8 +223,8 @@ def held_out(store: FeatureStore, folder: Path, test_csv: Path, rows: list[dict]
     """Every head's mean Pearson on the test split, and paired bootstrap differences
     (1000 resamples of the test clips) for the questions the benchmark asks: each
     weighted head against the single layer of the same preset and scaling that
-    validated best; each standardized fusion head against ridge on the same features;
-    emi's recipe against the paper's."""
+    validated best; the default and the fusion head against ridge on the same features;
+    emi's recipe against the paper's; compact against fusion."""
     from models.evaluation import evaluate_heads
 
     by_name = {r["head"]: r for r in rows}
@@ -231,16 +238,17 @@ def held_out(store: FeatureStore, folder: Path, test_csv: Path, rows: list[dict]
             singles = [
                 s for s in rows
                 if s["preset"] == r["preset"] and s["standardize"] == r["standardize"]
-                and s["layer"] != "weighted"
+                and s["layer"] != "weighted" and s["head"] == _plain_name(s)
             ]  # fmt: skip
             if singles:
                 best = max(singles, key=lambda s: s["val_pearson_mean"])
                 pairs.append((r["head"], best["head"], "weighted vs the best single layer"))
     for name, other, why in (
-        ("fusion-last-stdon", "mean-linear-last-stdon", "emi's default vs ridge"),
-        ("compact-last-stdon", "mean-linear-last-stdon", "compact vs ridge"),
-        ("fusion-last-stdon", "paper-last-stdoff", "emi's recipe vs the paper's"),
-        ("fusion-last-stdon", "compact-last-stdon", "fusion vs compact"),
+        ("compact-last-stdon", "mean-linear-last-stdon", "compact (the default) vs ridge"),
+        ("fusion-last-stdon", "mean-linear-last-stdon", "fusion vs ridge"),
+        ("compact-last-stdon", "paper-last-stdoff", "the default vs the paper's recipe"),
+        ("fusion-last-stdon", "paper-last-stdoff", "emi's recipe vs the paper's, one head"),
+        ("compact-last-stdon", "fusion-last-stdon", "compact vs fusion"),
     ):
         if name in by_name and other in by_name:
             pairs.append((name, other, why))
@@ -258,6 +266,56 @@ def held_out(store: FeatureStore, folder: Path, test_csv: Path, rows: list[dict]
             f"{'' if low <= 0 <= high else ' (the interval excludes 0)'}"
         )
     return {"scores": scores, "comparisons": comparisons, "clips": result.clips}
+
+
+def markdown(results: dict) -> str:
+    """The README's tables from ``results.json``: by preset and scaling on the last
+    hidden state, then by layer choice."""
+    rows = {r["head"]: r for r in results["heads"]}
+    anchors = results["anchors"]
+    lines = [
+        "| head (last hidden state) | recipe | val r | test r | best / run epochs | seconds |",
+        "|---|---|---|---|---|---|",
+        f"| ridge (scikit-learn, the anchor) | | {anchors['last']:.3f} | | | |",
+    ]
+    recipes = {"paper": "the paper's", "mean-linear": "closed form"}
+    for preset in ("mean-linear", "compact", "fusion", "paper"):
+        for scale in ("on", "off"):
+            r = rows.get(f"{preset}-last-std{scale}")
+            if r is None:
+                continue
+            recipe = recipes.get(preset, "emi's")
+            if (preset == "paper") == (scale == "on") and preset != "mean-linear":
+                recipe += f", standardize {scale}"
+            lines.append(
+                f"| `{preset}`, standardized {scale} | {recipe} | {r['val_pearson_mean']:.3f} | "
+                f"{r['test_pearson_mean']:.3f} | {r['best_epoch']} / {r['epochs_run']} | "
+                f"{r['seconds']:.0f} |"
+            )
+    choices = sorted({r["layer"] for r in rows.values()}, key=lambda c: (len(c), c))
+    columns = [
+        (preset, scale)
+        for preset in ("mean-linear", "compact", "fusion", "paper")
+        for scale in ("on", "off")
+        if sum(f"{preset}-{c}-std{scale}" in rows for c in choices) >= 2
+    ]
+    lines += [
+        "",
+        "| layer | ridge anchor | " + " | ".join(f"`{p}` std {s}" for p, s in columns) + " |",
+        "|---" * (len(columns) + 2) + "|",
+    ]
+    for c in choices:
+        cells = [
+            f"{rows[n]['val_pearson_mean']:.3f}" if (n := f"{p}-{c}-std{s}") in rows else ""
+            for p, s in columns
+        ]
+        lines.append(f"| {c} | {anchors[c]:.3f} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _plain_name(row: dict) -> str:
+    """A head's name at its preset's recipe (without a --lrs or --epochs suffix)."""
+    return f"{row['preset']}-{row['layer']}-std{'on' if row['standardize'] else 'off'}"
 
 
 def names(heads: list[dict]) -> set[str]:

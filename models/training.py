@@ -404,7 +404,7 @@ class _Optimiser:
         groups = [
             {"params": [p for p in self.model.parameters() if id(p) not in mixing]},
             # A layer weighting's few logits: without weight decay (it would pull them
-            # back to equal weights), at their own rate (LAYER_WEIGHTS_*).
+            # back to equal weights), at their own rate (LAYER_WEIGHTS_TRAVEL).
             {
                 "params": [] if mix is None else list(mix.parameters()),
                 "lr": LAYER_WEIGHTS_TRAVEL / (self.steps_per_epoch * s.epochs),
