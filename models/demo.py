@@ -39,10 +39,14 @@ class DemoResult:
 
 
 def _every_fifth(line: str) -> bool:
-    """Keep the training log short: epochs 1, 5, 10, ... and the last."""
-    if "epoch " not in line:
+    """Keep the training log short: epochs 1, 5, 10, ... and the last of ``epoch k/n``
+    lines; every other line (an early stop, a ridge solution) is kept."""
+    import re
+
+    found = re.search(r"\bepoch (\d+)/(\d+)\b", line)
+    if found is None:
         return True
-    epoch, total = line.split("epoch ")[1].split()[0].split("/")
+    epoch, total = found.groups()
     return int(epoch) == 1 or int(epoch) % 5 == 0 or epoch == total
 
 
@@ -188,10 +192,10 @@ def run_demo(
     )
     for t in trained:
         total = len(t.metrics["epochs"])
-        echo(
-            f"      {t.name}: best epoch {t.best_epoch} of {total} "
-            f"(validation mean Pearson {t.best_val_pearson:.3f})"
+        how = (
+            "closed-form ridge" if "ridge" in t.metrics else f"best epoch {t.best_epoch} of {total}"
         )
+        echo(f"      {t.name}: {how} (validation mean Pearson {t.best_val_pearson:.3f})")
         if "layer_weights" in t.metrics:
             weights = ", ".join(f"{k}: {w:.2f}" for k, w in t.metrics["layer_weights"].items())
             echo(f"        learned layer weights {weights}")
@@ -228,7 +232,7 @@ def run_demo(
         ("feats.zarr", "the feature store"),
         *(
             (f"heads/{t.name}/", "config.json, model.safetensors, metrics.json, "
-             "learning_curves.png")
+             + ("ridge_penalty.png" if "ridge" in t.metrics else "learning_curves.png"))
             for t in trained
         ),
         ("heads_comparison.png", "the heads side by side (validation Pearson)"),

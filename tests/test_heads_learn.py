@@ -355,3 +355,12 @@ def test_training_stops_early_after_patience_epochs_without_improvement(store_an
     assert len(epochs) == trained.best_epoch + 3 < 60
     best = max(e["val"]["pearson_mean"] for e in epochs)
     assert epochs[trained.best_epoch - 1]["val"]["pearson_mean"] == best
+
+
+def test_the_demo_log_keeps_early_stops_and_ridge_lines():
+    from models.demo import _every_fifth
+
+    assert _every_fifth("h: stopping early after epoch 11: no better validation mean Pearson")
+    assert _every_fifth("h: ridge penalties 10, 100 by leave-one-out on 144 training clips")
+    assert _every_fifth("h: epoch 5/30 loss 0.1 val pearson 0.5")
+    assert not _every_fifth("h: epoch 7/30 loss 0.1 val pearson 0.5")
