@@ -7,7 +7,8 @@ A head with ``standardize`` applies ``(x - mean) / std`` to each input dimension
   training clip (padding never counts; a crop to ``max_frames`` counts the kept frames);
 - the ``mean-linear`` head, which reads one mean vector per clip: over the clips' mean
   vectors (the scale the ridge penalty acts on; scikit-learn's ``StandardScaler`` on
-  ``hidden_mean``).
+  ``hidden_mean``), from the matrix its solver gathers anyway
+  (:func:`column_statistics`).
 
 Accumulated in float64 by Chan's pairwise merge of batch means and squared deviations,
 so a dimension with a large mean and a small spread keeps its precision. A dimension
@@ -69,20 +70,22 @@ def input_statistics(
     *,
     layers: tuple[int | None, ...],
     max_frames: int | None,
-    over: str = "frames",
     batch_size: int = 64,
 ) -> InputStatistics:
-    """Per-dimension mean and std of the input a head reads (``layers`` side by side,
-    then the VAD outputs), over the real frames of ``clip_ids`` (``over="frames"``) or
-    over their mean vectors (``over="clips"``)."""
-    if over not in ("frames", "clips"):
-        raise ValueError(f"over: {over!r} is not 'frames' or 'clips'")
+    """Per-dimension mean and std of the frames a head reads (``layers`` side by side,
+    then the VAD outputs), over the real frames of ``clip_ids`` (cropped to
+    ``max_frames``)."""
     running = _Running()
     for batch in data.batches(batch_size, clip_ids=clip_ids, max_frames=max_frames, layers=layers):
-        if over == "clips":
-            running.add(batch.mean.numpy())
-            continue
         frames = batch.frames.numpy()
         for row, length in enumerate(batch.lengths.tolist()):
             running.add(frames[row, :length])  # the real frames only, never padding
-    return running.result(over)
+    return running.result("frames")
+
+
+def column_statistics(rows: np.ndarray) -> InputStatistics:
+    """Per-dimension mean and std of ``rows (clips, width)``: the mean vectors a
+    ``mean-linear`` head reads, already gathered for its solver."""
+    running = _Running()
+    running.add(rows)
+    return running.result("clips")

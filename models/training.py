@@ -43,7 +43,7 @@ from models.head_files import (
     save_head,
 )
 from models.heads import PRESETS, build_head, count_parameters, layer_weights, preset_config
-from models.input_scale import input_statistics
+from models.input_scale import column_statistics, input_statistics
 from models.metrics import evaluate
 from models.options import (
     DEFAULT_CACHE_GB,
@@ -474,19 +474,25 @@ def train_one(
     model = build_head(config)
     facts: dict = {}
     linear = config.head_type == "mean-linear"
-    if config.standardize:
+    if linear:  # one pass over the training clips' mean vectors: statistics and solver
+        x, y = _training_means(data, train, y_train, config.layers, s.max_frames)
+        stats = column_statistics(x) if config.standardize else None
+    elif config.standardize:
         stats = input_statistics(
-            data,
-            train.clip_ids,
-            layers=config.layers,
-            max_frames=s.max_frames,
-            over="clips" if linear else "frames",
+            data, train.clip_ids, layers=config.layers, max_frames=s.max_frames
         )
+    else:
+        stats = None
+    if stats is not None:
         model.standardizer.set(stats.mean, stats.std)
         facts["standardized_over"] = f"{stats.count} training {stats.over}"
     model = model.to(device)
-    fit = _fit_ridge if linear else _fit_by_gradient
-    history, best, extra = fit(plan, model, data, train, val, y_train, y_val, targets, device, log)
+    if linear:
+        history, best, extra = _fit_ridge(plan, model, x, y, data, val, y_val, targets, device, log)
+    else:
+        history, best, extra = _fit_by_gradient(
+            plan, model, data, train, val, y_train, y_val, targets, device, log
+        )
     trained_s = time.perf_counter() - started
     card = _head_card(plan, config, model, targets, train, val, device, store, best, trained_s)
     card = replace(
@@ -566,22 +572,25 @@ def _fit_by_gradient(plan, model, data, train, val, y_train, y_val, targets, dev
     return history, best, {}
 
 
-def _fit_ridge(plan, model, data, train, val, y_train, y_val, targets, device, log):
-    """The closed-form ridge solution on the training clips' (standardized) mean
-    vectors, its penalty chosen by leave-one-out on the training clips only; written
-    into the head's linear layer. Returns (history of one entry, (score, 1),
-    {"ridge": ...})."""
+def _training_means(data, train, y_train, layers, max_frames) -> tuple[np.ndarray, np.ndarray]:
+    """The training clips' mean vectors ``(clips, width)`` and their label rows
+    ``(clips, targets)``, in one order, as float64."""
+    means, rows = [], []
+    for batch in data.batches(256, clip_ids=train.clip_ids, max_frames=max_frames, layers=layers):
+        means.append(batch.mean.numpy().astype(np.float64))
+        rows.extend(y_train[c] for c in batch.clip_ids)
+    return np.concatenate(means), np.stack(rows).astype(np.float64)
+
+
+def _fit_ridge(plan, model, x, y, data, val, y_val, targets, device, log):
+    """The closed-form ridge solution on the training clips' mean vectors ``x`` (put
+    through the head's standardizer) and labels ``y``, its penalty chosen by
+    leave-one-out on the training clips only; written into the head's linear layer.
+    Returns (history of one entry, (score, 1), {"ridge": ...})."""
     from models.errors import HeadError
     from models.ridge import fit_ridge
 
     s = plan.settings
-    means, rows = [], []
-    for batch in data.batches(
-        256, clip_ids=train.clip_ids, max_frames=s.max_frames, layers=model.config.layers
-    ):
-        means.append(batch.mean.numpy().astype(np.float64))
-        rows.extend(y_train[c] for c in batch.clip_ids)
-    x, y = np.concatenate(means), np.stack(rows).astype(np.float64)
     scaler = model.standardizer
     if scaler is not None:
         x = (x - scaler.mean.double().cpu().numpy()) / scaler.std.double().cpu().numpy()
