@@ -55,7 +55,13 @@ def prepare(work: Path, clips: int, size: str, seed: int) -> tuple[Path, dict[st
     splits = {s: work / f"{s}_split.csv" for s in ("train", "valid", "test")}
     if done.is_file() and json.loads(done.read_text()) == settings:
         return work / "feats.zarr", splits
-    for made in ("audio", "feats.zarr", "heads", "results.json"):  # another corpus's
+    made_here = ("audio", "feats.zarr", "heads", "results.json")
+    if not done.is_file() and any((work / m).exists() for m in made_here):
+        raise SystemExit(
+            f"{work} holds {', '.join(m for m in made_here if (work / m).exists())} but was not "
+            "made by this benchmark (no prepared.json); give --work a new or empty folder"
+        )
+    for made in made_here:  # this benchmark's corpus of other settings
         target = work / made
         if target.is_dir():
             shutil.rmtree(target)
@@ -179,14 +185,13 @@ def main() -> None:
                 "layer": str(choice),
                 "standardize": entry["standardize"],
                 "val_pearson_mean": t.best_val_pearson,
-                "ridge_anchor": anchors[str(choice)],
                 "best_epoch": t.best_epoch,
                 "epochs_run": len(t.metrics["epochs"]),
                 "seconds": round(t.seconds, 1),
                 "layer_weights": t.metrics.get("layer_weights"),
             }
         )
-    for r in rows:  # earlier runs' heads too: every anchor computed by this version
+    for r in rows:  # this run's and earlier runs' heads: every anchor by this version
         if r["layer"] not in anchors:
             anchors[r["layer"]] = ridge_anchor(store, train_csv, val_csv, _layer(r["layer"]))
         r["ridge_anchor"] = anchors[r["layer"]]

@@ -57,3 +57,15 @@ def test_heads_quality_bench_runs(tmp_path):
     )  # fmt: skip
     assert "ridge anchor, layer last" in out and "compact-weighted-stdon" in out
     assert "weighted vs the best single layer" in out and "compact (the default) vs ridge" in out
+
+
+def test_heads_quality_bench_leaves_a_folder_it_did_not_make(tmp_path):
+    (tmp_path / "audio").mkdir()
+    (tmp_path / "audio" / "mine.wav").write_bytes(b"a user's recording")
+    result = subprocess.run(
+        [sys.executable, "bench/heads_quality.py", "--work", str(tmp_path), "--size", "tiny"],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"},
+    )  # fmt: skip
+    assert result.returncode != 0 and "not made by this benchmark" in result.stderr
+    assert (tmp_path / "audio" / "mine.wav").read_bytes() == b"a user's recording"
