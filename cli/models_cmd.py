@@ -31,21 +31,14 @@ def _echo_err(message: str) -> None:
 def _setting(name: str, help: str | None = None):
     """A training option whose rule and default come from ``models.options``; a recipe
     setting left out takes the preset's value (both recipes' values are shown)."""
+    default = {"default": getattr(DEFAULTS, name), "show_default": True}
     if name in RECIPE_KEYS:
         ours, paper = EMI_RECIPE[name], PAPER_RECIPE[name]
         shown = f"{ours}" if ours == paper else f"{ours}; --preset paper: {paper}"
-        return click.option(
-            f"--{name.replace('_', '-')}",
-            type=SETTING_RULES[name].click_type(),
-            default=None,
-            help=f"{help + ' ' if help else ''}[default: the preset's: {shown}]",
-        )
+        default = {"default": None}
+        help = f"{help + ' ' if help else ''}[default: the preset's: {shown}]"
     return click.option(
-        f"--{name.replace('_', '-')}",
-        type=SETTING_RULES[name].click_type(),
-        default=getattr(DEFAULTS, name),
-        show_default=True,
-        help=help,
+        f"--{name.replace('_', '-')}", type=SETTING_RULES[name].click_type(), help=help, **default
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -41,8 +42,6 @@ class DemoResult:
 def _every_fifth(line: str) -> bool:
     """Keep the training log short: epochs 1, 5, 10, ... and the last of ``epoch k/n``
     lines; every other line (an early stop, a ridge solution) is kept."""
-    import re
-
     found = re.search(r"\bepoch (\d+)/(\d+)\b", line)
     if found is None:
         return True
