@@ -24,8 +24,8 @@ from models.prediction import predict_store
 from models.ridge import DEFAULT_ALPHAS, fit_ridge
 from models.sequences import load_sequences
 from models.training import HeadPlan, TrainSettings, predict_batches, train_heads
-from tests.conftest import run_cli
-from tests.test_layer_heads import SIGNAL_LAYER, make_layer_store
+from tests.conftest import run_cli, train_cli
+from tests.test_layer_heads import SIGNAL_LAYER, layered, make_layer_store  # noqa: F401 (a fixture)
 from tests.test_models import make_store, write_labels
 
 OLD_HEADS = Path(__file__).parent / "data" / "heads_c95217d"
@@ -84,10 +84,7 @@ def _stored_means(store: FeatureStore, ids: list[str]) -> np.ndarray:
 def test_mean_linear_is_ridge_on_standardized_means(store_and_labels, tmp_path):
     made = store_and_labels
     head = tmp_path / "ridge"
-    run_cli(
-        "train", made["store"], "--labels", made["train"], "--val-labels", made["valid"],
-        "--out", head, "--preset", "mean-linear", "--quiet",
-    )  # fmt: skip
+    train_cli(made, head, "--preset", "mean-linear")
     store = FeatureStore.open(made["store"])
     train_ids, val_ids = made["ids"][:110], made["ids"][110:]
     x_train, x_val = _stored_means(store, train_ids), _stored_means(store, val_ids)
@@ -123,10 +120,7 @@ def test_the_ridge_penalty_never_looks_at_validation_labels(store_and_labels, tm
         list(val.rows),
     )
     for name, labels in (("a", made["valid"]), ("b", shuffled)):
-        run_cli(
-            "train", made["store"], "--labels", made["train"], "--val-labels", labels,
-            "--out", tmp_path / name, "--preset", "mean-linear", "--quiet",
-        )  # fmt: skip
+        train_cli({**made, "valid": labels}, tmp_path / name, "--preset", "mean-linear")
     weights = [(tmp_path / n / "model.safetensors").read_bytes() for n in "ab"]
     assert weights[0] == weights[1]
 
@@ -214,10 +208,7 @@ def test_heads_saved_before_standardization_load_and_predict_the_same(tiny_backb
 def test_card_fields_of_the_input_scale_are_checked(store_and_labels, tmp_path):
     made = store_and_labels
     head = tmp_path / "h"
-    run_cli(
-        "train", made["store"], "--labels", made["train"], "--val-labels", made["valid"],
-        "--out", head, "--preset", "mean-linear", "--quiet",
-    )  # fmt: skip
+    train_cli(made, head, "--preset", "mean-linear")
     for field, value, words in (
         ("standardize", "yes", "true or false"),
         ("mix", "concat", "only for a mean-linear"),
@@ -239,23 +230,15 @@ def test_card_fields_of_the_input_scale_are_checked(store_and_labels, tmp_path):
 # ------------------------------------------------------------------ layer weights that move
 
 
-@pytest.fixture(scope="module")
-def layered(tmp_path_factory, tiny_backbone):
-    folder = tmp_path_factory.mktemp("layered-learn")
-    targets = make_layer_store(folder / "feats.zarr", tiny_backbone, clips=200, seed=2)
-    ids = sorted(targets)
-    return {
-        "store": folder / "feats.zarr",
-        "train": read_labels(write_labels(folder / "train.csv", targets, ids[:150])),
-        "valid": read_labels(write_labels(folder / "valid.csv", targets, ids[150:])),
-    }
-
-
 @pytest.mark.parametrize("standardize", [True, False])
-def test_layer_weights_move_to_the_layer_that_carries_the_signal(layered, tmp_path, standardize):
+def test_layer_weights_move_to_the_layer_that_carries_the_signal(
+    layered,  # noqa: F811 (the imported fixture)
+    tmp_path,
+    standardize,
+):
     """Standardized inputs (emi's recipe) or raw ones with each layer normalized before
     the mix (the paper's raw inputs): the layer with the signal takes most of the
-    weight within one run (150 clips, 25 epochs: 125 steps)."""
+    weight within one run (180 clips, 25 epochs: 150 steps)."""
     store = FeatureStore.open(layered["store"])
     plan = HeadPlan(
         "weighted",
@@ -264,7 +247,8 @@ def test_layer_weights_move_to_the_layer_that_carries_the_signal(layered, tmp_pa
         settings=TrainSettings(epochs=25, patience=0, lr=1e-2, standardize=standardize),
         layer="weighted",
     )
-    (trained,) = train_heads(store, layered["train"], layered["valid"], [plan], tmp_path)
+    tables = [read_labels(layered[k]) for k in ("train", "valid")]
+    (trained,) = train_heads(store, *tables, [plan], tmp_path)
     weights = trained.metrics["layer_weights"]
     first = trained.metrics["epochs"][0]["layer_weights"]
     assert weights[str(SIGNAL_LAYER)] == max(weights.values())
