@@ -6,7 +6,7 @@ import inspect
 
 import click
 
-from models.demo import DEMO_SIZES, run_demo
+from service.demo import DEMO_SIZES, run_demo
 
 DEFAULTS = {
     name: p.default for name, p in inspect.signature(run_demo).parameters.items()

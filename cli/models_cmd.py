@@ -269,7 +269,7 @@ def score(audio_dir: str, head_paths: tuple[str, ...], output: str, **options) -
     Exit status 3 when some clips could not be extracted (they are left out of the CSV
     and listed).
     """
-    from models.score import score_folder
+    from service.score import score_folder
 
     result = score_folder(audio_dir, head_paths, output=output, **options)
     click.echo(

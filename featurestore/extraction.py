@@ -7,6 +7,7 @@ or an existing scheduler) -> each task writes its own part and its marker last.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import math
 import os
@@ -63,6 +64,7 @@ class ExtractSummary:
     refreshed: int = 0
     failed: list[ClipFailure] = field(default_factory=list)
     wall_s: float = 0.0
+    stopped: bool = False  # ``should_stop`` answered True: parts not started were skipped
 
     def to_dict(self) -> dict:
         """The JSON form (``emi extract --json``)."""
@@ -256,24 +258,49 @@ def _run(records, options, identity, writer, lock, summary) -> None:
     missing = _missing(records, writer, options, summary)
     if not missing:
         return
+    if options.should_stop is not None and options.should_stop():
+        summary.stopped = True
+        return
+    if options.client is not None:
+        _run_on(options.client, missing, options, identity, writer, lock, summary)
+        return
     with dask_client(
         workers=options.workers,
         scheduler=options.scheduler,
         quiet=options.quiet,
         dashboard=options.dashboard,
     ) as client:
-        futures = _submit(client, missing, options, identity, writer, lock, summary.fingerprint)
-        from distributed import as_completed
+        _run_on(client, missing, options, identity, writer, lock, summary)
 
-        show = not options.quiet and sys.stderr.isatty()
+
+def _run_on(client, missing, options, identity, writer, lock, summary) -> None:
+    from distributed import Event, as_completed
+
+    stop_event = f"emi-stop-{lock.run_id}" if options.should_stop is not None else None
+    futures = _submit(
+        client, missing, options, identity, writer, lock, summary.fingerprint, stop_event
+    )
+    show = not options.quiet and sys.stderr.isatty()
+    try:
         with tqdm(total=len(missing), unit="clip", disable=not show, desc="extract") as bar:
             for future in as_completed(futures, loop=client.loop):
                 job = futures[future]
                 _commit(future, job, writer, summary)
                 bar.update(len(job.clips))
+                if options.on_part is not None:
+                    options.on_part(summary)
+                if stop_event and not summary.stopped and options.should_stop():
+                    summary.stopped = True  # parts not started skip themselves
+                    Event(stop_event, client=client).set()
+    finally:
+        if stop_event:  # an Event lives on the scheduler until cleared
+            with contextlib.suppress(Exception):
+                Event(stop_event, client=client).clear()
 
 
-def _submit(client, missing, options, identity, writer, lock, fingerprint: str) -> dict:
+def _submit(
+    client, missing, options, identity, writer, lock, fingerprint: str, stop_event: str | None
+) -> dict:
     """One task per part of about ``part_seconds`` of audio; returns future -> job."""
     # At least two parts per worker when there is enough audio, so all stay busy.
     total_s = sum(planning_seconds(r.duration_s) for r in missing)
@@ -310,6 +337,7 @@ def _submit(client, missing, options, identity, writer, lock, fingerprint: str) 
             decode_threads=options.decode_threads,
             layers=tuple(options.layers),
             parts_path=writer.parts_path,
+            stop_event=stop_event,
         )
         future = client.submit(
             run_part,
@@ -334,6 +362,8 @@ def _commit(future, job: PartJob, writer: StoreWriter, summary: ExtractSummary) 
         writer.location.delete(f"{writer.parts_path}/{job.part}", recursive=True)
         writer.commit(None, None, failures)
         summary.failed.extend(ClipFailure.from_dict(f) for f in failures)
+        return
+    if result.get("skipped"):  # the run was stopped before this part started
         return
     writer.commit(result["part"], result["record"], result["failures"])
     if result["clips"]:

@@ -7,6 +7,7 @@ functions take the same defaults, so a notebook call and a command line behave a
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -111,6 +112,13 @@ class ExtractOptions:
         dashboard: serve the local cluster's dashboard on 127.0.0.1:8787.
         quiet: no progress bar.
         storage_options: fsspec options for an ``s3://`` store.
+        client: a running dask client to submit to (a service keeps one, with its
+            workers' backbones loaded, across runs); None: one per run, as
+            ``workers``/``scheduler`` say.
+        on_part: called with the summary so far after every committed part (progress).
+        should_stop: asked after every committed part; once it answers True, parts not
+            yet started are skipped (each started part is finished and committed) and
+            the summary says ``stopped``.
     """
 
     model: str | None = None
@@ -134,6 +142,9 @@ class ExtractOptions:
     dashboard: bool = False
     quiet: bool = False
     storage_options: dict = field(default_factory=dict)
+    client: object | None = field(default=None, compare=False, repr=False)
+    on_part: Callable[[object], None] | None = field(default=None, compare=False, repr=False)
+    should_stop: Callable[[], bool] | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES and not self.device.startswith("cuda:"):

@@ -69,6 +69,15 @@ class PartJob:
     decode_threads: int | None = None  # None: see decode_threads_for
     layers: tuple[int, ...] = ()  # the spec's stored layers (): the last only
     parts_path: str = "parts"  # the feature set's part folders, relative to the store
+    stop_event: str | None = None  # a dask Event's name: once set, the part is skipped
+
+
+def _stop_requested(name: str) -> bool:
+    """Whether the driver asked the parts not yet started to be skipped (a cancelled
+    job): a part is the unit of work, so one that started is finished and committed."""
+    from distributed import Event
+
+    return Event(name).is_set()
 
 
 def cached_backbone(job: PartJob, device: str) -> LoadedBackbone:
@@ -116,6 +125,8 @@ def run_part(job: PartJob, *, encoder: BatchEncoder | None = None) -> dict:
         RuntimeError: the backbone on this worker does not match the store's spec, or
             the store cannot be written (the driver records the part's clips as failed).
     """
+    if job.stop_event and _stop_requested(job.stop_event):
+        return {"part": job.part, "skipped": True}
     device = require_device(job.device)
     backbone = cached_backbone(job, device) if encoder is None else None
     spec = build_spec(

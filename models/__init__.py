@@ -1,11 +1,11 @@
-"""Heads trained on stored features: training, prediction, scoring, evaluation.
+"""Heads trained on stored features: training, prediction, evaluation (reading stores
+only; scoring audio folders, which extracts, is :mod:`service`).
 
 Public API (imported on first use, so ``import models`` stays light)::
 
-    from models import train, predict, score_folder
+    from models import train, predict
     train("feats.zarr", "train_split.csv", "valid_split.csv", "heads/paper")
     predict("feats.zarr", ["heads/paper"], output="predictions.csv")
-    score_folder("new_audio/", ["heads/paper"], output="scores.csv")
 
 See the README's "Python API" section for a walk through.
 """
@@ -24,14 +24,10 @@ _EXPORTS = {
     "predict": "models.prediction",
     "Predictions": "models.prediction",
     "load_heads": "models.prediction",
-    "score_folder": "models.score",
-    "ScoreResult": "models.score",
-    "run_demo": "models.demo",
     "evaluate_heads": "models.evaluation",
     "compare_heads": "models.compare",
     "HeadRow": "models.compare",
     "Evaluation": "models.evaluation",
-    "DemoResult": "models.demo",
     "load_head": "models.head_files",
     "LoadedHead": "models.head_files",
     "evaluate": "models.metrics",

@@ -455,6 +455,7 @@ def train_one(
     log: Callable[[str], None] = lambda _: None,
     overwrite: bool = False,
     joined: list[FeatureStore] | tuple = (),
+    progress: Callable[[dict], None] | None = None,
 ) -> TrainedHead:
     """Train one head on already-loaded data and save its folder to ``out``
     (``joined``: the further feature sets the data joins to ``store``'s)."""
@@ -489,9 +490,11 @@ def train_one(
     model = model.to(device)
     if linear:
         history, best, extra = _fit_ridge(plan, model, x, y, data, val, y_val, targets, device, log)
+        if progress is not None:
+            progress(_epoch_progress(plan.name, 1, 1, best[0], best[0]))
     else:
         history, best, extra = _fit_by_gradient(
-            plan, model, data, train, val, y_train, y_val, targets, device, log
+            plan, model, data, train, val, y_train, y_val, targets, device, log, progress
         )
     trained_s = time.perf_counter() - started
     card = _head_card(plan, config, model, targets, train, val, device, store, best, trained_s)
@@ -524,7 +527,16 @@ def _validate(model, data, val, y_val, targets, device, max_frames) -> dict:
     return evaluate(pred, true, targets, allow_nonfinite=True)
 
 
-def _fit_by_gradient(plan, model, data, train, val, y_train, y_val, targets, device, log):
+def _epoch_progress(head: str, epoch: int, epochs: int, score: float, best: float) -> dict:
+    return {
+        "head": head, "epoch": epoch, "epochs": epochs,
+        "val_pearson_mean": float(score), "best_val_pearson": float(best),
+    }  # fmt: skip
+
+
+def _fit_by_gradient(
+    plan, model, data, train, val, y_train, y_val, targets, device, log, progress=None
+):
     """The epochs of the recipe (stopping after ``patience`` epochs without improvement);
     leaves ``model`` at its best epoch. Returns (history, (best score, best epoch), {})."""
     s = plan.settings
@@ -557,6 +569,8 @@ def _fit_by_gradient(plan, model, data, train, val, y_train, y_val, targets, dev
             f"{plan.name}: epoch {epoch}/{s.epochs} loss {np.mean(losses):.4f} "
             f"val pearson {scores['pearson_mean']:.3f}{' *' if improved else ''}"
         )
+        if progress is not None:
+            progress(_epoch_progress(plan.name, epoch, s.epochs, scores["pearson_mean"], best[0]))
         if s.patience and best_state is not None and epoch - best[1] >= s.patience:
             log(
                 f"{plan.name}: stopping early after epoch {epoch}: no better validation "
@@ -689,6 +703,7 @@ def train_heads(
     single: bool = False,
     log: Callable[[str], None] = lambda _: None,
     overwrite: bool = False,
+    progress: Callable[[dict], None] | None = None,
 ) -> list[TrainedHead]:
     """Train every plan; the plans that read the same feature sets share one load of
     them (every layer any of them reads, at once).
@@ -738,6 +753,7 @@ def train_heads(
                 out=out if single else out / p.name,
                 log=log,
                 overwrite=overwrite,
+                progress=progress,
             )
             for sets, members, train, val, data in loads
             for p in members
@@ -820,6 +836,7 @@ def train(
     log: Callable[[str], None] = lambda _: None,
     overwrite: bool = False,
     features: str | tuple[str, ...] | None = None,
+    progress: Callable[[dict], None] | None = None,
 ) -> list[TrainedHead]:
     """Train one head, or a grid of heads over one load of the features (``emi train``).
 
@@ -841,6 +858,9 @@ def train(
         cache_gb: memory for cached sequences; larger data streams from the store.
         scheduler: spread a grid over a running dask scheduler (one task per head).
         log: receives per-epoch lines.
+        progress: receives ``{"head", "epoch", "epochs", "val_pearson_mean",
+            "best_val_pearson"}`` after every epoch (a ridge head: once); an exception
+            it raises stops the training there (heads already saved stay).
         overwrite: replace existing head folders (else they are refused before work).
         features: the feature set(s) to train on (without ``grid``; ``"a"``, ``"a,b"``
             or a tuple: several are joined per frame); None: the store's only or default
@@ -906,4 +926,5 @@ def train(
     return train_heads(
         opened, *tables, plans, out, device=device, budget_bytes=budget,
         skip_missing=skip_missing, single=grid is None, log=log, overwrite=overwrite,
+        progress=progress,
     )  # fmt: skip

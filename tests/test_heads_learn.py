@@ -342,7 +342,7 @@ def test_training_stops_early_after_patience_epochs_without_improvement(store_an
 
 
 def test_the_demo_log_keeps_early_stops_and_ridge_lines():
-    from models.demo import _every_fifth
+    from service.demo import _every_fifth
 
     assert _every_fifth("h: stopping early after epoch 11: no better validation mean Pearson")
     assert _every_fifth("h: ridge penalties 10, 100 by leave-one-out on 144 training clips")

@@ -139,7 +139,7 @@ def test_export_repair_and_demo_from_python(layer_store, tmp_path):
     import h5py
 
     from featurestore import FeatureStore, export_hdf5, repair_store
-    from models import run_demo
+    from service import run_demo
 
     copy = tmp_path / "copy.zarr"
     shutil.copytree(layer_store, copy)

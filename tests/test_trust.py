@@ -326,7 +326,7 @@ def test_scores_share_the_cache_store(made, tmp_path, monkeypatch):
 
     from featurestore.location import StoreLocation
     from featurestore.lock import StoreLock
-    from models.score import default_score_store
+    from service.score import default_score_store
 
     monkeypatch.setenv("EMI_CACHE", str(tmp_path / "cache"))
     first, second = tmp_path / "a", tmp_path / "b"

@@ -1,14 +1,14 @@
 """Scoring a folder of audio: manifest, extraction of what is missing, prediction.
 
-The one place that composes the feature store's extractor with the heads: everything
-else in ``models`` reads stores only.
+Composes the feature store's extractor with the heads (``models`` reads stores only);
+``emi score`` and the service's score jobs both run :func:`score_folder`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -44,6 +44,8 @@ class ScoreResult:
         reused: clips whose features were already stored.
         failed: clips of the folder that could not be extracted, left out of the
             predictions.
+        stopped: ``should_stop`` answered True: the parts that had started are stored,
+            and nothing was predicted.
     """
 
     predictions: Predictions
@@ -51,6 +53,7 @@ class ScoreResult:
     extracted: int
     reused: int
     failed: list[ClipFailure] = field(default_factory=list)
+    stopped: bool = False
 
 
 def score_folder(
@@ -64,6 +67,8 @@ def score_folder(
     scheduler: str | None = None,
     device: str = "auto",
     quiet: bool = False,
+    cache_store_for: Callable[[str], str] | None = None,
+    run: dict | None = None,
 ) -> ScoreResult:
     """Score every audio file below ``audio_dir`` with ``heads`` (``emi score``).
 
@@ -79,6 +84,10 @@ def score_folder(
         output: also write the predictions CSV there.
         store: the store to extract into; None: the cache.
         model: backbone folder or hub id; None: the heads' own.
+        cache_store_for: where the content-keyed store of features of a fingerprint is
+            (used when ``store`` is None); None: :func:`default_score_store`.
+        run: further :class:`ExtractOptions` fields (``client``, ``on_part``,
+            ``should_stop``, ``part_seconds``).
 
     Raises:
         HeadError: heads of different feature specs, or not heads.
@@ -86,7 +95,7 @@ def score_folder(
             emi store, is damaged or is being written.
 
     Examples:
-        >>> from models import score_folder  # doctest: +SKIP
+        >>> from service import score_folder  # doctest: +SKIP
         >>> result = score_folder("new", ["heads/paper"], output="s.csv")  # doctest: +SKIP
         >>> result.failed  # doctest: +SKIP
         []
@@ -105,9 +114,9 @@ def score_folder(
     cached = store is None
     # one set: its fingerprint (as before sets); several: a hash of them all
     joined = hashlib.sha256("+".join(wanted).encode()).hexdigest()
-    location = str(default_score_store(wanted[0] if len(wanted) == 1 else joined))
-    location = location if cached else store
-    if cached:
+    cache_for = cache_store_for or (lambda key: str(default_score_store(key)))
+    location = cache_for(wanted[0] if len(wanted) == 1 else joined) if cached else store
+    if cached and "://" not in location:
         Path(location).parent.mkdir(parents=True, exist_ok=True)
     records = _content_keyed(folder) if cached else folder
 
@@ -143,8 +152,18 @@ def score_folder(
             wait_for_lock_s=LOCK_WAIT_S,
             expect_fingerprint=ref.fingerprint,
             quiet=quiet,
+            **(run or {}),
         )
         summaries.append(extract(records, location, options))
+        if summaries[-1].stopped:
+            return ScoreResult(
+                Predictions([], loaded, {}),
+                location,
+                sum(s.extracted for s in summaries),
+                0,
+                _failures(folder, key, summaries),
+                stopped=True,
+            )
     opened = FeatureStore.open(location)
     held = [s.sha256_by_clip() for s in sets_for_head(opened, loaded[0])]
     # Served only where the stored features of every set are of the file's current content.
@@ -159,22 +178,26 @@ def score_folder(
     )
     if output is not None:
         predictions.write_csv(output)
-    names: dict[str, list[str]] = {}
-    for r in folder:
-        names.setdefault(key(r), []).append(r.clip_id)
-    reasons = {f.clip_id: f for summary in summaries for f in summary.failed}
-    failed = [
-        replace(f, clip_id=cid)
-        for f in reasons.values()
-        for cid in names.get(f.clip_id, [f.clip_id])
-    ]
     return ScoreResult(
         predictions,
         location,
         max(s.extracted for s in summaries),
         min(s.already_stored for s in summaries),
-        failed,
+        _failures(folder, key, summaries),
     )
+
+
+def _failures(folder: list[ClipRecord], key: Callable, summaries: list) -> list[ClipFailure]:
+    """The failed clips, by the folder's clip ids (a content key may stand for several)."""
+    names: dict[str, list[str]] = {}
+    for r in folder:
+        names.setdefault(key(r), []).append(r.clip_id)
+    reasons = {f.clip_id: f for summary in summaries for f in summary.failed}
+    return [
+        replace(f, clip_id=cid)
+        for f in reasons.values()
+        for cid in names.get(f.clip_id, [f.clip_id])
+    ]
 
 
 def _all_stored(location: str, wanted: str, records: list[ClipRecord]):

@@ -126,7 +126,7 @@ def run_demo(
     (``fusion-weighted``, ``mean-linear-weighted``), compared side by side.
 
     Examples:
-        >>> from models import run_demo  # doctest: +SKIP
+        >>> from service import run_demo  # doctest: +SKIP
         >>> result = run_demo("emi-demo", clips=40, size="tiny", epochs=2)  # doctest: +SKIP
         >>> result.scores["fusion"]["pearson_mean"]  # doctest: +SKIP
     """
