@@ -17,9 +17,11 @@ from cli import (
     evaluate_cmd,
     extract_cmd,
     heads_cmd,
+    jobs_cmd,
     manifest_cmd,
     model_cmd,
     models_cmd,
+    serve_cmd,
     store_cmd,
 )
 from featurestore.errors import (
@@ -73,6 +75,8 @@ emi.add_command(evaluate_cmd.evaluate)
 emi.add_command(heads_cmd.heads)
 emi.add_command(models_cmd.score)
 emi.add_command(demo_cmd.demo)
+emi.add_command(serve_cmd.serve)
+emi.add_command(jobs_cmd.jobs)
 
 
 def main() -> None:

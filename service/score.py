@@ -57,7 +57,7 @@ class ScoreResult:
 
 
 def score_folder(
-    audio_dir: str | os.PathLike,
+    audio_dir: str | os.PathLike | list[ClipRecord],
     heads: Sequence[str | os.PathLike | LoadedHead],
     *,
     output: str | os.PathLike | None = None,
@@ -79,7 +79,7 @@ def score_folder(
     is extracted.
 
     Args:
-        audio_dir: a local folder or a URL (``s3://bucket/audio``).
+        audio_dir: a local folder or a URL (``s3://bucket/audio``), or its manifest.
         heads: head folders (or loaded heads) trained on one feature spec.
         output: also write the predictions CSV there.
         store: the store to extract into; None: the cache.
@@ -110,7 +110,7 @@ def score_folder(
             "the heads were trained on different features; score with heads of one "
             "feature spec (or one list of joined feature sets) at a time"
         )
-    folder = build_manifest(audio_dir)
+    folder = list(audio_dir) if isinstance(audio_dir, list) else build_manifest(audio_dir)
     cached = store is None
     # one set: its fingerprint (as before sets); several: a hash of them all
     joined = hashlib.sha256("+".join(wanted).encode()).hexdigest()

@@ -1,0 +1,150 @@
+"""``emi serve``: the job service (parse, build the settings, run uvicorn)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+MiB = 2**20
+
+
+@click.command()
+@click.option("--stores", required=True, help="Folder or s3:// prefix of the managed stores.")
+@click.option(
+    "--heads", required=True, type=click.Path(file_okay=False), help="The head registry folder."
+)
+@click.option(
+    "--state",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="State folder: job table, uploads, results (made if new; one service per folder).",
+)
+@click.option(
+    "--source-root",
+    "source_roots",
+    multiple=True,
+    required=True,
+    help="A folder or s3:// prefix jobs may read audio and labels from (repeatable).",
+)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
+@click.option(
+    "--token-file",
+    type=click.Path(dir_okay=False, exists=True),
+    default=None,
+    help="Bearer tokens, one per line; required beyond loopback.",
+)
+@click.option(
+    "--workers",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Local dask worker processes (1 runs in this process).",
+)
+@click.option("--scheduler", default=None, help="Run jobs on this dask scheduler instead.")
+@click.option("--model", default=None, help="Backbone of extract jobs into new stores.")
+@click.option(
+    "--device",
+    type=click.Choice(["auto", "cpu", "cuda"]),
+    default="auto",
+    show_default=True,
+)
+@click.option(
+    "--jobs",
+    "concurrent_jobs",
+    default=2,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Jobs run at once (jobs writing one store take turns).",
+)
+@click.option(
+    "--part-seconds",
+    type=click.FloatRange(min=0.1),
+    default=None,
+    help="Audio seconds per extraction part: the unit of resume and cancel.",
+)
+@click.option("--upload-max-file-mb", default=1024, show_default=True, type=click.IntRange(1))
+@click.option("--upload-max-request-mb", default=4096, show_default=True, type=click.IntRange(1))
+@click.option("--upload-max-files", default=10_000, show_default=True, type=click.IntRange(1))
+@click.option(
+    "--callback-secret-file",
+    type=click.Path(dir_okay=False, exists=True),
+    default=None,
+    help="Key that signs job callbacks (HMAC-SHA256); without it jobs cannot ask for one.",
+)
+@click.option(
+    "--callback-backoff",
+    default=1.0,
+    show_default=True,
+    type=click.FloatRange(min=0.01),
+    help="Seconds before a callback's first retry (doubling after).",
+)
+def serve(**options) -> None:
+    """Run the job service: score, extract and train jobs over HTTP (README: Service).
+
+    Binds 127.0.0.1 by default; another --host needs --token-file. Jobs survive a
+    restart: a job running when the service was killed resumes, and recomputes nothing
+    committed. SIGTERM stops taking jobs, lets running parts commit and exits 0.
+    """
+    from service.config import ServiceConfig, read_tokens
+    from service.errors import ServiceSetupError
+    from service.state import StateFolder
+
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    for noisy in ("distributed", "httpx"):  # one line per job transition, not per connection
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        tokens = read_tokens(options["token_file"]) if options["token_file"] else []
+        secret = None
+        if options["callback_secret_file"]:
+            secret = Path(options["callback_secret_file"]).read_bytes().strip()
+            if len(secret) < 16:
+                raise ServiceSetupError("--callback-secret-file: use a secret of 16+ bytes")
+        config = ServiceConfig(
+            stores=options["stores"],
+            heads=Path(options["heads"]),
+            state=Path(options["state"]),
+            source_roots=list(options["source_roots"]),
+            host=options["host"],
+            port=options["port"],
+            tokens=tokens,
+            workers=options["workers"],
+            scheduler=options["scheduler"],
+            model=options["model"],
+            device=options["device"],
+            concurrent_jobs=options["concurrent_jobs"],
+            part_seconds=options["part_seconds"],
+            max_file_bytes=options["upload_max_file_mb"] * MiB,
+            max_request_bytes=options["upload_max_request_mb"] * MiB,
+            max_files=options["upload_max_files"],
+            callback_secret=secret,
+            callback_backoff_s=options["callback_backoff"],
+        )
+        state = StateFolder.open(config.state)
+        config.state = state.root
+        state.hold()
+    except ServiceSetupError as err:
+        click.echo(f"Error: {err}", err=True)
+        sys.exit(2)
+    import uvicorn
+
+    from service.app import create_app
+
+    app = create_app(config, state)
+    click.echo(
+        f"emi serve: http://{config.host}:{config.port} (state {config.state}; "
+        f"{'tokens required' if tokens else 'no tokens: loopback only'})",
+        err=True,
+    )
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app, host=config.host, port=config.port, log_level="warning", access_log=False
+        )
+    )
+    server.run()
+    state.release()

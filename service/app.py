@@ -1,0 +1,395 @@
+"""The HTTP app of ``emi serve`` (FastAPI; its OpenAPI document at ``/openapi.json``,
+pages at ``/docs``).
+
+Every answer is JSON; an error is ``{"error": <short>, "detail": <what to do>}`` and
+never a traceback. With tokens, every route but ``/healthz`` needs
+``Authorization: Bearer <token>``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import json
+import logging
+import shutil
+from typing import Annotated
+
+from fastapi import Body, FastAPI, Header, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from service.callbacks import CallbackSender
+from service.config import ServiceConfig
+from service.errors import RequestError, bad_request, conflict, not_found
+from service.jobs import FINAL, KINDS, STATES, JobTable
+from service.metrics import ServiceMetrics
+from service.requests import JobPage, JobRequest, JobView
+from service.runner import JobRunner
+from service.state import StateFolder
+
+log = logging.getLogger("emi.service")
+OPEN_PATHS = ("/healthz",)
+UPLOAD_PATH = "/v1/uploads"
+
+
+def _error(status: int, error: str, detail, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse({"error": error, "detail": detail}, status_code=status, headers=headers)
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+class Guard:
+    """ASGI middleware: bearer tokens (constant-time), and the JSON body size limit
+    (uploads have their own limits)."""
+
+    def __init__(self, app, config: ServiceConfig) -> None:
+        self.app = app
+        self.config = config
+        self.tokens = [t.encode() for t in config.tokens]
+
+    def _authorized(self, scope) -> bool:
+        headers = dict(scope.get("headers") or [])
+        given = headers.get(b"authorization", b"")
+        scheme, _, token = given.partition(b" ")
+        if scheme.lower() != b"bearer" or not token:
+            return False
+        # every token compared, in constant time
+        return any([hmac.compare_digest(token.strip(), t) for t in self.tokens])
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        path = scope.get("path", "")
+        if self.tokens and path not in OPEN_PATHS and not self._authorized(scope):
+            response = _error(
+                401,
+                "unauthorized",
+                "give 'Authorization: Bearer <token>' with a token of the service's token file",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+            return await response(scope, receive, send)
+        if path.startswith(UPLOAD_PATH) or scope.get("method") in ("GET", "HEAD"):
+            return await self.app(scope, receive, send)
+        limit = self.config.max_body_bytes
+        headers = dict(scope.get("headers") or [])
+        length = headers.get(b"content-length")
+        too_large = _error(
+            413, "too large", f"the request body is over the limit of {limit:,} bytes"
+        )
+        if length is not None and length.isdigit() and int(length) > limit:
+            return await too_large(scope, receive, send)
+        seen = {"bytes": 0, "started": False}
+
+        async def counted():
+            message = await receive()
+            if message["type"] == "http.request":
+                seen["bytes"] += len(message.get("body", b""))
+                if seen["bytes"] > limit:
+                    raise _BodyTooLarge()
+            return message
+
+        async def watched(message):
+            if message["type"] == "http.response.start":
+                seen["started"] = True
+            await send(message)
+
+        try:
+            await self.app(scope, counted, watched)
+        except _BodyTooLarge:
+            if not seen["started"]:
+                await too_large(scope, receive, send)
+
+
+class Service:
+    """What the routes share: settings, table, runner, callbacks, metrics."""
+
+    def __init__(self, config: ServiceConfig, state: StateFolder) -> None:
+        self.config = config
+        self.state = state
+        self.table = JobTable(state.database)
+        self.metrics = ServiceMetrics(self.table)
+        self.callbacks = CallbackSender(
+            self.table,
+            config.callback_secret,
+            attempts=config.callback_attempts,
+            backoff_s=config.callback_backoff_s,
+        )
+        self.runner = JobRunner(config, self.table, self.metrics, self.callbacks.send)
+
+    def start(self) -> None:
+        self.callbacks.start()
+        self.runner.start()
+
+    def stop(self) -> None:
+        log.info("stopping: no new jobs; running jobs stop after their current part")
+        self.runner.stop()
+        self.callbacks.stop()
+        self.table.close()
+
+    def check_request(self, body: dict) -> None:
+        """Everything a job needs that can be checked before it is queued: sources
+        inside the roots, heads in the registry, store names, label files."""
+        from service.registry import (
+            check_new_head,
+            check_store_name,
+            head_folder,
+            store_exists,
+        )
+        from service.sources import resolve_file, resolve_source
+
+        config = self.config
+        if body.get("callback_url") and config.callback_secret is None:
+            raise bad_request(
+                "this service signs no callbacks (the operator gives --callback-secret-file); "
+                "leave out callback_url and poll GET /v1/jobs/{id}"
+            )
+        kind = body["kind"]
+        if kind in ("score", "extract"):
+            resolve_source(config, body["source"])
+        if body.get("store") and kind != "train":
+            check_store_name(body["store"])
+        if kind == "score":
+            for name in body["heads"]:
+                head_folder(config, name)
+        if kind == "train":
+            if not store_exists(config.store_location(body["store"])):
+                raise not_found(f"store {body['store']!r} not found; GET /v1/stores")
+            if body.get("grid") is not None and body.get("preset") is not None:
+                raise bad_request("give preset or grid, not both")
+            resolve_file(config, body["labels"], what="labels", suffix=".csv")
+            resolve_file(config, body["val_labels"], what="val_labels", suffix=".csv")
+            check_new_head(config, body["name"])
+
+
+def create_app(config: ServiceConfig, state: StateFolder) -> FastAPI:
+    """The app over ``state`` (already held by this process)."""
+    service = Service(config, state)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        service.start()
+        yield
+        service.stop()
+
+    app = FastAPI(
+        title="emi",
+        summary="Emotional mimicry intensity: score, extract and train jobs over HTTP",
+        version="1",
+        lifespan=lifespan,
+    )
+    app.state.service = service
+
+    @app.exception_handler(RequestError)
+    async def _request_error(request: Request, err: RequestError):
+        return _error(err.status, err.error, err.detail)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, err: RequestValidationError):
+        details = []
+        for e in err.errors():
+            if e.get("type") == "json_invalid":
+                reason = (e.get("ctx") or {}).get("error", "")
+                return _error(422, "invalid request", f"the body is not valid JSON ({reason})")
+            where = ".".join(str(p) for p in e.get("loc", ()) if p != "body")
+            details.append(f"{where or 'body'}: {e.get('msg')}")
+        return _error(422, "invalid request", details)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, err: StarletteHTTPException):
+        label = {404: "not found", 405: "method not allowed"}.get(err.status_code, "error")
+        return _error(err.status_code, label, str(err.detail))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, err: Exception):
+        log.exception("unexpected error in %s %s", request.method, request.url.path)
+        return _error(500, "internal error", "the service logged what went wrong; retry later")
+
+    @app.get("/healthz", tags=["operations"])
+    def healthz() -> dict:
+        """The process is up (needs no token)."""
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["operations"])
+    def readyz():
+        """The stores are readable and the dask cluster reachable."""
+        from service.registry import store_names
+
+        checks = {}
+        try:
+            store_names(config)
+            checks["stores"] = "readable"
+        except Exception as err:
+            checks["stores"] = f"unreadable: {err}"
+        ready, words = service.runner.cluster_status()
+        checks["cluster"] = words
+        ok = ready and checks["stores"] == "readable"
+        return JSONResponse({"ready": ok, "checks": checks}, status_code=200 if ok else 503)
+
+    @app.get("/metrics", tags=["operations"], response_class=PlainTextResponse)
+    def metrics():
+        """Prometheus text: jobs by kind and state, clips, audio seconds, durations."""
+        return Response(service.metrics.text(), media_type="text/plain; version=0.0.4")
+
+    @app.get("/v1/stores", tags=["registry"])
+    def stores() -> dict:
+        """The managed stores: name, feature sets, clips, hours, size."""
+        from service.registry import list_stores
+
+        return {"stores": list_stores(config)}
+
+    @app.get("/v1/heads", tags=["registry"])
+    def heads() -> dict:
+        """The head registry, best validation mean Pearson first."""
+        from service.registry import list_heads
+
+        return {"heads": list_heads(config)}
+
+    @app.post("/v1/jobs", status_code=202, response_model=JobView, tags=["jobs"])
+    def submit(
+        body: Annotated[JobRequest, Body()],
+        response: Response,
+        idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+    ):
+        """Queue a score, extract or train job (202, with the job). The same
+        ``Idempotency-Key`` and body return the same job; another body is refused (409)."""
+        request = body.model_dump(exclude_none=True)
+        if idempotency_key is not None:
+            found = service.table.by_key(idempotency_key)
+            if found is not None:
+                from service.jobs import body_digest
+
+                job, digest = found
+                if digest != body_digest(request):
+                    raise conflict(
+                        f"Idempotency-Key {idempotency_key!r} was used for another request; "
+                        "use a new key for a new job"
+                    )
+                response.headers["Idempotent-Replayed"] = "true"
+                response.headers["Location"] = f"/v1/jobs/{job.id}"
+                return job.to_api()
+        service.check_request(request)
+        try:
+            job, new = service.table.add(body.kind, request, idempotency_key=idempotency_key)
+        except KeyError:
+            raise conflict(
+                f"Idempotency-Key {idempotency_key!r} was used for another request"
+            ) from None
+        if new:
+            log.info("job %s %s: queued", job.id, job.kind)
+            service.runner.wake()
+        else:
+            response.headers["Idempotent-Replayed"] = "true"
+        response.headers["Location"] = f"/v1/jobs/{job.id}"
+        return job.to_api()
+
+    @app.get("/v1/jobs", response_model=JobPage, tags=["jobs"])
+    def jobs(
+        state: Annotated[str | None, Query(description=f"one of {', '.join(STATES)}")] = None,
+        kind: Annotated[str | None, Query(description=f"one of {', '.join(KINDS)}")] = None,
+        limit: Annotated[int, Query(ge=1, le=500)] = 50,
+        before: Annotated[str | None, Query(description="the 'next' of the page before")] = None,
+    ):
+        """Jobs, newest first, a page at a time."""
+        if state is not None and state not in STATES:
+            raise bad_request(f"state must be one of {', '.join(STATES)}, not {state!r}")
+        if kind is not None and kind not in KINDS:
+            raise bad_request(f"kind must be one of {', '.join(KINDS)}, not {kind!r}")
+        if before is not None and not before.isdigit():
+            raise bad_request("before: give the 'next' value of the previous page")
+        page, cursor = service.table.list(
+            state=state, kind=kind, limit=limit, before=int(before) if before else None
+        )
+        return {"jobs": [j.to_api() for j in page], "next": str(cursor) if cursor else None}
+
+    def _job(job_id: str):
+        job = service.table.get(job_id)
+        if job is None:
+            raise not_found(f"job {job_id!r} not found; GET /v1/jobs lists them")
+        return job
+
+    @app.get("/v1/jobs/{job_id}", response_model=JobView, tags=["jobs"])
+    def job(job_id: str):
+        """One job: state, progress, failed clips with their reasons, result."""
+        return _job(job_id).to_api()
+
+    def _result_file(job_id: str, name: str):
+        found = _job(job_id)
+        if found.kind != "score":
+            raise not_found(f"job {job_id} is a {found.kind} job; only score jobs predict")
+        if found.state != "succeeded":
+            raise conflict(f"job {job_id} is {found.state}; predictions come once it succeeds")
+        path = config.state / "results" / job_id / name
+        if not path.is_file():
+            raise not_found(f"job {job_id}: its results were deleted")
+        return path
+
+    @app.get("/v1/jobs/{job_id}/predictions.csv", tags=["jobs"], response_class=FileResponse)
+    def predictions_csv(job_id: str):
+        """The predictions as ``emi score`` writes them."""
+        path = _result_file(job_id, "predictions.csv")
+        return FileResponse(path, media_type="text/csv", filename=f"{job_id}.csv")
+
+    @app.get("/v1/jobs/{job_id}/predictions.json", tags=["jobs"])
+    def predictions_json(job_id: str):
+        """The predictions as JSON rows, and the clips that failed."""
+        found = _job(job_id)
+        data = json.loads(_result_file(job_id, "predictions.json").read_text())
+        return {"job": job_id, **data, "failures": found.failures}
+
+    @app.post("/v1/jobs/{job_id}/cancel", status_code=202, response_model=JobView, tags=["jobs"])
+    def cancel(job_id: str):
+        """A queued job never starts; a running one stops after its current part (what it
+        committed stays stored) and ends ``cancelled``."""
+        before = _job(job_id)
+        job = service.table.request_cancel(job_id)
+        if before.state == "queued" and job.state == "cancelled":
+            log.info("job %s %s: queued -> cancelled", job.id, job.kind)
+            service.callbacks.send(_with_callback(service, job))
+        return job.to_api()
+
+    @app.delete("/v1/jobs/{job_id}", status_code=204, tags=["jobs"])
+    def delete(job_id: str):
+        """Forget a finished job and its results (store features are never removed)."""
+        found = _job(job_id)
+        if found.state not in FINAL:
+            raise conflict(f"job {job_id} is {found.state}; cancel it and wait for it to end")
+        shutil.rmtree(config.state / "results" / job_id, ignore_errors=True)
+        service.table.delete(job_id)
+        return Response(status_code=204)
+
+    @app.post("/v1/uploads", status_code=201, tags=["uploads"])
+    async def upload(request: Request):
+        """Upload audio or video files, label CSVs, or one zip/tar archive
+        (multipart/form-data); name the upload's id as a job's source or labels."""
+        from service.uploads import receive_upload
+
+        length = request.headers.get("content-length")
+        return await receive_upload(
+            config,
+            request.headers.get("content-type", ""),
+            int(length) if length and length.isdigit() else None,
+            request.stream(),
+        )
+
+    @app.delete("/v1/uploads/{upload_id}", status_code=204, tags=["uploads"])
+    def delete_upload(upload_id: str):
+        """Remove an upload's files."""
+        from service.uploads import delete_upload as remove
+
+        remove(config, upload_id)
+        return Response(status_code=204)
+
+    return Guard(app, config)
+
+
+def _with_callback(service: Service, job):
+    """A queued job cancelled: its callback (if asked for) is due now."""
+    if job.request.get("callback_url") and not job.callback:
+        callback = {"url": job.request["callback_url"], "status": "pending", "attempts": 0}
+        service.table.update(job.id, callback=callback)
+        return service.table.get(job.id)
+    return job

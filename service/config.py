@@ -1,0 +1,134 @@
+"""The operator's settings of one service (the ``emi serve`` options, same defaults)."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from service.errors import ServiceSetupError
+
+MiB = 2**20
+DEFAULT_PORT = 8000
+DEFAULT_MAX_FILE_BYTES = 1024 * MiB  # one uploaded file (or archive member)
+DEFAULT_MAX_REQUEST_BYTES = 4096 * MiB  # one upload request, all files
+DEFAULT_MAX_FILES = 10_000  # files per upload request (or members of its archive)
+MAX_BODY_BYTES = 1 * MiB  # a JSON request body
+DEFAULT_CONCURRENT_JOBS = 2
+STORE_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+HEAD_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}(/[A-Za-z0-9][A-Za-z0-9._-]{0,63})?$")
+SCORE_STORE_PREFIX = "score-"  # the content-keyed stores of score jobs, one per features
+
+
+def is_url(location: str) -> bool:
+    return "://" in location
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def read_tokens(path: str | os.PathLike) -> list[str]:
+    """The bearer tokens of a token file: one per line; blank lines and ``#`` comments
+    are skipped.
+
+    Raises:
+        ServiceSetupError: unreadable, or no token in it, or a token shorter than 16.
+    """
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError as err:
+        raise ServiceSetupError(f"--token-file {path}: {err.strerror or err}") from err
+    tokens = [t.strip() for t in lines if t.strip() and not t.strip().startswith("#")]
+    if not tokens:
+        raise ServiceSetupError(f"--token-file {path}: holds no token (one per line)")
+    short = [i for i, t in enumerate(tokens, 1) if len(t) < 16]
+    if short:
+        raise ServiceSetupError(
+            f"--token-file {path}: token {short[0]} is shorter than 16 characters; "
+            "use long random tokens (python -c 'import secrets; print(secrets.token_urlsafe())')"
+        )
+    return tokens
+
+
+@dataclass
+class ServiceConfig:
+    """Attributes:
+    stores: folder or ``s3://`` prefix holding the stores the service manages, by name
+        (``NAME.zarr``).
+    heads: the head registry: a folder of head folders (a grid's folder holds more).
+    state: the state folder (job table, uploads, results).
+    source_roots: folders or ``s3://`` prefixes that sources may come from.
+    tokens: accepted bearer tokens; empty: no authentication (loopback only).
+    workers, scheduler: the dask cluster: local worker processes, or a scheduler.
+    model: the backbone of extract jobs into new stores; None: emi's default.
+    device: ``auto``, ``cpu`` or ``cuda`` for extraction and heads.
+    concurrent_jobs: jobs run at once (jobs writing one store still take turns).
+    part_seconds: audio seconds per extraction part (the cancel and resume unit);
+        None: the extractor's default.
+    callback_secret: the HMAC-SHA256 key that signs callbacks; None: jobs cannot ask
+        for callbacks.
+    """
+
+    stores: str
+    heads: Path
+    state: Path
+    source_roots: list[str]
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    tokens: list[str] = field(default_factory=list)
+    workers: int = 1
+    scheduler: str | None = None
+    model: str | None = None
+    device: str = "auto"
+    concurrent_jobs: int = DEFAULT_CONCURRENT_JOBS
+    part_seconds: float | None = None
+    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
+    max_files: int = DEFAULT_MAX_FILES
+    max_body_bytes: int = MAX_BODY_BYTES
+    callback_secret: bytes | None = None
+    callback_attempts: int = 8
+    callback_backoff_s: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not is_loopback(self.host) and not self.tokens:
+            raise ServiceSetupError(
+                f"--host {self.host} is not a loopback address: anyone who can reach it could "
+                "submit jobs. Give --token-file FILE (one token per line) to serve beyond "
+                "this machine"
+            )
+        if not self.source_roots:
+            raise ServiceSetupError("give at least one --source-root (where audio may come from)")
+        roots = []
+        for root in self.source_roots:
+            if is_url(root):
+                roots.append(root.rstrip("/") + "/")
+                continue
+            resolved = Path(root).expanduser().resolve()
+            if not resolved.is_dir():
+                raise ServiceSetupError(f"--source-root {root}: not a folder")
+            roots.append(str(resolved))
+        self.source_roots = roots
+        if not is_url(self.stores):
+            self.stores = str(Path(self.stores).expanduser().absolute())
+            Path(self.stores).mkdir(parents=True, exist_ok=True)
+        self.heads = Path(self.heads).expanduser().absolute()
+        self.heads.mkdir(parents=True, exist_ok=True)
+        if self.concurrent_jobs < 1:
+            raise ServiceSetupError("--jobs must be 1 or more")
+
+    def store_location(self, name: str) -> str:
+        """The location of the store named ``name`` under ``stores``."""
+        return f"{self.stores.rstrip('/')}/{name}.zarr"
+
+    def score_store_for(self, fingerprint: str) -> str:
+        """Where score jobs keep features of one spec (clips keyed by content)."""
+        return self.store_location(f"{SCORE_STORE_PREFIX}{fingerprint[:16]}")

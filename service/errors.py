@@ -1,0 +1,43 @@
+"""The service's errors: each maps to one HTTP status and says what to do."""
+
+from __future__ import annotations
+
+
+class ServiceSetupError(Exception):
+    """The service cannot start as asked (``emi serve`` exits 2 saying why)."""
+
+
+class RequestError(Exception):
+    """A request the service refuses: ``status`` is its HTTP status, ``error`` a short
+    label, the message the detail (what was wrong and what to do)."""
+
+    def __init__(self, status: int, error: str, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.error = error
+        self.detail = detail
+
+
+def bad_request(detail: str) -> RequestError:
+    return RequestError(400, "bad request", detail)
+
+
+def not_found(detail: str) -> RequestError:
+    return RequestError(404, "not found", detail)
+
+
+def conflict(detail: str) -> RequestError:
+    return RequestError(409, "conflict", detail)
+
+
+def forbidden(detail: str) -> RequestError:
+    return RequestError(403, "forbidden", detail)
+
+
+def too_large(detail: str) -> RequestError:
+    return RequestError(413, "too large", detail)
+
+
+class JobStopped(Exception):
+    """Raised inside a running job when its cancel was asked (at a part or epoch
+    boundary); the job ends ``cancelled``."""

@@ -1,0 +1,331 @@
+"""The job table: one SQLite database (WAL) under the state folder, the truth about
+every job. A job's row is written on each transition and progress step, so a service
+killed at any moment restarts knowing what each job was doing.
+
+States: ``queued`` -> ``running`` -> ``succeeded`` | ``failed`` | ``cancelled``; a queued
+job cancelled never starts. A job found ``running`` when the service starts (the
+service was killed) goes back to ``queued`` and resumes: the store skips what was
+committed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import sqlite3
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+STATES = ("queued", "running", "succeeded", "failed", "cancelled")
+FINAL = ("succeeded", "failed", "cancelled")
+KINDS = ("score", "extract", "train")
+SCHEMA_VERSION = 1
+MAX_FAILURES_KEPT = 10_000  # a job's listed failed clips (the count is always exact)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    state TEXT NOT NULL,
+    request TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    started_at REAL,
+    finished_at REAL,
+    updated_at REAL NOT NULL,
+    progress TEXT NOT NULL DEFAULT '{}',
+    failures TEXT NOT NULL DEFAULT '[]',
+    result TEXT,
+    error TEXT,
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    runs INTEGER NOT NULL DEFAULT 0,
+    idempotency_key TEXT UNIQUE,
+    body_sha256 TEXT,
+    callback TEXT
+);
+CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+
+def iso(seconds: float | None) -> str | None:
+    """A UTC time as ISO 8601 (``2026-11-29T23:42:31.123Z``)."""
+    if seconds is None:
+        return None
+    moment = dt.datetime.fromtimestamp(seconds, dt.timezone.utc)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def body_digest(body: dict) -> str:
+    """The sha256 of a request body's canonical JSON (for ``Idempotency-Key``)."""
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+@dataclass
+class Job:
+    """One row of the table."""
+
+    id: str
+    kind: str
+    state: str
+    request: dict
+    created_at: float
+    updated_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    progress: dict = field(default_factory=dict)
+    failures: list = field(default_factory=list)
+    result: dict | None = None
+    error: dict | None = None
+    cancel_requested: bool = False
+    runs: int = 0
+    callback: dict | None = None
+
+    @property
+    def final(self) -> bool:
+        return self.state in FINAL
+
+    def to_api(self) -> dict:
+        """The job as the API shows it (times as ISO 8601 UTC)."""
+        request = {k: v for k, v in self.request.items() if k != "callback_url"}
+        return {
+            "id": self.id,
+            "kind": self.kind,
+            "state": self.state,
+            "created_at": iso(self.created_at),
+            "started_at": iso(self.started_at),
+            "finished_at": iso(self.finished_at),
+            "updated_at": iso(self.updated_at),
+            "request": request,
+            "progress": self.progress,
+            "failures": self.failures,
+            "result": self.result,
+            "error": self.error,
+            "cancel_requested": self.cancel_requested,
+            "runs": self.runs,
+            "callback": self.callback,
+        }
+
+
+class JobTable:
+    """Thread-safe access to the job table (one connection, one lock)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.row_factory = sqlite3.Row
+        with self._lock:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(_SCHEMA)
+            row = self._db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+            if row is None:
+                self._db.execute(
+                    "INSERT INTO meta(key, value) VALUES('schema', ?)", (str(SCHEMA_VERSION),)
+                )
+            elif int(row["value"]) != SCHEMA_VERSION:
+                from service.errors import ServiceSetupError
+
+                raise ServiceSetupError(
+                    f"{path}: job table schema {row['value']}; this emi reads {SCHEMA_VERSION}"
+                )
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # -- reading -------------------------------------------------------------------
+
+    @staticmethod
+    def _job(row: sqlite3.Row) -> Job:
+        return Job(
+            id=row["id"],
+            kind=row["kind"],
+            state=row["state"],
+            request=json.loads(row["request"]),
+            created_at=row["created_at"],
+            updated_at=row["updated_at"],
+            started_at=row["started_at"],
+            finished_at=row["finished_at"],
+            progress=json.loads(row["progress"]),
+            failures=json.loads(row["failures"]),
+            result=json.loads(row["result"]) if row["result"] else None,
+            error=json.loads(row["error"]) if row["error"] else None,
+            cancel_requested=bool(row["cancel_requested"]),
+            runs=row["runs"],
+            callback=json.loads(row["callback"]) if row["callback"] else None,
+        )
+
+    def get(self, job_id: str) -> Job | None:
+        with self._lock:
+            row = self._db.execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone()
+        return self._job(row) if row else None
+
+    def list(
+        self,
+        *,
+        state: str | None = None,
+        kind: str | None = None,
+        limit: int = 50,
+        before: int | None = None,
+    ) -> tuple[list[Job], int | None]:
+        """Jobs newest first; returns the page and the cursor of the next (or None)."""
+        where, args = ["1=1"], []
+        if state:
+            where.append("state=?")
+            args.append(state)
+        if kind:
+            where.append("kind=?")
+            args.append(kind)
+        if before is not None:
+            where.append("rowid<?")
+            args.append(before)
+        query = (
+            f"SELECT rowid AS seq, * FROM jobs WHERE {' AND '.join(where)} "
+            "ORDER BY rowid DESC LIMIT ?"
+        )
+        with self._lock:
+            rows = self._db.execute(query, (*args, limit + 1)).fetchall()
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return [self._job(r) for r in rows], (rows[-1]["seq"] if more and rows else None)
+
+    def counts(self) -> dict[tuple[str, str], int]:
+        """Jobs per (kind, state)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT kind, state, COUNT(*) AS n FROM jobs GROUP BY kind, state"
+            ).fetchall()
+        return {(r["kind"], r["state"]): r["n"] for r in rows}
+
+    def by_key(self, key: str) -> tuple[Job, str] | None:
+        with self._lock:
+            row = self._db.execute("SELECT * FROM jobs WHERE idempotency_key=?", (key,)).fetchone()
+        return (self._job(row), row["body_sha256"]) if row else None
+
+    # -- writing -------------------------------------------------------------------
+
+    def add(
+        self, kind: str, request: dict, *, idempotency_key: str | None = None
+    ) -> tuple[Job, bool]:
+        """Queue a job; with an ``idempotency_key`` already used for the same body, the
+        existing job and False (no second job).
+
+        Raises:
+            KeyError: the key was used with another body.
+        """
+        digest = body_digest(request)
+        now = time.time()
+        job = Job(
+            id="job-" + uuid.uuid4().hex[:20],
+            kind=kind,
+            state="queued",
+            request=request,
+            created_at=now,
+            updated_at=now,
+            progress={"stage": "queued"},
+        )
+        with self._lock:
+            if idempotency_key is not None:
+                row = self._db.execute(
+                    "SELECT * FROM jobs WHERE idempotency_key=?", (idempotency_key,)
+                ).fetchone()
+                if row is not None:
+                    if row["body_sha256"] != digest:
+                        raise KeyError(idempotency_key)
+                    return self._job(row), False
+            self._db.execute(
+                "INSERT INTO jobs(id, kind, state, request, created_at, updated_at, progress,"
+                " idempotency_key, body_sha256) VALUES(?,?,?,?,?,?,?,?,?)",
+                (
+                    job.id, kind, job.state, json.dumps(request), now, now,
+                    json.dumps(job.progress), idempotency_key, digest,
+                ),
+            )  # fmt: skip
+        return job, True
+
+    def claim_next(self) -> Job | None:
+        """The oldest queued job, now ``running`` (None when none is queued)."""
+        now = time.time()
+        with self._lock:
+            row = self._db.execute(
+                "SELECT * FROM jobs WHERE state='queued' ORDER BY rowid LIMIT 1"
+            ).fetchone()
+            if row is None:
+                return None
+            self._db.execute(
+                "UPDATE jobs SET state='running', started_at=COALESCE(started_at, ?), "
+                "updated_at=?, runs=runs+1 WHERE id=?",
+                (now, now, row["id"]),
+            )
+            row = self._db.execute("SELECT * FROM jobs WHERE id=?", (row["id"],)).fetchone()
+        return self._job(row)
+
+    def requeue_running(self) -> list[str]:
+        """Jobs left ``running`` by a killed service go back to the queue (resumed first,
+        in their order)."""
+        with self._lock:
+            ids = [
+                r["id"]
+                for r in self._db.execute("SELECT id FROM jobs WHERE state='running'").fetchall()
+            ]
+            self._db.execute(
+                "UPDATE jobs SET state='queued', updated_at=? WHERE state='running'",
+                (time.time(),),
+            )
+        return ids
+
+    def update(self, job_id: str, **fields) -> None:
+        """Set columns of a job (dicts and lists stored as JSON)."""
+        if not fields:
+            return
+        fields["updated_at"] = time.time()
+        encoded = {k: json.dumps(v) if isinstance(v, dict | list) else v for k, v in fields.items()}
+        sets = ", ".join(f"{k}=?" for k in encoded)
+        with self._lock:
+            self._db.execute(f"UPDATE jobs SET {sets} WHERE id=?", (*encoded.values(), job_id))
+
+    def finish(self, job_id: str, state: str, **fields) -> None:
+        self.update(job_id, state=state, finished_at=time.time(), **fields)
+
+    def request_cancel(self, job_id: str) -> Job | None:
+        """Ask a job to stop: a queued one is cancelled at once, a running one at its
+        next boundary; a finished one is left as it is."""
+        now = time.time()
+        with self._lock:
+            self._db.execute(
+                "UPDATE jobs SET state='cancelled', cancel_requested=1, finished_at=?, "
+                "updated_at=?, progress=json_set(progress, '$.stage', 'cancelled') "
+                "WHERE id=? AND state='queued'",
+                (now, now, job_id),
+            )
+            self._db.execute(
+                "UPDATE jobs SET cancel_requested=1, updated_at=? WHERE id=? AND state='running'",
+                (now, job_id),
+            )
+        return self.get(job_id)
+
+    def cancel_requested(self, job_id: str) -> bool:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT cancel_requested FROM jobs WHERE id=?", (job_id,)
+            ).fetchone()
+        return bool(row and row["cancel_requested"])
+
+    def delete(self, job_id: str) -> None:
+        with self._lock:
+            self._db.execute("DELETE FROM jobs WHERE id=?", (job_id,))
+
+    def pending_callbacks(self) -> list[Job]:
+        """Finished jobs whose callback is not yet delivered (nor given up)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT * FROM jobs WHERE callback IS NOT NULL AND "
+                "json_extract(callback, '$.status') = 'pending' AND state IN "
+                "('succeeded', 'failed', 'cancelled') ORDER BY rowid"
+            ).fetchall()
+        return [self._job(r) for r in rows]

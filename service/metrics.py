@@ -1,0 +1,68 @@
+"""``GET /metrics``: Prometheus text (prometheus-client) about jobs and clips."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+
+from service.jobs import KINDS, STATES, Job, JobTable
+
+
+class _JobCounts:
+    """Jobs by kind and state, and the queue's length, read from the table on scrape."""
+
+    def __init__(self, table: JobTable) -> None:
+        self.table = table
+
+    def collect(self):
+        counts = self.table.counts()
+        jobs = GaugeMetricFamily("emi_jobs", "Jobs in the table by kind and state",
+                                 labels=["kind", "state"])  # fmt: skip
+        for kind in KINDS:
+            for state in STATES:
+                jobs.add_metric([kind, state], counts.get((kind, state), 0))
+        yield jobs
+        queued = sum(n for (_, state), n in counts.items() if state == "queued")
+        yield GaugeMetricFamily("emi_queue_length", "Jobs waiting to run", value=queued)
+
+
+class ServiceMetrics:
+    def __init__(self, table: JobTable) -> None:
+        self.registry = CollectorRegistry()
+        self.registry.register(_JobCounts(table))
+        self.transitions = Counter(
+            "emi_job_transitions", "Jobs that started or ended, by kind and state",
+            ["kind", "state"], registry=self.registry,
+        )  # fmt: skip
+        self.clip_outcomes = Counter(
+            "emi_clips", "Clips by outcome: extracted, reused (already stored) or failed",
+            ["outcome"], registry=self.registry,
+        )  # fmt: skip
+        self.audio = Counter("emi_audio_seconds", "Audio seconds extracted", registry=self.registry)
+        self.durations = Histogram(
+            "emi_job_duration_seconds", "Wall time of succeeded jobs", ["kind"],
+            buckets=(1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 24 * 3600),
+            registry=self.registry,
+        )  # fmt: skip
+        self.running = Gauge("emi_jobs_running", "Jobs running now", registry=self.registry)
+
+    def started(self, job: Job) -> None:
+        self.transitions.labels(job.kind, "running").inc()
+
+    def ended(self, kind: str, state: str) -> None:
+        self.transitions.labels(kind, state).inc()
+
+    def duration(self, kind: str, seconds: float) -> None:
+        self.durations.labels(kind).observe(seconds)
+
+    def clips(self, audio_seconds: float) -> None:
+        if audio_seconds > 0:
+            self.audio.inc(audio_seconds)
+
+    def outcomes(self, extracted: int, reused: int, failed: int) -> None:
+        self.clip_outcomes.labels("extracted").inc(extracted)
+        self.clip_outcomes.labels("reused").inc(reused)
+        self.clip_outcomes.labels("failed").inc(failed)
+
+    def text(self) -> bytes:
+        return generate_latest(self.registry)

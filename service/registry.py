@@ -1,0 +1,165 @@
+"""The service's named things: heads in the registry (``--heads``) and stores under
+``--stores``. Clients name them; their paths never leave the server."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from service.config import SCORE_STORE_PREFIX, ServiceConfig
+from service.errors import RequestError, conflict, not_found
+
+log = logging.getLogger("emi.service")
+
+
+def _is_head(folder: Path) -> bool:
+    return (folder / "config.json").is_file() and (folder / "model.safetensors").is_file()
+
+
+def head_names(config: ServiceConfig) -> list[str]:
+    """Registry names: ``NAME`` for a head folder, ``GRID/NAME`` for one in a grid's folder."""
+    root = config.heads
+    names = []
+    for top in sorted(root.iterdir()) if root.is_dir() else []:
+        if top.name.startswith(".") or not top.is_dir():
+            continue
+        if _is_head(top):
+            names.append(top.name)
+            continue
+        names += [
+            f"{top.name}/{inner.name}"
+            for inner in sorted(top.iterdir())
+            if inner.is_dir() and not inner.name.startswith(".") and _is_head(inner)
+        ]
+    return names
+
+
+def head_folder(config: ServiceConfig, name: str) -> Path:
+    """The folder of the registry head ``name``.
+
+    Raises:
+        RequestError: 404 naming the registry's heads.
+    """
+    names = head_names(config)
+    if name not in names:
+        shown = ", ".join(names[:20]) or "none yet"
+        raise not_found(f"head {name!r} is not in the registry (heads: {shown}); GET /v1/heads")
+    return config.heads / name
+
+
+def check_new_head(config: ServiceConfig, name: str, *, resumed: bool = False) -> Path:
+    """The folder a train job named ``name`` writes; refused where the name is taken
+    (a resumed job may finish writing its own)."""
+    out = config.heads / name
+    if out.exists() and not resumed:
+        raise conflict(
+            f"the registry already holds {name!r}; choose another name for the trained heads"
+        )
+    return out
+
+
+def list_heads(config: ServiceConfig) -> list[dict]:
+    """``GET /v1/heads``: every registry head with its features, preset, layers,
+    validation mean Pearson and training seconds, best first."""
+    from models.compare import compare_heads
+    from models.errors import HeadError
+
+    rows = []
+    for name in head_names(config):
+        try:
+            [row] = compare_heads([config.heads / name])
+            card = _card(config.heads / name)
+        except (HeadError, ValueError, OSError) as err:
+            log.warning("registry head %s is unreadable: %s", name, err)
+            rows.append({"name": name, "error": str(err)})
+            continue
+        rows.append(
+            {
+                "name": name,
+                "preset": row.preset,
+                "layer": row.layer,
+                "features": [
+                    {
+                        "feature_set": ref.get("feature_set"),
+                        "fingerprint": ref.get("fingerprint"),
+                        "backbone": (ref.get("spec") or {}).get("backbone", {}).get("ref"),
+                    }
+                    for ref in card
+                ],
+                "targets": list(row.val_pearson),
+                "val_pearson_mean": row.val_pearson_mean,
+                "val_pearson": row.val_pearson,
+                "best_epoch": row.best_epoch,
+                "parameters": row.parameters,
+                "train_seconds": row.train_seconds,
+            }
+        )
+    return sorted(rows, key=lambda r: (-(r.get("val_pearson_mean") or -2.0), r["name"]))
+
+
+def _card(folder: Path) -> list[dict]:
+    import json
+
+    data = json.loads((folder / "config.json").read_text())
+    return [data.get("store") or {}, *(data.get("joined") or [])]
+
+
+def store_exists(location: str) -> bool:
+    from featurestore.location import StoreLocation
+
+    return StoreLocation.of(location).exists("zarr.json")
+
+
+def store_names(config: ServiceConfig) -> list[str]:
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(config.stores)
+    try:
+        entries = fs.ls(root, detail=False)
+    except FileNotFoundError:
+        return []
+    names = [str(e).rstrip("/").rsplit("/", 1)[-1] for e in entries]
+    return sorted(n.removesuffix(".zarr") for n in names if n.endswith(".zarr"))
+
+
+def list_stores(config: ServiceConfig) -> list[dict]:
+    """``GET /v1/stores``: each managed store's name, feature sets, clips, hours, size."""
+    from featurestore.errors import StoreError
+    from featurestore.report import store_info
+    from featurestore.store import FeatureStore
+
+    rows = []
+    for name in store_names(config):
+        location = config.store_location(name)
+        try:
+            info = store_info(FeatureStore.open(location))
+        except StoreError as err:
+            rows.append({"name": name, "error": str(err)})
+            continue
+        sets = [
+            {k: s.get(k) for k in ("feature_set", "fingerprint", "backbone", "layers", "clips",
+                                   "hours_audio", "set_size_bytes", "damaged") if k in s}
+            for s in info["feature_sets"]
+        ]  # fmt: skip
+        rows.append(
+            {
+                "name": name,
+                "kind": "score" if name.startswith(SCORE_STORE_PREFIX) else "named",
+                "feature_sets": sets,
+                # every set holds the store's clips (or some of them)
+                "clips": max((s.get("clips") or 0 for s in sets), default=0),
+                "hours": round(max((s.get("hours_audio") or 0.0 for s in sets), default=0), 4),
+                "size_bytes": info["size_bytes"],
+            }
+        )
+    return rows
+
+
+def check_store_name(name: str) -> None:
+    if name.startswith(SCORE_STORE_PREFIX):
+        raise RequestError(
+            400,
+            "bad request",
+            f"store {name!r}: names starting {SCORE_STORE_PREFIX!r} are the score jobs' own "
+            "stores; choose another name",
+        )

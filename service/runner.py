@@ -1,0 +1,415 @@
+"""Runs the job table's jobs: a few threads take queued jobs oldest first and run them
+on the service's one dask client (a LocalCluster whose workers keep the backbone loaded
+between jobs, or an existing scheduler).
+
+Jobs that write one store take turns through the store's writer lock (they wait, never
+fail for it); jobs that read run beside them. A job's progress goes to the table after
+every committed part and every epoch; a cancel (or the service stopping) is honoured
+there: the parts not started are skipped, what was committed stays.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import shutil
+import threading
+import time
+import traceback
+from pathlib import Path
+
+from service.config import ServiceConfig
+from service.errors import JobStopped, RequestError
+from service.jobs import MAX_FAILURES_KEPT, Job, JobTable
+
+log = logging.getLogger("emi.service")
+LOCK_WAIT_S = 24 * 3600.0  # a job waits this long for another writer of its store
+IDLE_POLL_S = 0.5
+
+
+class JobRunner:
+    """The job threads and the dask client they share."""
+
+    def __init__(self, config: ServiceConfig, table: JobTable, metrics, on_final) -> None:
+        self.config = config
+        self.table = table
+        self.metrics = metrics
+        self.on_final = on_final  # called with each job that ends (callbacks)
+        self._threads: list[threading.Thread] = []
+        self._stopping = threading.Event()
+        self._wake = threading.Event()
+        self._client = None
+        self._client_error: str | None = None
+        self._client_ready = threading.Event()
+        self._exit = contextlib.ExitStack()
+        self.running: dict[str, Job] = {}
+
+    # -- life ----------------------------------------------------------------------
+
+    def start(self) -> None:
+        for job_id in self.table.requeue_running():
+            log.info("job %s: running when the service stopped; queued again to resume", job_id)
+        threading.Thread(target=self._start_client, name="emi-dask", daemon=True).start()
+        for k in range(self.config.concurrent_jobs):
+            thread = threading.Thread(target=self._loop, name=f"emi-job-{k}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def _start_client(self) -> None:
+        from featurestore.cluster import dask_client
+
+        try:
+            self._client = self._exit.enter_context(
+                dask_client(
+                    workers=self.config.workers, scheduler=self.config.scheduler, quiet=True
+                )
+            )
+        except Exception as err:  # readyz says so; jobs that need it fail saying so
+            self._client_error = f"{type(err).__name__}: {err}"
+            log.error("dask cluster not reachable: %s", self._client_error)
+        self._client_ready.set()
+
+    def client(self):
+        """The dask client (waits for it to start)."""
+        self._client_ready.wait()
+        if self._client is None:
+            raise RuntimeError(f"the dask cluster is not reachable ({self._client_error})")
+        return self._client
+
+    def cluster_status(self) -> tuple[bool, str]:
+        if not self._client_ready.is_set():
+            return False, "starting"
+        if self._client is None:
+            return False, f"unreachable: {self._client_error}"
+        try:
+            workers = len(self._client.scheduler_info().get("workers", {}))
+        except Exception as err:
+            return False, f"unreachable: {err}"
+        return workers > 0, f"{workers} worker{'s' if workers != 1 else ''}"
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def stop(self) -> None:
+        """Take no more jobs; running jobs stop at their next part boundary (their
+        committed parts stay) and go back to the queue, to resume at the next start."""
+        self._stopping.set()
+        self._wake.set()
+        for thread in self._threads:
+            thread.join()
+        with contextlib.suppress(Exception):
+            self._exit.close()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    # -- the loop ------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        while not self._stopping.is_set():
+            job = self.table.claim_next()
+            if job is None:
+                self._wake.wait(IDLE_POLL_S)
+                self._wake.clear()
+                continue
+            self.running[job.id] = job
+            try:
+                self._run(job)
+            finally:
+                self.running.pop(job.id, None)
+
+    def _run(self, job: Job) -> None:
+        log.info("job %s %s: queued -> running (run %d)", job.id, job.kind, job.runs)
+        self.metrics.started(job)
+        started = time.monotonic()
+        work = {"score": self._score, "extract": self._extract, "train": self._train}[job.kind]
+        try:
+            outcome = work(job)
+        except JobStopped:
+            outcome = None
+        except RequestError as err:  # a source, head or store that is not there (now)
+            self._end(job, "failed", error={"error": err.error, "detail": err.detail})
+            return
+        except Exception as err:
+            from featurestore.errors import StoreError
+            from manifests import ManifestError
+            from models.errors import HeadError
+
+            known = (StoreError, ManifestError, HeadError, ValueError, OSError)
+            if not isinstance(err, known):
+                log.error("job %s: %s", job.id, traceback.format_exc())
+            self._end(
+                job,
+                "failed",
+                error={"error": type(err).__name__, "detail": str(err).strip() or repr(err)},
+            )
+            return
+        if outcome is None:  # stopped at a boundary
+            if self.table.cancel_requested(job.id):
+                self._end(job, "cancelled")
+            else:  # the service is stopping: resume at the next start
+                self.table.update(job.id, state="queued")
+                log.info("job %s: the service is stopping; queued to resume", job.id)
+            return
+        self.metrics.duration(job.kind, time.monotonic() - started)
+        self._end(job, "succeeded", result=outcome)
+
+    def _end(self, job: Job, state: str, **fields) -> None:
+        current = self.table.get(job.id)
+        progress = dict(current.progress if current else {})
+        progress["stage"] = state
+        callback = None
+        if job.request.get("callback_url"):
+            callback = {"url": job.request["callback_url"], "status": "pending", "attempts": 0}
+        self.table.finish(job.id, state, progress=progress, callback=callback, **fields)
+        log.info("job %s %s: running -> %s", job.id, job.kind, state)
+        self.metrics.ended(job.kind, state)
+        ended = self.table.get(job.id)
+        if ended is not None:
+            self.on_final(ended)
+
+    def _should_stop(self, job: Job):
+        return lambda: self._stopping.is_set() or self.table.cancel_requested(job.id)
+
+    def _check_stop(self, job: Job) -> None:
+        if self._should_stop(job)():
+            raise JobStopped()
+
+    def _progress(self, job: Job, **values) -> dict:
+        current = self.table.get(job.id)
+        progress = {**(current.progress if current else {}), **values}
+        self.table.update(job.id, progress=progress)
+        return progress
+
+    def _failures(self, job: Job, failures: list) -> None:
+        rows = [
+            {"clip_id": f.clip_id, "path": f.path, "reason": f.reason}
+            for f in failures[:MAX_FAILURES_KEPT]
+        ]
+        self.table.update(job.id, failures=rows)
+
+    def _part_progress(self, job: Job, total: int, refused: int):
+        """The extraction's per-part hook: clips done, reused, failed, audio seconds."""
+        seen = {"audio_s": 0.0}
+
+        def on_part(summary) -> None:
+            failed = len(summary.failed) + refused
+            self.metrics.clips(summary.audio_s - seen["audio_s"])
+            seen["audio_s"] = summary.audio_s
+            self._progress(
+                job,
+                stage="extracting",
+                clips_total=total,
+                clips_done=summary.extracted + summary.already_stored + failed,
+                clips_reused=summary.already_stored,
+                clips_failed=failed,
+                audio_seconds=round(summary.audio_s, 3),
+            )
+
+        return on_part
+
+    def _run_options(self, job: Job, total: int, refused: int) -> dict:
+        options = {
+            "client": self.client(),
+            "on_part": self._part_progress(job, total, refused),
+            "should_stop": self._should_stop(job),
+            "wait_for_lock_s": LOCK_WAIT_S,
+        }
+        if self.config.part_seconds:
+            options["part_seconds"] = self.config.part_seconds
+        return options
+
+    # -- the kinds -----------------------------------------------------------------
+
+    def _manifest(self, job: Job, source: str):
+        from service.sources import manifest_below_roots, resolve_source
+
+        folder = resolve_source(self.config, source)
+        self._progress(job, stage="listing")
+        records, refused = manifest_below_roots(folder, self.config)
+        self._progress(
+            job,
+            stage="extracting",
+            clips_total=len(records) + len(refused),
+            clips_done=0,
+            clips_reused=0,
+            clips_failed=len(refused),
+            audio_seconds=0.0,
+        )
+        self._check_stop(job)
+        return records, refused
+
+    def _score(self, job: Job) -> dict | None:
+        from service.registry import head_folder
+        from service.score import score_folder
+
+        request = job.request
+        heads = [head_folder(self.config, name) for name in request["heads"]]
+        records, refused = self._manifest(job, request["source"])
+        total = len(records) + len(refused)
+        store = request.get("store")
+        location = self.config.store_location(store) if store else None
+        run = self._run_options(job, total, len(refused))
+        del run["wait_for_lock_s"]  # score_folder waits for the writer lock itself
+        result = score_folder(
+            records,
+            heads,
+            store=location,
+            workers=self.config.workers,
+            device=self.config.device,
+            quiet=True,
+            cache_store_for=self.config.score_store_for,
+            run=run,
+        )
+        failures = [*refused, *result.failed]
+        self._failures(job, failures)
+        if result.stopped:
+            return None
+        predicted = len(result.predictions.clip_ids)
+        self.metrics.outcomes(result.extracted, result.reused, len(failures))
+        self._progress(
+            job,
+            stage="predicted",
+            clips_total=total,
+            clips_done=total,
+            clips_reused=result.reused,
+            clips_failed=len(failures),
+        )
+        folder = self.config.state / "results" / job.id
+        folder.mkdir(parents=True, exist_ok=True)
+        result.predictions.write_csv(folder / "predictions.csv")
+        _write_json(folder / "predictions.json", {"predictions": result.predictions.rows()})
+        return {
+            "clips": total,
+            "predicted": predicted,
+            "extracted": result.extracted,
+            "reused": result.reused,
+            "failed": len(failures),
+            "store": Path(result.store).name.removesuffix(".zarr"),
+            "heads": [h for h in request["heads"]],
+            "predictions_csv": f"/v1/jobs/{job.id}/predictions.csv",
+            "predictions_json": f"/v1/jobs/{job.id}/predictions.json",
+        }
+
+    def _extract(self, job: Job) -> dict | None:
+        from featurestore.extraction import extract
+        from featurestore.options import ExtractOptions
+        from service.registry import store_exists
+
+        request = job.request
+        location = self.config.store_location(request["store"])
+        records, refused = self._manifest(job, request["source"])
+        total = len(records) + len(refused)
+        new = not store_exists(location)
+        layers = request.get("layers")
+        options = ExtractOptions(
+            model=self.config.model if new else None,
+            device=self.config.device,
+            workers=self.config.workers,
+            scheduler=self.config.scheduler,
+            feature_set=request.get("feature_set"),
+            layers=layers,
+            quiet=True,
+            **self._run_options(job, total, len(refused)),
+        )
+        summary = extract(records, location, options) if records else None
+        failures = [*refused, *(summary.failed if summary else [])]
+        self._failures(job, failures)
+        if summary is not None and summary.stopped:
+            return None
+        extracted = summary.extracted if summary else 0
+        reused = summary.already_stored if summary else 0
+        self.metrics.outcomes(extracted, reused, len(failures))
+        self._progress(
+            job,
+            stage="extracted",
+            clips_total=total,
+            clips_done=total,
+            clips_reused=reused,
+            clips_failed=len(failures),
+        )
+        return {
+            "clips": total,
+            "extracted": extracted,
+            "reused": reused,
+            "failed": len(failures),
+            "store": request["store"],
+            "feature_set": summary.feature_set if summary else None,
+            "audio_seconds": round(summary.audio_s, 3) if summary else 0.0,
+        }
+
+    def _train(self, job: Job) -> dict | None:
+        from featurestore.store import FeatureStore
+        from models.options import TrainSettings
+        from models.training import train
+        from service.registry import check_new_head, store_exists
+        from service.sources import resolve_file
+
+        request = job.request
+        location = self.config.store_location(request["store"])
+        if not store_exists(location):
+            raise RequestError(404, "not found", f"store {request['store']!r} not found")
+        labels = resolve_file(self.config, request["labels"], what="labels", suffix=".csv")
+        val = resolve_file(self.config, request["val_labels"], what="val_labels", suffix=".csv")
+        out = check_new_head(self.config, request["name"], resumed=job.runs > 1)
+        self._progress(job, stage="loading", epochs_done=0, best_val_pearson=None)
+        best = {"value": -math.inf}
+        epochs_done = {"n": 0}
+
+        def on_epoch(step: dict) -> None:
+            epochs_done["n"] += 1
+            if math.isfinite(step["val_pearson_mean"]):
+                best["value"] = max(best["value"], step["val_pearson_mean"])
+            self._progress(
+                job,
+                stage="training",
+                head=step["head"],
+                epoch=step["epoch"],
+                epochs=step["epochs"],
+                epochs_done=epochs_done["n"],
+                best_val_pearson=best["value"] if math.isfinite(best["value"]) else None,
+            )
+            self._check_stop(job)
+
+        settings = {k: request[k] for k in ("epochs", "seed") if request.get(k) is not None}
+        layer = request.get("layer")
+        try:
+            trained = train(
+                FeatureStore.open(location),
+                labels,
+                val,
+                out,
+                preset=request.get("preset") or "compact",
+                grid=request.get("grid"),
+                layer=int(layer) if layer and layer.isdigit() else layer,
+                settings=TrainSettings(**settings),
+                features=request.get("features"),
+                device=self.config.device,
+                progress=on_epoch,
+                overwrite=job.runs > 1,  # a resumed job rewrites its own heads
+            )
+        except JobStopped:
+            if request.get("grid") is None:
+                shutil.rmtree(out, ignore_errors=True)
+            raise
+        names = [str(t.folder.relative_to(self.config.heads)) for t in trained]  # registry names
+        self._progress(job, stage="trained")
+        return {
+            "heads": names,
+            "best": {
+                "head": names[max(range(len(trained)), key=lambda i: trained[i].best_val_pearson)],
+                "val_pearson_mean": max(t.best_val_pearson for t in trained),
+            },
+            "store": request["store"],
+        }
+
+
+def _write_json(path: Path, data) -> None:
+    import json
+
+    from manifests.atomic import atomic_file
+
+    with atomic_file(path) as temporary:
+        temporary.write_text(json.dumps(data, indent=1, allow_nan=False))

@@ -1,0 +1,108 @@
+"""Where a job's audio and labels may come from: below the operator's source roots, or
+an upload. Every check happens before any work, on resolved paths (``..`` and symlinks
+followed), so a job never reads outside the roots."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from manifests import ClipRecord
+from service.config import ServiceConfig, is_url
+from service.errors import bad_request, forbidden, not_found
+
+UPLOAD_ID = re.compile(r"^upload-[0-9a-f]{20}$")
+OUTSIDE = "links to a file outside the service's source roots; it was not read"
+
+
+def _below(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip("/") + "/")
+
+
+def inside_roots(path: str, roots: list[str]) -> bool:
+    """Whether a resolved local path (or a URL) lies below one of ``roots``."""
+    if is_url(path):
+        return any(is_url(r) and (path.rstrip("/") + "/").startswith(r) for r in roots)
+    real = os.path.realpath(path)
+    return any(not is_url(r) and _below(real, r) for r in roots)
+
+
+def upload_files(config: ServiceConfig, upload_id: str) -> Path:
+    """The folder of an upload's files.
+
+    Raises:
+        RequestError: 404 where no such upload is kept.
+    """
+    folder = config.state / "uploads" / upload_id / "files"
+    if not UPLOAD_ID.match(upload_id) or not folder.is_dir():
+        raise not_found(f"upload {upload_id!r} not found; POST files to /v1/uploads first")
+    return folder
+
+
+def resolve_source(config: ServiceConfig, source: str, *, what: str = "source") -> str:
+    """The folder (or URL) a job's ``source`` names: an upload id, an ``s3://`` prefix
+    below a root, or a path below a root.
+
+    Raises:
+        RequestError: 403 outside every root (naming them), 404 missing, 400 malformed.
+    """
+    if not isinstance(source, str) or not source.strip():
+        raise bad_request(f"{what}: give a folder below a source root or an upload id")
+    if UPLOAD_ID.match(source):
+        return str(upload_files(config, source))
+    roots = ", ".join(config.source_roots)
+    if is_url(source):
+        if not source.startswith("s3://") or ".." in source.split("/"):
+            raise bad_request(f"{what} {source!r}: only s3:// URLs (without '..') are read")
+        if not inside_roots(source, config.source_roots):
+            raise forbidden(f"{what} {source!r} is outside the source roots ({roots})")
+        return source.rstrip("/")
+    if not os.path.isabs(source):
+        raise bad_request(
+            f"{what} {source!r}: give an absolute path below a source root ({roots}) or an "
+            "upload id"
+        )
+    if not inside_roots(source, config.source_roots):
+        raise forbidden(
+            f"{what} {source!r} is outside the source roots ({roots}) once '..' and "
+            "symlinks are resolved; the service reads nothing else"
+        )
+    real = os.path.realpath(source)
+    if not os.path.exists(real):
+        raise not_found(f"{what} {source!r} does not exist")
+    return real
+
+
+def resolve_file(config: ServiceConfig, source: str, *, what: str, suffix: str) -> str:
+    """A single file (labels): a path below a root, or an upload holding exactly one
+    file with ``suffix``."""
+    if isinstance(source, str) and UPLOAD_ID.match(source):
+        files = sorted(upload_files(config, source).rglob(f"*{suffix}"))
+        if len(files) != 1:
+            raise bad_request(
+                f"{what}: upload {source} holds {len(files)} {suffix} files; upload exactly one"
+            )
+        return str(files[0])
+    path = resolve_source(config, source, what=what)
+    if not is_url(path) and not os.path.isfile(path):
+        raise bad_request(f"{what} {source!r} is not a file")
+    return path
+
+
+def manifest_below_roots(folder: str, config: ServiceConfig) -> tuple[list[ClipRecord], list]:
+    """The manifest of ``folder`` (as ``build_manifest``) and the files left out of it:
+    a file that resolves outside the source roots (a symlink inside a root pointing out)
+    is never opened, and comes back as a :class:`ClipFailure` saying so. Uploaded
+    folders hold no links (archives with link members are refused)."""
+    from featurestore.records import ClipFailure
+    from manifests.build import probe, scan_folder
+
+    allowed = [*config.source_roots, str(config.state.resolve() / "uploads")]
+    records, refused = [], []
+    for record in scan_folder(folder):
+        if is_url(record.path) or inside_roots(record.path, allowed):
+            records.append(probe(record))
+        else:
+            refused.append(ClipFailure(clip_id=record.clip_id, path=record.path, reason=OUTSIDE))
+    return sorted(records, key=lambda r: r.clip_id), refused

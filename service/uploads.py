@@ -1,0 +1,302 @@
+"""Uploads: ``POST /v1/uploads`` (multipart: audio or video files, label CSVs, or one
+zip/tar archive), streamed to disk under the state folder, never held whole in memory.
+
+Every limit is checked as the bytes arrive (bytes per file, per request, files per
+request); an archive's members are all checked (no absolute paths, no ``..``, no links
+or devices, sizes and count within the limits) before anything is extracted, and each
+member is written only below the upload's folder. A refused upload leaves nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+import tarfile
+import time
+import uuid
+import zipfile
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+from manifests.records import AUDIO_EXTENSIONS
+from service.config import ServiceConfig
+from service.errors import RequestError, bad_request, too_large
+
+ARCHIVES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
+KEPT = (*AUDIO_EXTENSIONS, ".csv")
+
+
+def _suffix(name: str) -> str:
+    lower = name.lower()
+    for archive in ARCHIVES:
+        if lower.endswith(archive):
+            return archive
+    return os.path.splitext(lower)[1]
+
+
+def _limit(what: str, option: str, limit: int) -> RequestError:
+    return too_large(f"{what} is over the limit of {limit:,} (the service's {option})")
+
+
+def check_member_name(name: str, archive: str) -> PurePosixPath:
+    """A member's relative path, refused where it is absolute or climbs out."""
+    if not name or "\x00" in name or "\\" in name:
+        raise bad_request(f"{archive}: member {name!r} has an unusable name")
+    path = PurePosixPath(name)
+    if path.is_absolute() or name.startswith("/"):
+        raise bad_request(f"{archive}: member {name!r} is an absolute path; nothing was extracted")
+    if any(part == ".." for part in path.parts):
+        raise bad_request(f"{archive}: member {name!r} climbs out with '..'; nothing was extracted")
+    return path
+
+
+@dataclass
+class _Part:
+    name: str
+    handle: object
+    path: Path
+    size: int = 0
+
+
+@dataclass
+class UploadWriter:
+    """Receives one multipart body into ``folder`` (see :func:`receive_upload`)."""
+
+    config: ServiceConfig
+    folder: Path
+    files: list[Path] = field(default_factory=list)
+    total: int = 0
+    _part: _Part | None = None
+    _header_field: bytes = b""
+    _header_value: bytes = b""
+    _headers: dict = field(default_factory=dict)
+    error: RequestError | None = None
+
+    def callbacks(self) -> dict:
+        return {
+            "on_part_begin": self._begin,
+            "on_header_field": self._field,
+            "on_header_value": self._value,
+            "on_header_end": self._header_end,
+            "on_headers_finished": self._headers_done,
+            "on_part_data": self._data,
+            "on_part_end": self._end,
+        }
+
+    def _begin(self) -> None:
+        self._headers = {}
+
+    def _field(self, data: bytes, start: int, end: int) -> None:
+        self._header_field += data[start:end]
+
+    def _value(self, data: bytes, start: int, end: int) -> None:
+        self._header_value += data[start:end]
+
+    def _header_end(self) -> None:
+        self._headers[self._header_field.lower()] = self._header_value
+        self._header_field, self._header_value = b"", b""
+
+    def _headers_done(self) -> None:
+        from python_multipart.multipart import parse_options_header
+
+        _, options = parse_options_header(self._headers.get(b"content-disposition", b""))
+        raw = options.get(b"filename")
+        if raw is None:
+            raise bad_request("every multipart field must be a file (filename=...)")
+        name = raw.decode("utf-8", "replace").replace("\\", "/").rsplit("/", 1)[-1]
+        if not name or name.startswith(".") or "\x00" in name:
+            raise bad_request(f"file name {raw!r} is not usable; give a plain file name")
+        if _suffix(name) not in (*KEPT, *ARCHIVES):
+            raise bad_request(
+                f"{name}: not an audio, video, CSV or archive file ({', '.join(KEPT)}, "
+                f"{', '.join(ARCHIVES)})"
+            )
+        if len(self.files) + 1 > self.config.max_files:
+            raise _limit("the number of files", "--upload-max-files", self.config.max_files)
+        path = self.folder / name
+        if path.exists():
+            raise bad_request(f"{name}: two files of this name in one upload")
+        self._part = _Part(name, open(path, "wb"), path)  # noqa: SIM115 (closed at part end)
+        self.files.append(path)
+
+    def _data(self, data: bytes, start: int, end: int) -> None:
+        part = self._part
+        part.size += end - start
+        self.total += end - start
+        if part.size > self.config.max_file_bytes:
+            raise _limit(f"{part.name} ({part.size:,}+ bytes)", "--upload-max-file-mb",
+                         self.config.max_file_bytes)  # fmt: skip
+        if self.total > self.config.max_request_bytes:
+            raise _limit("the upload's bytes", "--upload-max-request-mb",
+                         self.config.max_request_bytes)  # fmt: skip
+        part.handle.write(data[start:end])
+
+    def _end(self) -> None:
+        if self._part is not None:
+            self._part.handle.close()
+            self._part = None
+
+    def close(self) -> None:
+        self._end()
+
+
+async def receive_upload(
+    config: ServiceConfig, content_type: str, length: int | None, body: AsyncIterator[bytes]
+) -> dict:
+    """Stream a multipart body into a new upload; returns its description.
+
+    Raises:
+        RequestError: 400 for a malformed body or a refused archive, 413 over a limit.
+    """
+    from python_multipart.multipart import MultipartParser, parse_options_header
+
+    kind, options = parse_options_header(content_type or "")
+    boundary = options.get(b"boundary")
+    if kind != b"multipart/form-data" or not boundary:
+        raise RequestError(
+            415, "unsupported media type", "send multipart/form-data (curl -F file=@a.wav)"
+        )
+    if length is not None and length > config.max_request_bytes:
+        raise _limit(f"the upload ({length:,} bytes)", "--upload-max-request-mb",
+                     config.max_request_bytes)  # fmt: skip
+    upload_id = "upload-" + uuid.uuid4().hex[:20]
+    staging = config.state / "uploads" / f".{upload_id}.partial"
+    files = staging / "files"
+    files.mkdir(parents=True)
+    writer = UploadWriter(config, files)
+    try:
+        parser = MultipartParser(boundary, writer.callbacks())
+        async for chunk in body:
+            parser.write(chunk)
+        parser.finalize()
+        writer.close()
+        if not writer.files:
+            raise bad_request("the upload holds no file")
+        archives = [p for p in writer.files if _suffix(p.name) in ARCHIVES]
+        if archives:
+            if len(writer.files) != 1:
+                raise bad_request("send one archive alone, or files without an archive")
+            count, size = unpack_archive(archives[0], files, config)
+            archives[0].unlink()
+        else:
+            count, size = len(writer.files), writer.total
+        description = {
+            "id": upload_id,
+            "files": count,
+            "bytes": size,
+            "created_at": time.time(),
+        }
+        (staging / "upload.json").write_text(json.dumps(description))
+        staging.rename(config.state / "uploads" / upload_id)
+        return description
+    except RequestError:
+        writer.close()
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    except Exception as err:
+        writer.close()
+        shutil.rmtree(staging, ignore_errors=True)
+        raise bad_request(f"malformed multipart body ({type(err).__name__}: {err})") from err
+
+
+def unpack_archive(archive: Path, into: Path, config: ServiceConfig) -> tuple[int, int]:
+    """Check every member of a zip or tar archive, then extract the audio, video and CSV
+    members below ``into``; returns (files, bytes) extracted."""
+    name = archive.name
+    if _suffix(name) == ".zip":
+        members = _zip_members(archive, config)
+        opener = zipfile.ZipFile(archive)
+    else:
+        members = _tar_members(archive, config)
+        opener = tarfile.open(archive, "r:*")  # noqa: SIM115 (the with below closes it)
+    count = size = 0
+    root = into.resolve()
+    with opener as handle:
+        for member, path in members:
+            if _suffix(path.name) not in KEPT:
+                continue  # folders, read-me files and the like
+            target = (into / path).resolve()
+            if not str(target).startswith(str(root) + os.sep):
+                raise bad_request(f"{name}: member {path} would land outside the upload")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            source = handle.open(member) if isinstance(handle, zipfile.ZipFile) else (
+                handle.extractfile(member)
+            )  # fmt: skip
+            written = 0
+            with source, open(target, "xb") as out:
+                while chunk := source.read(2**20):
+                    written += len(chunk)
+                    if written > config.max_file_bytes:
+                        raise _limit(f"{name}: member {path}", "--upload-max-file-mb",
+                                     config.max_file_bytes)  # fmt: skip
+                    out.write(chunk)
+            count += 1
+            size += written
+            if size > config.max_request_bytes:
+                raise _limit(f"{name}: the extracted bytes", "--upload-max-request-mb",
+                             config.max_request_bytes)  # fmt: skip
+    if count == 0:
+        raise bad_request(f"{name}: holds no audio, video or CSV file")
+    return count, size
+
+
+def _check_totals(name: str, sizes: list[int], config: ServiceConfig) -> None:
+    if len(sizes) > config.max_files:
+        raise _limit(f"{name}: {len(sizes):,} members", "--upload-max-files", config.max_files)
+    big = [s for s in sizes if s > config.max_file_bytes]
+    if big:
+        raise _limit(f"{name}: a member of {big[0]:,} bytes", "--upload-max-file-mb",
+                     config.max_file_bytes)  # fmt: skip
+    if sum(sizes) > config.max_request_bytes:
+        raise _limit(f"{name}: {sum(sizes):,} bytes unpacked", "--upload-max-request-mb",
+                     config.max_request_bytes)  # fmt: skip
+
+
+def _zip_members(archive: Path, config: ServiceConfig) -> list:
+    try:
+        with zipfile.ZipFile(archive) as handle:
+            infos = handle.infolist()
+    except (zipfile.BadZipFile, OSError) as err:
+        raise bad_request(f"{archive.name}: not a readable zip archive ({err})") from err
+    members, sizes = [], []
+    for info in infos:
+        path = check_member_name(info.filename, archive.name)
+        mode = info.external_attr >> 16
+        if stat.S_ISLNK(mode):
+            raise bad_request(f"{archive.name}: member {info.filename!r} is a link; refused")
+        if info.is_dir():
+            continue
+        members.append((info, path))
+        sizes.append(info.file_size)
+    _check_totals(archive.name, sizes, config)
+    return members
+
+
+def _tar_members(archive: Path, config: ServiceConfig) -> list:
+    try:
+        with tarfile.open(archive, "r:*") as handle:
+            infos = handle.getmembers()
+    except (tarfile.TarError, OSError, EOFError) as err:
+        raise bad_request(f"{archive.name}: not a readable tar archive ({err})") from err
+    members, sizes = [], []
+    for info in infos:
+        path = check_member_name(info.name, archive.name)
+        if info.isdir():
+            continue
+        if not info.isreg():
+            what = "a link" if info.issym() or info.islnk() else "not a regular file"
+            raise bad_request(f"{archive.name}: member {info.name!r} is {what}; refused")
+        members.append((info, path))
+        sizes.append(info.size)
+    _check_totals(archive.name, sizes, config)
+    return members
+
+
+def delete_upload(config: ServiceConfig, upload_id: str) -> None:
+    from service.sources import upload_files
+
+    folder = upload_files(config, upload_id).parent
+    shutil.rmtree(folder)
