@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -96,6 +98,7 @@ def serve(**options) -> None:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
     for noisy in ("distributed", "httpx"):  # one line per job transition, not per connection
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
@@ -141,7 +144,17 @@ def serve(**options) -> None:
         f"{'tokens required' if tokens else 'no tokens: loopback only'})",
         err=True,
     )
-    server = uvicorn.Server(
+
+    class Server(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self):
+            with super().capture_signals():
+                yield
+                # SIGTERM and SIGINT are a graceful stop (the jobs' parts committed, the
+                # queue kept): exit 0 rather than re-raise the signal
+                self._captured_signals.clear()
+
+    server = Server(
         uvicorn.Config(
             app, host=config.host, port=config.port, log_level="warning", access_log=False
         )

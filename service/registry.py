@@ -107,7 +107,8 @@ def _card(folder: Path) -> list[dict]:
 def store_exists(location: str) -> bool:
     from featurestore.location import StoreLocation
 
-    return StoreLocation.of(location).exists("zarr.json")
+    where = StoreLocation.of(location)
+    return where.fs.exists(where.key("zarr.json"))
 
 
 def store_names(config: ServiceConfig) -> list[str]:

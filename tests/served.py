@@ -1,0 +1,89 @@
+"""A real ``emi serve`` in a subprocess on a free loopback port, for the service tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from service.client import ServiceClient
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Served:
+    """``emi serve`` with the given options; :meth:`start` waits until it is ready."""
+
+    def __init__(self, folder: Path, roots: list[Path], *options: str, token: str | None = None):
+        self.folder = folder
+        self.state = folder / "state"
+        self.stores = folder / "stores"
+        self.heads = folder / "heads"
+        self.roots = roots
+        self.options = [str(o) for o in options]
+        self.token = token
+        self.process: subprocess.Popen | None = None
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = folder / "serve.log"
+
+    def command(self) -> list[str]:
+        roots = [a for r in self.roots for a in ("--source-root", str(r))]
+        return [
+            sys.executable, "-m", "cli.main", "serve", "--stores", str(self.stores),
+            "--heads", str(self.heads), "--state", str(self.state), *roots,
+            "--port", str(self.port), *self.options,
+        ]  # fmt: skip
+
+    def start(self, timeout_s: float = 120.0) -> Served:
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "EMI_CACHE": str(self.folder / "cache")}
+        with open(self.log, "a") as log:
+            self.process = subprocess.Popen(
+                self.command(), cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT
+            )
+        deadline = time.monotonic() + timeout_s
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"emi serve exited {self.process.returncode}:\n{self.text()}")
+            try:
+                if httpx.get(f"{self.url}/readyz", headers=headers, timeout=2).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise AssertionError(f"emi serve not ready after {timeout_s} s:\n{self.text()}")
+
+    def client(self, token: str | None = None) -> ServiceClient:
+        return ServiceClient(self.url, token=token or self.token, timeout=30)
+
+    def text(self) -> str:
+        return self.log.read_text() if self.log.exists() else ""
+
+    def kill(self) -> None:
+        """SIGKILL: no chance to clean up."""
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(30)
+
+    def stop(self, timeout_s: float = 60.0) -> int:
+        """SIGTERM and wait; the exit status."""
+        if self.process is None or self.process.poll() is not None:
+            return self.process.returncode if self.process else 0
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            raise AssertionError(f"emi serve ignored SIGTERM:\n{self.text()}") from None

@@ -1,0 +1,487 @@
+"""``emi serve`` over HTTP: a real server (uvicorn, a subprocess on a loopback port)
+running real jobs on a random tiny backbone."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import hmac
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import threading
+import time
+import zipfile
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from featurestore.store import FeatureStore
+from manifests.synthetic import write_corpus
+from service.client import ServiceError
+from tests.conftest import run_cli
+from tests.served import REPO, Served
+
+SECRET = b"callback-secret-for-tests-0123456789"
+
+
+def _corpus(folder: Path, clips: int, seed: int, max_seconds: float = 2.0) -> dict:
+    return write_corpus(folder, clips=clips, seed=seed, min_seconds=1.0, max_seconds=max_seconds)
+
+
+def _wait(client, job_id: str, timeout_s: float = 180.0) -> dict:
+    return client.wait(job_id, poll_s=0.1, timeout_s=timeout_s)
+
+
+def _score_cli(audio: Path, heads: list[Path], out: Path, cache: Path) -> str:
+    """``emi score`` as a user runs it: a fresh process (its own cache)."""
+    env = {**os.environ, "EMI_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
+    command = [sys.executable, "-m", "cli.main", "score", str(audio), "-o", str(out), "--quiet"]
+    command += [a for h in heads for a in ("--head", str(h))]
+    subprocess.run(command, env=env, check=True, cwd=REPO, capture_output=True)
+    return out.read_bytes().decode()  # as written (the csv module's \r\n line ends)
+
+
+def _same_predictions(got_csv: str, want_csv: str) -> None:
+    """The same CSV: header, clip ids and line ends exactly; values to 2e-5 (a head's
+    float32 sums over frames may differ in the 6th decimal between two processes)."""
+    got, want = (list(csv.reader(io.StringIO(t))) for t in (got_csv, want_csv))
+    assert got_csv.count("\r\n") == want_csv.count("\r\n")
+    assert [r[0] for r in got] == [r[0] for r in want] and got[0] == want[0]
+    values = np.array([[float(v) for v in r[1:]] for r in got[1:]])
+    assert np.allclose(values, [[float(v) for v in r[1:]] for r in want[1:]], atol=2e-5, rtol=0)
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory, tiny_backbone):
+    """A source root with a labelled corpus, a registry with one ridge head, and a
+    running service (callbacks signed; small upload limits)."""
+    folder = tmp_path_factory.mktemp("service")
+    root = folder / "root"
+    splits = _corpus(root / "corpus", clips=24, seed=3)
+    audio = root / "corpus" / "audio"
+    run_cli("extract", audio, folder / "seed.zarr", "--model", tiny_backbone, "--quiet")
+    served = Served(
+        folder, [root],
+        "--model", tiny_backbone, "--jobs", "2",
+        "--callback-secret-file", _secret_file(folder), "--callback-backoff", "0.2",
+        "--upload-max-files", "8", "--upload-max-file-mb", "1",
+    )  # fmt: skip
+    run_cli(
+        "train", folder / "seed.zarr", "--labels", splits["train"], "--val-labels",
+        splits["valid"], "--out", served.heads / "ml", "--preset", "mean-linear", "--quiet",
+    )  # fmt: skip
+    served.start()
+    yield {"served": served, "root": root, "audio": audio, "folder": folder, **splits}
+    assert served.stop() == 0, served.text()
+    assert "Traceback" not in served.text(), served.text()
+
+
+def _secret_file(folder: Path) -> Path:
+    path = folder / "callback.secret"
+    path.write_bytes(SECRET)
+    return path
+
+
+def test_a_score_job_predicts_what_emi_score_does(lab, tmp_path):
+    client = lab["served"].client()
+    job = client.submit({"kind": "score", "source": str(lab["audio"]), "heads": ["ml"]})
+    assert job["state"] in ("queued", "running") and job["kind"] == "score"
+    done = _wait(client, job["id"])
+    assert done["state"] == "succeeded", done
+    progress = done["progress"]
+    assert progress["clips_total"] == progress["clips_done"] == 24
+    assert progress["clips_failed"] == 0 and done["failures"] == []
+    expected = _score_cli(
+        lab["audio"],
+        [lab["served"].heads / "ml"],
+        tmp_path / "cli.csv",
+        tmp_path / "c",
+    )
+    _same_predictions(client.predictions_csv(job["id"]), expected)
+    rows = client.predictions(job["id"])["predictions"]
+    cli_rows = list(csv.DictReader(io.StringIO(expected)))
+    assert [r["clip_id"] for r in rows] == [r["clip_id"] for r in cli_rows]
+    assert abs(rows[3]["Joy"] - float(cli_rows[3]["Joy"])) < 2e-5
+    [store] = [s for s in client.stores() if s["kind"] == "score"]
+    assert store["clips"] == 24 and store["feature_sets"][0]["fingerprint"]
+    [head] = client.heads()
+    assert head["name"] == "ml" and head["preset"] == "mean-linear"
+    assert head["features"][0]["fingerprint"] == store["feature_sets"][0]["fingerprint"]
+    metrics = httpx.get(f"{lab['served'].url}/metrics").text
+    assert 'emi_jobs{kind="score",state="succeeded"}' in metrics
+    assert "emi_job_duration_seconds_bucket" in metrics and "emi_queue_length" in metrics
+
+    # the same audio in another job, from another folder: nothing computed again
+    again = lab["root"] / "again"
+    shutil.copytree(lab["audio"], again)
+    second = _wait(
+        client, client.submit({"kind": "score", "source": str(again), "heads": ["ml"]})["id"]
+    )
+    assert second["result"]["extracted"] == 0 and second["result"]["reused"] == 24
+    _same_predictions(client.predictions_csv(second["id"]), expected)
+
+
+def test_extract_and_train_jobs_put_a_head_in_the_registry_that_scores(lab):
+    client = lab["served"].client()
+    extract = client.submit(
+        {"kind": "extract", "source": str(lab["audio"]), "store": "lab", "layers": "all"}
+    )
+    done = _wait(client, extract["id"])
+    assert done["state"] == "succeeded", done
+    assert done["result"]["extracted"] == 24
+    stored = FeatureStore.open(str(lab["served"].stores / "lab.zarr"))
+    assert len(stored) == 24 and len(stored.layers) > 1
+    body = {
+        "kind": "train", "store": "lab", "labels": str(lab["train"]),
+        "val_labels": str(lab["valid"]), "name": "trained", "preset": "compact", "epochs": 2,
+    }  # fmt: skip
+    trained = _wait(client, client.submit(body)["id"])
+    assert trained["state"] == "succeeded", trained
+    assert trained["progress"]["epochs_done"] == 2
+    assert trained["progress"]["best_val_pearson"] == trained["result"]["best"]["val_pearson_mean"]
+    listed = {h["name"]: h for h in client.heads()}
+    assert listed["trained"]["preset"] == "compact" and listed["trained"]["best_epoch"] in (1, 2)
+    # a name in use is refused before work
+    with pytest.raises(ServiceError) as taken:
+        client.submit(body)
+    assert taken.value.status == 409
+    score = _wait(
+        client,
+        client.submit({"kind": "score", "source": str(lab["audio"]), "heads": ["trained"],
+                       "store": "lab"})["id"],
+    )  # fmt: skip
+    assert score["state"] == "succeeded" and score["result"]["extracted"] == 0
+    assert len(client.predictions(score["id"])["predictions"]) == 24
+
+
+def test_idempotency_key_gives_one_job_and_refuses_another_body(lab):
+    client = lab["served"].client()
+    body = {"kind": "score", "source": str(lab["audio"]), "heads": ["ml"]}
+    first = client.submit(body, idempotency_key="key-1")
+    again = client.submit(body, idempotency_key="key-1")
+    assert again["id"] == first["id"]
+    with pytest.raises(ServiceError) as other:
+        client.submit({**body, "heads": ["ml", "ml"]}, idempotency_key="key-1")
+    assert other.value.status == 409 and "Idempotency-Key" in str(other.value)
+    ids = [j["id"] for j in client.jobs(limit=500)["jobs"]]
+    assert ids.count(first["id"]) == 1
+    _wait(client, first["id"])
+
+
+class _Receiver(BaseHTTPRequestHandler):
+    answers: list[int] = []
+    got: list[tuple[dict, bytes]] = []
+
+    def do_POST(self):  # noqa: N802 (http.server's name)
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        type(self).got.append((dict(self.headers), body))
+        status = type(self).answers.pop(0) if type(self).answers else 200
+        self.send_response(status)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+def test_a_callback_is_signed_and_retried_after_a_500(lab):
+    _Receiver.answers, _Receiver.got = [500], []
+    receiver = ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
+    threading.Thread(target=receiver.serve_forever, daemon=True).start()
+    try:
+        client = lab["served"].client()
+        url = f"http://127.0.0.1:{receiver.server_address[1]}/hook"
+        job = client.submit({"kind": "score", "source": str(lab["audio"]), "heads": ["ml"],
+                             "callback_url": url})  # fmt: skip
+        _wait(client, job["id"])
+        deadline = time.monotonic() + 30
+        while len(_Receiver.got) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        receiver.shutdown()
+    assert len(_Receiver.got) == 2  # the 500, then the retry
+    for headers, body in _Receiver.got:
+        expected = "sha256=" + hmac.new(SECRET, body, hashlib.sha256).hexdigest()
+        assert hmac.compare_digest(headers["X-Emi-Signature"], expected)
+        sent = json.loads(body)
+        assert sent["id"] == job["id"] and sent["state"] == "succeeded"
+        assert sent["counts"]["clips_total"] == 24
+    deadline = time.monotonic() + 10
+    while client.job(job["id"])["callback"]["status"] != "delivered":
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert client.job(job["id"])["callback"]["attempts"] == 2
+
+
+def _zip(path: Path, members: dict[str, bytes]) -> Path:
+    with zipfile.ZipFile(path, "w") as z:
+        for name, data in members.items():
+            z.writestr(name, data)
+    return path
+
+
+def _tar(path: Path, members: list[tarfile.TarInfo], data: dict[str, bytes]) -> Path:
+    with tarfile.open(path, "w") as t:
+        for info in members:
+            payload = data.get(info.name)
+            if payload is not None:
+                info.size = len(payload)
+            t.addfile(info, io.BytesIO(payload) if payload is not None else None)
+    return path
+
+
+def test_uploads_of_files_and_archives_score_and_hostile_archives_are_refused(lab, tmp_path):
+    client = lab["served"].client()
+    wavs = sorted(lab["audio"].glob("*.wav"))[:3]
+    upload = client.upload(wavs)
+    assert upload["files"] == 3 and upload["id"].startswith("upload-")
+    job = _wait(
+        client, client.submit({"kind": "score", "source": upload["id"], "heads": ["ml"]})["id"]
+    )
+    assert job["state"] == "succeeded" and job["result"]["predicted"] == 3
+    archive = _zip(tmp_path / "clips.zip", {f"inner/{w.name}": w.read_bytes() for w in wavs})
+    packed = client.upload([archive])
+    assert packed["files"] == 3
+    scored = _wait(
+        client, client.submit({"kind": "score", "source": packed["id"], "heads": ["ml"]})["id"]
+    )
+    assert [r["clip_id"] for r in client.predictions(scored["id"])["predictions"]] == [
+        f"inner/{w.stem}" for w in wavs
+    ]
+    wav = wavs[0].read_bytes()
+    link = tarfile.TarInfo("inner/evil.wav")
+    link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+    hostile = {
+        "climbs out": _zip(tmp_path / "up.zip", {"../escaped.wav": wav}),
+        "absolute": _tar(tmp_path / "abs.tar", [tarfile.TarInfo("/tmp/abs-escaped.wav")],
+                         {"/tmp/abs-escaped.wav": wav}),
+        "link": _tar(tmp_path / "link.tar", [link], {}),
+        "too many": _zip(tmp_path / "many.zip", {f"c{i}.wav": wav for i in range(9)}),
+        "too large": _zip(tmp_path / "big.zip", {"big.wav": b"\0" * (2 * 2**20)}),
+    }  # fmt: skip
+    uploads = lab["served"].state / "uploads"
+    before = sorted(p.name for p in uploads.iterdir())
+    for what, path in hostile.items():
+        with pytest.raises(ServiceError) as refused:
+            client.upload([path])
+        expected = 413 if what.startswith("too") else 400
+        assert refused.value.status == expected, (what, refused.value)
+        if what == "too many":
+            assert "--upload-max-files" in str(refused.value)
+        if what == "too large":
+            assert "--upload-max-file-mb" in str(refused.value)
+    assert sorted(p.name for p in uploads.iterdir()) == before  # nothing left behind
+    assert not (uploads / "escaped.wav").exists() and not Path("/tmp/abs-escaped.wav").exists()
+    assert not list(lab["served"].state.rglob("escaped.wav"))
+    # a single file over the limit, streamed: refused as it arrives
+    big = tmp_path / "big.wav"
+    big.write_bytes(b"\0" * (2 * 2**20))
+    with pytest.raises(ServiceError) as over:
+        client.upload([big])
+    assert over.value.status == 413 and "--upload-max-file-mb" in str(over.value)
+
+
+def test_sources_outside_the_roots_are_refused_before_any_work(lab, tmp_path):
+    client = lab["served"].client()
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    shutil.copy(sorted(lab["audio"].glob("*.wav"))[0], outside / "secret.wav")
+    (lab["root"] / "link-out").symlink_to(outside, target_is_directory=True)
+    mixed = lab["root"] / "mixed"
+    mixed.mkdir()
+    shutil.copy(sorted(lab["audio"].glob("*.wav"))[1], mixed / "fine.wav")
+    (mixed / "secret.wav").symlink_to(outside / "secret.wav")
+    before = len(client.jobs(limit=500)["jobs"])
+    for source in (
+        str(lab["root"] / ".." / "outside"),
+        str(lab["root"] / "link-out"),
+        str(outside),
+        "/etc",
+    ):
+        with pytest.raises(ServiceError) as refused:
+            client.submit({"kind": "score", "source": source, "heads": ["ml"]})
+        assert refused.value.status == 403, source
+        assert str(lab["root"]) in str(refused.value)  # names the allowed roots
+    assert len(client.jobs(limit=500)["jobs"]) == before  # no job made
+    # a link inside a root pointing out is never read: a failed clip saying so
+    job = _wait(
+        client, client.submit({"kind": "score", "source": str(mixed), "heads": ["ml"]})["id"]
+    )
+    assert job["state"] == "succeeded"
+    assert [f["clip_id"] for f in job["failures"]] == ["secret"]
+    assert "outside the service's source roots" in job["failures"][0]["reason"]
+    assert [r["clip_id"] for r in client.predictions(job["id"])["predictions"]] == ["fine"]
+
+
+def test_bad_requests_get_json_errors_without_a_traceback(lab):
+    url = lab["served"].url
+    body = {"kind": "score", "source": str(lab["audio"]), "heads": ["ml"]}
+    as_json = {"content-type": "application/json"}
+    cases = [
+        ("POST", "/v1/jobs", {"content": b"{not json", "headers": as_json}, 422),
+        ("POST", "/v1/jobs", {"json": {"kind": "score", "source": 3, "heads": "ml"}}, 422),
+        ("POST", "/v1/jobs", {"json": {"kind": "dance"}}, 422),
+        ("POST", "/v1/jobs", {"json": {**body, "extra": 1}}, 422),
+        ("POST", "/v1/jobs", {"json": {**body, "heads": ["nope"]}}, 404),
+        ("POST", "/v1/jobs", {"content": b"[" + b"1," * 600_000 + b"1]", "headers": as_json}, 413),
+        ("GET", "/v1/jobs/job-missing", {}, 404),
+        ("GET", "/v1/jobs?state=dancing", {}, 400),
+        ("GET", "/v1/nothing-here", {}, 404),
+        ("DELETE", "/v1/uploads/upload-0000", {}, 404),
+    ]  # fmt: skip
+    for method, path, kwargs, status in cases:
+        answer = httpx.request(method, url + path, timeout=30, **kwargs)
+        assert answer.status_code == status, (path, answer.text)
+        body = answer.json()
+        assert set(body) == {"error", "detail"} and body["detail"], body
+        assert "Traceback" not in answer.text
+    assert "Traceback" not in lab["served"].text()
+
+
+def test_two_jobs_over_overlapping_folders_extract_each_clip_once(lab, tmp_path):
+    client = lab["served"].client()
+    fresh = _corpus(lab["root"] / "fresh", clips=10, seed=11)
+    del fresh
+    audio = lab["root"] / "fresh" / "audio"
+    wavs = sorted(audio.glob("*.wav"))
+    left, right = lab["root"] / "left", lab["root"] / "right"
+    for folder, picked in ((left, wavs[:7]), (right, wavs[3:])):
+        folder.mkdir()
+        for wav in picked:
+            shutil.copy(wav, folder / wav.name)
+    jobs = [
+        client.submit({"kind": "score", "source": str(f), "heads": ["ml"]}) for f in (left, right)
+    ]
+    done = [_wait(client, j["id"]) for j in jobs]
+    assert all(d["state"] == "succeeded" for d in done), done
+    assert sum(d["result"]["extracted"] for d in done) == 10  # each clip once
+    assert sum(d["result"]["reused"] for d in done) == 4
+    assert [d["result"]["predicted"] for d in done] == [7, 7]
+
+
+def test_emi_jobs_commands_submit_wait_list_show_fetch(lab, tmp_path):
+    url = lab["served"].url
+    shown = run_cli("jobs", "submit", "score", "--source", lab["audio"], "--head", "ml", "--wait",
+                    "--server", url)  # fmt: skip
+    job = json.loads(shown.output)
+    assert job["state"] == "succeeded"
+    listed = run_cli("jobs", "list", "--server", url, "--kind", "score").output
+    assert job["id"] in listed
+    assert json.loads(run_cli("jobs", "show", job["id"], "--server", url).output)["id"] == job["id"]
+    run_cli("jobs", "fetch", job["id"], "-o", tmp_path / "p.csv", "--server", url)
+    fetched = (tmp_path / "p.csv").read_bytes().decode()
+    assert fetched == lab["served"].client().predictions_csv(job["id"])
+    refused = run_cli("jobs", "show", "job-none", "--server", url, expect=2)
+    assert "404" in refused.output and "not found" in refused.output
+
+
+def test_a_killed_service_resumes_its_job_and_keeps_what_was_committed(tmp_path, tiny_backbone):
+    root = tmp_path / "root"
+    _corpus(root / "corpus", clips=40, seed=5, max_seconds=2.0)
+    audio = root / "corpus" / "audio"
+    heads = tmp_path / "heads"
+    made = tmp_path / "made"
+    run_cli("extract", audio, made / "f.zarr", "--model", tiny_backbone, "--quiet")
+    run_cli("train", made / "f.zarr", "--labels", root / "corpus" / "train_split.csv",
+            "--val-labels", root / "corpus" / "valid_split.csv", "--out", heads / "ml",
+            "--preset", "mean-linear", "--quiet")  # fmt: skip
+    served = Served(tmp_path, [root], "--part-seconds", "1", "--jobs", "1").start()
+    client = served.client()
+    job = client.submit({"kind": "score", "source": str(audio), "heads": ["ml"]})
+    deadline = time.monotonic() + 120
+    while True:
+        progress = client.job(job["id"])["progress"]
+        if progress.get("clips_done", 0) >= 5:
+            break
+        assert time.monotonic() < deadline, served.text()
+        time.sleep(0.02)
+    served.kill()
+    [location] = [p for p in served.stores.iterdir() if p.name.startswith("score-")]
+    before = FeatureStore.open(str(location))
+    committed = set(before.clip_ids)
+    parts = set(before.complete_parts)
+    assert 0 < len(committed) < 40, "the kill came before the first or after the last part"
+
+    served.process = None
+    served.start()
+    done = _wait(client, job["id"])
+    assert done["state"] == "succeeded" and done["runs"] == 2, done
+    assert done["result"]["reused"] >= len(committed)
+    assert done["result"]["extracted"] + done["result"]["reused"] == 40
+    after = FeatureStore.open(str(location))
+    assert parts <= set(after.complete_parts)  # the parts of before the kill, kept
+    expected = _score_cli(audio, [heads / "ml"], tmp_path / "cli.csv", tmp_path / "c")
+    # every clip's stored features equal an uninterrupted run's, bit for bit
+    [uninterrupted] = (tmp_path / "c" / "score").glob("*.zarr")
+    reference = FeatureStore.open(str(uninterrupted))
+    assert sorted(after.clip_ids) == sorted(reference.clip_ids)
+    for clip in reference.clip_ids:
+        assert np.array_equal(after.hidden(clip), reference.hidden(clip)), clip
+    _same_predictions(client.predictions_csv(job["id"]), expected)
+
+    # cancel: a queued job never starts; a running one ends cancelled, its parts kept
+    other = _corpus(root / "other", clips=30, seed=9)
+    del other
+    running = client.submit(
+        {"kind": "score", "source": str(root / "other" / "audio"), "heads": ["ml"]}
+    )
+    queued = client.submit({"kind": "score", "source": str(audio), "heads": ["ml"]})
+    assert client.cancel(queued["id"])["state"] == "cancelled"
+    while client.job(running["id"])["progress"].get("clips_done", 0) < 3:
+        time.sleep(0.02)
+    client.cancel(running["id"])
+    ended = _wait(client, running["id"])
+    assert ended["state"] == "cancelled"
+    assert 0 < ended["progress"]["clips_done"] < 30
+    never = client.job(queued["id"])
+    assert never["state"] == "cancelled" and never["started_at"] is None and never["runs"] == 0
+    with pytest.raises(ServiceError) as gone:
+        client.predictions_csv(running["id"])
+    assert gone.value.status == 409
+    kept = FeatureStore.open(str(location))
+    assert len(kept) >= 40 + 3  # the cancelled job's committed clips stay stored
+    assert served.stop() == 0  # SIGTERM: exit 0
+    assert "Traceback" not in served.text(), served.text()
+
+
+def test_tokens_and_loopback(tmp_path):
+    tokens = tmp_path / "tokens"
+    good = "a-long-random-token-0123456789"
+    tokens.write_text(f"# the lab's tokens\n{good}\n")
+    root = tmp_path / "root"
+    root.mkdir()
+    refused = run_cli("serve", "--stores", tmp_path / "s", "--heads", tmp_path / "h",
+                      "--state", tmp_path / "st", "--source-root", root, "--host", "0.0.0.0",
+                      expect=2)  # fmt: skip
+    assert "--token-file" in refused.output
+    served = Served(tmp_path, [root], "--token-file", tokens, token=good).start()
+    try:
+        for headers in ({}, {"Authorization": "Bearer wrong-token-0123456789"},
+                        {"Authorization": good}):  # fmt: skip
+            answer = httpx.get(f"{served.url}/v1/jobs", headers=headers)
+            assert answer.status_code == 401, headers
+            assert answer.json()["error"] == "unauthorized" and "jobs" not in answer.json()
+        assert httpx.get(f"{served.url}/healthz").status_code == 200  # open
+        ok = httpx.get(f"{served.url}/v1/jobs", headers={"Authorization": f"Bearer {good}"})
+        assert ok.status_code == 200 and ok.json()["jobs"] == []
+    finally:
+        assert served.stop() == 0
+
+
+def test_a_state_folder_with_other_things_is_refused(tmp_path):
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "thesis.tex").write_text("mine")
+    root = tmp_path / "root"
+    root.mkdir()
+    refused = run_cli("serve", "--stores", tmp_path / "s", "--heads", tmp_path / "h",
+                      "--state", state, "--source-root", root, expect=2)  # fmt: skip
+    assert "thesis.tex" in refused.output and "not an emi service's" in refused.output
+    assert (state / "thesis.tex").read_text() == "mine" and len(list(state.iterdir())) == 1
