@@ -485,3 +485,26 @@ def test_a_state_folder_with_other_things_is_refused(tmp_path):
                       "--state", state, "--source-root", root, expect=2)  # fmt: skip
     assert "thesis.tex" in refused.output and "not an emi service's" in refused.output
     assert (state / "thesis.tex").read_text() == "mine" and len(list(state.iterdir())) == 1
+
+
+def test_the_readme_curl_lines_run_against_the_service(lab, tmp_path):
+    """The README's Service section's curl block, run as written with bash."""
+    import re
+
+    text = (REPO / "README.md").read_text()
+    start = text.index("## Service\n")
+    section = text[start : text.index("\n## ", start + 1)]
+    [block] = [b for b in re.findall(r"```bash\n(.*?)```", section, flags=re.S) if "curl" in b]
+    served = lab["served"]
+    if not (served.heads / "compact").exists():
+        shutil.copytree(served.heads / "ml", served.heads / "compact")
+    for name in ("clip1.wav", "clip2.wav"):
+        shutil.copy(sorted(lab["audio"].glob("*.wav"))[0], tmp_path / name)
+    env = {**os.environ, "EMI": served.url, "TOKEN": "unused-here", "AUDIO": str(lab["audio"])}
+    subprocess.run(["bash", "-euo", "pipefail", "-c", block], cwd=tmp_path, env=env, check=True,
+                   timeout=300)  # fmt: skip
+    client = served.client()
+    [job] = [j for j in client.jobs(limit=500)["jobs"] if j["request"].get("heads") == ["compact"]]
+    assert (tmp_path / "scores.csv").read_bytes().decode() == client.predictions_csv(job["id"])
+    upload_id = (tmp_path / "upload-id.txt").read_text().strip()
+    assert (served.state / "uploads" / upload_id / "files" / "clip2.wav").is_file()
