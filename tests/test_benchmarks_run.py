@@ -69,3 +69,18 @@ def test_heads_quality_bench_leaves_a_folder_it_did_not_make(tmp_path):
     )  # fmt: skip
     assert result.returncode != 0 and "not made by this benchmark" in result.stderr
     assert (tmp_path / "audio" / "mine.wav").read_bytes() == b"a user's recording"
+
+
+def test_service_bench_runs(tmp_path):
+    work = tmp_path / "bench"
+    out = _bench(
+        "bench/service_throughput.py", "--work", str(work), "--clients", "2",
+        "--jobs-per-client", "1", "--repeats", "1",
+    )  # fmt: skip
+    assert "jobs/min" in out and "p99" in out and "emi score as a fresh process" in out
+    (tmp_path / "theirs").mkdir()
+    refused = subprocess.run(
+        [sys.executable, "bench/service_throughput.py", "--work", str(tmp_path / "theirs")],
+        cwd=REPO, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert refused.returncode != 0 and "not made by this benchmark" in refused.stderr

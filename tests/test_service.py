@@ -508,3 +508,29 @@ def test_the_readme_curl_lines_run_against_the_service(lab, tmp_path):
     assert (tmp_path / "scores.csv").read_bytes().decode() == client.predictions_csv(job["id"])
     upload_id = (tmp_path / "upload-id.txt").read_text().strip()
     assert (served.state / "uploads" / upload_id / "files" / "clip2.wav").is_file()
+
+
+def test_models_reads_stores_only():
+    """``models`` never imports what extracts (audio, backbones, the extractor) nor the
+    service above it: composing extraction with heads is ``service``'s job."""
+    import ast
+
+    forbidden = (
+        "featurestore.extraction", "featurestore.part_task", "featurestore.backbone",
+        "featurestore.audio", "featurestore.encode", "featurestore.random_backbone",
+        "manifests.build", "service",
+    )  # fmt: skip
+    found = []
+    for path in sorted((REPO / "models").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            found += [
+                f"{path.name}: {n}"
+                for n in names
+                if any(n == f or n.startswith(f + ".") for f in forbidden)
+            ]
+    assert found == []
