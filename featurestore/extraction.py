@@ -176,6 +176,7 @@ def extract(
             purpose="extract",
             wait_s=options.wait_for_lock_s,
             on_wait=lambda message: print(message, file=sys.stderr, flush=True),
+            give_up=options.should_stop,
         )
         with lock:
             writer = StoreWriter.open(

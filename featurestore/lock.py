@@ -71,14 +71,17 @@ class StoreLock:
         purpose: str = "extract",
         wait_s: float = 0.0,
         on_wait=None,
+        give_up=None,
     ) -> None:
         """``wait_s``: how long to wait for another holder to finish before raising
         :class:`StoreLocked` (0: not at all); ``on_wait(message)`` is called once when
-        waiting starts."""
+        waiting starts; ``give_up()``, asked each second of the wait, ends it (raising
+        :class:`StoreLocked`) once it answers True (a cancelled job)."""
         self.location = location
         self.purpose = purpose
         self.wait_s = wait_s
         self.on_wait = on_wait
+        self.give_up = give_up
         self.lease_s = lease_seconds()
         self.run_id = uuid.uuid4().hex[:8]
         self.generation: int | None = None
@@ -212,7 +215,7 @@ class StoreLock:
             try:
                 return self.acquire()
             except StoreLocked as err:
-                if time.monotonic() >= deadline:
+                if time.monotonic() >= deadline or (self.give_up and self.give_up()):
                     raise
                 if not told and self.on_wait is not None:
                     self.on_wait(f"waiting for the writer lock: {str(err).split('. One', 1)[0]}")

@@ -116,9 +116,9 @@ class ExtractOptions:
             workers' backbones loaded, across runs); None: one per run, as
             ``workers``/``scheduler`` say.
         on_part: called with the summary so far after every committed part (progress).
-        should_stop: asked after every committed part; once it answers True, parts not
-            yet started are skipped (each started part is finished and committed) and
-            the summary says ``stopped``.
+        should_stop: asked after every committed part (and while waiting for the
+            writer lock); once it answers True, parts not yet started are skipped (each
+            started part is finished and committed) and the summary says ``stopped``.
     """
 
     model: str | None = None

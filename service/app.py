@@ -19,12 +19,14 @@ from fastapi import Body, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from service.callbacks import CallbackSender
 from service.config import ServiceConfig
 from service.errors import RequestError, bad_request, conflict, not_found
-from service.jobs import FINAL, KINDS, STATES, JobTable
+from service.jobs import FINAL, KINDS, STATES, JobTable, new_job_id
 from service.metrics import ServiceMetrics
+from service.registry import release_head, reserve_head
 from service.requests import JobPage, JobRequest, JobView
 from service.runner import JobRunner
 from service.state import StateFolder
@@ -36,10 +38,6 @@ UPLOAD_PATH = "/v1/uploads"
 
 def _error(status: int, error: str, detail, headers: dict | None = None) -> JSONResponse:
     return JSONResponse({"error": error, "detail": detail}, status_code=status, headers=headers)
-
-
-class _BodyTooLarge(Exception):
-    pass
 
 
 class Guard:
@@ -82,26 +80,29 @@ class Guard:
         )
         if length is not None and length.isdigit() and int(length) > limit:
             return await too_large(scope, receive, send)
-        seen = {"bytes": 0, "started": False}
+        state = {"bytes": 0, "answered": False}
 
         async def counted():
+            if state["answered"]:
+                return {"type": "http.disconnect"}
             message = await receive()
             if message["type"] == "http.request":
-                seen["bytes"] += len(message.get("body", b""))
-                if seen["bytes"] > limit:
-                    raise _BodyTooLarge()
+                state["bytes"] += len(message.get("body", b""))
+                if state["bytes"] > limit:  # answer now; the app sees a disconnect
+                    await too_large(scope, receive, send)
+                    state["answered"] = True
+                    return {"type": "http.disconnect"}
             return message
 
         async def watched(message):
-            if message["type"] == "http.response.start":
-                seen["started"] = True
-            await send(message)
+            if not state["answered"]:
+                await send(message)
 
         try:
             await self.app(scope, counted, watched)
-        except _BodyTooLarge:
-            if not seen["started"]:
-                await too_large(scope, receive, send)
+        except Exception:
+            if not state["answered"]:  # the app's own error: its handlers answered it
+                raise
 
 
 class Service:
@@ -121,24 +122,23 @@ class Service:
         self.runner = JobRunner(config, self.table, self.metrics, self.callbacks.send)
 
     def start(self) -> None:
+        from service.uploads import sweep_partial_uploads
+
+        for leftover in sweep_partial_uploads(self.config):
+            log.info("removed %s, an upload cut off when the service stopped", leftover)
         self.callbacks.start()
         self.runner.start()
 
     def stop(self) -> None:
         log.info("stopping: no new jobs; running jobs stop after their current part")
         self.runner.stop()
-        self.callbacks.stop()
+        self.callbacks.stop()  # before the table closes: their state is written there
         self.table.close()
 
     def check_request(self, body: dict) -> None:
         """Everything a job needs that can be checked before it is queued: sources
         inside the roots, heads in the registry, store names, label files."""
-        from service.registry import (
-            check_new_head,
-            check_store_name,
-            head_folder,
-            store_exists,
-        )
+        from service.registry import check_store_name, head_folder, store_exists
         from service.sources import resolve_file, resolve_source
 
         config = self.config
@@ -147,6 +147,12 @@ class Service:
                 "this service signs no callbacks (the operator gives --callback-secret-file); "
                 "leave out callback_url and poll GET /v1/jobs/{id}"
             )
+        if body.get("callback_url"):
+            from service.callbacks import check_callback_url
+
+            why = check_callback_url(body["callback_url"])
+            if why:
+                raise bad_request(f"callback_url {body['callback_url']!r}: {why}")
         kind = body["kind"]
         if kind in ("score", "extract"):
             resolve_source(config, body["source"])
@@ -162,7 +168,11 @@ class Service:
                 raise bad_request("give preset or grid, not both")
             resolve_file(config, body["labels"], what="labels", suffix=".csv")
             resolve_file(config, body["val_labels"], what="val_labels", suffix=".csv")
-            check_new_head(config, body["name"])
+            if (config.heads / body["name"]).exists():
+                raise conflict(
+                    f"the registry already holds {body['name']!r}; choose another name for "
+                    "the trained heads"
+                )
 
 
 def create_app(config: ServiceConfig, state: StateFolder) -> FastAPI:
@@ -202,6 +212,11 @@ def create_app(config: ServiceConfig, state: StateFolder) -> FastAPI:
     async def _http(request: Request, err: StarletteHTTPException):
         label = {404: "not found", 405: "method not allowed"}.get(err.status_code, "error")
         return _error(err.status_code, label, str(err.detail))
+
+    @app.exception_handler(ClientDisconnect)
+    async def _gone(request: Request, err: ClientDisconnect):
+        # the client left (or the body was refused as too large): nobody reads this
+        return _error(400, "bad request", "the client disconnected before the body ended")
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, err: Exception):
@@ -272,12 +287,21 @@ def create_app(config: ServiceConfig, state: StateFolder) -> FastAPI:
                 response.headers["Location"] = f"/v1/jobs/{job.id}"
                 return job.to_api()
         service.check_request(request)
+        job_id = new_job_id()
+        if body.kind == "train":  # the name is the job's from now on
+            reserve_head(config, request["name"], job_id)
         try:
-            job, new = service.table.add(body.kind, request, idempotency_key=idempotency_key)
+            job, new = service.table.add(
+                body.kind, request, idempotency_key=idempotency_key, job_id=job_id
+            )
         except KeyError:
+            if body.kind == "train":
+                release_head(config, request["name"], job_id)
             raise conflict(
                 f"Idempotency-Key {idempotency_key!r} was used for another request"
             ) from None
+        if not new and body.kind == "train":
+            release_head(config, request["name"], job_id)
         if new:
             log.info("job %s %s: queued", job.id, job.kind)
             service.runner.wake()
@@ -298,7 +322,9 @@ def create_app(config: ServiceConfig, state: StateFolder) -> FastAPI:
             raise bad_request(f"state must be one of {', '.join(STATES)}, not {state!r}")
         if kind is not None and kind not in KINDS:
             raise bad_request(f"kind must be one of {', '.join(KINDS)}, not {kind!r}")
-        if before is not None and not before.isdigit():
+        if before is not None and not (
+            before.isascii() and before.isdigit() and 0 < int(before) < 2**63
+        ):
             raise bad_request("before: give the 'next' value of the previous page")
         page, cursor = service.table.list(
             state=state, kind=kind, limit=limit, before=int(before) if before else None
@@ -346,9 +372,11 @@ def create_app(config: ServiceConfig, state: StateFolder) -> FastAPI:
         committed stays stored) and ends ``cancelled``."""
         before = _job(job_id)
         job = service.table.request_cancel(job_id)
+        if job is None:
+            raise not_found(f"job {job_id!r} not found; GET /v1/jobs lists them")
         if before.state == "queued" and job.state == "cancelled":
             log.info("job %s %s: queued -> cancelled", job.id, job.kind)
-            service.callbacks.send(_with_callback(service, job))
+            service.runner.ended(job, "cancelled")
         return job.to_api()
 
     @app.delete("/v1/jobs/{job_id}", status_code=204, tags=["jobs"])
@@ -384,12 +412,3 @@ def create_app(config: ServiceConfig, state: StateFolder) -> FastAPI:
         return Response(status_code=204)
 
     return Guard(app, config)
-
-
-def _with_callback(service: Service, job):
-    """A queued job cancelled: its callback (if asked for) is due now."""
-    if job.request.get("callback_url") and not job.callback:
-        callback = {"url": job.request["callback_url"], "status": "pending", "attempts": 0}
-        service.table.update(job.id, callback=callback)
-        return service.table.get(job.id)
-    return job

@@ -10,13 +10,13 @@ pending when the service stops is sent after the next start.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
 import logging
 import queue
 import threading
-import time
 
 from service.jobs import Job, JobTable, iso
 
@@ -51,8 +51,24 @@ def callback_body(job: Job) -> bytes:
     ).encode()
 
 
+SENDERS = 4  # callbacks delivered at once (a slow receiver holds up only its own)
+
+
+def check_callback_url(url: str) -> str | None:
+    """Why ``url`` cannot be a callback (None: it can)."""
+    import httpx
+
+    try:
+        parsed = httpx.URL(url)
+    except Exception as err:  # httpx raises several kinds for malformed URLs
+        return f"not a URL ({err})"
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        return "give an http:// or https:// URL with a host"
+    return None
+
+
 class CallbackSender:
-    """One thread delivering callbacks in turn, each retried with doubling delays."""
+    """A few threads delivering callbacks, each retried with doubling delays."""
 
     def __init__(
         self, table: JobTable, secret: bytes | None, *, attempts: int, backoff_s: float
@@ -63,16 +79,26 @@ class CallbackSender:
         self.backoff_s = backoff_s
         self._queue: queue.Queue = queue.Queue()
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="emi-callbacks", daemon=True)
+        self._busy: set[str] = set()
+        self._busy_lock = threading.Lock()
+        self._threads = [
+            threading.Thread(target=self._loop, name=f"emi-callbacks-{k}", daemon=True)
+            for k in range(SENDERS)
+        ]
 
     def start(self) -> None:
         for job in self.table.pending_callbacks():  # left pending by the last run
             self._queue.put(job.id)
-        self._thread.start()
+        for thread in self._threads:
+            thread.start()
 
     def stop(self) -> None:
+        """Stop sending (a callback mid-retry stays pending: sent after the next start)."""
         self._stop.set()
-        self._queue.put(None)
+        for _ in self._threads:
+            self._queue.put(None)
+        for thread in self._threads:
+            thread.join(timeout=TIMEOUT_S + 1)
 
     def send(self, job: Job) -> None:
         if job.callback and job.callback.get("status") == "pending":
@@ -83,9 +109,21 @@ class CallbackSender:
             job_id = self._queue.get()
             if job_id is None:
                 return
-            job = self.table.get(job_id)
-            if job is not None and job.callback:
-                self._deliver(job)
+            with self._busy_lock:  # one delivery per job at a time
+                if job_id in self._busy:
+                    continue
+                self._busy.add(job_id)
+            try:
+                job = self.table.get(job_id)
+                if job is not None and job.callback and job.callback.get("status") == "pending":
+                    self._deliver(job)
+            except Exception:  # never lose the sender thread
+                log.exception("job %s: callback delivery failed", job_id)
+                with contextlib.suppress(Exception):
+                    self.table.update(job_id, callback={**(job.callback or {}), "status": "failed"})
+            finally:
+                with self._busy_lock:
+                    self._busy.discard(job_id)
 
     def _deliver(self, job: Job) -> None:
         import httpx
@@ -102,6 +140,10 @@ class CallbackSender:
                 ok, why = 200 <= answer.status_code < 300, f"HTTP {answer.status_code}"
             except httpx.HTTPError as err:
                 ok, why = False, f"{type(err).__name__}: {err}"
+            except Exception as err:  # a URL httpx cannot send to: no retry helps
+                state.update(status="failed", last_error=f"{type(err).__name__}: {err}")
+                self.table.update(job.id, callback=state)
+                return
             if ok:
                 state.update(status="delivered", last_error=None)
                 self.table.update(job.id, callback=state)
@@ -117,4 +159,3 @@ class CallbackSender:
             state["status"] = "failed"
             self.table.update(job.id, callback=state)
             log.error("job %s: callback given up after %d attempts", job.id, state["attempts"])
-        time.sleep(0)

@@ -64,6 +64,10 @@ def body_digest(body: dict) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
+def new_job_id() -> str:
+    return "job-" + uuid.uuid4().hex[:20]
+
+
 @dataclass
 class Job:
     """One row of the table."""
@@ -210,7 +214,12 @@ class JobTable:
     # -- writing -------------------------------------------------------------------
 
     def add(
-        self, kind: str, request: dict, *, idempotency_key: str | None = None
+        self,
+        kind: str,
+        request: dict,
+        *,
+        idempotency_key: str | None = None,
+        job_id: str | None = None,
     ) -> tuple[Job, bool]:
         """Queue a job; with an ``idempotency_key`` already used for the same body, the
         existing job and False (no second job).
@@ -221,7 +230,7 @@ class JobTable:
         digest = body_digest(request)
         now = time.time()
         job = Job(
-            id="job-" + uuid.uuid4().hex[:20],
+            id=job_id or new_job_id(),
             kind=kind,
             state="queued",
             request=request,
@@ -249,11 +258,13 @@ class JobTable:
         return job, True
 
     def claim_next(self) -> Job | None:
-        """The oldest queued job, now ``running`` (None when none is queued)."""
+        """The oldest queued job, now ``running`` (None when none is queued); a queued
+        job whose cancel was asked is never claimed."""
         now = time.time()
         with self._lock:
             row = self._db.execute(
-                "SELECT * FROM jobs WHERE state='queued' ORDER BY rowid LIMIT 1"
+                "SELECT * FROM jobs WHERE state='queued' AND cancel_requested=0 "
+                "ORDER BY rowid LIMIT 1"
             ).fetchone()
             if row is None:
                 return None
@@ -271,11 +282,34 @@ class JobTable:
         with self._lock:
             ids = [
                 r["id"]
-                for r in self._db.execute("SELECT id FROM jobs WHERE state='running'").fetchall()
+                for r in self._db.execute(
+                    "SELECT id FROM jobs WHERE state='running' AND cancel_requested=0"
+                ).fetchall()
             ]
             self._db.execute(
-                "UPDATE jobs SET state='queued', updated_at=? WHERE state='running'",
+                "UPDATE jobs SET state='queued', updated_at=? WHERE state='running' "
+                "AND cancel_requested=0",
                 (time.time(),),
+            )
+        return ids
+
+    def cancelled_while_away(self) -> list[str]:
+        """Jobs whose cancel was asked but that were left ``running`` or ``queued`` (the
+        service stopped first): they end ``cancelled`` now, never run again."""
+        now = time.time()
+        with self._lock:
+            ids = [
+                r["id"]
+                for r in self._db.execute(
+                    "SELECT id FROM jobs WHERE state IN ('running', 'queued') "
+                    "AND cancel_requested=1"
+                ).fetchall()
+            ]
+            self._db.execute(
+                "UPDATE jobs SET state='cancelled', finished_at=?, updated_at=?, "
+                "progress=json_set(progress, '$.stage', 'cancelled') "
+                "WHERE state IN ('running', 'queued') AND cancel_requested=1",
+                (now, now),
             )
         return ids
 

@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 from pathlib import Path
 
 from service.config import SCORE_STORE_PREFIX, ServiceConfig
@@ -47,15 +49,56 @@ def head_folder(config: ServiceConfig, name: str) -> Path:
     return config.heads / name
 
 
-def check_new_head(config: ServiceConfig, name: str, *, resumed: bool = False) -> Path:
-    """The folder a train job named ``name`` writes; refused where the name is taken
-    (a resumed job may finish writing its own)."""
-    out = config.heads / name
-    if out.exists() and not resumed:
+RESERVED = ".reserved"  # registry names claimed by train jobs: heads/.reserved/<name>
+
+
+def reserve_head(config: ServiceConfig, name: str, job_id: str) -> None:
+    """Claim the registry name ``name`` for the train job ``job_id`` (a note made
+    atomically: of two jobs naming it, one gets it).
+
+    Raises:
+        RequestError: 409 where the name is taken (by a head or another job).
+    """
+    taken = conflict(
+        f"the registry already holds {name!r}; choose another name for the trained heads"
+    )
+    if (config.heads / name).exists():
+        raise taken
+    notes = config.heads / RESERVED
+    notes.mkdir(exist_ok=True)
+    try:
+        handle = os.open(notes / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        raise taken from None
+    with os.fdopen(handle, "w") as note:
+        note.write(job_id)
+
+
+def release_head(config: ServiceConfig, name: str, job_id: str) -> None:
+    """Drop ``job_id``'s claim on ``name`` (once its heads are written, or it ended
+    without them)."""
+    note = config.heads / RESERVED / name
+    with contextlib.suppress(OSError):
+        if note.read_text() == job_id:
+            note.unlink()
+
+
+def check_new_head(config: ServiceConfig, name: str, *, reserved_by: str) -> Path:
+    """The folder the train job ``reserved_by`` writes ``name`` to (claimed by it).
+
+    Raises:
+        RequestError: 409 where another job or head holds the name.
+    """
+    note = config.heads / RESERVED / name
+    try:
+        owner = note.read_text()
+    except OSError:
+        owner = None
+    if owner != reserved_by:
         raise conflict(
             f"the registry already holds {name!r}; choose another name for the trained heads"
         )
-    return out
+    return config.heads / name
 
 
 def list_heads(config: ServiceConfig) -> list[dict]:

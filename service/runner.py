@@ -48,6 +48,9 @@ class JobRunner:
     # -- life ----------------------------------------------------------------------
 
     def start(self) -> None:
+        for job_id in self.table.cancelled_while_away():
+            log.info("job %s: cancelled while the service was stopped", job_id)
+            self.ended(self.table.get(job_id), "cancelled")
         for job_id in self.table.requeue_running():
             log.info("job %s: running when the service stopped; queued again to resume", job_id)
         threading.Thread(target=self._start_client, name="emi-dask", daemon=True).start()
@@ -129,9 +132,26 @@ class JobRunner:
             outcome = work(job)
         except JobStopped:
             outcome = None
+        except Exception as err:
+            if not self._should_stop(job)():
+                self._failed(job, err)
+                return
+            outcome = None  # stopped while waiting (e.g. for a store's writer lock)
+        if outcome is None:  # stopped at a boundary
+            if self.table.cancel_requested(job.id):
+                self._end(job, "cancelled")
+            else:  # the service is stopping: resume at the next start
+                self.table.update(job.id, state="queued")
+                log.info("job %s: the service is stopping; queued to resume", job.id)
+            return
+        self.metrics.duration(job.kind, time.monotonic() - started)
+        self._end(job, "succeeded", result=outcome)
+
+    def _failed(self, job: Job, err: Exception) -> None:
+        try:
+            raise err
         except RequestError as err:  # a source, head or store that is not there (now)
             self._end(job, "failed", error={"error": err.error, "detail": err.detail})
-            return
         except Exception as err:
             from featurestore.errors import StoreError
             from manifests import ManifestError
@@ -145,30 +165,30 @@ class JobRunner:
                 "failed",
                 error={"error": type(err).__name__, "detail": str(err).strip() or repr(err)},
             )
-            return
-        if outcome is None:  # stopped at a boundary
-            if self.table.cancel_requested(job.id):
-                self._end(job, "cancelled")
-            else:  # the service is stopping: resume at the next start
-                self.table.update(job.id, state="queued")
-                log.info("job %s: the service is stopping; queued to resume", job.id)
-            return
-        self.metrics.duration(job.kind, time.monotonic() - started)
-        self._end(job, "succeeded", result=outcome)
 
     def _end(self, job: Job, state: str, **fields) -> None:
         current = self.table.get(job.id)
         progress = dict(current.progress if current else {})
         progress["stage"] = state
-        callback = None
-        if job.request.get("callback_url"):
-            callback = {"url": job.request["callback_url"], "status": "pending", "attempts": 0}
-        self.table.finish(job.id, state, progress=progress, callback=callback, **fields)
+        self.table.finish(job.id, state, progress=progress, **fields)
         log.info("job %s %s: running -> %s", job.id, job.kind, state)
+        self.ended(self.table.get(job.id), state)
+
+    def ended(self, job: Job | None, state: str) -> None:
+        """What follows a job's end: its registry claim dropped, metrics, its callback."""
+        if job is None:
+            return
+        if job.kind == "train":
+            from service.registry import release_head
+
+            release_head(self.config, job.request["name"], job.id)
         self.metrics.ended(job.kind, state)
-        ended = self.table.get(job.id)
-        if ended is not None:
-            self.on_final(ended)
+        if job.request.get("callback_url") and not job.callback:
+            callback = {"url": job.request["callback_url"], "status": "pending", "attempts": 0}
+            self.table.update(job.id, callback=callback)
+            job = self.table.get(job.id)
+        if job is not None:
+            self.on_final(job)
 
     def _should_stop(self, job: Job):
         return lambda: self._stopping.is_set() or self.table.cancel_requested(job.id)
@@ -353,7 +373,7 @@ class JobRunner:
             raise RequestError(404, "not found", f"store {request['store']!r} not found")
         labels = resolve_file(self.config, request["labels"], what="labels", suffix=".csv")
         val = resolve_file(self.config, request["val_labels"], what="val_labels", suffix=".csv")
-        out = check_new_head(self.config, request["name"], resumed=job.runs > 1)
+        out = check_new_head(self.config, request["name"], reserved_by=job.id)
         self._progress(job, stage="loading", epochs_done=0, best_val_pearson=None)
         best = {"value": -math.inf}
         epochs_done = {"n": 0}
@@ -388,11 +408,11 @@ class JobRunner:
                 features=request.get("features"),
                 device=self.config.device,
                 progress=on_epoch,
-                overwrite=job.runs > 1,  # a resumed job rewrites its own heads
+                overwrite=True,  # the name is this job's: a resumed job rewrites its heads
             )
-        except JobStopped:
-            if request.get("grid") is None:
-                shutil.rmtree(out, ignore_errors=True)
+        except BaseException:
+            if request.get("grid") is None and out.is_dir() and not (out / "config.json").exists():
+                shutil.rmtree(out, ignore_errors=True)  # the reservation, or a half head
             raise
         names = [str(t.folder.relative_to(self.config.heads)) for t in trained]  # registry names
         self._progress(job, stage="trained")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import re
+from dataclasses import replace
 from pathlib import Path
 
 from manifests import ClipRecord
@@ -101,8 +102,12 @@ def manifest_below_roots(folder: str, config: ServiceConfig) -> tuple[list[ClipR
     allowed = [*config.source_roots, str(config.state.resolve() / "uploads")]
     records, refused = [], []
     for record in scan_folder(folder):
-        if is_url(record.path) or inside_roots(record.path, allowed):
+        if is_url(record.path):
             records.append(probe(record))
+        elif inside_roots(record.path, allowed):
+            # read from the resolved path from now on: a link swapped after this check
+            # is not followed
+            records.append(probe(replace(record, path=os.path.realpath(record.path))))
         else:
             refused.append(ClipFailure(clip_id=record.clip_id, path=record.path, reason=OUTSIDE))
     return sorted(records, key=lambda r: r.clip_id), refused

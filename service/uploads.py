@@ -21,6 +21,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
+import anyio
+
 from manifests.records import AUDIO_EXTENSIONS
 from service.config import ServiceConfig
 from service.errors import RequestError, bad_request, too_large
@@ -167,10 +169,15 @@ async def receive_upload(
     files = staging / "files"
     files.mkdir(parents=True)
     writer = UploadWriter(config, files)
+    received = 0
     try:
         parser = MultipartParser(boundary, writer.callbacks())
         async for chunk in body:
-            parser.write(chunk)
+            received += len(chunk)  # every byte counts, inside file parts or not
+            if received > config.max_request_bytes:
+                raise _limit("the upload's bytes", "--upload-max-request-mb",
+                             config.max_request_bytes)  # fmt: skip
+            await anyio.to_thread.run_sync(parser.write, chunk)  # disk writes off the loop
         parser.finalize()
         writer.close()
         if not writer.files:
@@ -179,7 +186,7 @@ async def receive_upload(
         if archives:
             if len(writer.files) != 1:
                 raise bad_request("send one archive alone, or files without an archive")
-            count, size = unpack_archive(archives[0], files, config)
+            count, size = await anyio.to_thread.run_sync(unpack_archive, archives[0], files, config)
             archives[0].unlink()
         else:
             count, size = len(writer.files), writer.total
@@ -193,13 +200,22 @@ async def receive_upload(
         staging.rename(config.state / "uploads" / upload_id)
         return description
     except RequestError:
-        writer.close()
-        shutil.rmtree(staging, ignore_errors=True)
         raise
     except Exception as err:
-        writer.close()
-        shutil.rmtree(staging, ignore_errors=True)
         raise bad_request(f"malformed multipart body ({type(err).__name__}: {err})") from err
+    finally:  # whatever ended it (a refusal, a disconnect): nothing half-written stays
+        writer.close()
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def sweep_partial_uploads(config: ServiceConfig) -> list[str]:
+    """Remove what uploads cut off by a killed service left (at start)."""
+    swept = []
+    for leftover in (config.state / "uploads").glob(".upload-*.partial"):
+        shutil.rmtree(leftover, ignore_errors=True)
+        swept.append(leftover.name)
+    return swept
 
 
 def unpack_archive(archive: Path, into: Path, config: ServiceConfig) -> tuple[int, int]:
@@ -256,11 +272,17 @@ def _check_totals(name: str, sizes: list[int], config: ServiceConfig) -> None:
 
 
 def _zip_members(archive: Path, config: ServiceConfig) -> list:
+    entries = _zip_entry_count(archive)
+    if entries is not None and entries > config.max_files:
+        raise _limit(f"{archive.name}: {entries:,} members", "--upload-max-files", config.max_files)
     try:
         with zipfile.ZipFile(archive) as handle:
             infos = handle.infolist()
     except (zipfile.BadZipFile, OSError) as err:
         raise bad_request(f"{archive.name}: not a readable zip archive ({err})") from err
+    if len(infos) > config.max_files:  # every entry counts, folders too
+        raise _limit(f"{archive.name}: {len(infos):,} members", "--upload-max-files",
+                     config.max_files)  # fmt: skip
     members, sizes = [], []
     for info in infos:
         path = check_member_name(info.filename, archive.name)
@@ -275,22 +297,42 @@ def _zip_members(archive: Path, config: ServiceConfig) -> list:
     return members
 
 
+def _zip_entry_count(archive: Path) -> int | None:
+    """The entry count the zip's end record states, read before its directory is
+    loaded (None where there is no plain end record: zipfile then says what is wrong)."""
+    import struct
+
+    size = archive.stat().st_size
+    with open(archive, "rb") as handle:
+        handle.seek(max(0, size - 65_557))  # the end record and its longest comment
+        tail = handle.read()
+    at = tail.rfind(b"PK\x05\x06")
+    if at < 0 or len(tail) - at < 22:
+        return None
+    total = struct.unpack("<H", tail[at + 10 : at + 12])[0]
+    return None if total == 0xFFFF else total  # 0xFFFF: a zip64 count, checked after
+
+
 def _tar_members(archive: Path, config: ServiceConfig) -> list:
+    members, sizes, seen = [], [], 0
     try:
         with tarfile.open(archive, "r:*") as handle:
-            infos = handle.getmembers()
+            for info in handle:  # one at a time: a huge listing is refused, not loaded
+                seen += 1
+                if seen > config.max_files:  # every entry counts, folders too
+                    raise _limit(f"{archive.name}: more than {config.max_files:,} members",
+                                 "--upload-max-files", config.max_files)  # fmt: skip
+                path = check_member_name(info.name, archive.name)
+                if info.isdir():
+                    continue
+                if not info.isreg():
+                    what = "a link" if info.issym() or info.islnk() else "not a regular file"
+                    raise bad_request(f"{archive.name}: member {info.name!r} is {what}; refused")
+                members.append((info, path))
+                sizes.append(info.size)
+                handle.members = []  # keep no listing in memory
     except (tarfile.TarError, OSError, EOFError) as err:
         raise bad_request(f"{archive.name}: not a readable tar archive ({err})") from err
-    members, sizes = [], []
-    for info in infos:
-        path = check_member_name(info.name, archive.name)
-        if info.isdir():
-            continue
-        if not info.isreg():
-            what = "a link" if info.issym() or info.islnk() else "not a regular file"
-            raise bad_request(f"{archive.name}: member {info.name!r} is {what}; refused")
-        members.append((info, path))
-        sizes.append(info.size)
     _check_totals(archive.name, sizes, config)
     return members
 

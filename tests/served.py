@@ -26,10 +26,17 @@ def free_port() -> int:
 class Served:
     """``emi serve`` with the given options; :meth:`start` waits until it is ready."""
 
-    def __init__(self, folder: Path, roots: list[Path], *options: str, token: str | None = None):
+    def __init__(
+        self,
+        folder: Path,
+        roots: list[Path | str],
+        *options: str,
+        token: str | None = None,
+        stores: str | None = None,
+    ):
         self.folder = folder
         self.state = folder / "state"
-        self.stores = folder / "stores"
+        self.stores = stores or folder / "stores"
         self.heads = folder / "heads"
         self.roots = roots
         self.options = [str(o) for o in options]
@@ -71,6 +78,15 @@ class Served:
 
     def text(self) -> str:
         return self.log.read_text() if self.log.exists() else ""
+
+    def __enter__(self) -> Served:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        """Never leave a server behind a failed test."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(30)
 
     def kill(self) -> None:
         """SIGKILL: no chance to clean up."""

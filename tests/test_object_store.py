@@ -1,6 +1,7 @@
 """Stores in object storage: a real S3-compatible server (moto) on loopback."""
 
 import csv
+import io
 import json
 import os
 import socket
@@ -8,11 +9,13 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import zarr
 
 from featurestore.store import FeatureStore, open_zarr_store
 from manifests.synthetic import write_corpus
+from service.client import ServiceError
 from tests.conftest import run_cli
 from tests.reference import assert_same_features
 
@@ -240,3 +243,53 @@ def test_video_containers_in_a_bucket(s3_server, tiny_backbone, tmp_path):
     run_cli("extract", local, tmp_path / "local.zarr", *args, expect=3)
     remote, here = FeatureStore.open(url), FeatureStore.open(tmp_path / "local.zarr")
     np.testing.assert_array_equal(remote.hidden("talk"), here.hidden("talk"))
+
+
+def test_the_service_on_object_storage_and_a_dask_cluster(s3_server, tiny_backbone, tmp_path):
+    """emi serve with --stores and --source-root in a bucket and --scheduler: a score job
+    reads audio from the bucket and keeps its features there, computed by the cluster's
+    workers; a prefix not below the root is refused."""
+    import boto3
+
+    from tests.cluster import dask_cluster
+    from tests.served import Served
+
+    splits = write_corpus(tmp_path / "corpus", clips=8, seed=21, min_seconds=1.0, max_seconds=2.0)
+    audio = tmp_path / "corpus" / "audio"
+    run_cli("extract", audio, tmp_path / "local.zarr", "--model", tiny_backbone, "--quiet")
+    heads = tmp_path / "served" / "heads"
+    run_cli(
+        "train", tmp_path / "local.zarr", "--labels", splits["train"], "--val-labels",
+        splits["valid"], "--out", heads / "ml", "--preset", "mean-linear", "--quiet",
+    )  # fmt: skip
+    s3 = boto3.client("s3")
+    for path in sorted(audio.glob("*.wav")):
+        s3.put_object(Bucket=BUCKET, Key=f"incoming/{path.name}", Body=path.read_bytes())
+    run_cli(
+        "predict", tmp_path / "local.zarr", "--head", heads / "ml", "-o", tmp_path / "local.csv"
+    )
+    with dask_cluster(tmp_path / "dask", [{}]) as (address, _), Served(
+        tmp_path / "served", [f"{s3_server}/incoming"], "--scheduler", address,
+        stores=f"{s3_server}/service-stores",
+    ) as served:  # fmt: skip
+        served.start()
+        try:
+            client = served.client()
+            with pytest.raises(ServiceError) as outside:
+                client.submit({"kind": "score", "source": f"{s3_server}/other", "heads": ["ml"]})
+            assert outside.value.status == 403
+            job = client.submit(
+                {"kind": "score", "source": f"{s3_server}/incoming", "heads": ["ml"]}
+            )
+            done = client.wait(job["id"], poll_s=0.2, timeout_s=180)
+            assert done["state"] == "succeeded", (done, served.text())
+            assert done["result"]["extracted"] == 8
+            [store] = client.stores()
+            assert store["kind"] == "score" and store["clips"] == 8
+            got = list(csv.reader(io.StringIO(client.predictions_csv(job["id"]))))
+        finally:
+            assert served.stop() == 0
+    want = list(csv.reader(io.StringIO((tmp_path / "local.csv").read_bytes().decode())))
+    assert [r[0] for r in got] == [r[0] for r in want]
+    assert np.allclose([[float(v) for v in r[1:]] for r in got[1:]],
+                       [[float(v) for v in r[1:]] for r in want[1:]], atol=2e-5)  # fmt: skip

@@ -78,9 +78,10 @@ def lab(tmp_path_factory, tiny_backbone):
         "train", folder / "seed.zarr", "--labels", splits["train"], "--val-labels",
         splits["valid"], "--out", served.heads / "ml", "--preset", "mean-linear", "--quiet",
     )  # fmt: skip
-    served.start()
-    yield {"served": served, "root": root, "audio": audio, "folder": folder, **splits}
-    assert served.stop() == 0, served.text()
+    with served:
+        served.start()
+        yield {"served": served, "root": root, "audio": audio, "folder": folder, **splits}
+        assert served.stop() == 0, served.text()
     assert "Traceback" not in served.text(), served.text()
 
 
@@ -160,6 +161,15 @@ def test_extract_and_train_jobs_put_a_head_in_the_registry_that_scores(lab):
     )  # fmt: skip
     assert score["state"] == "succeeded" and score["result"]["extracted"] == 0
     assert len(client.predictions(score["id"])["predictions"]) == 24
+    # a grid: one head per entry, registry names GRID/HEAD
+    grid = {"defaults": {"epochs": 1}, "heads": [{"name": "ridge", "preset": "mean-linear"}],
+            "grid": {"seed": [1, 2]}}  # fmt: skip
+    swept = _wait(client, client.submit({**body, "name": "sweep", "grid": grid, "preset": None,
+                                         "epochs": None})["id"])  # fmt: skip
+    assert swept["state"] == "succeeded", swept
+    names = {h["name"] for h in client.heads()}
+    assert set(swept["result"]["heads"]) <= names and len(swept["result"]["heads"]) == 3
+    assert all(n.startswith("sweep/") for n in swept["result"]["heads"])
 
 
 def test_idempotency_key_gives_one_job_and_refuses_another_body(lab):
@@ -174,6 +184,22 @@ def test_idempotency_key_gives_one_job_and_refuses_another_body(lab):
     ids = [j["id"] for j in client.jobs(limit=500)["jobs"]]
     assert ids.count(first["id"]) == 1
     _wait(client, first["id"])
+    # pages, newest first
+    one = client.jobs(limit=1)
+    two = client.jobs(limit=1, before=one["next"])
+    assert [one["jobs"][0]["id"], two["jobs"][0]["id"]] == ids[:2]
+    assert client.jobs(kind="train", limit=500)["jobs"] == [
+        j for j in client.jobs(limit=500)["jobs"] if j["kind"] == "train"
+    ]
+    # delete: the job and its results go, the store's features stay
+    [store] = [s for s in client.stores() if s["kind"] == "score"]
+    client.delete(first["id"])
+    for gone in (lambda: client.job(first["id"]), lambda: client.predictions_csv(first["id"])):
+        with pytest.raises(ServiceError) as missing:
+            gone()
+        assert missing.value.status == 404
+    assert not (lab["served"].state / "results" / first["id"]).exists()
+    assert [s for s in client.stores() if s["kind"] == "score"] == [store]
 
 
 class _Receiver(BaseHTTPRequestHandler):
@@ -237,6 +263,12 @@ def _tar(path: Path, members: list[tarfile.TarInfo], data: dict[str, bytes]) -> 
     return path
 
 
+def _folder(name: str) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type = tarfile.DIRTYPE
+    return info
+
+
 def test_uploads_of_files_and_archives_score_and_hostile_archives_are_refused(lab, tmp_path):
     client = lab["served"].client()
     wavs = sorted(lab["audio"].glob("*.wav"))[:3]
@@ -265,6 +297,8 @@ def test_uploads_of_files_and_archives_score_and_hostile_archives_are_refused(la
         "link": _tar(tmp_path / "link.tar", [link], {}),
         "too many": _zip(tmp_path / "many.zip", {f"c{i}.wav": wav for i in range(9)}),
         "too large": _zip(tmp_path / "big.zip", {"big.wav": b"\0" * (2 * 2**20)}),
+        "too many folders": _tar(tmp_path / "dirs.tar", [_folder(f"d{i}") for i in range(50)]
+                                 + [tarfile.TarInfo("a.wav")], {"a.wav": wav}),
     }  # fmt: skip
     uploads = lab["served"].state / "uploads"
     before = sorted(p.name for p in uploads.iterdir())
@@ -273,7 +307,7 @@ def test_uploads_of_files_and_archives_score_and_hostile_archives_are_refused(la
             client.upload([path])
         expected = 413 if what.startswith("too") else 400
         assert refused.value.status == expected, (what, refused.value)
-        if what == "too many":
+        if what.startswith("too many"):
             assert "--upload-max-files" in str(refused.value)
         if what == "too large":
             assert "--upload-max-file-mb" in str(refused.value)
@@ -298,6 +332,7 @@ def test_sources_outside_the_roots_are_refused_before_any_work(lab, tmp_path):
     mixed.mkdir()
     shutil.copy(sorted(lab["audio"].glob("*.wav"))[1], mixed / "fine.wav")
     (mixed / "secret.wav").symlink_to(outside / "secret.wav")
+    (mixed / "broken.wav").write_bytes(b"RIFF\x00\x01WAVEnot audio at all")
     before = len(client.jobs(limit=500)["jobs"])
     for source in (
         str(lab["root"] / ".." / "outside"),
@@ -315,9 +350,13 @@ def test_sources_outside_the_roots_are_refused_before_any_work(lab, tmp_path):
         client, client.submit({"kind": "score", "source": str(mixed), "heads": ["ml"]})["id"]
     )
     assert job["state"] == "succeeded"
-    assert [f["clip_id"] for f in job["failures"]] == ["secret"]
-    assert "outside the service's source roots" in job["failures"][0]["reason"]
-    assert [r["clip_id"] for r in client.predictions(job["id"])["predictions"]] == ["fine"]
+    reasons = {f["clip_id"]: f["reason"] for f in job["failures"]}
+    assert sorted(reasons) == ["broken", "secret"] and job["progress"]["clips_failed"] == 2
+    assert "outside the service's source roots" in reasons["secret"]
+    assert "broken.wav" in reasons["broken"] or "decode" in reasons["broken"].lower()
+    predictions = client.predictions(job["id"])
+    assert [r["clip_id"] for r in predictions["predictions"]] == ["fine"]
+    assert sorted(f["clip_id"] for f in predictions["failures"]) == ["broken", "secret"]
 
 
 def test_bad_requests_get_json_errors_without_a_traceback(lab):
@@ -331,6 +370,10 @@ def test_bad_requests_get_json_errors_without_a_traceback(lab):
         ("POST", "/v1/jobs", {"json": {**body, "extra": 1}}, 422),
         ("POST", "/v1/jobs", {"json": {**body, "heads": ["nope"]}}, 404),
         ("POST", "/v1/jobs", {"content": b"[" + b"1," * 600_000 + b"1]", "headers": as_json}, 413),
+        ("POST", "/v1/jobs", {"json": {**body, "callback_url": "http://[::1"}}, 400),
+        ("POST", "/v1/jobs", {"content": (b"[1," for _ in range(400_000)), "headers": as_json},
+         413),  # chunked: no Content-Length
+        ("GET", "/v1/jobs?before=99999999999999999999999", {}, 400),
         ("GET", "/v1/jobs/job-missing", {}, 404),
         ("GET", "/v1/jobs?state=dancing", {}, 400),
         ("GET", "/v1/nothing-here", {}, 404),
@@ -382,7 +425,23 @@ def test_emi_jobs_commands_submit_wait_list_show_fetch(lab, tmp_path):
     assert "404" in refused.output and "not found" in refused.output
 
 
-def test_a_killed_service_resumes_its_job_and_keeps_what_was_committed(tmp_path, tiny_backbone):
+@pytest.fixture
+def stopped_at_teardown():
+    """Registers servers to kill when the test ends, however it ends."""
+    made: list[Served] = []
+
+    def register(served: Served) -> Served:
+        made.append(served)
+        return served
+
+    yield register
+    for served in made:
+        served.__exit__(None, None, None)
+
+
+def test_a_killed_service_resumes_its_job_and_keeps_what_was_committed(
+    tmp_path, tiny_backbone, stopped_at_teardown
+):
     root = tmp_path / "root"
     _corpus(root / "corpus", clips=40, seed=5, max_seconds=2.0)
     audio = root / "corpus" / "audio"
@@ -392,7 +451,8 @@ def test_a_killed_service_resumes_its_job_and_keeps_what_was_committed(tmp_path,
     run_cli("train", made / "f.zarr", "--labels", root / "corpus" / "train_split.csv",
             "--val-labels", root / "corpus" / "valid_split.csv", "--out", heads / "ml",
             "--preset", "mean-linear", "--quiet")  # fmt: skip
-    served = Served(tmp_path, [root], "--part-seconds", "1", "--jobs", "1").start()
+    served = stopped_at_teardown(Served(tmp_path, [root], "--part-seconds", "1", "--jobs", "1"))
+    served.start()
     client = served.client()
     job = client.submit({"kind": "score", "source": str(audio), "heads": ["ml"]})
     deadline = time.monotonic() + 120
@@ -447,11 +507,27 @@ def test_a_killed_service_resumes_its_job_and_keeps_what_was_committed(tmp_path,
     assert gone.value.status == 409
     kept = FeatureStore.open(str(location))
     assert len(kept) >= 40 + 3  # the cancelled job's committed clips stay stored
+
+    # SIGTERM mid-job: the running part commits, the job waits in the queue, exit 0;
+    # started again, the job finishes from where it was
+    third = _corpus(root / "third", clips=30, seed=13)
+    del third
+    last = client.submit(
+        {"kind": "score", "source": str(root / "third" / "audio"), "heads": ["ml"]}
+    )
+    while client.job(last["id"])["progress"].get("clips_done", 0) < 2:
+        time.sleep(0.02)
+    assert served.stop() == 0
+    served.process = None
+    served.start()
+    resumed = _wait(client, last["id"])
+    assert resumed["state"] == "succeeded" and resumed["runs"] == 2
+    assert resumed["result"]["reused"] >= 2 and resumed["result"]["predicted"] == 30
     assert served.stop() == 0  # SIGTERM: exit 0
     assert "Traceback" not in served.text(), served.text()
 
 
-def test_tokens_and_loopback(tmp_path):
+def test_tokens_and_loopback(tmp_path, stopped_at_teardown):
     tokens = tmp_path / "tokens"
     good = "a-long-random-token-0123456789"
     tokens.write_text(f"# the lab's tokens\n{good}\n")
@@ -461,7 +537,8 @@ def test_tokens_and_loopback(tmp_path):
                       "--state", tmp_path / "st", "--source-root", root, "--host", "0.0.0.0",
                       expect=2)  # fmt: skip
     assert "--token-file" in refused.output
-    served = Served(tmp_path, [root], "--token-file", tokens, token=good).start()
+    served = stopped_at_teardown(Served(tmp_path, [root], "--token-file", tokens, token=good))
+    served.start()
     try:
         for headers in ({}, {"Authorization": "Bearer wrong-token-0123456789"},
                         {"Authorization": good}):  # fmt: skip
