@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 
 from service.jobs import KINDS, STATES, Job, JobTable
@@ -44,7 +44,6 @@ class ServiceMetrics:
             buckets=(1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 24 * 3600),
             registry=self.registry,
         )  # fmt: skip
-        self.running = Gauge("emi_jobs_running", "Jobs running now", registry=self.registry)
 
     def started(self, job: Job) -> None:
         self.transitions.labels(job.kind, "running").inc()

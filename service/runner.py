@@ -43,7 +43,6 @@ class JobRunner:
         self._client_error: str | None = None
         self._client_ready = threading.Event()
         self._exit = contextlib.ExitStack()
-        self.running: dict[str, Job] = {}
 
     # -- life ----------------------------------------------------------------------
 
@@ -117,11 +116,14 @@ class JobRunner:
                 self._wake.wait(IDLE_POLL_S)
                 self._wake.clear()
                 continue
-            self.running[job.id] = job
             try:
                 self._run(job)
-            finally:
-                self.running.pop(job.id, None)
+            except Exception:  # the service's own fault: the job fails, the thread lives
+                log.exception("job %s: the service failed running it", job.id)
+                with contextlib.suppress(Exception):
+                    detail = "the service failed running this job (its log says why); resubmit"
+                    self.table.finish(job.id, "failed", error={"error": "internal error",
+                                                               "detail": detail})  # fmt: skip
 
     def _run(self, job: Job) -> None:
         log.info("job %s %s: queued -> running (run %d)", job.id, job.kind, job.runs)
