@@ -13,11 +13,13 @@ import hmac
 import json
 import logging
 import shutil
+from pathlib import Path
 from typing import Annotated
 
 from fastapi import Body, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
+from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
@@ -32,7 +34,8 @@ from service.runner import JobRunner
 from service.state import StateFolder
 
 log = logging.getLogger("emi.service")
-OPEN_PATHS = ("/healthz",)
+OPEN_PATHS = ("/healthz", "/")  # and /static/*: the page holds no data
+STATIC = Path(__file__).resolve().parent / "static"
 UPLOAD_PATH = "/v1/uploads"
 
 
@@ -62,7 +65,8 @@ class Guard:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         path = scope.get("path", "")
-        if self.tokens and path not in OPEN_PATHS and not self._authorized(scope):
+        open_path = path in OPEN_PATHS or path.startswith("/static/")
+        if self.tokens and not open_path and not self._authorized(scope):
             response = _error(
                 401,
                 "unauthorized",
@@ -222,6 +226,35 @@ def create_app(config: ServiceConfig, state: StateFolder) -> FastAPI:
     async def _unexpected(request: Request, err: Exception):
         log.exception("unexpected error in %s %s", request.method, request.url.path)
         return _error(500, "internal error", "the service logged what went wrong; retry later")
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.get("/", include_in_schema=False)
+    def page():
+        """The page: heads, a score form, the jobs (it asks for the token if needed)."""
+        return FileResponse(STATIC / "index.html", media_type="text/html")
+
+    @app.get("/v1/service", tags=["registry"])
+    def about() -> dict:
+        """The upload limits and the source roots (what a client may send)."""
+        return {
+            "limits": {
+                "max_file_bytes": config.max_file_bytes,
+                "max_request_bytes": config.max_request_bytes,
+                "max_files": config.max_files,
+                "max_body_bytes": config.max_body_bytes,
+            },
+            "source_roots": config.source_roots,
+            "callbacks": config.callback_secret is not None,
+        }
+
+    @app.get("/v1/sources", tags=["registry"])
+    def sources(path: Annotated[str | None, Query(max_length=4096)] = None) -> dict:
+        """The folders below the source roots: no ``path``, the roots; else the folders
+        in ``path`` and its count of audio files (never anything outside the roots)."""
+        from service.sources import list_folder
+
+        return list_folder(config, path)
 
     @app.get("/healthz", tags=["operations"])
     def healthz() -> dict:

@@ -26,6 +26,7 @@ from service.jobs import MAX_FAILURES_KEPT, Job, JobTable
 log = logging.getLogger("emi.service")
 LOCK_WAIT_S = 24 * 3600.0  # a job waits this long for another writer of its store
 IDLE_POLL_S = 0.5
+MAX_CURVE_POINTS = 2000  # a train job's learning curve points kept in its progress
 
 
 class JobRunner:
@@ -379,14 +380,20 @@ class JobRunner:
         self._progress(job, stage="loading", epochs_done=0, best_val_pearson=None)
         best = {"value": -math.inf}
         epochs_done = {"n": 0}
+        curve: list[dict] = []
 
         def on_epoch(step: dict) -> None:
             epochs_done["n"] += 1
             if math.isfinite(step["val_pearson_mean"]):
                 best["value"] = max(best["value"], step["val_pearson_mean"])
+            curve.append(
+                {"head": step["head"], "epoch": step["epoch"], "val_pearson_mean":
+                 step["val_pearson_mean"] if math.isfinite(step["val_pearson_mean"]) else None}
+            )  # fmt: skip
             self._progress(
                 job,
                 stage="training",
+                curve=curve[-MAX_CURVE_POINTS:],
                 head=step["head"],
                 epoch=step["epoch"],
                 epochs=step["epochs"],

@@ -111,3 +111,59 @@ def manifest_below_roots(folder: str, config: ServiceConfig) -> tuple[list[ClipR
         else:
             refused.append(ClipFailure(clip_id=record.clip_id, path=record.path, reason=OUTSIDE))
     return sorted(records, key=lambda r: r.clip_id), refused
+
+
+def list_folder(config: ServiceConfig, path: str | None) -> dict:
+    """``GET /v1/sources``: the roots, or the folders in ``path`` (below a root) and
+    the number of audio files directly in it. Folders that resolve outside the roots
+    (links pointing out) are not listed.
+
+    Raises:
+        RequestError: 403 outside the roots, 404 missing, 400 not a folder.
+    """
+    from manifests.records import AUDIO_EXTENSIONS
+
+    if not path:
+        return {
+            "path": None,
+            "folders": [{"name": root, "path": root} for root in config.source_roots],
+            "audio_files": 0,
+        }
+    if UPLOAD_ID.match(path):
+        raise bad_request("path: give a folder below a source root")
+    where = resolve_source(config, path, what="path")
+    roots = config.source_roots
+    if is_url(where):
+        import fsspec
+
+        fs, key = fsspec.core.url_to_fs(where)
+        entries = fs.ls(key, detail=True)
+        protocol = where.split("://", 1)[0]
+        folders = sorted(
+            f"{protocol}://{e['name'].rstrip('/')}" for e in entries if e["type"] == "directory"
+        )
+        files = [e["name"] for e in entries if e["type"] != "directory"]
+        audio = sum(1 for name in files if os.path.splitext(name)[1].lower() in AUDIO_EXTENSIONS)
+    else:
+        if not os.path.isdir(where):
+            raise bad_request(f"path {path!r} is not a folder")
+        folders, audio = [], 0
+        with os.scandir(where) as scan:
+            for entry in scan:
+                if entry.name.startswith("."):
+                    continue
+                full = os.path.join(where, entry.name)
+                if entry.is_dir():
+                    if inside_roots(full, roots):
+                        folders.append(os.path.realpath(full))
+                elif os.path.splitext(entry.name)[1].lower() in AUDIO_EXTENSIONS:
+                    audio += 1
+        folders.sort()
+    at_root = any(where.rstrip("/") == r.rstrip("/") for r in roots)
+    parent = None if at_root else where.rstrip("/").rsplit("/", 1)[0]
+    return {
+        "path": where,
+        "parent": parent,
+        "folders": [{"name": f.rstrip("/").rsplit("/", 1)[-1], "path": f} for f in folders],
+        "audio_files": audio,
+    }

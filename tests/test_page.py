@@ -1,0 +1,242 @@
+"""The service's page in a real browser: headless Chromium (Debian's ``chromium`` and
+``chromium-driver``) driven by Selenium against a real ``emi serve``.
+
+Selenium because its WebDriver client is the one with a stable, documented Python API
+for what these tests do (clicks, file inputs, logs) and it drives the Debian browser by
+path, offline (no driver download: the driver's path is given).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from manifests.synthetic import write_corpus
+from tests.conftest import run_cli
+from tests.served import Served
+from tests.test_service import _same_predictions, _score_cli
+
+NEEDS = (
+    "the page's tests need Chromium and its WebDriver: apt-get install chromium "
+    "chromium-driver (./run test installs them when run as root on Debian)"
+)
+
+
+def _browser(downloads: Path, width: int = 1280, height: int = 800):
+    from selenium import webdriver
+
+    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    assert chromium and driver, NEEDS
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
+                     f"--window-size={width},{height}", "--no-first-run"):  # fmt: skip
+        options.add_argument(argument)
+    options.add_experimental_option(
+        "prefs",
+        {"download.default_directory": str(downloads), "download.prompt_for_download": False},
+    )
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
+    browser = webdriver.Chrome(options=options, service=webdriver.ChromeService(driver))
+    browser.execute_cdp_cmd(
+        "Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(downloads)}
+    )
+    return browser
+
+
+def _until(check, timeout_s: float = 60.0, what: str = "the page"):
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            value = check()
+        except Exception:  # the element is being re-rendered: look again
+            value = None
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"{what}: not there after {timeout_s} s"
+        time.sleep(0.1)
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory, tiny_backbone):
+    folder = tmp_path_factory.mktemp("page")
+    root = folder / "root"
+    splits = write_corpus(root / "corpus", clips=20, seed=31, min_seconds=1.0, max_seconds=2.0)
+    write_corpus(root / "long", clips=24, seed=32, min_seconds=1.0, max_seconds=2.0)
+    audio = root / "corpus" / "audio"
+    served = Served(folder, [root], "--jobs", "1", "--part-seconds", "1")
+    store = served.stores / "lab.zarr"
+    run_cli("extract", audio, store, "--model", tiny_backbone, "--quiet")
+    run_cli("train", store, "--labels", splits["train"], "--val-labels", splits["valid"],
+            "--out", served.heads / "ml", "--preset", "mean-linear", "--quiet")  # fmt: skip
+    downloads = folder / "downloads"
+    downloads.mkdir()
+    with served:
+        served.start()
+        browser = _browser(downloads)
+        try:
+            browser.get(served.url + "/")
+            yield {"served": served, "browser": browser, "root": root, "audio": audio,
+                   "downloads": downloads, "folder": folder, **splits}  # fmt: skip
+            severe = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+            assert severe == [], severe  # no console errors in the whole session
+        finally:
+            browser.quit()
+        assert served.stop() == 0
+
+
+def _by(browser, css: str):
+    from selenium.webdriver.common.by import By
+
+    return browser.find_elements(By.CSS_SELECTOR, css)
+
+
+def _job_card(browser, job_id: str):
+    return _by(browser, f'[data-job="{job_id}"]')[0]
+
+
+def _latest_job(site) -> dict:
+    return site["served"].client().jobs(limit=1)["jobs"][0]
+
+
+def _choose_folder(browser, *names: str) -> None:
+    _until(lambda: _by(browser, "#folders button"), what="the roots")[0].click()  # the root
+    for name in names:
+        _until(lambda n=name: [b for b in _by(browser, "#folders button") if b.text == f"{n}/"],
+               what=f"folder {name}")[0].click()  # fmt: skip
+        _until(lambda n=name: browser.find_element("id", "folder-path").text.endswith(f"/{n}"))
+
+
+def test_the_page_lists_heads_scores_a_folder_and_downloads_emi_scores_csv(site, tmp_path):
+    browser, client = site["browser"], site["served"].client()
+    rows = _until(lambda: _by(browser, "#heads tbody tr[data-head]"), what="the heads table")
+    [head] = client.heads()
+    assert rows[0].get_attribute("data-head") == "ml"
+    assert f"{head['val_pearson_mean']:.3f}" in rows[0].text and "last" in rows[0].text
+    _choose_folder(browser, "corpus", "audio")
+    assert "20 audio files" in browser.find_element("id", "folder-note").text
+    browser.find_element("id", "score-submit").click()
+    job = _until(lambda: [j for j in client.jobs()["jobs"] if j["kind"] == "score"], what="a job")[
+        0
+    ]
+    card = _until(
+        lambda: [c for c in _by(browser, f'[data-job="{job["id"]}"]')
+                 if c.get_attribute("data-state") == "succeeded"], 120, "the job's end",
+    )[0]  # fmt: skip
+    bar = _by(card, "progress")[0]
+    assert bar.get_attribute("value") == bar.get_attribute("max") == "20"
+    assert "20 of 20 clips done" in card.text
+    browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", card)
+    browser.save_screenshot(str(site["folder"] / "page-finished-job.png"))  # a test artifact
+    [button] = [b for b in _by(card, "button") if b.text == "Download CSV"]
+    button.click()
+    csv_file = _until(lambda: [p for p in site["downloads"].glob("*.csv")], what="the download")[0]
+    expected = _score_cli(site["audio"], [site["served"].heads / "ml"], tmp_path / "cli.csv",
+                          tmp_path / "cache")  # fmt: skip
+    _same_predictions(csv_file.read_bytes().decode(), expected)
+
+
+def test_a_running_job_is_cancelled_from_the_page(site):
+    browser, client = site["browser"], site["served"].client()
+    job = client.submit({"kind": "score", "source": str(site["root"] / "long" / "audio"),
+                         "heads": ["ml"]})  # fmt: skip
+    _until(lambda: client.job(job["id"])["progress"].get("clips_done", 0) >= 1, what="a start")
+    card = _until(lambda: _job_card(browser, job["id"]), what="the job's card")
+    [cancel] = [b for b in _by(card, "button") if b.text == "Cancel"]
+    cancel.click()
+    _until(lambda: _job_card(browser, job["id"]).get_attribute("data-state") == "cancelled",
+           60, "cancelled")  # fmt: skip
+    done = client.job(job["id"])
+    assert done["state"] == "cancelled" and 0 < done["progress"]["clips_done"] < 24
+
+
+def test_two_files_uploaded_by_the_page_are_scored(site):
+    browser, client = site["browser"], site["served"].client()
+    wavs = sorted(site["audio"].glob("*.wav"))[:2]
+    assert "1024 MiB per file" in browser.find_element("id", "limits").text  # shown before
+    browser.find_element("id", "files").send_keys("\n".join(str(w) for w in wavs))
+    assert browser.find_element("id", "source-files").is_selected()
+    browser.find_element("id", "score-submit").click()
+    job = _until(
+        lambda: [j for j in client.jobs()["jobs"]
+                 if str(j["request"].get("source", "")).startswith("upload-")]
+    )[0]  # fmt: skip
+    _until(lambda: _job_card(browser, job["id"]).get_attribute("data-state") == "succeeded", 60)
+    rows = client.predictions(job["id"])["predictions"]
+    assert [r["clip_id"] for r in rows] == [w.stem for w in wavs]
+
+
+def test_a_train_jobs_learning_curve_grows_on_the_page(site):
+    browser, client = site["browser"], site["served"].client()
+    job = client.submit({"kind": "train", "store": "lab", "labels": str(site["train"]),
+                         "val_labels": str(site["valid"]), "name": "curve", "preset": "compact",
+                         "epochs": 3})  # fmt: skip
+    _until(lambda: _job_card(browser, job["id"]).get_attribute("data-state") == "succeeded", 120)
+    card = _job_card(browser, job["id"])
+    [line] = _by(card, "svg.curve polyline")
+    assert len(line.get_attribute("points").split()) == 3  # one point per epoch
+    best = client.job(job["id"])["result"]["best"]["val_pearson_mean"]
+    assert f"{best:.3f}" in _by(card, "figcaption")[0].text
+
+
+def test_the_page_makes_no_request_outside_its_origin_and_fits_a_narrow_window(site):
+    browser = site["browser"]
+    origin = site["served"].url
+    urls = []
+    for entry in browser.get_log("performance"):
+        message = json.loads(entry["message"])["message"]
+        if message["method"] == "Network.requestWillBeSent":
+            urls.append(message["params"]["request"]["url"])
+    assert urls and all(u.startswith((origin + "/", "data:", "blob:")) for u in urls), [
+        u for u in urls if not u.startswith((origin + "/", "data:", "blob:"))
+    ]
+    browser.set_window_size(420, 800)
+    try:
+        browser.refresh()
+        _until(lambda: _by(browser, "#heads tbody tr[data-head]"))
+        overflow = browser.execute_script(
+            "return document.documentElement.scrollWidth - document.documentElement.clientWidth"
+        )
+        assert overflow <= 1
+        browser.save_screenshot(str(site["folder"] / "page-narrow.png"))
+    finally:
+        browser.set_window_size(1280, 800)
+
+
+def test_with_a_token_file_the_page_shows_nothing_until_the_token_is_given(tmp_path, tiny_backbone):
+    good = "page-token-0123456789abcdef"
+    (tmp_path / "tokens").write_text(good + "\n")
+    root = tmp_path / "root"
+    root.mkdir()
+    served = Served(tmp_path, [root], "--token-file", tmp_path / "tokens", token=good)
+    served.heads.mkdir(parents=True)
+    with served:
+        served.start()
+        browser = _browser(tmp_path)
+        try:
+            browser.get(served.url + "/")
+            field = _until(lambda: [f for f in _by(browser, "#token-input") if f.is_displayed()])[0]
+            assert not browser.find_element("id", "main").is_displayed()
+            assert _by(browser, "#heads tbody tr") == [] and _by(browser, "#jobs li") == []
+            field.send_keys("wrong-token-0123456789")
+            browser.find_element("css selector", "#token-form button").click()
+            _until(lambda: "refused" in browser.find_element("id", "token-error").text)
+            assert not browser.find_element("id", "main").is_displayed()
+            field.send_keys(good)
+            browser.find_element("css selector", "#token-form button").click()
+            _until(lambda: browser.find_element("id", "main").is_displayed(), what="the page")
+            _until(
+                lambda: "No heads in the registry yet" in browser.find_element("id", "heads").text
+            )
+            stored = browser.execute_script("return sessionStorage.getItem('emi-token')")
+            assert stored == good
+            assert browser.execute_script("return localStorage.length") == 0
+        finally:
+            browser.quit()
+        assert served.stop() == 0
+    assert os.environ.get("EMI_TOKEN") is None  # nothing leaked into the test's process
