@@ -36,6 +36,11 @@ def test_the_expected_manifests_exist():
         ("scheduler.yaml", "Deployment"),
         ("scheduler.yaml", "Service"),
         ("score-job.yaml", "Job"),
+        ("service.yaml", "Deployment"),
+        ("service.yaml", "NetworkPolicy"),
+        ("service.yaml", "PersistentVolumeClaim"),
+        ("service.yaml", "Secret"),
+        ("service.yaml", "Service"),
         ("workers-gpu.yaml", "Deployment"),
     ]
 
@@ -78,13 +83,52 @@ def emi_command_lines():
 def test_every_emi_command_line_parses(monkeypatch):
     monkeypatch.setattr(click.Path, "convert", lambda self, value, param, ctx: value)
     lines = list(emi_command_lines())
-    assert {n for n, _ in lines} == {"extract-job.yaml", "score-job.yaml"}
+    assert {n for n, _ in lines} == {"extract-job.yaml", "score-job.yaml", "service.yaml"}
     for name, args in lines:
         ctx = parse(emi, args)
         assert ctx.params, name
         if args[0] == "extract":
             assert ctx.params["scheduler"] == "tcp://emi-scheduler:8786"
             assert ctx.params["store"].startswith("s3://")
+        if args[0] == "serve":
+            assert ctx.params["scheduler"] == "tcp://emi-scheduler:8786"
+
+
+def test_the_service_deployment_mounts_its_state_and_token_and_probes_its_health():
+    docs = {(doc["kind"], doc["metadata"]["name"]): doc for name, doc in documents()
+            if name == "service.yaml"}  # fmt: skip
+    deployment = docs[("Deployment", "emi-service")]
+    assert deployment["spec"]["replicas"] == 1  # a SQLite job table: one writer
+    pod = deployment["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    command = container["command"]
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    state = command[command.index("--state") + 1]
+    assert mounts["state"] == state
+    claim = volumes["state"]["persistentVolumeClaim"]["claimName"]
+    assert ("PersistentVolumeClaim", claim) in docs
+    tokens = command[command.index("--token-file") + 1]
+    secret_mount = mounts["secrets"]
+    assert tokens.startswith(secret_mount + "/")
+    secret = docs[("Secret", volumes["secrets"]["secret"]["secretName"])]
+    assert tokens.rsplit("/", 1)[1] in secret["stringData"]
+    callback = command[command.index("--callback-secret-file") + 1]
+    assert callback.rsplit("/", 1)[1] in secret["stringData"]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    port = command[command.index("--port") + 1]
+    assert {p["containerPort"] for p in container["ports"]} == {int(port)}
+    assert command[command.index("--host") + 1] == "0.0.0.0" and "--token-file" in command
+    service = docs[("Service", "emi-service")]
+    assert service["spec"]["type"] == "ClusterIP"
+    assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
+    policy = docs[("NetworkPolicy", "emi-scheduler-clients")]
+    allowed = {
+        f["podSelector"]["matchLabels"]["component"] for f in policy["spec"]["ingress"][0]["from"]
+    }
+    workers = [doc for name, doc in documents() if name == "workers-gpu.yaml"][0]
+    assert {"service", workers["metadata"]["labels"]["component"]} <= allowed
 
 
 def test_a_wrong_option_would_be_caught(monkeypatch):
