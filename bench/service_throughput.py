@@ -32,8 +32,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from featurestore.extraction import extract  # noqa: E402
+from featurestore.options import ExtractOptions  # noqa: E402
 from featurestore.random_backbone import write_random_backbone  # noqa: E402
+from manifests import build_manifest  # noqa: E402
 from manifests.synthetic import write_corpus  # noqa: E402
+from models.training import train  # noqa: E402
 from tests.served import Served  # noqa: E402
 
 
@@ -76,11 +80,12 @@ def main(argv: list[str] | None = None) -> None:
     root = work / "root"
     ckpt = write_random_backbone(work / "ckpt", size=args.size, seed=0)
     splits = write_corpus(root / "train", clips=40, seed=1, min_seconds=1.0, max_seconds=3.0)
-    _emi("extract", root / "train" / "audio", work / "t.zarr", "--model", ckpt, "--quiet")
+    extract(build_manifest(root / "train" / "audio"), str(work / "t.zarr"),
+            ExtractOptions(model=str(ckpt), quiet=True))  # fmt: skip
     served = Served(work / "serve", [root], "--jobs", "2")
     served.folder.mkdir()
-    _emi("train", work / "t.zarr", "--labels", splits["train"], "--val-labels", splits["valid"],
-         "--out", served.heads / "ml", "--preset", "mean-linear", "--quiet")  # fmt: skip
+    train(str(work / "t.zarr"), splits["train"], splits["valid"], served.heads / "ml",
+          preset="mean-linear")  # fmt: skip
     total_jobs = args.clients * args.jobs_per_client
     folders = _folders(root / "load", total_jobs, args.clips_per_job, seed=100)
     pairs = _folders(root / "pairs", 2 * args.repeats, args.clips_per_job, seed=900)

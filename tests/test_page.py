@@ -19,7 +19,7 @@ import pytest
 from manifests.synthetic import write_corpus
 from tests.conftest import run_cli
 from tests.served import Served
-from tests.test_service import _same_predictions, _score_cli
+from tests.test_service import _same_predictions
 
 NEEDS = (
     "the page's tests need Chromium and its WebDriver: apt-get install chromium "
@@ -112,7 +112,9 @@ def _choose_folder(browser, *names: str) -> None:
         _until(lambda n=name: browser.find_element("id", "folder-path").text.endswith(f"/{n}"))
 
 
-def test_the_page_lists_heads_scores_a_folder_and_downloads_emi_scores_csv(site, tmp_path):
+def test_the_page_lists_heads_scores_a_folder_and_downloads_emi_scores_csv(
+    site, tmp_path, monkeypatch
+):
     browser, client = site["browser"], site["served"].client()
     rows = _until(lambda: _by(browser, "#heads tbody tr[data-head]"), what="the heads table")
     [head] = client.heads()
@@ -136,8 +138,10 @@ def test_the_page_lists_heads_scores_a_folder_and_downloads_emi_scores_csv(site,
     [button] = [b for b in _by(card, "button") if b.text == "Download CSV"]
     button.click()
     csv_file = _until(lambda: [p for p in site["downloads"].glob("*.csv")], what="the download")[0]
-    expected = _score_cli(site["audio"], [site["served"].heads / "ml"], tmp_path / "cli.csv",
-                          tmp_path / "cache")  # fmt: skip
+    monkeypatch.setenv("EMI_CACHE", str(tmp_path / "cache"))
+    run_cli("score", site["audio"], "--head", site["served"].heads / "ml", "-o",
+            tmp_path / "cli.csv", "--quiet")  # fmt: skip
+    expected = (tmp_path / "cli.csv").read_bytes().decode()
     _same_predictions(csv_file.read_bytes().decode(), expected)
 
 

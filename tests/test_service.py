@@ -345,6 +345,16 @@ def test_sources_outside_the_roots_are_refused_before_any_work(lab, tmp_path):
         assert refused.value.status == 403, source
         assert str(lab["root"]) in str(refused.value)  # names the allowed roots
     assert len(client.jobs(limit=500)["jobs"]) == before  # no job made
+    # the folder listing shows the roots and what is below them, nothing else
+    url = lab["served"].url
+    roots = httpx.get(f"{url}/v1/sources").json()
+    assert [f["path"] for f in roots["folders"]] == [str(lab["root"].resolve())]
+    inside = httpx.get(f"{url}/v1/sources", params={"path": str(lab["root"])}).json()
+    names = [f["name"] for f in inside["folders"]]
+    assert "corpus" in names and "link-out" not in names  # a link pointing out: not listed
+    for path in (str(outside), str(lab["root"] / "link-out"), str(lab["root"] / "..")):
+        answer = httpx.get(f"{url}/v1/sources", params={"path": path})
+        assert answer.status_code == 403, path
     # a link inside a root pointing out is never read: a failed clip saying so
     job = _wait(
         client, client.submit({"kind": "score", "source": str(mixed), "heads": ["ml"]})["id"]
@@ -440,7 +450,7 @@ def stopped_at_teardown():
 
 
 def test_a_killed_service_resumes_its_job_and_keeps_what_was_committed(
-    tmp_path, tiny_backbone, stopped_at_teardown
+    tmp_path, tiny_backbone, stopped_at_teardown, monkeypatch
 ):
     root = tmp_path / "root"
     _corpus(root / "corpus", clips=28, seed=5, max_seconds=2.0)
@@ -477,7 +487,9 @@ def test_a_killed_service_resumes_its_job_and_keeps_what_was_committed(
     assert done["result"]["extracted"] + done["result"]["reused"] == 28
     after = FeatureStore.open(str(location))
     assert parts <= set(after.complete_parts)  # the parts of before the kill, kept
-    expected = _score_cli(audio, [heads / "ml"], tmp_path / "cli.csv", tmp_path / "c")
+    monkeypatch.setenv("EMI_CACHE", str(tmp_path / "c"))  # an uninterrupted emi score
+    run_cli("score", audio, "--head", heads / "ml", "-o", tmp_path / "cli.csv", "--quiet")
+    expected = (tmp_path / "cli.csv").read_bytes().decode()
     # every clip's stored features equal an uninterrupted run's, bit for bit
     [uninterrupted] = (tmp_path / "c" / "score").glob("*.zarr")
     reference = FeatureStore.open(str(uninterrupted))
