@@ -8,10 +8,12 @@ from pathlib import Path
 
 import click
 
+from service.config import DEFAULT_SERVER
+
 server_option = click.option(
     "--server",
     envvar="EMI_SERVER",
-    default="http://127.0.0.1:8000",
+    default=DEFAULT_SERVER,
     show_default=True,
     help="The service's URL (also EMI_SERVER).",
 )

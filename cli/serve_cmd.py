@@ -10,7 +10,16 @@ from pathlib import Path
 
 import click
 
-MiB = 2**20
+from service.config import (
+    DEFAULT_CALLBACK_BACKOFF_S,
+    DEFAULT_CONCURRENT_JOBS,
+    DEFAULT_HOST,
+    DEFAULT_MAX_FILE_BYTES,
+    DEFAULT_MAX_FILES,
+    DEFAULT_MAX_REQUEST_BYTES,
+    DEFAULT_PORT,
+    MiB,
+)
 
 
 @click.command()
@@ -31,8 +40,8 @@ MiB = 2**20
     required=True,
     help="A folder or s3:// prefix jobs may read audio and labels from (repeatable).",
 )
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--host", default=DEFAULT_HOST, show_default=True, help="Address to listen on.")
+@click.option("--port", default=DEFAULT_PORT, show_default=True, type=click.IntRange(0, 65535))
 @click.option(
     "--token-file",
     type=click.Path(dir_okay=False, exists=True),
@@ -57,7 +66,7 @@ MiB = 2**20
 @click.option(
     "--jobs",
     "concurrent_jobs",
-    default=2,
+    default=DEFAULT_CONCURRENT_JOBS,
     show_default=True,
     type=click.IntRange(1),
     help="Jobs run at once (jobs writing one store take turns).",
@@ -68,9 +77,21 @@ MiB = 2**20
     default=None,
     help="Audio seconds per extraction part: the unit of resume and cancel.",
 )
-@click.option("--upload-max-file-mb", default=1024, show_default=True, type=click.IntRange(1))
-@click.option("--upload-max-request-mb", default=4096, show_default=True, type=click.IntRange(1))
-@click.option("--upload-max-files", default=10_000, show_default=True, type=click.IntRange(1))
+@click.option(
+    "--upload-max-file-mb",
+    default=DEFAULT_MAX_FILE_BYTES // MiB,
+    show_default=True,
+    type=click.IntRange(1),
+)
+@click.option(
+    "--upload-max-request-mb",
+    default=DEFAULT_MAX_REQUEST_BYTES // MiB,
+    show_default=True,
+    type=click.IntRange(1),
+)
+@click.option(
+    "--upload-max-files", default=DEFAULT_MAX_FILES, show_default=True, type=click.IntRange(1)
+)
 @click.option(
     "--callback-secret-file",
     type=click.Path(dir_okay=False, exists=True),
@@ -79,7 +100,7 @@ MiB = 2**20
 )
 @click.option(
     "--callback-backoff",
-    default=1.0,
+    default=DEFAULT_CALLBACK_BACKOFF_S,
     show_default=True,
     type=click.FloatRange(min=0.01),
     help="Seconds before a callback's first retry (doubling after).",

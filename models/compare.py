@@ -63,13 +63,13 @@ def find_heads(paths: Sequence[str | os.PathLike]) -> list[Path]:
         if is_leftover(path):
             raise HeadError(f"{path}: the temporary of an interrupted write, not a head")
         clean_leftovers(path)  # what killed trainings left beside the heads
-        if _is_head(path):
+        if is_head(path):
             found.append(path)
             continue
         below = sorted(
             c.parent
             for c in path.rglob("config.json")
-            if _is_head(c.parent) and not _hidden_below(c.parent, path)
+            if is_head(c.parent) and not _hidden_below(c.parent, path)
         )
         if not below:
             raise HeadError(f"{path}: no head folders in it (config.json + model.safetensors)")
@@ -83,7 +83,8 @@ def _hidden_below(folder: Path, top: Path) -> bool:
     return any(part.startswith(".") for part in folder.relative_to(top).parts)
 
 
-def _is_head(folder: Path) -> bool:
+def is_head(folder: Path) -> bool:
+    """A head folder: ``config.json`` and ``model.safetensors``."""
     return (folder / "config.json").is_file() and (folder / "model.safetensors").is_file()
 
 

@@ -172,11 +172,7 @@ class Service:
                 raise bad_request("give preset or grid, not both")
             resolve_file(config, body["labels"], what="labels", suffix=".csv")
             resolve_file(config, body["val_labels"], what="val_labels", suffix=".csv")
-            if (config.heads / body["name"]).exists():
-                raise conflict(
-                    f"the registry already holds {body['name']!r}; choose another name for "
-                    "the trained heads"
-                )
+            # the head's name is claimed (or refused, 409) by reserve_head at submit
 
 
 def create_app(config: ServiceConfig, state: StateFolder) -> FastAPI:

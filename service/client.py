@@ -18,8 +18,8 @@ from pathlib import Path
 
 import httpx
 
-FINAL = ("succeeded", "failed", "cancelled")
-DEFAULT_SERVER = "http://127.0.0.1:8000"
+from service.config import DEFAULT_SERVER
+from service.jobs import FINAL
 
 
 class ServiceError(Exception):

@@ -4,21 +4,25 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from service.errors import ServiceSetupError
 
 MiB = 2**20
+DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
+DEFAULT_SERVER = f"http://{DEFAULT_HOST}:{DEFAULT_PORT}"  # where clients look by default
 DEFAULT_MAX_FILE_BYTES = 1024 * MiB  # one uploaded file (or archive member)
 DEFAULT_MAX_REQUEST_BYTES = 4096 * MiB  # one upload request, all files
 DEFAULT_MAX_FILES = 10_000  # files per upload request (or members of its archive)
 MAX_BODY_BYTES = 1 * MiB  # a JSON request body
 DEFAULT_CONCURRENT_JOBS = 2
-STORE_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
-HEAD_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}(/[A-Za-z0-9][A-Za-z0-9._-]{0,63})?$")
+DEFAULT_CALLBACK_BACKOFF_S = 1.0
+# the names clients give (checked by the request models)
+STORE_NAME = r"^[a-z0-9][a-z0-9._-]{0,63}$"
+HEAD_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}(/[A-Za-z0-9][A-Za-z0-9._-]{0,63})?$"
+TRAINED_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"  # a train job's name: one level
 SCORE_STORE_PREFIX = "score-"  # the content-keyed stores of score jobs, one per features
 
 
@@ -81,7 +85,7 @@ class ServiceConfig:
     heads: Path
     state: Path
     source_roots: list[str]
-    host: str = "127.0.0.1"
+    host: str = DEFAULT_HOST
     port: int = DEFAULT_PORT
     tokens: list[str] = field(default_factory=list)
     workers: int = 1
@@ -96,7 +100,7 @@ class ServiceConfig:
     max_body_bytes: int = MAX_BODY_BYTES
     callback_secret: bytes | None = None
     callback_attempts: int = 8
-    callback_backoff_s: float = 1.0
+    callback_backoff_s: float = DEFAULT_CALLBACK_BACKOFF_S
 
     def __post_init__(self) -> None:
         if not is_loopback(self.host) and not self.tokens:

@@ -8,14 +8,11 @@ import logging
 import os
 from pathlib import Path
 
+from models.compare import is_head
 from service.config import SCORE_STORE_PREFIX, ServiceConfig
 from service.errors import RequestError, conflict, not_found
 
 log = logging.getLogger("emi.service")
-
-
-def _is_head(folder: Path) -> bool:
-    return (folder / "config.json").is_file() and (folder / "model.safetensors").is_file()
 
 
 def head_names(config: ServiceConfig) -> list[str]:
@@ -25,13 +22,13 @@ def head_names(config: ServiceConfig) -> list[str]:
     for top in sorted(root.iterdir()) if root.is_dir() else []:
         if top.name.startswith(".") or not top.is_dir():
             continue
-        if _is_head(top):
+        if is_head(top):
             names.append(top.name)
             continue
         names += [
             f"{top.name}/{inner.name}"
             for inner in sorted(top.iterdir())
-            if inner.is_dir() and not inner.name.startswith(".") and _is_head(inner)
+            if inner.is_dir() and not inner.name.startswith(".") and is_head(inner)
         ]
     return names
 
@@ -52,6 +49,12 @@ def head_folder(config: ServiceConfig, name: str) -> Path:
 RESERVED = ".reserved"  # registry names claimed by train jobs: heads/.reserved/<name>
 
 
+def _taken(name: str) -> RequestError:
+    return conflict(
+        f"the registry already holds {name!r}; choose another name for the trained heads"
+    )
+
+
 def reserve_head(config: ServiceConfig, name: str, job_id: str) -> None:
     """Claim the registry name ``name`` for the train job ``job_id`` (a note made
     atomically: of two jobs naming it, one gets it).
@@ -59,17 +62,14 @@ def reserve_head(config: ServiceConfig, name: str, job_id: str) -> None:
     Raises:
         RequestError: 409 where the name is taken (by a head or another job).
     """
-    taken = conflict(
-        f"the registry already holds {name!r}; choose another name for the trained heads"
-    )
     if (config.heads / name).exists():
-        raise taken
+        raise _taken(name)
     notes = config.heads / RESERVED
     notes.mkdir(exist_ok=True)
     try:
         handle = os.open(notes / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     except FileExistsError:
-        raise taken from None
+        raise _taken(name) from None
     with os.fdopen(handle, "w") as note:
         note.write(job_id)
 
@@ -95,9 +95,7 @@ def check_new_head(config: ServiceConfig, name: str, *, reserved_by: str) -> Pat
     except OSError:
         owner = None
     if owner != reserved_by:
-        raise conflict(
-            f"the registry already holds {name!r}; choose another name for the trained heads"
-        )
+        raise _taken(name)
     return config.heads / name
 
 

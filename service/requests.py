@@ -7,13 +7,12 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-StoreName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$")]
-HeadName = Annotated[
-    str,
-    StringConstraints(
-        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}(/[A-Za-z0-9][A-Za-z0-9._-]{0,63})?$"
-    ),
-]
+from models.options import PRESETS
+from service.config import HEAD_NAME, STORE_NAME, TRAINED_NAME
+from service.jobs import KINDS, STATES
+
+StoreName = Annotated[str, StringConstraints(pattern=STORE_NAME)]
+HeadName = Annotated[str, StringConstraints(pattern=HEAD_NAME)]
 Source = Annotated[str, StringConstraints(min_length=1, max_length=4096)]
 CallbackUrl = Annotated[str, StringConstraints(pattern=r"^https?://", max_length=2048)]
 
@@ -57,8 +56,8 @@ class TrainJobRequest(_Job):
     store: StoreName
     labels: Source = Field(description="training labels CSV below a source root, or an upload")
     val_labels: Source
-    name: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
-    preset: Literal["compact", "fusion", "paper", "mean-linear"] | None = None
+    name: Annotated[str, StringConstraints(pattern=TRAINED_NAME)]
+    preset: Literal[PRESETS] | None = None
     grid: dict | None = Field(None, description="a grid (as emi train --grid's file)")
     layer: Annotated[str, StringConstraints(pattern=r"^(last|weighted|[0-9]+)$")] | None = None
     features: Annotated[str, StringConstraints(max_length=256)] | None = None
@@ -80,8 +79,8 @@ class JobView(BaseModel):
     """A job as the API shows it."""
 
     id: str
-    kind: Literal["score", "extract", "train"]
-    state: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    kind: Literal[KINDS]
+    state: Literal[STATES]
     created_at: str
     started_at: str | None
     finished_at: str | None

@@ -16,7 +16,6 @@ import math
 import shutil
 import threading
 import time
-import traceback
 from pathlib import Path
 
 from service.config import ServiceConfig
@@ -151,23 +150,19 @@ class JobRunner:
         self._end(job, "succeeded", result=outcome)
 
     def _failed(self, job: Job, err: Exception) -> None:
-        try:
-            raise err
-        except RequestError as err:  # a source, head or store that is not there (now)
-            self._end(job, "failed", error={"error": err.error, "detail": err.detail})
-        except Exception as err:
-            from featurestore.errors import StoreError
-            from manifests import ManifestError
-            from models.errors import HeadError
+        """End ``job`` failed with ``err``'s words (a traceback in the log only for
+        errors that are not the user's to fix)."""
+        from featurestore.errors import StoreError
+        from manifests import ManifestError
+        from models.errors import HeadError
 
-            known = (StoreError, ManifestError, HeadError, ValueError, OSError)
-            if not isinstance(err, known):
-                log.error("job %s: %s", job.id, traceback.format_exc())
-            self._end(
-                job,
-                "failed",
-                error={"error": type(err).__name__, "detail": str(err).strip() or repr(err)},
-            )
+        if isinstance(err, RequestError):  # a source, head or store that is not there (now)
+            error = {"error": err.error, "detail": err.detail}
+        else:
+            if not isinstance(err, StoreError | ManifestError | HeadError | ValueError | OSError):
+                log.error("job %s failed", job.id, exc_info=err)
+            error = {"error": type(err).__name__, "detail": str(err).strip() or repr(err)}
+        self._end(job, "failed", error=error)
 
     def _end(self, job: Job, state: str, **fields) -> None:
         current = self.table.get(job.id)
@@ -238,7 +233,6 @@ class JobRunner:
             "client": self.client(),
             "on_part": self._part_progress(job, total, refused),
             "should_stop": self._should_stop(job),
-            "wait_for_lock_s": LOCK_WAIT_S,
         }
         if self.config.part_seconds:
             options["part_seconds"] = self.config.part_seconds
@@ -274,8 +268,7 @@ class JobRunner:
         total = len(records) + len(refused)
         store = request.get("store")
         location = self.config.store_location(store) if store else None
-        run = self._run_options(job, total, len(refused))
-        del run["wait_for_lock_s"]  # score_folder waits for the writer lock itself
+        run = self._run_options(job, total, len(refused))  # score_folder sets its lock wait
         result = score_folder(
             records,
             heads,
@@ -335,6 +328,7 @@ class JobRunner:
             feature_set=request.get("feature_set"),
             layers=layers,
             quiet=True,
+            wait_for_lock_s=LOCK_WAIT_S,
             **self._run_options(job, total, len(refused)),
         )
         summary = extract(records, location, options) if records else None

@@ -260,8 +260,8 @@ def unpack_archive(archive: Path, into: Path, config: ServiceConfig) -> tuple[in
 
 
 def _check_totals(name: str, sizes: list[int], config: ServiceConfig) -> None:
-    if len(sizes) > config.max_files:
-        raise _limit(f"{name}: {len(sizes):,} members", "--upload-max-files", config.max_files)
+    """The members' stated sizes within the limits (their count, folders included, is
+    checked as they are listed)."""
     big = [s for s in sizes if s > config.max_file_bytes]
     if big:
         raise _limit(f"{name}: a member of {big[0]:,} bytes", "--upload-max-file-mb",

@@ -18,14 +18,9 @@ from manifests.synthetic import write_corpus
 from service.client import ServiceError
 from tests.conftest import run_cli
 from tests.reference import assert_same_features
+from tests.served import free_port
 
 BUCKET = "emi-features"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
