@@ -371,6 +371,7 @@ class JobRunner:
         labels = resolve_file(self.config, request["labels"], what="labels", suffix=".csv")
         val = resolve_file(self.config, request["val_labels"], what="val_labels", suffix=".csv")
         out = check_new_head(self.config, request["name"], reserved_by=job.id)
+        existed = out.exists()  # only a resumed run's own earlier writes, else not ours
         self._progress(job, stage="loading", epochs_done=0, best_val_pearson=None)
         best = {"value": -math.inf}
         epochs_done = {"n": 0}
@@ -411,11 +412,14 @@ class JobRunner:
                 features=request.get("features"),
                 device=self.config.device,
                 progress=on_epoch,
-                overwrite=True,  # the name is this job's: a resumed job rewrites its heads
+                # a resumed job rewrites what its earlier run wrote; a first run never
+                # writes over a folder it did not make (train refuses it)
+                overwrite=job.runs > 1,
             )
         except BaseException:
-            if request.get("grid") is None and out.is_dir() and not (out / "config.json").exists():
-                shutil.rmtree(out, ignore_errors=True)  # the reservation, or a half head
+            half = out.is_dir() and not (out / "config.json").exists()
+            if request.get("grid") is None and not existed and half:
+                shutil.rmtree(out, ignore_errors=True)  # what this run left half written
             raise
         names = [str(t.folder.relative_to(self.config.heads)) for t in trained]  # registry names
         self._progress(job, stage="trained")

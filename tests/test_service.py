@@ -527,6 +527,13 @@ def test_a_killed_service_resumes_its_job_and_keeps_what_was_committed(
     last = client.submit(
         {"kind": "score", "source": str(root / "third" / "audio"), "heads": ["ml"]}
     )
+    # a train job queued behind it, whose registry name a user then takes by hand
+    mine = client.submit({"kind": "train", "store": location.name.removesuffix(".zarr"),
+                          "labels": str(root / "corpus" / "train_split.csv"),
+                          "val_labels": str(root / "corpus" / "valid_split.csv"),
+                          "name": "mine", "preset": "mean-linear"})  # fmt: skip
+    (heads / "mine").mkdir()
+    (heads / "mine" / "notes.txt").write_text("the user's")
     while client.job(last["id"])["progress"].get("clips_done", 0) < 2:
         time.sleep(0.02)
     assert served.stop() == 0
@@ -535,6 +542,9 @@ def test_a_killed_service_resumes_its_job_and_keeps_what_was_committed(
     resumed = _wait(client, last["id"])
     assert resumed["state"] == "succeeded" and resumed["runs"] == 2
     assert resumed["result"]["reused"] >= 2 and resumed["result"]["predicted"] == 16
+    refused = _wait(client, mine["id"])  # it never writes over, nor removes, their folder
+    assert refused["state"] == "failed" and "mine" in refused["error"]["detail"]
+    assert (heads / "mine" / "notes.txt").read_text() == "the user's"
     assert served.stop() == 0  # SIGTERM: exit 0
     assert "Traceback" not in served.text(), served.text()
 
