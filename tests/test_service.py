@@ -388,6 +388,9 @@ def test_bad_requests_get_json_errors_without_a_traceback(lab):
         ("GET", "/v1/jobs?state=dancing", {}, 400),
         ("GET", "/v1/nothing-here", {}, 404),
         ("DELETE", "/v1/uploads/upload-0000", {}, 404),
+        ("DELETE", "/v1/uploads/..%2F..%2Fresults", {}, 404),
+        ("GET", "/v1/jobs/..%2F..%2Fjobs.sqlite/predictions.csv", {}, 404),
+        ("DELETE", "/v1/jobs/..%2Fresults", {}, 404),
     ]  # fmt: skip
     for method, path, kwargs, status in cases:
         answer = httpx.request(method, url + path, timeout=30, **kwargs)
