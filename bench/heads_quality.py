@@ -44,7 +44,7 @@ from featurestore.store import FeatureStore  # noqa: E402
 from manifests import build_manifest, read_labels  # noqa: E402
 from manifests.spoken import write_spoken_corpus  # noqa: E402
 from models.options import PRESETS  # noqa: E402
-from models.training import train  # noqa: E402
+from models.trainer import train  # noqa: E402
 
 
 def prepare(work: Path, clips: int, size: str, seed: int) -> tuple[Path, dict[str, Path]]:
@@ -137,7 +137,9 @@ def main() -> None:
     )
     parser.add_argument("--only-this-run", action="store_true")
     parser.add_argument(
-        "--markdown", action="store_true", help="print the README tables of --work's results"
+        "--markdown",
+        action="store_true",
+        help="print the Benchmarks page's tables of --work's results",
     )
     args = parser.parse_args()
     if args.markdown:
@@ -274,7 +276,7 @@ def held_out(store: FeatureStore, folder: Path, test_csv: Path, rows: list[dict]
 
 
 def markdown(results: dict) -> str:
-    """The README's tables from ``results.json``: by preset and scaling on the last
+    """The Benchmarks page's tables from ``results.json``: by preset and scaling on the last
     hidden state, then by layer choice."""
     rows = {r["head"]: r for r in results["heads"]}
     anchors = results["anchors"]

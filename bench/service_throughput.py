@@ -37,7 +37,7 @@ from featurestore.options import ExtractOptions  # noqa: E402
 from featurestore.random_backbone import write_random_backbone  # noqa: E402
 from manifests import build_manifest  # noqa: E402
 from manifests.synthetic import write_corpus  # noqa: E402
-from models.training import train  # noqa: E402
+from models.trainer import train  # noqa: E402
 from tests.served import Served  # noqa: E402
 
 

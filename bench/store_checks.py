@@ -97,7 +97,7 @@ class UncheckedStore(FeatureStore):
 
     def __init__(self, checked: Path, plain: Path) -> None:
         opened = FeatureStore.open(checked)
-        super().__init__(opened._where, opened._meta)
+        super().__init__(opened.where, opened.index)
         self._plain = zarr.open_group(str(plain), mode="r")
 
     def read_part(self, name: str, keys: tuple[str, ...]) -> dict[str, np.ndarray]:

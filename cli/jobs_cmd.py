@@ -53,7 +53,7 @@ def _echo_json(data) -> None:
 
 @click.group()
 def jobs() -> None:
-    """Jobs of an emi service: submit, list, show, wait, cancel, fetch (README: Service)."""
+    """Jobs of an emi service: submit, list, show, wait, cancel, fetch (docs: The service)."""
 
 
 @jobs.command()

@@ -91,13 +91,13 @@ DEVICE_OPTION = click.option(
     show_default=True,
     help="Head and recipe: compact (a 256-unit fusion head, emi's recipe), fusion (the "
     "paper's architecture, emi's recipe), paper (the paper's recipe exactly), mean-linear "
-    "(closed-form ridge). See the README.",
+    "(closed-form ridge). See the docs: Heads.",
 )
 @click.option(
     "--grid",
     type=click.Path(dir_okay=False),
     default=None,
-    help="JSON file of many heads trained over one data load (see README).",
+    help="JSON file of many heads trained over one data load (see the docs: Heads).",
 )
 @click.option("--targets", default=None, help="Comma-separated subset of label columns.")
 @click.option(
@@ -167,7 +167,7 @@ DEVICE_OPTION = click.option(
 @click.option("--quiet", is_flag=True, help="No per-epoch lines.")
 def train(store: str, train_labels: str, val_labels: str, out: str, **options) -> None:
     """Train heads on the features in STORE (never touches audio or the backbone)."""
-    from models.training import train as train_heads
+    from models.trainer import train as train_heads
 
     sizes = {k: options.pop(k) for k in ("lstm_hidden", "lstm_layers", "mlp_hidden", "dropout")}
     settings = TrainSettings(

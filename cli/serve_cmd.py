@@ -41,7 +41,15 @@ from service.config import (
     help="A folder or s3:// prefix jobs may read audio and labels from (repeatable).",
 )
 @click.option("--host", default=DEFAULT_HOST, show_default=True, help="Address to listen on.")
-@click.option("--port", default=DEFAULT_PORT, show_default=True, type=click.IntRange(0, 65535))
+@click.option(
+    "--port",
+    default=DEFAULT_PORT,
+    show_default=True,
+    type=click.IntRange(0, 65535),
+    envvar="EMI_PORT",
+    show_envvar=True,
+    help="Port to listen on (also EMI_PORT, as container platforms set it).",
+)
 @click.option(
     "--token-file",
     type=click.Path(dir_okay=False, exists=True),
@@ -106,7 +114,7 @@ from service.config import (
     help="Seconds before a callback's first retry (doubling after).",
 )
 def serve(**options) -> None:
-    """Run the job service: score, extract and train jobs over HTTP (README: Service).
+    """Run the job service: score, extract and train jobs over HTTP (docs: The service).
 
     Binds 127.0.0.1 by default; another --host needs --token-file. Jobs survive a
     restart: a job running when the service was killed resumes, and recomputes nothing

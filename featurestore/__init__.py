@@ -6,7 +6,7 @@ Public API (imported on first use, so ``import featurestore`` stays light)::
     store = FeatureStore.open("feats.zarr")
     summary = extract(load_source("audio/"), "feats.zarr", ExtractOptions(model="ckpt"))
 
-See the README's "Python API" section for a walk through.
+See the docs' "Python API" page (docs/python-api.md) for a walk through.
 """
 
 from __future__ import annotations

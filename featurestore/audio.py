@@ -21,13 +21,16 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+from featurestore.frames import (  # noqa: F401  (re-exported: the decoder's rate and grid)
+    FRAME_HOP_SAMPLES,
+    FRAME_WINDOW_SAMPLES,
+    FRAMES_PER_SECOND,
+    SAMPLE_RATE_HZ,
+    frames_for_samples,
+)
 from manifests.containers import ContainerError, is_container, read_container
 from manifests.sources import broken_link, is_url, open_source, source_exists, source_size
 
-SAMPLE_RATE_HZ = 16_000
-FRAME_HOP_SAMPLES = 320  # 20 ms: 50 frames per second
-FRAME_WINDOW_SAMPLES = 400  # 25 ms: the conv stack's receptive field
-FRAMES_PER_SECOND = SAMPLE_RATE_HZ // FRAME_HOP_SAMPLES  # 50
 NORM_EPS = 1e-7  # the variance floor Wav2Vec2FeatureExtractor uses
 
 
@@ -43,13 +46,6 @@ class DecodedClip:
     source_hz: int
     channels: int
     duration_s: float  # of the source file, before any crop
-
-
-def frames_for_samples(samples: int) -> int:
-    """Backbone frames for ``samples`` at 16 kHz: floor((L - 400) / 320) + 1, or 0."""
-    if samples < FRAME_WINDOW_SAMPLES:
-        return 0
-    return (samples - FRAME_WINDOW_SAMPLES) // FRAME_HOP_SAMPLES + 1
 
 
 def normalise(samples: np.ndarray) -> np.ndarray:

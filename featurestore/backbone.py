@@ -185,6 +185,11 @@ class BackboneIdentity:
         return hashlib.sha256(f"{self.weights_sha256}:{self.config_sha256}".encode()).hexdigest()
 
     @property
+    def has_vad_head(self) -> bool:
+        """Whether the checkpoint carries the VAD head (:func:`has_vad_head`)."""
+        return has_vad_head(self.config)
+
+    @property
     def fingerprint(self) -> str:
         """The old name of :attr:`checkpoint_hash`."""
         return self.checkpoint_hash

@@ -23,19 +23,20 @@ import contextlib
 import math
 from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from featurestore.audio import (
+from featurestore.backbone import BackboneIdentity, EmotionBackbone
+from featurestore.frames import (
     FRAME_HOP_SAMPLES,
     FRAME_WINDOW_SAMPLES,
     FRAMES_PER_SECOND,
     frames_for_samples,
 )
-from featurestore.backbone import BackboneIdentity, EmotionBackbone
 from featurestore.spec import layer_key
+from featurestore.store.clip import ClipFeatures
 
 
 @dataclass(frozen=True)
@@ -51,28 +52,6 @@ class Segment:
     @property
     def samples(self) -> int:
         return self.sample_end - self.sample_start
-
-
-@dataclass
-class ClipFeatures:
-    """Per-clip outputs. Frame arrays are stored as float16 (hidden) and float32 (VAD)."""
-
-    hidden: np.ndarray  # (frames, hidden) float16
-    frame_vad: np.ndarray  # (frames, 3) float32
-    hidden_mean: np.ndarray  # (hidden,) float32, over real frames, from float32 values
-    vad_mean: np.ndarray  # (3,) float32
-    clip_vad: np.ndarray  # (3,) float32: the head on hidden_mean
-    # Other stored layers by array name: hidden_lKK (frames, hidden) float16 and
-    # hidden_mean_lKK (hidden,) float32.
-    layers: dict[str, np.ndarray] = field(default_factory=dict)
-
-    @property
-    def frames(self) -> int:
-        return int(self.hidden.shape[0])
-
-    def array(self, key: str) -> np.ndarray:
-        """The values of stored array ``key`` for this clip."""
-        return self.layers[key] if key in self.layers else getattr(self, key)
 
 
 def plan_segments(clip: int, samples: int, *, window_seconds: float | None) -> list[Segment]:

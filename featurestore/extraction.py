@@ -37,11 +37,8 @@ from featurestore.store import (
     FeatureStore,
     StoreWriter,
     check_set_name,
-    default_set,
-    feature_sets,
     part_name,
     read_root,
-    set_intact,
 )
 from manifests.records import ClipRecord, planning_seconds
 
@@ -134,27 +131,24 @@ def extract(
     if options.feature_set is not None:
         check_set_name(options.feature_set)
     location = StoreLocation.of(store, options.storage_options)
-    meta = read_root(location)  # refuse what is not an emi store before writing there
-    # the sets whose settings may be defaults (a set whose spec was edited is refused by
-    # the writer below, naming it)
-    sets = {n: r for n, r in feature_sets(meta).items() if set_intact(r)} if meta else {}
+    index = read_root(location)  # refuse what is not an emi store before writing there
+    # the specs of the sets whose settings may be defaults (a set whose spec was edited
+    # is refused by the writer below, naming it)
+    specs = {n: r.feature_spec for n, r in index.sets.items() if r.intact} if index else {}
     # The set this run adds to, where it exists: its settings are the defaults. Named,
     # that set; else the default set's backbone, and then the set made with the backbone
     # this run uses (so updating a further set needs no --feature-set).
-    held = sets.get(options.feature_set or default_set(meta)) if sets else None
-    base = held or (sets.get(default_set(meta)) if sets else None)
-    default = base["spec"]["backbone"]["ref"] if base else DEFAULT_MODEL
+    held = specs.get(options.feature_set or index.default_set) if specs else None
+    base = held or (specs.get(index.default_set) if specs else None)
+    default = base.backbone.ref if base else DEFAULT_MODEL
     options = replace(options, model=local_ref(options.model or default))
     identity = identify_backbone(options.model, revision=options.revision)
-    if options.feature_set is None and sets:
-        same = [
-            r for r in sets.values()
-            if r["spec"]["backbone"]["weights_sha256"] == identity.weights_sha256
-        ]  # fmt: skip
-        held = held if any(held is r for r in same) else (same[0] if same else None)
+    if options.feature_set is None and specs:
+        same = [s for s in specs.values() if s.backbone.weights_sha256 == identity.weights_sha256]
+        held = held if any(held is s for s in same) else (same[0] if same else None)
     layers = options.layers
     if layers is None:  # the set's layers, for a new set the last layer only
-        layers = tuple(held["spec"].get("layers", ())) if held else "last"
+        layers = held.layers if held else "last"
     spec = build_spec(
         identity,
         max_seconds=options.max_seconds,
@@ -214,7 +208,7 @@ def _missing(records: list[ClipRecord], writer: StoreWriter, options, summary) -
     ``replace_other_sources`` asks for it: it is a failure naming both files. The same
     content from another path is the same clip (already stored).
     """
-    store = FeatureStore(writer.location, writer.meta, writer.feature_set)
+    store = FeatureStore(writer.location, writer.index, writer.feature_set)
     stored_sha = store.sha256_by_clip()
     differing = [
         r for r in records if r.sha256 and stored_sha.get(r.clip_id) not in (None, "", r.sha256)

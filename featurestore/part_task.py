@@ -192,8 +192,8 @@ def run_part(job: PartJob, *, encoder: BatchEncoder | None = None) -> dict:
     return {
         "part": job.part,
         "record": record,
-        "clips": record["clips"],
-        "frames": record["frames"],
+        "clips": record.clips,
+        "frames": record.frames,
         "audio_s": float(audio_s),
         "failures": failures,
     }

@@ -14,7 +14,7 @@ A part task (``featurestore.part_task``) runs its stages at once:
 
 So the memory of a task is bounded by the audio decoded ahead, the round on the device,
 the round being assembled and the ``depth`` rounds waiting to be written (see the
-README for the figures), not by the size of the part.
+docs/benchmarks.md for the figures), not by the size of the part.
 """
 
 from __future__ import annotations

@@ -4,32 +4,32 @@
 from __future__ import annotations
 
 import datetime as dt
-import json
 from collections import Counter
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from featurestore.errors import StoreDamage, StoreError
-from featurestore.location import StoreLocation, group_node
+from featurestore.location import StoreLocation
 from featurestore.lock import StoreLock
 from featurestore.spec import fingerprint, layer_key
 from featurestore.store import (
-    PART_ATTR,
     PARTS,
-    ROOT_ATTR,
     SETS,
-    SETS_FORMAT,
-    STORE_FORMAT,
+    FeatureSetRecord,
     FeatureStore,
+    PartMarker,
+    PartRecord,
+    RootIndex,
     StoreWriter,
-    feature_sets,
-    index_digest,
     never_completed,
     read_root,
-    set_intact,
     set_name_of,
+    write_root,
 )
+from featurestore.store.index import salvage_failures
+from featurestore.store.layout import set_parts_path
+from featurestore.store.root import read_node_attributes
 
 
 def size_on_disk(location: str, *, storage_options: dict | None = None) -> int:
@@ -61,8 +61,8 @@ def store_info(store: FeatureStore, *, storage_options: dict | None = None) -> d
 
 def _set_info(store: FeatureStore, storage_options: dict | None) -> dict:
     records = store.parts.values()
-    frames = sum(int(r["frames"]) for r in records)
-    audio_s = sum(float(np.sum(r["duration_s"])) for r in records)
+    frames = sum(r.frames for r in records)
+    audio_s = sum(float(np.sum(r.duration_s)) for r in records)
     where = StoreLocation.of(store.location, storage_options)
     return {
         "feature_set": store.feature_set,
@@ -76,7 +76,7 @@ def _set_info(store: FeatureStore, storage_options: dict | None) -> dict:
         "hours_audio": audio_s / 3600.0,
         "hours_extracted": frames / store.spec.frame_rate_hz / 3600.0,
         "parts": len(store.complete_parts),
-        "set_size_bytes": int(where.fs.du(where.key(store._parts_path))),
+        "set_size_bytes": int(where.fs.du(where.key(store.parts_path))),
     }
 
 
@@ -110,15 +110,12 @@ def verify_store(store: FeatureStore) -> list[Problem]:
     for name in store.complete_parts:
         record = store.part_marker(name)
         try:
-            marker = dict(store._group(name).attrs.get(PART_ATTR, {}))
+            marker = PartMarker.from_attributes(store.part_attributes(name))
             arrays = store.read_part(name, tuple(k for k in store.arrays if k != "clip_id"))
         except StoreDamage as err:
             problems.append(Problem(name, str(err).split(f"part {name}, ", 1)[-1]))
             continue
-        if not marker.get("complete") or any(
-            marker.get(k) != record.get(k)
-            for k in ("clip_id", "digests", "clip_digests", "metadata_digests")
-        ):
+        if marker is None or not marker.complete or not marker.record.agrees_with(record):
             problems.append(Problem(name, "its marker does not match the committed record"))
         problems += [Problem(name, p) for p in _check_part(arrays, record, store)]
     return problems
@@ -127,18 +124,20 @@ def verify_store(store: FeatureStore) -> list[Problem]:
 def leftover_files(store: FeatureStore) -> list[str]:
     """Temporaries of interrupted writes (``zarr.json.<pid>.partial``) in the store's
     root (reported with the default set) and in this set's parts folder."""
-    where = store._where
-    found = [f"{store._parts_path}/{n}" for n in where.leftovers(store._parts_path)]
+    where = store.where
+    found = [f"{store.parts_path}/{n}" for n in where.leftovers(store.parts_path)]
     if store.feature_set == store.feature_sets[0]:
         found = where.leftovers() + found
     return found
 
 
-def _check_part(arrays: dict[str, np.ndarray], record: dict, store: FeatureStore) -> list[str]:
+def _check_part(
+    arrays: dict[str, np.ndarray], record: PartRecord, store: FeatureStore
+) -> list[str]:
     problems = []
     n = len(arrays["clip_id"])
     offsets = arrays["offsets"]
-    if list(arrays["clip_id"]) != list(record["clip_id"]):
+    if list(arrays["clip_id"]) != list(record.clip_id):
         problems.append("clip ids differ from the committed record")
     repeated = [c for c, k in Counter(arrays["clip_id"]).items() if k > 1]
     if repeated:
@@ -202,10 +201,10 @@ def repair_store(location: str, *, storage_options: dict | None = None) -> Repai
                 report.removed_unfinished_root = True
         return report
     with StoreLock(where, purpose="store repair") as lock:
-        meta = read_root(where)
-        several = len(feature_sets(meta)) > 1
-        for name in feature_sets(meta):
-            store = FeatureStore(where, meta, name)
+        index = read_root(where)
+        several = len(index.sets) > 1
+        for name in index.names:
+            store = FeatureStore(where, index, name)
             if store.damage:  # its spec was edited: only a rebuilt root helps
                 report.problems.append(Problem(None, store.damage, feature_set=name))
                 continue
@@ -213,13 +212,14 @@ def repair_store(location: str, *, storage_options: dict | None = None) -> Repai
             problems = verify_store(store)
             damaged = sorted({p.part for p in problems if p.part})
             report.problems += [replace(p, feature_set=name) if several else p for p in problems]
-            dropped = sorted(cid for part in damaged for cid in store.part_marker(part)["clip_id"])
+            dropped = sorted(cid for part in damaged for cid in store.parts[part].clip_id)
             report.dropped_clips += dropped
             if dropped:
                 report.dropped_by_set[name] = dropped
-            writer = StoreWriter(where, meta, lock, name)
+            writer = StoreWriter(where, index, lock, name)
             if damaged:
                 writer.drop_parts(damaged)
+                index = writer.index
             report.dropped_parts += damaged
             report.removed_uncommitted += writer.remove_uncommitted_parts()
             for path in leftover_files(store):
@@ -270,99 +270,62 @@ def rebuild_root(location: str, *, storage_options: dict | None = None) -> Rebui
     where = StoreLocation.of(location, storage_options)
     report = RebuildReport()
     with StoreLock(where, purpose="store repair"):
-        try:
-            old_raw = where.read("zarr.json")
-        except FileNotFoundError:
-            old_raw = None
-        old = _readable_root(old_raw)
-        old_sets = _old_sets(old)
+        old_raw, old_attributes = read_node_attributes(where)
+        old_sets = salvage_failures(old_attributes)  # name -> (parts path, failures)
         folders = [(None, PARTS)] + [
-            (name, f"{SETS}/{name}/{PARTS}")
+            (name, set_parts_path(name))
             for name in where.entries(SETS)
             if name != "zarr.json" and not name.endswith(".partial")
         ]
-        sets: dict[str, dict] = {}
+        sets: list[FeatureSetRecord] = []
         for name, path in folders:
             spec, parts = _parts_from_markers(where, path, report)
             if spec is None:
                 continue
             if name is None:  # the first set: its old name, else its backbone's
-                by_path = [n for n, r in old_sets.items() if r.get("parts_path", PARTS) == PARTS]
+                by_path = [n for n, (p, _) in old_sets.items() if p == PARTS]
                 name = by_path[0] if by_path else set_name_of(spec)
                 if name in {n for n, _ in folders if n}:  # a further set has that name
                     name = f"{name}-{fingerprint(spec)[:12]}"
-            failures = old_sets.get(name, {}).get("failures", {})
-            sets[name] = {
-                "parts_path": path,
-                "fingerprint": fingerprint(spec),
-                "spec": spec,
-                "parts": parts,
-                "failures": failures if isinstance(failures, dict) else {},
-            }
+            failures = old_sets.get(name, ("", {}))[1]
+            sets.append(FeatureSetRecord(name, fingerprint(spec), spec, path, parts, failures))
             report.sets[name] = len(parts)
-            report.clips += sum(int(r.get("clips", 0)) for r in parts.values())
+            report.clips += sum(r.clips for r in parts.values())
         if not sets:
             raise StoreError(f"{location}: no complete part to rebuild a root from")
-        first = next(iter(sets))
-        record = sets[first]
-        if (
-            len(sets) == 1
-            and record["parts_path"] == PARTS
-            and first == set_name_of(record["spec"])
-            and record["spec"].get("vad_labels")
-        ):
-            meta = {"format_version": STORE_FORMAT, **{k: v for k, v in record.items()
-                                                       if k != "parts_path"}}  # fmt: skip
-        else:
-            meta = {"format_version": SETS_FORMAT, "default_set": first, "sets": sets}
-        meta["index_digest"] = index_digest(meta)
         if old_raw is not None:
             stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
             report.backup = f"zarr.json.before-rebuild-{stamp}"
             where.write(report.backup, old_raw)
-        where.write("zarr.json", group_node({ROOT_ATTR: meta}))
+        write_root(where, RootIndex.of_sets(sets))
     return report
 
 
-def _readable_root(raw: bytes | None) -> dict:
-    try:
-        meta = json.loads(raw)["attributes"][ROOT_ATTR]
-        return meta if isinstance(meta, dict) else {}
-    except (TypeError, ValueError, KeyError):
-        return {}
-
-
-def _old_sets(old: dict) -> dict[str, dict]:
-    try:
-        sets = feature_sets(old)
-        return {n: r for n, r in sets.items() if isinstance(r, dict)}
-    except (KeyError, TypeError, AttributeError):
-        return {}
-
-
-def _parts_from_markers(where: StoreLocation, path: str, report: RebuildReport):
+def _parts_from_markers(
+    where: StoreLocation, path: str, report: RebuildReport
+) -> tuple[dict | None, dict[str, PartRecord]]:
     """The spec and ``{part: record}`` of the complete parts under ``path``."""
     spec, parts = None, {}
     for part in where.entries(path):
         if part == "zarr.json" or part.endswith(".partial"):
             continue
-        try:
-            marker = json.loads(where.read(f"{path}/{part}/zarr.json"))["attributes"][PART_ATTR]
-        except (FileNotFoundError, ValueError, KeyError, TypeError):
+        _, attributes = read_node_attributes(where, f"{path}/{part}")
+        marker = PartMarker.from_attributes(attributes)
+        if marker is None:
             report.skipped.append(f"{path}/{part}: no readable marker")
             continue
-        if not isinstance(marker, dict) or not marker.get("complete"):
+        if not marker.complete:
             report.skipped.append(f"{path}/{part}: never completed")
             continue
-        if not set_intact(marker):
+        if not marker.intact:
             report.skipped.append(
                 f"{path}/{part}: its marker's spec does not match its fingerprint"
             )
             continue
         if spec is None:
-            spec = marker["spec"]
-        elif fingerprint(marker["spec"]) != fingerprint(spec):
+            spec = marker.spec
+        elif fingerprint(marker.spec) != fingerprint(spec):
             report.skipped.append(f"{path}/{part}: features of another spec than the set's")
             continue
-        parts[part] = {k: v for k, v in marker.items() if k not in ("complete", "spec")}
+        parts[part] = marker.record
     return spec, parts

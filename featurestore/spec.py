@@ -13,20 +13,32 @@ import copy
 import hashlib
 import json
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
-from featurestore.audio import (
+from featurestore.errors import LayerError
+from featurestore.frames import (
     FRAME_HOP_SAMPLES,
     FRAME_WINDOW_SAMPLES,
     FRAMES_PER_SECOND,
     SAMPLE_RATE_HZ,
 )
-from featurestore.errors import LayerError
 from featurestore.options import DEFAULT_MODEL  # noqa: F401  (re-exported)
 from featurestore.records import FieldAccess
 
-if TYPE_CHECKING:
-    from featurestore.backbone import BackboneIdentity
+
+class DescribedBackbone(Protocol):
+    """What a spec needs to know of a backbone (``featurestore.backbone.BackboneIdentity``
+    is one): the spec depends on this description, never on the backbone's code."""
+
+    ref: str
+    revision: str | None
+    weights_sha256: str
+    config_sha256: str
+    config: Any  # a transformers config: hidden_size, num_hidden_layers, feat_extract_norm
+
+    @property
+    def has_vad_head(self) -> bool: ...
+
 
 FORMAT_VERSION = 1
 VAD_LABELS = ("arousal", "dominance", "valence")  # the checkpoint's id2label 0, 1, 2
@@ -146,7 +158,7 @@ def as_spec(spec: FeatureSpec | dict) -> FeatureSpec:
 
 
 def build_spec(
-    backbone: BackboneIdentity,
+    backbone: DescribedBackbone,
     *,
     max_seconds: float | None,
     window_seconds: float | None,
@@ -158,8 +170,6 @@ def build_spec(
 
     ``layers``: ``"last"``, ``"all"``, ``"0,6,12"`` or a tuple of layer numbers (see
     :func:`parse_layers`)."""
-    from featurestore.backbone import has_vad_head
-
     config = backbone.config
     return FeatureSpec(
         backbone=BackboneRef(
@@ -174,7 +184,7 @@ def build_spec(
         window_seconds=window_seconds,
         compute_dtype=compute_dtype,
         layers=parse_layers(layers, int(config.num_hidden_layers)),
-        vad_labels=VAD_LABELS if has_vad_head(config) else (),
+        vad_labels=VAD_LABELS if backbone.has_vad_head else (),
     )
 
 

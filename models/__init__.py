@@ -7,7 +7,7 @@ Public API (imported on first use, so ``import models`` stays light)::
     train("feats.zarr", "train_split.csv", "valid_split.csv", "heads/paper")
     predict("feats.zarr", ["heads/paper"], output="predictions.csv")
 
-See the README's "Python API" section for a walk through.
+See the docs' "Python API" page (docs/python-api.md) for a walk through.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {
-    "train": "models.training",
+    "train": "models.trainer",
     "HeadPlan": "models.training",
     "TrainedHead": "models.training",
     "plans_from_grid": "models.training",

@@ -34,7 +34,7 @@ PAPER_RECIPE = {
     "standardize": False,
     "patience": 0,
 }
-# emi's recipe, chosen by measurement (bench/heads_quality.py, README "Heads"): the
+# emi's recipe, chosen by measurement (bench/heads_quality.py, docs/heads.md): the
 # same schedule on standardized inputs at a higher rate, stopping once validation mean
 # Pearson has not improved for `patience` epochs.
 EMI_RECIPE = {**PAPER_RECIPE, "lr": 1e-3, "standardize": True, "patience": 10}

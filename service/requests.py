@@ -20,7 +20,7 @@ CallbackUrl = Annotated[str, StringConstraints(pattern=r"^https?://", max_length
 class _Job(BaseModel):
     model_config = ConfigDict(extra="forbid")
     callback_url: CallbackUrl | None = Field(
-        None, description="POSTed once the job ends (signed: see the README's Service section)"
+        None, description="POSTed once the job ends (signed: see the docs' service page)"
     )
 
 

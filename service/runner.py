@@ -360,7 +360,7 @@ class JobRunner:
     def _train(self, job: Job) -> dict | None:
         from featurestore.store import FeatureStore
         from models.options import TrainSettings
-        from models.training import train
+        from models.trainer import train
         from service.registry import check_new_head, store_exists
         from service.sources import resolve_file
 

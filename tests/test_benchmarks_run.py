@@ -1,4 +1,4 @@
-"""The benchmarks still run (at toy sizes): their figures go in the README, and a
+"""The benchmarks still run (at toy sizes): their figures go on the Benchmarks page, and a
 benchmark that stopped working would go unnoticed until someone needs its numbers."""
 
 from __future__ import annotations

@@ -3,11 +3,6 @@
 import csv
 import io
 import json
-import os
-import socket
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
@@ -18,51 +13,15 @@ from manifests.synthetic import write_corpus
 from service.client import ServiceError
 from tests.conftest import run_cli
 from tests.reference import assert_same_features
-from tests.served import free_port
+from tests.s3 import s3_server as s3_server_on_loopback
 
 BUCKET = "emi-features"
 
 
 @pytest.fixture(scope="module")
 def s3_server():
-    """moto's server in its own process; credentials and endpoint through the standard
-    AWS environment variables, as a user would set them."""
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    env = {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
-    }
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
-        import boto3
-
-        boto3.client("s3").create_bucket(Bucket=BUCKET)
-        yield f"s3://{BUCKET}"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+    with s3_server_on_loopback(BUCKET) as url:
+        yield url
 
 
 def test_extract_resume_info_verify_on_s3(s3_server, layer_store, mixed_corpus, tiny_backbone):

@@ -209,7 +209,7 @@ def test_a_part_written_in_rounds_equals_one_written_at_once(tiny_backbone, tmp_
     from featurestore.spec import build_spec
     from featurestore.store import open_zarr_store
 
-    monkeypatch.setattr("featurestore.store.CHUNK_BYTES", 1024)  # many chunks per clip
+    monkeypatch.setattr("featurestore.store.part_writer.CHUNK_BYTES", 1024)  # many chunks per clip
     spec = build_spec(
         identify_backbone(str(tiny_backbone)),
         max_seconds=None,

@@ -1,5 +1,5 @@
-"""The README's "Python API" section, executed as written; and each public name
-importable from its package."""
+"""The docs' Python API page, executed as written; and each public name importable
+from its package."""
 
 import re
 from pathlib import Path
@@ -8,24 +8,18 @@ import pytest
 
 import featurestore
 import models
+from tests.docs_blocks import page_blocks
 
-README = Path(__file__).resolve().parents[1] / "README.md"
-
-
-def python_blocks(section: str) -> list[str]:
-    text = README.read_text()
-    start = text.index(f"## {section}\n")
-    end = text.find("\n## ", start + 1)
-    return re.findall(r"```python\n(.*?)```", text[start:end], flags=re.S)
+REPO = Path(__file__).resolve().parents[1]
 
 
-def test_the_python_api_section_runs(tmp_path, monkeypatch):
+def test_the_python_api_page_runs(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    blocks = python_blocks("Python API")
+    blocks = page_blocks("docs/python-api.md", "python")
     assert len(blocks) >= 3
     namespace: dict = {}
     for block in blocks:
-        exec(compile(block, "README.md", "exec"), namespace)  # noqa: S102
+        exec(compile(block.text, f"{block.page}:{block.line}", "exec"), namespace)  # noqa: S102
     assert (tmp_path / "work" / "predictions.csv").is_file()
     assert namespace["head"].folder == Path("work/heads/compact")
 
@@ -36,7 +30,7 @@ def test_every_exported_name_resolves():
             assert getattr(package, name) is not None, (package.__name__, name)
 
 
-def test_the_readme_store_layout_lists_the_schema():
+def test_the_docs_store_layout_lists_the_schema():
     from featurestore.spec import FeatureSpec
     from featurestore.store import schema
 
@@ -45,9 +39,7 @@ def test_the_readme_store_layout_lists_the_schema():
     )
     arrays = schema(FeatureSpec(**{**spec.__dict__, "layers": (6,)}))  # one stored layer
 
-    text = README.read_text()
-    start = text.index("## The store\n")
-    block = re.search(r"```\n(feats\.zarr/.*?)```", text[start:], flags=re.S).group(1)
+    [block] = [b.text for b in page_blocks("docs/store.md", "") if b.text.startswith("feats.zarr/")]
     listed = {
         name: [d.strip() for d in dims.split(",") if d.strip()]
         for name, dims in re.findall(r"^\s+(\w+)\s+\(([\w, ]+)\)", block, flags=re.M)
@@ -161,7 +153,7 @@ def test_the_cli_starts_without_torch():
     probe = "import sys, cli.main; print('torch' in sys.modules, 'transformers' in sys.modules)"
     out = subprocess.run(
         [sys.executable, "-c", probe],
-        cwd=README.parent,
+        cwd=REPO,
         capture_output=True,
         text=True,
         check=True,

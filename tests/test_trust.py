@@ -477,25 +477,21 @@ def test_python_api_misuse_gets_the_projects_errors(made):
         TrainSettings(lr=float("nan"))
 
 
-# -- 16. the README's reading without emi works on stores of one and of several sets -------
+# -- 16. the docs' reading without emi works on stores of one and of several sets ---------
 
 
-def test_the_readme_plain_reading_works_for_both_root_formats(made, tmp_path, monkeypatch):
-    import re
+def test_the_docs_plain_reading_works_for_both_root_formats(made, tmp_path, monkeypatch):
+    from tests.docs_blocks import page_blocks
 
-    from tests.test_python_api import README
-
-    text = README.read_text()
-    start = text.index("- **Reading without emi**")
-    [snippet] = re.findall(r"```python\n(.*?)```", text[start : text.index("## Python API")],
-                           flags=re.S)  # fmt: skip
+    [block] = page_blocks("docs/store.md", "python")
+    snippet = block.text
     store = copy_store(made, tmp_path / "feats.zarr")
     monkeypatch.chdir(tmp_path)
     for formats in (2, 3):
         if formats == 3:
             run_cli("extract", made["audio"], store, "--feature-set", "more", "--quiet")
         namespace: dict = {}
-        exec(compile(snippet, "README.md", "exec"), namespace)  # noqa: S102
+        exec(compile(snippet, block.page, "exec"), namespace)  # noqa: S102
         assert namespace["emi"]["format_version"] == formats
         opened = FeatureStore.open(store)
         first = str(namespace["ids"][0])
