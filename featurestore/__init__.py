@@ -1,6 +1,6 @@
 """The feature store: audio -> backbone features in a checked Zarr v3 store.
 
-Public API (imported on first use, so ``import featurestore`` stays light)::
+Public API (imported on first use, so ``import featurestore`` stays light):
 
     from featurestore import FeatureStore, extract, ExtractOptions
     store = FeatureStore.open("feats.zarr")

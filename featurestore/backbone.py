@@ -2,7 +2,7 @@
 with a VAD head), or a plain transformers wav2vec 2.0, HuBERT or WavLM checkpoint
 (hidden states only, no VAD head).
 
-The checkpoint layout (``audeering/wav2vec2-large-robust-12-ft-emotion-msp-dim``)::
+The checkpoint layout (``audeering/wav2vec2-large-robust-12-ft-emotion-msp-dim``):
 
     config.json                     a Wav2Vec2Config with num_labels=3
     model.safetensors | pytorch_model.bin

@@ -1,6 +1,6 @@
 """Exporting a feature store to one HDF5 file (``emi store export``).
 
-Layout::
+Layout:
 
     /                   attrs: fingerprint, spec (JSON), vad_labels
     /clips/<name>       one group per clip (its datasets and attributes follow the

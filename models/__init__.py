@@ -1,7 +1,7 @@
 """Heads trained on stored features: training, prediction, evaluation (reading stores
 only; scoring audio folders, which extracts, is :mod:`service`).
 
-Public API (imported on first use, so ``import models`` stays light)::
+Public API (imported on first use, so ``import models`` stays light):
 
     from models import train, predict
     train("feats.zarr", "train_split.csv", "valid_split.csv", "heads/paper")

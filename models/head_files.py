@@ -1,7 +1,5 @@
 """A trained head on disk: a folder of JSON and safetensors, never pickle.
 
-::
-
     heads/paper/
       config.json          head type and sizes, targets, training settings, the store's
                            fingerprint and spec, best epoch and its validation score,

@@ -2,7 +2,7 @@
 service (``emi serve``) with its HTTP app and client.
 
 ``featurestore`` extracts, ``models`` reads stores; this package is the one place that
-runs both. Public API (imported on first use)::
+runs both. Public API (imported on first use):
 
     from service import score_folder, run_demo, ServiceClient
     score_folder("new_audio/", ["heads/compact"], output="scores.csv")

@@ -10,6 +10,8 @@ import sys
 import time
 from collections.abc import Iterator
 
+from s3fs import S3FileSystem
+
 from tests.served import free_port
 
 
@@ -32,6 +34,9 @@ def s3_server(bucket: str) -> Iterator[str]:
     }
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
+    # s3fs keeps one filesystem per set of arguments, and the endpoint comes from the
+    # environment: one made for an earlier server would still point there.
+    S3FileSystem.clear_instance_cache()
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -49,6 +54,7 @@ def s3_server(bucket: str) -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+        S3FileSystem.clear_instance_cache()
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)

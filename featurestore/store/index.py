@@ -5,7 +5,7 @@ a part's group holds its marker under ``emi_part``. This module is the only one 
 reads or writes either by key: everyone else uses :class:`RootIndex`,
 :class:`FeatureSetRecord`, :class:`PartRecord` and :class:`PartMarker`.
 
-Two formats are read into the same record::
+Two formats are read into the same record:
 
     format 2 (one feature set, as stores were before sets):
       {format_version: 2, fingerprint, spec, parts: {name: part record}, failures,

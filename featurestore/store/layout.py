@@ -1,7 +1,5 @@
 """Where things are in a store: folder names, part names, feature-set names, codecs.
 
-::
-
     STORE/
       zarr.json                  the root group; its attributes hold the root index
                                  (``featurestore.store.index``)
