@@ -1,14 +1,16 @@
 """A trained head on disk: a folder of JSON and safetensors, never pickle.
 
-    heads/paper/
-      config.json          head type and sizes, targets, training settings, the store's
-                           fingerprint and spec, best epoch and its validation score,
-                           the sha256 of model.safetensors (checked on load)
-      model.safetensors    the best epoch's weights (and a standardized head's input
-                           statistics)
-      metrics.json         per epoch: train loss; validation Pearson, CCC, MSE per target
-      learning_curves.png  train loss and validation mean Pearson per epoch
-                           (mean-linear: ridge_penalty.png, the penalty search)
+```text
+heads/paper/
+  config.json          head type and sizes, targets, training settings, the store's
+                       fingerprint and spec, best epoch and its validation score,
+                       the sha256 of model.safetensors (checked on load)
+  model.safetensors    the best epoch's weights (and a standardized head's input
+                       statistics)
+  metrics.json         per epoch: train loss; validation Pearson, CCC, MSE per target
+  learning_curves.png  train loss and validation mean Pearson per epoch
+                       (mean-linear: ridge_penalty.png, the penalty search)
+```
 """
 
 from __future__ import annotations

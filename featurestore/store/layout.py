@@ -1,12 +1,14 @@
 """Where things are in a store: folder names, part names, feature-set names, codecs.
 
-    STORE/
-      zarr.json                  the root group; its attributes hold the root index
-                                 (``featurestore.store.index``)
-      emi_lock/g<generation>/    the writer lock (``featurestore.lock``)
-      parts/p000000-<run>/       one part = one writer; its arrays (``schema``) and its
-                                 marker (attributes ``emi_part``), written last
-      sets/<name>/parts/...      a further feature set's parts (the same layout)
+```text
+STORE/
+  zarr.json                  the root group; its attributes hold the root index
+                             (``featurestore.store.index``)
+  emi_lock/g<generation>/    the writer lock (``featurestore.lock``)
+  parts/p000000-<run>/       one part = one writer; its arrays (``schema``) and its
+                             marker (attributes ``emi_part``), written last
+  sets/<name>/parts/...      a further feature set's parts (the same layout)
+```
 """
 
 from __future__ import annotations
