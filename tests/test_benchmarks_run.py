@@ -31,6 +31,11 @@ def test_store_checks_bench_runs():
     assert "checked / unchecked time" in out and "emi store verify" in out
 
 
+def test_root_index_bench_runs():
+    out = _bench("bench/root_index.py", "--parts", "3", "--clips", "4", "--repeats", "1")
+    assert "index/parse" in out and out.splitlines()[1].split()[:2] == ["3", "12"]
+
+
 @pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="pins cores (Linux)")
 def test_device_feed_bench_runs_against_this_tree():
     out = _bench("bench/device_feed.py", "--minutes", "0.15", "--cores", "1", "--repeats", "1")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
@@ -55,9 +56,9 @@ class ClipInfo(FieldAccess):
     sha256: str
 
 
-@dataclass(frozen=True)
-class ClipLocation:
-    """Where a stored clip's rows are: its part, its row there, its frame range."""
+class ClipLocation(NamedTuple):
+    """Where a stored clip's rows are: its part, its row there, its frame range (a
+    named tuple: a store's lookup table holds one per clip, made at open)."""
 
     part: str
     row: int
