@@ -351,19 +351,18 @@ def _commit(future, job: PartJob, writer: StoreWriter, summary: ExtractSummary) 
         result = future.result()
     except Exception as err:  # the whole part failed: record why, per clip
         reason = f"part {job.part} failed: {type(err).__name__}: {err}"
-        failures = [
-            {"clip_id": c["clip_id"], "path": c["path"], "reason": reason} for c in job.clips
-        ]
+        failures = [ClipFailure(c["clip_id"], c["path"], reason) for c in job.clips]
         writer.location.delete(f"{writer.parts_path}/{job.part}", recursive=True)
         writer.commit(None, None, failures)
-        summary.failed.extend(ClipFailure.from_dict(f) for f in failures)
+        summary.failed.extend(failures)
         return
     if result.get("skipped"):  # the run was stopped before this part started
         return
-    writer.commit(result["part"], result["record"], result["failures"])
+    failures = [ClipFailure.from_dict(f) for f in result["failures"]]
+    writer.commit(result["part"], result["record"], failures)
     if result["clips"]:
         summary.parts_written.append(result["part"])
     summary.extracted += result["clips"]
     summary.frames += result["frames"]
     summary.audio_s += result["audio_s"]
-    summary.failed.extend(ClipFailure.from_dict(f) for f in result["failures"])
+    summary.failed.extend(failures)

@@ -305,7 +305,7 @@ def _parts_from_markers(
     where: StoreLocation, path: str, report: RebuildReport
 ) -> tuple[dict | None, dict[str, PartRecord]]:
     """The spec and ``{part: record}`` of the complete parts under ``path``."""
-    spec, parts = None, {}
+    spec, wanted, parts = None, None, {}
     for part in where.entries(path):
         if part == "zarr.json" or part.endswith(".partial"):
             continue
@@ -322,9 +322,10 @@ def _parts_from_markers(
                 f"{path}/{part}: its marker's spec does not match its fingerprint"
             )
             continue
+        # intact: each marker's spec hashes to its record's fingerprint
         if spec is None:
-            spec = marker.spec
-        elif fingerprint(marker.spec) != fingerprint(spec):
+            spec, wanted = marker.spec, marker.record.fingerprint
+        elif marker.record.fingerprint != wanted:
             report.skipped.append(f"{path}/{part}: features of another spec than the set's")
             continue
         parts[part] = marker.record

@@ -10,8 +10,8 @@
   store page's reading without emi by ``tests/test_trust.py`` (:data:`PYTHON_RUN_BY`).
 - JSON blocks are parsed (a grid is read with the grid's rules); unlabelled blocks are
   listings and outputs, not code.
-- The site builds with ``--strict`` (broken links and references fail) and
-  ``./run docs`` serves it.
+- ``./run docs`` builds the site with ``--strict`` (broken links and references fail)
+  and serves it.
 """
 
 from __future__ import annotations
@@ -129,25 +129,9 @@ def test_the_grid_on_the_heads_page_follows_the_grid_rules():
     assert {p.name for p in plans} >= {"baseline", "seed2-max_seconds12"}
 
 
-def test_the_site_builds_strictly(tmp_path):
-    """MkDocs with ``--strict``: a broken link, anchor, page or API reference fails."""
-    mkdocs = Path(sys.executable).with_name("mkdocs")
-    done = subprocess.run(
-        [str(mkdocs), "build", "--strict", "--quiet", "--site-dir", str(tmp_path / "site")],
-        cwd=REPO,
-        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr
-    cli = (tmp_path / "site" / "reference" / "cli.html").read_text()
-    assert 'id="emi-extract"' in cli and "--part-seconds" in cli  # generated from click
-    api = (tmp_path / "site" / "reference" / "featurestore.html").read_text()
-    assert "FeatureStore" in api and "read_clips" in api  # generated from docstrings
-
-
-def test_run_docs_serves_the_site(tmp_path):
+def test_run_docs_serves_the_site():
+    """``./run docs``: MkDocs with ``--strict`` (a broken link, anchor, page or API
+    reference fails) into ``site/``, then served."""
     port = free_port()
     proc = subprocess.Popen(
         ["bash", str(REPO / "run"), "docs"],
@@ -164,6 +148,10 @@ def test_run_docs_serves_the_site(tmp_path):
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
+    cli = (REPO / "site" / "reference" / "cli.html").read_text()
+    assert 'id="emi-extract"' in cli and "--part-seconds" in cli  # generated from click
+    api = (REPO / "site" / "reference" / "featurestore.html").read_text()
+    assert "FeatureStore" in api and "read_clips" in api  # generated from docstrings
 
 
 # -- running shell blocks ---------------------------------------------------------------

@@ -298,7 +298,7 @@ class RootIndex:
 
     @classmethod
     def from_json(cls, meta: Mapping) -> RootIndex:
-        """The index of a root's ``emi`` attributes (checked by :func:`check_root`).
+        """The index of a root's ``emi`` attributes (checked by :func:`index_of_attributes`).
 
         Raises KeyError, TypeError or ValueError on a malformed index."""
         if meta["format_version"] == SETS_FORMAT:

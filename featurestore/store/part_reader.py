@@ -27,7 +27,6 @@ class PartReader:
 
     def __init__(self, zarr_store, record: FeatureSetRecord, damage: str | None) -> None:
         self.record = record
-        self.parts_path = record.parts_path
         # A set whose spec in the root was edited: named as damage by every read of it,
         # while the store's other sets stay readable.
         self.damage = damage
@@ -35,6 +34,11 @@ class PartReader:
         self._groups: dict[str, zarr.Group] = {}
         self._clip_arrays: dict[tuple[str, str], np.ndarray] = {}
         self._schema = {} if damage else {a.name: a for a in schema(record.spec)}
+
+    @property
+    def parts_path(self) -> str:
+        """Where this set's part folders are, relative to the store."""
+        return self.record.parts_path
 
     def _require_intact(self) -> None:
         if self.damage:

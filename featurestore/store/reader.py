@@ -126,7 +126,7 @@ class FeatureStore(PartReader):
         return self.record.part_names
 
     @cached_property
-    def _index(self) -> dict[str, ClipLocation]:
+    def _clip_table(self) -> dict[str, ClipLocation]:
         # A clip stored again later (its file changed and was refreshed) is served from
         # the newest part.
         index: dict[str, ClipLocation] = {}
@@ -150,19 +150,19 @@ class FeatureStore(PartReader):
     @property
     def clip_ids(self) -> list[str]:
         """Ids of all stored clips, in part then row order."""
-        return list(self._index)
+        return list(self._clip_table)
 
     def __contains__(self, clip_id: str) -> bool:
-        return clip_id in self._index
+        return clip_id in self._clip_table
 
     def __len__(self) -> int:
-        return len(self._index)
+        return len(self._clip_table)
 
     def _locate(self, clip_id: str) -> ClipLocation:
         if not isinstance(clip_id, str):
             raise ArgumentError(f"clip id {clip_id!r}: clip ids are texts")
         try:
-            return self._index[clip_id]
+            return self._clip_table[clip_id]
         except KeyError:
             raise KeyError(f"clip {clip_id!r} is not in store {self.location}") from None
 
@@ -173,7 +173,7 @@ class FeatureStore(PartReader):
 
     def sha256_by_clip(self) -> dict[str, str]:
         """Source sha256 of every stored clip (from the index: no array read)."""
-        return {cid: loc.sha256 for cid, loc in self._index.items()}
+        return {cid: loc.sha256 for cid, loc in self._clip_table.items()}
 
     def part_of(self, clip_id: str) -> str:
         """The part that serves ``clip_id``."""
@@ -279,7 +279,7 @@ class FeatureStore(PartReader):
     @property
     def failures(self) -> list[ClipFailure]:
         """Clips that failed and are not stored: the latest reason per clip id."""
-        return [f for cid, f in self.record.failures.items() if cid not in self._index]
+        return [f for cid, f in self.record.failures.items() if cid not in self._clip_table]
 
     def iter_parts(
         self, keys: tuple[str, ...] | None = None

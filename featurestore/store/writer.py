@@ -4,7 +4,7 @@ recording failures, dropping parts. Only the holder of the writer lock writes.""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from featurestore.errors import StoreDamage, StoreError
@@ -150,7 +150,7 @@ class StoreWriter:
         self,
         name: str | None,
         record: PartRecord | None,
-        failures: Iterable[ClipFailure | Mapping],
+        failures: Iterable[ClipFailure],
     ) -> None:
         """Make part ``name`` (its arrays and marker already written) part of the set,
         and record ``failures`` (clips that could not be stored, with reasons).
@@ -158,8 +158,7 @@ class StoreWriter:
         A part that stored no clip is not committed (its folder is deleted)."""
         if name is not None and (record is None or not record.clips):
             self.location.delete(f"{self.parts_path}/{name}", recursive=True)
-        failed = [f if isinstance(f, ClipFailure) else ClipFailure.from_dict(f) for f in failures]
-        self._save(self.record.committed(name, record, failed))
+        self._save(self.record.committed(name, record, failures))
 
     def drop_parts(self, names: list[str]) -> None:
         """Take parts out of the index (their clips count as missing again), then delete
