@@ -12,6 +12,9 @@ import click
 
 from service.config import (
     DEFAULT_CALLBACK_BACKOFF_S,
+    DEFAULT_CALLBACK_TIMEOUT_S,
+    DEFAULT_KEEP_DAYS,
+    DEFAULT_MAX_ARCHIVE_RATIO,
     DEFAULT_CONCURRENT_JOBS,
     DEFAULT_HOST,
     DEFAULT_MAX_FILE_BYTES,
@@ -113,6 +116,49 @@ from service.config import (
     type=click.FloatRange(min=0.01),
     help="Seconds before a callback's first retry (doubling after).",
 )
+@click.option(
+    "--callback-allow",
+    "callback_allow",
+    multiple=True,
+    metavar="HOST[,HOST..]",
+    help="Hosts, addresses or networks (10.0.0.0/8) callbacks may reach although not "
+    "public (loopback, private, link-local are refused otherwise); repeatable.",
+)
+@click.option(
+    "--callback-timeout",
+    default=DEFAULT_CALLBACK_TIMEOUT_S,
+    show_default=True,
+    type=click.FloatRange(min=0.1),
+    help="Seconds one callback attempt may take, all of it (connect to answer).",
+)
+@click.option(
+    "--allowed-host",
+    "allowed_hosts",
+    multiple=True,
+    metavar="NAME[,NAME..]",
+    help="Further names requests may give as Host (a proxy's name); without tokens only "
+    "the loopback names are answered otherwise; repeatable.",
+)
+@click.option(
+    "--upload-quota-gb",
+    type=click.FloatRange(min=0.001),
+    default=None,
+    help="All uploads kept at once, in GB (an upload past it gets 413); default: no quota.",
+)
+@click.option(
+    "--upload-max-ratio",
+    default=DEFAULT_MAX_ARCHIVE_RATIO,
+    show_default=True,
+    type=click.FloatRange(min=1),
+    help="An archive's unpacked size over its packed size, at most.",
+)
+@click.option(
+    "--keep-days",
+    default=DEFAULT_KEEP_DAYS,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="Uploads and finished jobs' results are removed after this many days (0: kept).",
+)
 def serve(**options) -> None:
     """Run the job service: score, extract and train jobs over HTTP (docs: The service).
 
@@ -156,6 +202,14 @@ def serve(**options) -> None:
             max_files=options["upload_max_files"],
             callback_secret=secret,
             callback_backoff_s=options["callback_backoff"],
+            callback_allow=_listed(options["callback_allow"]),
+            callback_timeout_s=options["callback_timeout"],
+            allowed_hosts=_listed(options["allowed_hosts"]),
+            upload_quota_bytes=(
+                int(options["upload_quota_gb"] * 1e9) if options["upload_quota_gb"] else None
+            ),
+            max_archive_ratio=options["upload_max_ratio"],
+            keep_days=options["keep_days"] or None,
         )
         state = StateFolder.open(config.state)
         config.state = state.root
@@ -190,3 +244,8 @@ def serve(**options) -> None:
     )
     server.run()
     state.release()
+
+
+def _listed(values: tuple[str, ...]) -> list[str]:
+    """A repeatable option's values, each also split at commas."""
+    return [v.strip() for value in values for v in value.split(",") if v.strip()]

@@ -10,10 +10,10 @@ unpadded clip.
 
 from __future__ import annotations
 
+import hashlib
 import io
-import os
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import BinaryIO
 
@@ -29,7 +29,7 @@ from featurestore.frames import (  # noqa: F401  (re-exported: the decoder's rat
     frames_for_samples,
 )
 from manifests.containers import ContainerError, is_container, read_container
-from manifests.sources import broken_link, is_url, open_source, source_exists, source_size
+from manifests.sources import UnsafeSource, broken_link, is_url, open_source, source_exists
 
 NORM_EPS = 1e-7  # the variance floor Wav2Vec2FeatureExtractor uses
 
@@ -46,6 +46,7 @@ class DecodedClip:
     source_hz: int
     channels: int
     duration_s: float  # of the source file, before any crop
+    sha256: str = ""  # of the file's bytes that were decoded
 
 
 def normalise(samples: np.ndarray) -> np.ndarray:
@@ -100,43 +101,66 @@ def check_wav_truncation(f: BinaryIO, size: int) -> None:
         f.seek(0)
 
 
-def decode_clip(path: str | Path, *, max_seconds: float | None = None) -> DecodedClip:
-    """Read, mix down, resample, crop and normalise one clip.
+def decode_clip(
+    path: str | Path,
+    *,
+    max_seconds: float | None = None,
+    expected_sha256: str | None = None,
+    exact: bool = False,
+) -> DecodedClip:
+    """Read, hash, mix down, resample, crop and normalise one clip.
+
+    The file is read once into memory; its sha256 is taken over those bytes and the
+    decoder reads the same bytes, so the hash always names the audio decoded.
 
     Args:
-        path: an audio file soundfile can read.
+        path: an audio file soundfile can read (or a container PyAV reads).
         max_seconds: keep only the first ``max_seconds`` (the paper's 12 s crop).
+        expected_sha256: the content's hash when the folder was listed; a file whose
+            bytes differ now is refused (never stored under the listed hash).
+        exact: ``path`` was resolved when listed: a symbolic link swapped in since is
+            not followed (``manifests.sources.open_source``).
 
     Raises:
-        AudioError: unreadable, truncated, empty, non-finite or shorter than one frame.
+        AudioError: unreadable, not a regular file, changed since listed, truncated,
+            empty, non-finite or shorter than one frame.
     """
-    if is_url(path):  # object-store clips are read into memory once
-        if not source_exists(path):
-            raise AudioError(f"no such file: {path}")
-        size = source_size(path)
-        if size == 0:
-            raise AudioError("empty file (0 bytes)")
-        with open_source(path) as raw:
-            source = io.BytesIO(raw.read())
-        if is_container(path):
-            return _decode_container(source, max_seconds)
-        check_wav_truncation(source, size)
-        return _decode(source, max_seconds)
-    # Local files: plain system calls (no fsspec layer per clip); libsndfile opens the
-    # path itself, so its reads run without the GIL.
-    try:
-        size = os.stat(path).st_size
-        if not os.path.isfile(path):
-            raise FileNotFoundError(path)
-    except OSError:
-        raise AudioError(broken_link(path) or f"no such file: {path}") from None
-    if size == 0:
-        raise AudioError("empty file (0 bytes)")
+    data = _read_bytes(path, exact)
+    sha256 = hashlib.sha256(data).hexdigest()
+    if expected_sha256 and sha256 != expected_sha256:
+        raise AudioError(
+            f"changed since the folder was listed (its content's sha256 was "
+            f"{expected_sha256[:12]}, the bytes read now are {sha256[:12]}); nothing was "
+            "stored from it. Run the job again once the file stays as it is"
+        )
+    source = io.BytesIO(data)
     if is_container(path):
-        return _decode_container(str(path), max_seconds)
-    with open(path, "rb") as raw:
-        check_wav_truncation(raw, size)
-    return _decode(str(path), max_seconds)
+        clip = _decode_container(source, max_seconds)
+    else:
+        check_wav_truncation(source, len(data))
+        clip = _decode(source, max_seconds)
+    return replace(clip, sha256=sha256)
+
+
+def _read_bytes(path: str | Path, exact: bool) -> bytes:
+    """A clip's whole file, in one read (local files: a regular file, opened without
+    waiting and, with ``exact``, without following a link swapped in since listing)."""
+    if is_url(path) and not source_exists(path):
+        raise AudioError(f"no such file: {path}")
+    try:
+        with open_source(path, exact=exact) as raw:
+            data = raw.read()
+    except UnsafeSource as err:
+        raise AudioError(str(err)) from None
+    except FileNotFoundError:
+        raise AudioError(broken_link(path) or f"no such file: {path}") from None
+    except OSError as err:
+        raise AudioError(
+            broken_link(path) or f"cannot be read ({err.strerror or type(err).__name__})"
+        ) from None
+    if not data:
+        raise AudioError("empty file (0 bytes)")
+    return data
 
 
 def _decode(source: BinaryIO | str, max_seconds: float | None) -> DecodedClip:

@@ -42,6 +42,8 @@ from featurestore.store import (
 )
 from manifests.records import ClipRecord, planning_seconds
 
+STOP_POLL_S = 0.2  # how often a running extraction asks ``should_stop``
+
 
 @dataclass
 class ExtractSummary:
@@ -276,21 +278,64 @@ def _run_on(client, missing, options, identity, writer, lock, summary) -> None:
         client, missing, options, identity, writer, lock, summary.fingerprint, stop_event
     )
     show = not options.quiet and sys.stderr.isatty()
-    try:
-        with tqdm(total=len(missing), unit="clip", disable=not show, desc="extract") as bar:
-            for future in as_completed(futures, loop=client.loop):
-                job = futures[future]
-                _commit(future, job, writer, summary)
-                bar.update(len(job.clips))
-                if options.on_part is not None:
-                    options.on_part(summary)
-                if stop_event and not summary.stopped and options.should_stop():
-                    summary.stopped = True  # parts not started skip themselves
-                    Event(stop_event, client=client).set()
-    finally:
-        if stop_event:  # an Event lives on the scheduler until cleared
-            with contextlib.suppress(Exception):
-                Event(stop_event, client=client).clear()
+    with contextlib.ExitStack() as stack:
+        if stop_event:
+            stack.callback(_clear_event, Event(stop_event, client=client))
+            watcher = stack.enter_context(_StopWatcher(options.should_stop, stop_event, client))
+        bar = stack.enter_context(
+            tqdm(total=len(missing), unit="clip", disable=not show, desc="extract")
+        )
+        for future in as_completed(futures, loop=client.loop):
+            job = futures[future]
+            _commit(future, job, writer, summary)
+            bar.update(len(job.clips))
+            if options.on_part is not None:
+                options.on_part(summary)
+        if stop_event and watcher.stopped:
+            summary.stopped = True
+
+
+def _clear_event(event) -> None:
+    with contextlib.suppress(Exception):  # an Event lives on the scheduler until cleared
+        event.clear()
+
+
+class _StopWatcher:
+    """Polls ``should_stop`` every :data:`STOP_POLL_S` while the parts run; once it
+    answers True, sets the dask Event the parts watch: parts not started skip
+    themselves, running parts stop after their current round (keeping what they
+    finished)."""
+
+    def __init__(self, should_stop, event_name: str, client) -> None:
+        import threading
+
+        self._should_stop = should_stop
+        self._event_name = event_name
+        self._client = client
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="emi-stop-watch", daemon=True)
+        self.stopped = False
+
+    def _watch(self) -> None:
+        from distributed import Event
+
+        while not self._done.wait(STOP_POLL_S):
+            try:
+                wanted = self._should_stop()
+            except Exception:  # noqa: BLE001 - asked again at the next poll
+                continue
+            if wanted:
+                self.stopped = True
+                Event(self._event_name, client=self._client).set()
+                return
+
+    def __enter__(self) -> _StopWatcher:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._done.set()
+        self._thread.join()
 
 
 def _submit(
@@ -333,6 +378,7 @@ def _submit(
             layers=tuple(options.layers),
             parts_path=writer.parts_path,
             stop_event=stop_event,
+            resolved_paths=options.resolved_paths,
         )
         future = client.submit(
             run_part,
@@ -357,7 +403,9 @@ def _commit(future, job: PartJob, writer: StoreWriter, summary: ExtractSummary) 
         summary.failed.extend(failures)
         return
     if result.get("skipped"):  # the run was stopped before this part started
+        summary.stopped = True
         return
+    summary.stopped = summary.stopped or bool(result.get("stopped"))
     failures = [ClipFailure.from_dict(f) for f in result["failures"]]
     writer.commit(result["part"], result["record"], failures)
     if result["clips"]:

@@ -115,10 +115,14 @@ class ExtractOptions:
         client: a running dask client to submit to (a service keeps one, with its
             workers' backbones loaded, across runs); None: one per run, as
             ``workers``/``scheduler`` say.
+        resolved_paths: the records' paths were resolved (symbolic links followed)
+            when their folder was listed, as the service's are: a clip reached through
+            a link swapped in since is refused, never read.
         on_part: called with the summary so far after every committed part (progress).
-        should_stop: asked after every committed part (and while waiting for the
-            writer lock); once it answers True, parts not yet started are skipped (each
-            started part is finished and committed) and the summary says ``stopped``.
+        should_stop: polled a few times a second while the run works (and while
+            waiting for the writer lock); once it answers True, parts not yet started
+            are skipped, each running part stops after its current batch and commits
+            the clips it finished, and the summary says ``stopped``.
     """
 
     model: str | None = None
@@ -142,6 +146,7 @@ class ExtractOptions:
     dashboard: bool = False
     quiet: bool = False
     storage_options: dict = field(default_factory=dict)
+    resolved_paths: bool = False
     client: object | None = field(default=None, compare=False, repr=False)
     on_part: Callable[[object], None] | None = field(default=None, compare=False, repr=False)
     should_stop: Callable[[], bool] | None = field(default=None, compare=False, repr=False)

@@ -69,15 +69,20 @@ class PartJob:
     decode_threads: int | None = None  # None: see decode_threads_for
     layers: tuple[int, ...] = ()  # the spec's stored layers (): the last only
     parts_path: str = "parts"  # the feature set's part folders, relative to the store
-    stop_event: str | None = None  # a dask Event's name: once set, the part is skipped
+    stop_event: str | None = None  # a dask Event's name: once set, the part stops
+    resolved_paths: bool = False  # paths resolved at listing: links swapped in are refused
 
 
-def _stop_requested(name: str) -> bool:
-    """Whether the driver asked the parts not yet started to be skipped (a cancelled
-    job): a part is the unit of work, so one that started is finished and committed."""
+def _stop_signal(name: str | None):
+    """A callable answering whether the driver asked the run to stop (a cancelled job),
+    through the dask Event ``name``; None where the run cannot be stopped. The Event is
+    made here, on the task's thread, so the device thread may ask it too."""
+    if name is None:
+        return None
     from distributed import Event
 
-    return Event(name).is_set()
+    event = Event(name)
+    return event.is_set
 
 
 def cached_backbone(job: PartJob, device: str) -> LoadedBackbone:
@@ -118,14 +123,17 @@ def run_part(job: PartJob, *, encoder: BatchEncoder | None = None) -> dict:
 
     Returns:
         ``{"part", "record" (to commit), "clips", "frames", "audio_s",
-        "failures": [{clip_id, path, reason}]}``. The part is not in the store until
-        the driver commits its record.
+        "failures": [{clip_id, path, reason}], "stopped"}``. The part is not in the
+        store until the driver commits its record. Once ``job.stop_event`` is set, a
+        part not started returns ``{"part", "skipped": True}``, and a running one stops
+        before its next round: its record holds the clips finished (``stopped``).
 
     Raises:
         RuntimeError: the backbone on this worker does not match the store's spec, or
             the store cannot be written (the driver records the part's clips as failed).
     """
-    if job.stop_event and _stop_requested(job.stop_event):
+    stop_requested = _stop_signal(job.stop_event)
+    if stop_requested is not None and stop_requested():
         return {"part": job.part, "skipped": True}
     device = require_device(job.device)
     backbone = cached_backbone(job, device) if encoder is None else None
@@ -167,9 +175,14 @@ def run_part(job: PartJob, *, encoder: BatchEncoder | None = None) -> dict:
     writer = WriteBehind(lambda work: part.append(*work), depth=WRITE_DEPTH if overlap else 0)
     failures: list[dict] = []
     audio_s = 0.0
+    stopped = False
 
     def planned() -> Iterator[tuple[list, list, list]]:
+        nonlocal stopped
         for batch in _rounds(job, threads, round_seconds, failures):
+            if stop_requested is not None and stop_requested():
+                stopped = True  # the rounds done so far are written and committed
+                return
             audio = [decoded.samples for _, decoded in batch]
             yield batch, audio, segments_of(audio, window_seconds=job.window_seconds)
 
@@ -196,6 +209,7 @@ def run_part(job: PartJob, *, encoder: BatchEncoder | None = None) -> dict:
         "frames": record.frames,
         "audio_s": float(audio_s),
         "failures": failures,
+        "stopped": stopped,
     }
 
 
@@ -211,7 +225,12 @@ def _rounds(
     expected = {id(clip): _expected_seconds(clip, job.max_seconds) for clip in job.clips}
     decoded = decode_ahead(
         job.clips,
-        lambda clip: decode_clip(clip["path"], max_seconds=job.max_seconds),
+        lambda clip: decode_clip(
+            clip["path"],
+            max_seconds=job.max_seconds,
+            expected_sha256=clip.get("sha256"),
+            exact=job.resolved_paths,
+        ),
         threads=threads,
         ahead_seconds=2 * round_seconds,
         seconds=lambda clip: expected[id(clip)],
@@ -265,7 +284,7 @@ def _usable(
             StoredClip(
                 clip_id=clip["clip_id"],
                 source_path=clip["path"],
-                sha256=clip.get("sha256") or "",
+                sha256=audio.sha256,  # of the bytes decoded (the listing's, or refused)
                 duration_s=audio.duration_s,
             )
         )

@@ -18,26 +18,31 @@ from manifests.records import (
     count_of,
     format_examples,
 )
-from manifests.sources import broken_link, list_files, open_source, source_size
+from manifests.sources import UnsafeSource, broken_link, list_files, open_source, source_size
 
 HASH_BLOCK_BYTES = 1 << 20
 
 
-def sha256_of_file(path: str | Path) -> str:
-    """sha256 of a local file's or a URL's bytes."""
+def sha256_of_file(path: str | Path, *, exact: bool = False) -> str:
+    """sha256 of a local file's or a URL's bytes (``exact``: see ``open_source``)."""
     digest = hashlib.sha256()
-    with open_source(path) as f:
+    with open_source(path, exact=exact) as f:
         while block := f.read(HASH_BLOCK_BYTES):
             digest.update(block)
     return digest.hexdigest()
 
 
-def probe(record: ClipRecord) -> ClipRecord:
+def probe(record: ClipRecord, *, exact: bool = False) -> ClipRecord:
     """Fill duration, rate, channels and sha256 from the file; set ``problem`` if unreadable
-    (a broken symbolic link, a file without read permission, ...)."""
+    (a broken symbolic link, a file without read permission, a FIFO, ...). ``exact``: the
+    path was resolved when listed; a link swapped in since is not followed
+    (``open_source``)."""
     try:
-        record.sha256 = sha256_of_file(record.path)
+        record.sha256 = sha256_of_file(record.path, exact=exact)
         size = source_size(record.path)
+    except UnsafeSource as err:
+        record.problem = str(err)
+        return record
     except OSError as err:
         record.problem = broken_link(record.path) or (
             f"cannot be read ({err.strerror or type(err).__name__})"
@@ -47,9 +52,9 @@ def probe(record: ClipRecord) -> ClipRecord:
         record.problem = "empty file (0 bytes)"
         return record
     if is_container(record.path):
-        return _probe_container(record)
+        return _probe_container(record, exact)
     try:
-        with open_source(record.path) as f:
+        with open_source(record.path, exact=exact) as f:
             info = sf.info(f)
     except Exception as err:  # libsndfile's errors for non-audio, empty or odd files
         record.problem = f"unreadable header: {err}"
@@ -62,13 +67,13 @@ def probe(record: ClipRecord) -> ClipRecord:
     return record
 
 
-def _probe_container(record: ClipRecord) -> ClipRecord:
+def _probe_container(record: ClipRecord, exact: bool) -> ClipRecord:
     """A video or audio container: its first audio stream's rate, channels and
     duration, from the container."""
     try:
-        with open_source(record.path) as f:
+        with open_source(record.path, exact=exact) as f:
             info = probe_container(f)
-    except ContainerError as err:
+    except (ContainerError, OSError) as err:
         record.problem = str(err)
         return record
     if info.sample_rate_hz <= 0 or info.duration_s <= 0:

@@ -34,26 +34,45 @@ from service.runner import JobRunner
 from service.state import StateFolder
 
 log = logging.getLogger("emi.service")
-OPEN_PATHS = ("/healthz", "/")  # and /static/*: the page holds no data
+OPEN_PATHS = ("/healthz", "/readyz", "/")  # and /static/*: they hold no data
+PROBE_PATHS = ("/healthz", "/readyz")  # answered whatever the Host (a kubelet sends its IP)
+STATE_CHANGING = ("POST", "PUT", "PATCH", "DELETE")
 STATIC = Path(__file__).resolve().parent / "static"
 UPLOAD_PATH = "/v1/uploads"
+SECURITY_HEADERS = [
+    (b"x-frame-options", b"DENY"),
+    (b"content-security-policy", b"frame-ancestors 'none'"),
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+]
 
 
 def _error(status: int, error: str, detail, headers: dict | None = None) -> JSONResponse:
     return JSONResponse({"error": error, "detail": detail}, status_code=status, headers=headers)
 
 
+def _host_name(value: str) -> str:
+    """The host of a ``Host`` header or an origin's authority, without the port, lower
+    case (``[::1]:8000`` -> ``::1``)."""
+    value = value.strip().lower()
+    if value.startswith("["):
+        return value[1 : value.find("]")] if "]" in value else value
+    return value.rsplit(":", 1)[0] if value.count(":") == 1 else value
+
+
 class Guard:
-    """ASGI middleware: bearer tokens (constant-time), and the JSON body size limit
-    (uploads have their own limits)."""
+    """ASGI middleware, in order: the ``Host`` a request names (a rebinding name is
+    refused), the ``Origin`` of state-changing requests (another site's page is
+    refused), bearer tokens (constant-time), the JSON body size limit (uploads have
+    their own limits); and the headers that keep the page out of other sites' frames."""
 
     def __init__(self, app, config: ServiceConfig) -> None:
         self.app = app
         self.config = config
         self.tokens = [t.encode() for t in config.tokens]
+        self.hosts = config.allowed_host_names()
 
-    def _authorized(self, scope) -> bool:
-        headers = dict(scope.get("headers") or [])
+    def _authorized(self, headers: dict) -> bool:
         given = headers.get(b"authorization", b"")
         scheme, _, token = given.partition(b" ")
         if scheme.lower() != b"bearer" or not token:
@@ -61,23 +80,62 @@ class Guard:
         # every token compared, in constant time
         return any([hmac.compare_digest(token.strip(), t) for t in self.tokens])
 
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
+    def _refusal(self, scope, headers: dict) -> JSONResponse | None:
+        """Why a request is refused before the app sees it; None where it may go on."""
         path = scope.get("path", "")
+        host = headers.get(b"host", b"").decode("latin-1")
+        if path not in PROBE_PATHS and self.hosts is not None:
+            if _host_name(host) not in self.hosts:
+                return _error(
+                    400,
+                    "bad host",
+                    "this service answers only requests naming it by an allowed host name "
+                    "(the operator adds names with --allowed-host)",
+                )
+        origin = headers.get(b"origin")
+        if scope.get("method") in STATE_CHANGING and origin is not None:
+            netloc = origin.decode("latin-1").partition("://")[2]
+            same = netloc.lower() == host.lower() or (
+                self.hosts is not None and _host_name(netloc) in self.hosts
+            )
+            if not same:
+                return _error(
+                    403,
+                    "forbidden",
+                    "a page of another site may not change this service's jobs or uploads "
+                    "(Origin is not the service's own)",
+                )
         open_path = path in OPEN_PATHS or path.startswith("/static/")
-        if self.tokens and not open_path and not self._authorized(scope):
-            response = _error(
+        if self.tokens and not open_path and not self._authorized(headers):
+            return _error(
                 401,
                 "unauthorized",
                 "give 'Authorization: Bearer <token>' with a token of the service's token file",
                 headers={"WWW-Authenticate": "Bearer"},
             )
-            return await response(scope, receive, send)
-        if path.startswith(UPLOAD_PATH) or scope.get("method") in ("GET", "HEAD"):
+        return None
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        limit = self.config.max_body_bytes
+
+        async def secured(message):
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), *SECURITY_HEADERS]}
+            await send(message)
+
         headers = dict(scope.get("headers") or [])
+        refused = self._refusal(scope, headers)
+        if refused is not None:
+            return await refused(scope, receive, secured)
+        path = scope.get("path", "")
+        if path.startswith(UPLOAD_PATH) or scope.get("method") in ("GET", "HEAD"):
+            return await self.app(scope, receive, secured)
+        await self._limited(scope, receive, secured, headers)
+
+    async def _limited(self, scope, receive, send, headers: dict) -> None:
+        """The app with the JSON body limit: over it, 413 at once."""
+        limit = self.config.max_body_bytes
         length = headers.get(b"content-length")
         too_large = _error(
             413, "too large", f"the request body is over the limit of {limit:,} bytes"
@@ -122,6 +180,8 @@ class Service:
             config.callback_secret,
             attempts=config.callback_attempts,
             backoff_s=config.callback_backoff_s,
+            deadline_s=config.callback_timeout_s,
+            allow=config.callback_allow,
         )
         self.runner = JobRunner(config, self.table, self.metrics, self.callbacks.send)
 
@@ -154,7 +214,7 @@ class Service:
         if body.get("callback_url"):
             from service.callbacks import check_callback_url
 
-            why = check_callback_url(body["callback_url"])
+            why = check_callback_url(body["callback_url"], config.callback_allow)
             if why:
                 raise bad_request(f"callback_url {body['callback_url']!r}: {why}")
         kind = body["kind"]
@@ -259,7 +319,8 @@ def create_app(config: ServiceConfig, state: StateFolder) -> FastAPI:
 
     @app.get("/readyz", tags=["operations"])
     def readyz():
-        """The stores are readable and the dask cluster reachable."""
+        """Ready for jobs: the stores readable, the dask cluster reachable, the job
+        threads running (needs no token; says no more than that, the log has why)."""
         from service.registry import store_names
 
         checks = {}
@@ -267,10 +328,13 @@ def create_app(config: ServiceConfig, state: StateFolder) -> FastAPI:
             store_names(config)
             checks["stores"] = "readable"
         except Exception as err:
-            checks["stores"] = f"unreadable: {err}"
+            log.warning("readyz: the stores are not readable: %s", err)
+            checks["stores"] = "unreadable"
         ready, words = service.runner.cluster_status()
-        checks["cluster"] = words
-        ok = ready and checks["stores"] == "readable"
+        checks["cluster"] = words if ready else words.split(":", 1)[0]
+        threads = service.runner.threads_alive()
+        checks["jobs"] = "running" if threads else "stopped"
+        ok = ready and threads and checks["stores"] == "readable"
         return JSONResponse({"ready": ok, "checks": checks}, status_code=200 if ok else 503)
 
     @app.get("/metrics", tags=["operations"], response_class=PlainTextResponse)
@@ -375,25 +439,36 @@ def create_app(config: ServiceConfig, state: StateFolder) -> FastAPI:
         found = _job(job_id)
         if found.kind != "score":
             raise not_found(f"job {job_id} is a {found.kind} job; only score jobs predict")
-        if found.state != "succeeded":
-            raise conflict(f"job {job_id} is {found.state}; predictions come once it succeeds")
+        partial = bool((found.result or {}).get("partial"))
+        if found.state != "succeeded" and not (found.final and partial):
+            raise conflict(
+                f"job {job_id} is {found.state}; predictions come once it succeeds (a "
+                "cancelled or failed job keeps those of the clips it finished)"
+            )
         path = config.state / "results" / job_id / name
         if not path.is_file():
             raise not_found(f"job {job_id}: its results were deleted")
-        return path
+        return path, partial
 
     @app.get("/v1/jobs/{job_id}/predictions.csv", tags=["jobs"], response_class=FileResponse)
     def predictions_csv(job_id: str):
-        """The predictions as ``emi score`` writes them."""
-        path = _result_file(job_id, "predictions.csv")
-        return FileResponse(path, media_type="text/csv", filename=f"{job_id}.csv")
+        """The predictions as ``emi score`` writes them; a cancelled or failed job's are
+        of the clips it finished, marked ``Emi-Partial: true``."""
+        path, partial = _result_file(job_id, "predictions.csv")
+        return FileResponse(
+            path,
+            media_type="text/csv",
+            filename=f"{job_id}{'-partial' if partial else ''}.csv",
+            headers={"Emi-Partial": "true" if partial else "false"},
+        )
 
     @app.get("/v1/jobs/{job_id}/predictions.json", tags=["jobs"])
     def predictions_json(job_id: str):
         """The predictions as JSON rows, and the clips that failed."""
         found = _job(job_id)
-        data = json.loads(_result_file(job_id, "predictions.json").read_text())
-        return {"job": job_id, **data, "failures": found.failures}
+        path, partial = _result_file(job_id, "predictions.json")
+        data = json.loads(path.read_text())
+        return {"job": job_id, **data, "partial": partial, "failures": found.failures}
 
     @app.post("/v1/jobs/{job_id}/cancel", status_code=202, response_model=JobView, tags=["jobs"])
     def cancel(job_id: str):

@@ -6,23 +6,31 @@ body bytes under the operator's secret (``--callback-secret-file``); header
 ``X-Emi-Job`` names the job. A receiver recomputes the HMAC over the body it got and
 compares in constant time. Delivery state is in the job table, so a callback still
 pending when the service stops is sent after the next start.
+
+Targets on loopback, private, link-local or reserved addresses are refused unless the
+operator allows them (``--callback-allow``); a name is resolved once per attempt and
+the request goes to the address checked. ``last_error`` says "refused: ..." or
+"failed: ..." in the service's own words, never what a receiver answered.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import hmac
+import ipaddress
 import json
 import logging
 import queue
+import re
 import threading
 
 from service.jobs import Job, JobTable, iso
 
 log = logging.getLogger("emi.service")
 SIGNATURE_HEADER = "X-Emi-Signature"
-TIMEOUT_S = 10.0
+ATTEMPT_DEADLINE_S = 10.0  # one attempt, connect to last header byte
 
 
 def sign(secret: bytes, body: bytes) -> str:
@@ -51,36 +59,128 @@ def callback_body(job: Job) -> bytes:
     ).encode()
 
 
-SENDERS = 4  # callbacks delivered at once (a slow receiver holds up only its own)
+SENDERS = 4  # callbacks delivered at once (a slow receiver holds up only its own attempt)
+HOST_NAME = re.compile(r"^(?=.{1,253}$)[a-z0-9_]([a-z0-9_-]{0,62})(\.[a-z0-9_]([a-z0-9_-]{0,62}))*\.?$")
+NOT_PUBLIC = (
+    "refused: {host} is not a public address (loopback, private, link-local or reserved); "
+    "the operator allows such targets with --callback-allow"
+)
 
 
-def check_callback_url(url: str) -> str | None:
-    """Why ``url`` cannot be a callback (None: it can)."""
+def _address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        address = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return None
+    mapped = getattr(address, "ipv4_mapped", None)
+    return mapped or address
+
+
+def is_public(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """Whether a callback may go to ``address`` without the operator allowing it."""
+    return address.is_global and not address.is_multicast
+
+
+def allowed(host: str, addresses: list, allow: list[str]) -> bool:
+    """Whether the operator allows ``host`` (a name or address) or one of its
+    ``addresses`` (--callback-allow: names, addresses or networks such as 10.0.0.0/8)."""
+    host = host.strip("[]").lower().rstrip(".")
+    for entry in allow:
+        entry = entry.strip().lower().rstrip(".")
+        if entry == host:
+            return True
+        try:
+            network = ipaddress.ip_network(entry, strict=False)
+        except ValueError:
+            continue
+        if any(a in network for a in addresses):
+            return True
+    return False
+
+
+def check_callback_url(url: str, allow: list[str] = ()) -> str | None:
+    """Why ``url`` cannot be a callback (None: it can). Names are resolved when the
+    callback is sent (and checked again then); an address given literally is checked
+    here."""
     import httpx
 
+    if not isinstance(url, str) or any(c.isspace() or ord(c) < 32 or c == "\x7f" for c in url):
+        return "not a URL (it holds spaces or control characters)"
     try:
         parsed = httpx.URL(url)
+        parsed.port  # noqa: B018 - a bad port raises
     except Exception as err:  # httpx raises several kinds for malformed URLs
-        return f"not a URL ({err})"
+        return f"not a URL ({type(err).__name__})"
     if parsed.scheme not in ("http", "https") or not parsed.host:
         return "give an http:// or https:// URL with a host"
+    if parsed.userinfo:
+        return "give a URL without a user name or password (callbacks are signed instead)"
+    address = _address(parsed.host)
+    if address is None and not HOST_NAME.match(parsed.host.lower()):
+        return f"{parsed.host!r} is not a host name"
+    if parsed.host.lower().rstrip(".") == "localhost" and not allowed(parsed.host, [], allow):
+        return NOT_PUBLIC.format(host=parsed.host)
+    if address is not None and not is_public(address) and not allowed(parsed.host, [address], allow):
+        return NOT_PUBLIC.format(host=parsed.host)
     return None
 
 
+def resolve_target(url: str, allow: list[str]) -> tuple[str, dict, str | None]:
+    """``(url to connect to, its extensions, why refused)``: the host resolved once, every
+    address checked, and the request pinned to the address checked (the ``Host`` and TLS
+    name stay the URL's), so a name that resolves elsewhere a moment later is not
+    followed."""
+    import socket
+
+    import httpx
+
+    why = check_callback_url(url, allow)
+    if why:
+        return url, {}, why
+    parsed = httpx.URL(url)
+    host = parsed.host
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError:
+        return url, {}, f"failed: the host name {host!r} does not resolve"
+    addresses = [_address(info[4][0]) for info in infos]
+    addresses = [a for a in addresses if a is not None]
+    if not addresses:
+        return url, {}, f"failed: the host name {host!r} does not resolve"
+    if not allowed(host, addresses, allow) and not all(is_public(a) for a in addresses):
+        return url, {}, NOT_PUBLIC.format(host=host)
+    first = addresses[0]
+    pinned = parsed.copy_with(host=str(first))
+    return str(pinned), {"sni_hostname": host}, None
+
+
 class CallbackSender:
-    """A few threads delivering callbacks, each retried with doubling delays."""
+    """A few threads delivering callbacks. Each attempt has a total deadline (a
+    receiver that trickles bytes is cut off); a failed one is retried later with a
+    doubling delay, the thread free meanwhile for other jobs' callbacks."""
 
     def __init__(
-        self, table: JobTable, secret: bytes | None, *, attempts: int, backoff_s: float
+        self,
+        table: JobTable,
+        secret: bytes | None,
+        *,
+        attempts: int,
+        backoff_s: float,
+        deadline_s: float = ATTEMPT_DEADLINE_S,
+        allow: list[str] = (),
     ) -> None:
         self.table = table
         self.secret = secret
         self.attempts = attempts
         self.backoff_s = backoff_s
+        self.deadline_s = deadline_s
+        self.allow = list(allow)
         self._queue: queue.Queue = queue.Queue()
         self._stop = threading.Event()
         self._busy: set[str] = set()
         self._busy_lock = threading.Lock()
+        self._timers: set[threading.Timer] = set()
         self._threads = [
             threading.Thread(target=self._loop, name=f"emi-callbacks-{k}", daemon=True)
             for k in range(SENDERS)
@@ -93,16 +193,37 @@ class CallbackSender:
             thread.start()
 
     def stop(self) -> None:
-        """Stop sending (a callback mid-retry stays pending: sent after the next start)."""
+        """Stop sending (a callback awaiting its retry stays pending: sent after the next
+        start)."""
         self._stop.set()
+        with self._busy_lock:
+            for timer in self._timers:
+                timer.cancel()
         for _ in self._threads:
             self._queue.put(None)
         for thread in self._threads:
-            thread.join(timeout=TIMEOUT_S + 1)
+            thread.join(timeout=self.deadline_s + 1)
 
     def send(self, job: Job) -> None:
         if job.callback and job.callback.get("status") == "pending":
             self._queue.put(job.id)
+
+    def _later(self, job_id: str, delay_s: float) -> None:
+        """Queue ``job_id`` again after ``delay_s`` (no thread waits meanwhile)."""
+
+        def due() -> None:
+            with self._busy_lock:
+                self._timers.discard(timer)
+            if not self._stop.is_set():
+                self._queue.put(job_id)
+
+        timer = threading.Timer(delay_s, due)
+        timer.daemon = True
+        with self._busy_lock:
+            if self._stop.is_set():
+                return
+            self._timers.add(timer)
+        timer.start()
 
     def _loop(self) -> None:
         while not self._stop.is_set():
@@ -113,49 +234,76 @@ class CallbackSender:
                 if job_id in self._busy:
                     continue
                 self._busy.add(job_id)
+            job = None
             try:
                 job = self.table.get(job_id)
                 if job is not None and job.callback and job.callback.get("status") == "pending":
-                    self._deliver(job)
+                    self._attempt(job)
             except Exception:  # never lose the sender thread
                 log.exception("job %s: callback delivery failed", job_id)
                 with contextlib.suppress(Exception):
-                    self.table.update(job_id, callback={**(job.callback or {}), "status": "failed"})
+                    state = {**((job and job.callback) or {}), "status": "failed",
+                             "last_error": "failed: the service could not send it"}  # fmt: skip
+                    self.table.update(job_id, callback=state)
             finally:
                 with self._busy_lock:
                     self._busy.discard(job_id)
 
-    def _deliver(self, job: Job) -> None:
-        import httpx
-
+    def _attempt(self, job: Job) -> None:
+        """One delivery attempt of ``job``'s callback; a failure schedules the next."""
         state = dict(job.callback)
-        body = callback_body(job)
-        headers = {"Content-Type": "application/json", "X-Emi-Job": job.id}
-        if self.secret is not None:
-            headers[SIGNATURE_HEADER] = sign(self.secret, body)
-        while state["attempts"] < self.attempts and not self._stop.is_set():
-            state["attempts"] += 1
-            try:
-                answer = httpx.post(state["url"], content=body, headers=headers, timeout=TIMEOUT_S)
-                ok, why = 200 <= answer.status_code < 300, f"HTTP {answer.status_code}"
-            except httpx.HTTPError as err:
-                ok, why = False, f"{type(err).__name__}: {err}"
-            except Exception as err:  # a URL httpx cannot send to: no retry helps
-                state.update(status="failed", last_error=f"{type(err).__name__}: {err}")
-                self.table.update(job.id, callback=state)
-                return
-            if ok:
-                state.update(status="delivered", last_error=None)
-                self.table.update(job.id, callback=state)
-                log.info("job %s: callback delivered (attempt %d)", job.id, state["attempts"])
-                return
-            state["last_error"] = why
+        state["attempts"] = state.get("attempts", 0) + 1
+        target, extensions, refused = resolve_target(state["url"], self.allow)
+        if refused and refused.startswith("refused"):  # no retry changes an address class
+            state.update(status="failed", last_error=refused)
             self.table.update(job.id, callback=state)
-            delay = self.backoff_s * 2 ** (state["attempts"] - 1)
-            log.warning("job %s: callback failed (%s); retrying in %.1f s", job.id, why, delay)
-            if self._stop.wait(delay):
-                return  # pending: sent after the next start
+            log.warning("job %s: callback %s", job.id, refused)
+            return
+        why = refused or self._post(job, target, extensions)
+        if why is None:
+            state.update(status="delivered", last_error=None)
+            self.table.update(job.id, callback=state)
+            log.info("job %s: callback delivered (attempt %d)", job.id, state["attempts"])
+            return
+        state["last_error"] = why
         if state["attempts"] >= self.attempts:
             state["status"] = "failed"
             self.table.update(job.id, callback=state)
             log.error("job %s: callback given up after %d attempts", job.id, state["attempts"])
+            return
+        self.table.update(job.id, callback=state)
+        delay = self.backoff_s * 2 ** (state["attempts"] - 1)
+        log.warning("job %s: callback %s; retrying in %.1f s", job.id, why, delay)
+        self._later(job.id, delay)
+
+    def _post(self, job: Job, target: str, extensions: dict) -> str | None:
+        """POST the signed body to ``target`` within the attempt's deadline; None when
+        the receiver answered 2xx, else why not (never what the receiver said)."""
+        import httpx
+
+        body = callback_body(job)
+        headers = {"Content-Type": "application/json", "X-Emi-Job": job.id}
+        host = httpx.URL(job.callback["url"]).netloc.decode("ascii")
+        headers["Host"] = host
+        if self.secret is not None:
+            headers[SIGNATURE_HEADER] = sign(self.secret, body)
+
+        async def post() -> int:
+            timeout = httpx.Timeout(self.deadline_s)
+            async with httpx.AsyncClient(timeout=timeout, follow_redirects=False) as client:
+                request = client.build_request(
+                    "POST", target, content=body, headers=headers, extensions=extensions
+                )
+                response = await client.send(request, stream=True)  # the status only
+                await response.aclose()
+                return response.status_code
+
+        try:
+            status = asyncio.run(asyncio.wait_for(post(), self.deadline_s))
+        except (TimeoutError, asyncio.TimeoutError, httpx.TimeoutException):
+            return f"failed: no whole answer within {self.deadline_s:g} s"
+        except httpx.HTTPError:
+            return "failed: could not connect or the connection broke"
+        if 200 <= status < 300:
+            return None
+        return f"failed: the receiver answered HTTP {status}"

@@ -19,6 +19,10 @@ DEFAULT_MAX_FILES = 10_000  # files per upload request (or members of its archiv
 MAX_BODY_BYTES = 1 * MiB  # a JSON request body
 DEFAULT_CONCURRENT_JOBS = 2
 DEFAULT_CALLBACK_BACKOFF_S = 1.0
+DEFAULT_CALLBACK_TIMEOUT_S = 10.0  # one callback attempt, all of it
+DEFAULT_KEEP_DAYS = 30.0  # uploads and finished jobs' results kept this long
+DEFAULT_MAX_ARCHIVE_RATIO = 100.0  # an archive's unpacked bytes per packed byte
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
 # the names clients give (checked by the request models)
 STORE_NAME = r"^[a-z0-9][a-z0-9._-]{0,63}$"
 HEAD_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}(/[A-Za-z0-9][A-Za-z0-9._-]{0,63})?$"
@@ -79,6 +83,15 @@ class ServiceConfig:
         None: the extractor's default.
     callback_secret: the HMAC-SHA256 key that signs callbacks; None: jobs cannot ask
         for callbacks.
+    callback_allow: host names, addresses or networks (``10.0.0.0/8``) callbacks may
+        go to although they are not public (loopback, private, link-local).
+    callback_timeout_s: one callback attempt's whole deadline.
+    allowed_hosts: further names the ``Host`` header may give (a proxy's name); on
+        loopback without tokens only the loopback names are answered otherwise.
+    upload_quota_bytes: all uploads kept at once, in bytes; None: no quota.
+    keep_days: uploads and finished jobs' results are removed after this many days;
+        None: kept until deleted.
+    max_archive_ratio: an archive's unpacked size over its packed size, at most.
     """
 
     stores: str
@@ -101,6 +114,12 @@ class ServiceConfig:
     callback_secret: bytes | None = None
     callback_attempts: int = 8
     callback_backoff_s: float = DEFAULT_CALLBACK_BACKOFF_S
+    callback_allow: list[str] = field(default_factory=list)
+    callback_timeout_s: float = DEFAULT_CALLBACK_TIMEOUT_S
+    allowed_hosts: list[str] = field(default_factory=list)
+    upload_quota_bytes: int | None = None
+    keep_days: float | None = DEFAULT_KEEP_DAYS
+    max_archive_ratio: float = DEFAULT_MAX_ARCHIVE_RATIO
 
     def __post_init__(self) -> None:
         if not is_loopback(self.host) and not self.tokens:
@@ -128,6 +147,21 @@ class ServiceConfig:
         self.heads.mkdir(parents=True, exist_ok=True)
         if self.concurrent_jobs < 1:
             raise ServiceSetupError("--jobs must be 1 or more")
+
+    def allowed_host_names(self) -> set[str] | None:
+        """The host names a request's ``Host`` may give (without the port); None: any.
+
+        Without tokens (loopback only), the loopback names, the bound address and
+        ``allowed_hosts``: a page on a name that resolves to this machine (DNS
+        rebinding) gets nothing. With tokens, any name unless ``allowed_hosts`` are given
+        (a request needs a token either way)."""
+        if self.tokens and not self.allowed_hosts:
+            return None
+        names = {h.strip().lower().strip("[]") for h in self.allowed_hosts}
+        if not self.tokens or is_loopback(self.host):
+            names |= set(LOOPBACK_NAMES)
+        names.add(self.host.lower().strip("[]"))
+        return names
 
     def store_location(self, name: str) -> str:
         """The location of the store named ``name`` under ``stores``."""

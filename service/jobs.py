@@ -64,6 +64,11 @@ def body_digest(body: dict) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
+def _number(value, default: float = 0.0) -> float | None:
+    """A numeric column, or ``default`` where it holds something else."""
+    return value if isinstance(value, int | float) else default
+
+
 def new_job_id() -> str:
     return "job-" + uuid.uuid4().hex[:20]
 
@@ -87,6 +92,7 @@ class Job:
     cancel_requested: bool = False
     runs: int = 0
     callback: dict | None = None
+    damaged: list[str] = field(default_factory=list)  # columns of the row not readable
 
     @property
     def final(self) -> bool:
@@ -146,23 +152,52 @@ class JobTable:
 
     @staticmethod
     def _job(row: sqlite3.Row) -> Job:
-        return Job(
+        """A row as a :class:`Job`; a column that is not the JSON it should be (a damaged
+        row) reads as empty, and ``damaged`` names it."""
+        damaged: list[str] = []
+
+        def loaded(column: str, empty):
+            text = row[column]
+            if text is None or text == "":
+                return empty
+            try:
+                value = json.loads(text)
+            except (TypeError, ValueError):
+                damaged.append(column)
+                return empty
+            if empty is not None and not isinstance(value, type(empty)):
+                damaged.append(column)
+                return empty
+            return value
+
+        job = Job(
             id=row["id"],
-            kind=row["kind"],
-            state=row["state"],
-            request=json.loads(row["request"]),
-            created_at=row["created_at"],
-            updated_at=row["updated_at"],
-            started_at=row["started_at"],
-            finished_at=row["finished_at"],
-            progress=json.loads(row["progress"]),
-            failures=json.loads(row["failures"]),
-            result=json.loads(row["result"]) if row["result"] else None,
-            error=json.loads(row["error"]) if row["error"] else None,
+            kind=row["kind"] if row["kind"] in KINDS else "score",
+            state=row["state"] if row["state"] in STATES else "failed",
+            request=loaded("request", {}),
+            created_at=_number(row["created_at"]),
+            updated_at=_number(row["updated_at"]),
+            started_at=_number(row["started_at"], None),
+            finished_at=_number(row["finished_at"], None),
+            progress=loaded("progress", {}),
+            failures=loaded("failures", []),
+            result=loaded("result", None),
+            error=loaded("error", None),
             cancel_requested=bool(row["cancel_requested"]),
-            runs=row["runs"],
-            callback=json.loads(row["callback"]) if row["callback"] else None,
+            runs=int(_number(row["runs"])),
+            callback=loaded("callback", None),
         )
+        for column in ("result", "error", "callback"):
+            value = getattr(job, column)
+            if value is not None and not isinstance(value, dict):
+                damaged.append(column)
+                setattr(job, column, None)
+        if row["kind"] not in KINDS:
+            damaged.append("kind")
+        if row["state"] not in STATES:
+            damaged.append("state")
+        job.damaged = damaged
+        return job
 
     def get(self, job_id: str) -> Job | None:
         with self._lock:
@@ -259,22 +294,37 @@ class JobTable:
 
     def claim_next(self) -> Job | None:
         """The oldest queued job, now ``running`` (None when none is queued); a queued
-        job whose cancel was asked is never claimed."""
-        now = time.time()
-        with self._lock:
-            row = self._db.execute(
-                "SELECT * FROM jobs WHERE state='queued' AND cancel_requested=0 "
-                "ORDER BY rowid LIMIT 1"
-            ).fetchone()
-            if row is None:
-                return None
-            self._db.execute(
-                "UPDATE jobs SET state='running', started_at=COALESCE(started_at, ?), "
-                "updated_at=?, runs=runs+1 WHERE id=?",
-                (now, now, row["id"]),
-            )
-            row = self._db.execute("SELECT * FROM jobs WHERE id=?", (row["id"],)).fetchone()
-        return self._job(row)
+        job whose cancel was asked is never claimed. A queued row that cannot be read (a
+        damaged row) ends ``failed`` saying so, and the next is taken."""
+        while True:
+            now = time.time()
+            with self._lock:
+                row = self._db.execute(
+                    "SELECT * FROM jobs WHERE state='queued' AND cancel_requested=0 "
+                    "ORDER BY rowid LIMIT 1"
+                ).fetchone()
+                if row is None:
+                    return None
+                job = self._job(row)
+                if job.damaged:
+                    error = {
+                        "error": "damaged job",
+                        "detail": f"this job's row in the job table is damaged ("
+                        f"{', '.join(job.damaged)} not readable); it cannot run. Submit it again",
+                    }
+                    self._db.execute(
+                        "UPDATE jobs SET state='failed', finished_at=?, updated_at=?, error=? "
+                        "WHERE id=?",
+                        (now, now, json.dumps(error), row["id"]),
+                    )
+                    continue
+                self._db.execute(
+                    "UPDATE jobs SET state='running', started_at=COALESCE(started_at, ?), "
+                    "updated_at=?, runs=runs+1 WHERE id=?",
+                    (now, now, row["id"]),
+                )
+                row = self._db.execute("SELECT * FROM jobs WHERE id=?", (row["id"],)).fetchone()
+            return self._job(row)
 
     def requeue_running(self) -> list[str]:
         """Jobs left ``running`` by a killed service go back to the queue (resumed first,

@@ -87,8 +87,17 @@ class JobRunner:
         try:
             workers = len(self._client.scheduler_info().get("workers", {}))
         except Exception as err:
+            log.warning("dask cluster not reachable: %s", err)
             return False, f"unreachable: {err}"
         return workers > 0, f"{workers} worker{'s' if workers != 1 else ''}"
+
+    def threads_alive(self) -> bool:
+        """Whether every job thread is running (False once one died, or stopping)."""
+        return (
+            bool(self._threads)
+            and not self._stopping.is_set()
+            and all(t.is_alive() for t in self._threads)
+        )
 
     def wake(self) -> None:
         self._wake.set()
@@ -111,7 +120,12 @@ class JobRunner:
 
     def _loop(self) -> None:
         while not self._stopping.is_set():
-            job = self.table.claim_next()
+            try:
+                job = self.table.claim_next()
+            except Exception:  # the table itself failed (disk, lock): try again shortly
+                log.exception("the job table could not be read; trying again")
+                self._stopping.wait(IDLE_POLL_S * 4)
+                continue
             if job is None:
                 self._wake.wait(IDLE_POLL_S)
                 self._wake.clear()
@@ -233,6 +247,7 @@ class JobRunner:
             "client": self.client(),
             "on_part": self._part_progress(job, total, refused),
             "should_stop": self._should_stop(job),
+            "resolved_paths": True,  # listed by manifest_below_roots: real paths
         }
         if self.config.part_seconds:
             options["part_seconds"] = self.config.part_seconds
@@ -278,12 +293,13 @@ class JobRunner:
             quiet=True,
             cache_store_for=self.config.score_store_for,
             run=run,
+            on_partial=lambda partial: self._keep_predictions(job, partial, total, partial=True),
         )
         failures = [*refused, *result.failed]
         self._failures(job, failures)
-        if result.stopped:
+        if result.stopped:  # the clips finished before the stop, as partial predictions
+            self._keep_predictions(job, result.predictions, total, partial=True)
             return None
-        predicted = len(result.predictions.clip_ids)
         self.metrics.outcomes(result.extracted, result.reused, len(failures))
         self._progress(
             job,
@@ -293,21 +309,35 @@ class JobRunner:
             clips_reused=result.reused,
             clips_failed=len(failures),
         )
-        folder = self.config.state / "results" / job.id
-        folder.mkdir(parents=True, exist_ok=True)
-        result.predictions.write_csv(folder / "predictions.csv")
-        _write_json(folder / "predictions.json", {"predictions": result.predictions.rows()})
+        kept = self._keep_predictions(job, result.predictions, total, partial=False)
         return {
-            "clips": total,
-            "predicted": predicted,
+            **kept,
             "extracted": result.extracted,
             "reused": result.reused,
             "failed": len(failures),
             "store": Path(result.store).name.removesuffix(".zarr"),
             "heads": [h for h in request["heads"]],
+        }
+
+    def _keep_predictions(self, job: Job, predictions, total: int, *, partial: bool) -> dict:
+        """Write a score job's predictions under its results folder; partial ones (a job
+        cancelled or failed: the clips finished before it ended) are recorded as the
+        job's result at once, marked ``partial``."""
+        folder = self.config.state / "results" / job.id
+        folder.mkdir(parents=True, exist_ok=True)
+        predictions.write_csv(folder / "predictions.csv")
+        rows = predictions.rows()
+        _write_json(folder / "predictions.json", {"predictions": rows, "partial": partial})
+        kept = {
+            "clips": total,
+            "predicted": len(rows),
+            "partial": partial,
             "predictions_csv": f"/v1/jobs/{job.id}/predictions.csv",
             "predictions_json": f"/v1/jobs/{job.id}/predictions.json",
         }
+        if partial:
+            self.table.update(job.id, result=kept)
+        return kept
 
     def _extract(self, job: Job) -> dict | None:
         from featurestore.extraction import extract

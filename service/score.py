@@ -6,11 +6,14 @@ Composes the feature store's extractor with the heads (``models`` reads stores o
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+
+import numpy as np
 
 from featurestore.options import ExtractOptions, user_cache_dir
 from featurestore.records import ClipFailure
@@ -44,8 +47,8 @@ class ScoreResult:
         reused: clips whose features were already stored.
         failed: clips of the folder that could not be extracted, left out of the
             predictions.
-        stopped: ``should_stop`` answered True: the parts that had started are stored,
-            and nothing was predicted.
+        stopped: ``should_stop`` answered True: what was finished is stored, and the
+            predictions are of those clips only (partial; ``output`` is not written).
     """
 
     predictions: Predictions
@@ -69,6 +72,7 @@ def score_folder(
     quiet: bool = False,
     cache_store_for: Callable[[str], str] | None = None,
     run: dict | None = None,
+    on_partial: Callable[[Predictions], None] | None = None,
 ) -> ScoreResult:
     """Score every audio file below ``audio_dir`` with ``heads`` (``emi score``).
 
@@ -87,7 +91,9 @@ def score_folder(
         cache_store_for: where the content-keyed store of features of a fingerprint is
             (used when ``store`` is None); None: :func:`default_score_store`.
         run: further :class:`ExtractOptions` fields (``client``, ``on_part``,
-            ``should_stop``, ``part_seconds``).
+            ``should_stop``, ``part_seconds``, ``resolved_paths``).
+        on_partial: where the extraction fails, called with the predictions of the
+            clips stored before it failed (then the error is raised).
 
     Raises:
         HeadError: heads of different feature specs, or not heads.
@@ -100,8 +106,6 @@ def score_folder(
         >>> result.failed  # doctest: +SKIP
         []
     """
-    from featurestore.extraction import extract
-
     loaded = load_heads(heads, device=device)
     refs = loaded[0].config.feature_refs
     wanted = [ref.fingerprint for ref in refs]
@@ -123,60 +127,21 @@ def score_folder(
     def key(record: ClipRecord) -> str:
         return content_key(record) if cached else record.clip_id
 
-    summaries = []
-    for index, ref in enumerate(refs):  # every feature set the heads read
-        # nothing to extract: no writer lock taken (with another --model, extract checks
-        # that it makes the heads' features first)
-        stored = None if model else _all_stored(location, ref.fingerprint, records)
-        if stored is not None:
-            summaries.append(stored)
-            continue
-        spec = loaded[0].spec if index == 0 else ref.spec
-        if spec is None:
-            raise HeadError(f"{loaded[0].folder}: its config.json records no feature spec")
-        options = ExtractOptions(
-            model=(model if index == 0 and model else None) or spec.backbone.ref,
-            revision=spec.backbone.revision,
-            device=device,
-            compute_dtype=spec.compute_dtype,
-            workers=workers,
-            scheduler=scheduler,
-            max_seconds=spec.max_seconds,
-            window_seconds=spec.window_seconds,
-            layers=spec.layers,
-            # the set holding these features, else a new one of the head's set name
-            # (chosen under the writer lock: two scores waiting never take one name)
-            new_set_name=ref.feature_set or (set_name_of(ref.spec) if ref.spec else None),
-            refresh_changed=True,  # never serve features of a file's earlier content
-            # another score (or extract) writing the store: wait for it, saying so
-            wait_for_lock_s=LOCK_WAIT_S,
-            expect_fingerprint=ref.fingerprint,
-            quiet=quiet,
-            **(run or {}),
-        )
-        summaries.append(extract(records, location, options))
-        if summaries[-1].stopped:
-            return ScoreResult(
-                Predictions([], loaded, {}),
-                location,
-                sum(s.extracted for s in summaries),
-                0,
-                _failures(folder, key, summaries),
-                stopped=True,
-            )
-    opened = FeatureStore.open(location)
-    held = [s.sha256_by_clip() for s in sets_for_head(opened, loaded[0])]
-    # Served only where the stored features of every set are of the file's current content.
-    ids = sorted({key(r) for r in folder if all(stored.get(key(r)) == r.sha256 for stored in held)})
-    ids, values = predict_store(opened, loaded, clip_ids=ids, device=device)
-    row_of = {cid: i for i, cid in enumerate(ids)}
-    rows = sorted((r.clip_id, row_of[key(r)]) for r in folder if key(r) in row_of)
-    predictions = Predictions(
-        [cid for cid, _ in rows],
-        loaded,
-        {name: v[[i for _, i in rows]] for name, v in values.items()},
-    )
-    if output is not None:
+    summaries: list = []
+    try:
+        for index, ref in enumerate(refs):  # every feature set the heads read
+            summary = _extract_set(records, location, loaded, index, ref, model, run, quiet,
+                                   workers=workers, scheduler=scheduler, device=device)  # fmt: skip
+            summaries.append(summary)
+            if summary.stopped:
+                break
+    except Exception:
+        if on_partial is not None:  # what was stored before the failure still predicts
+            with contextlib.suppress(Exception):
+                on_partial(_predict_stored(folder, loaded, location, key, device))
+        raise
+    predictions = _predict_stored(folder, loaded, location, key, device)
+    if output is not None and not summaries[-1].stopped:
         predictions.write_csv(output)
     return ScoreResult(
         predictions,
@@ -184,6 +149,66 @@ def score_folder(
         max(s.extracted for s in summaries),
         min(s.already_stored for s in summaries),
         _failures(folder, key, summaries),
+        stopped=summaries[-1].stopped,
+    )
+
+
+def _extract_set(records, location, loaded, index, ref, model, run, quiet, **run_on):
+    """Extract what is missing of the heads' ``index``-th feature set (``ref``); an
+    :class:`ExtractSummary` of nothing to do where the store holds it all."""
+    from featurestore.extraction import extract
+
+    # nothing to extract: no writer lock taken (with another --model, extract checks
+    # that it makes the heads' features first)
+    stored = None if model else _all_stored(location, ref.fingerprint, records)
+    if stored is not None:
+        return stored
+    spec = loaded[0].spec if index == 0 else ref.spec
+    if spec is None:
+        raise HeadError(f"{loaded[0].folder}: its config.json records no feature spec")
+    options = ExtractOptions(
+        model=(model if index == 0 and model else None) or spec.backbone.ref,
+        revision=spec.backbone.revision,
+        compute_dtype=spec.compute_dtype,
+        max_seconds=spec.max_seconds,
+        window_seconds=spec.window_seconds,
+        layers=spec.layers,
+        # the set holding these features, else a new one of the head's set name
+        # (chosen under the writer lock: two scores waiting never take one name)
+        new_set_name=ref.feature_set or (set_name_of(ref.spec) if ref.spec else None),
+        refresh_changed=True,  # never serve features of a file's earlier content
+        # another score (or extract) writing the store: wait for it, saying so
+        wait_for_lock_s=LOCK_WAIT_S,
+        expect_fingerprint=ref.fingerprint,
+        quiet=quiet,
+        **run_on,
+        **(run or {}),
+    )
+    return extract(records, location, options)
+
+
+def _predict_stored(
+    folder: list[ClipRecord], loaded: list[LoadedHead], location: str, key: Callable, device
+) -> Predictions:
+    """The heads' predictions for the clips of ``folder`` whose features every set the
+    heads read holds, of the file's current content (by the folder's clip ids, sorted)."""
+    from featurestore.errors import StoreError
+
+    try:
+        opened = FeatureStore.open(location)
+        held = [s.sha256_by_clip() for s in sets_for_head(opened, loaded[0])]
+    except (StoreError, HeadError):  # nothing stored yet (a run stopped at once)
+        held = []
+    ids = sorted({key(r) for r in folder if all(stored.get(key(r)) == r.sha256 for stored in held)})
+    if not held or not ids:
+        return Predictions([], loaded, {h.name: np.zeros((0, len(h.targets))) for h in loaded})
+    ids, values = predict_store(opened, loaded, clip_ids=ids, device=device)
+    row_of = {cid: i for i, cid in enumerate(ids)}
+    rows = sorted((r.clip_id, row_of[key(r)]) for r in folder if key(r) in row_of)
+    return Predictions(
+        [cid for cid, _ in rows],
+        loaded,
+        {name: v[[i for _, i in rows]] for name, v in values.items()},
     )
 
 

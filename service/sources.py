@@ -50,6 +50,8 @@ def resolve_source(config: ServiceConfig, source: str, *, what: str = "source") 
     """
     if not isinstance(source, str) or not source.strip():
         raise bad_request(f"{what}: give a folder below a source root or an upload id")
+    if "\x00" in source or any(ord(c) < 32 for c in source):
+        raise bad_request(f"{what}: a path holds no control characters (a null byte, ...)")
     if UPLOAD_ID.match(source):
         return str(upload_files(config, source))
     roots = ", ".join(config.source_roots)
@@ -107,7 +109,7 @@ def manifest_below_roots(folder: str, config: ServiceConfig) -> tuple[list[ClipR
         elif inside_roots(record.path, allowed):
             # read from the resolved path from now on: a link swapped after this check
             # is not followed
-            records.append(probe(replace(record, path=os.path.realpath(record.path))))
+            records.append(probe(replace(record, path=os.path.realpath(record.path)), exact=True))
         else:
             refused.append(ClipFailure(clip_id=record.clip_id, path=record.path, reason=OUTSIDE))
     return sorted(records, key=lambda r: r.clip_id), refused
@@ -153,10 +155,15 @@ def list_folder(config: ServiceConfig, path: str | None) -> dict:
                 if entry.name.startswith("."):
                     continue
                 full = os.path.join(where, entry.name)
-                if entry.is_dir():
+                try:  # a link loop or a vanished entry is left out, never an error
+                    is_dir = entry.is_dir()
+                    is_file = not is_dir and entry.is_file()
+                except OSError:
+                    continue
+                if is_dir:
                     if inside_roots(full, roots):
                         folders.append(os.path.realpath(full))
-                elif os.path.splitext(entry.name)[1].lower() in AUDIO_EXTENSIONS:
+                elif is_file and os.path.splitext(entry.name)[1].lower() in AUDIO_EXTENSIONS:
                     audio += 1
         folders.sort()
     at_root = any(where.rstrip("/") == r.rstrip("/") for r in roots)
