@@ -13,6 +13,7 @@ import hmac
 import json
 import logging
 import shutil
+import threading
 from pathlib import Path
 from typing import Annotated
 
@@ -29,7 +30,8 @@ from service.errors import RequestError, bad_request, conflict, not_found
 from service.jobs import FINAL, KINDS, STATES, JobTable, new_job_id
 from service.metrics import ServiceMetrics
 from service.registry import release_head, reserve_head
-from service.requests import JobPage, JobRequest, JobView
+from service.requests import FailurePage, JobPage, JobRequest, JobView
+from service.retention import Sweeper
 from service.runner import JobRunner
 from service.state import StateFolder
 
@@ -84,14 +86,14 @@ class Guard:
         """Why a request is refused before the app sees it; None where it may go on."""
         path = scope.get("path", "")
         host = headers.get(b"host", b"").decode("latin-1")
-        if path not in PROBE_PATHS and self.hosts is not None:
-            if _host_name(host) not in self.hosts:
-                return _error(
-                    400,
-                    "bad host",
-                    "this service answers only requests naming it by an allowed host name "
-                    "(the operator adds names with --allowed-host)",
-                )
+        named = self.hosts is None or _host_name(host) in self.hosts
+        if path not in PROBE_PATHS and not named:
+            return _error(
+                400,
+                "bad host",
+                "this service answers only requests naming it by an allowed host name "
+                "(the operator adds names with --allowed-host)",
+            )
         origin = headers.get(b"origin")
         if scope.get("method") in STATE_CHANGING and origin is not None:
             netloc = origin.decode("latin-1").partition("://")[2]
@@ -184,6 +186,25 @@ class Service:
             allow=config.callback_allow,
         )
         self.runner = JobRunner(config, self.table, self.metrics, self.callbacks.send)
+        self.sweeper = Sweeper(config, self.table)
+        self._key_locks: dict[str, threading.Lock] = {}
+        self._key_locks_lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def key_lock(self, key: str | None):
+        """Held while a submission with ``key`` is checked and added (no key: none)."""
+        if key is None:
+            yield
+            return
+        with self._key_locks_lock:
+            lock = self._key_locks.setdefault(key, threading.Lock())
+        try:
+            with lock:
+                yield
+        finally:
+            with self._key_locks_lock:
+                if not lock.locked():
+                    self._key_locks.pop(key, None)
 
     def start(self) -> None:
         from service.uploads import sweep_partial_uploads
@@ -192,9 +213,11 @@ class Service:
             log.info("removed %s, an upload cut off when the service stopped", leftover)
         self.callbacks.start()
         self.runner.start()
+        self.sweeper.start()
 
     def stop(self) -> None:
         log.info("stopping: no new jobs; running jobs stop after their current part")
+        self.sweeper.stop()
         self.runner.stop()
         self.callbacks.stop()  # before the table closes: their state is written there
         self.table.close()
@@ -292,14 +315,21 @@ def create_app(config: ServiceConfig, state: StateFolder) -> FastAPI:
 
     @app.get("/v1/service", tags=["registry"])
     def about() -> dict:
-        """The upload limits and the source roots (what a client may send)."""
+        """The upload limits, how long uploads and results are kept, and the source
+        roots (what a client may send)."""
+        from service.uploads import kept_bytes
+
         return {
             "limits": {
                 "max_file_bytes": config.max_file_bytes,
                 "max_request_bytes": config.max_request_bytes,
                 "max_files": config.max_files,
                 "max_body_bytes": config.max_body_bytes,
+                "max_archive_ratio": config.max_archive_ratio,
+                "upload_quota_bytes": config.upload_quota_bytes,
+                "uploads_kept_bytes": kept_bytes(config),
             },
+            "keep_days": config.keep_days,
             "source_roots": config.source_roots,
             "callbacks": config.callback_secret is not None,
         }
@@ -365,6 +395,20 @@ def create_app(config: ServiceConfig, state: StateFolder) -> FastAPI:
         """Queue a score, extract or train job (202, with the job). The same
         ``Idempotency-Key`` and body return the same job; another body is refused (409)."""
         request = body.model_dump(exclude_none=True)
+        # the same key at once (a client's retries racing): one of them makes the job,
+        # the others find it
+        with service.key_lock(idempotency_key):
+            job, new = _submit_once(request, body.kind, idempotency_key)
+        response.headers["Location"] = f"/v1/jobs/{job.id}"
+        if new:
+            log.info("job %s %s: queued", job.id, job.kind)
+            service.runner.wake()
+        else:
+            response.headers["Idempotent-Replayed"] = "true"
+        return job.to_api()
+
+    def _submit_once(request: dict, kind: str, idempotency_key: str | None):
+        """The job of ``idempotency_key`` (same body), else a new one: (job, new)."""
         if idempotency_key is not None:
             found = service.table.by_key(idempotency_key)
             if found is not None:
@@ -376,32 +420,24 @@ def create_app(config: ServiceConfig, state: StateFolder) -> FastAPI:
                         f"Idempotency-Key {idempotency_key!r} was used for another request; "
                         "use a new key for a new job"
                     )
-                response.headers["Idempotent-Replayed"] = "true"
-                response.headers["Location"] = f"/v1/jobs/{job.id}"
-                return job.to_api()
+                return job, False
         service.check_request(request)
         job_id = new_job_id()
-        if body.kind == "train":  # the name is the job's from now on
+        if kind == "train":  # the name is the job's from now on
             reserve_head(config, request["name"], job_id)
         try:
             job, new = service.table.add(
-                body.kind, request, idempotency_key=idempotency_key, job_id=job_id
+                kind, request, idempotency_key=idempotency_key, job_id=job_id
             )
         except KeyError:
-            if body.kind == "train":
+            if kind == "train":
                 release_head(config, request["name"], job_id)
             raise conflict(
                 f"Idempotency-Key {idempotency_key!r} was used for another request"
             ) from None
-        if not new and body.kind == "train":
+        if not new and kind == "train":
             release_head(config, request["name"], job_id)
-        if new:
-            log.info("job %s %s: queued", job.id, job.kind)
-            service.runner.wake()
-        else:
-            response.headers["Idempotent-Replayed"] = "true"
-        response.headers["Location"] = f"/v1/jobs/{job.id}"
-        return job.to_api()
+        return job, new
 
     @app.get("/v1/jobs", response_model=JobPage, tags=["jobs"])
     def jobs(
@@ -435,6 +471,23 @@ def create_app(config: ServiceConfig, state: StateFolder) -> FastAPI:
         """One job: state, progress, failed clips with their reasons, result."""
         return _job(job_id).to_api()
 
+    @app.get("/v1/jobs/{job_id}/failures", response_model=FailurePage, tags=["jobs"])
+    def failures(
+        job_id: str,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+        after: Annotated[str | None, Query(description="the 'next' of the page before")] = None,
+    ):
+        """A job's failed clips with their reasons, a page at a time."""
+        listed = service.table.failures(job_id)
+        if listed is None:
+            raise not_found(f"job {job_id!r} not found; GET /v1/jobs lists them")
+        if after is not None and not (after.isascii() and after.isdigit() and len(after) < 10):
+            raise bad_request("after: give the 'next' value of the previous page")
+        start = int(after or 0)
+        page = listed[start : start + limit]
+        following = str(start + limit) if start + limit < len(listed) else None
+        return {"failures": page, "total": len(listed), "next": following}
+
     def _result_file(job_id: str, name: str):
         found = _job(job_id)
         if found.kind != "score":
@@ -447,7 +500,10 @@ def create_app(config: ServiceConfig, state: StateFolder) -> FastAPI:
             )
         path = config.state / "results" / job_id / name
         if not path.is_file():
-            raise not_found(f"job {job_id}: its results were deleted")
+            raise not_found(
+                f"job {job_id}: its results were removed (past the service's keep_days, "
+                "GET /v1/service)"
+            )
         return path, partial
 
     @app.get("/v1/jobs/{job_id}/predictions.csv", tags=["jobs"], response_class=FileResponse)

@@ -60,7 +60,8 @@ def callback_body(job: Job) -> bytes:
 
 
 SENDERS = 4  # callbacks delivered at once (a slow receiver holds up only its own attempt)
-HOST_NAME = re.compile(r"^(?=.{1,253}$)[a-z0-9_]([a-z0-9_-]{0,62})(\.[a-z0-9_]([a-z0-9_-]{0,62}))*\.?$")
+LABEL = r"[a-z0-9_]([a-z0-9_-]{0,62})"
+HOST_NAME = re.compile(rf"^(?=.{{1,253}}$){LABEL}(\.{LABEL})*\.?$")
 NOT_PUBLIC = (
     "refused: {host} is not a public address (loopback, private, link-local or reserved); "
     "the operator allows such targets with --callback-allow"
@@ -120,7 +121,8 @@ def check_callback_url(url: str, allow: list[str] = ()) -> str | None:
         return f"{parsed.host!r} is not a host name"
     if parsed.host.lower().rstrip(".") == "localhost" and not allowed(parsed.host, [], allow):
         return NOT_PUBLIC.format(host=parsed.host)
-    if address is not None and not is_public(address) and not allowed(parsed.host, [address], allow):
+    private = address is not None and not is_public(address)
+    if private and not allowed(parsed.host, [address], allow):
         return NOT_PUBLIC.format(host=parsed.host)
     return None
 
@@ -152,7 +154,7 @@ def resolve_target(url: str, allow: list[str]) -> tuple[str, dict, str | None]:
         return url, {}, NOT_PUBLIC.format(host=host)
     first = addresses[0]
     pinned = parsed.copy_with(host=str(first))
-    return str(pinned), {"sni_hostname": host}, None
+    return str(pinned), ({"sni_hostname": host} if _address(host) is None else {}), None
 
 
 class CallbackSender:

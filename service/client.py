@@ -126,6 +126,17 @@ class ServiceClient:
     def predictions(self, job_id: str) -> dict:
         return self._call("GET", f"/v1/jobs/{job_id}/predictions.json").json()
 
+    def failures(self, job_id: str, *, page_size: int = 1000) -> list[dict]:
+        """Every failed clip listed for a job (``clip_id``, ``path``, ``reason``)."""
+        found, after = [], None
+        while True:
+            params = {"limit": page_size, **({"after": after} if after else {})}
+            page = self._call("GET", f"/v1/jobs/{job_id}/failures", params=params).json()
+            found += page["failures"]
+            after = page["next"]
+            if after is None:
+                return found
+
     def upload(self, paths: Iterable[str | os.PathLike]) -> dict:
         """Upload files (or one archive); the upload (its ``id`` is a job's source)."""
         handles = [open(p, "rb") for p in paths]  # noqa: SIM115 (closed below)

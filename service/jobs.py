@@ -98,6 +98,12 @@ class Job:
     def final(self) -> bool:
         return self.state in FINAL
 
+    @property
+    def failures_count(self) -> int:
+        """Clips that failed (exact; the listed ones are at most MAX_FAILURES_KEPT)."""
+        counted = self.progress.get("clips_failed") if isinstance(self.progress, dict) else None
+        return max(len(self.failures), counted if isinstance(counted, int) else 0)
+
     def to_api(self) -> dict:
         """The job as the API shows it (times as ISO 8601 UTC)."""
         request = {k: v for k, v in self.request.items() if k != "callback_url"}
@@ -111,7 +117,7 @@ class Job:
             "updated_at": iso(self.updated_at),
             "request": request,
             "progress": self.progress,
-            "failures": self.failures,
+            "failures_count": self.failures_count,
             "result": self.result,
             "error": self.error,
             "cancel_requested": self.cancel_requested,
@@ -232,6 +238,38 @@ class JobTable:
         more = len(rows) > limit
         rows = rows[:limit]
         return [self._job(r) for r in rows], (rows[-1]["seq"] if more and rows else None)
+
+    def failures(self, job_id: str) -> list[dict] | None:
+        """The failed clips listed for a job (None: no such job)."""
+        with self._lock:
+            row = self._db.execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone()
+        return self._job(row).failures if row else None
+
+    def finished_before(self, moment: float) -> list[str]:
+        """Jobs that ended before ``moment`` (seconds since the epoch)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id FROM jobs WHERE state IN ('succeeded', 'failed', 'cancelled') "
+                "AND finished_at < ?",
+                (moment,),
+            ).fetchall()
+        return [r["id"] for r in rows]
+
+    def sources_in_use(self) -> set[str]:
+        """The sources and label files named by queued and running jobs."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT request FROM jobs WHERE state IN ('queued', 'running')"
+            ).fetchall()
+        named = set()
+        for row in rows:
+            try:
+                request = json.loads(row["request"])
+            except (TypeError, ValueError):
+                continue
+            if isinstance(request, dict):
+                named |= {str(request.get(k)) for k in ("source", "labels", "val_labels")}
+        return named
 
     def counts(self) -> dict[tuple[str, str], int]:
         """Jobs per (kind, state)."""

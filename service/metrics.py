@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
 from prometheus_client.core import GaugeMetricFamily
 
 from service.jobs import KINDS, STATES, Job, JobTable
+
+# no ``*_created`` families beside each counter and histogram: scrapers (and
+# dashboards) read them as series of their own
+disable_created_metrics()
 
 
 class _JobCounts:
@@ -40,7 +50,8 @@ class ServiceMetrics:
         )  # fmt: skip
         self.audio = Counter("emi_audio_seconds", "Audio seconds extracted", registry=self.registry)
         self.durations = Histogram(
-            "emi_job_duration_seconds", "Wall time of succeeded jobs", ["kind"],
+            "emi_job_duration_seconds", "Wall time of jobs that ended, by kind and state",
+            ["kind", "state"],
             buckets=(1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 24 * 3600),
             registry=self.registry,
         )  # fmt: skip
@@ -51,8 +62,8 @@ class ServiceMetrics:
     def ended(self, kind: str, state: str) -> None:
         self.transitions.labels(kind, state).inc()
 
-    def duration(self, kind: str, seconds: float) -> None:
-        self.durations.labels(kind).observe(seconds)
+    def duration(self, kind: str, state: str, seconds: float) -> None:
+        self.durations.labels(kind, state).observe(seconds)
 
     def clips(self, audio_seconds: float) -> None:
         if audio_seconds > 0:

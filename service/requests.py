@@ -87,7 +87,7 @@ class JobView(BaseModel):
     updated_at: str
     request: dict
     progress: dict
-    failures: list
+    failures_count: int = Field(description="clips that failed; GET /v1/jobs/{id}/failures")
     result: dict | None
     error: dict | None
     cancel_requested: bool
@@ -98,3 +98,15 @@ class JobView(BaseModel):
 class JobPage(BaseModel):
     jobs: list[JobView]
     next: str | None = Field(description="the cursor of the next page (?before=...)")
+
+
+class ClipFailureView(BaseModel):
+    clip_id: str
+    path: str = Field(description="the file, relative to its source root or upload")
+    reason: str
+
+
+class FailurePage(BaseModel):
+    failures: list[ClipFailureView]
+    total: int = Field(description="failed clips listed for the job")
+    next: str | None = Field(description="the cursor of the next page (?after=...)")

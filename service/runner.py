@@ -151,16 +151,18 @@ class JobRunner:
         except Exception as err:
             if not self._should_stop(job)():
                 self._failed(job, err)
+                self.metrics.duration(job.kind, "failed", time.monotonic() - started)
                 return
             outcome = None  # stopped while waiting (e.g. for a store's writer lock)
         if outcome is None:  # stopped at a boundary
             if self.table.cancel_requested(job.id):
                 self._end(job, "cancelled")
+                self.metrics.duration(job.kind, "cancelled", time.monotonic() - started)
             else:  # the service is stopping: resume at the next start
                 self.table.update(job.id, state="queued")
                 log.info("job %s: the service is stopping; queued to resume", job.id)
             return
-        self.metrics.duration(job.kind, time.monotonic() - started)
+        self.metrics.duration(job.kind, "succeeded", time.monotonic() - started)
         self._end(job, "succeeded", result=outcome)
 
     def _failed(self, job: Job, err: Exception) -> None:
@@ -216,8 +218,10 @@ class JobRunner:
         return progress
 
     def _failures(self, job: Job, failures: list) -> None:
+        from service.sources import public_path
+
         rows = [
-            {"clip_id": f.clip_id, "path": f.path, "reason": f.reason}
+            {"clip_id": f.clip_id, "path": public_path(self.config, f.path), "reason": f.reason}
             for f in failures[:MAX_FAILURES_KEPT]
         ]
         self.table.update(job.id, failures=rows)

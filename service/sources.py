@@ -93,6 +93,19 @@ def resolve_file(config: ServiceConfig, source: str, *, what: str, suffix: str) 
     return path
 
 
+def public_path(config: ServiceConfig, path: str) -> str:
+    """How a client sees a file the service read: below a source root as it is (a
+    client names sources that way), in an upload as ``upload-id/relative path``, else
+    its name only (the state, store and head folders stay the server's)."""
+    if is_url(path) or inside_roots(path, config.source_roots):
+        return path
+    uploads = str(config.state.resolve() / "uploads")
+    if _below(path, uploads):
+        upload, _, rest = path[len(uploads) + 1 :].partition("/")
+        return f"{upload}/{rest.removeprefix('files/')}"
+    return os.path.basename(path)
+
+
 def manifest_below_roots(folder: str, config: ServiceConfig) -> tuple[list[ClipRecord], list]:
     """The manifest of ``folder`` (as ``build_manifest``) and the files left out of it:
     a file that resolves outside the source roots (a symlink inside a root pointing out)

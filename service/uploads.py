@@ -14,6 +14,7 @@ import os
 import shutil
 import stat
 import tarfile
+import threading
 import time
 import uuid
 import zipfile
@@ -29,6 +30,52 @@ from service.errors import RequestError, bad_request, too_large
 
 ARCHIVES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
 KEPT = (*AUDIO_EXTENSIONS, ".csv")
+_IN_FLIGHT: dict[str, int] = {}  # bytes of uploads being received, by upload id
+_IN_FLIGHT_LOCK = threading.Lock()
+
+
+def kept_bytes(config: ServiceConfig) -> int:
+    """Bytes of the uploads kept (as each recorded them)."""
+    total = 0
+    for record in (config.state / "uploads").glob("upload-*/upload.json"):
+        try:
+            total += int(json.loads(record.read_text()).get("bytes", 0))
+        except (OSError, ValueError, TypeError, AttributeError):
+            continue
+    return total
+
+
+class _Quota:
+    """The share of ``--upload-quota-gb`` one upload may take: what the kept uploads
+    and the others being received leave."""
+
+    def __init__(self, config: ServiceConfig, upload_id: str) -> None:
+        self.limit = config.upload_quota_bytes
+        self.upload_id = upload_id
+        self.kept = kept_bytes(config) if self.limit is not None else 0
+
+    def take(self, size: int) -> None:
+        """This upload now holds ``size`` bytes.
+
+        Raises:
+            RequestError: 413 past the quota.
+        """
+        if self.limit is None:
+            return
+        with _IN_FLIGHT_LOCK:
+            others = sum(n for k, n in _IN_FLIGHT.items() if k != self.upload_id)
+            if self.kept + others + size > self.limit:
+                raise too_large(
+                    f"the service's upload quota ({self.limit:,} bytes, --upload-quota-gb) "
+                    f"is full: {self.kept + others:,} bytes are kept or arriving. Delete "
+                    "uploads you no longer need (DELETE /v1/uploads/{id}) or wait until "
+                    "they expire (GET /v1/service: keep_days)"
+                )
+            _IN_FLIGHT[self.upload_id] = size
+
+    def release(self) -> None:
+        with _IN_FLIGHT_LOCK:
+            _IN_FLIGHT.pop(self.upload_id, None)
 
 
 def _suffix(name: str) -> str:
@@ -170,6 +217,7 @@ async def receive_upload(
     files.mkdir(parents=True)
     writer = UploadWriter(config, files)
     received = 0
+    quota = _Quota(config, upload_id)
     try:
         parser = MultipartParser(boundary, writer.callbacks())
         async for chunk in body:
@@ -177,6 +225,7 @@ async def receive_upload(
             if received > config.max_request_bytes:
                 raise _limit("the upload's bytes", "--upload-max-request-mb",
                              config.max_request_bytes)  # fmt: skip
+            quota.take(received)
             await anyio.to_thread.run_sync(parser.write, chunk)  # disk writes off the loop
         parser.finalize()
         writer.close()
@@ -186,7 +235,9 @@ async def receive_upload(
         if archives:
             if len(writer.files) != 1:
                 raise bad_request("send one archive alone, or files without an archive")
-            count, size = await anyio.to_thread.run_sync(unpack_archive, archives[0], files, config)
+            count, size = await anyio.to_thread.run_sync(
+                unpack_archive, archives[0], files, config, quota
+            )
             archives[0].unlink()
         else:
             count, size = len(writer.files), writer.total
@@ -205,6 +256,7 @@ async def receive_upload(
         raise bad_request(f"malformed multipart body ({type(err).__name__}: {err})") from err
     finally:  # whatever ended it (a refusal, a disconnect): nothing half-written stays
         writer.close()
+        quota.release()
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
 
@@ -218,15 +270,22 @@ def sweep_partial_uploads(config: ServiceConfig) -> list[str]:
     return swept
 
 
-def unpack_archive(archive: Path, into: Path, config: ServiceConfig) -> tuple[int, int]:
+def unpack_archive(
+    archive: Path, into: Path, config: ServiceConfig, quota: _Quota | None = None
+) -> tuple[int, int]:
     """Check every member of a zip or tar archive, then extract the audio, video and CSV
-    members below ``into``; returns (files, bytes) extracted."""
+    members below ``into``; returns (files, bytes) extracted.
+
+    The members' sizes, as stated and as written, stay within the per-file and
+    per-request limits, ``--upload-max-ratio`` times the archive's own size (a
+    compression bomb is refused) and the upload quota."""
     name = archive.name
+    ceiling = _Ceiling(config, archive.stat().st_size, quota)
     if _suffix(name) == ".zip":
-        members = _zip_members(archive, config)
+        members = _zip_members(archive, config, ceiling)
         opener = zipfile.ZipFile(archive)
     else:
-        members = _tar_members(archive, config)
+        members = _tar_members(archive, config, ceiling)
         opener = tarfile.open(archive, "r:*")  # noqa: SIM115 (the with below closes it)
     count = size = 0
     root = into.resolve()
@@ -248,30 +307,48 @@ def unpack_archive(archive: Path, into: Path, config: ServiceConfig) -> tuple[in
                     if written > config.max_file_bytes:
                         raise _limit(f"{name}: member {path}", "--upload-max-file-mb",
                                      config.max_file_bytes)  # fmt: skip
+                    ceiling.check(size + written)
                     out.write(chunk)
             count += 1
             size += written
-            if size > config.max_request_bytes:
-                raise _limit(f"{name}: the extracted bytes", "--upload-max-request-mb",
-                             config.max_request_bytes)  # fmt: skip
     if count == 0:
         raise bad_request(f"{name}: holds no audio, video or CSV file")
     return count, size
 
 
-def _check_totals(name: str, sizes: list[int], config: ServiceConfig) -> None:
+class _Ceiling:
+    """What an archive may unpack to: the request limit, ``--upload-max-ratio`` times
+    its packed size, and what the upload quota leaves."""
+
+    def __init__(self, config: ServiceConfig, packed: int, quota: _Quota | None) -> None:
+        self.limits = [
+            (config.max_request_bytes, "--upload-max-request-mb"),
+            (int(config.max_archive_ratio * max(packed, 1)), "--upload-max-ratio"),
+        ]
+        self.quota = quota
+
+    def check(self, unpacked: int, name: str = "the archive") -> None:
+        for limit, option in self.limits:
+            if unpacked > limit:
+                what = f"{name} unpacks to {unpacked:,}+ bytes"
+                if option == "--upload-max-ratio":
+                    what += " (a compression ratio past the service's limit)"
+                raise _limit(what, option, limit)
+        if self.quota is not None:
+            self.quota.take(unpacked)
+
+
+def _check_totals(name: str, sizes: list[int], config: ServiceConfig, ceiling: _Ceiling) -> None:
     """The members' stated sizes within the limits (their count, folders included, is
     checked as they are listed)."""
     big = [s for s in sizes if s > config.max_file_bytes]
     if big:
         raise _limit(f"{name}: a member of {big[0]:,} bytes", "--upload-max-file-mb",
                      config.max_file_bytes)  # fmt: skip
-    if sum(sizes) > config.max_request_bytes:
-        raise _limit(f"{name}: {sum(sizes):,} bytes unpacked", "--upload-max-request-mb",
-                     config.max_request_bytes)  # fmt: skip
+    ceiling.check(sum(sizes), name)
 
 
-def _zip_members(archive: Path, config: ServiceConfig) -> list:
+def _zip_members(archive: Path, config: ServiceConfig, ceiling: _Ceiling) -> list:
     entries = _zip_entry_count(archive)
     if entries is not None and entries > config.max_files:
         raise _limit(f"{archive.name}: {entries:,} members", "--upload-max-files", config.max_files)
@@ -293,7 +370,7 @@ def _zip_members(archive: Path, config: ServiceConfig) -> list:
             continue
         members.append((info, path))
         sizes.append(info.file_size)
-    _check_totals(archive.name, sizes, config)
+    _check_totals(archive.name, sizes, config, ceiling)
     return members
 
 
@@ -313,7 +390,7 @@ def _zip_entry_count(archive: Path) -> int | None:
     return None if total == 0xFFFF else total  # 0xFFFF: a zip64 count, checked after
 
 
-def _tar_members(archive: Path, config: ServiceConfig) -> list:
+def _tar_members(archive: Path, config: ServiceConfig, ceiling: _Ceiling) -> list:
     members, sizes, seen = [], [], 0
     try:
         with tarfile.open(archive, "r:*") as handle:
@@ -333,7 +410,7 @@ def _tar_members(archive: Path, config: ServiceConfig) -> list:
                 handle.members = []  # keep no listing in memory
     except (tarfile.TarError, OSError, EOFError) as err:
         raise bad_request(f"{archive.name}: not a readable tar archive ({err})") from err
-    _check_totals(archive.name, sizes, config)
+    _check_totals(archive.name, sizes, config, ceiling)
     return members
 
 

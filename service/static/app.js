@@ -139,7 +139,8 @@ async function loadLimits() {
   const mb = (bytes) => `${Math.round(bytes / 2 ** 20)} MiB`;
   $("limits").textContent =
     `Limits: ${mb(info.limits.max_file_bytes)} per file, ${mb(info.limits.max_request_bytes)} ` +
-    `per upload, ${info.limits.max_files} files per upload.`;
+    `per upload, ${info.limits.max_files} files per upload.` +
+    (info.keep_days ? ` Uploads and results are kept ${info.keep_days} day${info.keep_days === 1 ? "" : "s"}.` : "");
   $("files").dataset.maxFile = info.limits.max_file_bytes;
   $("files").dataset.maxFiles = info.limits.max_files;
 }
@@ -279,6 +280,20 @@ async function download(job, button) {
   }
 }
 
+function failureList(job) {
+  // the reasons are fetched when opened (GET /v1/jobs/{id}/failures, the first 100)
+  const list = el("ul", {});
+  const details = el("details", { class: "failures" },
+    el("summary", { text: `${job.failures_count} failed clip${job.failures_count === 1 ? "" : "s"}` }), list);
+  details.addEventListener("toggle", async () => {
+    if (!details.open || list.childElementCount) return;
+    const page = await json(`/v1/jobs/${job.id}/failures?limit=100`);
+    list.append(...page.failures.map((f) => el("li", {}, el("code", { text: f.clip_id }), `: ${f.reason}`)));
+    if (page.total > page.failures.length) list.append(el("li", { text: `... and ${page.total - page.failures.length} more` }));
+  });
+  return details;
+}
+
 function jobCard(job) {
   const what = job.kind === "train"
     ? `train ${job.request.name} on ${job.request.store}`
@@ -288,15 +303,13 @@ function jobCard(job) {
     actions.append(el("button", { type: "button", class: "cancel", text: job.cancel_requested ? "Cancelling..." : "Cancel",
       onclick: async (event) => { event.target.disabled = true; await api(`/v1/jobs/${job.id}/cancel`, { method: "POST" }); refreshJobs(); } }));
   }
-  if (job.state === "succeeded" && job.kind === "score") {
-    actions.append(el("button", { type: "button", class: "download", text: "Download CSV",
+  const partial = job.result && job.result.partial;
+  if (job.kind === "score" && (job.state === "succeeded" || (FINAL.includes(job.state) && partial))) {
+    actions.append(el("button", { type: "button", class: "download",
+      text: partial ? `Download CSV (partial: ${job.result.predicted} clips)` : "Download CSV",
       onclick: (event) => download(job, event.target) }));
   }
-  const failures = job.failures && job.failures.length
-    ? el("details", { class: "failures" },
-      el("summary", { text: `${job.failures.length} failed clip${job.failures.length === 1 ? "" : "s"}` }),
-      el("ul", {}, ...job.failures.map((f) => el("li", {}, el("code", { text: f.clip_id }), `: ${f.reason}`))))
-    : null;
+  const failures = job.failures_count ? failureList(job) : null;
   const error = job.error ? el("p", { class: "error", text: `${job.error.error}: ${job.error.detail}` }) : null;
   return el("li", { class: `job ${job.state}`, "data-job": job.id, "data-state": job.state },
     el("div", { class: "job-head" },

@@ -1,0 +1,437 @@
+"""``emi serve`` tried as an attacker and an unlucky operator would: hostile hosts,
+origins and paths, damaged job rows, FIFOs, slow and private callback targets,
+compression bombs and a full upload quota, racing retries. A real server (a subprocess
+on a loopback port) running real jobs on a random tiny backbone."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sqlite3
+import threading
+import time
+import uuid
+import zipfile
+from concurrent.futures import ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import httpx
+import pytest
+
+from manifests.synthetic import write_corpus
+from service.client import ServiceError
+from tests.conftest import run_cli
+from tests.served import Served
+
+SECRET = b"callback-secret-for-guard-tests-0123"
+
+
+@pytest.fixture(scope="module")
+def guarded(tmp_path_factory, tiny_backbone):
+    """A source root with a labelled corpus, a registry with one ridge head, and a
+    service that signs callbacks (to 127.0.0.1 only, 1.5 s an attempt) with a 3 MB
+    upload quota."""
+    folder = tmp_path_factory.mktemp("guard")
+    root = folder / "root"
+    splits = write_corpus(root / "corpus", clips=12, seed=21, min_seconds=1.0, max_seconds=2.0)
+    audio = root / "corpus" / "audio"
+    seed = folder / "stores" / "seed.zarr"  # a managed store (train jobs read it)
+    run_cli("extract", audio, seed, "--model", tiny_backbone, "--quiet")
+    secret = folder / "callback.secret"
+    secret.write_bytes(SECRET)
+    served = Served(
+        folder, [root],
+        "--model", tiny_backbone, "--jobs", "2",
+        "--callback-secret-file", secret, "--callback-backoff", "0.2",
+        "--callback-allow", "127.0.0.1", "--callback-timeout", "1.5",
+        "--upload-quota-gb", "0.003", "--upload-max-ratio", "20",
+    )  # fmt: skip
+    run_cli(
+        "train", seed, "--labels", splits["train"], "--val-labels",
+        splits["valid"], "--out", served.heads / "ml", "--preset", "mean-linear", "--quiet",
+    )  # fmt: skip
+    with served:
+        served.start()
+        yield {"served": served, "root": root, "audio": audio, "folder": folder, **splits}
+        assert served.stop() == 0, served.text()
+    assert "Traceback" not in served.text(), served.text()
+
+
+def _wait(client, job_id: str, timeout_s: float = 120.0) -> dict:
+    return client.wait(job_id, poll_s=0.1, timeout_s=timeout_s)
+
+
+def _score(guarded, source, **extra) -> dict:
+    return {"kind": "score", "source": str(source), "heads": ["ml"], **extra}
+
+
+def test_a_rebinding_host_and_another_sites_page_are_refused(guarded):
+    url = guarded["served"].url
+    port = guarded["served"].port
+    evil = {"Host": f"attacker.example:{port}"}
+    answer = httpx.get(f"{url}/v1/sources", headers=evil)
+    assert answer.status_code == 400 and answer.json()["error"] == "bad host"
+    assert "folders" not in answer.text
+    # the probes answer whatever the Host (a kubelet names the pod's address)
+    assert httpx.get(f"{url}/readyz", headers=evil).status_code == 200
+    assert httpx.get(f"{url}/v1/sources", headers={"Host": f"localhost:{port}"}).status_code == 200
+    # another site's page: no upload, no cancel, no job
+    job = guarded["served"].client().submit(_score(guarded, guarded["audio"]))
+    other = {"Origin": "http://attacker.example"}
+    files = {"files": ("a.wav", b"RIFF....WAVE", "audio/wav")}
+    for method, path, kwargs in (
+        ("POST", "/v1/uploads", {"files": files}),
+        ("POST", f"/v1/jobs/{job['id']}/cancel", {}),
+        ("POST", "/v1/jobs", {"json": _score(guarded, guarded["audio"])}),
+        ("DELETE", f"/v1/jobs/{job['id']}", {}),
+        ("POST", "/v1/jobs", {"json": _score(guarded, guarded["audio"]),
+                              "headers": {"Origin": "null"}}),
+    ):  # fmt: skip
+        headers = {**other, **kwargs.pop("headers", {})}
+        refused = httpx.request(method, url + path, headers=headers, **kwargs)
+        assert refused.status_code == 403, (path, refused.text)
+        assert refused.json()["error"] == "forbidden"
+    assert guarded["served"].client().job(job["id"])["cancel_requested"] is False
+    # the service's own page may
+    own = httpx.post(f"{url}/v1/jobs/{job['id']}/cancel", headers={"Origin": url})
+    assert own.status_code == 202
+    page = httpx.get(f"{url}/")
+    assert page.headers["x-frame-options"] == "DENY"
+    assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
+    _wait(guarded["served"].client(), job["id"])
+
+
+def test_hostile_paths_never_answer_500(guarded):
+    url = guarded["served"].url
+    root = guarded["root"]
+    loopy = root / "loopy"
+    loopy.mkdir()
+    (loopy / "self").symlink_to(loopy / "self")  # a link to itself: ELOOP
+    (loopy / "a").symlink_to(loopy / "b")
+    (loopy / "b").symlink_to(loopy / "a")
+    os.mkfifo(loopy / "pipe.wav")
+    listed = httpx.get(f"{url}/v1/sources", params={"path": str(loopy)})
+    assert listed.status_code == 200, listed.text
+    assert listed.json()["folders"] == []
+    for params in ({"path": str(root) + "\x00/etc"}, {"path": "\x00"}):
+        answer = httpx.get(f"{url}/v1/sources", params=params)
+        assert answer.status_code == 400, answer.text
+    answer = httpx.post(f"{url}/v1/jobs", json=_score(guarded, str(root) + "/corpus\x00x"))
+    assert answer.status_code == 400 and "control characters" in answer.json()["detail"]
+
+
+def test_a_fifo_among_the_audio_is_a_failed_clip_and_the_rest_is_scored(guarded):
+    client = guarded["served"].client()
+    folder = guarded["root"] / "with-fifo"
+    folder.mkdir()
+    wavs = sorted(guarded["audio"].glob("*.wav"))[:2]
+    for wav in wavs:
+        (folder / wav.name).write_bytes(wav.read_bytes())
+    os.mkfifo(folder / "pipe.wav")  # opening it for reading would wait for a writer
+    job = _wait(client, client.submit(_score(guarded, folder))["id"], timeout_s=60)
+    assert job["state"] == "succeeded", job
+    assert job["failures_count"] == 1 and job["result"]["predicted"] == 2
+    [failed] = client.failures(job["id"])
+    assert failed["clip_id"] == "pipe" and "FIFO" in failed["reason"]
+    # the queue was never blocked: a job after it runs
+    after = _wait(client, client.submit(_score(guarded, guarded["audio"]))["id"])
+    assert after["state"] == "succeeded"
+
+
+def test_a_damaged_job_row_fails_that_job_and_the_service_goes_on(guarded):
+    served = guarded["served"]
+    client = served.client()
+    now = time.time()
+    with sqlite3.connect(served.state / "jobs.sqlite", timeout=30) as db:
+        db.execute(
+            "INSERT INTO jobs(id, kind, state, request, created_at, updated_at, progress) "
+            "VALUES(?, 'score', 'queued', '{broken', ?, ?, 'not json either')",
+            ("job-damaged0000000000", now, now),
+        )
+    listed = httpx.get(f"{served.url}/v1/jobs", params={"limit": 500})
+    assert listed.status_code == 200, listed.text
+    damaged = _wait(client, "job-damaged0000000000", timeout_s=30)
+    assert damaged["state"] == "failed" and "damaged" in damaged["error"]["detail"]
+    job = _wait(client, client.submit(_score(guarded, guarded["audio"]))["id"])
+    assert job["state"] == "succeeded"  # the job threads live on
+    ready = httpx.get(f"{served.url}/readyz").json()
+    assert ready["ready"] and ready["checks"]["jobs"] == "running"
+
+
+def test_failures_are_counted_in_listings_and_paged_apart(guarded):
+    client = guarded["served"].client()
+    folder = guarded["root"] / "many-bad"
+    folder.mkdir()
+    for k in range(7):
+        (folder / f"bad{k}.wav").write_bytes(b"RIFF\x00\x01WAVEnot audio " + bytes([k]))
+    (folder / "good.wav").write_bytes(sorted(guarded["audio"].glob("*.wav"))[0].read_bytes())
+    job = _wait(client, client.submit(_score(guarded, folder))["id"])
+    listed = [j for j in client.jobs(limit=500)["jobs"] if j["id"] == job["id"]]
+    assert listed[0]["failures_count"] == 7 and "failures" not in listed[0]
+    pages, after = [], None
+    while True:
+        params = {"limit": 3, **({"after": after} if after else {})}
+        page = client._call("GET", f"/v1/jobs/{job['id']}/failures", params=params).json()
+        pages.append(page["failures"])
+        assert page["total"] == 7
+        after = page["next"]
+        if after is None:
+            break
+    assert [len(p) for p in pages] == [3, 3, 1]
+    assert sorted(f["clip_id"] for p in pages for f in p) == [f"bad{k}" for k in range(7)]
+    for bad in ("abc", "-1", "99999999999"):
+        answer = httpx.get(f"{guarded['served'].url}/v1/jobs/{job['id']}/failures?after={bad}")
+        assert answer.status_code == 400
+
+
+class _Trickle:
+    """A receiver that reads the request, then sends its answer a byte a second."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.stop = threading.Event()
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        self.sock.settimeout(0.2)
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                continue
+            threading.Thread(target=self._drip, args=(conn,), daemon=True).start()
+
+    def _drip(self, conn) -> None:
+        with conn:
+            conn.settimeout(5)
+            try:
+                conn.recv(65536)
+                for byte in b"HTTP/1.1 200 OK\r\nX-Slow: " + b"x" * 1000:
+                    if self.stop.is_set():
+                        return
+                    conn.sendall(bytes([byte]))
+                    time.sleep(1.0)
+            except OSError:
+                return
+
+    def close(self) -> None:
+        self.stop.set()
+        self.sock.close()
+
+
+class _Quick(BaseHTTPRequestHandler):
+    got: list[bytes] = []
+
+    def do_POST(self):  # noqa: N802 (http.server's name)
+        type(self).got.append(self.rfile.read(int(self.headers["Content-Length"])))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+def test_slow_receivers_never_hold_up_other_callbacks(guarded):
+    client = guarded["served"].client()
+    trickles = [_Trickle() for _ in range(5)]
+    quick = ThreadingHTTPServer(("127.0.0.1", 0), _Quick)
+    threading.Thread(target=quick.serve_forever, daemon=True).start()
+    try:
+        slow_jobs = [
+            client.submit(
+                _score(guarded, guarded["audio"], callback_url=f"http://127.0.0.1:{t.port}/hook")
+            )  # fmt: skip
+            for t in trickles
+        ]
+        for job in slow_jobs:
+            _wait(client, job["id"])
+        fast = client.submit(
+            _score(guarded, guarded["audio"],
+                   callback_url=f"http://127.0.0.1:{quick.server_address[1]}/hook")
+        )  # fmt: skip
+        _wait(client, fast["id"])
+        deadline = time.monotonic() + 20  # each slow attempt ends after 1.5 s
+        while client.job(fast["id"])["callback"]["status"] != "delivered":
+            assert time.monotonic() < deadline, client.job(fast["id"])["callback"]
+            time.sleep(0.1)
+        assert json.loads(_Quick.got[-1])["id"] == fast["id"]
+        slow = client.job(slow_jobs[0]["id"])["callback"]
+        deadline = time.monotonic() + 20
+        while slow.get("last_error") is None:
+            assert time.monotonic() < deadline, slow
+            time.sleep(0.1)
+            slow = client.job(slow_jobs[0]["id"])["callback"]
+        assert slow["last_error"].startswith("failed: no whole answer within 1.5 s")
+        assert "X-Slow" not in slow["last_error"]
+    finally:
+        for trickle in trickles:
+            trickle.close()
+        quick.shutdown()
+
+
+def test_callback_targets_that_are_not_public_or_not_urls_are_refused_at_submit(guarded):
+    client = guarded["served"].client()
+    for url in ("http://10.0.0.7/hook", "http://169.254.169.254/latest/meta-data",
+                "http://localhost:9/hook", "http://[::1]:9/hook", "http://a b/",
+                "http://user:pw@example.org/", "ftp://example.org/"):  # fmt: skip
+        with pytest.raises(ServiceError) as refused:
+            client.submit(_score(guarded, guarded["audio"], callback_url=url))
+        assert refused.value.status in (400, 422), url
+        if refused.value.status == 400 and "public" in str(refused.value):
+            assert "--callback-allow" in str(refused.value)
+
+
+def test_a_compression_bomb_and_a_full_quota_are_refused_and_leave_nothing(guarded, tmp_path):
+    client = guarded["served"].client()
+    uploads = guarded["served"].state / "uploads"
+    before = sorted(p.name for p in uploads.iterdir()) if uploads.exists() else []
+    bomb = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("quiet.wav", b"\0" * (900 * 1024))  # ~1 KiB packed: ratio ~900
+    with pytest.raises(ServiceError) as refused:
+        client.upload([bomb])
+    assert refused.value.status == 413 and "--upload-max-ratio" in str(refused.value)
+    assert sorted(p.name for p in uploads.iterdir()) == before
+    # the quota (3 MB): two uploads of 1.2 MB fit, a third does not, until one is deleted
+    blob = tmp_path / "noise.wav"
+    blob.write_bytes(os.urandom(1_200_000))
+    kept = [client.upload([blob]), client.upload([blob])]
+    with pytest.raises(ServiceError) as full:
+        client.upload([blob])
+    assert full.value.status == 413 and "--upload-quota-gb" in str(full.value)
+    assert len(list(uploads.glob("upload-*"))) == len(before) + 2
+    about = httpx.get(f"{guarded['served'].url}/v1/service").json()
+    assert about["limits"]["uploads_kept_bytes"] >= 2_400_000 and about["keep_days"] == 30
+    client._call("DELETE", f"/v1/uploads/{kept[0]['id']}")
+    client._call("DELETE", f"/v1/uploads/{client.upload([blob])['id']}")
+    client._call("DELETE", f"/v1/uploads/{kept[1]['id']}")
+
+
+def test_retries_of_one_train_job_at_once_get_one_job(guarded):
+    served = guarded["served"]
+    body = {"kind": "train", "store": "seed", "labels": str(guarded["train"]), "name": "raced",
+            "val_labels": str(guarded["valid"]), "preset": "mean-linear"}  # fmt: skip
+    key = f"train-{uuid.uuid4().hex}"
+
+    def post(_):
+        return httpx.post(f"{served.url}/v1/jobs", json=body,
+                          headers={"Idempotency-Key": key}, timeout=30)  # fmt: skip
+
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(post, range(4)))
+    assert [a.status_code for a in answers] == [202] * 4, [a.text for a in answers]
+    ids = {a.json()["id"] for a in answers}
+    assert len(ids) == 1
+    done = _wait(served.client(), ids.pop())
+    assert done["state"] == "succeeded", done
+    # nothing half-written is left in the registry, and no server path in the heads list
+    assert not [p.name for p in served.heads.rglob("*partial*")]
+    heads = httpx.get(f"{served.url}/v1/heads").text
+    assert str(served.heads) not in heads and str(guarded["folder"]) not in heads
+    metrics = httpx.get(f"{served.url}/metrics").text
+    assert "_created" not in metrics
+    assert 'emi_job_duration_seconds_count{kind="train",state="succeeded"}' in metrics
+
+
+def test_readiness_needs_no_token_and_says_nothing_more(tmp_path, tiny_backbone):
+    tokens = tmp_path / "tokens"
+    good = "a-long-random-token-for-probes-0123"
+    tokens.write_text(good + "\n")
+    root = tmp_path / "root"
+    root.mkdir()
+    with Served(tmp_path, [root], "--token-file", tokens, token=good) as served:
+        served.start()
+        ready = httpx.get(f"{served.url}/readyz")  # as a kubelet sends it: no header
+        assert ready.status_code == 200, ready.text
+        assert set(ready.json()) == {"ready", "checks"}
+        assert str(tmp_path) not in ready.text
+        assert httpx.get(f"{served.url}/v1/jobs").status_code == 401
+        assert served.stop() == 0
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_dead_job_threads_make_the_service_not_ready(tmp_path):
+    from fastapi.testclient import TestClient
+
+    from service.app import create_app
+    from service.config import ServiceConfig
+    from service.state import StateFolder
+
+    root = tmp_path / "root"
+    root.mkdir()
+    config = ServiceConfig(stores=str(tmp_path / "s"), heads=tmp_path / "h",
+                           state=tmp_path / "state", source_roots=[str(root)])  # fmt: skip
+    state = StateFolder.open(config.state)
+    config.state = state.root
+    app = create_app(config, state)
+    with TestClient(app, base_url="http://127.0.0.1") as web:
+        service = app.app.state.service
+
+        def crash():
+            raise SystemExit("a job thread dies")  # not an Exception: the thread ends
+
+        service.table.claim_next = crash
+        deadline = time.monotonic() + 10
+        while service.runner.threads_alive():
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        answer = web.get("/readyz")
+        assert answer.status_code == 503 and answer.json()["checks"]["jobs"] == "stopped"
+
+
+def test_expired_uploads_and_results_are_removed_and_in_use_ones_kept(tmp_path):
+    from service.config import ServiceConfig
+    from service.jobs import JobTable
+    from service.retention import DAY_S, sweep_expired
+
+    root = tmp_path / "root"
+    root.mkdir()
+    config = ServiceConfig(stores=str(tmp_path / "s"), heads=tmp_path / "h", keep_days=2,
+                           state=tmp_path / "state", source_roots=[str(root)])  # fmt: skip
+    table = JobTable(_state_db(config))
+    old = time.time() - 3 * DAY_S
+    for name in ("upload-" + "a" * 20, "upload-" + "b" * 20, "upload-" + "c" * 20):
+        files = config.state / "uploads" / name / "files"
+        files.mkdir(parents=True)
+        made = old if name != "upload-" + "c" * 20 else time.time()
+        (files.parent / "upload.json").write_text(json.dumps({"created_at": made, "bytes": 1}))
+    table.add("score", {"source": "upload-" + "b" * 20, "heads": ["x"]})  # queued: in use
+    done, _ = table.add("score", {"source": "/x", "heads": ["x"]})
+    table.finish(done.id, "succeeded")
+    (config.state / "results" / done.id).mkdir(parents=True)
+    assert sweep_expired(config, table) == ["upload-" + "a" * 20]  # the job ended just now
+    later = time.time() + 3 * DAY_S
+    assert sweep_expired(config, table, now=later) == [
+        "upload-" + "c" * 20, f"results/{done.id}"
+    ]  # fmt: skip
+    assert (config.state / "uploads" / ("upload-" + "b" * 20)).is_dir()
+    table.close()
+
+
+def _state_db(config) -> Path:
+    config.state.mkdir(parents=True, exist_ok=True)
+    return config.state / "jobs.sqlite"
+
+
+def test_a_name_resolving_to_a_private_address_is_refused_when_sent(monkeypatch):
+    from service import callbacks
+
+    def resolve(host, port, type=0):  # noqa: A002 (socket's name)
+        address = {"hooks.example.org": "10.1.2.3", "public.example.org": "93.184.216.34"}[host]
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (address, port))]
+
+    monkeypatch.setattr(socket, "getaddrinfo", resolve)
+    _, _, why = callbacks.resolve_target("https://hooks.example.org/h", [])
+    assert why.startswith("refused") and "--callback-allow" in why
+    target, extensions, why = callbacks.resolve_target(
+        "https://hooks.example.org/h", ["10.0.0.0/8"]
+    )
+    assert why is None and target == "https://10.1.2.3/h"
+    assert extensions == {"sni_hostname": "hooks.example.org"}  # TLS checks the name
+    target, _, why = callbacks.resolve_target("http://public.example.org:8080/h", [])
+    assert why is None and target == "http://93.184.216.34:8080/h"  # pinned to the checked address
