@@ -163,6 +163,17 @@ class ServiceConfig:
         names.add(self.host.lower().strip("[]"))
         return names
 
+    def public_text(self, text: str) -> str:
+        """``text`` with the server's own folders (state, stores, heads) named by role,
+        as a client may see it: ``<heads>/ml``, not the path on the server."""
+        for folder, role in (
+            (str(self.state), "<state>"),
+            (str(self.stores), "<stores>"),
+            (str(self.heads), "<heads>"),
+        ):
+            text = text.replace(folder.rstrip("/"), role)
+        return text
+
     def store_location(self, name: str) -> str:
         """The location of the store named ``name`` under ``stores``."""
         return f"{self.stores.rstrip('/')}/{name}.zarr"

@@ -112,7 +112,7 @@ def list_heads(config: ServiceConfig) -> list[dict]:
             card = _card(config.heads / name)
         except (HeadError, ValueError, OSError) as err:
             log.warning("registry head %s is unreadable: %s", name, err)
-            rows.append({"name": name, "error": str(err)})
+            rows.append({"name": name, "error": config.public_text(str(err))})
             continue
         rows.append(
             {
@@ -123,7 +123,7 @@ def list_heads(config: ServiceConfig) -> list[dict]:
                     {
                         "feature_set": ref.get("feature_set"),
                         "fingerprint": ref.get("fingerprint"),
-                        "backbone": (ref.get("spec") or {}).get("backbone", {}).get("ref"),
+                        "backbone": _public_ref((ref.get("spec") or {}).get("backbone", {})),
                     }
                     for ref in card
                 ],
@@ -136,6 +136,14 @@ def list_heads(config: ServiceConfig) -> list[dict]:
             }
         )
     return sorted(rows, key=lambda r: (-(r.get("val_pearson_mean") or -2.0), r["name"]))
+
+
+def _public_ref(backbone: dict) -> str | None:
+    """A backbone as a client may see it: its hub id, or a local folder's name only."""
+    ref = backbone.get("ref")
+    if isinstance(ref, str) and (ref.startswith("/") or os.sep in ref and os.path.exists(ref)):
+        return os.path.basename(ref.rstrip("/"))
+    return ref
 
 
 def _card(folder: Path) -> list[dict]:
@@ -176,13 +184,15 @@ def list_stores(config: ServiceConfig) -> list[dict]:
         try:
             info = store_info(FeatureStore.open(location))
         except StoreError as err:
-            rows.append({"name": name, "error": str(err)})
+            rows.append({"name": name, "error": config.public_text(str(err))})
             continue
         sets = [
             {k: s.get(k) for k in ("feature_set", "fingerprint", "backbone", "layers", "clips",
                                    "hours_audio", "set_size_bytes", "damaged") if k in s}
             for s in info["feature_sets"]
         ]  # fmt: skip
+        for one in sets:  # a local backbone folder: its name only
+            one["backbone"] = _public_ref({"ref": one.get("backbone")})
         rows.append(
             {
                 "name": name,

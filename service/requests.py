@@ -71,8 +71,10 @@ JobRequest = Annotated[
 
 
 class ErrorBody(BaseModel):
+    """Every error answer: a short label and what was wrong and what to do."""
+
     error: str
-    detail: str | list
+    detail: str | list[str]
 
 
 class JobView(BaseModel):
@@ -110,3 +112,11 @@ class FailurePage(BaseModel):
     failures: list[ClipFailureView]
     total: int = Field(description="failed clips listed for the job")
     next: str | None = Field(description="the cursor of the next page (?after=...)")
+
+
+class PredictionsView(BaseModel):
+    job: str
+    predictions: list[dict] = Field(
+        description="clip_id and one value per target (per head/target with several heads)"
+    )
+    partial: bool = Field(description="a cancelled or failed job's: the clips it finished")

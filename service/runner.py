@@ -177,7 +177,8 @@ class JobRunner:
         else:
             if not isinstance(err, StoreError | ManifestError | HeadError | ValueError | OSError):
                 log.error("job %s failed", job.id, exc_info=err)
-            error = {"error": type(err).__name__, "detail": str(err).strip() or repr(err)}
+            detail = self.config.public_text(str(err).strip() or repr(err))
+            error = {"error": type(err).__name__, "detail": detail}
         self._end(job, "failed", error=error)
 
     def _end(self, job: Job, state: str, **fields) -> None:
@@ -221,7 +222,11 @@ class JobRunner:
         from service.sources import public_path
 
         rows = [
-            {"clip_id": f.clip_id, "path": public_path(self.config, f.path), "reason": f.reason}
+            {
+                "clip_id": f.clip_id,
+                "path": public_path(self.config, f.path),
+                "reason": self.config.public_text(f.reason),
+            }
             for f in failures[:MAX_FAILURES_KEPT]
         ]
         self.table.update(job.id, failures=rows)
