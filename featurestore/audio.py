@@ -172,8 +172,10 @@ def _decode(source: BinaryIO | str, max_seconds: float | None) -> DecodedClip:
                 wanted = min(total, int(np.ceil(max_seconds * source_hz)))
             mono = _read_mono(f, wanted)
     except (sf.LibsndfileError, RuntimeError, TypeError) as err:
+        # libsndfile's own words, without the in-memory file object it was given
+        why = getattr(err, "error_string", None) or str(err)
         raise AudioError(
-            f"unreadable as audio ({err}); check the file is wav, flac, ogg or mp3"
+            f"unreadable as audio ({why}); check the file is wav, flac, ogg or mp3"
         ) from err
     return _prepare(mono, source_hz, channels, float(total) / float(source_hz), max_seconds)
 

@@ -338,7 +338,16 @@ def test_retries_of_one_train_job_at_once_get_one_job(guarded):
     assert 'emi_job_duration_seconds_count{kind="train",state="succeeded"}' in metrics
 
 
-def test_readiness_needs_no_token_and_says_nothing_more(tmp_path, tiny_backbone):
+def test_the_deployments_probes_answer_a_service_with_a_token(tmp_path, tiny_backbone):
+    """The probes of deploy/kubernetes/service.yaml, sent as a kubelet sends them (the
+    manifest's path and headers, the pod's address as Host), against a service started
+    with a token file as the manifest starts it."""
+    from tests.test_deploy import documents
+
+    [deployment] = [d for name, d in documents()
+                    if name == "service.yaml" and d["kind"] == "Deployment"]  # fmt: skip
+    [container] = deployment["spec"]["template"]["spec"]["containers"]
+    assert "--token-file" in container["command"]
     tokens = tmp_path / "tokens"
     good = "a-long-random-token-for-probes-0123"
     tokens.write_text(good + "\n")
@@ -346,11 +355,16 @@ def test_readiness_needs_no_token_and_says_nothing_more(tmp_path, tiny_backbone)
     root.mkdir()
     with Served(tmp_path, [root], "--token-file", tokens, token=good) as served:
         served.start()
-        ready = httpx.get(f"{served.url}/readyz")  # as a kubelet sends it: no header
-        assert ready.status_code == 200, ready.text
-        assert set(ready.json()) == {"ready", "checks"}
-        assert str(tmp_path) not in ready.text
-        assert httpx.get(f"{served.url}/v1/jobs").status_code == 401
+        for probe in ("readinessProbe", "livenessProbe"):
+            get = container[probe]["httpGet"]
+            headers = {h["name"]: h["value"] for h in get.get("httpHeaders", [])}
+            headers["Host"] = f"10.1.2.3:{served.port}"  # the pod's address
+            answer = httpx.get(f"{served.url}{get['path']}", headers=headers)
+            assert answer.status_code == 200, (probe, answer.text)
+            assert str(tmp_path) not in answer.text
+        ready = httpx.get(f"{served.url}/readyz").json()
+        assert set(ready) == {"ready", "checks"} and ready["ready"] is True
+        assert httpx.get(f"{served.url}/v1/jobs").status_code == 401  # the rest needs one
         assert served.stop() == 0
 
 
