@@ -46,14 +46,24 @@ class _Rules:
 
 
 def check_card(card: object, where: str) -> None:
-    """Check a parsed ``config.json`` against the card's rules.
+    """Check a parsed ``config.json`` against the card's rules (in this order: format
+    and checksum, names and targets, the head, training and scores, the features).
 
     Raises:
         HeadError: naming the first field that breaks a rule, and the rule.
     """
-    from featurestore.spec import FeatureSpec, fingerprint
-
     rules = _Rules(where)
+    version = _check_format(card, rules, where)
+    targets = _check_targets(card, rules)
+    head, layers, width = _check_head(card, rules, targets)
+    score = _check_training(card, rules)
+    _check_features(card, rules, version, head, layers, width)
+    if isinstance(score, float) and math.isinf(score):
+        rules.fail("best_val_pearson_mean", "must be finite", score)
+
+
+def _check_format(card: object, rules: _Rules, where: str) -> int:
+    """The card is an object of a known format whose checksum holds; its format."""
     if not isinstance(card, dict):
         rules.fail("(card)", "must be a JSON object")
     version = card.get("format_version")
@@ -70,6 +80,11 @@ def check_card(card: object, where: str) -> None:
                 f"{where}: does not match its own checksum (card_sha256): edited or damaged. "
                 "Restore the head's config.json or retrain the head."
             )
+    return version
+
+
+def _check_targets(card: dict, rules: _Rules) -> list[str]:
+    """Name, preset and the target names."""
     for field in ("name", "preset"):
         if not isinstance(card.get(field, ""), str):
             rules.fail(field, "must be a text", card.get(field))
@@ -82,6 +97,11 @@ def check_card(card: object, where: str) -> None:
         rules.fail("targets", "must be a non-empty list of target names", targets)
     if len(set(targets)) != len(targets):
         rules.fail("targets", "must not repeat a name", targets)
+    return targets
+
+
+def _check_head(card: dict, rules: _Rules, targets: list[str]) -> tuple[dict, list, int]:
+    """The head's architecture; (head, its layers, its layer width)."""
     head = card.get("head")
     if not isinstance(head, dict):
         rules.fail("head", "must be an object (the head's architecture)", head)
@@ -126,6 +146,11 @@ def check_card(card: object, where: str) -> None:
         rules.fail("head.mix", "must be 'softmax' or 'concat'", mix)
     if mix == "concat" and head["head_type"] != "mean-linear":
         rules.fail("head.mix", "can be 'concat' only for a mean-linear head", mix)
+    return head, layers, width
+
+
+def _check_training(card: dict, rules: _Rules) -> float:
+    """The training settings, best epoch, weights hash; the best validation score."""
     training = card.get("training", {})
     if not isinstance(training, dict):
         rules.fail("training", "must be an object", training)
@@ -141,6 +166,15 @@ def check_card(card: object, where: str) -> None:
     weights = card.get("weights_sha256")
     if weights is not None and (not isinstance(weights, str) or not _SHA256.fullmatch(weights)):
         rules.fail("weights_sha256", "must be a sha256 in hex", weights)
+    return score
+
+
+def _check_features(
+    card: dict, rules: _Rules, version: int, head: dict, layers: list, width: int
+) -> None:
+    """The feature sets the head was trained on (spec, fingerprint, layers, widths)."""
+    from featurestore.spec import FeatureSpec, fingerprint
+
     if version >= 2 and "joined" not in card:
         rules.fail("joined", "is missing (a list of the further feature sets, [] for none)")
     joined = card.get("joined", [])
@@ -191,5 +225,3 @@ def check_card(card: object, where: str) -> None:
             f"must be the width of the features read ({sum(widths)})",
             head["input_dim"],
         )
-    if isinstance(score, float) and math.isinf(score):
-        rules.fail("best_val_pearson_mean", "must be finite", score)

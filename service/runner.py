@@ -460,6 +460,7 @@ class JobRunner:
             if request.get("grid") is None and not existed and half:
                 shutil.rmtree(out, ignore_errors=True)  # what this run left half written
             raise
+        _tidy_after_training(self.config.heads, request["name"])
         names = [str(t.folder.relative_to(self.config.heads)) for t in trained]  # registry names
         self._progress(job, stage="trained")
         return {
@@ -470,6 +471,18 @@ class JobRunner:
             },
             "store": request["store"],
         }
+
+
+def _tidy_after_training(heads: Path, name: str) -> None:
+    """Remove what earlier runs of a train job left half written (a service killed
+    while it wrote): ``.NAME.partial-*`` beside the registry name it holds, and inside
+    a grid's folder. Its claim on ``name`` means no other writer is there."""
+    from manifests.atomic import clean_leftovers
+
+    for gone in clean_leftovers(heads, name=name, min_age_s=0):
+        log.info("removed %s, left by an interrupted run of this training", gone.name)
+    if (heads / name).is_dir():
+        clean_leftovers(heads / name, min_age_s=0)
 
 
 def _write_json(path: Path, data) -> None:

@@ -317,6 +317,9 @@ def test_retries_of_one_train_job_at_once_get_one_job(guarded):
     body = {"kind": "train", "store": "seed", "labels": str(guarded["train"]), "name": "raced",
             "val_labels": str(guarded["valid"]), "preset": "mean-linear"}  # fmt: skip
     key = f"train-{uuid.uuid4().hex}"
+    leftover = served.heads / ".raced.partial-0123abcd"  # a killed earlier run's half write
+    leftover.mkdir()
+    (leftover / "model.safetensors").write_bytes(b"half")
 
     def post(_):
         return httpx.post(f"{served.url}/v1/jobs", json=body,
