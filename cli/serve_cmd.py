@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
+import socket
 import sys
 from pathlib import Path
 
@@ -166,67 +168,112 @@ def serve(**options) -> None:
     restart: a job running when the service was killed resumes, and recomputes nothing
     committed. SIGTERM stops taking jobs, lets running parts commit and exits 0.
     """
-    from service.config import ServiceConfig, read_tokens
     from service.errors import ServiceSetupError
     from service.state import StateFolder
 
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
-    for noisy in ("distributed", "httpx"):  # one line per job transition, not per connection
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    _service_logs()
     try:
-        tokens = read_tokens(options["token_file"]) if options["token_file"] else []
-        secret = None
-        if options["callback_secret_file"]:
-            secret = Path(options["callback_secret_file"]).read_bytes().strip()
-            if len(secret) < 16:
-                raise ServiceSetupError("--callback-secret-file: use a secret of 16+ bytes")
-        config = ServiceConfig(
-            stores=options["stores"],
-            heads=Path(options["heads"]),
-            state=Path(options["state"]),
-            source_roots=list(options["source_roots"]),
-            host=options["host"],
-            port=options["port"],
-            tokens=tokens,
-            workers=options["workers"],
-            scheduler=options["scheduler"],
-            model=options["model"],
-            device=options["device"],
-            concurrent_jobs=options["concurrent_jobs"],
-            part_seconds=options["part_seconds"],
-            max_file_bytes=options["upload_max_file_mb"] * MiB,
-            max_request_bytes=options["upload_max_request_mb"] * MiB,
-            max_files=options["upload_max_files"],
-            callback_secret=secret,
-            callback_backoff_s=options["callback_backoff"],
-            callback_allow=_listed(options["callback_allow"]),
-            callback_timeout_s=options["callback_timeout"],
-            allowed_hosts=_listed(options["allowed_hosts"]),
-            upload_quota_bytes=(
-                int(options["upload_quota_gb"] * 1e9) if options["upload_quota_gb"] else None
-            ),
-            max_archive_ratio=options["upload_max_ratio"],
-            keep_days=options["keep_days"] or None,
-        )
+        # the address first: a taken port is refused before anything is made
+        listener = _listen(options["host"], options["port"])
+        config = _config(options, port=listener.getsockname()[1])
         state = StateFolder.open(config.state)
         config.state = state.root
         state.hold()
     except ServiceSetupError as err:
         click.echo(f"Error: {err}", err=True)
         sys.exit(2)
-    import uvicorn
-
     from service.app import create_app
+    from service.backbone_check import start_up_line
 
     app = create_app(config, state)
     click.echo(
         f"emi serve: http://{config.host}:{config.port} (state {config.state}; "
-        f"{'tokens required' if tokens else 'no tokens: loopback only'})",
+        f"{'tokens required' if config.tokens else 'no tokens: loopback only'})",
         err=True,
     )
+    click.echo(f"emi serve: {start_up_line(config)}", err=True)
+    _run_server(app, config, listener)
+    state.release()
+
+
+def _service_logs() -> None:
+    """One log line per job transition, not per connection or dask event."""
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
+    for noisy in ("distributed", "httpx"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host:port`` (uvicorn listens on it).
+
+    Raises:
+        ServiceSetupError: the port is taken, or the address cannot be used.
+    """
+    from service.errors import ServiceSetupError
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listener.bind((host, port))
+    except OSError as err:
+        listener.close()
+        if err.errno == errno.EADDRINUSE:
+            raise ServiceSetupError(
+                f"--port {port}: the port is taken on {host} (another emi serve, or ./run "
+                "docs?); choose another with --port (or EMI_PORT). Nothing was started"
+            ) from None
+        raise ServiceSetupError(
+            f"--host {host} --port {port}: cannot listen there ({err.strerror or err})"
+        ) from None
+    return listener
+
+
+def _config(options: dict, *, port: int):
+    """The service's settings from the command line's options."""
+    from service.config import ServiceConfig, read_tokens
+    from service.errors import ServiceSetupError
+
+    secret = None
+    if options["callback_secret_file"]:
+        secret = Path(options["callback_secret_file"]).read_bytes().strip()
+        if len(secret) < 16:
+            raise ServiceSetupError("--callback-secret-file: use a secret of 16+ bytes")
+    quota = options["upload_quota_gb"]
+    return ServiceConfig(
+        stores=options["stores"],
+        heads=Path(options["heads"]),
+        state=Path(options["state"]),
+        source_roots=list(options["source_roots"]),
+        host=options["host"],
+        port=port,
+        tokens=read_tokens(options["token_file"]) if options["token_file"] else [],
+        workers=options["workers"],
+        scheduler=options["scheduler"],
+        model=options["model"],
+        device=options["device"],
+        concurrent_jobs=options["concurrent_jobs"],
+        part_seconds=options["part_seconds"],
+        max_file_bytes=options["upload_max_file_mb"] * MiB,
+        max_request_bytes=options["upload_max_request_mb"] * MiB,
+        max_files=options["upload_max_files"],
+        callback_secret=secret,
+        callback_backoff_s=options["callback_backoff"],
+        callback_allow=_listed(options["callback_allow"]),
+        callback_timeout_s=options["callback_timeout"],
+        allowed_hosts=_listed(options["allowed_hosts"]),
+        upload_quota_bytes=int(quota * 1e9) if quota else None,
+        max_archive_ratio=options["upload_max_ratio"],
+        keep_days=options["keep_days"] or None,
+    )
+
+
+def _run_server(app, config, listener: socket.socket) -> None:
+    """uvicorn on ``listener`` until SIGTERM or SIGINT (a graceful stop, exit 0)."""
+    import uvicorn
 
     class Server(uvicorn.Server):
         @contextlib.contextmanager
@@ -242,8 +289,7 @@ def serve(**options) -> None:
             app, host=config.host, port=config.port, log_level="warning", access_log=False
         )
     )
-    server.run()
-    state.release()
+    server.run(sockets=[listener])
 
 
 def _listed(values: tuple[str, ...]) -> list[str]:

@@ -16,7 +16,8 @@ pauses). The scores measure whether the pipeline carries audible structure from 
 to the heads; they say nothing about emotion recognition.
 For real features, download the checkpoint and run:
   {emi} extract data/audio feats.zarr --model audeering/wav2vec2-large-robust-12-ft-emotion-msp-dim
-  {emi} train feats.zarr --labels train_split.csv --val-labels valid_split.csv --out heads/paper
+  {emi} train feats.zarr --labels train_split.csv --val-labels valid_split.csv \\
+      --out heads/paper --preset paper
 """
 MARKER = ".emi-demo"
 DEMO_SIZES = ("tiny", "small", "base")  # random backbone sizes the demo offers
@@ -118,37 +119,42 @@ def run_demo(
     echo: Callable[[str], None] = print,
 ) -> DemoResult:
     """Synthesise a labelled corpus, extract it with a random backbone on a dask
-    LocalCluster, train the fusion head and the mean-linear baseline, score the
-    held-out split and write plots (``emi demo``); progress goes to ``echo``.
+    LocalCluster, train the default head (preset ``compact``, named ``compact``) and the
+    mean-linear baseline, score the held-out split and write plots (``emi demo``);
+    progress goes to ``echo``.
 
     ``layers`` other than ``"last"`` (``"all"``, ``"0,2,4"``) stores those layers too
     and trains each head a second time on a learned weighting of them
-    (``fusion-weighted``, ``mean-linear-weighted``), compared side by side.
+    (``compact-weighted``, ``mean-linear-weighted``), compared side by side.
 
     Examples:
         >>> from service import run_demo  # doctest: +SKIP
         >>> result = run_demo("emi-demo", clips=40, size="tiny", epochs=2)  # doctest: +SKIP
-        >>> result.scores["fusion"]["pearson_mean"]  # doctest: +SKIP
+        >>> result.scores["compact"]["pearson_mean"]  # doctest: +SKIP
     """
-    import numpy as np
-
-    from featurestore.extraction import extract
-    from featurestore.options import ExtractOptions
-    from featurestore.random_backbone import write_random_backbone
-    from featurestore.store import FeatureStore
-    from manifests import build_manifest, read_labels
-    from manifests.synthetic import write_corpus
-    from models.head_files import load_head
-    from models.metrics import evaluate
-    from models.options import TrainSettings
-    from models.plots import plot_predictions
-    from models.prediction import predict_store, write_predictions_csv
-    from models.training import HeadPlan, train_heads
-
     started = time.perf_counter()
     folder = Path(out)
     settings = {"clips": clips, "size": size, "seed": seed, "layers": layers}
     _prepare_folder(folder, settings, echo)
+    splits, store = _extract_corpus(folder, clips, size, workers, seed, layers, echo)
+    trained = _train_heads(folder, store, splits, epochs, lr, echo)
+    targets, scores = _score_test_split(folder, store, splits["test"], trained, echo)
+    _list_outputs(folder, trained, echo)
+    seconds = time.perf_counter() - started
+    echo(f"finished in {seconds:.0f} s\n")
+    echo(DISCLAIMER.format(size=size, emi=emi_command()))
+    return DemoResult(folder, targets, scores, seconds)
+
+
+def _extract_corpus(folder: Path, clips, size, workers, seed, layers, echo):
+    """Steps 1 and 2: the synthetic corpus and its features; (label files, the store)."""
+    from featurestore.extraction import extract
+    from featurestore.options import ExtractOptions
+    from featurestore.random_backbone import write_random_backbone
+    from featurestore.store import FeatureStore
+    from manifests import build_manifest
+    from manifests.synthetic import write_corpus
+
     echo(f"[1/5] synthesising {clips} labelled clips -> {folder / 'audio'}")
     splits = write_corpus(folder, clips=clips, seed=seed)
     backbone = write_random_backbone(folder / f"backbone-{size}", size=size, seed=seed)
@@ -171,10 +177,20 @@ def run_demo(
         f"      {summary.extracted} clips extracted, {summary.already_stored} already "
         f"stored, {len(summary.failed)} failed{speed}"
     )
-    store = FeatureStore.open(folder / "feats.zarr")
+    return splits, FeatureStore.open(folder / "feats.zarr")
+
+
+def _train_heads(folder: Path, store, splits: dict, epochs: int, lr: float, echo) -> list:
+    """Step 3: the default head (under its preset's name) and the ridge baseline, and
+    with stored layers each again on a learned weighting of them; the comparison plot."""
+    from manifests import read_labels
+    from models.compare import compare_heads, comparison_figure
+    from models.options import DEFAULT_PRESET, TrainSettings
+    from models.training import HeadPlan, train_heads
+
     settings = TrainSettings(epochs=epochs, lr=lr, seed=1)
     plans = [
-        HeadPlan(name="fusion", preset="fusion", settings=settings),
+        HeadPlan(name=DEFAULT_PRESET, preset=DEFAULT_PRESET, settings=settings),
         HeadPlan(name="mean-linear", preset="mean-linear", settings=settings),
     ]
     if store.layers:  # the same heads on a learned weighting of the stored layers
@@ -198,11 +214,23 @@ def run_demo(
         if "layer_weights" in t.metrics:
             weights = ", ".join(f"{k}: {w:.2f}" for k, w in t.metrics["layer_weights"].items())
             echo(f"        learned layer weights {weights}")
-    from models.compare import compare_heads, comparison_figure
-
     comparison_figure(compare_heads([folder / "heads"]), folder / "heads_comparison.png")
+    return trained
+
+
+def _score_test_split(folder: Path, store, test_labels, trained: list, echo):
+    """Steps 4 and 5: every head on the held-out split, its plots and the Pearson
+    table; (targets, per head name its metrics)."""
+    import numpy as np
+
+    from manifests import read_labels
+    from models.head_files import load_head
+    from models.metrics import evaluate
+    from models.plots import plot_predictions
+    from models.prediction import predict_store, write_predictions_csv
+
     echo("[4/5] scoring the held-out test split")
-    test = read_labels(splits["test"])
+    test = read_labels(test_labels)
     heads = [load_head(t.folder) for t in trained]
     ids = sorted(c for c in test.rows if c in store)
     ids, predictions = predict_store(store, heads, clip_ids=ids)
@@ -225,6 +253,11 @@ def run_demo(
     for t in targets:
         echo(f"  {t:16s}" + "".join(f"{scores[n]['pearson'][t]:{width}.3f}" for n in names))
     echo(f"  {'mean':16s}" + "".join(f"{scores[n]['pearson_mean']:{width}.3f}" for n in names))
+    return targets, scores
+
+
+def _list_outputs(folder: Path, trained: list, echo) -> None:
+    """What the demo wrote, one line each."""
     echo(f"\noutputs in {folder}/:")
     outputs = [
         ("audio/, *_split.csv", "the synthetic corpus and its labels"),
@@ -236,11 +269,8 @@ def run_demo(
         ),
         ("heads_comparison.png", "the heads side by side (validation Pearson)"),
         ("test_predictions.csv", "held-out predictions of every head"),
-        *((f"test_{n}_pred_vs_true.png", "predicted against true, per target") for n in names),
+        *((f"test_{t.name}_pred_vs_true.png", "predicted against true, per target")
+          for t in trained),
     ]  # fmt: skip
     for name, what in outputs:
         echo(f"  {name:34s} {what}")
-    seconds = time.perf_counter() - started
-    echo(f"finished in {seconds:.0f} s\n")
-    echo(DISCLAIMER.format(size=size, emi=emi_command()))
-    return DemoResult(folder, targets, scores, seconds)

@@ -12,7 +12,7 @@ from fastapi import Request
 
 from service.callbacks import CallbackSender
 from service.config import ServiceConfig
-from service.errors import bad_request, not_found
+from service.errors import RequestError, bad_request, not_found
 from service.jobs import JobTable
 from service.metrics import ServiceMetrics
 from service.retention import Sweeper
@@ -98,6 +98,12 @@ class Service:
             resolve_source(config, body["source"])
         if body.get("store") and kind != "train":
             check_store_name(body["store"])
+        if kind == "extract" and not store_exists(config.store_location(body["store"])):
+            from service.backbone_check import unusable_for_new_stores
+
+            why = unusable_for_new_stores(config)
+            if why:
+                raise RequestError(503, "not available", why)
         if kind == "score":
             for name in body["heads"]:
                 head_folder(config, name)

@@ -261,9 +261,10 @@ def test_the_real_checkpoint_tour_runs(tmp_path):
     assert json.loads((work / "heads" / "paper" / "config.json").read_text())["preset"] == "paper"
 
 
-def test_the_service_pages_blocks_run_against_a_real_service(tmp_path, tiny_backbone):
-    """``emi serve`` as the page starts it, then the curl block and the ``emi jobs``
-    block against it, with the variables the page names ($EMI, $TOKEN, $AUDIO)."""
+def test_the_service_pages_blocks_run_against_a_real_service(tmp_path):
+    """``emi serve`` as the page starts it, over the head registry ``emi demo`` makes,
+    then the curl block and the ``emi jobs`` block against it, with the variables the
+    page names ($EMI, $TOKEN, $AUDIO)."""
     serve, curl, jobs = runnable("docs/service.md")
     assert serve.commands()[0].startswith("emi serve") and "curl" in curl.text
     work = tmp_path / "work"
@@ -272,10 +273,10 @@ def test_the_service_pages_blocks_run_against_a_real_service(tmp_path, tiny_back
     shutil.move(tmp_path / "corpus" / "audio", audio)
     for name in ("train", "valid"):
         shutil.move(splits[name], audio)
-    run_cli("extract", audio, tmp_path / "seed.zarr", "--model", tiny_backbone, "--quiet")
-    run_cli("train", tmp_path / "seed.zarr", "--labels", audio / "train_split.csv",
-            "--val-labels", audio / "valid_split.csv", "--out", work / "heads" / "compact",
-            "--preset", "mean-linear", "--quiet")  # fmt: skip
+    # the registry the demo makes (the docs' examples name its default head, compact)
+    run_cli("demo", "--out", tmp_path / "demo", "--clips", "20", "--size", "tiny",
+            "--epochs", "1")  # fmt: skip
+    shutil.copytree(tmp_path / "demo" / "heads", work / "heads")
     token = "a-token-of-the-token-file-0123456789"
     (work / "tokens.txt").write_text(token + "\n")
     for name in ("clip1.wav", "clip2.wav"):
@@ -298,7 +299,7 @@ def test_the_service_pages_blocks_run_against_a_real_service(tmp_path, tiny_back
         fetched = httpx.get(f"{url}/v1/jobs/{last['id']}/predictions.csv", headers=auth).text
         assert (work / "scores.csv").read_bytes().decode() == fetched  # emi jobs fetch wrote it
         heads = httpx.get(f"{url}/v1/heads", headers=auth, timeout=10).json()["heads"]
-        assert {h["name"] for h in heads} == {"compact", "compact-v2"}
+        assert {h["name"] for h in heads} == {"compact", "mean-linear", "compact-v2"}
     upload_id = (work / "upload-id.txt").read_text().strip()
     assert (work / "state" / "uploads" / upload_id / "files" / "clip2.wav").is_file()
 

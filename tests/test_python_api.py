@@ -142,7 +142,7 @@ def test_export_repair_and_demo_from_python(layer_store, tmp_path):
     assert report.dropped_parts == [] and report.problems == []
     lines: list[str] = []
     result = run_demo(tmp_path / "demo", clips=20, size="tiny", epochs=1, echo=lines.append)
-    assert set(result.scores) == {"fusion", "mean-linear"}
+    assert set(result.scores) == {"compact", "mean-linear"}
     assert any("held-out test Pearson" in line for line in lines)
 
 

@@ -79,3 +79,23 @@ def test_set_up_says_what_it_installs_without_pips_banners(tmp_path):
     (venv / ".emi-stamp").unlink()
     failed = _run(project, "env", EMI_VENV=str(venv), EMI_TORCH_BUILD="cpu")
     assert failed.returncode == 1 and "no matching distribution" in failed.stderr
+
+
+def test_docs_on_a_taken_port_is_one_line_and_builds_nothing(tmp_path):
+    import socket
+
+    project = _project(tmp_path)
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "python").symlink_to(sys.executable)
+    env = {"EMI_VENV": str(venv), "EMI_TORCH_BUILD": "cpu"}
+    (venv / ".emi-stamp").write_text(_run(project, "stamp", **env).stdout)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        result = _run(project, "docs", EMI_DOCS_PORT=port, **env)
+    assert result.returncode == 2, result.stderr
+    assert f"port {port} is taken" in result.stderr and "EMI_DOCS_PORT" in result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 2
+    assert not (project / "site").exists()  # nothing built

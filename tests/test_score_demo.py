@@ -83,14 +83,14 @@ def test_demo_runs_offline_and_says_what_it_measures(tmp_path, monkeypatch):
     for target in ("Admiration", "Empathic Pain", "Joy", "mean"):
         assert f"  {target}" in out
     demo = tmp_path / "demo"
-    assert (demo / "heads/fusion/learning_curves.png").stat().st_size > 1000
-    assert (demo / "test_fusion_pred_vs_true.png").stat().st_size > 1000
+    assert (demo / "heads/compact/learning_curves.png").stat().st_size > 1000
+    assert (demo / "test_compact_pred_vs_true.png").stat().st_size > 1000
     rows = list(csv.DictReader((demo / "test_predictions.csv").open()))
-    assert len(rows) == 6 and "fusion/Joy" in rows[0] and "mean-linear/Joy" in rows[0]
+    assert len(rows) == 6 and "compact/Joy" in rows[0] and "mean-linear/Joy" in rows[0]
     # --layers all: each head again on a learned weighting of the stored layers 0-2
-    assert "fusion-weighted/Joy" in rows[0] and "mean-linear-weighted/Joy" in rows[0]
+    assert "compact-weighted/Joy" in rows[0] and "mean-linear-weighted/Joy" in rows[0]
     assert "learned layer weights 0: " in out
-    weights = json.loads((demo / "heads/fusion-weighted/metrics.json").read_text())
+    weights = json.loads((demo / "heads/compact-weighted/metrics.json").read_text())
     assert set(weights["layer_weights"]) == {"0", "1", "2"}
 
 
@@ -100,7 +100,7 @@ def test_a_second_demo_just_works(tmp_path, monkeypatch):
     run_cli(*quick)
     again = run_cli(*quick).output
     assert "reusing its store" in again and "0 clips extracted, 20 already stored" in again
-    for line in ("best epoch", "heads/fusion/", "test_predictions.csv", "feats.zarr"):
+    for line in ("best epoch", "heads/compact/", "test_predictions.csv", "feats.zarr"):
         assert line in again
     other = run_cli(*quick[:4], "24", *quick[5:]).output
     assert "other settings; rewriting it" in other and "24 clips extracted" in other

@@ -452,3 +452,37 @@ def test_a_name_resolving_to_a_private_address_is_refused_when_sent(monkeypatch)
     assert extensions == {"sni_hostname": "hooks.example.org"}  # TLS checks the name
     target, _, why = callbacks.resolve_target("http://public.example.org:8080/h", [])
     assert why is None and target == "http://93.184.216.34:8080/h"  # pinned to the checked address
+
+
+def test_serve_on_a_taken_port_is_one_line_exit_2_and_makes_nothing(tmp_path):
+    root = tmp_path / "root"
+    root.mkdir()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        refused = run_cli("serve", "--stores", tmp_path / "stores", "--heads", tmp_path / "heads",
+                          "--state", tmp_path / "state", "--source-root", root,
+                          "--port", port, expect=2)  # fmt: skip
+    assert f"--port {port}: the port is taken" in refused.output
+    assert len(refused.output.strip().splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["root"]  # no state, stores, heads
+
+
+def test_extract_jobs_need_a_backbone_the_service_can_load(tmp_path, monkeypatch):
+    """Without --model and without the default checkpoint (offline, not cached), emi
+    serve says so at start and refuses an extract job into a new store at submit."""
+    root = tmp_path / "root"
+    write_corpus(root / "c", clips=2, seed=1, min_seconds=1.0, max_seconds=1.5)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-hf-home"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with Served(tmp_path, [root]) as served:
+        served.start()
+        answer = httpx.post(f"{served.url}/v1/jobs", json={
+            "kind": "extract", "source": str(root / "c" / "audio"), "store": "fresh"})  # fmt: skip
+        assert answer.status_code == 503, answer.text
+        detail = answer.json()["detail"]
+        assert "--model" in detail and "operator" in detail
+        assert served.client().jobs()["jobs"] == []  # no job made
+        assert served.stop() == 0
+    assert "extract jobs into new stores are refused" in served.text()

@@ -27,7 +27,7 @@ Cursor = Annotated[str | None, Query(max_length=32, description="the 'next' of t
     "/v1/jobs",
     status_code=202,
     response_model=JobView,
-    responses=errors(*WRITES, 404, 409),
+    responses=errors(*WRITES, 404, 409, 503),
 )
 def submit_job(
     service: Served,
