@@ -155,22 +155,7 @@ def main() -> None:
     print(f"store: {len(store.clip_ids)} clips, hidden {store.hidden_size}, layers {store.layers}")
 
     anchors = {str(c): ridge_anchor(store, train_csv, val_csv, _layer(c)) for c in choices}
-    heads = []
-    for preset in args.presets.split(","):
-        for choice in choices:
-            for scale in args.standardize.split(","):
-                for lr in args.lrs.split(",") if args.lrs else [None]:
-                    name = f"{preset}-{choice}-std{scale}" + (f"-lr{lr}" if lr else "")
-                    name += f"-e{args.epochs}" if args.epochs else ""
-                    entry = {"name": name, "preset": preset, "standardize": scale == "on"}
-                    entry.update(
-                        {"layers": "weighted"} if choice == "weighted" else {"layer": choice}
-                    )
-                    if lr:
-                        entry["lr"] = float(lr)
-                    if args.epochs:
-                        entry["epochs"] = args.epochs
-                    heads.append(entry)
+    heads = _grid(args, choices)
     print(f"training {len(heads)} heads (one data load) ...", flush=True)
     trained = train(
         store, train_csv, val_csv, args.work / "heads", grid={"heads": heads}, overwrite=True
@@ -197,11 +182,45 @@ def main() -> None:
         if r["layer"] not in anchors:
             anchors[r["layer"]] = ridge_anchor(store, train_csv, val_csv, _layer(r["layer"]))
         r["ridge_anchor"] = anchors[r["layer"]]
+    tested = _report(store, args.work / "heads", splits["test"], rows, anchors)
+    kept = rows + [r for r in earlier if args.only_this_run and r["head"] not in names(heads)]
+    results_file.write_text(
+        json.dumps(
+            {"anchors": anchors, "heads": kept, "comparisons": tested["comparisons"]}, indent=1
+        )
+    )
+    print(f"results -> {results_file}")
+
+
+def _grid(args, choices: list) -> list[dict]:
+    """The grid's heads: every preset x layer choice x standardization x learning rate."""
+    heads = []
+    for preset in args.presets.split(","):
+        for choice in choices:
+            for scale in args.standardize.split(","):
+                for lr in args.lrs.split(",") if args.lrs else [None]:
+                    name = f"{preset}-{choice}-std{scale}" + (f"-lr{lr}" if lr else "")
+                    name += f"-e{args.epochs}" if args.epochs else ""
+                    entry = {"name": name, "preset": preset, "standardize": scale == "on"}
+                    entry.update(
+                        {"layers": "weighted"} if choice == "weighted" else {"layer": choice}
+                    )
+                    if lr:
+                        entry["lr"] = float(lr)
+                    if args.epochs:
+                        entry["epochs"] = args.epochs
+                    heads.append(entry)
+    return heads
+
+
+def _report(store, heads_folder: Path, test_csv: Path, rows: list[dict], anchors: dict) -> dict:
+    """Print the validation table, the test split's scores and comparisons, the layer
+    weights; the held-out results (``rows`` gain their test score)."""
     print(f"\n{'head':34s} {'val r':>7s} {'- ridge':>8s} {'best/run':>9s} {'seconds':>8s} "
           f"{'test r':>7s}")  # fmt: skip
     for choice in sorted(anchors, key=lambda c: (len(c), c)):
         print(f"{'ridge anchor, layer ' + choice:34s} {anchors[choice]:7.3f}")
-    tested = held_out(store, args.work / "heads", splits["test"], rows)
+    tested = held_out(store, heads_folder, test_csv, rows)
     for r in rows:
         r["test_pearson_mean"] = tested["scores"][r["head"]]
     for r in sorted(rows, key=lambda r: -r["val_pearson_mean"]):
@@ -217,13 +236,7 @@ def main() -> None:
         if r["layer_weights"]:
             shown = ", ".join(f"{k}: {w:.2f}" for k, w in r["layer_weights"].items())
             print(f"layer weights of {r['head']}: {shown}")
-    kept = rows + [r for r in earlier if args.only_this_run and r["head"] not in names(heads)]
-    results_file.write_text(
-        json.dumps(
-            {"anchors": anchors, "heads": kept, "comparisons": tested["comparisons"]}, indent=1
-        )
-    )
-    print(f"results -> {results_file}")
+    return tested
 
 
 def held_out(store: FeatureStore, folder: Path, test_csv: Path, rows: list[dict]) -> dict:

@@ -77,15 +77,8 @@ def main(argv: list[str] | None = None) -> None:
         shutil.rmtree(work)
     work.mkdir(parents=True)
     (work / "made-by-service-bench").touch()
+    served = _service(work, args.size)
     root = work / "root"
-    ckpt = write_random_backbone(work / "ckpt", size=args.size, seed=0)
-    splits = write_corpus(root / "train", clips=40, seed=1, min_seconds=1.0, max_seconds=3.0)
-    extract(build_manifest(root / "train" / "audio"), str(work / "t.zarr"),
-            ExtractOptions(model=str(ckpt), quiet=True))  # fmt: skip
-    served = Served(work / "serve", [root], "--jobs", "2")
-    served.folder.mkdir()
-    train(str(work / "t.zarr"), splits["train"], splits["valid"], served.heads / "ml",
-          preset="mean-linear")  # fmt: skip
     total_jobs = args.clients * args.jobs_per_client
     folders = _folders(root / "load", total_jobs, args.clips_per_job, seed=100)
     pairs = _folders(root / "pairs", 2 * args.repeats, args.clips_per_job, seed=900)
@@ -95,45 +88,8 @@ def main(argv: list[str] | None = None) -> None:
         # warm-up: the first job loads the backbone into the service's worker
         warm = client.submit({"kind": "score", "source": str(pairs[0]), "heads": ["ml"]})
         client.wait(warm["id"], poll_s=0.05)
-
-        latencies: list[float] = []
-        lock = threading.Lock()
-
-        def run_client(k: int) -> None:
-            own = served.client()
-            for j in range(args.jobs_per_client):
-                folder = folders[k * args.jobs_per_client + j]
-                job = own.submit({"kind": "score", "source": str(folder), "heads": ["ml"]})
-                while True:
-                    started = time.perf_counter()
-                    state = own.job(job["id"])["state"]
-                    with lock:
-                        latencies.append(time.perf_counter() - started)
-                    if state in ("succeeded", "failed", "cancelled"):
-                        assert state == "succeeded", state
-                        break
-                    time.sleep(0.05)
-
-        started = time.perf_counter()
-        threads = [threading.Thread(target=run_client, args=(k,)) for k in range(args.clients)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        wall = time.perf_counter() - started
-
-        service_s, fresh_s = [], []
-        for r in range(args.repeats):
-            t0 = time.perf_counter()
-            job = client.submit({"kind": "score", "source": str(pairs[2 * r]), "heads": ["ml"]})
-            client.wait(job["id"], poll_s=0.02)
-            client.predictions_csv(job["id"])
-            service_s.append(time.perf_counter() - t0)
-            t0 = time.perf_counter()
-            _emi("score", pairs[2 * r + 1], "--head", served.heads / "ml", "-o",
-                 work / f"fresh{r}.csv", "--quiet",
-                 env={"EMI_CACHE": str(work / f"cache{r}")})  # fmt: skip
-            fresh_s.append(time.perf_counter() - t0)
+        wall, latencies = _under_load(served, folders, args.clients, args.jobs_per_client)
+        service_s, fresh_s = _warm_against_fresh(served, client, pairs, args.repeats, work)
     finally:
         served.stop()
     clips = total_jobs * args.clips_per_job
@@ -149,6 +105,68 @@ def main(argv: list[str] | None = None) -> None:
         f"one {args.clips_per_job}-clip score job, median of {args.repeats}: warm service "
         f"{s:.2f} s, emi score as a fresh process {f:.2f} s: the service {f / s:.1f}x faster"
     )
+
+
+def _service(work: Path, size: str) -> Served:
+    """``emi serve`` (not started) over a registry with one ridge head on ``size``."""
+    root = work / "root"
+    ckpt = write_random_backbone(work / "ckpt", size=size, seed=0)
+    splits = write_corpus(root / "train", clips=40, seed=1, min_seconds=1.0, max_seconds=3.0)
+    extract(build_manifest(root / "train" / "audio"), str(work / "t.zarr"),
+            ExtractOptions(model=str(ckpt), quiet=True))  # fmt: skip
+    served = Served(work / "serve", [root], "--jobs", "2")
+    served.folder.mkdir()
+    train(str(work / "t.zarr"), splits["train"], splits["valid"], served.heads / "ml",
+          preset="mean-linear")  # fmt: skip
+    return served
+
+
+def _under_load(served: Served, folders: list[Path], clients: int, per_client: int):
+    """``clients`` threads each submitting ``per_client`` score jobs and polling each to
+    its end; (wall seconds, the status calls' latencies)."""
+    latencies: list[float] = []
+    lock = threading.Lock()
+
+    def run_client(k: int) -> None:
+        own = served.client()
+        for j in range(per_client):
+            folder = folders[k * per_client + j]
+            job = own.submit({"kind": "score", "source": str(folder), "heads": ["ml"]})
+            while True:
+                started = time.perf_counter()
+                state = own.job(job["id"])["state"]
+                with lock:
+                    latencies.append(time.perf_counter() - started)
+                if state in ("succeeded", "failed", "cancelled"):
+                    assert state == "succeeded", state
+                    break
+                time.sleep(0.05)
+
+    started = time.perf_counter()
+    threads = [threading.Thread(target=run_client, args=(k,)) for k in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return time.perf_counter() - started, latencies
+
+
+def _warm_against_fresh(served: Served, client, pairs: list[Path], repeats: int, work: Path):
+    """One small job through the warm service against ``emi score`` as a fresh process,
+    ``repeats`` times side by side; (service seconds, fresh seconds)."""
+    service_s, fresh_s = [], []
+    for r in range(repeats):
+        t0 = time.perf_counter()
+        job = client.submit({"kind": "score", "source": str(pairs[2 * r]), "heads": ["ml"]})
+        client.wait(job["id"], poll_s=0.02)
+        client.predictions_csv(job["id"])
+        service_s.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        _emi("score", pairs[2 * r + 1], "--head", served.heads / "ml", "-o",
+             work / f"fresh{r}.csv", "--quiet",
+             env={"EMI_CACHE": str(work / f"cache{r}")})  # fmt: skip
+        fresh_s.append(time.perf_counter() - t0)
+    return service_s, fresh_s
 
 
 if __name__ == "__main__":

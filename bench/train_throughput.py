@@ -92,6 +92,7 @@ def train_in_memory(
     store_path: Path, train_csv: Path, val_csv: Path, settings: TrainSettings, preset: str
 ) -> float:
     """The limit: the recipe on float32 tensors preloaded before the clock starts."""
+    settings = settings.for_preset(preset)  # the preset's batch size and the like
     store = FeatureStore.open(store_path)
     train, val = read_labels(train_csv), read_labels(val_csv)
 
@@ -213,34 +214,29 @@ def main() -> None:
                 work / "streamed",
                 budget=data_bytes // 3,
                 heads=1,
-            ),
+            ),  # fmt: skip
+            **_many_heads(work, store, train_csv, val_csv, args),
         }
-        grid = work / "grid.json"
-        grid.write_text(
-            json.dumps(
-                {
-                    "grid": {"seed": list(range(1, args.heads + 1))},
-                    "defaults": {"preset": args.preset},
-                }
-            )
-        )
-        common = [
-            "--labels",
-            str(train_csv),
-            "--val-labels",
-            str(val_csv),
-            "--epochs",
-            str(args.epochs),
-            "--lr",
-            "1e-3",
-            "--device",
-            "cpu",
-            "--quiet",
-        ]
-        results["k_heads_one_run_s"] = run_cli(
+        _report(results, args)
+        if args.json:
+            args.json.write_text(json.dumps(results, indent=2))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _many_heads(work: Path, store, train_csv, val_csv, args) -> dict:
+    """K heads as one grid run against K separate runs and one run of one head (CLI
+    processes, start-up included); seconds of each."""
+    grid = work / "grid.json"
+    grid.write_text(json.dumps({"grid": {"seed": list(range(1, args.heads + 1))},
+                                "defaults": {"preset": args.preset}}))  # fmt: skip
+    common = ["--labels", str(train_csv), "--val-labels", str(val_csv), "--epochs",
+              str(args.epochs), "--lr", "1e-3", "--device", "cpu", "--quiet"]  # fmt: skip
+    return {
+        "k_heads_one_run_s": run_cli(
             ["train", str(store), *common, "--out", str(work / "grid"), "--grid", str(grid)]
-        )
-        results["k_separate_runs_s"] = sum(
+        ),
+        "k_separate_runs_s": sum(
             run_cli(
                 [
                     "train",
@@ -253,40 +249,34 @@ def main() -> None:
                     "--preset",
                     args.preset,
                 ]
-            )
+            )  # fmt: skip
             for k in range(args.heads)
-        )
-        results["one_head_cli_s"] = run_cli(
+        ),
+        "one_head_cli_s": run_cli(
             ["train", str(store), *common, "--out", str(work / "one"), "--preset", args.preset]
-        )
-        r = results
-        print(f"\none head, {args.epochs} epochs (lower is better)")
-        print(f"  in-memory tensors (limit)        {r['in_memory_s']:7.1f} s")
-        print(
-            f"  emi, store -> cache              {r['emi_cached_s']:7.1f} s  "
-            f"({100 * (r['emi_cached_s'] / r['in_memory_s'] - 1):+.1f}% vs limit)"
-        )
-        print(
-            f"  emi, streamed (budget 1/3 data)  {r['emi_streamed_s']:7.1f} s  "
-            f"({100 * (r['emi_streamed_s'] / r['in_memory_s'] - 1):+.1f}% vs limit)"
-        )
-        k = args.heads
-        print(f"\n{k} heads (CLI processes, start-up included)")
-        print(f"  one run, {k} heads, one load     {r['k_heads_one_run_s']:7.1f} s")
-        print(f"  {k} separate runs               {r['k_separate_runs_s']:7.1f} s")
-        print(f"  one run of one head              {r['one_head_cli_s']:7.1f} s")
-        print(
-            f"  {k} heads in one run / one head  "
-            f"{r['k_heads_one_run_s'] / r['one_head_cli_s']:7.2f} x"
-        )
-        print(
-            f"  separate / one run               "
-            f"{r['k_separate_runs_s'] / r['k_heads_one_run_s']:7.2f} x"
-        )
-        if args.json:
-            args.json.write_text(json.dumps(results, indent=2))
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+        ),
+    }
+
+
+def _report(r: dict, args) -> None:
+    print(f"\none head, {args.epochs} epochs (lower is better)")
+    print(f"  in-memory tensors (limit)        {r['in_memory_s']:7.1f} s")
+    print(
+        f"  emi, store -> cache              {r['emi_cached_s']:7.1f} s  "
+        f"({100 * (r['emi_cached_s'] / r['in_memory_s'] - 1):+.1f}% vs limit)"
+    )
+    print(
+        f"  emi, streamed (budget 1/3 data)  {r['emi_streamed_s']:7.1f} s  "
+        f"({100 * (r['emi_streamed_s'] / r['in_memory_s'] - 1):+.1f}% vs limit)"
+    )
+    k = args.heads
+    print(f"\n{k} heads (CLI processes, start-up included)")
+    print(f"  one run, {k} heads, one load     {r['k_heads_one_run_s']:7.1f} s")
+    print(f"  {k} separate runs               {r['k_separate_runs_s']:7.1f} s")
+    print(f"  one run of one head              {r['one_head_cli_s']:7.1f} s")
+    one_run, separate = r["k_heads_one_run_s"], r["k_separate_runs_s"]
+    print(f"  {k} heads in one run / one head  {one_run / r['one_head_cli_s']:7.2f} x")
+    print(f"  separate / one run               {separate / one_run:7.2f} x")
 
 
 if __name__ == "__main__":

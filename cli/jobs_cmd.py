@@ -133,6 +133,13 @@ def show(job_id: str, server: str, token_file: str | None) -> None:
         _echo_json(_call(lambda: client.job(job_id)))
 
 
+def progress_words(job: dict) -> str:
+    """The progress bar's words: the state, and the stage where it says more
+    (``running (extracting)``; a finished job's state once: ``succeeded``)."""
+    stage = job["progress"].get("stage") or ""
+    return job["state"] if stage in ("", job["state"]) else f"{job['state']} ({stage})"
+
+
 def _wait(client, job_id: str) -> dict:
     from tqdm import tqdm
 
@@ -146,7 +153,7 @@ def _wait(client, job_id: str) -> dict:
                 bar.n = p.get("clips_done", 0)
             elif p.get("epochs") is not None:
                 bar.unit, bar.total, bar.n = "epoch", p["epochs"], p.get("epoch", 0)
-            bar.set_postfix_str(f"{job['state']} {p.get('stage', '')}")
+            bar.set_postfix_str(progress_words(job))
             bar.refresh()
 
         return _call(lambda: client.wait(job_id, poll_s=0.5, on_update=update))

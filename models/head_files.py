@@ -231,6 +231,26 @@ def save_head(
     return folder
 
 
+def _not_a_head(folder: Path) -> str:
+    """Why ``folder`` is not a head; a folder of heads (or of grids of heads) names the
+    heads inside."""
+    words = f"{folder}: not a head folder (needs config.json and model.safetensors)"
+    cards = [*folder.glob("*/config.json"), *folder.glob("*/*/config.json")]
+    names = sorted(
+        str(card.parent.relative_to(folder))
+        for card in cards
+        if (card.parent / "model.safetensors").is_file()
+        and not any(part.startswith(".") for part in card.parent.relative_to(folder).parts)
+    )
+    if not names:
+        return words
+    shown = ", ".join(names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10 else "")
+    return (
+        f"{folder}: a folder of heads ({shown}), not a head; give one of them, e.g. "
+        f"--head {folder / names[0]} (emi heads compare {folder} shows how good each is)"
+    )
+
+
 def load_head(folder: str | Path, *, device: str = "cpu") -> LoadedHead:
     """Load a head folder (config.json + model.safetensors); runs no stored code.
 
@@ -241,7 +261,7 @@ def load_head(folder: str | Path, *, device: str = "cpu") -> LoadedHead:
     folder = Path(folder)
     config_file, weights = folder / "config.json", folder / "model.safetensors"
     if not config_file.is_file() or not weights.is_file():
-        raise HeadError(f"{folder}: not a head folder (needs config.json and model.safetensors)")
+        raise HeadError(_not_a_head(Path(folder)))
     try:
         data = json.loads(config_file.read_text())
     except (ValueError, UnicodeDecodeError) as err:

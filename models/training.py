@@ -247,6 +247,7 @@ class LabelledSplit:
     clip_ids: list[str]
     targets: tuple[str, ...]
     values: np.ndarray  # (clips, targets)
+    source: str = "the label file"  # the file the labels came from (named in errors)
 
     def as_dict(self, columns: list[int]) -> dict[str, np.ndarray]:
         return {c: self.values[i, columns] for i, c in enumerate(self.clip_ids)}
@@ -289,7 +290,10 @@ def resolve_labels(
             f"--skip-missing to {'evaluate' if role == 'evaluation' else 'train on'} the rest."
         )
     return LabelledSplit(
-        stored, table.targets, np.array([table.rows[c] for c in stored], dtype=np.float32)
+        stored,
+        table.targets,
+        np.array([table.rows[c] for c in stored], dtype=np.float32),
+        source=os.path.basename(str(table.path)),
     )
 
 
@@ -374,17 +378,33 @@ def _amp(device: str, settings: TrainSettings):
 
 
 def _label_columns(plan: HeadPlan, train: LabelledSplit, val: LabelledSplit):
-    """The head's targets and, per clip, its label rows (training and validation)."""
+    """The head's targets and, per clip, its label rows (training and validation).
+
+    Raises:
+        ManifestError: a target that is not a column of a label file, naming the file
+            and the nearest column (a misspelling).
+    """
     targets = list(plan.targets or train.targets)
-    unknown = [t for t in targets if t not in train.targets or t not in val.targets]
-    if unknown:
-        raise ManifestError(
-            f"head {plan.name!r}: targets {unknown} are not columns of both "
-            f"label files ({', '.join(train.targets)})"
-        )
+    for split in (train, val):
+        unknown = [t for t in targets if t not in split.targets]
+        if unknown:
+            raise ManifestError(
+                f"head {plan.name!r}: "
+                + "; ".join(_missing_column(t, split) for t in unknown)
+                + f" (its columns: {', '.join(split.targets)})"
+            )
     y_train = train.as_dict([train.targets.index(t) for t in targets])
     y_val = val.as_dict([val.targets.index(t) for t in targets])
     return targets, y_train, y_val
+
+
+def _missing_column(target: str, split: LabelledSplit) -> str:
+    """``Admiraton: not in valid_split.csv; did you mean Admiration?``"""
+    import difflib
+
+    near = difflib.get_close_matches(target, split.targets, n=1, cutoff=0.6)
+    hint = f"; did you mean {near[0]}?" if near else ""
+    return f"{target}: not in {split.source}{hint}"
 
 
 @dataclass

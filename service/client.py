@@ -21,6 +21,8 @@ import httpx
 from service.config import DEFAULT_SERVER
 from service.jobs import FINAL
 
+RESTART_GRACE_S = 300.0  # how long ``wait`` keeps asking a service that cannot be reached
+
 
 class ServiceError(Exception):
     """The service refused a request: ``status``, ``error`` and ``detail`` as it said."""
@@ -101,11 +103,26 @@ class ServiceClient:
         poll_s: float = 1.0,
         timeout_s: float | None = None,
         on_update: Callable[[dict], None] | None = None,
+        unreachable_s: float = RESTART_GRACE_S,
     ) -> dict:
-        """Poll until the job ends; returns it (``TimeoutError`` after ``timeout_s``)."""
+        """Poll until the job ends; returns it (``TimeoutError`` after ``timeout_s``).
+
+        A service that cannot be reached, or answers 502-504 (restarting, or behind a
+        proxy while it restarts), is asked again for up to ``unreachable_s`` in a row:
+        its jobs resume after a restart, so the wait goes on; past that, the last error
+        is raised."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        last_seen = time.monotonic()
         while True:
-            job = self.job(job_id)
+            try:
+                job = self.job(job_id)
+            except (httpx.TransportError, ServiceError) as err:
+                restarting = not isinstance(err, ServiceError) or err.status in (502, 503, 504)
+                if not restarting or time.monotonic() - last_seen > unreachable_s:
+                    raise
+                time.sleep(poll_s)
+                continue
+            last_seen = time.monotonic()
             if on_update is not None:
                 on_update(job)
             if job["state"] in FINAL:

@@ -107,13 +107,9 @@ def score_folder(
         []
     """
     loaded = load_heads(heads, device=device)
+    _same_features(loaded)
     refs = loaded[0].config.feature_refs
     wanted = [ref.fingerprint for ref in refs]
-    if any([ref.fingerprint for ref in h.config.feature_refs] != wanted for h in loaded[1:]):
-        raise HeadError(
-            "the heads were trained on different features; score with heads of one "
-            "feature spec (or one list of joined feature sets) at a time"
-        )
     folder = list(audio_dir) if isinstance(audio_dir, list) else build_manifest(audio_dir)
     cached = store is None
     # one set: its fingerprint (as before sets); several: a hash of them all
@@ -151,6 +147,27 @@ def score_folder(
         _failures(folder, key, summaries),
         stopped=summaries[-1].stopped,
     )
+
+
+def _same_features(loaded: list[LoadedHead]) -> None:
+    """Refuse heads trained on different features, naming which read which.
+
+    Raises:
+        HeadError: ``compact, paper: 1a2b3c4d5e6f; mean-linear: 9f8e7d6c5b4a``.
+    """
+    groups: dict[tuple[str, ...], list[str]] = {}
+    for head in loaded:
+        key = tuple(ref.fingerprint for ref in head.config.feature_refs)
+        groups.setdefault(key, []).append(head.name)
+    if len(groups) > 1:
+        described = "; ".join(
+            f"{', '.join(names)}: features {' + '.join(f[:12] for f in key)}"
+            for key, names in groups.items()
+        )
+        raise HeadError(
+            f"the heads were trained on different features ({described}); score with "
+            "heads of one feature spec (or one list of joined feature sets) at a time"
+        )
 
 
 def _extract_set(records, location, loaded, index, ref, model, run, quiet, **run_on):

@@ -117,6 +117,7 @@ class UploadWriter:
     config: ServiceConfig
     folder: Path
     files: list[Path] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # files that are not audio, CSV, archives
     total: int = 0
     _part: _Part | None = None
     _header_field: bytes = b""
@@ -158,11 +159,10 @@ class UploadWriter:
         name = raw.decode("utf-8", "replace").replace("\\", "/").rsplit("/", 1)[-1]
         if not name or name.startswith(".") or "\x00" in name:
             raise bad_request(f"file name {raw!r} is not usable; give a plain file name")
-        if _suffix(name) not in (*KEPT, *ARCHIVES):
-            raise bad_request(
-                f"{name}: not an audio, video, CSV or archive file ({', '.join(KEPT)}, "
-                f"{', '.join(ARCHIVES)})"
-            )
+        if _suffix(name) not in (*KEPT, *ARCHIVES):  # a read-me, notes: left out, as a
+            self.skipped.append(name)  # folder's listing leaves them out
+            self._part = _Part(name, None, self.folder / name)
+            return
         if len(self.files) + 1 > self.config.max_files:
             raise _limit("the number of files", "--upload-max-files", self.config.max_files)
         path = self.folder / name
@@ -181,11 +181,13 @@ class UploadWriter:
         if self.total > self.config.max_request_bytes:
             raise _limit("the upload's bytes", "--upload-max-request-mb",
                          self.config.max_request_bytes)  # fmt: skip
-        part.handle.write(data[start:end])
+        if part.handle is not None:
+            part.handle.write(data[start:end])
 
     def _end(self) -> None:
         if self._part is not None:
-            self._part.handle.close()
+            if self._part.handle is not None:
+                self._part.handle.close()
             self._part = None
 
     def close(self) -> None:
@@ -230,7 +232,11 @@ async def receive_upload(
         parser.finalize()
         writer.close()
         if not writer.files:
-            raise bad_request("the upload holds no file")
+            skipped = f" (left out: {', '.join(writer.skipped[:10])})" if writer.skipped else ""
+            raise bad_request(
+                f"the upload holds no audio, video, CSV or archive file ({', '.join(KEPT)}, "
+                f"{', '.join(ARCHIVES)}){skipped}"
+            )
         archives = [p for p in writer.files if _suffix(p.name) in ARCHIVES]
         if archives:
             if len(writer.files) != 1:
@@ -246,6 +252,7 @@ async def receive_upload(
             "files": count,
             "bytes": size,
             "created_at": time.time(),
+            "skipped": writer.skipped,
         }
         (staging / "upload.json").write_text(json.dumps(description))
         staging.rename(config.state / "uploads" / upload_id)

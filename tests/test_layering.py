@@ -149,3 +149,22 @@ def test_the_stores_modules_are_small():
         for p in (REPO / "featurestore" / "store").glob("*.py")
     }
     assert sizes and max(sizes.values()) <= 400, sizes
+
+
+def test_no_function_body_is_over_80_lines():
+    """Every function of the project (code, benchmarks, tests) reads on one screen or
+    two: its body (without the docstring) is at most 80 lines."""
+    too_long = []
+    for path in sorted(REPO.rglob("*.py")):
+        if {".venv", "site", ".git"} & set(path.relative_to(REPO).parts):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                continue
+            body = node.body
+            if isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+                body = body[1:] or body
+            lines = body[-1].end_lineno - body[0].lineno + 1
+            if lines > 80:
+                too_long.append(f"{path.relative_to(REPO)}:{node.lineno} {node.name} ({lines})")
+    assert too_long == []

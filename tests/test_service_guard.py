@@ -486,3 +486,18 @@ def test_extract_jobs_need_a_backbone_the_service_can_load(tmp_path, monkeypatch
         assert served.client().jobs()["jobs"] == []  # no job made
         assert served.stop() == 0
     assert "extract jobs into new stores are refused" in served.text()
+
+
+def test_an_upload_leaves_out_what_is_not_audio_as_a_folder_listing_does(guarded, tmp_path):
+    client = guarded["served"].client()
+    wav = sorted(guarded["audio"].glob("*.wav"))[0]
+    notes = tmp_path / "notes.txt"
+    notes.write_text("recorded on tuesday")
+    upload = client.upload([wav, notes])
+    assert upload["files"] == 1 and upload["skipped"] == ["notes.txt"]
+    files = guarded["served"].state / "uploads" / upload["id"] / "files"
+    assert sorted(p.name for p in files.iterdir()) == [wav.name]
+    with pytest.raises(ServiceError) as refused:
+        client.upload([notes])
+    assert refused.value.status == 400 and "left out: notes.txt" in str(refused.value)
+    client._call("DELETE", f"/v1/uploads/{upload['id']}")

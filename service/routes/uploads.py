@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request, Security
 from fastapi.responses import Response
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from service.api_docs import WRITES, bearer, errors
 from service.runtime import Service, service_of
@@ -41,6 +41,9 @@ class UploadView(BaseModel):
     files: int
     bytes: int
     created_at: float
+    skipped: list[str] = Field(
+        default_factory=list, description="files left out: not audio, video, CSV or archives"
+    )
 
 
 @router.post(
