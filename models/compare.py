@@ -186,7 +186,7 @@ def comparison_plot(rows: list[HeadRow]):
     """The ``matplotlib`` Figure of :func:`comparison_figure`."""
     from matplotlib.figure import Figure
 
-    from models.plots import PALETTE, style
+    from models.plots import LEGEND_POINTS, PALETTE, style
 
     shown = list(reversed(rows))  # best at the top
     fig = Figure(figsize=(9, 1.4 + 0.45 * len(shown)))
@@ -206,8 +206,13 @@ def comparison_plot(rows: list[HeadRow]):
             zorder=3,
         )
     ax.set_yticks(list(positions), [r.name for r in shown])
-    ax.set_xlabel("validation Pearson (best epoch)")
+    ax.set_xlabel("validation Pearson r at the best epoch (-1 to 1; higher is better)")
     ax.axvline(0, color="grey", linewidth=0.8)
-    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False)
+    ax.legend(fontsize=LEGEND_POINTS, loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False)
+    ax.set_title(
+        f"{len(shown)} head{'s' if len(shown) != 1 else ''} compared: the bar is the mean "
+        "over targets (the challenge score), the markers each target",
+        fontsize=10,
+    )
     fig.tight_layout()
     return fig

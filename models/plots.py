@@ -13,6 +13,7 @@ from matplotlib.figure import Figure
 
 # Okabe and Ito's colour-blind-safe palette, each colour with its own line style and
 # marker, so targets stay apart in grey print and for colour-blind readers too.
+LEGEND_POINTS = 9  # legend text: readable with the image shown at 100%
 PALETTE = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#000000", "#F0E442")
 LINE_STYLES = ("-", "--", "-.", ":", (0, (5, 1)), (0, (3, 1, 1, 1)), (0, (1, 1)), (0, (8, 2)))
 MARKERS = ("o", "s", "D", "^", "v", "P", "X", "*")
@@ -30,7 +31,11 @@ def style(k: int) -> dict:
 def legend_below(ax, columns: int = 2) -> None:
     """The axes' legend under its x label, outside the data."""
     ax.legend(
-        fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=columns, frameon=False
+        fontsize=LEGEND_POINTS,
+        loc="upper center",
+        bbox_to_anchor=(0.5, -0.2),
+        ncol=columns,
+        frameon=False,
     )
 
 
@@ -125,27 +130,34 @@ def plot_ridge_penalty(metrics: dict, path: str | Path, *, title: str = "") -> P
 def plot_predictions(
     pred: np.ndarray, true: np.ndarray, targets: list[str], path: str | Path, *, title: str = ""
 ) -> Path:
-    """Scatter of predicted vs true, one panel per target, with Pearson r in the title."""
+    """Write :func:`predictions_figure` to ``path`` (PNG)."""
+    predictions_figure(pred, true, targets, title=title).savefig(path, dpi=100)
+    return Path(path)
+
+
+def predictions_figure(
+    pred: np.ndarray, true: np.ndarray, targets: list[str], *, title: str = ""
+) -> Figure:
+    """Scatter of predicted against true intensity (both on the 0-1 scale), one panel
+    per target, titled with its Pearson r and the number of clips."""
     from models.metrics import pearson
 
     r = pearson(pred, true)
     cols = min(3, len(targets))
     rows = int(np.ceil(len(targets) / cols))
-    fig = Figure(figsize=(3.2 * cols, 3.0 * rows))
+    fig = Figure(figsize=(3.4 * cols, 3.2 * rows))
     axes = fig.subplots(rows, cols, squeeze=False)
     for i, target in enumerate(targets):
         ax = axes[i // cols][i % cols]
         ax.scatter(true[:, i], pred[:, i], s=8, alpha=0.6)
-        ax.plot([0, 1], [0, 1], color="grey", linewidth=0.8)
+        ax.plot([0, 1], [0, 1], color="grey", linewidth=0.8, label="predicted = true")
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1)
-        ax.set_title(f"{target}: r={r[i]:.2f}", fontsize=9)
-        ax.set_xlabel("true", fontsize=8)
-        ax.set_ylabel("predicted", fontsize=8)
+        ax.set_title(f"{target}: r = {r[i]:.2f}, n = {len(true)}", fontsize=10)
+        ax.set_xlabel("true intensity (0-1)", fontsize=9)
+        ax.set_ylabel("predicted intensity (0-1)", fontsize=9)
     for j in range(len(targets), rows * cols):
         axes[j // cols][j % cols].axis("off")
-    if title:
-        fig.suptitle(title)
+    fig.suptitle(title or f"predicted against true intensity ({len(true)} clips)")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    return Path(path)
+    return fig

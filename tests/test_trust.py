@@ -529,6 +529,24 @@ def test_plot_legends_sit_outside_the_axes_and_targets_look_different(made):
     looks = {(line.get_color(), str(line.get_linestyle())) for line in targets}
     assert len(targets) == 6 and len(looks) == 6
     assert all(line.get_color() in PALETTE for line in targets)
+    for fig in figures:  # legends readable with the image shown at 100%
+        for ax in fig.axes:
+            assert min(t.get_fontsize() for t in ax.get_legend().get_texts()) >= 9
+    assert "compared" in figures[1].axes[0].get_title()  # heads_comparison.png says what it is
+
+
+def test_the_predictions_plot_states_its_scale_and_clips():
+    from models.plots import predictions_figure
+
+    rng = np.random.default_rng(0)
+    true = rng.uniform(0, 1, size=(37, 2))
+    fig = predictions_figure(true + 0.05, true, ["Joy", "Admiration"])
+    first = fig.axes[0]
+    assert first.get_xlabel() == "true intensity (0-1)"
+    assert first.get_ylabel() == "predicted intensity (0-1)"
+    assert first.get_xlim() == (0, 1) and first.get_ylim() == (0, 1)
+    assert first.get_title().startswith("Joy: r = 1.00") and "n = 37" in first.get_title()
+    assert "37 clips" in fig.get_suptitle()
 
 
 # -- 20. words that help: label ids with extensions, evaluate's advice, constant columns, --
