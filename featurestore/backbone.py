@@ -36,12 +36,14 @@ from torch import nn
 from transformers import PretrainedConfig
 
 from featurestore.errors import BackboneError
-from featurestore.options import user_cache_dir
+from featurestore.options import RANDOM_MARK, user_cache_dir
 
 CONFIG_FILE = "config.json"
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 # Config keys that describe the software that wrote the file, not the model.
-_CONFIG_KEYS_NOT_HASHED = {"transformers_version", "_name_or_path", "architectures"}
+# RANDOM_MARK: a random stand-in's mark (featurestore.random_backbone), descriptive
+# only: a random checkpoint's fingerprint is what it was before it was marked
+_CONFIG_KEYS_NOT_HASHED = {"transformers_version", "_name_or_path", "architectures", RANDOM_MARK}
 FAMILIES = ("wav2vec2", "hubert", "wavlm")  # config.json model_type
 # Used only for SpecAugment in training; checkpoints may omit it.
 _OPTIONAL_KEYS = {f"{family}.masked_spec_embed" for family in FAMILIES}

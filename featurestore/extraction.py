@@ -7,11 +7,11 @@ or an existing scheduler) -> each task writes its own part and its marker last.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import math
 import os
 import sys
+import threading
 import time
 from dataclasses import dataclass, field, replace
 
@@ -32,6 +32,7 @@ from featurestore.options import (
 )
 from featurestore.part_task import PartJob, run_part
 from featurestore.records import ClipFailure
+from featurestore.run_watch import RunWatcher
 from featurestore.spec import build_spec, fingerprint
 from featurestore.store import (
     FeatureStore,
@@ -41,8 +42,6 @@ from featurestore.store import (
     read_root,
 )
 from manifests.records import ClipRecord, planning_seconds
-
-STOP_POLL_S = 0.2  # how often a running extraction asks ``should_stop``
 
 
 @dataclass
@@ -64,10 +63,17 @@ class ExtractSummary:
     failed: list[ClipFailure] = field(default_factory=list)
     wall_s: float = 0.0
     stopped: bool = False  # ``should_stop`` answered True: parts not started were skipped
+    reused_audio_s: float = 0.0  # audio of the clips already stored
+    # while the run works (0 once it ends): the parts still running, as of their last round
+    running_clips: int = 0
+    running_failed: int = 0
+    running_audio_s: float = 0.0
 
     def to_dict(self) -> dict:
         """The JSON form (``emi extract --json``)."""
-        return {**self.__dict__, "failed": [f.to_dict() for f in self.failed]}
+        running = ("running_clips", "running_failed", "running_audio_s")
+        kept = {k: v for k, v in self.__dict__.items() if k not in running}
+        return {**kept, "failed": [f.to_dict() for f in self.failed]}
 
 
 def plan_parts(records: list[ClipRecord], *, part_seconds: float) -> list[list[ClipRecord]]:
@@ -243,9 +249,9 @@ def _missing(records: list[ClipRecord], writer: StoreWriter, options, summary) -
             for r, stored_from in collisions
         )
     blocked = set(summary.other_sources) - refresh
-    summary.already_stored = len(
-        [r for r in records if r.clip_id in stored_sha and r.clip_id not in refresh | blocked]
-    )
+    reused = [r for r in records if r.clip_id in stored_sha and r.clip_id not in refresh | blocked]
+    summary.already_stored = len(reused)
+    summary.reused_audio_s = float(sum(r.duration_s or 0.0 for r in reused))
     summary.refreshed = len(refresh)
     return [r for r in records if r.clip_id not in stored_sha or r.clip_id in refresh]
 
@@ -271,76 +277,38 @@ def _run(records, options, identity, writer, lock, summary) -> None:
 
 
 def _run_on(client, missing, options, identity, writer, lock, summary) -> None:
-    from distributed import Event, as_completed
+    from distributed import as_completed
 
-    stop_event = f"emi-stop-{lock.run_id}" if options.should_stop is not None else None
-    futures = _submit(
-        client, missing, options, identity, writer, lock, summary.fingerprint, stop_event
+    reporting = threading.Lock()  # on_part is called from this thread and the watcher's
+
+    def report(clips: int = 0, failed: int = 0, audio_s: float = 0.0) -> None:
+        with reporting:
+            summary.running_clips, summary.running_failed = clips, failed
+            summary.running_audio_s = audio_s
+            options.on_part(summary)
+
+    watcher = RunWatcher(
+        client,
+        lock.run_id,
+        should_stop=options.should_stop,
+        on_progress=report if options.on_part is not None else None,
     )
     show = not options.quiet and sys.stderr.isatty()
-    with contextlib.ExitStack() as stack:
-        if stop_event:
-            stack.callback(_clear_event, Event(stop_event, client=client))
-            watcher = stack.enter_context(_StopWatcher(options.should_stop, stop_event, client))
-        bar = stack.enter_context(
-            tqdm(total=len(missing), unit="clip", disable=not show, desc="extract")
-        )
+    with watcher, tqdm(total=len(missing), unit="clip", disable=not show, desc="extract") as bar:
+        futures = _submit(client, missing, options, identity, writer, lock, summary, watcher)
         for future in as_completed(futures, loop=client.loop):
             job = futures[future]
             _commit(future, job, writer, summary)
+            watcher.committed(job.part)
             bar.update(len(job.clips))
             if options.on_part is not None:
-                options.on_part(summary)
-        if stop_event and watcher.stopped:
-            summary.stopped = True
+                report(*watcher.running())
+    summary.stopped = summary.stopped or watcher.stopped
+    summary.running_clips = summary.running_failed = 0
+    summary.running_audio_s = 0.0
 
 
-def _clear_event(event) -> None:
-    with contextlib.suppress(Exception):  # an Event lives on the scheduler until cleared
-        event.clear()
-
-
-class _StopWatcher:
-    """Polls ``should_stop`` every :data:`STOP_POLL_S` while the parts run; once it
-    answers True, sets the dask Event the parts watch: parts not started skip
-    themselves, running parts stop after their current round (keeping what they
-    finished)."""
-
-    def __init__(self, should_stop, event_name: str, client) -> None:
-        import threading
-
-        self._should_stop = should_stop
-        self._event_name = event_name
-        self._client = client
-        self._done = threading.Event()
-        self._thread = threading.Thread(target=self._watch, name="emi-stop-watch", daemon=True)
-        self.stopped = False
-
-    def _watch(self) -> None:
-        from distributed import Event
-
-        while not self._done.wait(STOP_POLL_S):
-            try:
-                wanted = self._should_stop()
-            except Exception:  # noqa: BLE001 - asked again at the next poll
-                continue
-            if wanted:
-                self.stopped = True
-                Event(self._event_name, client=self._client).set()
-                return
-
-    def __enter__(self) -> _StopWatcher:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._done.set()
-        self._thread.join()
-
-
-def _submit(
-    client, missing, options, identity, writer, lock, fingerprint: str, stop_event: str | None
-) -> dict:
+def _submit(client, missing, options, identity, writer, lock, summary, watcher) -> dict:
     """One task per part of about ``part_seconds`` of audio; returns future -> job."""
     # At least two parts per worker when there is enough audio, so all stay busy.
     total_s = sum(planning_seconds(r.duration_s) for r in missing)
@@ -368,7 +336,7 @@ def _submit(
             revision=identity.revision or options.revision,
             device=options.device,
             compute_dtype=options.compute_dtype,
-            fingerprint=fingerprint,
+            fingerprint=summary.fingerprint,
             batch_seconds=options.batch_seconds,
             window_seconds=options.window_seconds,
             max_seconds=options.max_seconds,
@@ -377,7 +345,8 @@ def _submit(
             decode_threads=options.decode_threads,
             layers=tuple(options.layers),
             parts_path=writer.parts_path,
-            stop_event=stop_event,
+            stop_event=watcher.stop_event,
+            progress_queue=watcher.progress_queue,
             resolved_paths=options.resolved_paths,
         )
         future = client.submit(

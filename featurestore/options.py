@@ -19,6 +19,7 @@ def user_cache_dir() -> Path:
 
 
 DEFAULT_MODEL = "audeering/wav2vec2-large-robust-12-ft-emotion-msp-dim"
+RANDOM_MARK = "emi_random_weights"  # config.json key of a random stand-in backbone
 DEVICES = ("auto", "cpu", "cuda")
 COMPUTE_DTYPES = ("float32", "float16", "bfloat16")
 GPU_BATCH_SECONDS = 120.0  # padded audio seconds per forward on a GPU (CPU: one clip)

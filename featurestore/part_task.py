@@ -35,6 +35,7 @@ from featurestore.encode import (
 )
 from featurestore.options import GPU_BATCH_SECONDS
 from featurestore.pipeline import WriteBehind, available_cpus, decode_ahead, run_ahead
+from featurestore.run_watch import progress_reporter
 from featurestore.spec import build_spec, fingerprint
 from featurestore.store import PartWriter, StoredClip, open_zarr_store
 from manifests.records import planning_seconds
@@ -71,6 +72,7 @@ class PartJob:
     parts_path: str = "parts"  # the feature set's part folders, relative to the store
     stop_event: str | None = None  # a dask Event's name: once set, the part stops
     resolved_paths: bool = False  # paths resolved at listing: links swapped in are refused
+    progress_queue: str | None = None  # a dask Queue's name: one report per round
 
 
 def _stop_signal(name: str | None):
@@ -136,6 +138,73 @@ def run_part(job: PartJob, *, encoder: BatchEncoder | None = None) -> dict:
     if stop_requested is not None and stop_requested():
         return {"part": job.part, "skipped": True}
     device = require_device(job.device)
+    encoder, spec = _encoder_for(job, device, encoder)
+    batch_seconds = job.batch_seconds
+    if batch_seconds is None:  # batching does not pay on a CPU (method.md, pitfalls)
+        batch_seconds = GPU_BATCH_SECONDS if device.startswith("cuda") else 0.0
+    round_seconds = max(MIN_ROUND_SECONDS, batch_seconds)
+    part = PartWriter(
+        open_zarr_store(job.store, mode="a", storage_options=job.storage_options),
+        job.part,
+        spec,
+        job.parts_path,
+    )
+    # On a CPU the stages run in turn (the forward pass is nearly all the work, and
+    # threads beside torch's own slow it); on a GPU they overlap.
+    threads = decode_threads_for(job, device)
+    overlap = device.startswith("cuda") or threads > 0
+    writer = WriteBehind(lambda work: part.append(*work), depth=WRITE_DEPTH if overlap else 0)
+    failures: list[dict] = []
+    audio_s, done = 0.0, 0
+    stopped = False
+    report, close_reports = progress_reporter(job.progress_queue)
+
+    def planned() -> Iterator[tuple[list, list, list]]:
+        nonlocal stopped
+        for batch in _rounds(job, threads, round_seconds, failures):
+            if stop_requested is not None and stop_requested():
+                stopped = True  # the rounds done so far are written and committed
+                return
+            audio = [decoded.samples for _, decoded in batch]
+            yield batch, audio, segments_of(audio, window_seconds=job.window_seconds)
+
+    # The device thread runs the decoded rounds through the device, one batch in
+    # flight across rounds; this thread assembles finished rounds and hands them on.
+    device_rounds = encode_rounds(encoder, planned(), batch_seconds=batch_seconds)
+    try:
+        for batch, outputs in run_ahead(device_rounds, depth=1 if overlap else 0):
+            results = assemble_clips(encoder, len(batch), outputs)
+            kept, decoded = [clip for clip, _ in batch], [d for _, d in batch]
+            stored, features = _usable(kept, decoded, results, failures)
+            audio_s += sum(c.duration_s for c in stored)
+            done += len(stored)
+            writer.submit((stored, features))
+            report({"part": job.part, "clips": done, "failed": len(failures), "audio_s": audio_s})
+    except BaseException:
+        with contextlib.suppress(Exception):  # the first error is the one to report
+            writer.close()
+        raise
+    finally:
+        close_reports()
+    writer.close()
+    record = part.finish()
+    return {
+        "part": job.part,
+        "record": record,
+        "clips": record.clips,
+        "frames": record.frames,
+        "audio_s": float(audio_s),
+        "failures": failures,
+        "stopped": stopped,
+    }
+
+
+def _encoder_for(job: PartJob, device: str, encoder: BatchEncoder | None):
+    """The device step and the feature spec it makes; (encoder, spec).
+
+    Raises:
+        RuntimeError: the spec's fingerprint is not the store's (another checkpoint).
+    """
     backbone = cached_backbone(job, device) if encoder is None else None
     spec = build_spec(
         encoder.identity if backbone is None else backbone.identity,
@@ -158,59 +227,7 @@ def run_part(job: PartJob, *, encoder: BatchEncoder | None = None) -> dict:
             f"the store expects {job.fingerprint[:12]}: the checkpoint differs between "
             "the driver and this worker"
         )
-    batch_seconds = job.batch_seconds
-    if batch_seconds is None:  # batching does not pay on a CPU (method.md, pitfalls)
-        batch_seconds = GPU_BATCH_SECONDS if device.startswith("cuda") else 0.0
-    round_seconds = max(MIN_ROUND_SECONDS, batch_seconds)
-    part = PartWriter(
-        open_zarr_store(job.store, mode="a", storage_options=job.storage_options),
-        job.part,
-        spec,
-        job.parts_path,
-    )
-    # On a CPU the stages run in turn (the forward pass is nearly all the work, and
-    # threads beside torch's own slow it); on a GPU they overlap.
-    threads = decode_threads_for(job, device)
-    overlap = device.startswith("cuda") or threads > 0
-    writer = WriteBehind(lambda work: part.append(*work), depth=WRITE_DEPTH if overlap else 0)
-    failures: list[dict] = []
-    audio_s = 0.0
-    stopped = False
-
-    def planned() -> Iterator[tuple[list, list, list]]:
-        nonlocal stopped
-        for batch in _rounds(job, threads, round_seconds, failures):
-            if stop_requested is not None and stop_requested():
-                stopped = True  # the rounds done so far are written and committed
-                return
-            audio = [decoded.samples for _, decoded in batch]
-            yield batch, audio, segments_of(audio, window_seconds=job.window_seconds)
-
-    # The device thread runs the decoded rounds through the device, one batch in
-    # flight across rounds; this thread assembles finished rounds and hands them on.
-    device_rounds = encode_rounds(encoder, planned(), batch_seconds=batch_seconds)
-    try:
-        for batch, outputs in run_ahead(device_rounds, depth=1 if overlap else 0):
-            results = assemble_clips(encoder, len(batch), outputs)
-            kept, decoded = [clip for clip, _ in batch], [d for _, d in batch]
-            stored, features = _usable(kept, decoded, results, failures)
-            audio_s += sum(c.duration_s for c in stored)
-            writer.submit((stored, features))
-    except BaseException:
-        with contextlib.suppress(Exception):  # the first error is the one to report
-            writer.close()
-        raise
-    writer.close()
-    record = part.finish()
-    return {
-        "part": job.part,
-        "record": record,
-        "clips": record.clips,
-        "frames": record.frames,
-        "audio_s": float(audio_s),
-        "failures": failures,
-        "stopped": stopped,
-    }
+    return encoder, spec
 
 
 def _rounds(

@@ -29,7 +29,7 @@ from safetensors.torch import save_file
 from transformers import PretrainedConfig
 
 from featurestore.backbone import FAMILIES, EmotionBackbone, _config_class
-from featurestore.options import BACKBONE_SIZES
+from featurestore.options import BACKBONE_SIZES, RANDOM_MARK
 from featurestore.spec import VAD_LABELS
 from manifests.atomic import apply_umask
 
@@ -83,7 +83,8 @@ def write_random_backbone(
     ``HubertModel`` / ``WavLMModel``.
 
     The same size, norm, family and seed always give the same weights, hence the same
-    fingerprint.
+    fingerprint. ``config.json`` says the weights are random (``emi_random_weights``, a
+    key left out of the config's hash): heads trained on it are flagged as such.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -98,6 +99,8 @@ def write_random_backbone(
         state = {k.removeprefix(f"{family}."): v for k, v in state.items()}
     save_file(state, str(folder / "model.safetensors"))
     apply_umask(folder / "model.safetensors")  # safetensors writes 0600
+    # marked (not hashed): what is made from it measures the pipeline, not emotion
+    setattr(config, RANDOM_MARK, {"size": size, "seed": seed})
     config.save_pretrained(folder)
     (folder / "preprocessor_config.json").write_text(
         json.dumps(

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 from pathlib import Path
@@ -124,6 +125,9 @@ def list_heads(config: ServiceConfig) -> list[dict]:
                         "feature_set": ref.get("feature_set"),
                         "fingerprint": ref.get("fingerprint"),
                         "backbone": _public_ref((ref.get("spec") or {}).get("backbone", {})),
+                        "random_backbone": is_random_backbone(
+                            (ref.get("spec") or {}).get("backbone", {}).get("ref")
+                        ),
                     }
                     for ref in card
                 ],
@@ -136,6 +140,20 @@ def list_heads(config: ServiceConfig) -> list[dict]:
             }
         )
     return sorted(rows, key=lambda r: (-(r.get("val_pearson_mean") or -2.0), r["name"]))
+
+
+def is_random_backbone(ref: str | None) -> bool | None:
+    """Whether the checkpoint folder ``ref`` is a random stand-in (True: its config.json
+    carries the mark ``write_random_backbone`` leaves), a real one (False), or cannot be
+    told (None: a hub id, or a folder that is gone)."""
+    from featurestore.options import RANDOM_MARK
+
+    if not ref or not os.path.isdir(ref):
+        return None if not ref or "/" not in ref or ref.startswith("/") else False
+    try:
+        return RANDOM_MARK in json.loads((Path(ref) / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def _public_ref(backbone: dict) -> str | None:

@@ -232,21 +232,26 @@ class JobRunner:
         self.table.update(job.id, failures=rows)
 
     def _part_progress(self, job: Job, total: int, refused: int):
-        """The extraction's per-part hook: clips done, reused, failed, audio seconds."""
+        """The extraction's progress hook (after each committed part, and as running
+        parts report their rounds): clips done, reused, failed, and the audio seconds
+        of the clips done, the reused ones included."""
         seen = {"audio_s": 0.0}
 
         def on_part(summary) -> None:
-            failed = len(summary.failed) + refused
+            failed = len(summary.failed) + refused + summary.running_failed
             self.metrics.clips(summary.audio_s - seen["audio_s"])
             seen["audio_s"] = summary.audio_s
+            done = summary.extracted + summary.already_stored + summary.running_clips + failed
             self._progress(
                 job,
                 stage="extracting",
                 clips_total=total,
-                clips_done=summary.extracted + summary.already_stored + failed,
+                clips_done=done,
                 clips_reused=summary.already_stored,
                 clips_failed=failed,
-                audio_seconds=round(summary.audio_s, 3),
+                audio_seconds=round(
+                    summary.audio_s + summary.running_audio_s + summary.reused_audio_s, 3
+                ),
             )
 
         return on_part
@@ -303,6 +308,7 @@ class JobRunner:
             cache_store_for=self.config.score_store_for,
             run=run,
             on_partial=lambda partial: self._keep_predictions(job, partial, total, partial=True),
+            on_predicting=lambda: self._progress(job, stage="predicting"),
         )
         failures = [*refused, *result.failed]
         self._failures(job, failures)
@@ -317,6 +323,7 @@ class JobRunner:
             clips_done=total,
             clips_reused=result.reused,
             clips_failed=len(failures),
+            audio_seconds=_audio_seconds(records, failures),
         )
         kept = self._keep_predictions(job, result.predictions, total, partial=False)
         return {
@@ -385,6 +392,7 @@ class JobRunner:
             clips_done=total,
             clips_reused=reused,
             clips_failed=len(failures),
+            audio_seconds=_audio_seconds(records, failures),
         )
         return {
             "clips": total,
@@ -471,6 +479,12 @@ class JobRunner:
             },
             "store": request["store"],
         }
+
+
+def _audio_seconds(records: list, failures: list) -> float:
+    """The audio of a finished job's clips that did not fail (reused ones included)."""
+    failed = {f.clip_id for f in failures}
+    return round(sum(r.duration_s or 0.0 for r in records if r.clip_id not in failed), 3)
 
 
 def _tidy_after_training(heads: Path, name: str) -> None:

@@ -73,6 +73,7 @@ def score_folder(
     cache_store_for: Callable[[str], str] | None = None,
     run: dict | None = None,
     on_partial: Callable[[Predictions], None] | None = None,
+    on_predicting: Callable[[], None] | None = None,
 ) -> ScoreResult:
     """Score every audio file below ``audio_dir`` with ``heads`` (``emi score``).
 
@@ -94,6 +95,7 @@ def score_folder(
             ``should_stop``, ``part_seconds``, ``resolved_paths``).
         on_partial: where the extraction fails, called with the predictions of the
             clips stored before it failed (then the error is raised).
+        on_predicting: called once the features are stored, before the heads run.
 
     Raises:
         HeadError: heads of different feature specs, or not heads.
@@ -136,6 +138,8 @@ def score_folder(
             with contextlib.suppress(Exception):
                 on_partial(_predict_stored(folder, loaded, location, key, device))
         raise
+    if on_predicting is not None:
+        on_predicting()
     predictions = _predict_stored(folder, loaded, location, key, device)
     if output is not None and not summaries[-1].stopped:
         predictions.write_csv(output)

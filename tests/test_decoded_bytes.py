@@ -136,3 +136,31 @@ def test_a_stop_during_a_part_ends_it_after_its_round_and_keeps_what_it_finished
     rest = extract(records, str(store), ExtractOptions(model=str(tiny_backbone), quiet=True))
     assert rest.already_stored == len(kept.clip_ids)
     assert rest.extracted == 12 - len(kept.clip_ids)
+
+
+def test_progress_moves_within_a_part_round_by_round(tmp_path, tiny_backbone, monkeypatch):
+    folder = tmp_path / "clips"
+    for k in range(10):
+        write_clip(folder / f"c{k:02d}.wav", 2.5, seed=k)
+    run_cli("manifest", "build", folder, "-o", tmp_path / "clips.csv")
+    from manifests import load_manifest
+
+    real = part_task.decode_clip
+
+    def slow_decode(path, **kwargs):
+        time.sleep(0.25)  # rounds spread over seconds: the driver reads each report
+        return real(path, **kwargs)
+
+    monkeypatch.setattr(part_task, "decode_clip", slow_decode)
+    seen: list[tuple[int, int, float]] = []
+    options = ExtractOptions(
+        model=str(tiny_backbone),
+        quiet=True,
+        on_part=lambda s: seen.append((s.extracted, s.running_clips, s.running_audio_s)),
+    )
+    summary = extract(load_manifest(tmp_path / "clips.csv"), str(tmp_path / "f.zarr"), options)
+    assert len(summary.parts_written) == 1  # one part of 25 s
+    running = [clips for extracted, clips, _ in seen if extracted == 0 and clips > 0]
+    assert len(running) >= 2 and running == sorted(running) and running[0] < 10
+    assert seen[-1][:2] == (10, 0)  # committed: nothing left running
+    assert all(audio > 0 for _, clips, audio in seen if clips)

@@ -138,11 +138,30 @@ def test_the_page_lists_heads_scores_a_folder_and_downloads_emi_scores_csv(
     [button] = [b for b in _by(card, "button") if b.text == "Download CSV"]
     button.click()
     csv_file = _until(lambda: [p for p in site["downloads"].glob("*.csv")], what="the download")[0]
+    assert csv_file.name == f"audio-{job['id']}.csv"  # the folder and the job
+    _check_results_table(browser, card, client.predictions(job["id"])["predictions"])
     monkeypatch.setenv("EMI_CACHE", str(tmp_path / "cache"))
     run_cli("score", site["audio"], "--head", site["served"].heads / "ml", "-o",
             tmp_path / "cli.csv", "--quiet")  # fmt: skip
     expected = (tmp_path / "cli.csv").read_bytes().decode()
     _same_predictions(csv_file.read_bytes().decode(), expected)
+
+
+def _check_results_table(browser, card, rows: list[dict]) -> None:
+    """The finished job's predictions on the page: the first rows, the per-target means
+    over all, sortable by a column."""
+    _by(card, "details.results summary")[0].click()
+    table = _until(lambda: _by(card, "table.predictions"), what="the predictions table")[0]
+    shown = [r.text for r in _by(table, "tbody tr")]
+    assert len(shown) == min(100, len(rows))
+    assert shown[0].split()[0] == sorted(r["clip_id"] for r in rows)[0]
+    joy = sum(r["Joy"] for r in rows) / len(rows)
+    means = _by(table, "tfoot td")
+    assert means[-1].text == f"{joy:.3f}"  # Joy is the last column
+    [sort_joy] = [b for b in _by(table, "thead button") if b.text == "Joy"]
+    sort_joy.click()
+    first = _by(table, "tbody tr")[0].text.split()[0]
+    assert first == min(rows, key=lambda r: r["Joy"])["clip_id"]
 
 
 def test_a_running_job_is_cancelled_from_the_page(site):
@@ -157,6 +176,9 @@ def test_a_running_job_is_cancelled_from_the_page(site):
            60, "cancelled")  # fmt: skip
     done = client.job(job["id"])
     assert done["state"] == "cancelled" and 0 < done["progress"]["clips_done"] < 24
+    kept = done["result"]["predicted"]
+    state = _by(_job_card(browser, job["id"]), ".state")[0].text
+    assert state == f"cancelled: {kept} of 24 clips finished and kept"
 
 
 def test_two_files_uploaded_by_the_page_are_scored(site):
@@ -188,6 +210,64 @@ def test_a_train_jobs_learning_curve_grows_on_the_page(site):
     assert f"{best:.3f}" in _by(card, "figcaption")[0].text
 
 
+def test_a_job_with_a_failed_clip_says_so_and_the_heads_say_what_they_are(site):
+    browser, client = site["browser"], site["served"].client()
+    mixed = site["root"] / "mixed"
+    mixed.mkdir()
+    for wav in sorted(site["audio"].glob("*.wav"))[:3]:
+        shutil.copy(wav, mixed / wav.name)
+    (mixed / "broken.wav").write_bytes(b"RIFF\x00\x01WAVEnot audio")
+    job = client.submit({"kind": "score", "source": str(mixed), "heads": ["ml"]})
+    card = _until(lambda: [c for c in _by(browser, f'[data-job="{job["id"]}"]')
+                           if c.get_attribute("data-state") == "succeeded"], 60)[0]  # fmt: skip
+    assert _by(card, ".state")[0].text == "succeeded, 1 of 4 clips failed"
+    assert "partial" in card.get_attribute("class")  # not the plain green of a clean run
+    assert "1 failed clip" in card.text
+    row = _by(browser, '#heads tbody tr[data-head="ml"]')[0]
+    assert "recommended: best validation score" in row.text
+    assert "random backbone" in row.text  # the demo's and the tests' heads measure the pipeline
+    notes = [n.text for n in _by(browser, "#heads thead .col-note")]
+    assert any("mean Pearson r" in n and "higher is better" in n for n in notes)
+
+
+def test_a_selection_survives_the_polling(site):
+    browser, client = site["browser"], site["served"].client()
+    job = client.submit({"kind": "score", "source": str(site["audio"]), "heads": ["ml"]})
+    _until(lambda: client.job(job["id"])["state"] == "succeeded", 60)
+    card = _until(lambda: _job_card(browser, job["id"]), what="the card")
+    ident = _by(card, "code.id")[0]
+    browser.execute_script(
+        "const range = document.createRange(); range.selectNodeContents(arguments[0]);"
+        "const s = window.getSelection(); s.removeAllRanges(); s.addRange(range);",
+        ident,
+    )
+    time.sleep(3.0)  # three polls of the job list
+    assert browser.execute_script("return window.getSelection().toString()") == job["id"]
+    assert _job_card(browser, job["id"]) == card  # the same element, updated in place
+
+
+WORDS_FIT = """
+const bad = [];
+const walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
+while (walker.nextNode()) {
+  const node = walker.currentNode, box = node.parentElement;
+  if (!box || !box.getClientRects().length || box.closest("[hidden]")) continue;
+  const edge = box.getBoundingClientRect();
+  for (const m of node.textContent.matchAll(/\\S+/g)) {
+    const range = document.createRange();
+    range.setStart(node, m.index);
+    range.setEnd(node, m.index + m[0].length);
+    const rects = [...range.getClientRects()].filter((r) => r.width > 0);
+    if (!rects.length) continue;
+    if (rects.length > 1) bad.push(`"${m[0]}" broken inside <${box.tagName.toLowerCase()}>`);
+    else if (rects[0].right > edge.right + 1 || rects[0].left < edge.left - 1)
+      bad.push(`"${m[0]}" wider than its <${box.tagName.toLowerCase()}>`);
+  }
+}
+return bad;
+"""
+
+
 def test_the_page_makes_no_request_outside_its_origin_and_fits_a_narrow_window(site):
     browser = site["browser"]
     origin = site["served"].url
@@ -199,15 +279,21 @@ def test_the_page_makes_no_request_outside_its_origin_and_fits_a_narrow_window(s
     assert urls and all(u.startswith((origin + "/", "data:", "blob:")) for u in urls), [
         u for u in urls if not u.startswith((origin + "/", "data:", "blob:"))
     ]
-    browser.set_window_size(420, 800)
     try:
-        browser.refresh()
-        _until(lambda: _by(browser, "#heads tbody tr[data-head]"))
-        overflow = browser.execute_script(
-            "return document.documentElement.scrollWidth - document.documentElement.clientWidth"
-        )
-        assert overflow <= 1
-        browser.save_screenshot(str(site["folder"] / "page-narrow.png"))
+        for width in (420, 1280):  # a phone held upright, a laptop
+            browser.set_window_size(width, 900)
+            browser.refresh()
+            _until(lambda: _by(browser, "#heads tbody tr[data-head]"))
+            _until(lambda: _by(browser, "#jobs [data-job]"), what="the jobs")
+            overflow = browser.execute_script(
+                "return document.documentElement.scrollWidth - document.documentElement.clientWidth"
+            )
+            assert overflow <= 1, width
+            table = _by(browser, "#heads")[0]
+            assert table.size["width"] <= width  # every column in view, no sideways scroll
+            assert browser.execute_script(WORDS_FIT) == [], width
+            browser.set_window_size(width, 2400)  # the whole page in the screenshot
+            browser.save_screenshot(str(site["folder"] / f"page-{width}.png"))
     finally:
         browser.set_window_size(1280, 800)
 

@@ -81,10 +81,20 @@ $("forget-token").addEventListener("click", () => {
 
 // -- heads ----------------------------------------------------------------------------
 
-function headRow(head) {
-  const features = (head.features || [])
-    .map((f) => `${f.feature_set || "?"} (${(f.fingerprint || "").slice(0, 12)})`)
+const LAYER_WORDS = { last: "the last layer", weighted: "a learned mix of layers" };
+
+function layerWords(layer) {
+  if (!layer) return "";
+  return LAYER_WORDS[layer] || (/^\d+$/.test(String(layer)) ? `layer ${layer}` : String(layer));
+}
+
+function trainedOn(head) {
+  return (head.features || [])
+    .map((f) => `${f.backbone || "a backbone"}'s features (${f.feature_set || "?"}, ${(f.fingerprint || "").slice(0, 12)})`)
     .join(" + ");
+}
+
+function headRow(head, recommended) {
   const perTarget = el("details", {},
     el("summary", { text: fmt(head.val_pearson_mean) }),
     el("table", { class: "targets" },
@@ -92,19 +102,24 @@ function headRow(head) {
         el("tr", {}, el("th", { scope: "row", text: target }), el("td", { class: "num", text: fmt(r) }))))));
   const box = el("input", { type: "checkbox", name: "head", value: head.name, id: `head-${head.name}` });
   if (head.error) box.disabled = true;
-  return el("tr", { "data-head": head.name },
-    el("td", {}, box),
-    el("td", {}, el("label", { for: box.id, text: head.name })),
-    el("td", { text: head.error ? `unreadable: ${head.error}` : features }),
-    el("td", { text: head.layer || "" }),
-    el("td", { class: "num" }, head.error ? "" : perTarget),
-    el("td", { class: "num", text: head.train_seconds == null ? "n/a" : fmt(head.train_seconds, 1) }));
+  const random = (head.features || []).some((f) => f.random_backbone === true);
+  const name = el("td", { "data-label": "Name" }, el("label", { for: box.id, text: head.name }),
+    recommended ? el("span", { class: "badge good", text: "recommended: best validation score" }) : null,
+    random ? el("p", { class: "warning", text: "Trained on a random backbone: its scores measure the pipeline, not emotion." }) : null);
+  return el("tr", { "data-head": head.name, class: random ? "random" : "" },
+    el("td", { "data-label": "Use" }, box),
+    name,
+    el("td", { "data-label": "Trained on", text: head.error ? `unreadable: ${head.error}` : trainedOn(head) }),
+    el("td", { "data-label": "Reads", text: layerWords(head.layer) }),
+    el("td", { class: "num", "data-label": "Validation score" }, head.error ? "" : perTarget),
+    el("td", { class: "num", "data-label": "Training time", text: head.train_seconds == null ? "n/a" : seconds(head.train_seconds) }));
 }
 
 async function loadHeads() {
   const { heads } = await json("/v1/heads");
   const body = $("heads").querySelector("tbody");
-  body.replaceChildren(...heads.map(headRow));
+  const best = heads.find((h) => !h.error && h.val_pearson_mean != null);
+  body.replaceChildren(...heads.map((h) => headRow(h, h === best)));
   if (!heads.length) body.append(el("tr", {}, el("td", { colspan: "6", text: "No heads in the registry yet." })));
   const first = body.querySelector("input[type=checkbox]:not(:disabled)");
   if (first && !body.querySelector("input:checked")) first.checked = true;
@@ -203,6 +218,43 @@ $("score-form").addEventListener("submit", async (event) => {
 });
 
 // -- jobs --------------------------------------------------------------------------------
+// A job's card is made once and then updated in place (only what changed is touched),
+// so a selection in it, an open details or a button being clicked survives the polling.
+
+const cards = new Map(); // job id -> its card's parts
+
+function setText(node, text) {
+  if (node.textContent !== text) node.textContent = text;
+}
+
+function pathText(path) {
+  // a path breaks after its slashes only, never inside a name
+  const span = el("span", { class: "path" });
+  String(path).split("/").forEach((part, i, all) => {
+    span.append(part + (i < all.length - 1 ? "/" : ""));
+    if (i < all.length - 1) span.append(el("wbr"));
+  });
+  return span;
+}
+
+const STAGES = { listing: "listing the files", extracting: "extracting features", predicting: "predicting",
+  loading: "loading features", training: "training", queued: "waiting" };
+
+function stateWords(job) {
+  const p = job.progress || {};
+  const total = p.clips_total || 0;
+  if (job.state === "succeeded" && job.failures_count) {
+    return [`succeeded, ${job.failures_count} of ${total} clip${total === 1 ? "" : "s"} failed`, "partial"];
+  }
+  if (job.state === "running") {
+    const stage = job.cancel_requested ? "cancelling" : STAGES[p.stage] || p.stage || "starting";
+    return [`running: ${stage}`, "running"];
+  }
+  if (job.state === "cancelled" && job.result && job.result.partial) {
+    return [`cancelled: ${job.result.predicted} of ${total} clips finished and kept`, "cancelled"];
+  }
+  return [job.state, job.state];
+}
 
 function progressOf(job) {
   const p = job.progress || {};
@@ -216,23 +268,87 @@ function progressOf(job) {
   return { p, total, done, elapsed, left };
 }
 
-function bar(job) {
+function countsText(job) {
   const { p, total, done, elapsed, left } = progressOf(job);
   if (job.kind === "train") {
-    const epochs = p.epochs || 0, epoch = p.epoch || 0;
-    return el("div", { class: "progress" },
-      el("progress", { max: String(epochs || 1), value: String(epoch), "aria-label": "epochs" }),
-      el("p", { class: "counts", text:
-        `${p.head ? p.head + ": " : ""}epoch ${epoch} of ${epochs || "?"}; best validation mean Pearson ${fmt(p.best_val_pearson)}; ` +
-        `elapsed ${seconds(elapsed)}` }));
+    return `${p.head ? p.head + ": " : ""}epoch ${p.epoch || 0} of ${p.epochs || "?"}; best validation ` +
+      `mean Pearson ${fmt(p.best_val_pearson)}; elapsed ${seconds(elapsed)}`;
   }
-  const hours = (p.audio_seconds || 0) / 3600;
-  return el("div", { class: "progress" },
-    el("progress", { max: String(total || 1), value: String(done), "aria-label": "clips done" }),
-    el("p", { class: "counts", text:
-      `${done} of ${total} clips done (${p.clips_reused || 0} reused, ${p.clips_failed || 0} failed); ` +
-      `${fmt(hours, 3)} h of audio (${seconds(p.audio_seconds || 0)}); elapsed ${seconds(elapsed)}` +
-      (left != null ? `; about ${seconds(left)} left` : "") }));
+  return `${done} of ${total} clips done (${p.clips_reused || 0} reused, ${p.clips_failed || 0} failed); ` +
+    `${seconds(p.audio_seconds || 0)} of audio; elapsed ${seconds(elapsed)}` +
+    (left != null ? `; about ${seconds(left)} left` : "");
+}
+
+function folderName(job) {
+  const source = String(job.request.source || job.id).replace(/\/+$/, "");
+  return source.slice(source.lastIndexOf("/") + 1) || job.id;
+}
+
+async function download(job, button) {
+  try {
+    const blob = await (await api(`/v1/jobs/${job.id}/predictions.csv`)).blob();
+    const partial = job.result && job.result.partial ? "-partial" : "";
+    const link = el("a", { href: URL.createObjectURL(blob), download: `${folderName(job)}-${job.id}${partial}.csv` });
+    document.body.append(link);
+    link.click();
+    link.remove();
+  } catch (err) {
+    button.textContent = `Download failed: ${err.message}`;
+  }
+}
+
+function failureList(job) {
+  // the reasons are fetched when opened (GET /v1/jobs/{id}/failures, the first 100)
+  const list = el("ul", {});
+  const summary = el("summary", {});
+  const details = el("details", { class: "failures" }, summary, list);
+  details.addEventListener("toggle", async () => {
+    if (!details.open || list.childElementCount) return;
+    const page = await json(`/v1/jobs/${job.id}/failures?limit=100`);
+    list.append(...page.failures.map((f) => el("li", {}, el("code", { text: f.clip_id }), `: ${f.reason}`)));
+    if (page.total > page.failures.length) list.append(el("li", { text: `... and ${page.total - page.failures.length} more` }));
+  });
+  return { details, summary };
+}
+
+function resultsTable(job) {
+  // a finished score job's predictions: per-target means and the first 100 rows,
+  // sortable by any column (fetched when opened)
+  const body = el("div", {});
+  const details = el("details", { class: "results" }, el("summary", { text: "Predictions" }), body);
+  details.addEventListener("toggle", async () => {
+    if (!details.open || body.childElementCount) return;
+    const { predictions } = await json(`/v1/jobs/${job.id}/predictions.json`);
+    const columns = predictions.length ? Object.keys(predictions[0]).filter((c) => c !== "clip_id") : [];
+    const means = columns.map((c) => {
+      const values = predictions.map((r) => r[c]).filter((v) => v != null);
+      return values.length ? values.reduce((a, b) => a + b, 0) / values.length : null;
+    });
+    const table = el("table", { class: "predictions" });
+    let order = { column: "clip_id", up: true };
+    const rows = el("tbody", {});
+    const fill = () => {
+      const sorted = [...predictions].sort((a, b) => {
+        const x = a[order.column], y = b[order.column];
+        return (x < y ? -1 : x > y ? 1 : 0) * (order.up ? 1 : -1);
+      });
+      rows.replaceChildren(...sorted.slice(0, 100).map((r) => el("tr", {},
+        el("td", { text: r.clip_id }), ...columns.map((c) => el("td", { class: "num", text: fmt(r[c]) })))));
+    };
+    const header = (name) => el("th", { scope: "col", class: name === "clip_id" ? "" : "num" },
+      el("button", { type: "button", class: "link", text: name, title: "sort by this column",
+        onclick: () => { order = { column: name, up: order.column === name ? !order.up : true }; fill(); } }));
+    table.append(
+      el("thead", {}, el("tr", {}, header("clip_id"), ...columns.map(header))),
+      el("tfoot", {}, el("tr", {}, el("th", { scope: "row", text: "mean" }),
+        ...means.map((m) => el("td", { class: "num", text: fmt(m) })))),
+      rows);
+    fill();
+    body.append(
+      el("p", { class: "hint", text: `Intensities 0-1, ${predictions.length} clips; the first 100 shown (click a column to sort), the means over all.` }),
+      el("div", { class: "table-wrap" }, table));
+  });
+  return details;
 }
 
 function curve(job) {
@@ -268,67 +384,113 @@ function curve(job) {
     `Validation mean Pearson per epoch${best ? `; best: ${best.head} at ${fmt(best.val_pearson_mean)}` : ""}` }));
 }
 
-async function download(job, button) {
-  try {
-    const blob = await (await api(`/v1/jobs/${job.id}/predictions.csv`)).blob();
-    const link = el("a", { href: URL.createObjectURL(blob), download: `${job.id}.csv` });
-    document.body.append(link);
-    link.click();
-    link.remove();
-  } catch (err) {
-    button.textContent = `Download failed: ${err.message}`;
-  }
+function actionsKey(job) {
+  const partial = job.result && job.result.partial;
+  const results = job.kind === "score" && (job.state === "succeeded" || (FINAL.includes(job.state) && partial));
+  return `${FINAL.includes(job.state) ? "final" : "live"}|${job.cancel_requested}|${results}`;
 }
 
-function failureList(job) {
-  // the reasons are fetched when opened (GET /v1/jobs/{id}/failures, the first 100)
-  const list = el("ul", {});
-  const details = el("details", { class: "failures" },
-    el("summary", { text: `${job.failures_count} failed clip${job.failures_count === 1 ? "" : "s"}` }), list);
-  details.addEventListener("toggle", async () => {
-    if (!details.open || list.childElementCount) return;
-    const page = await json(`/v1/jobs/${job.id}/failures?limit=100`);
-    list.append(...page.failures.map((f) => el("li", {}, el("code", { text: f.clip_id }), `: ${f.reason}`)));
-    if (page.total > page.failures.length) list.append(el("li", { text: `... and ${page.total - page.failures.length} more` }));
-  });
-  return details;
-}
-
-function jobCard(job) {
-  const what = job.kind === "train"
-    ? `train ${job.request.name} on ${job.request.store}`
-    : `${job.kind} ${job.request.source}${job.request.heads ? ` with ${job.request.heads.join(", ")}` : ""}`;
-  const actions = el("div", { class: "actions" });
+function actionsOf(job) {
+  const actions = [];
   if (!FINAL.includes(job.state)) {
-    actions.append(el("button", { type: "button", class: "cancel", text: job.cancel_requested ? "Cancelling..." : "Cancel",
-      onclick: async (event) => { event.target.disabled = true; await api(`/v1/jobs/${job.id}/cancel`, { method: "POST" }); refreshJobs(); } }));
+    const button = el("button", { type: "button", class: "cancel",
+      text: job.cancel_requested ? "Cancel requested: stopping after the current batch" : "Cancel" });
+    button.disabled = job.cancel_requested;
+    button.addEventListener("click", async () => {
+      button.disabled = true;
+      button.textContent = "Cancelling...";
+      try {
+        await api(`/v1/jobs/${job.id}/cancel`, { method: "POST" });
+        button.textContent = "Cancel requested: stopping after the current batch";
+      } catch (err) {
+        button.disabled = false;
+        button.textContent = `Cancel failed: ${err.message}`;
+      }
+      refreshJobs();
+    });
+    actions.push(button);
   }
   const partial = job.result && job.result.partial;
   if (job.kind === "score" && (job.state === "succeeded" || (FINAL.includes(job.state) && partial))) {
-    actions.append(el("button", { type: "button", class: "download",
-      text: partial ? `Download CSV (partial: ${job.result.predicted} clips)` : "Download CSV",
-      onclick: (event) => download(job, event.target) }));
+    const button = el("button", { type: "button", class: "download",
+      text: partial ? `Download CSV (partial: ${job.result.predicted} clips)` : "Download CSV" });
+    button.addEventListener("click", () => download(job, button));
+    actions.push(button);
   }
-  const failures = job.failures_count ? failureList(job) : null;
-  const error = job.error ? el("p", { class: "error", text: `${job.error.error}: ${job.error.detail}` }) : null;
-  return el("li", { class: `job ${job.state}`, "data-job": job.id, "data-state": job.state },
-    el("div", { class: "job-head" },
-      el("span", { class: `state ${job.state}`, text: job.state }),
-      el("span", { class: "what", text: what }),
-      el("code", { class: "id", text: job.id })),
-    bar(job), curve(job), error, failures, actions);
+  return actions;
+}
+
+function makeCard(job) {
+  const what = job.kind === "train"
+    ? el("span", { class: "what", text: `train ${job.request.name} on ${job.request.store}` })
+    : el("span", { class: "what" }, `${job.kind} `, pathText(job.request.source || ""),
+      job.request.heads ? ` with ${job.request.heads.join(", ")}` : "");
+  const card = {
+    root: el("li", { class: "job", "data-job": job.id }),
+    state: el("span", { class: "state" }),
+    bar: el("progress", { "aria-label": job.kind === "train" ? "epochs" : "clips done" }),
+    counts: el("p", { class: "counts" }),
+    extra: el("div", {}),
+    actions: el("div", { class: "actions" }),
+  };
+  card.root.append(
+    el("div", { class: "job-head" }, card.state, el("code", { class: "id", text: job.id })),
+    what, el("div", { class: "progress" }, card.bar, card.counts), card.extra, card.actions);
+  return card;
+}
+
+function updateCard(card, job) {
+  const [words, look] = stateWords(job);
+  card.root.className = `job ${look}`;
+  if (card.root.dataset.state !== job.state) card.root.dataset.state = job.state;
+  card.state.className = `state ${look}`;
+  setText(card.state, words);
+  const { p, total, done } = progressOf(job);
+  const [max, value] = job.kind === "train" ? [p.epochs || 1, p.epoch || 0] : [total || 1, done];
+  if (card.bar.getAttribute("max") !== String(max)) card.bar.setAttribute("max", String(max));
+  if (card.bar.getAttribute("value") !== String(value)) card.bar.setAttribute("value", String(value));
+  setText(card.counts, countsText(job));
+  const error = job.error ? `${job.error.error}: ${job.error.detail}` : "";
+  if (error && !card.error) card.error = card.extra.appendChild(el("p", { class: "error" }));
+  if (card.error) setText(card.error, error);
+  if (job.failures_count && !card.failures) {
+    card.failures = failureList(job);
+    card.extra.append(card.failures.details);
+  }
+  if (card.failures) {
+    setText(card.failures.summary, `${job.failures_count} failed clip${job.failures_count === 1 ? "" : "s"}`);
+  }
+  const points = ((job.progress || {}).curve || []).length;
+  if (job.kind === "train" && points && card.points !== `${points}|${job.state}`) {
+    card.points = `${points}|${job.state}`;
+    const figure = curve(job);
+    if (card.curve) card.curve.replaceWith(figure); else card.extra.prepend(figure);
+    card.curve = figure;
+  }
+  const key = actionsKey(job);
+  if (card.actionsKey !== key) {
+    card.actionsKey = key;
+    card.actions.replaceChildren(...actionsOf(job));
+    if (key.endsWith("true") && !card.results) card.results = card.extra.appendChild(resultsTable(job));
+  }
 }
 
 async function refreshJobs() {
   const { jobs } = await json("/v1/jobs?limit=20");
   const list = $("jobs");
-  const open = new Set([...list.querySelectorAll("details[open]")].map((d) => d.closest("[data-job]").dataset.job));
-  list.replaceChildren(...jobs.map(jobCard));
-  for (const id of open) {
-    const details = list.querySelector(`[data-job="${id}"] details`);
-    if (details) details.open = true;
+  const shown = new Set(jobs.map((j) => j.id));
+  for (const [id, card] of cards) {
+    if (!shown.has(id)) { card.root.remove(); cards.delete(id); }
   }
-  if (!jobs.length) list.append(el("li", { class: "empty", text: "No jobs yet." }));
+  jobs.forEach((job, index) => {
+    let card = cards.get(job.id);
+    if (!card) { card = makeCard(job); cards.set(job.id, card); }
+    if (card.updated !== job.updated_at) { updateCard(card, job); card.updated = job.updated_at; }
+    if (list.children[index] !== card.root) list.insertBefore(card.root, list.children[index] || null);
+  });
+  const empty = list.querySelector(".empty");
+  if (jobs.length && empty) empty.remove();
+  if (!jobs.length && !empty) list.append(el("li", { class: "empty", text: "No jobs yet." }));
 }
 
 function stopPolling() {
