@@ -178,7 +178,8 @@ def wait(job_id: str, server: str, token_file: str | None) -> None:
 @server_option
 @token_option
 def cancel(job_id: str, server: str, token_file: str | None) -> None:
-    """Cancel a job: queued, it never starts; running, it stops after its current part."""
+    """Cancel a job: queued, it never starts; running, it stops after its current batch
+    (what it finished stays stored; a score job keeps those clips' predictions)."""
     with _client(server, token_file) as client:
         _echo_json(_call(lambda: client.cancel(job_id)))
 

@@ -3,9 +3,11 @@ on the service's one dask client (a LocalCluster whose workers keep the backbone
 between jobs, or an existing scheduler).
 
 Jobs that write one store take turns through the store's writer lock (they wait, never
-fail for it); jobs that read run beside them. A job's progress goes to the table after
-every committed part and every epoch; a cancel (or the service stopping) is honoured
-there: the parts not started are skipped, what was committed stays.
+fail for it); jobs that read run beside them. A job's progress goes to the table as its
+parts report each round and commit, and after every epoch; a cancel (or the service
+stopping) is honoured within seconds: parts not started are skipped, running parts stop
+after their current round and commit what they finished, training stops after its
+epoch.
 """
 
 from __future__ import annotations
@@ -103,8 +105,9 @@ class JobRunner:
         self._wake.set()
 
     def stop(self) -> None:
-        """Take no more jobs; running jobs stop at their next part boundary (their
-        committed parts stay) and go back to the queue, to resume at the next start."""
+        """Take no more jobs; running jobs stop after their current round or epoch (what
+        they finished is committed) and go back to the queue, to resume at the next
+        start."""
         self._stopping.set()
         self._wake.set()
         for thread in self._threads:

@@ -69,7 +69,7 @@ class Service:
         self.sweeper.start()
 
     def stop(self) -> None:
-        log.info("stopping: no new jobs; running jobs stop after their current part")
+        log.info("stopping: no new jobs; running jobs stop after their current batch")
         self.sweeper.stop()
         self.runner.stop()
         self.callbacks.stop()  # before the table closes: their state is written there
