@@ -131,7 +131,7 @@ async function browse(path) {
   const query = path ? `?path=${encodeURIComponent(path)}` : "";
   const listing = await json(`/v1/sources${query}`);
   folder = listing.path;
-  $("folder-path").textContent = folder || "(choose a root)";
+  $("folder-path").replaceChildren(folder ? pathText(folder) : "(choose a root)");
   const items = [];
   if (listing.parent !== undefined && listing.path) {
     items.push(el("li", {}, el("button", {
@@ -139,9 +139,9 @@ async function browse(path) {
     })));
   }
   for (const entry of listing.folders) {
-    items.push(el("li", {}, el("button", {
-      type: "button", class: "link", text: `${entry.name}/`, onclick: () => browse(entry.path),
-    })));
+    const button = el("button", { type: "button", class: "link", onclick: () => browse(entry.path) });
+    button.append(pathText(`${entry.name}/`.replace(/\/+$/, "/")));
+    items.push(el("li", {}, button));
   }
   $("folders").replaceChildren(...items);
   $("folder-note").textContent = listing.path
@@ -228,10 +228,11 @@ function setText(node, text) {
 }
 
 function pathText(path) {
-  // a path breaks after its slashes only, never inside a name
+  // a path breaks after its slashes only, never inside a name (nor at a hyphen in one)
   const span = el("span", { class: "path" });
   String(path).split("/").forEach((part, i, all) => {
-    span.append(part + (i < all.length - 1 ? "/" : ""));
+    const text = part + (i < all.length - 1 ? "/" : "");
+    if (text) span.append(el("span", { class: "seg", text }));
     if (i < all.length - 1) span.append(el("wbr"));
   });
   return span;
