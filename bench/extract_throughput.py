@@ -11,20 +11,27 @@ audio (lengths drawn like the EMI data: median about 6 s, 1 to 15 s):
   real dask ``LocalCluster``, writing the Zarr store;
 - ``emi extract (CLI)``: the same as a fresh ``emi extract`` process, start-up included.
 
+Each of the last three for every ``--dtypes`` entry (default float32 and bfloat16), and
+for a reduced dtype the pure forward twice: under autocast (what emi runs: matrix
+products in the dtype, norms and softmax in float32) and with the weights cast (every op
+in the dtype); then the speed-up of each dtype over float32. emi's rows also print the
+share of the frames the backbone ran that were padding (0 unbatched, as on a CPU).
+
 Then peak memory (max RSS of a fresh ``emi extract`` process) for one long clip with
 windowing, against a clip 10x shorter, to show memory does not grow with clip length.
 
 On a GPU (``--device cuda``) the pure forward runs the same padded batches emi plans
-(``--batch-seconds``, several values compared in one run) under ``--dtype`` autocast,
+(``--batch-seconds``, several values compared in one run) under each dtype,
 with the device synchronised before the clock stops, and the GPU's peak memory is
 reported per case.
 
 Usage::
 
     python bench/extract_throughput.py --minutes 3 --sizes small,base --repeats 2
+    python bench/extract_throughput.py --dtypes float32 --sizes small --skip-memory
     python bench/extract_throughput.py --memory-only --long-minutes 20
     python bench/extract_throughput.py --device cuda --sizes large-robust-12 \
-        --dtype float16 --batch-seconds 30,120,480 --minutes 30 --skip-memory
+        --dtypes float32,bfloat16,float16 --batch-seconds 30,120,480 --minutes 30 --skip-memory
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -70,14 +78,24 @@ def make_corpus(folder: Path, minutes: float, seed: int = 0) -> list[Path]:
 
 
 def time_pure_forward(
-    checkpoint: Path, paths: list[Path], device: str, dtype: str, batch_seconds: float
+    checkpoint: Path,
+    paths: list[Path],
+    device: str,
+    dtype: str,
+    batch_seconds: float,
+    *,
+    cast_weights: bool = False,
 ) -> float:
     """The backbone alone over preloaded, normalised audio already on the device, in the
-    padded batches emi would plan (one clip per forward when ``batch_seconds`` is 0)."""
+    padded batches emi would plan (one clip per forward when ``batch_seconds`` is 0),
+    under ``dtype`` autocast, or (``cast_weights``) with weights and inputs in ``dtype``
+    (every op in that dtype, layer norms and softmax included)."""
     from featurestore.encode import plan_batches, plan_segments
     from featurestore.part_task import COMPUTE_DTYPES
 
     model = load_backbone(str(checkpoint), device=device).model
+    if cast_weights:
+        model = model.to(COMPUTE_DTYPES[dtype])
     audio = [normalise(sf.read(str(p), dtype="float32")[0]) for p in paths]
     segments = [s for i, a in enumerate(audio) for s in plan_segments(i, len(a), window_seconds=30)]
     batches = []
@@ -93,11 +111,13 @@ def time_pure_forward(
             )
             mask[row, : seg.samples] = 1
         padded = any(s.samples != longest for s in batch)
+        if cast_weights:
+            values = values.to(COMPUTE_DTYPES[dtype])
         batches.append((values.to(device), mask.to(device) if padded else None))
     autocast = torch.autocast(
         device_type=torch.device(device).type,
         dtype=COMPUTE_DTYPES[dtype],
-        enabled=dtype != "float32",
+        enabled=dtype != "float32" and not cast_weights,
     )
     with torch.inference_mode(), autocast:
         model(*batches[0])  # warm-up
@@ -145,7 +165,9 @@ def time_naive_loop(checkpoint: Path, paths: list[Path], out: Path, device: str)
 
 def time_emi_library(
     checkpoint: Path, folder: Path, store: Path, device: str, dtype: str, batch_seconds: float
-) -> float:
+) -> tuple[float, float]:
+    """Wall seconds of ``extract`` (manifest included), and the share of the frames the
+    backbone ran that were padding."""
     start = time.perf_counter()
     records = build_manifest(folder)
     options = ExtractOptions(
@@ -158,7 +180,7 @@ def time_emi_library(
     summary = extract(records, str(store), options)
     elapsed = time.perf_counter() - start
     assert not summary.failed and summary.extracted == len(records), summary
-    return elapsed
+    return elapsed, 1 - summary.frames / summary.frames_computed
 
 
 def run_emi_cli(args: list[str]) -> tuple[float, float]:
@@ -186,71 +208,112 @@ def throughput(
     repeats: int,
     *,
     device: str = "cpu",
-    dtype: str = "float32",
+    dtypes: tuple[str, ...] = ("float32",),
     batch_list: tuple[float, ...] = (0.0,),
 ) -> list[dict]:
     paths = make_corpus(work / "corpus", minutes)
     audio_s = sum(sf.info(str(p)).duration for p in paths)
     print(
         f"corpus: {len(paths)} clips, {audio_s / 60:.1f} min of audio; device {device}, "
-        f"dtype {dtype}; torch threads {torch.get_num_threads()}, {os.cpu_count()} cpus; "
-        f"best of {repeats} interleaved runs"
+        f"dtypes {', '.join(dtypes)}; torch threads {torch.get_num_threads()}, "
+        f"{os.cpu_count()} cpus; best of {repeats} interleaved runs"
     )
+    if device == "cpu":
+        from featurestore.cpu_dtype import native_bfloat16
+
+        print(f"native bfloat16 on this CPU: {native_bfloat16() or 'none'}")
     rows = []
     for size in sizes:
         ckpt = write_random_backbone(work / f"ckpt-{size}", size=size, seed=0)
         for batch_seconds in batch_list:
-            rows.append(
-                _one_case(ckpt, size, paths, audio_s, work, repeats, device, dtype, batch_seconds)
-            )
+            case = Case(ckpt, size, paths, audio_s, work, device, batch_seconds)
+            rows.append(case.run(dtypes, repeats))
     return rows
 
 
-def _one_case(ckpt, size, paths, audio_s, work, repeats, device, dtype, batch_seconds) -> dict:
-    times: dict[str, list[float]] = {k: [] for k in ("pure", "naive", "library", "cli")}
-    gpu: dict[str, float | None] = {}
-    tag = f"{size}-{dtype}-{batch_seconds:g}"
-    for rep in range(repeats):
-        times["pure"].append(time_pure_forward(ckpt, paths, device, dtype, batch_seconds))
-        gpu["pure"] = _gpu_peak_mib(device)
-        times["naive"].append(time_naive_loop(ckpt, paths, work / f"naive-{tag}-{rep}", device))
-        gpu["naive"] = _gpu_peak_mib(device)
-        times["library"].append(
-            time_emi_library(
-                ckpt, work / "corpus", work / f"lib-{tag}-{rep}.zarr", device, dtype, batch_seconds
+@dataclass
+class Case:
+    """One backbone size and batch setting: every dtype's cases, interleaved."""
+
+    ckpt: Path
+    size: str
+    paths: list[Path]
+    audio_s: float
+    work: Path
+    device: str
+    batch_seconds: float
+
+    def run(self, dtypes: tuple[str, ...], repeats: int) -> dict:
+        times: dict[str, list[float]] = {}
+        gpu: dict[str, float | None] = {}
+        padding: dict[str, float] = {}
+        for rep in range(repeats):
+            for key, seconds, extra in self._rep(dtypes, rep):
+                times.setdefault(key, []).append(seconds)
+                gpu[key] = _gpu_peak_mib(self.device)
+                if extra is not None:
+                    padding[key] = extra
+        best = {k: min(v) for k, v in times.items()}
+        self._print(dtypes, best, gpu, padding)
+        return {
+            "size": self.size,
+            "dtypes": list(dtypes),
+            "batch_seconds": self.batch_seconds,
+            "device": self.device,
+            "audio_s": self.audio_s,
+            "runs": times,
+            "gpu_peak_mib": gpu,
+            "padded_frame_fraction": padding,
+            **{f"{k}_best_s": v for k, v in best.items()},
+        }
+
+    def _rep(self, dtypes, rep):
+        """One interleaved round of every case: ``(key, seconds, padding or None)``."""
+        ckpt, paths, device, batch = self.ckpt, self.paths, self.device, self.batch_seconds
+        tag = f"{self.size}-{batch:g}-{rep}"
+        yield "naive", time_naive_loop(ckpt, paths, self.work / f"naive-{tag}", device), None
+        for dtype in dtypes:
+            yield f"pure {dtype}", time_pure_forward(ckpt, paths, device, dtype, batch), None
+            if dtype != "float32":
+                cast = time_pure_forward(ckpt, paths, device, dtype, batch, cast_weights=True)
+                yield f"pure {dtype} weights", cast, None
+            store = self.work / f"lib-{tag}-{dtype}.zarr"
+            seconds, padded = time_emi_library(
+                ckpt, self.work / "corpus", store, device, dtype, batch
             )
-        )
-        gpu["library"] = _gpu_peak_mib(device)
-        cli = ["extract", str(work / "corpus"), str(work / f"cli-{tag}-{rep}.zarr")]
-        cli += ["--model", str(ckpt), "--device", device, "--dtype", dtype, "--quiet"]
-        cli += ["--batch-seconds", str(batch_seconds)]
-        times["cli"].append(run_emi_cli(cli)[0])
-    best = {k: min(v) for k, v in times.items()}
-    print(f"\n[{size}, {dtype}, batch {batch_seconds:g} s] audio seconds per wall second")
-    for name, key in (
-        ("pure forward (limit)", "pure"),
-        ("naive per-file loop", "naive"),
-        ("emi extract (library)", "library"),
-        ("emi extract (CLI, start-up incl.)", "cli"),
-    ):
-        memory = f", GPU peak {gpu[key]:.0f} MiB" if gpu.get(key) is not None else ""
-        print(f"  {name:36s} {audio_s / best[key]:8.1f} x real time  ({best[key]:.1f} s{memory})")
-    print(
-        f"  emi library / pure forward time   {best['library'] / best['pure']:.3f}  "
-        f"(overhead {100 * (best['library'] / best['pure'] - 1):+.1f}%)"
-    )
-    print(f"  emi library / naive loop time     {best['library'] / best['naive']:.3f}")
-    print(f"  emi CLI / pure forward time       {best['cli'] / best['pure']:.3f}")
-    return {
-        "size": size,
-        "dtype": dtype,
-        "batch_seconds": batch_seconds,
-        "device": device,
-        "audio_s": audio_s,
-        "runs": times,
-        "gpu_peak_mib": gpu,
-        **{f"{k}_best_s": v for k, v in best.items()},
-    }
+            yield f"library {dtype}", seconds, padded
+            cli = ["extract", str(self.work / "corpus"), str(self.work / f"cli-{tag}-{dtype}.zarr")]
+            cli += ["--model", str(ckpt), "--device", device, "--dtype", dtype, "--quiet"]
+            cli += ["--batch-seconds", str(batch)]
+            yield f"cli {dtype}", run_emi_cli(cli)[0], None
+
+    def _print(self, dtypes, best, gpu, padding) -> None:
+        print(f"\n[{self.size}, batch {self.batch_seconds:g} s] audio seconds per wall second")
+        names = [("naive per-file loop (float32)", "naive")]
+        for dtype in dtypes:
+            names.append((f"pure forward, {dtype} autocast", f"pure {dtype}"))
+            if dtype != "float32":
+                names.append((f"pure forward, {dtype} weights", f"pure {dtype} weights"))
+            names.append((f"emi extract (library), {dtype}", f"library {dtype}"))
+            names.append((f"emi extract (CLI, start-up incl.), {dtype}", f"cli {dtype}"))
+        for name, key in names:
+            memory = f", GPU peak {gpu[key]:.0f} MiB" if gpu.get(key) is not None else ""
+            pad = f", padding {100 * padding[key]:.1f}% of frames" if key in padding else ""
+            speed = self.audio_s / best[key]
+            print(f"  {name:44s} {speed:8.1f} x real time  ({best[key]:.1f} s{memory}{pad})")
+        for dtype in dtypes:
+            lib, pure = best[f"library {dtype}"], best[f"pure {dtype}"]
+            print(f"  {dtype}: emi library / pure forward time  {lib / pure:.3f}")
+            print(f"  {dtype}: emi library / naive loop time    {lib / best['naive']:.3f}")
+        base = "float32"
+        for dtype in dtypes:
+            if dtype != base and base in dtypes:
+                print(
+                    f"  speed-up of {dtype} over float32: emi "
+                    f"{best[f'library {base}'] / best[f'library {dtype}']:.2f}x, pure forward "
+                    f"{best[f'pure {base}'] / best[f'pure {dtype}']:.2f}x (autocast), "
+                    f"{best[f'pure {base}'] / best[f'pure {dtype} weights']:.2f}x (weights)"
+                )
 
 
 def memory(long_minutes: float, work: Path, size: str) -> dict:
@@ -300,7 +363,12 @@ def main() -> None:
     parser.add_argument("--memory-only", action="store_true")
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
-    parser.add_argument("--dtype", default="float32", help="float32, float16 or bfloat16")
+    parser.add_argument(
+        "--dtypes",
+        "--dtype",
+        default="float32,bfloat16",
+        help="comma-separated compute dtypes compared side by side (float32 first)",
+    )
     parser.add_argument(
         "--batch-seconds", default="0", help="comma-separated padded seconds per forward"
     )
@@ -317,7 +385,7 @@ def main() -> None:
                 work,
                 args.repeats,
                 device=args.device,
-                dtype=args.dtype,
+                dtypes=tuple(args.dtypes.split(",")),
                 batch_list=tuple(float(b) for b in args.batch_seconds.split(",")),
             )
         if not args.skip_memory:

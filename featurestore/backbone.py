@@ -24,6 +24,7 @@ the same fingerprint whatever the file format or folder.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -73,6 +74,31 @@ def _model_class(family: str) -> type[nn.Module]:
     return Wav2Vec2Model
 
 
+ATTENTIONS = ("auto", "sdpa", "eager")
+
+
+def attention_for(model_class: type[nn.Module], requested: str = "auto") -> str:
+    """The attention a backbone runs with: PyTorch's fused scaled-dot-product attention
+    (``sdpa``) where the family's transformers code has it (wav2vec 2.0 and HuBERT),
+    else the family's own (``eager``: WavLM, whose relative position bias has no fused
+    form). Both give the same features within float16 storage error (a test checks), so
+    the choice is not part of a store's fingerprint. ``EMI_ATTENTION=eager`` forces the
+    plain form (to compare, or to rule the fused kernels out).
+
+    Raises:
+        BackboneError: ``sdpa`` asked for a family without it, or an unknown name.
+    """
+    requested = os.environ.get("EMI_ATTENTION", "") or requested
+    if requested not in ATTENTIONS:
+        raise BackboneError(f"attention {requested!r}: choose one of {', '.join(ATTENTIONS)}")
+    fused = bool(getattr(model_class, "_supports_sdpa", False))
+    if requested == "sdpa" and not fused:
+        raise BackboneError(f"{model_class.__name__} has no sdpa attention in transformers")
+    if requested == "auto":
+        return "sdpa" if fused else "eager"
+    return requested
+
+
 def has_vad_head(config: PretrainedConfig) -> bool:
     """Whether a checkpoint of ``config`` carries the VAD head (the audeering layout):
     a wav2vec2 config with 3 labels whose ``architectures`` name a classification model
@@ -112,11 +138,15 @@ class EmotionBackbone(nn.Module):
     """The base model under its family's name (``wav2vec2``, ``hubert`` or ``wavlm``) and,
     in the audeering layout, ``classifier`` (the VAD head; None without one)."""
 
-    def __init__(self, config: PretrainedConfig) -> None:
+    def __init__(self, config: PretrainedConfig, *, attention: str = "auto") -> None:
         super().__init__()
+        model_class = _model_class(config.model_type)
+        self.attention = attention_for(model_class, attention)
+        config = copy.deepcopy(config)  # the identity's config stays as read
+        config._attn_implementation = self.attention
         self.config = config
         self.family = config.model_type
-        self.add_module(self.family, _model_class(self.family)(config))
+        self.add_module(self.family, model_class(config))
         self.classifier = (
             RegressionHead(config.hidden_size, config.num_labels, config.final_dropout)
             if has_vad_head(config)
@@ -484,7 +514,9 @@ def identify_backbone(ref: str, *, revision: str | None = None) -> BackboneIdent
     return _read_checkpoint(ref, revision, weights=False)[0]
 
 
-def load_backbone(ref: str, *, device: str = "cpu", revision: str | None = None) -> LoadedBackbone:
+def load_backbone(
+    ref: str, *, device: str = "cpu", revision: str | None = None, attention: str = "auto"
+) -> LoadedBackbone:
     """Load a backbone from a folder or hub id, in eval mode on ``device``.
 
     Args:
@@ -492,13 +524,14 @@ def load_backbone(ref: str, *, device: str = "cpu", revision: str | None = None)
             ``audeering/wav2vec2-large-robust-12-ft-emotion-msp-dim``.
         device: torch device string.
         revision: hub revision (branch, tag or commit); ignored for folders.
+        attention: ``auto``, ``sdpa`` or ``eager`` (:func:`attention_for`).
 
     Raises:
         BackboneError: missing files, wrong layout, missing weights.
     """
     identity, state, folder = _read_checkpoint(ref, revision)
     with torch.device("meta"):  # no random init: every tensor comes from the checkpoint
-        model = EmotionBackbone(identity.config)
+        model = EmotionBackbone(identity.config, attention=attention)
     missing = sorted(set(model.state_dict()) - set(state) - _OPTIONAL_KEYS)
     if missing:
         layout = f"{model.family}{' + classifier' if model.classifier is not None else ''}"

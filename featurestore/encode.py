@@ -150,6 +150,7 @@ class BatchEncoder:
         self.dtype = dtype
         self.identity = identity  # what the features' spec records
         self.layers = tuple(layers)  # stored besides the last hidden state (spec.layers)
+        self.frames_computed = 0  # frames the backbone ran, padding included
 
     @property
     def allow_padding(self) -> bool:
@@ -185,6 +186,7 @@ class BatchEncoder:
                 )
             else:
                 (hidden, frame_vad), others = self.model(inputs, attention_mask=attention), []
+            self.frames_computed += hidden.shape[0] * hidden.shape[1]
             padded = any(n != hidden.shape[1] for n in frames)
             real = None
             if padded:  # only real frames count in sums and checks

@@ -19,12 +19,14 @@ from tqdm import tqdm
 
 from featurestore.backbone import identify_backbone, local_ref
 from featurestore.cluster import dask_client, has_gpu_resource, worker_count
+from featurestore.cpu_dtype import dtype_reason
 from featurestore.devices import require_device
 from featurestore.errors import StoreError
 from featurestore.location import StoreLocation
 from featurestore.lock import StoreLock
 from featurestore.options import (
     CPU_PART_SECONDS,
+    DEFAULT_DTYPE,
     DEFAULT_MODEL,
     GPU_PART_SECONDS,
     MIN_PART_SECONDS,
@@ -51,9 +53,13 @@ class ExtractSummary:
     store: str
     fingerprint: str
     feature_set: str | None = None
+    compute_dtype: str = DEFAULT_DTYPE  # the backbone's (in the fingerprint)
     already_stored: int = 0
     extracted: int = 0
     frames: int = 0
+    # frames the backbone ran, padding of batched clips included: 1 - frames /
+    # frames_computed is the share of the work spent on padding (0 on a CPU, unbatched)
+    frames_computed: int = 0
     audio_s: float = 0.0
     parts_written: list[str] = field(default_factory=list)
     incomplete_removed: list[str] = field(default_factory=list)
@@ -157,14 +163,18 @@ def extract(
     layers = options.layers
     if layers is None:  # the set's layers, for a new set the last layer only
         layers = held.layers if held else "last"
+    # the set's compute dtype, for a new set float32
+    compute_dtype = options.compute_dtype or (held.compute_dtype if held else DEFAULT_DTYPE)
     spec = build_spec(
         identity,
         max_seconds=options.max_seconds,
         window_seconds=options.window_seconds,
-        compute_dtype=options.compute_dtype,
+        compute_dtype=compute_dtype,
         layers=layers,
     )
-    options = replace(options, layers=spec.layers)
+    if not options.quiet:
+        print(_dtype_line(options, compute_dtype, held), file=sys.stderr, flush=True)
+    options = replace(options, layers=spec.layers, compute_dtype=compute_dtype)
     if options.expect_fingerprint and fingerprint(spec) != options.expect_fingerprint:
         raise StoreError(
             f"backbone {options.model!r} with these settings makes features with fingerprint "
@@ -189,7 +199,10 @@ def extract(
                 new_set_name=options.new_set_name,
             )
             summary = ExtractSummary(
-                store=store, fingerprint=fingerprint(spec), feature_set=writer.feature_set
+                store=store,
+                fingerprint=fingerprint(spec),
+                feature_set=writer.feature_set,
+                compute_dtype=spec.compute_dtype,
             )
             summary.incomplete_removed = writer.remove_uncommitted_parts()
             _run(records, options, identity, writer, lock, summary)
@@ -204,6 +217,16 @@ def extract(
     summary.parts_written.sort()
     summary.wall_s = time.perf_counter() - started
     return summary
+
+
+def _dtype_line(options: ExtractOptions, compute_dtype: str, held) -> str:
+    """Which compute dtype the run uses and why (:func:`dtype_reason`)."""
+    if options.compute_dtype is not None:
+        why = "--dtype"
+    else:
+        why = "the feature set's" if held is not None else "the default"
+    device = require_device(options.device) if _local_cluster(options) else None
+    return dtype_reason(compute_dtype, device, why=why)
 
 
 def _missing(records: list[ClipRecord], writer: StoreWriter, options, summary) -> list:
@@ -381,5 +404,6 @@ def _commit(future, job: PartJob, writer: StoreWriter, summary: ExtractSummary) 
         summary.parts_written.append(result["part"])
     summary.extracted += result["clips"]
     summary.frames += result["frames"]
+    summary.frames_computed += result.get("frames_computed", 0)
     summary.audio_s += result["audio_s"]
     summary.failed.extend(failures)

@@ -22,6 +22,7 @@ DEFAULT_MODEL = "audeering/wav2vec2-large-robust-12-ft-emotion-msp-dim"
 RANDOM_MARK = "emi_random_weights"  # config.json key of a random stand-in backbone
 DEVICES = ("auto", "cpu", "cuda")
 COMPUTE_DTYPES = ("float32", "float16", "bfloat16")
+DEFAULT_DTYPE = "float32"  # of a new feature set (bfloat16 only by choice: cpu_dtype.py)
 GPU_BATCH_SECONDS = 120.0  # padded audio seconds per forward on a GPU (CPU: one clip)
 MIN_PART_SECONDS = 30.0
 CPU_PART_SECONDS = 600.0  # default audio per part on CPU workers (minutes of work)
@@ -81,7 +82,10 @@ class ExtractOptions:
             :data:`DEFAULT_MODEL`.
         revision: hub revision of ``model``.
         device: ``auto`` (cuda on workers with a GPU, else cpu), ``cpu`` or ``cuda``.
-        compute_dtype: autocast dtype, one of :data:`COMPUTE_DTYPES` (in the fingerprint).
+        compute_dtype: the backbone's compute dtype, one of :data:`COMPUTE_DTYPES` (in
+            the fingerprint: features of two dtypes never share a set); None: the
+            set's, for a new set ``float32`` (``featurestore.cpu_dtype`` says when
+            ``bfloat16`` is the faster choice on a CPU).
         workers: local dask worker processes (1 runs in-process).
         scheduler: address of a running dask scheduler (also ``DASK_SCHEDULER_ADDRESS``).
         batch_seconds: padded audio seconds per forward; None: 0 on CPU, 120 on GPU.
@@ -129,7 +133,7 @@ class ExtractOptions:
     model: str | None = None
     revision: str | None = None
     device: str = "auto"
-    compute_dtype: str = "float32"
+    compute_dtype: str | None = None
     workers: int = 1
     scheduler: str | None = None
     batch_seconds: float | None = None
@@ -157,5 +161,5 @@ class ExtractOptions:
             raise ValueError(f"device must be one of {', '.join(DEVICES)}, not {self.device!r}")
         if self.decode_threads is not None and self.decode_threads < 0:
             raise ValueError(f"decode threads must be 0 or more, not {self.decode_threads}")
-        if self.compute_dtype not in COMPUTE_DTYPES:
+        if self.compute_dtype is not None and self.compute_dtype not in COMPUTE_DTYPES:
             raise ValueError(f"compute dtype must be one of {', '.join(COMPUTE_DTYPES)}")

@@ -124,8 +124,9 @@ def run_part(job: PartJob, *, encoder: BatchEncoder | None = None) -> dict:
             worker's backbone on ``job.device`` (benchmarks and tests pass a stand-in).
 
     Returns:
-        ``{"part", "record" (to commit), "clips", "frames", "audio_s",
-        "failures": [{clip_id, path, reason}], "stopped"}``. The part is not in the
+        ``{"part", "record" (to commit), "clips", "frames", "frames_computed"
+        (padding included), "audio_s", "failures": [{clip_id, path, reason}],
+        "stopped"}``. The part is not in the
         store until the driver commits its record. Once ``job.stop_event`` is set, a
         part not started returns ``{"part", "skipped": True}``, and a running one stops
         before its next round: its record holds the clips finished (``stopped``).
@@ -158,6 +159,7 @@ def run_part(job: PartJob, *, encoder: BatchEncoder | None = None) -> dict:
     audio_s, done = 0.0, 0
     stopped = False
     report, close_reports = progress_reporter(job.progress_queue)
+    computed_before = getattr(encoder, "frames_computed", 0)
 
     def planned() -> Iterator[tuple[list, list, list]]:
         nonlocal stopped
@@ -193,6 +195,8 @@ def run_part(job: PartJob, *, encoder: BatchEncoder | None = None) -> dict:
         "record": record,
         "clips": record.clips,
         "frames": record.frames,
+        # frames the backbone ran, padding included (a stand-in encoder may not count)
+        "frames_computed": getattr(encoder, "frames_computed", 0) - computed_before,
         "audio_s": float(audio_s),
         "failures": failures,
         "stopped": stopped,

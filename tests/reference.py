@@ -17,10 +17,15 @@ from transformers import AutoModel, Wav2Vec2FeatureExtractor
 
 class ReferenceForward:
     """``AutoModel.from_pretrained`` (Wav2Vec2Model, HubertModel or WavLMModel by the
-    config's model_type); the VAD head by hand where the checkpoint has one."""
+    config's model_type) with the plain ``eager`` attention (emi runs the fused
+    ``sdpa`` where the family has it, so every comparison checks that too); the VAD head
+    by hand where the checkpoint has one."""
 
-    def __init__(self, checkpoint: str | Path) -> None:
-        self.encoder = AutoModel.from_pretrained(str(checkpoint)).eval()
+    def __init__(self, checkpoint: str | Path, *, attention: str = "eager") -> None:
+        self.encoder = AutoModel.from_pretrained(
+            str(checkpoint), attn_implementation=attention
+        ).eval()
+        assert self.encoder.config._attn_implementation == attention
         state = load_file(str(Path(checkpoint) / "model.safetensors"))
         self.head = {
             k[len("classifier.") :]: v for k, v in state.items() if k.startswith("classifier.")

@@ -78,9 +78,9 @@ def test_each_set_resumes_on_its_own(two_sets, mixed_corpus, tiny_backbone, tiny
     for model, options in ((tiny_group_backbone, ()), (tiny_backbone, ())):
         # without --feature-set: the set these settings make
         again = run_cli("extract", mixed_corpus, store, "--model", model, *options, "--json")
-        assert json.loads(again.output)["extracted"] == 0
+        assert json.loads(again.stdout)["extracted"] == 0
     summary = json.loads(
-        run_cli("extract", mixed_corpus, store, "--feature-set", "group", "--json").output
+        run_cli("extract", mixed_corpus, store, "--feature-set", "group", "--json").stdout
     )
     assert summary["extracted"] == 0 and summary["feature_set"] == "group"
     # the same name with other settings is refused, naming the sets; nothing changes
@@ -347,14 +347,14 @@ def test_sets_of_different_clips_and_stale_audio(tiny_backbone, tmp_path):
     # (with its settings), and a new named set takes the store's backbone
     # (the changed file's clip is stored in that set from some/, another file of other
     # content: it is refused, never replaced)
-    filled = run_cli("extract", audio, store, "--model", hubert, "--json", expect=3).output
+    filled = run_cli("extract", audio, store, "--model", hubert, "--json", expect=3).stdout
     filled = json.loads(filled)
     assert filled["feature_set"] == "hub" and filled["extracted"] == 8
     assert filled["other_sources"] == [changed.stem]
     added = json.loads(
         run_cli(
             "extract", audio, store, "--feature-set", "all", "--layers", "all", "--json"
-        ).output  # fmt: skip
+        ).stdout  # fmt: skip
     )
     every = FeatureStore.open(store, feature_set="all")
     assert added["extracted"] == 16 and every.layers == (0, 1, 2)

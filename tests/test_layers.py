@@ -117,7 +117,7 @@ def test_layer_options_on_the_command_line(mixed_corpus, tiny_backbone, all_laye
     run_cli("extract", mixed_corpus, subset, "--model", tiny_backbone, "--layers", "1", "--quiet")
     assert FeatureStore.open(subset).layers == (1,)
     again = run_cli("extract", mixed_corpus, subset, "--model", tiny_backbone, "--json")
-    assert json.loads(again.output)["extracted"] == 0
+    assert json.loads(again.stdout)["extracted"] == 0
     # another layer choice is another fingerprint: refused, nothing changed
     before = (subset / "zarr.json").read_bytes()
     mixed = run_cli(
