@@ -321,6 +321,7 @@ def _run_on(client, missing, options, identity, writer, lock, summary) -> None:
         futures = _submit(client, missing, options, identity, writer, lock, summary, watcher)
         for future in as_completed(futures, loop=client.loop):
             job = futures[future]
+            watcher.drain()  # the part's last rounds show before its clips count as done
             _commit(future, job, writer, summary)
             watcher.committed(job.part)
             bar.update(len(job.clips))

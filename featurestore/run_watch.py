@@ -38,6 +38,7 @@ class RunWatcher:
         self._running: dict[str, dict] = {}  # part -> its last report
         self._committed: set[str] = set()
         self._lock = threading.Lock()
+        self._reading = threading.Lock()  # the watcher thread and drain() read the queue
         self._done = threading.Event()
         self._queue = None
         self._thread = threading.Thread(target=self._watch, name="emi-run-watch", daemon=True)
@@ -63,6 +64,11 @@ class RunWatcher:
         if self._queue is not None:
             with contextlib.suppress(Exception):
                 self._queue.close()
+
+    def drain(self) -> None:
+        """Read every report already on the queue now (call it before a finished part's
+        clips count as extracted: its last rounds are reported, not skipped)."""
+        self._read_progress()
 
     def committed(self, part: str) -> None:
         """``part`` is committed: its clips count in the summary now, not as running."""
@@ -99,18 +105,21 @@ class RunWatcher:
             Event(self.stop_event, client=self.client).set()
 
     def _read_progress(self) -> None:
+        """Read the reports queued since the last read and pass them on one by one, in
+        the order the parts sent them (a poll that finds two rounds shows both)."""
         if self._queue is None:
             return
-        try:
-            reports = self._queue.get(batch=True)
-        except Exception:  # noqa: BLE001 - progress is a courtesy: read at the next poll
-            return
-        with self._lock:
-            fresh = [r for r in reports if r.get("part") not in self._committed]
-            for report in fresh:
-                self._running[report["part"]] = report
-        if fresh:
-            self._on_progress(*self.running())
+        with self._reading:
+            try:
+                reports = self._queue.get(batch=True)
+            except Exception:  # noqa: BLE001 - progress is a courtesy: read at the next poll
+                return
+            for report in reports:
+                with self._lock:
+                    if report.get("part") in self._committed:
+                        continue
+                    self._running[report["part"]] = report
+                self._on_progress(*self.running())
 
 
 def progress_reporter(name: str | None):

@@ -162,5 +162,6 @@ def test_progress_moves_within_a_part_round_by_round(tmp_path, tiny_backbone, mo
     assert len(summary.parts_written) == 1  # one part of 25 s
     running = [clips for extracted, clips, _ in seen if extracted == 0 and clips > 0]
     assert len(running) >= 2 and running == sorted(running) and running[0] < 10
+    assert running[-1] == 10  # the part's last round is shown before its clips commit
     assert seen[-1][:2] == (10, 0)  # committed: nothing left running
     assert all(audio > 0 for _, clips, audio in seen if clips)
