@@ -6,55 +6,79 @@ mismatched store or backbone); 3 the run finished but some clips failed (listed)
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import sys
 
 import click
 
-from cli import (
-    demo_cmd,
-    evaluate_cmd,
-    extract_cmd,
-    heads_cmd,
-    jobs_cmd,
-    manifest_cmd,
-    model_cmd,
-    models_cmd,
-    serve_cmd,
-    store_cmd,
-)
-from featurestore.errors import (
-    ArgumentError,
-    BackboneError,
-    DeviceError,
-    LayerError,
-    StoreError,
-)
-from manifests.records import ManifestError
-from models.errors import HeadError, SettingsError
+# Each subcommand's module is imported when that command runs (or --help lists it), so
+# `emi extract` never pays for what `emi store` or `emi serve` import: name -> module:attr.
+COMMANDS = {
+    "manifest": "cli.manifest_cmd:manifest",
+    "extract": "cli.extract_cmd:extract",
+    "store": "cli.store_cmd:store",
+    "model": "cli.model_cmd:model",
+    "train": "cli.models_cmd:train",
+    "predict": "cli.models_cmd:predict",
+    "evaluate": "cli.evaluate_cmd:evaluate",
+    "heads": "cli.heads_cmd:heads",
+    "score": "cli.models_cmd:score",
+    "demo": "cli.demo_cmd:demo",
+    "serve": "cli.serve_cmd:serve",
+    "jobs": "cli.jobs_cmd:jobs",
+}
 
-USER_ERRORS = (
-    ArgumentError,
-    ManifestError,
-    StoreError,
-    BackboneError,
-    HeadError,
-    DeviceError,
-    SettingsError,
-    LayerError,
-)
+
+def user_errors() -> tuple[type[Exception], ...]:
+    """The errors a user can fix: one line and exit status 2 (imported when one is raised)."""
+    from featurestore.errors import (
+        ArgumentError,
+        BackboneError,
+        DeviceError,
+        LayerError,
+        StoreError,
+    )
+    from manifests.records import ManifestError
+    from models.errors import HeadError, SettingsError
+
+    return (
+        ArgumentError,
+        ManifestError,
+        StoreError,
+        BackboneError,
+        HeadError,
+        DeviceError,
+        SettingsError,
+        LayerError,
+    )
 
 
 class EmiGroup(click.Group):
-    """Turns the errors a user can fix into a one-line message and exit status 2."""
+    """Subcommands loaded on first use; the errors a user can fix become a one-line
+    message and exit status 2."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        target = COMMANDS.get(cmd_name)
+        if target is None:
+            return None
+        module, attr = target.split(":")
+        return getattr(importlib.import_module(module), attr)
 
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
-        except USER_ERRORS as err:
-            click.echo(f"Error: {err}", err=True)
-            ctx.exit(2)
+        except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise  # click's own: --help, usage errors, Ctrl-C
+        except Exception as err:
+            if isinstance(err, user_errors()):
+                click.echo(f"Error: {err}", err=True)
+                ctx.exit(2)
+            raise
 
 
 @click.group(cls=EmiGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -63,20 +87,6 @@ def emi() -> None:
     """Emotional Mimicry Intensity from audio: extract features once, train heads, score."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     logging.getLogger("transformers").setLevel(logging.ERROR)
-
-
-emi.add_command(manifest_cmd.manifest)
-emi.add_command(extract_cmd.extract)
-emi.add_command(store_cmd.store)
-emi.add_command(model_cmd.model)
-emi.add_command(models_cmd.train)
-emi.add_command(models_cmd.predict)
-emi.add_command(evaluate_cmd.evaluate)
-emi.add_command(heads_cmd.heads)
-emi.add_command(models_cmd.score)
-emi.add_command(demo_cmd.demo)
-emi.add_command(serve_cmd.serve)
-emi.add_command(jobs_cmd.jobs)
 
 
 def main() -> None:

@@ -43,10 +43,7 @@ def dask_cluster(folder: Path, workers: list[dict]):
         )
     ]
     try:
-        deadline = time.monotonic() + 60
-        while not scheduler_file.exists() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        address = json.loads(scheduler_file.read_text())["address"]
+        address = _scheduler_address(scheduler_file, procs[0])
         worker_procs = []
         for index, spec in enumerate(workers):
             cmd = [
@@ -90,3 +87,15 @@ def dask_cluster(folder: Path, workers: list[dict]):
                 proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _scheduler_address(scheduler_file: Path, scheduler: subprocess.Popen) -> str:
+    """The address in the scheduler's file once it is whole (the scheduler writes it in
+    place: a read can find it empty or half written)."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and scheduler.poll() is None:
+        try:
+            return json.loads(scheduler_file.read_text())["address"]
+        except (FileNotFoundError, json.JSONDecodeError, KeyError):
+            time.sleep(0.1)
+    raise RuntimeError(f"the dask scheduler wrote no address to {scheduler_file} in 60 s")

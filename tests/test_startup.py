@@ -101,3 +101,27 @@ def test_a_stale_cache_entry_never_reaches_loaded_weights(tmp_path, monkeypatch)
     assert load_backbone(str(folder)).identity.weights_sha256 == true  # loading is not
     _new_process(monkeypatch, weights_readable=False)
     assert identify_backbone(str(folder)).weights_sha256 == true  # and it was corrected
+
+
+def test_a_command_imports_only_its_own_module():
+    """`emi extract` loads the extract command's module, not those of the other
+    commands (the store's HDF5 export, the service's web framework) nor torch."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from cli.main import emi\n"
+        "try:\n"
+        "    emi(['extract', '--help'])\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "print(' '.join(sorted(sys.modules)))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    ).stdout.splitlines()[-1]
+    loaded = set(out.split())
+    assert "cli.extract_cmd" in loaded
+    for heavy in ("cli.store_cmd", "cli.serve_cmd", "cli.evaluate_cmd", "h5py", "fastapi", "torch"):
+        assert heavy not in loaded, heavy
