@@ -366,7 +366,7 @@ def feed_report(args, work: Path) -> dict:
                 ]
                 best = max(runs, key=lambda r: r["throughput"])
                 row["rates"][ratio] = {"R": ratio * ceiling, **best}
-            results[f"{name}, {n} core{'s' if n > 1 else ''}"] = row
+            results[_key(name, n)] = row
             print(f"\n[{name}, {n} core(s)] CPU-side ceiling {ceiling:7.0f} audio s/s")
             for ratio, r in row["rates"].items():
                 print(
@@ -378,15 +378,20 @@ def feed_report(args, work: Path) -> dict:
     print("\nratios, measured in this run:")
     if len(cores) > 1:
         for name in ("this tree", *(f"baseline {args.baseline}",) * bool(base)):
-            one = results[f"{name}, {cores[0]} core"]["ceiling"]
+            one = results[_key(name, cores[0])]["ceiling"]
             for n in cores[1:]:
-                many = results[f"{name}, {n} cores"]["ceiling"]
+                many = results[_key(name, n)]["ceiling"]
                 print(f"  {name}: ceiling {n} cores / {cores[0]} core  {many / one:5.2f}x")
     if base:
         for k_this, k_base in zip(this, base, strict=True):
             ratio = results[k_this]["ceiling"] / results[k_base]["ceiling"]
             print(f"  ceiling, {k_this} / {k_base}  {ratio:5.2f}x")
     return results
+
+
+def _key(name: str, cores: int) -> str:
+    """A result's name: the tree and its cores ("this tree, 2 cores")."""
+    return f"{name}, {cores} core{'s' if cores > 1 else ''}"
 
 
 def memory_report(args, work: Path) -> dict:

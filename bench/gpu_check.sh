@@ -122,10 +122,13 @@ if junit.exists():
         else "skipped" if c.find("skipped") is not None else "passed"
         for c in cases
     }
-smi = subprocess.run(
-    ["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
-    capture_output=True, text=True, check=False,
-).stdout.strip()
+try:
+    smi = subprocess.run(
+        ["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
+        capture_output=True, text=True, check=False,
+    ).stdout.strip()
+except OSError:  # no NVIDIA driver tools (a dry run on a CPU)
+    smi = None
 report = {
     "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
     "nvidia_smi": smi,
