@@ -97,6 +97,16 @@ def scan_folder(folder: str | Path) -> list[ClipRecord]:
         files = list_files(folder, AUDIO_EXTENSIONS)
     except FileNotFoundError:
         raise ManifestError(f"audio folder not found: {folder}") from None
+    return records_of_files(folder, files)
+
+
+def records_of_files(folder: str | Path, files: list[tuple[str, str]]) -> list[ClipRecord]:
+    """Records (not yet probed) of a folder's audio files, given as ``(path relative to
+    the folder, full path)``: the clip id is the relative path without its extension.
+
+    Raises:
+        ManifestError: no files, or two files share an id.
+    """
     if not files:
         raise ManifestError(
             f"{folder}: no audio files ({', '.join(AUDIO_EXTENSIONS)}) found, recursively"

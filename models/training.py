@@ -280,13 +280,13 @@ def resolve_labels(
     if not stored:
         raise ManifestError(
             f"{role} labels {table.path}: none of its {len(table.rows)} clips are in store "
-            f"{where} (e.g. {format_examples(list(table.rows), 3)}; the store has e.g. "
+            f"{where} (e.g. {table.examples(list(table.rows), 3)}; the store has e.g. "
             f"{format_examples(store.clip_ids, 3)}). Extract that audio into this store first."
         )
     if missing and not skip_missing:
         raise ManifestError(
             f"{role} labels {table.path}: {len(missing)} of {len(table.rows)} clips are not "
-            f"in store {where}: {format_examples(missing)}. Extract them, or pass "
+            f"in store {where}: {table.examples(missing)}. Extract them, or pass "
             f"--skip-missing to {'evaluate' if role == 'evaluation' else 'train on'} the rest."
         )
     return LabelledSplit(

@@ -222,13 +222,13 @@ class JobRunner:
         return progress
 
     def _failures(self, job: Job, failures: list) -> None:
-        from service.sources import public_path
+        from service.sources import public_path, public_paths_in
 
         rows = [
             {
                 "clip_id": f.clip_id,
                 "path": public_path(self.config, f.path),
-                "reason": self.config.public_text(f.reason),
+                "reason": self.config.public_text(public_paths_in(self.config, f.reason)),
             }
             for f in failures[:MAX_FAILURES_KEPT]
         ]
@@ -412,14 +412,15 @@ class JobRunner:
         from models.options import TrainSettings
         from models.trainer import train
         from service.registry import check_new_head, store_exists
-        from service.sources import resolve_file
+        from service.sources import read_labels_below_roots
 
         request = job.request
         location = self.config.store_location(request["store"])
         if not store_exists(location):
             raise RequestError(404, "not found", f"store {request['store']!r} not found")
-        labels = resolve_file(self.config, request["labels"], what="labels", suffix=".csv")
-        val = resolve_file(self.config, request["val_labels"], what="val_labels", suffix=".csv")
+        # read once, through a descriptor opened beneath the root (errors without content)
+        labels = read_labels_below_roots(self.config, request["labels"], what="labels")
+        val = read_labels_below_roots(self.config, request["val_labels"], what="val_labels")
         out = check_new_head(self.config, request["name"], reserved_by=job.id)
         existed = out.exists()  # only a resumed run's own earlier writes, else not ours
         self._progress(job, stage="loading", epochs_done=0, best_val_pearson=None)

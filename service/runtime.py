@@ -79,7 +79,7 @@ class Service:
         """Everything a job needs that can be checked before it is queued: sources
         inside the roots, heads in the registry, store names, label files."""
         from service.registry import check_store_name, head_folder, store_exists
-        from service.sources import resolve_file, resolve_source
+        from service.sources import check_label_file, resolve_source
 
         config = self.config
         if body.get("callback_url") and config.callback_secret is None:
@@ -112,8 +112,8 @@ class Service:
                 raise not_found(f"store {body['store']!r} not found; GET /v1/stores")
             if body.get("grid") is not None and body.get("preset") is not None:
                 raise bad_request("give preset or grid, not both")
-            resolve_file(config, body["labels"], what="labels", suffix=".csv")
-            resolve_file(config, body["val_labels"], what="val_labels", suffix=".csv")
+            check_label_file(config, body["labels"], what="labels")
+            check_label_file(config, body["val_labels"], what="val_labels")
             # the head's name is claimed (or refused, 409) by reserve_head at submit
 
 
