@@ -49,7 +49,7 @@ def _openat2(dir_fd: int, relative: str, flags: int) -> int | None:
     """``openat2`` beneath ``dir_fd``; None where the kernel (or a sandbox) lacks it or
     the path holds an absolute link (the walk decides those)."""
     global _libc
-    if not use_openat2 or not os.uname().sysname == "Linux":
+    if not use_openat2 or os.uname().sysname != "Linux":
         return None
     if _libc is None:
         try:

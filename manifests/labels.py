@@ -80,7 +80,8 @@ def parse_labels(data: bytes, name: str, *, show_content: bool = True) -> LabelT
         try:
             header = next(reader, None)
         except csv.Error:
-            raise ManifestError(f"{name}: line 1 is not CSV; expected 'Filename,<targets>'") from None
+            expected = "expected 'Filename,<targets>'"
+            raise ManifestError(f"{name}: line 1 is not CSV; {expected}") from None
         if not header:
             raise ManifestError(f"{name}: empty file; expected a header 'Filename,<targets>'")
         header = [h.strip() for h in header]
