@@ -22,7 +22,6 @@ import hmac
 import ipaddress
 import json
 import logging
-import queue
 import re
 import threading
 
@@ -59,7 +58,6 @@ def callback_body(job: Job) -> bytes:
     ).encode()
 
 
-SENDERS = 4  # callbacks delivered at once (a slow receiver holds up only its own attempt)
 LABEL = r"[a-z0-9_]([a-z0-9_-]{0,62})"
 HOST_NAME = re.compile(rf"^(?=.{{1,253}}$){LABEL}(\.{LABEL})*\.?$")
 NOT_PUBLIC = (
@@ -77,9 +75,38 @@ def _address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     return mapped or address
 
 
+_NAT64 = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
+_IPV4_COMPATIBLE = ipaddress.ip_network("::/96")
+
+
+def embedded_ipv4(address: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
+    """The IPv4 addresses an IPv6 address carries (and a router may reach): mapped
+    (``::ffff:a.b.c.d``), IPv4-compatible (``::a.b.c.d``), NAT64 (``64:ff9b::/96``,
+    ``64:ff9b:1::/48``), 6to4 (``2002::/16``) and Teredo (``2001::/32``: server and
+    client)."""
+    found = []
+    if address.ipv4_mapped is not None:
+        found.append(address.ipv4_mapped)
+    low32 = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    if address in _IPV4_COMPATIBLE and int(address) > 1:
+        found.append(low32)
+    if any(address in network for network in _NAT64):
+        found.append(low32)
+    if address.sixtofour is not None:
+        found.append(address.sixtofour)
+    if address.teredo is not None:
+        found.extend(address.teredo)
+    return found
+
+
 def is_public(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    """Whether a callback may go to ``address`` without the operator allowing it."""
-    return address.is_global and not address.is_multicast
+    """Whether a callback may go to ``address`` without the operator allowing it: a
+    global unicast address, and every IPv4 address it embeds one too."""
+    if not address.is_global or address.is_multicast:
+        return False
+    if isinstance(address, ipaddress.IPv6Address):
+        return all(is_public(inner) for inner in embedded_ipv4(address))
+    return True
 
 
 def allowed(host: str, addresses: list, allow: list[str]) -> bool:
@@ -158,9 +185,10 @@ def resolve_target(url: str, allow: list[str]) -> tuple[str, dict, str | None]:
 
 
 class CallbackSender:
-    """A few threads delivering callbacks. Each attempt has a total deadline (a
-    receiver that trickles bytes is cut off); a failed one is retried later with a
-    doubling delay, the thread free meanwhile for other jobs' callbacks."""
+    """Delivers callbacks on one event loop (a thread of its own): each delivery is a
+    task with its own per-attempt deadline, so a receiver that trickles bytes holds up
+    only its own job's callback. A failed attempt is retried later with a doubling
+    delay (a timer on the loop; nothing waits meanwhile)."""
 
     def __init__(
         self,
@@ -178,107 +206,128 @@ class CallbackSender:
         self.backoff_s = backoff_s
         self.deadline_s = deadline_s
         self.allow = list(allow)
-        self._queue: queue.Queue = queue.Queue()
-        self._stop = threading.Event()
-        self._busy: set[str] = set()
-        self._busy_lock = threading.Lock()
-        self._timers: set[threading.Timer] = set()
-        self._threads = [
-            threading.Thread(target=self._loop, name=f"emi-callbacks-{k}", daemon=True)
-            for k in range(SENDERS)
-        ]
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="emi-callbacks", daemon=True)
+        self._busy: set[str] = set()  # jobs with a delivery under way (loop thread only)
+        self._tasks: set[asyncio.Task] = set()
+        self._timers: set[asyncio.TimerHandle] = set()
+        self._stopping = False
 
     def start(self) -> None:
+        self._thread.start()
+        self._ready.wait()
         for job in self.table.pending_callbacks():  # left pending by the last run
-            self._queue.put(job.id)
-        for thread in self._threads:
-            thread.start()
+            self._submit(job.id)
+
+    def _run(self) -> None:
+        self._loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(self._loop)
+        self._ready.set()
+        try:
+            self._loop.run_forever()
+        finally:
+            self._loop.close()
 
     def stop(self) -> None:
         """Stop sending (a callback awaiting its retry stays pending: sent after the next
         start)."""
-        self._stop.set()
-        with self._busy_lock:
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+
+        def halt() -> None:
+            self._stopping = True
             for timer in self._timers:
                 timer.cancel()
-        for _ in self._threads:
-            self._queue.put(None)
-        for thread in self._threads:
-            thread.join(timeout=self.deadline_s + 1)
+            for task in self._tasks:
+                task.cancel()
+            loop.call_later(0.05, loop.stop)
+
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(halt)
+        self._thread.join(timeout=self.deadline_s + 1)
 
     def send(self, job: Job) -> None:
         if job.callback and job.callback.get("status") == "pending":
-            self._queue.put(job.id)
+            self._submit(job.id)
+
+    def _submit(self, job_id: str) -> None:
+        """Start ``job_id``'s delivery on the loop (from any thread)."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        with contextlib.suppress(RuntimeError):  # the loop stopped meanwhile
+            loop.call_soon_threadsafe(self._begin, job_id)
+
+    def _begin(self, job_id: str) -> None:
+        """On the loop: one delivery per job at a time."""
+        if self._stopping or job_id in self._busy:
+            return
+        self._busy.add(job_id)
+        task = self._loop.create_task(self._deliver(job_id))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def _later(self, job_id: str, delay_s: float) -> None:
-        """Queue ``job_id`` again after ``delay_s`` (no thread waits meanwhile)."""
+        """On the loop: deliver ``job_id`` again after ``delay_s``."""
+        if self._stopping:
+            return
 
         def due() -> None:
-            with self._busy_lock:
-                self._timers.discard(timer)
-            if not self._stop.is_set():
-                self._queue.put(job_id)
+            self._timers.discard(timer)
+            self._begin(job_id)
 
-        timer = threading.Timer(delay_s, due)
-        timer.daemon = True
-        with self._busy_lock:
-            if self._stop.is_set():
-                return
-            self._timers.add(timer)
-        timer.start()
+        timer = self._loop.call_later(delay_s, due)
+        self._timers.add(timer)
 
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            job_id = self._queue.get()
-            if job_id is None:
-                return
-            with self._busy_lock:  # one delivery per job at a time
-                if job_id in self._busy:
-                    continue
-                self._busy.add(job_id)
-            job = None
-            try:
-                job = self.table.get(job_id)
-                if job is not None and job.callback and job.callback.get("status") == "pending":
-                    self._attempt(job)
-            except Exception:  # never lose the sender thread
-                log.exception("job %s: callback delivery failed", job_id)
-                with contextlib.suppress(Exception):
-                    state = {**((job and job.callback) or {}), "status": "failed",
-                             "last_error": "failed: the service could not send it"}  # fmt: skip
-                    self.table.update(job_id, callback=state)
-            finally:
-                with self._busy_lock:
-                    self._busy.discard(job_id)
+    async def _deliver(self, job_id: str) -> None:
+        job = None
+        try:
+            job = await asyncio.to_thread(self.table.get, job_id)
+            if job is not None and job.callback and job.callback.get("status") == "pending":
+                await self._attempt(job)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # never lose the sender
+            log.exception("job %s: callback delivery failed", job_id)
+            with contextlib.suppress(Exception):
+                state = {**((job and job.callback) or {}), "status": "failed",
+                         "last_error": "failed: the service could not send it"}  # fmt: skip
+                self.table.update(job_id, callback=state)
+        finally:
+            self._busy.discard(job_id)
 
-    def _attempt(self, job: Job) -> None:
+    async def _attempt(self, job: Job) -> None:
         """One delivery attempt of ``job``'s callback; a failure schedules the next."""
         state = dict(job.callback)
         state["attempts"] = state.get("attempts", 0) + 1
-        target, extensions, refused = resolve_target(state["url"], self.allow)
+        target, extensions, refused = await asyncio.to_thread(
+            resolve_target, state["url"], self.allow
+        )
         if refused and refused.startswith("refused"):  # no retry changes an address class
             state.update(status="failed", last_error=refused)
-            self.table.update(job.id, callback=state)
+            await asyncio.to_thread(self.table.update, job.id, callback=state)
             log.warning("job %s: callback %s", job.id, refused)
             return
-        why = refused or self._post(job, target, extensions)
+        why = refused or await self._post(job, target, extensions)
         if why is None:
             state.update(status="delivered", last_error=None)
-            self.table.update(job.id, callback=state)
+            await asyncio.to_thread(self.table.update, job.id, callback=state)
             log.info("job %s: callback delivered (attempt %d)", job.id, state["attempts"])
             return
         state["last_error"] = why
         if state["attempts"] >= self.attempts:
             state["status"] = "failed"
-            self.table.update(job.id, callback=state)
+            await asyncio.to_thread(self.table.update, job.id, callback=state)
             log.error("job %s: callback given up after %d attempts", job.id, state["attempts"])
             return
-        self.table.update(job.id, callback=state)
+        await asyncio.to_thread(self.table.update, job.id, callback=state)
         delay = self.backoff_s * 2 ** (state["attempts"] - 1)
         log.warning("job %s: callback %s; retrying in %.1f s", job.id, why, delay)
         self._later(job.id, delay)
 
-    def _post(self, job: Job, target: str, extensions: dict) -> str | None:
+    async def _post(self, job: Job, target: str, extensions: dict) -> str | None:
         """POST the signed body to ``target`` within the attempt's deadline; None when
         the receiver answered 2xx, else why not (never what the receiver said)."""
         import httpx
@@ -301,7 +350,7 @@ class CallbackSender:
                 return response.status_code
 
         try:
-            status = asyncio.run(asyncio.wait_for(post(), self.deadline_s))
+            status = await asyncio.wait_for(post(), self.deadline_s)
         except (TimeoutError, asyncio.TimeoutError, httpx.TimeoutException):
             return f"failed: no whole answer within {self.deadline_s:g} s"
         except httpx.HTTPError:

@@ -43,6 +43,17 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def _host_of(entry: str) -> str:
+    """The host of an ``--allowed-host`` entry (``name``, ``name:port``, ``[::1]:8000``
+    or ``https://name``), lower case."""
+    entry = entry.strip().lower().partition("://")[2] or entry.strip().lower()
+    entry = entry.split("/", 1)[0]
+    if entry.startswith("["):
+        return entry[1 : entry.find("]")] if "]" in entry else entry.strip("[]")
+    name, _, port = entry.rpartition(":")
+    return name if name and port.isdigit() else entry
+
+
 def read_tokens(path: str | os.PathLike) -> list[str]:
     """The bearer tokens of a token file: one per line; blank lines and ``#`` comments
     are skipped.
@@ -51,12 +62,32 @@ def read_tokens(path: str | os.PathLike) -> list[str]:
         ServiceSetupError: unreadable, or no token in it, or a token shorter than 16.
     """
     try:
-        lines = Path(path).read_text().splitlines()
+        data = Path(path).read_bytes()
     except OSError as err:
         raise ServiceSetupError(f"--token-file {path}: {err.strerror or err}") from err
-    tokens = [t.strip() for t in lines if t.strip() and not t.strip().startswith("#")]
+    try:  # a byte order mark and CRLF line ends (a file saved on Windows) are fine
+        lines = data.decode("utf-8-sig").splitlines()
+    except UnicodeDecodeError:
+        raise ServiceSetupError(f"--token-file {path}: not UTF-8 text") from None
+    tokens, numbered = [], []
+    for number, line in enumerate(lines, 1):
+        token = line.strip()
+        if token and not token.startswith("#"):
+            tokens.append(token)
+            numbered.append(number)
     if not tokens:
         raise ServiceSetupError(f"--token-file {path}: holds no token (one per line)")
+    odd = [
+        n
+        for n, t in zip(numbered, tokens, strict=True)
+        if not (t.isascii() and t.isprintable()) or any(c.isspace() for c in t)
+    ]
+    if odd:
+        raise ServiceSetupError(
+            f"--token-file {path}: line {odd[0]} holds spaces or characters that are not "
+            "printable ASCII; a client could never send it. One token per line, "
+            "letters, digits and punctuation only"
+        )
     short = [i for i, t in enumerate(tokens, 1) if len(t) < 16]
     if short:
         raise ServiceSetupError(
@@ -157,7 +188,7 @@ class ServiceConfig:
         (a request needs a token either way)."""
         if self.tokens and not self.allowed_hosts:
             return None
-        names = {h.strip().lower().strip("[]") for h in self.allowed_hosts}
+        names = {_host_of(h) for h in self.allowed_hosts}
         if not self.tokens or is_loopback(self.host):
             names |= set(LOOPBACK_NAMES)
         names.add(self.host.lower().strip("[]"))

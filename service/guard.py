@@ -5,6 +5,7 @@ and the headers that keep the page out of other sites' frames."""
 from __future__ import annotations
 
 import hmac
+import re
 
 from fastapi.responses import JSONResponse
 
@@ -36,13 +37,39 @@ def error_response(status: int, error: str, detail, headers: dict | None = None)
     return JSONResponse({"error": error, "detail": detail}, status_code=status, headers=headers)
 
 
-def _host_name(value: str) -> str:
-    """The host of a ``Host`` header or an origin's authority, without the port, lower
-    case (``[::1]:8000`` -> ``::1``)."""
-    value = value.strip().lower()
-    if value.startswith("["):
-        return value[1 : value.find("]")] if "]" in value else value
-    return value.rsplit(":", 1)[0] if value.count(":") == 1 else value
+_AUTHORITY = re.compile(
+    r"^(?:\[(?P<v6>[0-9a-f:.]+)\]|(?P<name>[a-z0-9](?:[a-z0-9.-]{0,252}[a-z0-9])?))"
+    r"(?::(?P<port>[0-9]{1,5}))?$"
+)
+DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def parse_authority(value: str) -> tuple[str, int | None] | None:
+    """The host (lower case, IPv6 without brackets) and port of a ``Host`` header or an
+    origin's authority; None where it is not strictly ``host[:port]`` (``a:80.evil``,
+    ``a:80@evil``, a user name, spaces: refused)."""
+    match = _AUTHORITY.match(value.strip().lower())
+    if match is None:
+        return None
+    port = match["port"]
+    if port is not None and not 0 < int(port) < 65536:
+        return None
+    return (match["v6"] or match["name"]), (int(port) if port else None)
+
+
+def same_origin(origin: str, host: str) -> bool:
+    """Whether ``origin`` (``scheme://host[:port]``) is the origin the request was sent
+    to (its ``Host``): scheme http or https, the same host and the same port (a
+    missing port is the scheme's default). A page on another port or scheme of the
+    same host is another origin."""
+    scheme, sep, authority = origin.strip().lower().partition("://")
+    if not sep or scheme not in DEFAULT_PORTS:
+        return False
+    theirs, ours = parse_authority(authority), parse_authority(host)
+    if theirs is None or ours is None:
+        return False
+    default = DEFAULT_PORTS[scheme]
+    return theirs[0] == ours[0] and (theirs[1] or default) == (ours[1] or default)
 
 
 class Guard:
@@ -69,7 +96,8 @@ class Guard:
         """Why a request is refused before the app sees it; None where it may go on."""
         path = scope.get("path", "")
         host = headers.get(b"host", b"").decode("latin-1")
-        named = self.hosts is None or _host_name(host) in self.hosts
+        parsed = parse_authority(host)
+        named = parsed is not None and (self.hosts is None or parsed[0] in self.hosts)
         if path not in PROBE_PATHS and not named:
             return error_response(
                 400,
@@ -78,18 +106,14 @@ class Guard:
                 "(the operator adds names with --allowed-host)",
             )
         origin = headers.get(b"origin")
-        if scope.get("method") in STATE_CHANGING and origin is not None:
-            netloc = origin.decode("latin-1").partition("://")[2]
-            same = netloc.lower() == host.lower() or (
-                self.hosts is not None and _host_name(netloc) in self.hosts
+        changing = scope.get("method") in STATE_CHANGING
+        if changing and origin is not None and not same_origin(origin.decode("latin-1"), host):
+            return error_response(
+                403,
+                "forbidden",
+                "a page of another site may not change this service's jobs or uploads "
+                "(Origin is not the service's own: scheme, host and port must match)",
             )
-            if not same:
-                return error_response(
-                    403,
-                    "forbidden",
-                    "a page of another site may not change this service's jobs or uploads "
-                    "(Origin is not the service's own)",
-                )
         open_path = path in OPEN_PATHS or path.startswith(OPEN_PREFIXES)
         if self.tokens and not open_path and not self._authorized(headers):
             return error_response(

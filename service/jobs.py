@@ -17,6 +17,7 @@ import sqlite3
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +26,8 @@ FINAL = ("succeeded", "failed", "cancelled")
 KINDS = ("score", "extract", "train")
 SCHEMA_VERSION = 1
 MAX_FAILURES_KEPT = 10_000  # a job's listed failed clips (the count is always exact)
+# a score job that ran: cancelled, it still ends with its finished clips' predictions
+_FINISHING = "(kind='score' AND runs>0)"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -129,8 +132,9 @@ class Job:
 class JobTable:
     """Thread-safe access to the job table (one connection, one lock)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, on_full: Callable[[], bool] | None = None) -> None:
         self.path = path
+        self.on_full = on_full  # frees room when the disk is full (True: try again)
         self._lock = threading.Lock()
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.row_factory = sqlite3.Row
@@ -153,6 +157,17 @@ class JobTable:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+    def _write(self, sql: str, args: tuple = ()) -> sqlite3.Cursor:
+        """One writing statement (the caller holds the lock). On a full disk the
+        state's reserve is freed (``on_full``) and the statement tried again once, so
+        a job's end is recorded whatever filled the disk."""
+        try:
+            return self._db.execute(sql, args)
+        except sqlite3.OperationalError as err:
+            if not _is_full(err) or self.on_full is None or not self.on_full():
+                raise
+        return self._db.execute(sql, args)
 
     # -- reading -------------------------------------------------------------------
 
@@ -320,7 +335,7 @@ class JobTable:
                     if row["body_sha256"] != digest:
                         raise KeyError(idempotency_key)
                     return self._job(row), False
-            self._db.execute(
+            self._write(
                 "INSERT INTO jobs(id, kind, state, request, created_at, updated_at, progress,"
                 " idempotency_key, body_sha256) VALUES(?,?,?,?,?,?,?,?,?)",
                 (
@@ -338,8 +353,8 @@ class JobTable:
             now = time.time()
             with self._lock:
                 row = self._db.execute(
-                    "SELECT * FROM jobs WHERE state='queued' AND cancel_requested=0 "
-                    "ORDER BY rowid LIMIT 1"
+                    f"SELECT * FROM jobs WHERE state='queued' AND (cancel_requested=0 OR "
+                    f"{_FINISHING}) ORDER BY rowid LIMIT 1"
                 ).fetchone()
                 if row is None:
                     return None
@@ -350,13 +365,13 @@ class JobTable:
                         "detail": f"this job's row in the job table is damaged ("
                         f"{', '.join(job.damaged)} not readable); it cannot run. Submit it again",
                     }
-                    self._db.execute(
+                    self._write(
                         "UPDATE jobs SET state='failed', finished_at=?, updated_at=?, error=? "
                         "WHERE id=?",
                         (now, now, json.dumps(error), row["id"]),
                     )
                     continue
-                self._db.execute(
+                self._write(
                     "UPDATE jobs SET state='running', started_at=COALESCE(started_at, ?), "
                     "updated_at=?, runs=runs+1 WHERE id=?",
                     (now, now, row["id"]),
@@ -366,37 +381,34 @@ class JobTable:
 
     def requeue_running(self) -> list[str]:
         """Jobs left ``running`` by a killed service go back to the queue (resumed first,
-        in their order)."""
+        in their order); a score job whose cancel was asked goes back too, to end
+        ``cancelled`` with the predictions of the clips it finished (from the store)."""
         with self._lock:
             ids = [
                 r["id"]
                 for r in self._db.execute(
-                    "SELECT id FROM jobs WHERE state='running' AND cancel_requested=0"
+                    f"SELECT id FROM jobs WHERE state='running' AND (cancel_requested=0 OR "
+                    f"{_FINISHING})"
                 ).fetchall()
             ]
-            self._db.execute(
+            self._write(
                 "UPDATE jobs SET state='queued', updated_at=? WHERE state='running' "
-                "AND cancel_requested=0",
+                f"AND (cancel_requested=0 OR {_FINISHING})",
                 (time.time(),),
             )
         return ids
 
     def cancelled_while_away(self) -> list[str]:
         """Jobs whose cancel was asked but that were left ``running`` or ``queued`` (the
-        service stopped first): they end ``cancelled`` now, never run again."""
+        service stopped first): they end ``cancelled`` now, never run again; score jobs
+        that ran are left to finish their cancel (:meth:`requeue_running`)."""
         now = time.time()
+        where = f"state IN ('running', 'queued') AND cancel_requested=1 AND NOT {_FINISHING}"
         with self._lock:
-            ids = [
-                r["id"]
-                for r in self._db.execute(
-                    "SELECT id FROM jobs WHERE state IN ('running', 'queued') "
-                    "AND cancel_requested=1"
-                ).fetchall()
-            ]
-            self._db.execute(
+            ids = [r["id"] for r in self._db.execute(f"SELECT id FROM jobs WHERE {where}")]
+            self._write(
                 "UPDATE jobs SET state='cancelled', finished_at=?, updated_at=?, "
-                "progress=json_set(progress, '$.stage', 'cancelled') "
-                "WHERE state IN ('running', 'queued') AND cancel_requested=1",
+                f"progress=json_set(progress, '$.stage', 'cancelled') WHERE {where}",
                 (now, now),
             )
         return ids
@@ -409,24 +421,26 @@ class JobTable:
         encoded = {k: json.dumps(v) if isinstance(v, dict | list) else v for k, v in fields.items()}
         sets = ", ".join(f"{k}=?" for k in encoded)
         with self._lock:
-            self._db.execute(f"UPDATE jobs SET {sets} WHERE id=?", (*encoded.values(), job_id))
+            self._write(f"UPDATE jobs SET {sets} WHERE id=?", (*encoded.values(), job_id))
 
     def finish(self, job_id: str, state: str, **fields) -> None:
         self.update(job_id, state=state, finished_at=time.time(), **fields)
 
     def request_cancel(self, job_id: str) -> Job | None:
         """Ask a job to stop: a queued one is cancelled at once, a running one at its
-        next boundary; a finished one is left as it is."""
+        next boundary (a score job that ran before, queued again, too: it keeps the
+        predictions of the clips it finished); a finished one is left as it is."""
         now = time.time()
         with self._lock:
-            self._db.execute(
+            self._write(
                 "UPDATE jobs SET state='cancelled', cancel_requested=1, finished_at=?, "
                 "updated_at=?, progress=json_set(progress, '$.stage', 'cancelled') "
-                "WHERE id=? AND state='queued'",
+                f"WHERE id=? AND state='queued' AND NOT {_FINISHING}",
                 (now, now, job_id),
             )
-            self._db.execute(
-                "UPDATE jobs SET cancel_requested=1, updated_at=? WHERE id=? AND state='running'",
+            self._write(
+                "UPDATE jobs SET cancel_requested=1, updated_at=? WHERE id=? AND "
+                f"(state='running' OR state='queued' AND {_FINISHING})",
                 (now, job_id),
             )
         return self.get(job_id)
@@ -440,7 +454,7 @@ class JobTable:
 
     def delete(self, job_id: str) -> None:
         with self._lock:
-            self._db.execute("DELETE FROM jobs WHERE id=?", (job_id,))
+            self._write("DELETE FROM jobs WHERE id=?", (job_id,))
 
     def pending_callbacks(self) -> list[Job]:
         """Finished jobs whose callback is not yet delivered (nor given up)."""
@@ -451,3 +465,9 @@ class JobTable:
                 "('succeeded', 'failed', 'cancelled') ORDER BY rowid"
             ).fetchall()
         return [self._job(r) for r in rows]
+
+
+def _is_full(err: sqlite3.OperationalError) -> bool:
+    """SQLite's ``database or disk is full`` (SQLITE_FULL)."""
+    code = getattr(err, "sqlite_errorcode", None)
+    return code == 13 or "database or disk is full" in str(err)

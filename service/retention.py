@@ -36,6 +36,10 @@ def sweep_expired(config: ServiceConfig, table: JobTable, now: float | None = No
         if created < cutoff and folder.name not in in_use:
             shutil.rmtree(folder, ignore_errors=True)
             removed.append(folder.name)
+    if removed:
+        from service.uploads import UploadLedger
+
+        UploadLedger.of(config).forget()
     for job_id in table.finished_before(cutoff):
         results = config.state / "results" / job_id
         if results.is_dir():

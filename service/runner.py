@@ -18,6 +18,7 @@ import math
 import shutil
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from service.config import ServiceConfig
@@ -45,6 +46,9 @@ class JobRunner:
         self._client_error: str | None = None
         self._client_ready = threading.Event()
         self._exit = contextlib.ExitStack()
+        self.has_room: Callable[[], bool] | None = None  # False: the state disk is full
+        self._unrecorded: list[tuple[Job, str, dict]] = []  # ends the table refused
+        self._unrecorded_lock = threading.Lock()
 
     # -- life ----------------------------------------------------------------------
 
@@ -123,6 +127,10 @@ class JobRunner:
 
     def _loop(self) -> None:
         while not self._stopping.is_set():
+            self._record_ends()
+            if self.has_room is not None and not self.has_room():
+                self._stopping.wait(IDLE_POLL_S * 4)  # no job starts on a full state disk
+                continue
             try:
                 job = self.table.claim_next()
             except Exception:  # the table itself failed (disk, lock): try again shortly
@@ -180,7 +188,12 @@ class JobRunner:
         else:
             if not isinstance(err, StoreError | ManifestError | HeadError | ValueError | OSError):
                 log.error("job %s failed", job.id, exc_info=err)
-            detail = self.config.public_text(str(err).strip() or repr(err))
+            detail = str(err).strip() or repr(err)
+            if isinstance(err, OSError) and err.errno in (28, 122):  # ENOSPC, EDQUOT
+                err, detail = DiskFull(), f"{err.strerror}: {_disk_full_advice()}"
+            from service.sources import public_paths_in
+
+            detail = self.config.public_text(public_paths_in(self.config, detail))
             error = {"error": type(err).__name__, "detail": detail}
         self._end(job, "failed", error=error)
 
@@ -188,9 +201,30 @@ class JobRunner:
         current = self.table.get(job.id)
         progress = dict(current.progress if current else {})
         progress["stage"] = state
-        self.table.finish(job.id, state, progress=progress, **fields)
+        try:
+            self.table.finish(job.id, state, progress=progress, **fields)
+        except Exception:  # the table cannot be written (a full disk past the reserve)
+            log.exception("job %s: its end (%s) could not be recorded; trying again", job.id,
+                          state)  # fmt: skip
+            with self._unrecorded_lock:
+                self._unrecorded.append((job, state, {"progress": progress, **fields}))
+            return
         log.info("job %s %s: running -> %s", job.id, job.kind, state)
         self.ended(self.table.get(job.id), state)
+
+    def _record_ends(self) -> None:
+        """Record the ends the table refused earlier (it may have room now)."""
+        with self._unrecorded_lock:
+            waiting, self._unrecorded = self._unrecorded, []
+        for job, state, fields in waiting:
+            try:
+                self.table.finish(job.id, state, **fields)
+            except Exception:
+                with self._unrecorded_lock:
+                    self._unrecorded.append((job, state, fields))
+                continue
+            log.info("job %s %s: running -> %s (recorded late)", job.id, job.kind, state)
+            self.ended(self.table.get(job.id), state)
 
     def ended(self, job: Job | None, state: str) -> None:
         """What follows a job's end: its registry claim dropped, metrics, its callback."""
@@ -287,7 +321,8 @@ class JobRunner:
             clips_failed=len(refused),
             audio_seconds=0.0,
         )
-        self._check_stop(job)
+        if job.kind != "score":  # a stopped score job still predicts what is stored
+            self._check_stop(job)
         return records, refused
 
     def _score(self, job: Job) -> dict | None:
@@ -315,6 +350,7 @@ class JobRunner:
         )
         failures = [*refused, *result.failed]
         self._failures(job, failures)
+        _fail_on_a_full_disk(failures, result.extracted + result.reused)
         if result.stopped:  # the clips finished before the stop, as partial predictions
             self._keep_predictions(job, result.predictions, total, partial=True)
             return None
@@ -383,6 +419,8 @@ class JobRunner:
         summary = extract(records, location, options) if records else None
         failures = [*refused, *(summary.failed if summary else [])]
         self._failures(job, failures)
+        if summary is not None:
+            _fail_on_a_full_disk(failures, summary.extracted + summary.already_stored)
         if summary is not None and summary.stopped:
             return None
         extracted = summary.extracted if summary else 0
@@ -483,6 +521,34 @@ class JobRunner:
             },
             "store": request["store"],
         }
+
+
+NO_SPACE = ("No space left on device", "Disk quota exceeded", "database or disk is full")
+
+
+class DiskFull(OSError):
+    """Every clip of a job failed and the disk was full for some: the job fails."""
+
+
+def _disk_full_advice() -> str:
+    return ("the disk of the stores, results or state folder is full; free space (or ask "
+            "the operator to) and submit the job again")  # fmt: skip
+
+
+def _fail_on_a_full_disk(failures: list, kept: int) -> None:
+    """A job none of whose clips was kept, with clips failed for a full disk, fails
+    saying so (never ``succeeded`` with nothing in it).
+
+    Raises:
+        DiskFull: that case.
+    """
+    full = [f for f in failures if any(words in f.reason for words in NO_SPACE)]
+    if kept == 0 and full:
+        raise DiskFull(
+            f"no space left on the disk of the stores or the state folder: {len(full)} of "
+            f"{len(failures)} clips failed for it and none was kept. Free space (or ask "
+            "the operator to) and submit the job again"
+        )
 
 
 def _audio_seconds(records: list, failures: list) -> float:

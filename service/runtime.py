@@ -28,7 +28,7 @@ class Service:
     def __init__(self, config: ServiceConfig, state: StateFolder) -> None:
         self.config = config
         self.state = state
-        self.table = JobTable(state.database)
+        self.table = JobTable(state.database, on_full=state.give_up_reserve)
         self.metrics = ServiceMetrics(self.table)
         self.callbacks = CallbackSender(
             self.table,
@@ -39,6 +39,7 @@ class Service:
             allow=config.callback_allow,
         )
         self.runner = JobRunner(config, self.table, self.metrics, self.callbacks.send)
+        self.runner.has_room = state.keep_reserve  # no job starts on a full state disk
         self.sweeper = Sweeper(config, self.table)
         self._key_locks: dict[str, threading.Lock] = {}
         self._key_locks_lock = threading.Lock()
@@ -62,6 +63,9 @@ class Service:
     def start(self) -> None:
         from service.uploads import sweep_partial_uploads
 
+        if not self.state.keep_reserve():
+            log.error("the state folder's disk is full (no room for its reserve); jobs wait "
+                      "until it has room")  # fmt: skip
         for leftover in sweep_partial_uploads(self.config):
             log.info("removed %s, an upload cut off when the service stopped", leftover)
         self.callbacks.start()

@@ -5,6 +5,8 @@ Layout::
     STATE/emi-service.json   marker: this folder is an emi service's (format 1)
     STATE/jobs.sqlite        the job table (SQLite, WAL): the truth about every job
     STATE/serve.lock         held (flock) by the one service process using the folder
+    STATE/disk.reserve       room kept on the state's disk (8 MiB), given up when the disk
+                             is full so that the job table can still record jobs' ends
     STATE/uploads/<id>/      uploaded files, streamed to disk
     STATE/results/<job>/     predictions.csv and predictions.json of score jobs
 
@@ -14,14 +16,21 @@ refused, so a mistyped ``--state`` never mixes jobs into someone's files.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
+import logging
 import os
+import threading
 from pathlib import Path
 
 from service.errors import ServiceSetupError
 
+log = logging.getLogger("emi.service")
 MARKER = "emi-service.json"
+RESERVE = "disk.reserve"
+RESERVE_BYTES = 8 * 2**20  # the job table's room on a full disk (SQLite + its WAL)
+PROBE_BYTES = 4096
 FORMAT = 1
 KNOWN = {
     MARKER,
@@ -30,6 +39,9 @@ KNOWN = {
     "jobs.sqlite-shm",
     "jobs.sqlite-journal",
     "serve.lock",
+    "disk.reserve",
+    ".disk.reserve.partial",
+    ".ready.probe",
     "uploads",
     "results",
 }
@@ -41,6 +53,7 @@ class StateFolder:
     def __init__(self, root: Path) -> None:
         self.root = root
         self._lock_file = None
+        self._reserve_lock = threading.Lock()
 
     @classmethod
     def open(cls, path: str | os.PathLike) -> StateFolder:
@@ -110,6 +123,63 @@ class StateFolder:
             self._lock_file.close()
             self._lock_file = None
 
+    # -- room on a full disk -----------------------------------------------------
+
+    @property
+    def reserve(self) -> Path:
+        return self.root / RESERVE
+
+    def keep_reserve(self) -> bool:
+        """Make the reserve where it is missing (at start, and once the disk has room
+        again); False where the disk has no room for it."""
+        with self._reserve_lock:
+            if self.reserve.exists() and self.reserve.stat().st_size >= RESERVE_BYTES:
+                return True
+            partial = self.root / f".{RESERVE}.partial"
+            try:
+                fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                try:
+                    _allocate(fd, RESERVE_BYTES)
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+                os.replace(partial, self.reserve)
+                return True
+            except OSError as err:
+                partial.unlink(missing_ok=True)
+                if err.errno not in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+                    raise
+                return False
+
+    def give_up_reserve(self) -> bool:
+        """Free the reserve (the disk is full and the job table must write); False
+        where it was already gone."""
+        with self._reserve_lock:
+            try:
+                self.reserve.unlink()
+            except FileNotFoundError:
+                return False
+            log.error("the state folder's disk is full: its %d MiB reserve was freed so that "
+                      "jobs can still end; free space on it", RESERVE_BYTES // 2**20)  # fmt: skip
+            return True
+
+    def writable(self) -> bool:
+        """Whether the state folder can be written now: its reserve in place (made
+        again where the disk has room) and a small file written and removed."""
+        if not self.keep_reserve():
+            return False
+        probe = self.root / ".ready.probe"
+        try:
+            with open(probe, "wb") as handle:
+                handle.write(b"\0" * PROBE_BYTES)
+                handle.flush()
+                os.fsync(handle.fileno())
+            return True
+        except OSError:
+            return False
+        finally:
+            probe.unlink(missing_ok=True)
+
     @property
     def database(self) -> Path:
         return self.root / "jobs.sqlite"
@@ -121,3 +191,16 @@ class StateFolder:
     @property
     def results(self) -> Path:
         return self.root / "results"
+
+
+def _allocate(fd: int, size: int) -> None:
+    """Blocks of ``size`` bytes really held by ``fd`` (not a sparse file)."""
+    try:
+        os.posix_fallocate(fd, 0, size)
+        return
+    except (AttributeError, OSError) as err:
+        if isinstance(err, OSError) and err.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+            raise
+    block = b"\0" * 2**20
+    for _ in range(size // len(block)):
+        os.write(fd, block)

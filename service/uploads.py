@@ -9,6 +9,7 @@ member is written only below the upload's folder. A refused upload leaves nothin
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -30,8 +31,7 @@ from service.errors import RequestError, bad_request, too_large
 
 ARCHIVES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
 KEPT = (*AUDIO_EXTENSIONS, ".csv")
-_IN_FLIGHT: dict[str, int] = {}  # bytes of uploads being received, by upload id
-_IN_FLIGHT_LOCK = threading.Lock()
+MAX_NAME_BYTES = 255  # a file name's bytes on Linux file systems
 
 
 def kept_bytes(config: ServiceConfig) -> int:
@@ -45,37 +45,109 @@ def kept_bytes(config: ServiceConfig) -> int:
     return total
 
 
-class _Quota:
-    """The share of ``--upload-quota-gb`` one upload may take: what the kept uploads
-    and the others being received leave."""
+class UploadLedger:
+    """The bytes of one state folder's uploads, kept and arriving, under one lock: each
+    upload reserves its bytes as they arrive (and its archive's as they unpack), and
+    an upload becomes kept in the same step its reservation ends, so concurrent
+    uploads never share the quota's room twice. The kept total is read from disk
+    again after an upload is kept or removed (``forget``)."""
 
-    def __init__(self, config: ServiceConfig, upload_id: str) -> None:
-        self.limit = config.upload_quota_bytes
-        self.upload_id = upload_id
-        self.kept = kept_bytes(config) if self.limit is not None else 0
+    _ledgers: dict[str, UploadLedger] = {}
+    _ledgers_lock = threading.Lock()
 
-    def take(self, size: int) -> None:
-        """This upload now holds ``size`` bytes.
+    def __init__(self, config: ServiceConfig) -> None:
+        self.config = config
+        self.lock = threading.Lock()
+        self._kept: int | None = None
+        self._arriving: dict[str, int] = {}
+
+    @classmethod
+    def of(cls, config: ServiceConfig) -> UploadLedger:
+        """The ledger of ``config``'s state folder (one per folder and process)."""
+        key = str(config.state.resolve())
+        with cls._ledgers_lock:
+            if key not in cls._ledgers:
+                cls._ledgers[key] = cls(config)
+            return cls._ledgers[key]
+
+    def _kept_now(self) -> int:
+        if self._kept is None:
+            self._kept = kept_bytes(self.config)
+        return self._kept
+
+    def take(self, upload_id: str, size: int) -> None:
+        """``upload_id`` now holds ``size`` bytes (what arrived or unpacked so far).
 
         Raises:
-            RequestError: 413 past the quota.
+            RequestError: 413 past ``--upload-quota-gb``.
         """
-        if self.limit is None:
+        limit = self.config.upload_quota_bytes
+        if limit is None:
             return
-        with _IN_FLIGHT_LOCK:
-            others = sum(n for k, n in _IN_FLIGHT.items() if k != self.upload_id)
-            if self.kept + others + size > self.limit:
+        with self.lock:
+            others = sum(n for k, n in self._arriving.items() if k != upload_id)
+            held = self._kept_now() + others
+            if held + size > limit:
                 raise too_large(
-                    f"the service's upload quota ({self.limit:,} bytes, --upload-quota-gb) "
-                    f"is full: {self.kept + others:,} bytes are kept or arriving. Delete "
+                    f"the service's upload quota ({limit:,} bytes, --upload-quota-gb) "
+                    f"is full: {held:,} bytes are kept or arriving. Delete "
                     "uploads you no longer need (DELETE /v1/uploads/{id}) or wait until "
                     "they expire (GET /v1/service: keep_days)"
                 )
-            _IN_FLIGHT[self.upload_id] = size
+            self._arriving[upload_id] = size
+
+    def keep(self, upload_id: str, staging: Path, final: Path) -> None:
+        """Move a received upload in place; its bytes count as kept from that moment."""
+        with self.lock:
+            staging.rename(final)
+            self._arriving.pop(upload_id, None)
+            self._kept = None
+
+    def release(self, upload_id: str) -> None:
+        with self.lock:
+            self._arriving.pop(upload_id, None)
+
+    def forget(self) -> None:
+        """Uploads were removed: read the kept total again when next needed."""
+        with self.lock:
+            self._kept = None
+
+    def kept(self) -> int:
+        with self.lock:
+            return self._kept_now()
+
+
+class _Quota:
+    """One upload's reservation in its state folder's :class:`UploadLedger`."""
+
+    def __init__(self, config: ServiceConfig, upload_id: str) -> None:
+        self.ledger = UploadLedger.of(config)
+        self.upload_id = upload_id
+
+    def take(self, size: int) -> None:
+        self.ledger.take(self.upload_id, size)
 
     def release(self) -> None:
-        with _IN_FLIGHT_LOCK:
-            _IN_FLIGHT.pop(self.upload_id, None)
+        self.ledger.release(self.upload_id)
+
+
+def no_room(err: OSError) -> RequestError | None:
+    """507 where ``err`` says the disk (or the quota of the file system) is full."""
+    if err.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+        return RequestError(
+            507,
+            "insufficient storage",
+            "the service's disk is full; nothing of this upload was kept. Try again later, "
+            "or delete uploads and jobs you no longer need",
+        )
+    return None
+
+
+def _without_paths(err: Exception) -> str:
+    """An error's words without the server's paths (an OSError's reason only)."""
+    if isinstance(err, OSError):
+        return err.strerror or type(err).__name__
+    return f"{type(err).__name__}: {err}"
 
 
 def _suffix(name: str) -> str:
@@ -159,6 +231,8 @@ class UploadWriter:
         name = raw.decode("utf-8", "replace").replace("\\", "/").rsplit("/", 1)[-1]
         if not name or name.startswith(".") or "\x00" in name:
             raise bad_request(f"file name {raw!r} is not usable; give a plain file name")
+        if len(name.encode()) > MAX_NAME_BYTES:
+            raise bad_request(f"a file name is over {MAX_NAME_BYTES} bytes; give a shorter name")
         if _suffix(name) not in (*KEPT, *ARCHIVES):  # a read-me, notes: left out, as a
             self.skipped.append(name)  # folder's listing leaves them out
             self._part = _Part(name, None, self.folder / name)
@@ -216,11 +290,11 @@ async def receive_upload(
     upload_id = "upload-" + uuid.uuid4().hex[:20]
     staging = config.state / "uploads" / f".{upload_id}.partial"
     files = staging / "files"
-    files.mkdir(parents=True)
     writer = UploadWriter(config, files)
     received = 0
     quota = _Quota(config, upload_id)
     try:
+        files.mkdir(parents=True)
         parser = MultipartParser(boundary, writer.callbacks())
         async for chunk in body:
             received += len(chunk)  # every byte counts, inside file parts or not
@@ -255,12 +329,17 @@ async def receive_upload(
             "skipped": writer.skipped,
         }
         (staging / "upload.json").write_text(json.dumps(description))
-        staging.rename(config.state / "uploads" / upload_id)
+        quota.ledger.keep(upload_id, staging, config.state / "uploads" / upload_id)
         return description
     except RequestError:
         raise
+    except OSError as err:
+        full = no_room(err)
+        if full is not None:
+            raise full from None
+        raise bad_request(f"the upload could not be written ({_without_paths(err)})") from None
     except Exception as err:
-        raise bad_request(f"malformed multipart body ({type(err).__name__}: {err})") from err
+        raise bad_request(f"malformed multipart body ({_without_paths(err)})") from None
     finally:  # whatever ended it (a refusal, a disconnect): nothing half-written stays
         writer.close()
         quota.release()
@@ -345,10 +424,12 @@ class _Ceiling:
             self.quota.take(unpacked)
 
 
-def _check_totals(name: str, sizes: list[int], config: ServiceConfig, ceiling: _Ceiling) -> None:
+def _check_totals(
+    name: str, sizes: list[int], config: ServiceConfig, ceiling: _Ceiling, *, last_only=False
+) -> None:
     """The members' stated sizes within the limits (their count, folders included, is
-    checked as they are listed)."""
-    big = [s for s in sizes if s > config.max_file_bytes]
+    checked as they are listed); ``last_only``: the newest member's size and the sum."""
+    big = [s for s in (sizes[-1:] if last_only else sizes) if s > config.max_file_bytes]
     if big:
         raise _limit(f"{name}: a member of {big[0]:,} bytes", "--upload-max-file-mb",
                      config.max_file_bytes)  # fmt: skip
@@ -414,6 +495,8 @@ def _tar_members(archive: Path, config: ServiceConfig, ceiling: _Ceiling) -> lis
                     raise bad_request(f"{archive.name}: member {info.name!r} is {what}; refused")
                 members.append((info, path))
                 sizes.append(info.size)
+                # its stated size checked now, before the stream is read past it
+                _check_totals(archive.name, sizes, config, ceiling, last_only=True)
                 handle.members = []  # keep no listing in memory
     except (tarfile.TarError, OSError, EOFError) as err:
         raise bad_request(f"{archive.name}: not a readable tar archive ({err})") from err
@@ -426,3 +509,4 @@ def delete_upload(config: ServiceConfig, upload_id: str) -> None:
 
     folder = upload_files(config, upload_id).parent
     shutil.rmtree(folder)
+    UploadLedger.of(config).forget()

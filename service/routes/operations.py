@@ -35,7 +35,8 @@ def healthz() -> dict:
 @router.get("/readyz", response_model=Readiness, responses=errors(503))
 def readyz(service: Annotated[Service, Depends(service_of)]):
     """Ready for jobs: the stores readable, the dask cluster reachable, the job threads
-    running (needs no token; says no more than that, the log has why)."""
+    running, the state folder writable with its reserve in place (needs no token; says
+    no more than that, the log has why)."""
     from service.registry import store_names
 
     checks = {}
@@ -49,7 +50,9 @@ def readyz(service: Annotated[Service, Depends(service_of)]):
     checks["cluster"] = words if ready else words.split(":", 1)[0]
     threads = service.runner.threads_alive()
     checks["jobs"] = "running" if threads else "stopped"
-    ok = ready and threads and checks["stores"] == "readable"
+    writable = service.state.writable()
+    checks["state"] = "writable" if writable else "full"
+    ok = ready and threads and writable and checks["stores"] == "readable"
     return JSONResponse({"ready": ok, "checks": checks}, status_code=200 if ok else 503)
 
 

@@ -18,7 +18,7 @@ Served = Annotated[Service, Depends(service_of)]
 def service_info(service: Served) -> dict:
     """The upload limits, how long uploads and results are kept, and the source roots
     (what a client may send)."""
-    from service.uploads import kept_bytes
+    from service.uploads import UploadLedger
 
     config = service.config
     return {
@@ -29,7 +29,7 @@ def service_info(service: Served) -> dict:
             "max_body_bytes": config.max_body_bytes,
             "max_archive_ratio": config.max_archive_ratio,
             "upload_quota_bytes": config.upload_quota_bytes,
-            "uploads_kept_bytes": kept_bytes(config),
+            "uploads_kept_bytes": UploadLedger.of(config).kept(),
         },
         "keep_days": config.keep_days,
         "source_roots": config.source_roots,
