@@ -46,7 +46,7 @@ class JobRunner:
         self._client_error: str | None = None
         self._client_ready = threading.Event()
         self._exit = contextlib.ExitStack()
-        self.has_room: Callable[[], bool] | None = None  # False: the state disk is full
+        self.restore_reserve: Callable[[], bool] | None = None  # the state disk's reserve
         self._unrecorded: list[tuple[Job, str, dict]] = []  # ends the table refused
         self._unrecorded_lock = threading.Lock()
 
@@ -128,9 +128,9 @@ class JobRunner:
     def _loop(self) -> None:
         while not self._stopping.is_set():
             self._record_ends()
-            if self.has_room is not None and not self.has_room():
-                self._stopping.wait(IDLE_POLL_S * 4)  # no job starts on a full state disk
-                continue
+            if self.restore_reserve is not None:  # once the state disk has room again
+                with contextlib.suppress(OSError):
+                    self.restore_reserve()
             try:
                 job = self.table.claim_next()
             except Exception:  # the table itself failed (disk, lock): try again shortly

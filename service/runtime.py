@@ -39,7 +39,7 @@ class Service:
             allow=config.callback_allow,
         )
         self.runner = JobRunner(config, self.table, self.metrics, self.callbacks.send)
-        self.runner.has_room = state.keep_reserve  # no job starts on a full state disk
+        self.runner.restore_reserve = state.keep_reserve
         self.sweeper = Sweeper(config, self.table)
         self._key_locks: dict[str, threading.Lock] = {}
         self._key_locks_lock = threading.Lock()
@@ -64,8 +64,8 @@ class Service:
         from service.uploads import sweep_partial_uploads
 
         if not self.state.keep_reserve():
-            log.error("the state folder's disk is full (no room for its reserve); jobs wait "
-                      "until it has room")  # fmt: skip
+            log.error("the state folder's disk is full (no room for its reserve); jobs may "
+                      "fail until it has room")  # fmt: skip
         for leftover in sweep_partial_uploads(self.config):
             log.info("removed %s, an upload cut off when the service stopped", leftover)
         self.callbacks.start()

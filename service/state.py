@@ -5,8 +5,9 @@ Layout::
     STATE/emi-service.json   marker: this folder is an emi service's (format 1)
     STATE/jobs.sqlite        the job table (SQLite, WAL): the truth about every job
     STATE/serve.lock         held (flock) by the one service process using the folder
-    STATE/disk.reserve       room kept on the state's disk (8 MiB), given up when the disk
-                             is full so that the job table can still record jobs' ends
+    STATE/disk.reserve/      room kept on the state's disk (32 pieces of 256 KiB), freed
+                             a piece at a time when the disk is full, so that the job
+                             table can still record jobs' ends
     STATE/uploads/<id>/      uploaded files, streamed to disk
     STATE/results/<job>/     predictions.csv and predictions.json of score jobs
 
@@ -29,7 +30,8 @@ from service.errors import ServiceSetupError
 log = logging.getLogger("emi.service")
 MARKER = "emi-service.json"
 RESERVE = "disk.reserve"
-RESERVE_BYTES = 8 * 2**20  # the job table's room on a full disk (SQLite + its WAL)
+RESERVE_PIECES = 32  # freed one at a time, so that other writers take little of it
+RESERVE_PIECE_BYTES = 256 * 2**10  # 8 MiB in all: the job table's room on a full disk
 PROBE_BYTES = 4096
 FORMAT = 1
 KNOWN = {
@@ -40,7 +42,6 @@ KNOWN = {
     "jobs.sqlite-journal",
     "serve.lock",
     "disk.reserve",
-    ".disk.reserve.partial",
     ".ready.probe",
     "uploads",
     "results",
@@ -129,39 +130,47 @@ class StateFolder:
     def reserve(self) -> Path:
         return self.root / RESERVE
 
+    def _pieces(self) -> list[Path]:
+        return [self.reserve / f"{k:02d}" for k in range(RESERVE_PIECES)]
+
     def keep_reserve(self) -> bool:
-        """Make the reserve where it is missing (at start, and once the disk has room
-        again); False where the disk has no room for it."""
+        """Make the reserve's missing pieces (at start, and once the disk has room
+        again); False where the disk has no room for them."""
         with self._reserve_lock:
-            if self.reserve.exists() and self.reserve.stat().st_size >= RESERVE_BYTES:
-                return True
-            partial = self.root / f".{RESERVE}.partial"
-            try:
-                fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            self.reserve.mkdir(exist_ok=True)
+            for piece in self._pieces():
+                if piece.exists() and piece.stat().st_size >= RESERVE_PIECE_BYTES:
+                    continue
+                partial = self.reserve / ".partial"
                 try:
-                    _allocate(fd, RESERVE_BYTES)
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
-                os.replace(partial, self.reserve)
-                return True
-            except OSError as err:
-                partial.unlink(missing_ok=True)
-                if err.errno not in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
-                    raise
-                return False
+                    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                    try:
+                        _allocate(fd, RESERVE_PIECE_BYTES)
+                        os.fsync(fd)
+                    finally:
+                        os.close(fd)
+                    os.replace(partial, piece)
+                except OSError as err:
+                    partial.unlink(missing_ok=True)
+                    if err.errno not in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+                        raise
+                    return False
+            return True
 
     def give_up_reserve(self) -> bool:
-        """Free the reserve (the disk is full and the job table must write); False
-        where it was already gone."""
+        """Free one piece of the reserve (the disk is full and the job table must
+        write); False where none is left."""
         with self._reserve_lock:
-            try:
-                self.reserve.unlink()
-            except FileNotFoundError:
-                return False
-            log.error("the state folder's disk is full: its %d MiB reserve was freed so that "
-                      "jobs can still end; free space on it", RESERVE_BYTES // 2**20)  # fmt: skip
-            return True
+            for piece in self._pieces():
+                try:
+                    piece.unlink()
+                except FileNotFoundError:
+                    continue
+                log.error("the state folder's disk is full: %d KiB of its reserve were freed "
+                          "so that jobs can still end; free space on it",
+                          RESERVE_PIECE_BYTES // 1024)  # fmt: skip
+                return True
+            return False
 
     def writable(self) -> bool:
         """Whether the state folder can be written now: its reserve in place (made

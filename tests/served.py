@@ -33,9 +33,10 @@ class Served:
         *options: str,
         token: str | None = None,
         stores: str | None = None,
+        state: Path | None = None,
     ):
         self.folder = folder
-        self.state = folder / "state"
+        self.state = state or folder / "state"
         self.stores = stores or folder / "stores"
         self.heads = folder / "heads"
         self.roots = roots

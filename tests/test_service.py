@@ -514,6 +514,7 @@ def test_a_killed_service_resumes_its_job_and_keeps_what_was_committed(
     _same_predictions(client.predictions_csv(job["id"]), expected)
 
     _cancel_a_queued_and_a_running_job(client, root, audio, location)
+    _kill_right_after_a_cancel(served, client, root)
     _sigterm_mid_job_then_resume(served, client, root, heads, location)
     assert "Traceback" not in served.text(), served.text()
 
@@ -541,6 +542,25 @@ def _cancel_a_queued_and_a_running_job(client, root: Path, audio: Path, location
     assert 0 < len(partial["predictions"]) == ended["result"]["predicted"] < 20
     kept = FeatureStore.open(str(location))
     assert len(kept) >= 28 + 3  # the cancelled job's committed clips stay stored
+
+
+def _kill_right_after_a_cancel(served, client, root: Path) -> None:
+    """SIGKILL just after a cancel: started again, the job ends ``cancelled`` with the
+    predictions of the clips it finished (they are in the store), marked partial."""
+    _corpus(root / "fourth", clips=20, seed=17)
+    job = client.submit({"kind": "score", "source": str(root / "fourth" / "audio"),
+                         "heads": ["ml"]})  # fmt: skip
+    while client.job(job["id"])["progress"].get("clips_done", 0) < 3:
+        time.sleep(0.02)
+    client.cancel(job["id"])
+    served.kill()
+    served.process = None
+    served.start()
+    ended = _wait(client, job["id"])
+    assert ended["state"] == "cancelled" and ended["result"] is not None, ended
+    assert ended["result"]["partial"] and 0 < ended["result"]["predicted"] < 20, ended
+    partial = client.predictions(job["id"])
+    assert partial["partial"] and len(partial["predictions"]) == ended["result"]["predicted"]
 
 
 def _sigterm_mid_job_then_resume(served, client, root: Path, heads: Path, location: Path) -> None:

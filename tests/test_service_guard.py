@@ -24,6 +24,7 @@ from manifests.synthetic import write_corpus
 from service.client import ServiceError
 from tests.conftest import run_cli
 from tests.served import Served
+from tests.synth import write_clip
 
 SECRET = b"callback-secret-for-guard-tests-0123"
 
@@ -79,22 +80,29 @@ def test_a_rebinding_host_and_another_sites_page_are_refused(guarded):
     assert httpx.get(f"{url}/v1/sources", headers={"Host": f"localhost:{port}"}).status_code == 200
     # another site's page: no upload, no cancel, no job
     job = guarded["served"].client().submit(_score(guarded, guarded["audio"]))
-    other = {"Origin": "http://attacker.example"}
     files = {"files": ("a.wav", b"RIFF....WAVE", "audio/wav")}
-    for method, path, kwargs in (
-        ("POST", "/v1/uploads", {"files": files}),
-        ("POST", f"/v1/jobs/{job['id']}/cancel", {}),
-        ("POST", "/v1/jobs", {"json": _score(guarded, guarded["audio"])}),
-        ("DELETE", f"/v1/jobs/{job['id']}", {}),
-        ("POST", "/v1/jobs", {"json": _score(guarded, guarded["audio"]),
-                              "headers": {"Origin": "null"}}),
-    ):  # fmt: skip
-        headers = {**other, **kwargs.pop("headers", {})}
-        refused = httpx.request(method, url + path, headers=headers, **kwargs)
-        assert refused.status_code == 403, (path, refused.text)
-        assert refused.json()["error"] == "forbidden"
+    # another site, and pages on another port or scheme of this very host
+    for origin in ("http://attacker.example", "null", "http://localhost:9999",
+                   "http://127.0.0.1:8888", "https://localhost", "http://[::1]:3000",
+                   f"http://127.0.0.1:{port}.evil", f"http://127.0.0.1:{port}@evil"):  # fmt: skip
+        for method, path, kwargs in (
+            ("POST", "/v1/uploads", {"files": files}),
+            ("POST", f"/v1/jobs/{job['id']}/cancel", {}),
+            ("POST", "/v1/jobs", {"json": _score(guarded, guarded["audio"])}),
+            ("DELETE", f"/v1/jobs/{job['id']}", {}),
+        ):
+            refused = httpx.request(method, url + path, headers={"Origin": origin}, **kwargs)
+            assert refused.status_code == 403, (origin, path, refused.text)
+            assert refused.json()["error"] == "forbidden"
+    # a Host that only starts like ours
+    for host in (f"127.0.0.1:{port}.evil", f"127.0.0.1:{port}@evil", f"127.0.0.1 :{port}",
+                 "127.0.0.1:99999"):  # fmt: skip
+        answer = httpx.get(f"{url}/v1/sources", headers={"Host": host})
+        assert answer.status_code == 400, (host, answer.text)
     assert guarded["served"].client().job(job["id"])["cancel_requested"] is False
     # the service's own page may
+    local = {"Origin": f"http://localhost:{port}", "Host": f"localhost:{port}"}
+    assert httpx.post(f"{url}/v1/jobs", json={}, headers=local).status_code == 422  # let in
     own = httpx.post(f"{url}/v1/jobs/{job['id']}/cancel", headers={"Origin": url})
     assert own.status_code == 202
     page = httpx.get(f"{url}/")
@@ -238,7 +246,7 @@ class _Quick(BaseHTTPRequestHandler):
 
 def test_slow_receivers_never_hold_up_other_callbacks(guarded):
     client = guarded["served"].client()
-    trickles = [_Trickle() for _ in range(5)]
+    trickles = [_Trickle() for _ in range(8)]  # twice the sender threads there once were
     quick = ThreadingHTTPServer(("127.0.0.1", 0), _Quick)
     threading.Thread(target=quick.serve_forever, daemon=True).start()
     try:
@@ -255,10 +263,11 @@ def test_slow_receivers_never_hold_up_other_callbacks(guarded):
                    callback_url=f"http://127.0.0.1:{quick.server_address[1]}/hook")
         )  # fmt: skip
         _wait(client, fast["id"])
-        deadline = time.monotonic() + 20  # each slow attempt ends after 1.5 s
+        ended = time.monotonic()
+        # delivered before any slow attempt could have ended (each takes 1.5 s)
         while client.job(fast["id"])["callback"]["status"] != "delivered":
-            assert time.monotonic() < deadline, client.job(fast["id"])["callback"]
-            time.sleep(0.1)
+            assert time.monotonic() - ended < 1.4, client.job(fast["id"])["callback"]
+            time.sleep(0.05)
         assert json.loads(_Quick.got[-1])["id"] == fast["id"]
         slow = client.job(slow_jobs[0]["id"])["callback"]
         deadline = time.monotonic() + 20
@@ -278,7 +287,12 @@ def test_callback_targets_that_are_not_public_or_not_urls_are_refused_at_submit(
     client = guarded["served"].client()
     for url in ("http://10.0.0.7/hook", "http://169.254.169.254/latest/meta-data",
                 "http://localhost:9/hook", "http://[::1]:9/hook", "http://a b/",
-                "http://user:pw@example.org/", "ftp://example.org/"):  # fmt: skip
+                "http://user:pw@example.org/", "ftp://example.org/",
+                # IPv6 forms carrying a loopback or private IPv4 address
+                "http://[::7f00:1]:9/hook", "http://[64:ff9b::7f00:1]:9/hook",
+                "http://[64:ff9b::a00:7]/hook", "http://[2002:7f00:1::1]/hook",
+                "http://[::ffff:10.0.0.7]/hook",
+                "http://[2001:0:4136:e378:8000:63bf:80ff:fffe]/hook"):  # fmt: skip
         with pytest.raises(ServiceError) as refused:
             client.submit(_score(guarded, guarded["audio"], callback_url=url))
         assert refused.value.status in (400, 422), url
@@ -353,7 +367,8 @@ def test_the_deployments_probes_answer_a_service_with_a_token(tmp_path, tiny_bac
     assert "--token-file" in container["command"]
     tokens = tmp_path / "tokens"
     good = "a-long-random-token-for-probes-0123"
-    tokens.write_text(good + "\n")
+    # saved on Windows: a byte order mark and CRLF line ends (once a silent 401)
+    tokens.write_bytes(b"\xef\xbb\xbf# probes\r\n" + good.encode() + b"\r\n")
     root = tmp_path / "root"
     root.mkdir()
     with Served(tmp_path, [root], "--token-file", tokens, token=good) as served:
@@ -368,6 +383,8 @@ def test_the_deployments_probes_answer_a_service_with_a_token(tmp_path, tiny_bac
         ready = httpx.get(f"{served.url}/readyz").json()
         assert set(ready) == {"ready", "checks"} and ready["ready"] is True
         assert httpx.get(f"{served.url}/v1/jobs").status_code == 401  # the rest needs one
+        with_token = {"Authorization": f"Bearer {good}"}
+        assert httpx.get(f"{served.url}/v1/jobs", headers=with_token).status_code == 200
         assert served.stop() == 0
 
 
@@ -501,3 +518,271 @@ def test_an_upload_leaves_out_what_is_not_audio_as_a_folder_listing_does(guarded
         client.upload([notes])
     assert refused.value.status == 400 and "left out: notes.txt" in str(refused.value)
     client._call("DELETE", f"/v1/uploads/{upload['id']}")
+
+
+def _slow_upload(url: str, name: str, size: int, pause_s: float = 0.02) -> httpx.Response:
+    """A multipart upload of ``size`` bytes sent in 64 KiB pieces with pauses (uploads
+    sent at once overlap in the service)."""
+    boundary = uuid.uuid4().hex
+    head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; "
+            f"filename=\"{name}\"\r\nContent-Type: audio/wav\r\n\r\n").encode()  # fmt: skip
+    tail = f"\r\n--{boundary}--\r\n".encode()
+
+    def body():
+        yield head
+        sent = 0
+        while sent < size:
+            piece = min(65536, size - sent)
+            yield os.urandom(piece)
+            sent += piece
+            time.sleep(pause_s)
+        yield tail
+
+    headers = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+    return httpx.post(f"{url}/v1/uploads", content=body(), headers=headers, timeout=60)
+
+
+def test_concurrent_uploads_never_share_the_quota_twice(guarded):
+    """Four uploads at once, each under the quota (3 MB) but together 2.7 times it:
+    the bytes kept stay within the quota (each counted as it arrives)."""
+    url = guarded["served"].url
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(lambda k: _slow_upload(url, f"n{k}.wav", 2_000_000), range(4)))
+    kept = [a.json() for a in answers if a.status_code == 201]
+    refused = [a for a in answers if a.status_code != 201]
+    assert all(a.status_code == 413 and "--upload-quota-gb" in a.text for a in refused)
+    assert 0 < len(kept) <= 1 and sum(k["bytes"] for k in kept) <= 3_000_000, answers
+    about = httpx.get(f"{url}/v1/service").json()["limits"]
+    assert about["uploads_kept_bytes"] == sum(k["bytes"] for k in kept)
+    for upload in kept:
+        assert httpx.delete(f"{url}/v1/uploads/{upload['id']}").status_code == 204
+
+
+def test_a_tar_members_stated_size_is_refused_before_its_bytes_are_read(tmp_path, monkeypatch):
+    """A .tar.gz whose first member states 2 GiB of zeros: refused at that member's
+    header, having decompressed next to nothing (it once read the whole stream first)."""
+    import gzip
+    import tarfile
+
+    from service import uploads
+    from service.config import ServiceConfig
+    from service.errors import RequestError
+
+    info = tarfile.TarInfo("huge.wav")
+    info.size = 2 * 2**30
+    archive = tmp_path / "stated.tar.gz"
+    with gzip.open(archive, "wb", compresslevel=1) as out:
+        out.write(info.tobuf())
+        zeros = b"\0" * 2**20
+        for _ in range(64):  # 64 MiB of the stated 2 GiB: a few hundred KiB packed
+            out.write(zeros)
+    read = {"bytes": 0}
+
+    class Counted(gzip.GzipFile):
+        def read(self, size=-1):
+            data = super().read(size)
+            read["bytes"] += len(data)
+            return data
+
+    real_open = tarfile.open
+
+    def counted_open(name, mode="r", *args, **kwargs):
+        return real_open(fileobj=Counted(name, "rb"), mode="r:")
+
+    monkeypatch.setattr(uploads.tarfile, "open", counted_open)
+    config = ServiceConfig(stores=str(tmp_path / "s"), heads=tmp_path / "h", state=tmp_path / "st",
+                           source_roots=[str(tmp_path)], max_file_bytes=2**30)  # fmt: skip
+    with pytest.raises(RequestError) as refused:
+        uploads.unpack_archive(archive, tmp_path / "into", config)
+    assert refused.value.status == 413 and "--upload-max-file-mb" in refused.value.detail
+    assert read["bytes"] < 2**20, read  # the header block, not the 64 MiB behind it
+
+
+def test_a_flipping_link_under_a_root_never_gets_an_outside_file_into_a_job(guarded, tmp_path):
+    """200 score jobs over a folder whose link flips between a clip inside the root and
+    one outside, 200 submissions naming a folder link that flips out, and 200 train
+    submissions whose label link flips to an outside file: nothing outside is read,
+    listed or named (a flipped clip's prediction is the inside clip's)."""
+    client = guarded["served"].client()
+    root = guarded["root"]
+    inside = root / "flips" / "inside"
+    write_clip(inside / "clip.wav", 0.6, seed=31)
+    (inside / "labels.csv").write_text("Joy,Filename\nclip,0.5\n")  # a parse error
+    outside = tmp_path / "outside"
+    write_clip(outside / "secret_name.wav", 0.6, seed=32)
+    (outside / "labels.csv").write_text("SECRET_KEY=abc,x\nsecret_name,0.1\n")
+    folder = root / "flips" / "folder"
+    folder.mkdir()
+    os.link(inside / "clip.wav", folder / "clip.wav")
+    stop = threading.Event()
+    flippers = [
+        _flipping(
+            folder / "flip.wav", "../inside/clip.wav", str(outside / "secret_name.wav"), stop
+        ),  # fmt: skip
+        _flipping(root / "flips" / "dir", "inside", str(outside), stop),
+        _flipping(
+            root / "flips" / "labels.csv", "inside/labels.csv", str(outside / "labels.csv"), stop
+        ),  # fmt: skip
+    ]
+    said, jobs = [], []
+    try:
+        for _ in range(200):
+            jobs.append(client.submit(_score(guarded, folder))["id"])
+            for body in (
+                _score(guarded, root / "flips" / "dir"),
+                {"kind": "train", "store": "seed", "name": "flipped", "preset": "mean-linear",
+                 "labels": str(root / "flips" / "labels.csv"), "val_labels": str(guarded["valid"])},
+            ):  # fmt: skip
+                try:
+                    jobs.append(client.submit(body)["id"])
+                except ServiceError as err:
+                    assert err.status in (400, 403), err
+                    said.append(str(err))
+    finally:
+        stop.set()
+        for flipper in flippers:
+            flipper.join()
+    outcomes = _outcomes(client, jobs)
+    text = "\n".join(said) + json.dumps(outcomes)
+    assert "SECRET" not in text and "secret_name" not in text and str(outside) not in text
+    assert "line 1: first column" in text and "outside the source roots" in text
+    rows = [row for o in outcomes for row in o["predictions"]]
+    assert {r["clip_id"] for r in rows} <= {"clip", "flip"} and any(
+        r["clip_id"] == "flip" for r in rows
+    )
+    scored = {json.dumps({k: v for k, v in r.items() if k != "clip_id"}) for r in rows}
+    assert len(scored) == 1  # every row is the inside clip's prediction
+
+
+def _flipping(link: Path, inside: str, outside: str, stop: threading.Event) -> threading.Thread:
+    def flip() -> None:
+        k = 0
+        while not stop.is_set():
+            spare = link.with_name(f".{link.name}.{k % 2}")
+            spare.unlink(missing_ok=True)
+            os.symlink(inside if k % 2 else outside, spare)
+            os.replace(spare, link)
+            k += 1
+            time.sleep(0.0005)
+
+    thread = threading.Thread(target=flip, daemon=True)
+    thread.start()
+    return thread
+
+
+def _outcomes(client, job_ids: list[str]) -> list[dict]:
+    """Each job's end, failures and predictions (score jobs)."""
+    ended = []
+    for job_id in job_ids:
+        job = _wait(client, job_id, timeout_s=300)
+        assert job["state"] in ("succeeded", "failed"), job
+        failures = client.failures(job_id, page_size=100) if job["failures_count"] else []
+        predictions = []
+        if job["kind"] == "score" and job["state"] == "succeeded":
+            predictions = client.predictions(job_id)["predictions"]
+        ended.append({"job": job, "failures": failures, "predictions": predictions})
+    return ended
+
+
+def test_upload_errors_name_no_server_path(guarded):
+    url = guarded["served"].url
+    state = str(guarded["served"].state)
+    for name in ("a" * 300 + ".wav", "b" * 250 + ".wav"):
+        answer = httpx.post(f"{url}/v1/uploads", files={"files": (name, b"RIFF", "audio/wav")})
+        assert answer.status_code in (201, 400), answer.text
+        assert state not in answer.text and "uploads/" not in answer.text
+        if answer.status_code == 201:
+            httpx.delete(f"{url}/v1/uploads/{answer.json()['id']}")
+        else:
+            assert "file name is over 255 bytes" in answer.json()["detail"]
+
+
+@pytest.fixture
+def small_disks(tmp_path):
+    """Two 24 MiB tmpfs made for the test (unmounted after it)."""
+    import subprocess
+
+    disks = [tmp_path / "disk-a", tmp_path / "disk-b"]
+    for disk in disks:
+        disk.mkdir()
+        made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(disk)],
+                              capture_output=True, text=True)  # fmt: skip
+        if made.returncode != 0:
+            pytest.skip(f"a tmpfs cannot be mounted here ({made.stderr.strip()}): needs root")
+    yield disks
+    for disk in disks:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def _fill(disk: Path) -> Path:
+    """Fill ``disk`` to the last byte; the file that did it."""
+    filler = disk / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
+    try:
+        for block in (2**20, 4096, 1):
+            try:
+                while True:
+                    os.write(fd, b"\0" * block)
+            except OSError:
+                continue
+    finally:
+        os.close(fd)
+    return filler
+
+
+def test_a_full_disk_fails_a_job_and_never_wedges_it(small_disks, tmp_path, tiny_backbone):
+    """Stores and state on small file systems, both filled: a score job ends ``failed``
+    saying the disk is full (never ``running`` for good, never ``succeeded`` with no
+    rows), its end recorded from the state's reserve; /readyz says the state cannot be
+    written and an upload gets 507; once there is room again the service is ready and
+    scores."""
+    stores, state = small_disks
+    root = tmp_path / "root"
+    splits = write_corpus(root / "corpus", clips=6, seed=41, min_seconds=1.0, max_seconds=1.5)
+    audio = root / "corpus" / "audio"
+    seed = tmp_path / "seed.zarr"
+    run_cli("extract", audio, seed, "--model", tiny_backbone, "--quiet")
+    served = Served(tmp_path, [root], "--model", tiny_backbone, state=state / "state",
+                    stores=str(stores / "stores"))  # fmt: skip
+    run_cli("train", seed, "--labels", splits["train"], "--val-labels", splits["valid"],
+            "--out", served.heads / "ml", "--preset", "mean-linear", "--quiet")  # fmt: skip
+    with served:
+        served.start()
+        client = served.client()
+        fillers = [_fill(stores), _fill(state)]
+        job = client.submit({"kind": "score", "source": str(audio), "heads": ["ml"]})
+        ended = _wait(client, job["id"], timeout_s=120)
+        assert ended["state"] == "failed", json.dumps(ended)
+        assert "no space left" in ended["error"]["detail"].lower(), ended["error"]
+        assert str(stores) not in json.dumps(ended) and str(state) not in json.dumps(ended)
+        ready = httpx.get(f"{served.url}/readyz")
+        assert ready.status_code == 503 and ready.json()["checks"]["state"] == "full"
+        big = os.urandom(9 * 2**20)  # more than the whole reserve
+        answer = httpx.post(f"{served.url}/v1/uploads", files={"files": ("a.wav", big)})
+        assert answer.status_code == 507, answer.text
+        assert "disk is full" in answer.json()["detail"]
+        assert client.cancel(job["id"])["state"] == "failed"  # a finished job stays as it is
+        for filler in fillers:  # room again: the reserve is made again, jobs run
+            filler.unlink()
+        deadline = time.monotonic() + 30
+        while httpx.get(f"{served.url}/readyz").status_code != 200:
+            assert time.monotonic() < deadline, served.text()
+            time.sleep(0.2)
+        again = _wait(client, client.submit({"kind": "score", "source": str(audio),
+                                             "heads": ["ml"]})["id"])  # fmt: skip
+        assert again["state"] == "succeeded" and again["result"]["predicted"] == 6, again
+        assert served.stop() == 0, served.text()
+    assert "Traceback" not in served.text(), served.text()
+
+
+def test_a_job_none_of_whose_clips_was_kept_for_a_full_disk_fails():
+    from featurestore.records import ClipFailure
+    from service.runner import DiskFull, _fail_on_a_full_disk
+
+    full = ClipFailure("a", "/x/a.wav", "could not write the part ([Errno 28] No space left on "
+                       "device)")  # fmt: skip
+    other = ClipFailure("b", "/x/b.wav", "unreadable as audio (Format not recognised)")
+    with pytest.raises(DiskFull, match="1 of 2 clips failed for it and none was kept"):
+        _fail_on_a_full_disk([full, other], kept=0)
+    _fail_on_a_full_disk([full, other], kept=1)  # some kept: succeeded, failures listed
+    _fail_on_a_full_disk([other], kept=0)  # bad audio alone: as before
