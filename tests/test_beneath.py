@@ -23,6 +23,7 @@ from service.sources import (
     read_labels_below_roots,
     resolve_source,
 )
+from tests.flipping import flipping
 from tests.synth import write_clip
 
 SECRET = b"SECRET_KEY=do-not-show"
@@ -76,27 +77,10 @@ def test_links_are_followed_only_while_they_stay_beneath_the_root(tree, mode):
         open_beneath(root, "a/b/f.txt/x")
 
 
-def _flipping(link: Path, inside: str, outside: str, stop: threading.Event) -> threading.Thread:
-    """A thread swapping ``link`` between two targets as fast as it can."""
-
-    def flip() -> None:
-        k = 0
-        while not stop.is_set():
-            spare = link.with_name(f".{link.name}.{k % 2}")
-            spare.unlink(missing_ok=True)
-            os.symlink(inside if k % 2 else outside, spare)
-            os.replace(spare, link)
-            k += 1
-
-    thread = threading.Thread(target=flip, daemon=True)
-    thread.start()
-    return thread
-
-
 def test_a_flipping_link_never_opens_what_is_outside(tree, mode):
     root = Path(tree["root"])
     stop = threading.Event()
-    thread = _flipping(root / "flip.txt", "a/b/f.txt", str(tree["outside"] / "s.txt"), stop)
+    thread = flipping(root / "flip.txt", "a/b/f.txt", str(tree["outside"] / "s.txt"), stop)
     seen = {"inside": 0, "refused": 0}
     try:
         for _ in range(2000):
@@ -134,9 +118,9 @@ def test_labels_folders_and_listings_through_a_flipping_link_stay_inside(tmp_pat
     config = _config(tmp_path, root)
     stop = threading.Event()
     threads = [
-        _flipping(root / "labels.csv", "inside/labels.csv", str(outside / "labels.csv"), stop),
-        _flipping(root / "bad.csv", "inside/broken.csv", str(outside / "labels.csv"), stop),
-        _flipping(root / "folder", "inside", str(outside), stop),
+        flipping(root / "labels.csv", "inside/labels.csv", str(outside / "labels.csv"), stop),
+        flipping(root / "bad.csv", "inside/broken.csv", str(outside / "labels.csv"), stop),
+        flipping(root / "folder", "inside", str(outside), stop),
     ]
     said: list[str] = []
     try:
@@ -155,7 +139,7 @@ def test_labels_folders_and_listings_through_a_flipping_link_stay_inside(tmp_pat
                 listed = list_folder(config, str(root / "folder"))
                 said.append(str(listed))
             except RequestError as err:
-                assert err.status == 403
+                assert err.status in (403, 404)  # 404: the link was mid-swap
                 said.append(str(err))
     finally:
         stop.set()
