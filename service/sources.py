@@ -158,13 +158,14 @@ def read_file_below_roots(
     """
     _check_text(source, what)
     if UPLOAD_ID.match(source):
-        files = sorted(upload_files(config, source).rglob(f"*{suffix}"))
+        folder = upload_files(config, source)
+        files = sorted(folder.rglob(f"*{suffix}"))
         if len(files) != 1:
             raise bad_request(
                 f"{what}: upload {source} holds {len(files)} {suffix} files; upload exactly one"
             )
-        relative = str(files[0].relative_to(upload_files(config, source)))
-        fd, _ = open_beneath(str(upload_files(config, source).resolve()), relative, os.O_RDONLY)
+        relative = str(files[0].relative_to(folder))
+        fd, _ = open_beneath(str(folder.resolve()), relative, os.O_RDONLY)
         shown = f"{source}/{relative}"
     else:
         if is_url(source):
@@ -241,19 +242,23 @@ def _listing_root(config: ServiceConfig, folder: str) -> str:
     raise forbidden(f"{folder!r} is outside the source roots")
 
 
-def _walk_folder(root: str, folder: Beneath) -> tuple[list[tuple[str, str]], list]:
+def _walk_folder(folder: Beneath) -> tuple[list[tuple[str, str]], list]:
     """The audio files below ``folder`` (recursive), walked through descriptors opened
-    beneath ``root``: ``(relative path, real path)`` and the files refused (a link
+    beneath its root: ``(relative path, real path)`` and the files refused (a link
     pointing out or broken) as :class:`ClipFailure`. Links to folders are not entered;
     a link to a file is followed while it stays beneath the root."""
     found, refused = [], []
-    top, real = open_beneath(root, folder.relative, os.O_RDONLY | _DIRECTORY)
+    top, real = open_beneath(folder.root, folder.relative, os.O_RDONLY | _DIRECTORY)
     stack = [(top, real, "")]
-    while stack:
-        fd, at, prefix = stack.pop()
-        try:
-            _list_entries(root, fd, at, prefix, stack, found, refused)
-        finally:
+    try:
+        while stack:
+            fd, at, prefix = stack.pop()
+            try:
+                _list_entries(folder.root, fd, at, prefix, stack, found, refused)
+            finally:
+                os.close(fd)
+    finally:  # a walk cut short closes the folders it had opened
+        for fd, _, _ in stack:
             os.close(fd)
     return sorted(found), refused
 
@@ -305,7 +310,7 @@ def manifest_below_roots(folder: str, config: ServiceConfig) -> tuple[list[ClipR
         return sorted((probe(r) for r in scan_folder(folder)), key=lambda r: r.clip_id), []
     root = _listing_root(config, folder)
     try:
-        files, refused = _walk_folder(root, Beneath(root, relative_below(folder, root), folder))
+        files, refused = _walk_folder(Beneath(root, relative_below(folder, root), folder))
     except OutsideRoot:
         raise ManifestError(f"{folder}: outside the source roots") from None
     except OSError as err:
