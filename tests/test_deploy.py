@@ -157,3 +157,15 @@ def test_slurm_example_runs_its_help():
         check=True,
     )
     assert "--jobs" in result.stdout
+
+
+def test_the_containerfile_passes_hadolint():
+    """hadolint at --failure-threshold error (as the image's docs say); its warnings
+    are read here too, so none slips in unseen."""
+    result = subprocess.run(
+        [str(Path(sys.executable).with_name("hadolint")), "--no-color",
+         str(DEPLOY.parent / "Containerfile")],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.strip() == "", result.stdout
