@@ -27,6 +27,7 @@ COMMANDS = {
     "score": "cli.models_cmd:score",
     "demo": "cli.demo_cmd:demo",
     "serve": "cli.serve_cmd:serve",
+    "worker": "cli.worker_cmd:worker",
     "jobs": "cli.jobs_cmd:jobs",
 }
 
@@ -36,6 +37,7 @@ def user_errors() -> tuple[type[Exception], ...]:
     from featurestore.errors import (
         ArgumentError,
         BackboneError,
+        ClusterLost,
         DeviceError,
         LayerError,
         StoreError,
@@ -52,6 +54,7 @@ def user_errors() -> tuple[type[Exception], ...]:
         DeviceError,
         SettingsError,
         LayerError,
+        ClusterLost,
     )
 
 

@@ -75,6 +75,8 @@ from service.config import (
     type=click.Choice(["auto", "cpu", "cuda"]),
     default="auto",
     show_default=True,
+    help="The dask workers' device (extraction); the service's own work runs on this "
+    "machine's GPU if any, else its CPU.",
 )
 @click.option(
     "--jobs",
@@ -164,6 +166,10 @@ from service.config import (
 def serve(**options) -> None:
     """Run the job service: score, extract and train jobs over HTTP (docs: The service).
 
+    --device is the dask workers' device: with --scheduler, the service's own work
+    (heads predicting, training) runs on this machine's GPU if it has one, else its
+    CPU, so the service needs no GPU of its own.
+
     Binds 127.0.0.1 by default; another --host needs --token-file. Jobs survive a
     restart: a job running when the service was killed resumes, and recomputes nothing
     committed. SIGTERM stops taking jobs, lets running parts commit and exits 0.
@@ -176,6 +182,7 @@ def serve(**options) -> None:
         # the address first: a taken port is refused before anything is made
         listener = _listen(options["host"], options["port"])
         config = _config(options, port=listener.getsockname()[1])
+        _check_local_device(config)
         state = StateFolder.open(config.state)
         config.state = state.root
         state.hold()
@@ -194,6 +201,20 @@ def serve(**options) -> None:
     click.echo(f"emi serve: {start_up_line(config)}", err=True)
     _run_server(app, config, listener)
     state.release()
+
+
+def _check_local_device(config) -> None:
+    """Without --scheduler the workers run here: --device cuda needs this machine's GPU
+    (refused at start, not by every job)."""
+    from featurestore.devices import require_device
+    from featurestore.errors import DeviceError
+    from service.errors import ServiceSetupError
+
+    if config.scheduler is None:
+        try:
+            require_device(config.device)
+        except DeviceError as err:
+            raise ServiceSetupError(str(err)) from None
 
 
 def _service_logs() -> None:

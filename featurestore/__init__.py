@@ -35,6 +35,7 @@ _EXPORTS = {
     "StoreLocked": "featurestore.errors",
     "BackboneError": "featurestore.errors",
     "DeviceError": "featurestore.errors",
+    "ClusterLost": "featurestore.errors",
     "LayerError": "featurestore.errors",
     "ArgumentError": "featurestore.errors",
 }

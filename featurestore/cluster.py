@@ -12,9 +12,19 @@ import os
 
 
 @contextlib.contextmanager
-def dask_client(*, workers: int, scheduler: str | None, quiet: bool, dashboard: bool = False):
+def dask_client(
+    *,
+    workers: int,
+    scheduler: str | None,
+    quiet: bool,
+    dashboard: bool = False,
+    connect_timeout_s: float | None = None,
+):
     """A distributed client: to ``scheduler`` (or ``DASK_SCHEDULER_ADDRESS``), or a
     ``LocalCluster`` of ``workers`` single-threaded worker processes.
+
+    ``connect_timeout_s`` bounds reaching the scheduler (and a lost one's reconnection);
+    None: dask's ``distributed.comm.timeouts.connect`` (30 s).
 
     One local worker runs in this process (still a real scheduler and worker): it
     shares the already-imported torch and saves seconds of start-up per run. A local
@@ -26,7 +36,8 @@ def dask_client(*, workers: int, scheduler: str | None, quiet: bool, dashboard: 
 
     address = scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS")
     if address:
-        with Client(address, set_as_default=False) as client:
+        timeout = {} if connect_timeout_s is None else {"timeout": connect_timeout_s}
+        with Client(address, set_as_default=False, **timeout) as client:
             yield client
         return
     level = logging.ERROR if quiet else logging.WARNING

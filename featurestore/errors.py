@@ -25,6 +25,11 @@ class StoreLocked(StoreError):
     """Another driver holds the store's writer lock (the message names it)."""
 
 
+class ClusterLost(RuntimeError):
+    """The dask cluster went away during a run (its scheduler stopped, or the client
+    lost it): the parts committed before are kept, and running again resumes."""
+
+
 class DeviceError(ValueError):
     """A device was asked for that this machine does not have (``--device cuda``
     without a CUDA GPU)."""

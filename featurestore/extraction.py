@@ -13,6 +13,7 @@ import os
 import sys
 import threading
 import time
+from concurrent.futures import CancelledError
 from dataclasses import dataclass, field, replace
 
 from tqdm import tqdm
@@ -21,7 +22,7 @@ from featurestore.backbone import identify_backbone, local_ref
 from featurestore.cluster import dask_client, has_gpu_resource, worker_count
 from featurestore.cpu_dtype import dtype_reason
 from featurestore.devices import require_device
-from featurestore.errors import StoreError
+from featurestore.errors import ClusterLost, StoreError
 from featurestore.location import StoreLocation
 from featurestore.lock import StoreLock
 from featurestore.options import (
@@ -388,6 +389,11 @@ def _commit(future, job: PartJob, writer: StoreWriter, summary: ExtractSummary) 
     """Commit a finished part, or record a failed part's clips as failed."""
     try:
         result = future.result()
+    except CancelledError as err:  # the client lost its scheduler: the clips did not fail
+        raise ClusterLost(
+            f"the dask cluster went away during the run ({err}); the parts committed "
+            "before are kept: run again once it is back to resume"
+        ) from None
     except Exception as err:  # the whole part failed: record why, per clip
         reason = f"part {job.part} failed: {type(err).__name__}: {err}"
         failures = [ClipFailure(c["clip_id"], c["path"], reason) for c in job.clips]

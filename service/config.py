@@ -108,7 +108,8 @@ class ServiceConfig:
     tokens: accepted bearer tokens; empty: no authentication (loopback only).
     workers, scheduler: the dask cluster: local worker processes, or a scheduler.
     model: the backbone of extract jobs into new stores; None: emi's default.
-    device: ``auto``, ``cpu`` or ``cuda`` for extraction and heads.
+    device: ``auto``, ``cpu`` or ``cuda``: the dask workers' device (extraction). The
+        service's own work (heads predicting, training) runs on :attr:`own_device`.
     concurrent_jobs: jobs run at once (jobs writing one store still take turns).
     part_seconds: audio seconds per extraction part (the cancel and resume unit);
         None: the extractor's default.
@@ -178,6 +179,14 @@ class ServiceConfig:
         self.heads.mkdir(parents=True, exist_ok=True)
         if self.concurrent_jobs < 1:
             raise ServiceSetupError("--jobs must be 1 or more")
+
+    @property
+    def own_device(self) -> str:
+        """The device of the work done in the service's process (heads predicting,
+        heads training): the workers' ``device`` where they run here (no ``scheduler``),
+        else ``auto``, a GPU only where this machine has one. A service on a CPU node
+        next to GPU workers runs its heads on the CPU."""
+        return self.device if self.scheduler is None else "auto"
 
     def allowed_host_names(self) -> set[str] | None:
         """The host names a request's ``Host`` may give (without the port); None: any.

@@ -178,12 +178,14 @@ def store_exists(location: str) -> bool:
     return where.fs.exists(where.key("zarr.json"))
 
 
-def store_names(config: ServiceConfig) -> list[str]:
+def store_names(config: ServiceConfig, *, refresh: bool = False) -> list[str]:
+    """The managed stores' names; ``refresh``: ask the object store again, not a
+    listing cached by the file system layer (the readiness check)."""
     import fsspec
 
     fs, root = fsspec.core.url_to_fs(config.stores)
     try:
-        entries = fs.ls(root, detail=False)
+        entries = fs.ls(root, detail=False, **({"refresh": True} if refresh else {}))
     except FileNotFoundError:
         return []
     names = [str(e).rstrip("/").rsplit("/", 1)[-1] for e in entries]

@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from service.cluster_link import ClusterGone, ClusterLink
 from service.config import ServiceConfig
 from service.errors import JobStopped, RequestError
 from service.jobs import MAX_FAILURES_KEPT, Job, JobTable
@@ -29,6 +30,7 @@ log = logging.getLogger("emi.service")
 LOCK_WAIT_S = 24 * 3600.0  # a job waits this long for another writer of its store
 IDLE_POLL_S = 0.5
 MAX_CURVE_POINTS = 2000  # a train job's learning curve points kept in its progress
+MAX_RUNS = 10  # a job the cluster's losses sent back to the queue runs at most this often
 
 
 class JobRunner:
@@ -42,10 +44,7 @@ class JobRunner:
         self._threads: list[threading.Thread] = []
         self._stopping = threading.Event()
         self._wake = threading.Event()
-        self._client = None
-        self._client_error: str | None = None
-        self._client_ready = threading.Event()
-        self._exit = contextlib.ExitStack()
+        self.link = ClusterLink(workers=config.workers, scheduler=config.scheduler)
         self.restore_reserve: Callable[[], bool] | None = None  # the state disk's reserve
         self._unrecorded: list[tuple[Job, str, dict]] = []  # ends the table refused
         self._unrecorded_lock = threading.Lock()
@@ -58,44 +57,20 @@ class JobRunner:
             self.ended(self.table.get(job_id), "cancelled")
         for job_id in self.table.requeue_running():
             log.info("job %s: running when the service stopped; queued again to resume", job_id)
-        threading.Thread(target=self._start_client, name="emi-dask", daemon=True).start()
+        self.link.start()
         for k in range(self.config.concurrent_jobs):
             thread = threading.Thread(target=self._loop, name=f"emi-job-{k}", daemon=True)
             thread.start()
             self._threads.append(thread)
 
-    def _start_client(self) -> None:
-        from featurestore.cluster import dask_client
-
-        try:
-            self._client = self._exit.enter_context(
-                dask_client(
-                    workers=self.config.workers, scheduler=self.config.scheduler, quiet=True
-                )
-            )
-        except Exception as err:  # readyz says so; jobs that need it fail saying so
-            self._client_error = f"{type(err).__name__}: {err}"
-            log.error("dask cluster not reachable: %s", self._client_error)
-        self._client_ready.set()
-
     def client(self):
-        """The dask client (waits for it to start)."""
-        self._client_ready.wait()
-        if self._client is None:
-            raise RuntimeError(f"the dask cluster is not reachable ({self._client_error})")
-        return self._client
+        """The dask client (waits for one; :class:`ClusterGone` if none comes)."""
+        return self.link.client()
 
     def cluster_status(self) -> tuple[bool, str]:
-        if not self._client_ready.is_set():
-            return False, "starting"
-        if self._client is None:
-            return False, f"unreachable: {self._client_error}"
-        try:
-            workers = len(self._client.scheduler_info().get("workers", {}))
-        except Exception as err:
-            log.warning("dask cluster not reachable: %s", err)
-            return False, f"unreachable: {err}"
-        return workers > 0, f"{workers} worker{'s' if workers != 1 else ''}"
+        """Whether the cluster is ready for jobs, in words (from the link's last look)."""
+        status = self.link.status
+        return status.ready, status.words
 
     def threads_alive(self) -> bool:
         """Whether every job thread is running (False once one died, or stopping)."""
@@ -116,8 +91,7 @@ class JobRunner:
         self._wake.set()
         for thread in self._threads:
             thread.join()
-        with contextlib.suppress(Exception):
-            self._exit.close()
+        self.link.stop()
 
     @property
     def stopping(self) -> bool:
@@ -131,6 +105,9 @@ class JobRunner:
             if self.restore_reserve is not None:  # once the state disk has room again
                 with contextlib.suppress(OSError):
                     self.restore_reserve()
+            if not self.link.status.connected:  # jobs wait in the queue for the cluster
+                self._stopping.wait(IDLE_POLL_S)
+                continue
             try:
                 job = self.table.claim_next()
             except Exception:  # the table itself failed (disk, lock): try again shortly
@@ -155,11 +132,14 @@ class JobRunner:
         self.metrics.started(job)
         started = time.monotonic()
         work = {"score": self._score, "extract": self._extract, "train": self._train}[job.kind]
+        client = self.link.current()
         try:
             outcome = work(job)
         except JobStopped:
             outcome = None
         except Exception as err:
+            if self._cluster_lost(job, err, client):
+                return
             if not self._should_stop(job)():
                 self._failed(job, err)
                 self.metrics.duration(job.kind, "failed", time.monotonic() - started)
@@ -175,6 +155,31 @@ class JobRunner:
             return
         self.metrics.duration(job.kind, "succeeded", time.monotonic() - started)
         self._end(job, "succeeded", result=outcome)
+
+    def _cluster_lost(self, job: Job, err: Exception, client) -> bool:
+        """Where ``job`` failed because the dask cluster went away (its client lost the
+        scheduler, or none came back in time): back to the queue, to resume once the
+        cluster is back (what it committed is kept), up to :data:`MAX_RUNS` runs; then
+        it fails saying so. False: another failure."""
+        from featurestore.errors import ClusterLost
+
+        lost = isinstance(err, ClusterGone | ClusterLost) or (
+            client is not None and self.link.lost(client)
+        )
+        if not lost or self._should_stop(job)():
+            return False
+        if job.runs >= MAX_RUNS:
+            self._end(job, "failed", error={
+                "error": "ClusterGone",
+                "detail": f"the dask cluster went away during each of this job's {job.runs} "
+                          "runs; resubmit once the cluster is steady",
+            })  # fmt: skip
+            return True
+        self._progress(job, stage="waiting for the dask cluster")
+        self.table.update(job.id, state="queued")
+        log.warning("job %s: the dask cluster went away (%s); queued to resume once it is "
+                    "back", job.id, type(err).__name__)  # fmt: skip
+        return True
 
     def _failed(self, job: Job, err: Exception) -> None:
         """End ``job`` failed with ``err``'s words (a traceback in the log only for
@@ -342,6 +347,7 @@ class JobRunner:
             store=location,
             workers=self.config.workers,
             device=self.config.device,
+            head_device=self.config.own_device,
             quiet=True,
             cache_store_for=self.config.score_store_for,
             run=run,
@@ -499,7 +505,7 @@ class JobRunner:
                 layer=int(layer) if layer and layer.isdigit() else layer,
                 settings=TrainSettings(**settings),
                 features=request.get("features"),
-                device=self.config.device,
+                device=self.config.own_device,
                 progress=on_epoch,
                 # a resumed job rewrites what its earlier run wrote; a first run never
                 # writes over a folder it did not make (train refuses it)

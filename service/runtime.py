@@ -7,12 +7,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 
 from fastapi import Request
 
 from service.callbacks import CallbackSender
 from service.config import ServiceConfig
 from service.errors import RequestError, bad_request, not_found
+from service.health import HealthMonitor
 from service.jobs import JobTable
 from service.metrics import ServiceMetrics
 from service.retention import Sweeper
@@ -41,6 +43,10 @@ class Service:
         self.runner = JobRunner(config, self.table, self.metrics, self.callbacks.send)
         self.runner.restore_reserve = state.keep_reserve
         self.sweeper = Sweeper(config, self.table)
+        self.health = HealthMonitor(
+            {"stores": self._stores_readable, "cluster": self._cluster_ready,
+             "state": self._state_writable}
+        )  # fmt: skip
         self._key_locks: dict[str, threading.Lock] = {}
         self._key_locks_lock = threading.Lock()
 
@@ -71,13 +77,57 @@ class Service:
         self.callbacks.start()
         self.runner.start()
         self.sweeper.start()
+        self.health.start()
 
     def stop(self) -> None:
         log.info("stopping: no new jobs; running jobs stop after their current batch")
+        self.health.stop()
         self.sweeper.stop()
         self.runner.stop()
         self.callbacks.stop()  # before the table closes: their state is written there
         self.table.close()
+
+    # -- probes ----------------------------------------------------------------------
+
+    def readiness(self) -> tuple[bool, dict[str, str]]:
+        """Ready for jobs, and each check's words (``/readyz``): from the background
+        checks' last answers, never waiting on a dependency."""
+        answers = self.health.answers()
+        threads = self.runner.threads_alive()
+        answers["jobs"] = (threads, "running" if threads else "stopped")
+        ready = all(passes for passes, _ in answers.values())
+        return ready, {name: words for name, (_, words) in answers.items()}
+
+    def unrecoverable(self) -> str | None:
+        """Why the service cannot recover by itself (``/healthz`` fails, so the pod is
+        restarted): a job thread, the cluster's watch or a check's thread died. None:
+        alive (a dependency being away is readiness's business, not this)."""
+        if self.runner.stopping:
+            return None
+        if not self.runner.threads_alive():
+            return "a job thread died"
+        if not self.runner.link.alive():
+            return "the dask cluster's watch died"
+        if not self.health.alive():
+            return "a readiness check's thread died"
+        return None
+
+    def _stores_readable(self) -> tuple[bool, str]:
+        from service.registry import store_names
+
+        store_names(self.config, refresh=True)
+        return True, "readable"
+
+    def _cluster_ready(self) -> tuple[bool, str]:
+        status = self.runner.link.status
+        age = time.monotonic() - status.at
+        if age > self.health.stale_s:
+            return False, f"no answer for {age:.0f} s"
+        return status.ready, status.words if status.ready else status.words.split(":", 1)[0]
+
+    def _state_writable(self) -> tuple[bool, str]:
+        writable = self.state.writable()
+        return writable, "writable" if writable else "full"
 
     def check_request(self, body: dict) -> None:
         """Everything a job needs that can be checked before it is queued: sources

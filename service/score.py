@@ -69,6 +69,7 @@ def score_folder(
     workers: int = 1,
     scheduler: str | None = None,
     device: str = "auto",
+    head_device: str | None = None,
     quiet: bool = False,
     cache_store_for: Callable[[str], str] | None = None,
     run: dict | None = None,
@@ -89,6 +90,9 @@ def score_folder(
         output: also write the predictions CSV there.
         store: the store to extract into; None: the cache.
         model: backbone folder or hub id; None: the heads' own.
+        device: where the backbone runs (the workers' device).
+        head_device: where the heads predict (this process); None: ``device`` where
+            the workers run here, else ``auto`` (a login node may have no GPU).
         cache_store_for: where the content-keyed store of features of a fingerprint is
             (used when ``store`` is None); None: :func:`default_score_store`.
         run: further :class:`ExtractOptions` fields (``client``, ``on_part``,
@@ -108,7 +112,8 @@ def score_folder(
         >>> result.failed  # doctest: +SKIP
         []
     """
-    loaded = load_heads(heads, device=device)
+    head_device = head_device or (device if scheduler is None else "auto")
+    loaded = load_heads(heads, device=head_device)
     _same_features(loaded)
     refs = loaded[0].config.feature_refs
     wanted = [ref.fingerprint for ref in refs]
@@ -136,11 +141,11 @@ def score_folder(
     except Exception:
         if on_partial is not None:  # what was stored before the failure still predicts
             with contextlib.suppress(Exception):
-                on_partial(_predict_stored(folder, loaded, location, key, device))
+                on_partial(_predict_stored(folder, loaded, location, key, head_device))
         raise
     if on_predicting is not None:
         on_predicting()
-    predictions = _predict_stored(folder, loaded, location, key, device)
+    predictions = _predict_stored(folder, loaded, location, key, head_device)
     if output is not None and not summaries[-1].stopped:
         predictions.write_csv(output)
     return ScoreResult(

@@ -99,3 +99,46 @@ def _scheduler_address(scheduler_file: Path, scheduler: subprocess.Popen) -> str
         except (FileNotFoundError, json.JSONDecodeError, KeyError):
             time.sleep(0.1)
     raise RuntimeError(f"the dask scheduler wrote no address to {scheduler_file} in 60 s")
+
+
+def start_scheduler(port: int) -> subprocess.Popen:
+    """``dask scheduler`` on 127.0.0.1:``port`` (a fixed port: started again after a
+    stop, it is the same address), waiting until it accepts connections."""
+    import socket
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1",
+         "--port", str(port), "--no-dashboard"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return proc
+        except OSError:
+            time.sleep(0.1)
+    stop(proc)
+    raise RuntimeError(f"the dask scheduler did not listen on port {port} in 60 s")
+
+
+def start_worker(address: str, name: str) -> subprocess.Popen:
+    """``emi worker`` (a CPU dask worker, as the deployment runs them) on ``address``."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "cli.main", "worker", address, "--device", "cpu",
+         "--name", name, "--no-dashboard", "--no-nanny", "--host", "127.0.0.1"],
+        env={**os.environ, "EMI_TORCH_THREADS": "1", "DASK_DISTRIBUTED__WORKER__DAEMON": "False"},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )  # fmt: skip
+
+
+def stop(proc: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
+    """``proc`` and its process group ended (SIGKILL: a crash, no goodbye)."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, sig)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=20)

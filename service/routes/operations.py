@@ -26,34 +26,26 @@ class Readiness(BaseModel):
     checks: dict[str, str]
 
 
-@router.get("/healthz", response_model=Health)
-def healthz() -> dict:
-    """The process is up (needs no token)."""
-    return {"status": "ok"}
+@router.get("/healthz", response_model=Health, responses=errors(503))
+def healthz(service: Annotated[Service, Depends(service_of)]):
+    """The process is up and can recover by itself (needs no token). 503 where it
+    cannot (a job thread or a watch died): a restart is what helps then."""
+    why = service.unrecoverable()
+    if why is None:
+        return {"status": "ok"}
+    log.error("healthz: %s; the service needs a restart", why)
+    return JSONResponse({"status": "unrecoverable"}, status_code=503)
 
 
 @router.get("/readyz", response_model=Readiness, responses=errors(503))
 def readyz(service: Annotated[Service, Depends(service_of)]):
-    """Ready for jobs: the stores readable, the dask cluster reachable, the job threads
-    running, the state folder writable with its reserve in place (needs no token; says
-    no more than that, the log has why)."""
-    from service.registry import store_names
-
-    checks = {}
-    try:
-        store_names(service.config)
-        checks["stores"] = "readable"
-    except Exception as err:
-        log.warning("readyz: the stores are not readable: %s", err)
-        checks["stores"] = "unreadable"
-    ready, words = service.runner.cluster_status()
-    checks["cluster"] = words if ready else words.split(":", 1)[0]
-    threads = service.runner.threads_alive()
-    checks["jobs"] = "running" if threads else "stopped"
-    writable = service.state.writable()
-    checks["state"] = "writable" if writable else "full"
-    ok = ready and threads and writable and checks["stores"] == "readable"
-    return JSONResponse({"ready": ok, "checks": checks}, status_code=200 if ok else 503)
+    """Ready for jobs: the stores readable, the dask cluster reachable with workers,
+    the job threads running, the state folder writable with its reserve in place
+    (needs no token; says no more than that, the log has why). Answers at once, from
+    checks run in the background every 2 s: a hanging dependency is "no answer for N
+    s", never a slow probe."""
+    ready, checks = service.readiness()
+    return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
 
 
 @router.get(
