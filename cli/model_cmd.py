@@ -13,7 +13,7 @@ SIZES = tuple(BACKBONE_SIZES)  # read from the library's table, not a copy
 
 @click.group()
 def model() -> None:
-    """Backbones: write a random one, show a checkpoint's hashes."""
+    """Backbones: write a random one, copy one where a cluster reads it, show hashes."""
 
 
 @model.command("init-random")
@@ -54,6 +54,33 @@ def init_random(folder: str, size: str, seed: int, norm: str | None, family: str
     click.echo(
         f"random {size} {family} backbone (seed {seed}) -> {folder}; checkpoint hash "
         f"{identity.checkpoint_hash[:12]}"
+    )
+
+
+@model.command("copy")
+@click.argument("source")
+@click.argument("destination", type=click.Path(file_okay=False))
+def copy(source: str, destination: str) -> None:
+    """Put the checkpoint SOURCE where a cluster reads it: DESTINATION.
+
+    SOURCE is a checkpoint folder here or in object storage (s3://bucket/models/name);
+    DESTINATION a folder on the model volume (deploy/README.md). The copy is checked
+    (config and weights read and hashed) before it is renamed into place, so workers
+    never read half a checkpoint; a DESTINATION holding the same checkpoint is kept.
+    Prints the identity a store's fingerprint records."""
+    from featurestore.checkpoint_copy import copy_checkpoint
+
+    identity = copy_checkpoint(source, destination)
+    click.echo(
+        json.dumps(
+            {
+                "ref": identity.ref,
+                "checkpoint_hash": identity.checkpoint_hash,
+                "weights_sha256": identity.weights_sha256,
+                "family": identity.config.model_type,
+            },
+            indent=2,
+        )
     )
 
 

@@ -255,7 +255,7 @@ def _listen(host: str, port: int) -> socket.socket:
 
 def _config(options: dict, *, port: int):
     """The service's settings from the command line's options."""
-    from service.config import ServiceConfig, read_tokens
+    from service.config import ServiceConfig, is_placeholder, read_tokens
     from service.errors import ServiceSetupError
 
     secret = None
@@ -263,6 +263,11 @@ def _config(options: dict, *, port: int):
         secret = Path(options["callback_secret_file"]).read_bytes().strip()
         if len(secret) < 16:
             raise ServiceSetupError("--callback-secret-file: use a secret of 16+ bytes")
+        if is_placeholder(secret):
+            raise ServiceSetupError(
+                f"--callback-secret-file {options['callback_secret_file']}: holds the "
+                "deployment template's placeholder; put a long random secret there"
+            )
     quota = options["upload_quota_gb"]
     return ServiceConfig(
         stores=options["stores"],

@@ -77,6 +77,13 @@ def read_tokens(path: str | os.PathLike) -> list[str]:
             numbered.append(number)
     if not tokens:
         raise ServiceSetupError(f"--token-file {path}: holds no token (one per line)")
+    placeholder = [n for n, t in zip(numbered, tokens, strict=True) if is_placeholder(t)]
+    if placeholder:
+        raise ServiceSetupError(
+            f"--token-file {path}: line {placeholder[0]} is the deployment template's "
+            f"placeholder ({PLACEHOLDER}...); put long random tokens there "
+            "(python -c 'import secrets; print(secrets.token_urlsafe())')"
+        )
     odd = [
         n
         for n, t in zip(numbered, tokens, strict=True)
@@ -95,6 +102,15 @@ def read_tokens(path: str | os.PathLike) -> list[str]:
             "use long random tokens (python -c 'import secrets; print(secrets.token_urlsafe())')"
         )
     return tokens
+
+
+PLACEHOLDER = "REPLACE-ME"  # what deploy/'s secret templates hold until an operator fills them
+
+
+def is_placeholder(secret: str | bytes) -> bool:
+    """Whether ``secret`` is a deployment template's placeholder, never a real secret."""
+    text = secret.decode("utf-8", "replace") if isinstance(secret, bytes) else secret
+    return text.strip().startswith(PLACEHOLDER)
 
 
 @dataclass
