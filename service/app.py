@@ -22,6 +22,8 @@ from service.api_docs import describe, operation_id
 from service.config import ServiceConfig
 from service.errors import RequestError
 from service.guard import Guard, error_response
+from service.metrics import RequestMetrics
+from service.redoc_page import add_redoc
 from service.routes import jobs, operations, page, registry, uploads
 from service.runtime import Service
 from service.state import StateFolder
@@ -31,8 +33,9 @@ LABELS = {400: "bad request", 404: "not found", 405: "method not allowed"}
 ROUTERS = (page.router, registry.router, operations.router, jobs.router, uploads.router)
 
 
-def create_app(config: ServiceConfig, state: StateFolder) -> Guard:
-    """The app over ``state`` (already held by this process), behind its guard."""
+def create_app(config: ServiceConfig, state: StateFolder) -> RequestMetrics:
+    """The app over ``state`` (already held by this process), behind its guard and the
+    request metrics."""
     service = Service(config, state)
 
     @contextlib.asynccontextmanager
@@ -47,15 +50,17 @@ def create_app(config: ServiceConfig, state: StateFolder) -> Guard:
         version="1",
         lifespan=lifespan,
         static_url="/docs-assets",
+        redoc_url=None,  # add_redoc: the same page without its bundle's outside request
         generate_unique_id_function=operation_id,
     )
+    add_redoc(app, static_url="/docs-assets")
     app.state.service = service
     describe(app, tokens=bool(config.tokens))
     _handle_errors(app)
     app.mount("/static", StaticFiles(directory=page.STATIC), name="static")
     for router in ROUTERS:
         app.include_router(router)
-    return Guard(app, config)
+    return RequestMetrics(Guard(app, config), app.routes, service.metrics)
 
 
 def _handle_errors(app: FastAPI) -> None:

@@ -20,6 +20,7 @@ OPEN_PATHS = (
     "/docs",
     "/docs/oauth2-redirect",
     "/redoc",
+    "/redoc.js",
 )
 OPEN_PREFIXES = ("/static/", "/docs-assets/")
 PROBE_PATHS = ("/healthz", "/readyz")  # answered whatever the Host (a kubelet sends its IP)

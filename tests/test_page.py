@@ -268,17 +268,44 @@ return bad;
 """
 
 
-def test_the_page_makes_no_request_outside_its_origin_and_fits_a_narrow_window(site):
-    browser = site["browser"]
-    origin = site["served"].url
+def _requested(browser) -> list[str]:
+    """The URLs the browser's pages asked for since the log was last read."""
     urls = []
     for entry in browser.get_log("performance"):
         message = json.loads(entry["message"])["message"]
         if message["method"] == "Network.requestWillBeSent":
             urls.append(message["params"]["request"]["url"])
-    assert urls and all(u.startswith((origin + "/", "data:", "blob:")) for u in urls), [
-        u for u in urls if not u.startswith((origin + "/", "data:", "blob:"))
-    ]
+    return urls
+
+
+def _outside(urls: list[str], origin: str) -> list[str]:
+    return [u for u in urls if not u.startswith((origin + "/", "data:", "blob:"))]
+
+
+def test_the_api_pages_make_no_request_outside_their_origin(site):
+    """/docs (Swagger UI) and /redoc, rendered whole in the browser: every request they
+    make goes to the service (Redoc's bundle asked a CDN for its logo before)."""
+    browser, origin = site["browser"], site["served"].url
+    _requested(browser)  # drained: what follows is these pages' own
+    try:
+        for path, rendered in (("/docs", ".swagger-ui .opblock"),
+                               ("/redoc", "[data-section-id]")):  # fmt: skip
+            browser.get(origin + path)
+            _until(lambda css=rendered: _by(browser, css), what=path)
+            time.sleep(1.0)  # images and fonts a rendered page asks for late
+            urls = _requested(browser)
+            assert any(u.startswith(origin + "/openapi.json") for u in urls), (path, urls)
+            assert _outside(urls, origin) == [], path
+    finally:
+        browser.get(origin + "/")
+        _until(lambda: _by(browser, "#heads tbody tr[data-head]"))
+
+
+def test_the_page_makes_no_request_outside_its_origin_and_fits_a_narrow_window(site):
+    browser = site["browser"]
+    origin = site["served"].url
+    urls = _requested(browser)
+    assert urls and _outside(urls, origin) == [], _outside(urls, origin)
     try:
         for width in (420, 1280):  # a phone held upright, a laptop
             browser.set_window_size(width, 900)

@@ -627,3 +627,33 @@ def test_a_state_folder_with_other_things_is_refused(tmp_path):
                       "--state", state, "--source-root", root, expect=2)  # fmt: skip
     assert "thesis.tex" in refused.output and "not an emi service's" in refused.output
     assert (state / "thesis.tex").read_text() == "mine" and len(list(state.iterdir())) == 1
+
+
+def test_metrics_show_the_process_and_each_route_by_template(lab):
+    """/metrics: the process (resident memory, CPU, open files), every request counted
+    and timed by route template and status (a job's id never becomes a label), and job
+    durations resolved from 50 ms."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    served, client = lab["served"], lab["served"].client()
+    for _ in range(3):
+        with pytest.raises(ServiceError):
+            client.job("job-00000000000000000000")  # 404, through the route's template
+    httpx.get(f"{served.url}/no/such/route")
+    samples = {}
+    for family in text_string_to_metric_families(httpx.get(f"{served.url}/metrics").text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    assert samples[("process_resident_memory_bytes", ())] > 10e6
+    assert samples[("process_open_fds", ())] > 0 and ("process_cpu_seconds_total", ()) in samples
+
+    def requests(route: str, status: str) -> float:
+        key = (("method", "GET"), ("route", route), ("status", status))
+        return samples.get(("emi_http_request_duration_seconds_count", key), 0)
+
+    assert requests("/v1/jobs/{job_id}", "404") >= 3
+    assert requests("unmatched", "404") >= 1
+    assert not any("job-0000" in str(labels) for _, labels in samples)
+    buckets = {dict(labels)["le"] for name, labels in samples
+               if name == "emi_job_duration_seconds_bucket"}  # fmt: skip
+    assert "0.05" in buckets and "86400.0" in buckets

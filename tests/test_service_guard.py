@@ -405,7 +405,8 @@ def test_dead_job_threads_make_the_service_not_ready(tmp_path):
     config.state = state.root
     app = create_app(config, state)
     with TestClient(app, base_url="http://127.0.0.1") as web:
-        service = app.app.state.service
+        service = app.app.app.state.service  # behind the request metrics and the guard
+        assert web.get("/healthz").json() == {"status": "ok"}
 
         def crash():
             raise SystemExit("a job thread dies")  # not an Exception: the thread ends
@@ -417,6 +418,8 @@ def test_dead_job_threads_make_the_service_not_ready(tmp_path):
             time.sleep(0.1)
         answer = web.get("/readyz")
         assert answer.status_code == 503 and answer.json()["checks"]["jobs"] == "stopped"
+        alive = web.get("/healthz")  # it cannot recover by itself: the pod is restarted
+        assert alive.status_code == 503 and alive.json() == {"status": "unrecoverable"}
 
 
 def test_expired_uploads_and_results_are_removed_and_in_use_ones_kept(tmp_path):
