@@ -63,6 +63,10 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         served.stop()
     _report(samples, jobs, warmup_s, args)
+    with open(work / "memory.csv", "w") as out:  # for a plot: seconds, MB, jobs done
+        out.write("seconds,rss_mb,jobs\n")
+        out.writelines(f"{t:.1f},{rss / 1e6:.1f},{n}\n" for t, rss, n in samples)
+    print(f"samples: {work / 'memory.csv'}")
 
 
 class FreshAudio:

@@ -175,6 +175,10 @@ def serve(**options) -> None:
     committed. SIGTERM stops taking jobs, lets running parts commit and exits 0.
     """
     from service.errors import ServiceSetupError
+    from service.malloc_arenas import limit_malloc_arenas, limit_onednn_cache
+
+    limit_malloc_arenas()  # before any thread: memory flat over thousands of jobs
+    limit_onednn_cache()  # before torch is imported
     from service.state import StateFolder
 
     _service_logs()

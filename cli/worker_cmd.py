@@ -49,6 +49,11 @@ def worker(
                              list(dask_worker_args))  # fmt: skip
     click.echo(f"emi worker: {resolved} worker for {scheduler}", err=True)
     sys.stderr.flush()
+    from featurestore.cluster import LOG_LIMITS
+
+    for name, value in LOG_LIMITS.items():  # dask reads DASK_A__B_C as a.b-c
+        variable = "DASK_" + name.replace(".", "__").replace("-", "_").upper()
+        os.environ.setdefault(variable, str(value))
     os.execv(command[0], command)
 
 

@@ -11,6 +11,14 @@ import logging
 import os
 
 
+# A worker keeps its last N state-machine events for debugging, each holding its task's
+# arguments: an extraction part's whole clip list. 1000 (dask's default) of them is
+# hundreds of MB for long parts; 100 keeps the story of the last few parts. The
+# scheduler's and workers' in-memory logs keep 10,000 records by default: 1,000 here.
+LOG_LIMITS = {"distributed.admin.low-level-log-length": 100, "distributed.admin.log-length": 1000}
+SPANS_KEPT = 20  # finished runs' spans the scheduler keeps (its dashboard shows them)
+
+
 @contextlib.contextmanager
 def dask_client(
     *,
@@ -43,7 +51,7 @@ def dask_client(
     level = logging.ERROR if quiet else logging.WARNING
     # The workers' statistical profiler samples every thread's stack every 10 ms: about
     # 5% of a CPU extraction, for a dashboard nobody opens here.
-    settings = {"distributed.worker.profile.enabled": False}
+    settings = {"distributed.worker.profile.enabled": False, **LOG_LIMITS}
     if not dashboard:
         # The HTTP servers that distributed always starts answer nothing (no health,
         # metrics or dashboard routes).
@@ -76,3 +84,35 @@ def worker_count(client) -> int:
 def has_gpu_resource(client) -> bool:
     workers = client.scheduler_info().get("workers", {}).values()
     return any(w.get("resources", {}).get("GPU") for w in workers)
+
+
+def forget_finished_spans(client, keep: int = SPANS_KEPT) -> None:
+    """Have the scheduler forget the spans of finished runs but the last ``keep``.
+
+    The scheduler opens a span (with its task groups) for each batch of work that comes
+    after an idle spell and never drops it: a long-lived scheduler (the service's own, or
+    a cluster's that extraction runs against for weeks) grew by each extraction run.
+    Best effort: a scheduler that cannot run this keeps its spans."""
+    with contextlib.suppress(Exception):
+        client.run_on_scheduler(_forget_spans, keep=keep)
+
+
+def _forget_spans(dask_scheduler=None, keep: int = SPANS_KEPT) -> int:
+    """On the scheduler: drop finished root spans (and their children) but the newest
+    ``keep``; the number of spans dropped."""
+    spans = dask_scheduler.extensions.get("spans")
+    if spans is None:
+        return 0
+    done = [root for root in spans.root_spans if root.done]
+    gone = {s.id for root in done[: max(0, len(done) - keep)] for s in root.traverse_spans()}
+    if not gone:
+        return 0
+    spans.root_spans = [root for root in spans.root_spans if root.id not in gone]
+    for span_id in gone:
+        spans.spans.pop(span_id, None)
+    for index in (spans.spans_search_by_name, spans.spans_search_by_tag):
+        for key in list(index):
+            index[key] = [s for s in index[key] if s.id not in gone]
+            if not index[key]:
+                del index[key]
+    return len(gone)

@@ -19,7 +19,12 @@ from dataclasses import dataclass, field, replace
 from tqdm import tqdm
 
 from featurestore.backbone import identify_backbone, local_ref
-from featurestore.cluster import dask_client, has_gpu_resource, worker_count
+from featurestore.cluster import (
+    dask_client,
+    forget_finished_spans,
+    has_gpu_resource,
+    worker_count,
+)
 from featurestore.cpu_dtype import dtype_reason
 from featurestore.devices import require_device
 from featurestore.errors import ClusterLost, StoreError
@@ -329,6 +334,7 @@ def _run_on(client, missing, options, identity, writer, lock, summary) -> None:
             if options.on_part is not None:
                 report(*watcher.running())
     summary.stopped = summary.stopped or watcher.stopped
+    forget_finished_spans(client)
     summary.running_clips = summary.running_failed = 0
     summary.running_audio_s = 0.0
 

@@ -180,3 +180,25 @@ def test_grid_spreads_over_the_cluster(tiny_backbone, tmp_path):
         trained_by.add(config["training"]["trained_by"].split(":")[1])
         assert f"seed{seed}" in result.output
     assert trained_by <= pids and len(trained_by) == 2
+
+
+def test_the_scheduler_forgets_finished_runs_spans():
+    """Each batch of work after an idle spell opens a span on the scheduler, which dask
+    never drops: a long-lived scheduler grew by every extraction run. After a run, emi
+    has it forget finished spans but the newest SPANS_KEPT (the dashboard's history)."""
+    from featurestore.cluster import SPANS_KEPT, dask_client, forget_finished_spans
+
+    def spans_held(dask_scheduler=None) -> int:
+        return len(dask_scheduler.extensions["spans"].spans)
+
+    with dask_client(workers=1, scheduler=None, quiet=True) as client:
+        for k in range(SPANS_KEPT + 15):  # one finished span each: work, then idle
+            assert client.submit(pow, k, 2, pure=False).result() == k * k
+            deadline = time.monotonic() + 10
+            while client.run_on_scheduler(spans_held) < k + 1:  # the span is there
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
+        assert client.run_on_scheduler(spans_held) >= SPANS_KEPT + 15
+        forget_finished_spans(client)
+        assert client.run_on_scheduler(spans_held) == SPANS_KEPT
+        assert client.submit(pow, 3, 3, pure=False).result() == 27  # work goes on

@@ -3,8 +3,9 @@ loopback (stopped, restarted on the same address, replaced) and a real S3 server
 a proxy that can hang; devices by role (a CPU service for GPU workers).
 
 ``EMI_RECOVERY_AWAY_S`` sets how long the scheduler stays away (default 35 s: past the
-10 s a service's client tries to reconnect and dask's own 30 s). The documented figures
-come from ``bench/recovery.py`` (60 s away).
+10 s a service's client tries to reconnect and dask's own 30 s) and
+``EMI_RECOVERY_STORE_AWAY_S`` how long the object store hangs (default 20 s); the
+documented figures come from this file run with both at 60 (``-s`` prints them).
 """
 
 from __future__ import annotations
