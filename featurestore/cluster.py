@@ -10,7 +10,6 @@ import contextlib
 import logging
 import os
 
-
 # A worker keeps its last N state-machine events for debugging, each holding its task's
 # arguments: an extraction part's whole clip list. 1000 (dask's default) of them is
 # hundreds of MB for long parts; 100 keeps the story of the last few parts. The
