@@ -175,10 +175,9 @@ def serve(**options) -> None:
     committed. SIGTERM stops taking jobs, lets running parts commit and exits 0.
     """
     from service.errors import ServiceSetupError
-    from service.malloc_arenas import limit_malloc_arenas, limit_onednn_cache
+    from service.memory_limits import limit_onednn_cache
 
-    limit_malloc_arenas()  # before any thread: memory flat over thousands of jobs
-    limit_onednn_cache()  # before torch is imported
+    limit_onednn_cache()  # before torch is imported: memory bounded over thousands of jobs
     from service.state import StateFolder
 
     _service_logs()

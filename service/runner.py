@@ -164,8 +164,8 @@ class JobRunner:
         from featurestore.errors import ClusterLost
 
         lost = isinstance(err, ClusterGone | ClusterLost) or (
-            client is not None and self.link.lost(client)
-        )
+            job.kind != "train" and client is not None and self.link.lost(client)
+        )  # a train job runs here: its failure is its own whatever the cluster does
         if not lost or self._should_stop(job)():
             return False
         if job.runs >= MAX_RUNS:
