@@ -360,10 +360,9 @@ def test_the_deployments_probes_answer_a_service_with_a_token(tmp_path, tiny_bac
     """The probes of deploy/kubernetes/service.yaml, sent as a kubelet sends them (the
     manifest's path and headers, the pod's address as Host), against a service started
     with a token file as the manifest starts it."""
-    from tests.test_deploy import documents
+    from tests.test_deploy import named
 
-    [deployment] = [d for name, d in documents()
-                    if name == "service.yaml" and d["kind"] == "Deployment"]  # fmt: skip
+    deployment = named("Deployment")["emi-service"]  # as kubectl apply -k makes it
     [container] = deployment["spec"]["template"]["spec"]["containers"]
     assert "--token-file" in container["command"]
     tokens = tmp_path / "tokens"
