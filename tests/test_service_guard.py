@@ -742,7 +742,10 @@ def test_a_full_disk_fails_a_job_and_never_wedges_it(small_disks, tmp_path, tiny
         assert ended["state"] == "failed", json.dumps(ended)
         assert "no space left" in ended["error"]["detail"].lower(), ended["error"]
         assert str(stores) not in json.dumps(ended) and str(state) not in json.dumps(ended)
-        ready = httpx.get(f"{served.url}/readyz")
+        deadline = time.monotonic() + 10  # the state's check runs every 2 s
+        while (ready := httpx.get(f"{served.url}/readyz")).status_code == 200:
+            assert time.monotonic() < deadline, served.text()
+            time.sleep(0.2)
         assert ready.status_code == 503 and ready.json()["checks"]["state"] == "full"
         big = os.urandom(9 * 2**20)  # more than the whole reserve
         answer = httpx.post(f"{served.url}/v1/uploads", files={"files": ("a.wav", big)})
