@@ -56,6 +56,19 @@ def _folders(root: Path, count: int, clips: int, seed: int) -> list[Path]:
     return out
 
 
+def fresh_work(work: Path, marker: str) -> Path:
+    """``work`` emptied for a new run: made here, or removed and made again where the
+    ``marker`` file says an earlier run of the same benchmark made it (a folder of
+    anyone else's is refused, untouched)."""
+    if work.exists():
+        if not (work / marker).exists():
+            raise SystemExit(f"--work {work}: not made by this benchmark; give a new folder")
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    (work / marker).touch()
+    return work
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
@@ -70,13 +83,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--clips-per-job", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3, help="warm-vs-fresh pairs")
     args = parser.parse_args(argv)
-    work = args.work
-    if work.exists():
-        if not (work / "made-by-service-bench").exists():
-            raise SystemExit(f"--work {work}: not made by this benchmark; give a new folder")
-        shutil.rmtree(work)
-    work.mkdir(parents=True)
-    (work / "made-by-service-bench").touch()
+    work = fresh_work(args.work, "made-by-service-bench")
     served = _service(work, args.size)
     root = work / "root"
     total_jobs = args.clients * args.jobs_per_client

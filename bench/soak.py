@@ -31,7 +31,7 @@ sys.path.insert(0, str(REPO))
 
 import psutil  # noqa: E402
 
-from bench.service_throughput import _folders, _service  # noqa: E402
+from bench.service_throughput import _folders, _service, fresh_work  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -47,13 +47,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="every Nth job scores new audio (0: never)")  # fmt: skip
     args = parser.parse_args(argv)
     warmup_s = 60 * (args.warmup if args.warmup is not None else args.minutes / 6)
-    work = args.work
-    if work.exists():
-        if not (work / "made-by-soak").exists():
-            raise SystemExit(f"--work {work}: not made by this benchmark; give a new folder")
-        shutil.rmtree(work)
-    work.mkdir(parents=True)
-    (work / "made-by-soak").touch()
+    work = fresh_work(args.work, "made-by-soak")
     served = _service(work, "tiny")
     folders = _folders(work / "root" / "cycle", args.folders, args.clips_per_job, seed=300)
     fresh = FreshAudio(work / "root" / "fresh", args.clips_per_job)
