@@ -126,3 +126,28 @@ def test_fingerprint_ignores_folder_but_not_weights(tiny_backbone, tmp_path):
         identify_backbone(str(other)).fingerprint
         != identify_backbone(str(tiny_backbone)).fingerprint
     )
+
+
+def test_model_copy_puts_a_checkpoint_in_place_and_never_touches_a_folder_of_theirs(
+    tmp_path, tiny_backbone
+):
+    """emi model copy: the checkpoint lands whole with its identity; again, it is kept;
+    a destination holding something else is refused with nothing changed or left."""
+    from featurestore.backbone import identify_backbone
+    from featurestore.checkpoint_copy import copy_checkpoint
+    from featurestore.errors import BackboneError
+
+    target = tmp_path / "volume" / "backbone"
+    identity = copy_checkpoint(str(tiny_backbone), target)
+    assert identity.weights_sha256 == identify_backbone(str(tiny_backbone)).weights_sha256
+    assert copy_checkpoint(str(tiny_backbone), target).checkpoint_hash == identity.checkpoint_hash
+    theirs = tmp_path / "volume" / "notes"
+    theirs.mkdir()
+    (theirs / "mine.txt").write_text("precious")
+    with pytest.raises(BackboneError, match="not a checkpoint"):
+        copy_checkpoint(str(tiny_backbone), theirs)
+    assert [p.name for p in theirs.iterdir()] == ["mine.txt"]
+    assert (theirs / "mine.txt").read_text() == "precious"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["backbone", "notes"]  # no partial
+    with pytest.raises(BackboneError, match="not a checkpoint folder"):
+        copy_checkpoint(str(theirs), tmp_path / "elsewhere")
