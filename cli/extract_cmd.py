@@ -7,8 +7,15 @@ import sys
 
 import click
 
+from cli.cluster_options import cluster_options
 from featurestore.errors import EXIT_CLIPS_FAILED
-from featurestore.options import COMPUTE_DTYPES, DEFAULT_MODEL, DEVICES, ExtractOptions
+from featurestore.options import (
+    COMPUTE_DTYPES,
+    DEFAULT_MODEL,
+    DEVICES,
+    ExtractOptions,
+    SlurmOptions,
+)
 from manifests.records import count_of
 
 DEFAULTS = ExtractOptions()
@@ -46,13 +53,15 @@ DEFAULTS = ExtractOptions()
     type=click.IntRange(min=1),
     default=DEFAULTS.workers,
     show_default=True,
-    help="Worker processes of the local dask cluster (ignored with --scheduler).",
+    help="Worker processes of the local dask cluster (ignored with --scheduler or "
+    "--cluster slurm).",
 )
 @click.option(
     "--scheduler",
     default=None,
     help="Address of a running dask scheduler (also DASK_SCHEDULER_ADDRESS).",
 )
+@cluster_options(on_demand=False)
 @click.option(
     "--batch-seconds",
     type=click.FloatRange(min=0),
@@ -139,6 +148,8 @@ def extract(
     compute_dtype: str | None,
     workers: int,
     scheduler: str | None,
+    cluster: str,
+    slurm: SlurmOptions | None,
     batch_seconds: float | None,
     decode_threads: int | None,
     layers: str | None,
@@ -170,6 +181,8 @@ def extract(
         compute_dtype=compute_dtype,
         workers=workers,
         scheduler=scheduler,
+        cluster=cluster,
+        slurm=slurm or SlurmOptions(),
         batch_seconds=batch_seconds,
         decode_threads=decode_threads,
         layers=layers,

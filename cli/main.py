@@ -40,6 +40,7 @@ def user_errors() -> tuple[type[Exception], ...]:
         ClusterLost,
         DeviceError,
         LayerError,
+        SlurmError,
         StoreError,
     )
     from manifests.records import ManifestError
@@ -55,6 +56,7 @@ def user_errors() -> tuple[type[Exception], ...]:
         SettingsError,
         LayerError,
         ClusterLost,
+        SlurmError,
     )
 
 

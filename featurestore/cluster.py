@@ -10,6 +10,8 @@ import contextlib
 import logging
 import os
 
+from featurestore.options import SlurmOptions
+
 # A worker keeps its last N state-machine events for debugging, each holding its task's
 # arguments: an extraction part's whole clip list. 1000 (dask's default) of them is
 # hundreds of MB for long parts; 100 keeps the story of the last few parts. The
@@ -26,9 +28,14 @@ def dask_client(
     quiet: bool,
     dashboard: bool = False,
     connect_timeout_s: float | None = None,
+    slurm: SlurmOptions | None = None,
+    device: str = "auto",
+    wait_for_worker: bool = True,
 ):
-    """A distributed client: to ``scheduler`` (or ``DASK_SCHEDULER_ADDRESS``), or a
-    ``LocalCluster`` of ``workers`` single-threaded worker processes.
+    """A distributed client: to ``scheduler`` (or ``DASK_SCHEDULER_ADDRESS``), of
+    workers started as SLURM jobs (``slurm``: ``featurestore.slurm``, on ``device``,
+    ``wait_for_worker`` until one joined), or of a ``LocalCluster`` of ``workers``
+    single-threaded worker processes.
 
     ``connect_timeout_s`` bounds reaching the scheduler (and a lost one's reconnection);
     None: dask's ``distributed.comm.timeouts.connect`` (30 s).
@@ -41,6 +48,13 @@ def dask_client(
     import dask
     from distributed import Client, LocalCluster
 
+    if slurm is not None:
+        from featurestore.slurm import slurm_client
+
+        with slurm_client(slurm, device=device, quiet=quiet, dashboard=dashboard,
+                          wait_for_worker=wait_for_worker) as client:  # fmt: skip
+            yield client
+        return
     address = scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS")
     if address:
         timeout = {} if connect_timeout_s is None else {"timeout": connect_timeout_s}
@@ -77,7 +91,10 @@ def dask_client(
 
 
 def worker_count(client) -> int:
-    return max(1, len(client.scheduler_info().get("workers", {})))
+    """The workers a run plans its parts for: those joined, or the jobs a SLURM cluster
+    runs at once where more."""
+    joined = len(client.scheduler_info().get("workers", {}))
+    return max(1, joined, getattr(client.cluster, "emi_planned_workers", 0))
 
 
 def has_gpu_resource(client) -> bool:

@@ -43,3 +43,9 @@ class ArgumentError(ValueError):
 class LayerError(ValueError):
     """Layers asked for that the backbone or the store does not have (the message names
     the option and the layers there are)."""
+
+
+class SlurmError(RuntimeError):
+    """SLURM could not run emi's worker jobs: sbatch refused them, SLURM will never start
+    them as asked, or their workers keep failing to start (the message says which, with
+    the option to change or the job's log)."""

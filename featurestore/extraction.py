@@ -41,6 +41,7 @@ from featurestore.options import (
 from featurestore.part_task import PartJob, run_part
 from featurestore.records import ClipFailure
 from featurestore.run_watch import RunWatcher
+from featurestore.slurm import failure_of
 from featurestore.spec import build_spec, fingerprint
 from featurestore.store import (
     FeatureStore,
@@ -111,6 +112,8 @@ def plan_parts(records: list[ClipRecord], *, part_seconds: float) -> list[list[C
 
 def _local_cluster(options: ExtractOptions) -> bool:
     """Whether the run starts its own LocalCluster (its workers see this machine)."""
+    if options.cluster == "slurm":
+        return False
     return not (options.scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS"))
 
 
@@ -301,6 +304,8 @@ def _run(records, options, identity, writer, lock, summary) -> None:
         scheduler=options.scheduler,
         quiet=options.quiet,
         dashboard=options.dashboard,
+        slurm=options.slurm if options.cluster == "slurm" else None,
+        device=options.device,
     ) as client:
         _run_on(client, missing, options, identity, writer, lock, summary)
 
@@ -396,6 +401,9 @@ def _commit(future, job: PartJob, writer: StoreWriter, summary: ExtractSummary) 
     try:
         result = future.result()
     except CancelledError as err:  # the client lost its scheduler: the clips did not fail
+        failure = failure_of(future.client)  # or its SLURM jobs cannot run
+        if failure is not None:
+            raise failure from None
         raise ClusterLost(
             f"the dask cluster went away during the run ({err}); the parts committed "
             "before are kept: run again once it is back to resume"

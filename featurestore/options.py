@@ -73,6 +73,49 @@ BACKBONE_SIZES: dict[str, dict] = {
 }
 
 
+CLUSTERS = ("local", "slurm")  # where a run's dask workers come from (--cluster)
+
+
+@dataclass(frozen=True)
+class SlurmOptions:
+    """Dask workers as SLURM jobs (dask-jobqueue): what ``--cluster-*`` set over the
+    ``jobqueue.slurm`` section of the dask configuration (None: the configuration's
+    value, else emi's default).
+
+    Each job runs one ``emi worker`` with one task thread; ``cores`` are the job's CPUs
+    (``--cpus-per-task``), which its torch and audio decoding use.
+
+    Attributes:
+        jobs: worker jobs kept running for the whole run (extraction); a job that ends
+            is replaced.
+        max_jobs: with ``jobs`` None, jobs started on demand up to this many and
+            released after ``idle_s`` without work (the service).
+        queue: the partition (``sbatch -p``).
+        account: the account charged (``sbatch -A``).
+        walltime: each job's time limit, ``HH:MM:SS``.
+        cores: CPUs per job.
+        memory: memory per job (``16GB``).
+        idle_s: seconds a worker may sit idle before its job is released (on demand).
+        log_directory: where the jobs' ``.out``/``.err`` files go (a folder the nodes
+            see); None: the configuration's, else ``slurm-logs`` in emi's user cache.
+    """
+
+    jobs: int | None = None
+    max_jobs: int | None = None
+    queue: str | None = None
+    account: str | None = None
+    walltime: str | None = None
+    cores: int | None = None
+    memory: str | None = None
+    idle_s: float = 60.0
+    log_directory: str | None = None
+
+    @property
+    def planned_jobs(self) -> int:
+        """The most worker jobs this cluster runs at once."""
+        return self.jobs or self.max_jobs or 1
+
+
 @dataclass(frozen=True)
 class ExtractOptions:
     """Settings of one extraction run (the ``emi extract`` options, same defaults).
@@ -88,6 +131,9 @@ class ExtractOptions:
             ``bfloat16`` is the faster choice on a CPU).
         workers: local dask worker processes (1 runs in-process).
         scheduler: address of a running dask scheduler (also ``DASK_SCHEDULER_ADDRESS``).
+        cluster: ``local`` (``workers`` processes here, or ``scheduler``) or ``slurm``
+            (workers as SLURM jobs, as ``slurm`` says; released at the end).
+        slurm: the SLURM jobs' settings, with ``cluster="slurm"``.
         batch_seconds: padded audio seconds per forward; None: 0 on CPU, 120 on GPU.
         decode_threads: threads per worker decoding ahead of the device (0: decode,
             forward and write in turn); None: ``EMI_DECODE_THREADS``, else on GPU
@@ -136,6 +182,8 @@ class ExtractOptions:
     compute_dtype: str | None = None
     workers: int = 1
     scheduler: str | None = None
+    cluster: str = "local"
+    slurm: SlurmOptions = field(default_factory=SlurmOptions)
     batch_seconds: float | None = None
     decode_threads: int | None = None
     layers: str | tuple[int, ...] | None = None
@@ -159,6 +207,10 @@ class ExtractOptions:
     def __post_init__(self) -> None:
         if self.device not in DEVICES and not self.device.startswith("cuda:"):
             raise ValueError(f"device must be one of {', '.join(DEVICES)}, not {self.device!r}")
+        if self.cluster not in CLUSTERS:
+            raise ValueError(f"cluster must be one of {', '.join(CLUSTERS)}, not {self.cluster!r}")
+        if self.cluster == "slurm" and self.scheduler:
+            raise ValueError("give a scheduler or cluster='slurm', not both")
         if self.decode_threads is not None and self.decode_threads < 0:
             raise ValueError(f"decode threads must be 0 or more, not {self.decode_threads}")
         if self.compute_dtype is not None and self.compute_dtype not in COMPUTE_DTYPES:
