@@ -27,38 +27,68 @@ def cluster_options(*, on_demand: bool):
     config = "(default: jobqueue.slurm in the dask configuration)"
     if on_demand:
         count = [
-            click.option("--cluster-max-jobs", "cluster_count", type=click.IntRange(1),
-                         default=2, show_default=True,
-                         help="--cluster slurm: worker jobs at most, started when jobs "
-                         "arrive and released when idle."),  # fmt: skip
-            click.option("--cluster-idle", "cluster_idle", type=click.FloatRange(min=1),
-                         default=60.0, show_default=True,
-                         help="--cluster slurm: seconds a worker job may sit idle "
-                         "before it is released."),  # fmt: skip
+            click.option(
+                "--cluster-max-jobs",
+                "cluster_count",
+                type=click.IntRange(1),
+                default=2,
+                show_default=True,
+                help="--cluster slurm: worker jobs at most, started when jobs "
+                "arrive and released when idle.",
+            ),  # fmt: skip
+            click.option(
+                "--cluster-idle",
+                "cluster_idle",
+                type=click.FloatRange(min=1),
+                default=60.0,
+                show_default=True,
+                help="--cluster slurm: seconds a worker job may sit idle before it is released.",
+            ),  # fmt: skip
         ]
     else:
         count = [
-            click.option("--cluster-jobs", "cluster_count", type=click.IntRange(1),
-                         default=1, show_default=True,
-                         help="--cluster slurm: worker jobs (one dask worker each), kept "
-                         "for the run and released at its end; a job that ends is "
-                         "replaced."),  # fmt: skip
+            click.option(
+                "--cluster-jobs",
+                "cluster_count",
+                type=click.IntRange(1),
+                default=1,
+                show_default=True,
+                help="--cluster slurm: worker jobs (one dask worker each), kept "
+                "for the run and released at its end; a job that ends is "
+                "replaced.",
+            ),  # fmt: skip
         ]
     options = [
-        click.option("--cluster", "cluster", type=click.Choice(CLUSTERS), default="local",
-                     show_default=True,
-                     help="Where the dask workers come from: local (this machine, or "
-                     "--scheduler) or slurm (SLURM jobs, submitted with sbatch from "
-                     "here; settings from jobqueue.slurm in the dask configuration)."),  # fmt: skip
+        click.option(
+            "--cluster",
+            "cluster",
+            type=click.Choice(CLUSTERS),
+            default="local",
+            show_default=True,
+            help="Where the dask workers come from: local (this machine, or "
+            "--scheduler) or slurm (SLURM jobs, submitted with sbatch from "
+            "here; settings from jobqueue.slurm in the dask configuration).",
+        ),  # fmt: skip
         *count,
         click.option("--cluster-queue", default=None, help=f"SLURM partition {config}."),
         click.option("--cluster-account", default=None, help=f"SLURM account {config}."),
-        click.option("--cluster-walltime", default=None, callback=_walltime,
-                     help=f"Each job's time limit, HH:MM:SS {config}."),  # fmt: skip
-        click.option("--cluster-cores", type=click.IntRange(1), default=None,
-                     help=f"CPUs per job {config}, else 1."),  # fmt: skip
-        click.option("--cluster-memory", default=None,
-                     help=f"Memory per job, such as 16GB {config}, else 4GB."),  # fmt: skip
+        click.option(
+            "--cluster-walltime",
+            default=None,
+            callback=_walltime,
+            help=f"Each job's time limit, HH:MM:SS {config}.",
+        ),  # fmt: skip
+        click.option(
+            "--cluster-cores",
+            type=click.IntRange(1),
+            default=None,
+            help=f"CPUs per job {config}, else 1.",
+        ),  # fmt: skip
+        click.option(
+            "--cluster-memory",
+            default=None,
+            help=f"Memory per job, such as 16GB {config}, else 4GB.",
+        ),  # fmt: skip
     ]
 
     def decorate(command):

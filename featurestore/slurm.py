@@ -78,9 +78,7 @@ def make_cluster(options: SlurmOptions, *, device: str, dashboard: bool = False)
         import dask
         from dask_jobqueue import SLURMCluster
     except ImportError:
-        raise SlurmError(
-            "--cluster slurm needs dask-jobqueue: pip install dask-jobqueue"
-        ) from None
+        raise SlurmError("--cluster slurm needs dask-jobqueue: pip install dask-jobqueue") from None
     config = dask.config.get("jobqueue.slurm", default={}) or {}
     gpu = device.startswith("cuda")
     directives = list(config.get("job-extra-directives") or [])

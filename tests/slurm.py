@@ -60,7 +60,7 @@ class LocalSlurm:
         """The cluster's queued and running jobs: id, name, state and reason each."""
         out = self.run("squeue", "-h", "-o", "%i|%j|%T|%r").stdout
         keys = ("id", "name", "state", "reason")
-        return [dict(zip(keys, line.split("|"))) for line in out.splitlines() if line]
+        return [dict(zip(keys, line.split("|"), strict=True)) for line in out.splitlines() if line]
 
     def wait_for_no_jobs(self, timeout_s: float = 60) -> list[dict[str, str]]:
         """Wait until no job is pending or running; the jobs left at the timeout."""
@@ -176,7 +176,7 @@ SlurmctldPidFile={folder}/slurmctld.pid
 SlurmdPidFile={folder}/slurmd.pid
 SlurmctldLogFile={folder}/log/slurmctld.log
 SlurmdLogFile={folder}/log/slurmd.log
-NodeName={node} NodeAddr=127.0.0.1 CPUs={os.cpu_count() or 1} RealMemory={_memory_mb()} State=UNKNOWN
+NodeName={node} NodeAddr=127.0.0.1 CPUs={os.cpu_count() or 1} RealMemory={_memory_mb()}
 PartitionName={PARTITION} Nodes=ALL Default=YES MaxTime=01:00:00 State=UP
 PartitionName={SHORT_PARTITION} Nodes=ALL MaxTime=00:02:00 State=UP
 """
