@@ -12,6 +12,7 @@ from pathlib import Path
 
 import click
 
+from cli.cluster_options import cluster_options
 from service.config import (
     DEFAULT_CALLBACK_BACKOFF_S,
     DEFAULT_CALLBACK_TIMEOUT_S,
@@ -69,6 +70,7 @@ from service.config import (
     help="Local dask worker processes (1 runs in this process).",
 )
 @click.option("--scheduler", default=None, help="Run jobs on this dask scheduler instead.")
+@cluster_options(on_demand=True)
 @click.option("--model", default=None, help="Backbone of extract jobs into new stores.")
 @click.option(
     "--device",
@@ -166,9 +168,11 @@ from service.config import (
 def serve(**options) -> None:
     """Run the job service: score, extract and train jobs over HTTP (docs: The service).
 
-    --device is the dask workers' device: with --scheduler, the service's own work
-    (heads predicting, training) runs on this machine's GPU if it has one, else its
-    CPU, so the service needs no GPU of its own.
+    --device is the dask workers' device: with --scheduler or --cluster slurm, the
+    service's own work (heads predicting, training) runs on this machine's GPU if it
+    has one, else its CPU, so the service needs no GPU of its own. With --cluster slurm
+    the workers are SLURM jobs submitted from here, started when jobs arrive (up to
+    --cluster-max-jobs) and released when idle.
 
     Binds 127.0.0.1 by default; another --host needs --token-file. Jobs survive a
     restart: a job running when the service was killed resumes, and recomputes nothing
@@ -185,7 +189,7 @@ def serve(**options) -> None:
         # the address first: a taken port is refused before anything is made
         listener = _listen(options["host"], options["port"])
         config = _config(options, port=listener.getsockname()[1])
-        _check_local_device(config)
+        _check_cluster(config)
         state = StateFolder.open(config.state)
         config.state = state.root
         state.hold()
@@ -206,14 +210,26 @@ def serve(**options) -> None:
     state.release()
 
 
-def _check_local_device(config) -> None:
-    """Without --scheduler the workers run here: --device cuda needs this machine's GPU
-    (refused at start, not by every job)."""
+def _check_cluster(config) -> None:
+    """Refused at start, not by every job: without --scheduler the workers run here, so
+    --device cuda needs this machine's GPU; with --cluster slurm, sbatch must accept
+    the worker jobs (partition, account, resources)."""
     from featurestore.devices import require_device
-    from featurestore.errors import DeviceError
+    from featurestore.errors import DeviceError, SlurmError
     from service.errors import ServiceSetupError
 
-    if config.scheduler is None:
+    if config.slurm is not None:
+        from featurestore.slurm import check_submits, make_cluster
+
+        try:
+            cluster = make_cluster(config.slurm, device=config.device)
+            try:
+                check_submits(cluster)
+            finally:
+                cluster.close()
+        except SlurmError as err:
+            raise ServiceSetupError(str(err)) from None
+    elif config.scheduler is None:
         try:
             require_device(config.device)
         except DeviceError as err:
@@ -282,6 +298,7 @@ def _config(options: dict, *, port: int):
         tokens=read_tokens(options["token_file"]) if options["token_file"] else [],
         workers=options["workers"],
         scheduler=options["scheduler"],
+        slurm=options["slurm"],
         model=options["model"],
         device=options["device"],
         concurrent_jobs=options["concurrent_jobs"],

@@ -29,6 +29,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import weakref
 from pathlib import Path
 
 from featurestore.errors import SlurmError
@@ -333,13 +334,15 @@ def script_command(cluster) -> str:
     return shlex.join(shlex.split(lines[0])) if lines else ""
 
 
-_FAILURES: dict[int, SlurmError] = {}  # id(client) -> why its SLURM cluster ended the run
+# client -> why its SLURM cluster ended the run (kept while the client lives: the run's
+# thread may ask after the service dropped the cluster)
+_FAILURES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def failure_of(client) -> SlurmError | None:
     """Why ``client``'s SLURM jobs ended the run (its futures were cancelled for it), or
     None."""
-    return _FAILURES.get(id(client))
+    return _FAILURES.get(client)
 
 
 @contextlib.contextmanager
@@ -375,7 +378,7 @@ def slurm_client(options: SlurmOptions, *, device: str, quiet: bool, dashboard: 
         logs = log_directory(options, dask.config.get("jobqueue.slurm", default={}) or {})
 
         def fatal(err: SlurmError) -> None:
-            _FAILURES[id(client)] = err
+            _FAILURES[client] = err
             _cancel_all(client)
 
         with JobWatch(cluster, jobs=options.jobs, logs=logs, on_fatal=fatal) as watch:
@@ -385,7 +388,6 @@ def slurm_client(options: SlurmOptions, *, device: str, quiet: bool, dashboard: 
             yield client
     finally:
         if client is not None:
-            _FAILURES.pop(id(client), None)
             with contextlib.suppress(Exception):
                 client.close()
         cluster.close()

@@ -17,6 +17,8 @@ import threading
 import time
 from dataclasses import dataclass
 
+from featurestore.options import SlurmOptions
+
 log = logging.getLogger("emi.service")
 CHECK_S = 2.0  # how often the client is looked at (and a lost one made again)
 CONNECT_TIMEOUT_S = 10.0  # one attempt to reach the scheduler
@@ -37,21 +39,27 @@ class ClusterStatus:
     workers: int
     words: str
     at: float  # time.monotonic() of the look
+    on_demand: bool = False  # workers are started when jobs come (SLURM)
 
     @property
     def ready(self) -> bool:
-        return self.connected and self.workers > 0
+        return self.connected and (self.workers > 0 or self.on_demand)
 
 
 class ClusterLink:
     """The client jobs use, kept connected (see the module's docstring).
 
-    With ``scheduler`` None the cluster is a LocalCluster this link starts (and starts
-    again should it fail)."""
+    With ``slurm`` the cluster's workers are SLURM jobs on ``device``, started on demand
+    (``featurestore.slurm``); a cluster whose jobs cannot run (its watch says why) is
+    made again. Otherwise, with ``scheduler`` None the cluster is a LocalCluster this
+    link starts (and starts again should it fail)."""
 
-    def __init__(self, *, workers: int, scheduler: str | None, check_s: float = CHECK_S) -> None:
+    def __init__(self, *, workers: int, scheduler: str | None, check_s: float = CHECK_S,
+                 slurm: SlurmOptions | None = None, device: str = "auto") -> None:  # fmt: skip
         self.workers = workers
         self.scheduler = scheduler
+        self.slurm = slurm
+        self.device = device
         self.check_s = check_s
         self._client = None
         self._exit: contextlib.ExitStack | None = None
@@ -128,10 +136,16 @@ class ClusterLink:
             log.warning("the dask client lost its scheduler for good; connecting anew")
             self._drop()
             client = None
+        watch = getattr(getattr(client, "cluster", None), "emi_watch", None)
+        if watch is not None and watch.error is not None:  # its SLURM jobs cannot run
+            log.error("SLURM: %s; making the cluster again", watch.error)
+            self._drop()
+            client = None
         if client is None:
             client = self._connect()
             if client is None:
                 return
+        watch = getattr(client.cluster, "emi_watch", None)  # a SLURM cluster's
         if client.status != "running":  # reconnecting by itself (for up to 30 s)
             self._status = ClusterStatus(False, 0, "unreachable: reconnecting", time.monotonic())
             return
@@ -140,8 +154,11 @@ class ClusterLink:
         except Exception as err:
             self._status = ClusterStatus(False, 0, f"unreachable: {err}", time.monotonic())
             return
-        plural = "s" if workers != 1 else ""
-        self._status = ClusterStatus(True, workers, f"{workers} worker{plural}", time.monotonic())
+        words = f"{workers} worker{'s' if workers != 1 else ''}"
+        if watch is not None:
+            words += f" (SLURM, up to {self.slurm.max_jobs} jobs on demand: {watch.words})"
+        self._status = ClusterStatus(True, workers, words, time.monotonic(),
+                                     on_demand=self.slurm is not None)  # fmt: skip
 
     def _connect(self):
         from featurestore.cluster import dask_client
@@ -154,6 +171,9 @@ class ClusterLink:
                     scheduler=self.scheduler,
                     quiet=True,
                     connect_timeout_s=CONNECT_TIMEOUT_S,
+                    slurm=self.slurm,
+                    device=self.device,
+                    wait_for_worker=False,
                 )
             )
         except Exception as err:

@@ -7,6 +7,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from featurestore.options import SlurmOptions
 from service.errors import ServiceSetupError
 
 MiB = 2**20
@@ -122,7 +123,8 @@ class ServiceConfig:
     state: the state folder (job table, uploads, results).
     source_roots: folders or ``s3://`` prefixes that sources may come from.
     tokens: accepted bearer tokens; empty: no authentication (loopback only).
-    workers, scheduler: the dask cluster: local worker processes, or a scheduler.
+    workers, scheduler, slurm: the dask cluster: local worker processes, a scheduler, or
+        workers as SLURM jobs started on demand (``featurestore.slurm``).
     model: the backbone of extract jobs into new stores; None: emi's default.
     device: ``auto``, ``cpu`` or ``cuda``: the dask workers' device (extraction). The
         service's own work (heads predicting, training) runs on :attr:`own_device`.
@@ -151,6 +153,7 @@ class ServiceConfig:
     tokens: list[str] = field(default_factory=list)
     workers: int = 1
     scheduler: str | None = None
+    slurm: SlurmOptions | None = None
     model: str | None = None
     device: str = "auto"
     concurrent_jobs: int = DEFAULT_CONCURRENT_JOBS
@@ -199,10 +202,16 @@ class ServiceConfig:
     @property
     def own_device(self) -> str:
         """The device of the work done in the service's process (heads predicting,
-        heads training): the workers' ``device`` where they run here (no ``scheduler``),
+        heads training): the workers' ``device`` where they run here (no ``scheduler``
+        nor ``slurm``),
         else ``auto``, a GPU only where this machine has one. A service on a CPU node
         next to GPU workers runs its heads on the CPU."""
-        return self.device if self.scheduler is None else "auto"
+        return self.device if self.cluster == "local" and self.scheduler is None else "auto"
+
+    @property
+    def cluster(self) -> str:
+        """``slurm`` where the workers are SLURM jobs, else ``local``."""
+        return "local" if self.slurm is None else "slurm"
 
     def allowed_host_names(self) -> set[str] | None:
         """The host names a request's ``Host`` may give (without the port); None: any.

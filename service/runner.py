@@ -44,7 +44,8 @@ class JobRunner:
         self._threads: list[threading.Thread] = []
         self._stopping = threading.Event()
         self._wake = threading.Event()
-        self.link = ClusterLink(workers=config.workers, scheduler=config.scheduler)
+        self.link = ClusterLink(workers=config.workers, scheduler=config.scheduler,
+                                slurm=config.slurm, device=config.device)  # fmt: skip
         self.restore_reserve: Callable[[], bool] | None = None  # the state disk's reserve
         self._unrecorded: list[tuple[Job, str, dict]] = []  # ends the table refused
         self._unrecorded_lock = threading.Lock()
@@ -301,6 +302,7 @@ class JobRunner:
     def _run_options(self, job: Job, total: int, refused: int) -> dict:
         options = {
             "client": self.client(),
+            "cluster": self.config.cluster,  # where the workers are (their threads)
             "on_part": self._part_progress(job, total, refused),
             "should_stop": self._should_stop(job),
             "resolved_paths": True,  # listed by manifest_below_roots: real paths

@@ -7,11 +7,12 @@ For the tests (the ``slurm`` fixture) and for trying emi's SLURM path by hand::
 
 Everything listens on 127.0.0.1 (ports chosen free); the daemons' state, spool, pid
 and log files live under the folder (``$EMI_SLURM_DIR``, default
-``/tmp/emi-slurm``). The node is this machine (its CPUs, most of its free memory);
-partition ``debug`` (the default, one hour at most) and ``short`` (two minutes at most)
-hold it. Needs root and Debian's ``slurm-wlm`` and ``munge`` (``./run slurm up``
-installs them with apt-get where they are missing). One munge daemon serves the whole
-machine: one already running is used, else one is started (and left running).
+``/tmp/emi-slurm``). The node is this machine, claiming 8 CPUs and 32 GB whatever it
+has (its jobs share its real cores); partition ``debug`` (the default, four hours at
+most) and ``short`` (two minutes at most) hold it. Needs root and Debian's ``slurm-wlm``
+and ``munge`` (``./run slurm up`` installs them with apt-get where they are missing). One
+munge daemon serves the whole machine: one already running is used, else one is
+started (and left running).
 """
 
 from __future__ import annotations
@@ -28,9 +29,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 DEFAULT_DIR = Path(os.environ.get("EMI_SLURM_DIR", "/tmp/emi-slurm"))
-PARTITION = "debug"  # the default partition: MaxTime one hour
+PARTITION = "debug"  # the default partition: MaxTime four hours
 SHORT_PARTITION = "short"  # MaxTime two minutes: a longer walltime never starts there
 PACKAGES = ("slurm-wlm", "munge")
+# What the node claims (SlurmdParameters=config_overrides): more than this machine has,
+# so the job sizes of deploy/slurm/jobqueue.yaml fit; the jobs share its real cores.
+NODE_CPUS = 8
+NODE_MEMORY_MB = 32768
 DAEMONS = ("/usr/sbin/slurmctld", "/usr/sbin/slurmd", "/usr/sbin/munged")
 
 
@@ -135,14 +140,6 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _memory_mb() -> int:
-    """Most of the free memory (slurmd refuses a node claiming more than it has)."""
-    for line in Path("/proc/meminfo").read_text().splitlines():
-        if line.startswith("MemAvailable:"):
-            return max(512, int(line.split()[1]) // 1024 * 3 // 4)
-    return 1024
-
-
 def write_conf(folder: Path) -> tuple[Path, str]:
     """slurm.conf for a one-node cluster on loopback with its files under ``folder``."""
     node = socket.gethostname().split(".")[0]
@@ -176,8 +173,8 @@ SlurmctldPidFile={folder}/slurmctld.pid
 SlurmdPidFile={folder}/slurmd.pid
 SlurmctldLogFile={folder}/log/slurmctld.log
 SlurmdLogFile={folder}/log/slurmd.log
-NodeName={node} NodeAddr=127.0.0.1 CPUs={os.cpu_count() or 1} RealMemory={_memory_mb()}
-PartitionName={PARTITION} Nodes=ALL Default=YES MaxTime=01:00:00 State=UP
+NodeName={node} NodeAddr=127.0.0.1 CPUs={NODE_CPUS} RealMemory={NODE_MEMORY_MB}
+PartitionName={PARTITION} Nodes=ALL Default=YES MaxTime=04:00:00 State=UP
 PartitionName={SHORT_PARTITION} Nodes=ALL MaxTime=00:02:00 State=UP
 """
     )
@@ -218,12 +215,20 @@ def up(folder: Path = DEFAULT_DIR, timeout_s: float = 60) -> LocalSlurm:
 def down(folder: Path = DEFAULT_DIR) -> None:
     """Cancel the cluster's jobs and stop its daemons (munge stays: others may use it)."""
     conf = folder / "slurm.conf"
-    if conf.exists():
+    if conf.exists() and _alive(folder / "slurmctld.pid"):  # else SLURM's commands retry
         env = {**os.environ, "SLURM_CONF": str(conf)}
         for command in (["scancel", "--full", "-u", "root"], ["scontrol", "shutdown"]):
             subprocess.run(command, env=env, capture_output=True, timeout=30, check=False)
     for pid_file in (folder / "slurmctld.pid", folder / "slurmd.pid"):
         _stop(pid_file)
+
+
+def _alive(pid_file: Path) -> bool:
+    try:
+        os.kill(int(pid_file.read_text().strip()), 0)
+    except (OSError, ValueError):
+        return False
+    return True
 
 
 def _stop(pid_file: Path, timeout_s: float = 15) -> None:
@@ -258,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     except SlurmUnavailable as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    print(f"local SLURM cluster up in {time.monotonic() - started:.1f} s: node {cluster.node}, "
+    print(f"local SLURM cluster up in {time.monotonic() - started:.2f} s: node {cluster.node}, "
           f"partitions {PARTITION} (default) and {SHORT_PARTITION}", file=sys.stderr)  # fmt: skip
     print(f"export SLURM_CONF={cluster.conf}")
     return 0

@@ -76,6 +76,17 @@ ELSEWHERE = {
         "run",
         'mkdocs" build --strict',
     ),
+    # docs/slurm.md's image variant: run against the image ./run image --check built
+    'DASK_JOBQUEUE__SLURM__PYTHON="podman run --rm --network host --user $(id -u):$(id -g) '
+    '--volume $SHARED:$SHARED localhost/emi:0.1.0 python" emi extract $SHARED/audio '
+    "$SHARED/features.zarr --model $SHARED/models/backbone --cluster slurm --cluster-jobs 2 "
+    "--cluster-queue $PARTITION --device $DEVICE": (
+        "deploy/image/check.sh",
+        'DASK_JOBQUEUE__SLURM__PYTHON="podman run --rm --network host --user $(id -u):$(id -g) '
+        '--volume $SHARED:$SHARED localhost/emi:0.1.0 python" emi extract $SHARED/audio '
+        "$SHARED/features.zarr --model $SHARED/models/backbone --cluster slurm --cluster-jobs 2 "
+        "--cluster-queue $PARTITION --device $DEVICE",
+    ),
 }
 # The pages whose shell blocks the tests below run, each block whole.
 SHELL_RUN_BY = {
@@ -83,6 +94,7 @@ SHELL_RUN_BY = {
     "docs/getting-started.md": "test_the_real_checkpoint_tour_runs",
     "docs/service.md": "test_the_service_pages_blocks_run_against_a_real_service",
     "docs/cluster.md": "test_the_cluster_pages_blocks_run_on_a_scheduler_and_s3",
+    "docs/slurm.md": "tests/test_slurm.py::test_the_slurm_pages_blocks_run_as_written",
 }
 PYTHON_RUN_BY = {
     "docs/python-api.md": ("tests/test_python_api.py", "def test_the_python_api_page_runs"),
@@ -117,7 +129,8 @@ def test_every_block_is_run_somewhere():
         assert text in (REPO / file).read_text(), (file, text)
     for page, test_name in SHELL_RUN_BY.items():
         assert runnable(page), f"{page}: {test_name} would run nothing"
-        assert f"def {test_name}(" in Path(__file__).read_text()
+        test_file, _, name = test_name.rpartition("::")
+        assert f"def {name}(" in (REPO / test_file if test_file else Path(__file__)).read_text()
 
 
 def test_the_grid_on_the_heads_page_follows_the_grid_rules():

@@ -58,3 +58,29 @@ kill %1
 wait %1 || true
 INSIDE
 say "extract, train, score and serve inside $image in $((SECONDS - started)) s"
+
+# docs/slurm.md, section 3: worker jobs of a one-node SLURM cluster on this machine
+# (tests/slurm.py) running their worker in this image under Podman; the driver in the
+# project's environment. The command below is the page's, as written.
+if [ "${EMI_IMAGE_CHECK_SLURM:-1}" = 1 ] && [ "$image" = "localhost/emi:$version" ]; then
+  work="$(mktemp -d)"
+  export SHARED="$work/shared" PARTITION=debug DEVICE=cpu HOME="$work/home" HF_HUB_OFFLINE=1
+  export EMI_CACHE="$HOME/.cache/emi" PATH="$here/.venv/bin:$PATH"
+  export DASK_JOBQUEUE__SLURM__SCHEDULER_OPTIONS__HOST=127.0.0.1  # loopback, here only
+  export DASK_JOBQUEUE__SLURM__CORES=1 DASK_JOBQUEUE__SLURM__MEMORY=2GB
+  eval "$("$here/.venv/bin/python" -m tests.slurm up --dir "$work/slurm")"
+  trap '"$here/.venv/bin/python" -m tests.slurm down --dir "$work/slurm"; rm -rf "$work"' EXIT
+  emi model init-random "$SHARED/models/backbone" --size tiny >/dev/null
+  "$here/.venv/bin/python" -c 'import sys; from manifests.synthetic import write_corpus
+write_corpus(sys.argv[1], clips=8, seed=5, min_seconds=1.0, max_seconds=2.0)' "$work/corpus"
+  mv "$work/corpus/audio" "$SHARED/audio"
+  started=$SECONDS
+  cd "$here"
+  DASK_JOBQUEUE__SLURM__PYTHON="podman run --rm --network host --user $(id -u):$(id -g) --volume $SHARED:$SHARED localhost/emi:0.1.0 python" emi extract $SHARED/audio $SHARED/features.zarr --model $SHARED/models/backbone --cluster slurm --cluster-jobs 2 --cluster-queue $PARTITION --device $DEVICE
+  grep -l "emi worker: cpu worker" "$EMI_CACHE"/slurm-logs/emi-worker-*.err >/dev/null
+  written_in_image="$(python -c 'import sys, zarr
+root = zarr.open_group(sys.argv[1], mode="r")
+print(sorted({g.attrs["emi_part"]["written_by"].split(":")[0] for _, g in root["parts"].groups()}))
+' "$SHARED/features.zarr")"
+  say "SLURM worker jobs in $image (Podman): 8 clips in $((SECONDS - started)) s; parts written on $written_in_image"
+fi
