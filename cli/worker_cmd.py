@@ -47,7 +47,7 @@ def worker(
     resolved = require_device(device)  # DeviceError: one line, exit 2 (cli.main)
     command = worker_command(scheduler, resolved, nthreads, memory_limit, name,
                              list(dask_worker_args))  # fmt: skip
-    click.echo(f"emi worker: {resolved} worker for {scheduler}", err=True)
+    click.echo(f"emi worker: {resolved} worker for {scheduler} ({sys.executable})", err=True)
     sys.stderr.flush()
     from featurestore.cluster import LOG_LIMITS
 

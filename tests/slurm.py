@@ -8,7 +8,8 @@ For the tests (the ``slurm`` fixture) and for trying emi's SLURM path by hand::
 Everything listens on 127.0.0.1 (ports chosen free); the daemons' state, spool, pid
 and log files live under the folder (``$EMI_SLURM_DIR``, default
 ``/tmp/emi-slurm``). The node is this machine, claiming 8 CPUs and 32 GB whatever it
-has (its jobs share its real cores); partition ``debug`` (the default, four hours at
+has (its jobs share its real cores) and one stand-in GPU (``--gres=gpu:1`` jobs start;
+torch sees no GPU in them); partition ``debug`` (the default, four hours at
 most) and ``short`` (two minutes at most) hold it. Needs root and Debian's ``slurm-wlm``
 and ``munge`` (``./run slurm up`` installs them with apt-get where they are missing). One
 munge daemon serves the whole machine: one already running is used, else one is
@@ -145,6 +146,9 @@ def write_conf(folder: Path) -> tuple[Path, str]:
     node = socket.gethostname().split(".")[0]
     for sub in ("state", "spool", "log"):
         (folder / sub).mkdir(parents=True, exist_ok=True)
+    # A stand-in GPU (/dev/null), so jobs asking for --gres=gpu:1 start (with
+    # CUDA_VISIBLE_DEVICES=0) as on a GPU node whose GPU torch cannot use.
+    (folder / "gres.conf").write_text(f"NodeName={node} Name=gpu File=/dev/null\n")
     conf = folder / "slurm.conf"
     conf.write_text(
         f"""\
@@ -173,7 +177,8 @@ SlurmctldPidFile={folder}/slurmctld.pid
 SlurmdPidFile={folder}/slurmd.pid
 SlurmctldLogFile={folder}/log/slurmctld.log
 SlurmdLogFile={folder}/log/slurmd.log
-NodeName={node} NodeAddr=127.0.0.1 CPUs={NODE_CPUS} RealMemory={NODE_MEMORY_MB}
+GresTypes=gpu
+NodeName={node} NodeAddr=127.0.0.1 CPUs={NODE_CPUS} RealMemory={NODE_MEMORY_MB} Gres=gpu:1
 PartitionName={PARTITION} Nodes=ALL Default=YES MaxTime=04:00:00 State=UP
 PartitionName={SHORT_PARTITION} Nodes=ALL MaxTime=00:02:00 State=UP
 """
