@@ -153,6 +153,7 @@ def _lab(tmp_path: Path, backbone: Path) -> tuple[Path, dict]:
     splits = write_corpus(shared / "corpus", clips=16, seed=5, min_seconds=1.0, max_seconds=2.0)
     shutil.move(shared / "corpus" / "audio", shared / "audio")
     shutil.copytree(backbone, shared / "models" / "backbone")
+    (shared / "emi-env").symlink_to(Path(sys.executable).parent.parent)  # this venv
     return shared, splits
 
 
@@ -175,9 +176,16 @@ def test_the_slurm_pages_blocks_run_as_written(slurm, tmp_path, tiny_backbone):
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "home" / ".config" / "dask" / "jobqueue.yaml").is_file()
 
+    earlier = set(slurm.run("scontrol", "-o", "show", "jobs").stdout.splitlines())
     done = _shell(extract, env)
     assert done.returncode == 0, done.stderr
     assert "16 clips extracted" in done.stdout and "emi-worker" not in done.stdout  # squeue
+    ended = slurm.run("scontrol", "-o", "show", "jobs").stdout.splitlines()
+    ids = {job.split()[0] for job in earlier}  # JobId=N of the jobs before this run
+    workers = [job for job in ended if "JobName=emi-worker" in job and job.split()[0] not in ids]
+    assert len(workers) == 2, ended  # the jobs had the configuration's settings:
+    for job in workers:  # partition (the option), CPUs and walltime (the copied file)
+        assert {"Partition=debug", "NumCPUs=4", "TimeLimit=02:00:00"} <= set(job.split()), job
     local = tmp_path / "local.zarr"
     run_cli("extract", shared / "audio", local, "--model", tiny_backbone, "--quiet")
     assert_same_features(FeatureStore.open(local), FeatureStore.open(shared / "features.zarr"))
@@ -253,3 +261,15 @@ def _wait_ready(url: str, server: subprocess.Popen, log: Path, timeout_s: float 
             pass
         time.sleep(0.2)
     raise AssertionError(f"emi serve not ready:\n{log.read_text()}")
+
+
+def test_the_slurm_benchmark_runs(slurm, tmp_path):
+    """bench/slurm_extract.py at a toy size (its own cluster beside this module's)."""
+    done = subprocess.run(
+        [sys.executable, "bench/slurm_extract.py", "--work", str(tmp_path / "b"),
+         "--minutes", "0.2", "--repeats", "1"],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert re.search(r"ratio slurm / local: \d+\.\d\d", done.stdout), done.stdout
