@@ -20,7 +20,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import statistics
 import subprocess
@@ -31,20 +30,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.service_throughput import fresh_work  # noqa: E402
 from featurestore.random_backbone import write_random_backbone  # noqa: E402
 from tests import slurm as local_slurm  # noqa: E402
 from tests.synth import write_clip  # noqa: E402
-
-MARK = ".emi-slurm-bench"  # the work folder is emptied only where this benchmark made it
-
-
-def _work(folder: Path) -> Path:
-    if folder.exists() and any(folder.iterdir()) and not (folder / MARK).exists():
-        raise SystemExit(f"{folder} is not empty and not made by this benchmark; give --work")
-    shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir(parents=True)
-    (folder / MARK).touch()
-    return folder
 
 
 def _corpus(folder: Path, minutes: float) -> int:
@@ -70,7 +59,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--size", default="tiny", help="random backbone size")
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args(argv)
-    work = _work(args.work)
+    work = fresh_work(args.work, "made-by-slurm-bench")
     clips = _corpus(work / "audio", args.minutes)
     backbone = write_random_backbone(work / "backbone", size=args.size, seed=0)
     started = time.perf_counter()
@@ -101,7 +90,6 @@ def main(argv: list[str] | None = None) -> None:
     print(f"emi extract --workers {args.jobs} (local):        {local_s:.1f} s "
           f"({', '.join(f'{t:.1f}' for t in times['local'])})")  # fmt: skip
     print(f"ratio slurm / local: {slurm_s / local_s:.2f}")
-    os.sync()
 
 
 if __name__ == "__main__":

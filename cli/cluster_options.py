@@ -1,5 +1,5 @@
 """``--cluster slurm`` and its ``--cluster-*`` options, shared by ``emi extract`` and
-``emi serve``: the command gets ``cluster`` (``local`` or ``slurm``) and ``slurm`` (a
+``emi serve``: the command gets ``slurm`` (a
 :class:`~featurestore.options.SlurmOptions`, or None for the local cluster)."""
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import click
 
 from featurestore.options import CLUSTERS, SlurmOptions
 
+DEFAULTS = SlurmOptions()
 WALLTIME = re.compile(r"^(\d+-)?\d{1,3}(:\d{2}){0,2}$")  # sbatch -t: [D-]HH[:MM[:SS]]
 
 
@@ -35,15 +36,15 @@ def cluster_options(*, on_demand: bool):
                 show_default=True,
                 help="--cluster slurm: worker jobs at most, started when jobs "
                 "arrive and released when idle.",
-            ),  # fmt: skip
+            ),
             click.option(
                 "--cluster-idle",
                 "cluster_idle",
                 type=click.FloatRange(min=1),
-                default=60.0,
+                default=DEFAULTS.idle_s,
                 show_default=True,
                 help="--cluster slurm: seconds a worker job may sit idle before it is released.",
-            ),  # fmt: skip
+            ),
         ]
     else:
         count = [
@@ -56,7 +57,7 @@ def cluster_options(*, on_demand: bool):
                 help="--cluster slurm: worker jobs (one dask worker each), kept "
                 "for the run and released at its end; a job that ends is "
                 "replaced.",
-            ),  # fmt: skip
+            ),
         ]
     options = [
         click.option(
@@ -68,7 +69,7 @@ def cluster_options(*, on_demand: bool):
             help="Where the dask workers come from: local (this machine, or "
             "--scheduler) or slurm (SLURM jobs, submitted with sbatch from "
             "here; settings from jobqueue.slurm in the dask configuration).",
-        ),  # fmt: skip
+        ),
         *count,
         click.option("--cluster-queue", default=None, help=f"SLURM partition {config}."),
         click.option("--cluster-account", default=None, help=f"SLURM account {config}."),
@@ -77,18 +78,18 @@ def cluster_options(*, on_demand: bool):
             default=None,
             callback=_walltime,
             help=f"Each job's time limit, HH:MM:SS {config}.",
-        ),  # fmt: skip
+        ),
         click.option(
             "--cluster-cores",
             type=click.IntRange(1),
             default=None,
             help=f"CPUs per job {config}, else 1.",
-        ),  # fmt: skip
+        ),
         click.option(
             "--cluster-memory",
             default=None,
             help=f"Memory per job, such as 16GB {config}, else 4GB.",
-        ),  # fmt: skip
+        ),
     ]
 
     def decorate(command):
@@ -107,10 +108,10 @@ def cluster_options(*, on_demand: bool):
 def _settings(kwargs: dict, *, on_demand: bool) -> SlurmOptions | None:
     """Pop the ``--cluster-*`` values; the SLURM settings, or None (local)."""
     count = kwargs.pop("cluster_count")
-    idle = kwargs.pop("cluster_idle", 60.0)
+    idle = kwargs.pop("cluster_idle", DEFAULTS.idle_s)
     given = {name: kwargs.pop(f"cluster_{name}")
              for name in ("queue", "account", "walltime", "cores", "memory")}  # fmt: skip
-    if kwargs["cluster"] != "slurm":
+    if kwargs.pop("cluster") != "slurm":
         return None
     if kwargs.get("scheduler"):
         raise click.UsageError("give --scheduler or --cluster slurm, not both")

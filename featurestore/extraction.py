@@ -112,7 +112,7 @@ def plan_parts(records: list[ClipRecord], *, part_seconds: float) -> list[list[C
 
 def _local_cluster(options: ExtractOptions) -> bool:
     """Whether the run starts its own LocalCluster (its workers see this machine)."""
-    if options.cluster == "slurm":
+    if options.slurm is not None:
         return False
     return not (options.scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS"))
 
@@ -304,7 +304,7 @@ def _run(records, options, identity, writer, lock, summary) -> None:
         scheduler=options.scheduler,
         quiet=options.quiet,
         dashboard=options.dashboard,
-        slurm=options.slurm if options.cluster == "slurm" else None,
+        slurm=options.slurm,
         device=options.device,
     ) as client:
         _run_on(client, missing, options, identity, writer, lock, summary)

@@ -131,9 +131,9 @@ class ExtractOptions:
             ``bfloat16`` is the faster choice on a CPU).
         workers: local dask worker processes (1 runs in-process).
         scheduler: address of a running dask scheduler (also ``DASK_SCHEDULER_ADDRESS``).
-        cluster: ``local`` (``workers`` processes here, or ``scheduler``) or ``slurm``
-            (workers as SLURM jobs, as ``slurm`` says; released at the end).
-        slurm: the SLURM jobs' settings, with ``cluster="slurm"``.
+        slurm: the workers are SLURM jobs with these settings (released at the end;
+            with ``client``, that client's workers are); None: ``workers`` processes
+            here, or ``scheduler``.
         batch_seconds: padded audio seconds per forward; None: 0 on CPU, 120 on GPU.
         decode_threads: threads per worker decoding ahead of the device (0: decode,
             forward and write in turn); None: ``EMI_DECODE_THREADS``, else on GPU
@@ -182,8 +182,7 @@ class ExtractOptions:
     compute_dtype: str | None = None
     workers: int = 1
     scheduler: str | None = None
-    cluster: str = "local"
-    slurm: SlurmOptions = field(default_factory=SlurmOptions)
+    slurm: SlurmOptions | None = None
     batch_seconds: float | None = None
     decode_threads: int | None = None
     layers: str | tuple[int, ...] | None = None
@@ -207,10 +206,8 @@ class ExtractOptions:
     def __post_init__(self) -> None:
         if self.device not in DEVICES and not self.device.startswith("cuda:"):
             raise ValueError(f"device must be one of {', '.join(DEVICES)}, not {self.device!r}")
-        if self.cluster not in CLUSTERS:
-            raise ValueError(f"cluster must be one of {', '.join(CLUSTERS)}, not {self.cluster!r}")
-        if self.cluster == "slurm" and self.scheduler:
-            raise ValueError("give a scheduler or cluster='slurm', not both")
+        if self.slurm is not None and self.scheduler:
+            raise ValueError("give a scheduler or slurm settings, not both")
         if self.decode_threads is not None and self.decode_threads < 0:
             raise ValueError(f"decode threads must be 0 or more, not {self.decode_threads}")
         if self.compute_dtype is not None and self.compute_dtype not in COMPUTE_DTYPES:

@@ -24,8 +24,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import shlex
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -70,10 +70,10 @@ ENDED = {"COMPLETED", "CANCELLED", "FAILED", "TIMEOUT", "NODE_FAIL", "PREEMPTED"
 
 def make_cluster(options: SlurmOptions, *, device: str, dashboard: bool = False):
     """A ``SLURMCluster`` of emi workers (its scheduler starts here; no job is submitted
-    before :func:`start`).
+    before it is scaled). ``cluster.emi_logs`` is the folder of the jobs' logs.
 
     Raises:
-        SlurmError: dask-jobqueue is not installed, or sbatch is not on the PATH.
+        SlurmError: dask-jobqueue is not installed.
     """
     try:
         import dask
@@ -93,8 +93,9 @@ def make_cluster(options: SlurmOptions, *, device: str, dashboard: bool = False)
     }
     settings = {} if dashboard else {"distributed.scheduler.http.routes": []}
     settings["distributed.scheduler.default-task-durations"] = {"emi-extract": PART_DURATION}
+    logs = log_directory(options, config)
     with dask.config.set(settings):
-        return SLURMCluster(
+        cluster = SLURMCluster(
             queue=options.queue or config.get("queue"),
             account=options.account or config.get("account"),
             walltime=options.walltime or config.get("walltime"),
@@ -111,9 +112,11 @@ def make_cluster(options: SlurmOptions, *, device: str, dashboard: bool = False)
                 f"export EMI_TORCH_THREADS=${{EMI_TORCH_THREADS:-{cores}}}",
                 "export HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1}",
             ],
-            log_directory=str(log_directory(options, config)),
+            log_directory=str(logs),
             scheduler_options=scheduler_options,
         )
+    cluster.emi_logs = logs
+    return cluster
 
 
 def log_directory(options: SlurmOptions, config: dict) -> Path:
@@ -195,8 +198,8 @@ def last_log_line(folder: Path, job_id: str) -> str:
 class JobWatch:
     """Looks at the cluster's jobs every ``watch_s`` (see the module's docstring).
 
-    ``fixed``: the cluster keeps ``cluster``'s current job count (ended jobs are
-    replaced); otherwise ended jobs are only forgotten (the adaptive scaler starts
+    With ``jobs`` the cluster keeps that many jobs (ended jobs are replaced);
+    otherwise ended jobs are only forgotten (the adaptive scaler starts
     others when there is work). ``on_fatal`` is called once, from the watch's thread,
     with the :class:`SlurmError` that ends the run."""
 
@@ -208,7 +211,6 @@ class JobWatch:
         self.watch_s = watch_s
         self.on_fatal = on_fatal
         self.error: SlurmError | None = None
-        self.replaced = 0  # ended jobs replaced
         self.words = "no job yet"  # what the jobs are doing, for progress and /readyz
         self._joined: set[str] = set()  # worker names that joined once
         self._failed_starts = 0
@@ -254,8 +256,8 @@ class JobWatch:
                     raise SlurmError(f"sbatch did not submit worker job {name} within "
                                      f"{SUBMIT_GRACE_S:.0f} s (see the log above)")  # fmt: skip
                 continue
-            state, reason = states.get(job_id, ("ENDED", ""))
-            if state in ENDED or state == "ENDED":
+            state, reason = states.get(job_id, ("", ""))
+            if job_id not in states or state in ENDED:  # gone from the queue: ended
                 ended.append((name, job_id))
             elif state == "PENDING":
                 pending.append((job_id, reason))
@@ -289,7 +291,6 @@ class JobWatch:
             log.warning("SLURM worker job %s ended before its worker joined: %s", job_id, why)
         names = [name for name, _ in ended]
         self.cluster.sync(_forget_jobs, self.cluster, names, self.jobs)
-        self.replaced += len(ended) if self.jobs else 0
 
     def _started(self, name: str) -> bool:
         return any(n == name or str(n).startswith(f"{name}-") for n in self._joined)
@@ -316,8 +317,6 @@ def wait_for_first_worker(client, watch: JobWatch, *, quiet: bool, every_s: floa
     Raises:
         SlurmError: the watch found the jobs cannot start.
     """
-    import sys
-
     said = time.monotonic()
     while not client.scheduler_info().get("workers"):
         if watch.error is not None:
@@ -326,12 +325,6 @@ def wait_for_first_worker(client, watch: JobWatch, *, quiet: bool, every_s: floa
             print(f"waiting for SLURM to start emi's workers: {watch.words}", file=sys.stderr)
             said = time.monotonic()
         time.sleep(0.5)
-
-
-def script_command(cluster) -> str:
-    """The worker line of the job script (for messages and docs)."""
-    lines = [line for line in cluster.job_script().splitlines() if WORKER_COMMAND in line]
-    return shlex.join(shlex.split(lines[0])) if lines else ""
 
 
 # client -> why its SLURM cluster ended the run (kept while the client lives: the run's
@@ -359,7 +352,6 @@ def slurm_client(options: SlurmOptions, *, device: str, quiet: bool, dashboard: 
             keep failing to start (also while the client is in use: its futures are
             cancelled and :func:`failure_of` says why).
     """
-    import dask
     from distributed import Client
 
     cluster = make_cluster(options, device=device, dashboard=dashboard)
@@ -375,13 +367,12 @@ def slurm_client(options: SlurmOptions, *, device: str, quiet: bool, dashboard: 
             cluster.adapt(minimum_jobs=0, maximum_jobs=options.max_jobs or 1,
                           interval=f"{interval}s",
                           wait_count=max(1, round(options.idle_s / interval)))  # fmt: skip
-        logs = log_directory(options, dask.config.get("jobqueue.slurm", default={}) or {})
 
         def fatal(err: SlurmError) -> None:
             _FAILURES[client] = err
             _cancel_all(client)
 
-        with JobWatch(cluster, jobs=options.jobs, logs=logs, on_fatal=fatal) as watch:
+        with JobWatch(cluster, jobs=options.jobs, logs=cluster.emi_logs, on_fatal=fatal) as watch:
             cluster.emi_watch = watch  # the service shows what the jobs do
             if wait_for_worker:
                 wait_for_first_worker(client, watch, quiet=quiet)

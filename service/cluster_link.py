@@ -136,16 +136,15 @@ class ClusterLink:
             log.warning("the dask client lost its scheduler for good; connecting anew")
             self._drop()
             client = None
-        watch = getattr(getattr(client, "cluster", None), "emi_watch", None)
-        if watch is not None and watch.error is not None:  # its SLURM jobs cannot run
-            log.error("SLURM: %s; making the cluster again", watch.error)
+        if (failed := _slurm_watch(client)) is not None and failed.error is not None:
+            log.error("SLURM: %s; making the cluster again", failed.error)  # jobs cannot run
             self._drop()
             client = None
         if client is None:
             client = self._connect()
             if client is None:
                 return
-        watch = getattr(client.cluster, "emi_watch", None)  # a SLURM cluster's
+        watch = _slurm_watch(client)
         if client.status != "running":  # reconnecting by itself (for up to 30 s)
             self._status = ClusterStatus(False, 0, "unreachable: reconnecting", time.monotonic())
             return
@@ -202,3 +201,9 @@ class ClusterLink:
     @staticmethod
     def _usable(client) -> bool:
         return client is not None and client.status == "running"
+
+
+def _slurm_watch(client):
+    """The ``featurestore.slurm.JobWatch`` of ``client``'s SLURM cluster (None: no client,
+    or not a SLURM cluster)."""
+    return getattr(getattr(client, "cluster", None), "emi_watch", None)

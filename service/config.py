@@ -206,12 +206,7 @@ class ServiceConfig:
         nor ``slurm``),
         else ``auto``, a GPU only where this machine has one. A service on a CPU node
         next to GPU workers runs its heads on the CPU."""
-        return self.device if self.cluster == "local" and self.scheduler is None else "auto"
-
-    @property
-    def cluster(self) -> str:
-        """``slurm`` where the workers are SLURM jobs, else ``local``."""
-        return "local" if self.slurm is None else "slurm"
+        return self.device if self.scheduler is None and self.slurm is None else "auto"
 
     def allowed_host_names(self) -> set[str] | None:
         """The host names a request's ``Host`` may give (without the port); None: any.

@@ -302,7 +302,7 @@ class JobRunner:
     def _run_options(self, job: Job, total: int, refused: int) -> dict:
         options = {
             "client": self.client(),
-            "cluster": self.config.cluster,  # where the workers are (their threads)
+            "slurm": self.config.slurm,  # where the workers are (their threads)
             "on_part": self._part_progress(job, total, refused),
             "should_stop": self._should_stop(job),
             "resolved_paths": True,  # listed by manifest_below_roots: real paths

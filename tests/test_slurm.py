@@ -157,9 +157,9 @@ def _lab(tmp_path: Path, backbone: Path) -> tuple[Path, dict]:
     return shared, splits
 
 
-def _shell(block, env: dict, **popen) -> subprocess.CompletedProcess:
+def _shell(block, env: dict) -> subprocess.CompletedProcess:
     return subprocess.run(["bash", "-euo", "pipefail", "-c", block.text], env=env, cwd=REPO,
-                          capture_output=True, text=True, timeout=300, **popen)  # fmt: skip
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
 
 
 def test_the_slurm_pages_blocks_run_as_written(slurm, tmp_path, tiny_backbone):
