@@ -15,6 +15,17 @@ DEFAULTS = SlurmOptions()
 WALLTIME = re.compile(r"^(\d+-)?\d{1,3}(:\d{2}){0,2}$")  # sbatch -t: [D-]HH[:MM[:SS]]
 
 
+SLURM_WORD = re.compile(r"^[\w.,:@+-]+$")  # a partition list, an account, 16GB: no spaces
+
+
+def _slurm_word(ctx, param, value: str | None) -> str | None:
+    """A value that goes into an ``#SBATCH`` line as one word (a space or a line break
+    would add to the job script)."""
+    if value is not None and not SLURM_WORD.match(value):
+        raise click.BadParameter(f"{value!r}: letters, digits and . , : @ + - _ only")
+    return value
+
+
 def _walltime(ctx, param, value: str | None) -> str | None:
     if value is not None and not WALLTIME.match(value):
         raise click.BadParameter(f"{value!r} is not a SLURM time such as 02:00:00 or 1-00:00:00")
@@ -71,8 +82,12 @@ def cluster_options(*, on_demand: bool):
             "here; settings from jobqueue.slurm in the dask configuration).",
         ),
         *count,
-        click.option("--cluster-queue", default=None, help=f"SLURM partition {config}."),
-        click.option("--cluster-account", default=None, help=f"SLURM account {config}."),
+        click.option(
+            "--cluster-queue", default=None, callback=_slurm_word, help=f"SLURM partition {config}."
+        ),
+        click.option(
+            "--cluster-account", default=None, callback=_slurm_word, help=f"SLURM account {config}."
+        ),
         click.option(
             "--cluster-walltime",
             default=None,
@@ -88,6 +103,7 @@ def cluster_options(*, on_demand: bool):
         click.option(
             "--cluster-memory",
             default=None,
+            callback=_slurm_word,
             help=f"Memory per job, such as 16GB {config}, else 4GB.",
         ),
     ]

@@ -32,6 +32,7 @@ from pathlib import Path
 DEFAULT_DIR = Path(os.environ.get("EMI_SLURM_DIR", "/tmp/emi-slurm"))
 PARTITION = "debug"  # the default partition: MaxTime four hours
 SHORT_PARTITION = "short"  # MaxTime two minutes: a longer walltime never starts there
+CLUSTER_NAME = "emi-local"  # marks a folder as this module's (slurm.conf)
 PACKAGES = ("slurm-wlm", "munge")
 # What the node claims (SlurmdParameters=config_overrides): more than this machine has,
 # so the job sizes of deploy/slurm/jobqueue.yaml fit; the jobs share its real cores.
@@ -152,7 +153,7 @@ def write_conf(folder: Path) -> tuple[Path, str]:
     conf = folder / "slurm.conf"
     conf.write_text(
         f"""\
-ClusterName=emi-local
+ClusterName={CLUSTER_NAME}
 SlurmctldHost={node}(127.0.0.1)
 SlurmctldPort={_free_port()}
 SlurmdPort={_free_port()}
@@ -189,12 +190,15 @@ PartitionName={SHORT_PARTITION} Nodes=ALL MaxTime=00:02:00 State=UP
 def up(folder: Path = DEFAULT_DIR, timeout_s: float = 60) -> LocalSlurm:
     """Start munge (where none runs), slurmctld and slurmd; return once the node is idle.
 
-    A cluster already running from ``folder`` is stopped first.
+    A cluster already running from ``folder`` is stopped first, and the folder made
+    again: it must be missing, empty, or one this module made.
 
     Raises:
-        SlurmUnavailable: the packages are missing and cannot be installed, or the node
-            never came up (the daemons' logs under ``folder/log`` say why).
+        SlurmUnavailable: ``folder`` holds other things, the packages are missing and
+            cannot be installed, or the node never came up (the daemons' logs under
+            ``folder/log`` say why).
     """
+    _refuse_others(folder)
     install()
     if os.geteuid() != 0:
         raise SlurmUnavailable("the local SLURM cluster runs its daemons as root")
@@ -218,7 +222,12 @@ def up(folder: Path = DEFAULT_DIR, timeout_s: float = 60) -> LocalSlurm:
 
 
 def down(folder: Path = DEFAULT_DIR) -> None:
-    """Cancel the cluster's jobs and stop its daemons (munge stays: others may use it)."""
+    """Cancel the cluster's jobs and stop its daemons (munge stays: others may use it).
+
+    Raises:
+        SlurmUnavailable: ``folder`` holds other things than this module's cluster.
+    """
+    _refuse_others(folder)
     conf = folder / "slurm.conf"
     if conf.exists() and _alive(folder / "slurmctld.pid"):  # else SLURM's commands retry
         env = {**os.environ, "SLURM_CONF": str(conf)}
@@ -226,6 +235,24 @@ def down(folder: Path = DEFAULT_DIR) -> None:
             subprocess.run(command, env=env, capture_output=True, timeout=30, check=False)
     for pid_file in (folder / "slurmctld.pid", folder / "slurmd.pid"):
         _stop(pid_file)
+
+
+def _refuse_others(folder: Path) -> None:
+    """Only a missing or empty folder, or one holding this module's slurm.conf, is used
+    (its files removed, the processes its pid files name stopped)."""
+    if not folder.is_dir() or not any(folder.iterdir()):
+        if folder.exists() and not folder.is_dir():
+            raise SlurmUnavailable(f"{folder} is a file; give a folder for the cluster's state")
+        return
+    try:
+        ours = f"ClusterName={CLUSTER_NAME}\n" in (folder / "slurm.conf").read_text()
+    except OSError:
+        ours = False
+    if not ours:
+        raise SlurmUnavailable(
+            f"{folder} holds files that are not a local SLURM cluster's; give an empty or "
+            "new folder (--dir)"
+        )
 
 
 def _alive(pid_file: Path) -> bool:
@@ -259,7 +286,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dir", type=Path, default=DEFAULT_DIR, help="its state and logs")
     args = parser.parse_args(argv)
     if args.action == "down":
-        down(args.dir)
+        try:
+            down(args.dir)
+        except SlurmUnavailable as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 1
         print(f"local SLURM cluster in {args.dir} stopped", file=sys.stderr)
         return 0
     started = time.monotonic()

@@ -46,6 +46,35 @@ def slurm(tmp_path_factory):
         local_slurm.down(folder)
 
 
+def test_the_local_cluster_uses_only_a_folder_it_made(tmp_path):
+    """up and down on a folder of someone else's: refused, its files left as they were
+    (no SLURM needed: refused before anything starts)."""
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "notes.txt").write_text("mine")
+    (theirs / "slurmd.pid").write_text(str(os.getpid()))  # never signalled
+    for action in (local_slurm.up, local_slurm.down):
+        with pytest.raises(local_slurm.SlurmUnavailable, match="not a local SLURM cluster's"):
+            action(theirs)
+    assert sorted(p.name for p in theirs.iterdir()) == ["notes.txt", "slurmd.pid"]
+    assert (theirs / "notes.txt").read_text() == "mine"
+    done = subprocess.run([sys.executable, "-m", "tests.slurm", "down", "--dir", str(theirs)],
+                          cwd=REPO, capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 1 and "error: " in done.stderr
+
+
+def test_cluster_options_that_would_add_lines_to_the_job_script_are_refused(tmp_path):
+    """--cluster-* values go into #SBATCH lines: a space or a line break is refused,
+    naming the option, before anything is read or submitted."""
+    bad = [("--cluster-queue", "debug\nrm -rf ~"), ("--cluster-account", "a b"),
+           ("--cluster-memory", "4GB;x"), ("--cluster-walltime", "2 hours")]  # fmt: skip
+    for option, value in bad:
+        done = run_cli("extract", tmp_path / "audio", tmp_path / "s.zarr", "--cluster", "slurm",
+                       option, value, expect=2)  # fmt: skip
+        assert f"Invalid value for '{option}'" in done.output, done.output
+    assert not (tmp_path / "s.zarr").exists()
+
+
 def lab_env(cluster, home: Path, **more: str) -> dict[str, str]:
     """A login node's shell: emi on the PATH, SLURM's configuration, a home of its own;
     the dask scheduler on 127.0.0.1 (the only setting a lab would not make)."""
