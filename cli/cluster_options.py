@@ -32,10 +32,8 @@ def _walltime(ctx, param, value: str | None) -> str | None:
     return value
 
 
-def cluster_options(*, on_demand: bool):
-    """The options; ``on_demand`` (the service): ``--cluster-max-jobs`` and
-    ``--cluster-idle`` (jobs started when work arrives, released when idle) instead of
-    ``--cluster-jobs`` (jobs kept for the whole run)."""
+def _options(*, on_demand: bool) -> list:
+    """The click options, ``--cluster`` first."""
     config = "(default: jobqueue.slurm in the dask configuration)"
     if on_demand:
         count = [
@@ -107,6 +105,14 @@ def cluster_options(*, on_demand: bool):
             help=f"Memory per job, such as 16GB {config}, else 4GB.",
         ),
     ]
+    return options
+
+
+def cluster_options(*, on_demand: bool):
+    """The options; ``on_demand`` (the service): ``--cluster-max-jobs`` and
+    ``--cluster-idle`` (jobs started when work arrives, released when idle) instead of
+    ``--cluster-jobs`` (jobs kept for the whole run)."""
+    options = _options(on_demand=on_demand)
 
     def decorate(command):
         @functools.wraps(command)
