@@ -273,6 +273,8 @@ def measure(args) -> dict:
             max_seconds=None,
         )
         result = part_task.run_part(job, encoder=encoder) if pipelined else part_task.run_part(job)
+        # a PartResult; an earlier tree's part task answers a dict
+        result = result if isinstance(result, dict) else vars(result)
         if result["failures"]:
             raise RuntimeError(f"clips failed: {result['failures'][:3]}")
         audio_s += result["audio_s"]

@@ -63,7 +63,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         other_path = Path(tmp) / f"{args.dtype}.zarr"
         start = time.perf_counter()
-        options = ExtractOptions(
+        options = ExtractOptions.of(
             model=base.spec.backbone.ref, compute_dtype=args.dtype, device="cpu", quiet=True
         )
         summary = extract(build_manifest(args.demo / "audio"), str(other_path), options)

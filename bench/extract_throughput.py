@@ -170,7 +170,7 @@ def time_emi_library(
     backbone ran that were padding."""
     start = time.perf_counter()
     records = build_manifest(folder)
-    options = ExtractOptions(
+    options = ExtractOptions.of(
         model=str(checkpoint),
         device=device,
         compute_dtype=dtype,

@@ -72,7 +72,7 @@ def prepare(work: Path, clips: int, size: str, seed: int) -> tuple[Path, dict[st
     backbone = write_random_backbone(work / f"backbone-{size}", size=size, seed=seed)
     records = build_manifest(work / "audio", label_files=list(splits.values()))
     summary = extract(
-        records, str(work / "feats.zarr"), ExtractOptions(model=str(backbone), layers="all")
+        records, str(work / "feats.zarr"), ExtractOptions.of(model=str(backbone), layers="all")
     )
     if summary.failed:
         raise SystemExit(f"{len(summary.failed)} clips failed to extract: {summary.failed[:3]}")

@@ -120,7 +120,7 @@ def _service(work: Path, size: str) -> Served:
     ckpt = write_random_backbone(work / "ckpt", size=size, seed=0)
     splits = write_corpus(root / "train", clips=40, seed=1, min_seconds=1.0, max_seconds=3.0)
     extract(build_manifest(root / "train" / "audio"), str(work / "t.zarr"),
-            ExtractOptions(model=str(ckpt), quiet=True))  # fmt: skip
+            ExtractOptions.of(model=str(ckpt), quiet=True))  # fmt: skip
     served = Served(work / "serve", [root], "--jobs", "2")
     served.folder.mkdir()
     train(str(work / "t.zarr"), splits["train"], splits["valid"], served.heads / "ml",

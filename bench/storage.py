@@ -71,7 +71,7 @@ def backbone_layers(seconds: float, size: str, work: Path) -> dict[str, np.ndarr
     extract(
         build_manifest(audio),
         str(work / "feats.zarr"),
-        ExtractOptions(model=str(model), layers="all", quiet=True),
+        ExtractOptions.of(model=str(model), layers="all", quiet=True),
     )
     store = FeatureStore.open(work / "feats.zarr")
     layers = {"hidden": np.concatenate([store.hidden(c) for c in store.clip_ids])}

@@ -19,6 +19,7 @@ from featurestore.options import (
 from manifests.records import count_of
 
 DEFAULTS = ExtractOptions()
+COMPUTE, FEATURES = DEFAULTS.compute, DEFAULTS.features
 
 
 @click.command()
@@ -34,7 +35,7 @@ DEFAULTS = ExtractOptions()
 @click.option(
     "--device",
     type=click.Choice(DEVICES),
-    default=DEFAULTS.device,
+    default=COMPUTE.device,
     show_default=True,
     help="auto: cuda on workers that have a GPU, else cpu.",
 )
@@ -51,7 +52,7 @@ DEFAULTS = ExtractOptions()
 @click.option(
     "--workers",
     type=click.IntRange(min=1),
-    default=DEFAULTS.workers,
+    default=COMPUTE.workers,
     show_default=True,
     help="Worker processes of the local dask cluster (ignored with --scheduler or "
     "--cluster slurm).",
@@ -100,7 +101,7 @@ DEFAULTS = ExtractOptions()
 @click.option(
     "--window-seconds",
     type=click.FloatRange(min=0),
-    default=DEFAULTS.window_seconds,
+    default=FEATURES.window_seconds,
     show_default=True,
     help="Encode longer clips in windows of this length (bounded memory); "
     "0 encodes every clip whole.",
@@ -173,7 +174,7 @@ def extract(
     from manifests import load_source
 
     records = load_source(source, label_files=label_files)
-    options = ExtractOptions(
+    options = ExtractOptions.of(
         model=model,
         revision=revision,
         device=device,

@@ -258,7 +258,10 @@ def predict(store: str, head_paths: tuple[str, ...], output: str, device: str) -
     help="Backbone folder or hub id; default: the one the heads' store used.",
 )
 @click.option(
-    "--workers", type=click.IntRange(min=1), default=ExtractOptions().workers, show_default=True
+    "--workers",
+    type=click.IntRange(min=1),
+    default=ExtractOptions().compute.workers,
+    show_default=True,
 )
 @click.option("--scheduler", default=None, help="Address of a running dask scheduler.")
 @DEVICE_OPTION
@@ -269,9 +272,15 @@ def score(audio_dir: str, head_paths: tuple[str, ...], output: str, **options) -
     Exit status 3 when some clips could not be extracted (they are left out of the CSV
     and listed).
     """
+    from featurestore.options import ComputeSettings
     from service.score import score_folder
 
-    result = score_folder(audio_dir, head_paths, output=output, **options)
+    compute = ComputeSettings(
+        workers=options.pop("workers"),
+        scheduler=options.pop("scheduler"),
+        device=options.pop("device"),
+    )
+    result = score_folder(audio_dir, head_paths, output=output, compute=compute, **options)
     click.echo(
         f"{count_of(len(result.predictions.clip_ids), 'clip')} scored "
         f"({result.extracted} extracted, "

@@ -4,14 +4,14 @@ Public API (imported on first use, so ``import featurestore`` stays light):
 
     from featurestore import FeatureStore, extract, ExtractOptions
     store = FeatureStore.open("feats.zarr")
-    summary = extract(load_source("audio/"), "feats.zarr", ExtractOptions(model="ckpt"))
+    summary = extract(load_source("audio/"), "feats.zarr", ExtractOptions.of(model="ckpt"))
 
 See the docs' "Python API" page (docs/python-api.md) for a walk through.
 """
 
 from __future__ import annotations
 
-import importlib
+from featurestore.exports import lazy_exports
 
 _EXPORTS = {
     "FeatureStore": "featurestore.store",
@@ -22,6 +22,10 @@ _EXPORTS = {
     "extract": "featurestore.extraction",
     "ExtractSummary": "featurestore.extraction",
     "ExtractOptions": "featurestore.options",
+    "FeatureChoice": "featurestore.options",
+    "ComputeSettings": "featurestore.options",
+    "WritePolicy": "featurestore.options",
+    "RunHooks": "featurestore.options",
     "DEFAULT_MODEL": "featurestore.options",
     "store_info": "featurestore.report",
     "verify_store": "featurestore.report",
@@ -39,14 +43,4 @@ _EXPORTS = {
     "LayerError": "featurestore.errors",
     "ArgumentError": "featurestore.errors",
 }
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'featurestore' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return __all__
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 
@@ -117,91 +117,76 @@ class SlurmOptions:
 
 
 @dataclass(frozen=True)
-class ExtractOptions:
-    """Settings of one extraction run (the ``emi extract`` options, same defaults).
+class FeatureChoice:
+    """Which features a run makes (what their fingerprint holds) and which feature set
+    of the store receives them.
 
     Attributes:
         model: checkpoint folder or hub id; None: the store's backbone, for a new store
             :data:`DEFAULT_MODEL`.
         revision: hub revision of ``model``.
-        device: ``auto`` (cuda on workers with a GPU, else cpu), ``cpu`` or ``cuda``.
         compute_dtype: the backbone's compute dtype, one of :data:`COMPUTE_DTYPES` (in
             the fingerprint: features of two dtypes never share a set); None: the
             set's, for a new set ``float32`` (``featurestore.cpu_dtype`` says when
             ``bfloat16`` is the faster choice on a CPU).
-        workers: local dask worker processes (1 runs in-process).
-        scheduler: address of a running dask scheduler (also ``DASK_SCHEDULER_ADDRESS``).
-        slurm: the workers are SLURM jobs with these settings (released at the end;
-            with ``client``, that client's workers are); None: ``workers`` processes
-            here, or ``scheduler``.
-        batch_seconds: padded audio seconds per forward; None: 0 on CPU, 120 on GPU.
-        decode_threads: threads per worker decoding ahead of the device (0: decode,
-            forward and write in turn); None: ``EMI_DECODE_THREADS``, else on GPU
-            workers their share of the CPUs, on CPU 0.
-        feature_set: the store's feature set to extract into (created where it is
-            new; a lower-case name); None: the set made with this run's backbone (its
-            settings are the defaults), else the default set; for a new store the
-            backbone's name.
         layers: the transformer layers to store: ``"last"``, ``"all"``, ``"0,6,12"``
             or a tuple of layer numbers (the last layer is always stored; in the
             fingerprint); None: the store's layers, for a new store ``"last"``.
         max_seconds: keep each clip's first seconds (the paper: 12).
         window_seconds: encode longer clips in windows of this length; None: never.
-        part_seconds: audio seconds per part (one task, one store group); None:
-            :data:`CPU_PART_SECONDS`, or :data:`GPU_PART_SECONDS` on GPU workers.
-        refresh_changed: recompute stored clips whose file (the same source path)
-            changed since.
-        replace_other_sources: also replace a stored clip by a file of the same clip
-            id from another source path with other content (never done otherwise: such
-            a file is a failure naming both paths).
+        feature_set: the store's feature set to extract into (created where it is
+            new; a lower-case name); None: the set made with this run's backbone (its
+            settings are the defaults), else the default set; for a new store the
+            backbone's name.
         new_set_name: with ``feature_set`` None, the name of the set to add where the
             store has no set of these features (with the fingerprint appended where the
             name is taken); chosen under the writer lock.
-        wait_for_lock_s: wait this long for another writer of the store to finish
-            (saying so on stderr) instead of failing at once.
         expect_fingerprint: refuse, before any work, to make other features.
-        dashboard: serve the local cluster's dashboard on 127.0.0.1:8787.
-        quiet: no progress bar.
-        storage_options: fsspec options for an ``s3://`` store.
-        client: a running dask client to submit to (a service keeps one, with its
-            workers' backbones loaded, across runs); None: one per run, as
-            ``workers``/``scheduler`` say.
-        resolved_paths: the records' paths were resolved (symbolic links followed)
-            when their folder was listed, as the service's are: a clip reached through
-            a link swapped in since is refused, never read.
-        on_part: called with the summary so far after every committed part (progress).
-        should_stop: polled a few times a second while the run works (and while
-            waiting for the writer lock); once it answers True, parts not yet started
-            are skipped, each running part stops after its current batch and commits
-            the clips it finished, and the summary says ``stopped``.
     """
 
     model: str | None = None
     revision: str | None = None
-    device: str = "auto"
     compute_dtype: str | None = None
+    layers: str | tuple[int, ...] | None = None
+    max_seconds: float | None = None
+    window_seconds: float | None = 30.0
+    feature_set: str | None = None
+    new_set_name: str | None = None
+    expect_fingerprint: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.compute_dtype is not None and self.compute_dtype not in COMPUTE_DTYPES:
+            raise ValueError(f"compute dtype must be one of {', '.join(COMPUTE_DTYPES)}")
+
+
+@dataclass(frozen=True)
+class ComputeSettings:
+    """Where and how the work runs.
+
+    Attributes:
+        device: ``auto`` (cuda on workers with a GPU, else cpu), ``cpu`` or ``cuda``.
+        workers: local dask worker processes (1 runs in-process).
+        scheduler: address of a running dask scheduler (also ``DASK_SCHEDULER_ADDRESS``).
+        slurm: the workers are SLURM jobs with these settings (released at the end;
+            with a client given, that client's workers are); None: ``workers``
+            processes here, or ``scheduler``.
+        batch_seconds: padded audio seconds per forward; None: 0 on CPU, 120 on GPU.
+        decode_threads: threads per worker decoding ahead of the device (0: decode,
+            forward and write in turn); None: ``EMI_DECODE_THREADS``, else on GPU
+            workers their share of the CPUs, on CPU 0.
+        part_seconds: audio seconds per part (one task, one store group); None:
+            :data:`CPU_PART_SECONDS`, or :data:`GPU_PART_SECONDS` on GPU workers.
+        dashboard: serve the local cluster's dashboard on 127.0.0.1:8787.
+    """
+
+    device: str = "auto"
     workers: int = 1
     scheduler: str | None = None
     slurm: SlurmOptions | None = None
     batch_seconds: float | None = None
     decode_threads: int | None = None
-    layers: str | tuple[int, ...] | None = None
-    feature_set: str | None = None
-    max_seconds: float | None = None
-    window_seconds: float | None = 30.0
     part_seconds: float | None = None
-    refresh_changed: bool = False
-    replace_other_sources: bool = False
-    new_set_name: str | None = None
-    wait_for_lock_s: float = 0.0
-    expect_fingerprint: str | None = None
     dashboard: bool = False
-    quiet: bool = False
-    storage_options: dict = field(default_factory=dict)
-    resolved_paths: bool = False
-    client: object | None = field(default=None, compare=False, repr=False)
-    on_part: Callable[[object], None] | None = field(default=None, compare=False, repr=False)
-    should_stop: Callable[[], bool] | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES and not self.device.startswith("cuda:"):
@@ -210,5 +195,102 @@ class ExtractOptions:
             raise ValueError("give a scheduler or slurm settings, not both")
         if self.decode_threads is not None and self.decode_threads < 0:
             raise ValueError(f"decode threads must be 0 or more, not {self.decode_threads}")
-        if self.compute_dtype is not None and self.compute_dtype not in COMPUTE_DTYPES:
-            raise ValueError(f"compute dtype must be one of {', '.join(COMPUTE_DTYPES)}")
+
+    @property
+    def local(self) -> bool:
+        """Whether a run starts its own LocalCluster (its workers see this machine)."""
+        if self.slurm is not None:
+            return False
+        return not (self.scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS"))
+
+
+@dataclass(frozen=True)
+class WritePolicy:
+    """What a run may read, replace in the store, and wait for.
+
+    Attributes:
+        refresh_changed: recompute stored clips whose file (the same source path)
+            changed since.
+        replace_other_sources: also replace a stored clip by a file of the same clip
+            id from another source path with other content (never done otherwise: such
+            a file is a failure naming both paths).
+        resolved_paths: the records' paths were resolved (symbolic links followed)
+            when their folder was listed, as the service's are: a clip reached through
+            a link swapped in since is refused, never read.
+        wait_for_lock_s: wait this long for another writer of the store to finish
+            (saying so on stderr) instead of failing at once.
+        storage_options: fsspec options for an ``s3://`` store.
+    """
+
+    refresh_changed: bool = False
+    replace_other_sources: bool = False
+    resolved_paths: bool = False
+    wait_for_lock_s: float = 0.0
+    storage_options: dict = field(default_factory=dict)
+
+
+_GROUPS = {"features": FeatureChoice, "compute": ComputeSettings, "writing": WritePolicy}
+
+
+@dataclass(frozen=True)
+class ExtractOptions:
+    """Settings of one extraction run (the ``emi extract`` options, same defaults), by
+    concern: :class:`FeatureChoice`, :class:`ComputeSettings`, :class:`WritePolicy`.
+    :meth:`of` takes them by name (``ExtractOptions.of(model=..., workers=2)``).
+
+    Attributes:
+        features: which features, into which set.
+        compute: where and how the work runs.
+        writing: what the run may read, replace and wait for.
+        quiet: no progress bar nor notes on stderr.
+    """
+
+    features: FeatureChoice = field(default_factory=FeatureChoice)
+    compute: ComputeSettings = field(default_factory=ComputeSettings)
+    writing: WritePolicy = field(default_factory=WritePolicy)
+    quiet: bool = False
+
+    @classmethod
+    def of(cls, **settings) -> ExtractOptions:
+        """Options from settings named as the groups' fields (and ``quiet``).
+
+        Raises:
+            TypeError: a name that no group has.
+        """
+        return cls().but(**settings)
+
+    def but(self, **settings) -> ExtractOptions:
+        """These options with the named settings changed (each in its group)."""
+        quiet = settings.pop("quiet", self.quiet)
+        groups = {}
+        for name, group in _GROUPS.items():
+            names = {f.name for f in fields(group)}
+            mine = {k: settings.pop(k) for k in list(settings) if k in names}
+            groups[name] = replace(getattr(self, name), **mine) if mine else getattr(self, name)
+        if settings:
+            raise TypeError(f"no extraction setting named {', '.join(sorted(settings))}")
+        return ExtractOptions(**groups, quiet=quiet)
+
+
+@dataclass(frozen=True)
+class RunHooks:
+    """What a caller hands a run beside its settings: a client to run on, and calls
+    that follow and stop it.
+
+    Attributes:
+        client: a running dask client to submit to (a service keeps one, with its
+            workers' backbones loaded, across runs); None: one per run, as the
+            compute settings say.
+        on_part: called with the summary so far after every committed part (progress).
+        should_stop: polled a few times a second while the run works (and while
+            waiting for the writer lock); once it answers True, parts not yet started
+            are skipped, each running part stops after its current batch and commits
+            the clips it finished, and the summary says ``stopped``.
+    """
+
+    client: object | None = field(default=None, repr=False)
+    on_part: Callable[[object], None] | None = field(default=None, repr=False)
+    should_stop: Callable[[], bool] | None = field(default=None, repr=False)
+
+    def stop_asked(self) -> bool:
+        return self.should_stop is not None and self.should_stop()

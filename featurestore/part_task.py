@@ -35,9 +35,10 @@ from featurestore.encode import (
 )
 from featurestore.options import GPU_BATCH_SECONDS
 from featurestore.pipeline import WriteBehind, available_cpus, decode_ahead, run_ahead
+from featurestore.records import ClipFailure
 from featurestore.run_watch import progress_reporter
 from featurestore.spec import build_spec, fingerprint
-from featurestore.store import PartWriter, StoredClip, open_zarr_store
+from featurestore.store import PartRecord, PartWriter, StoredClip, open_zarr_store
 from manifests.records import planning_seconds
 
 COMPUTE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -115,7 +116,34 @@ def decode_threads_for(job: PartJob, device: str) -> int:
     return job.torch_threads or int(os.environ.get("EMI_TORCH_THREADS") or 0) or available_cpus()
 
 
-def run_part(job: PartJob, *, encoder: BatchEncoder | None = None) -> dict:
+@dataclass
+class PartResult:
+    """What one part's task hands back to the driver.
+
+    Attributes:
+        part: the part's name.
+        record: its record, to commit (None: skipped).
+        clips, frames: stored in it.
+        frames_computed: frames the backbone ran, padding included (a stand-in
+            encoder may not count).
+        audio_s: audio seconds of its stored clips.
+        failures: its clips that failed (``clip_id``, ``path``, ``reason``).
+        stopped: the run's stop came while it ran: it holds the clips finished.
+        skipped: the run's stop came before it started: nothing was done.
+    """
+
+    part: str
+    record: PartRecord | None = None
+    clips: int = 0
+    frames: int = 0
+    frames_computed: int = 0
+    audio_s: float = 0.0
+    failures: list[ClipFailure] = field(default_factory=list)
+    stopped: bool = False
+    skipped: bool = False
+
+
+def run_part(job: PartJob, *, encoder: BatchEncoder | None = None) -> PartResult:
     """Extract and write one part; per-clip problems become failures, not exceptions.
 
     Args:
@@ -124,12 +152,10 @@ def run_part(job: PartJob, *, encoder: BatchEncoder | None = None) -> dict:
             worker's backbone on ``job.device`` (benchmarks and tests pass a stand-in).
 
     Returns:
-        ``{"part", "record" (to commit), "clips", "frames", "frames_computed"
-        (padding included), "audio_s", "failures": [{clip_id, path, reason}],
-        "stopped"}``. The part is not in the
-        store until the driver commits its record. Once ``job.stop_event`` is set, a
-        part not started returns ``{"part", "skipped": True}``, and a running one stops
-        before its next round: its record holds the clips finished (``stopped``).
+        The part's result; the part is not in the store until the driver commits its
+        record. Once ``job.stop_event`` is set, a part not started is ``skipped``,
+        and a running one stops before its next round: its record holds the clips
+        finished (``stopped``).
 
     Raises:
         RuntimeError: the backbone on this worker does not match the store's spec, or
@@ -137,7 +163,7 @@ def run_part(job: PartJob, *, encoder: BatchEncoder | None = None) -> dict:
     """
     stop_requested = _stop_signal(job.stop_event)
     if stop_requested is not None and stop_requested():
-        return {"part": job.part, "skipped": True}
+        return PartResult(job.part, skipped=True)
     device = require_device(job.device)
     encoder, spec = _encoder_for(job, device, encoder)
     batch_seconds = job.batch_seconds
@@ -190,17 +216,16 @@ def run_part(job: PartJob, *, encoder: BatchEncoder | None = None) -> dict:
         close_reports()
     writer.close()
     record = part.finish()
-    return {
-        "part": job.part,
-        "record": record,
-        "clips": record.clips,
-        "frames": record.frames,
-        # frames the backbone ran, padding included (a stand-in encoder may not count)
-        "frames_computed": getattr(encoder, "frames_computed", 0) - computed_before,
-        "audio_s": float(audio_s),
-        "failures": failures,
-        "stopped": stopped,
-    }
+    return PartResult(
+        part=job.part,
+        record=record,
+        clips=record.clips,
+        frames=record.frames,
+        frames_computed=getattr(encoder, "frames_computed", 0) - computed_before,
+        audio_s=float(audio_s),
+        failures=[ClipFailure.from_dict(f) for f in failures],
+        stopped=stopped,
+    )
 
 
 def _encoder_for(job: PartJob, device: str, encoder: BatchEncoder | None):

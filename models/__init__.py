@@ -12,7 +12,7 @@ See the docs' "Python API" page (docs/python-api.md) for a walk through.
 
 from __future__ import annotations
 
-import importlib
+from featurestore.exports import lazy_exports
 
 _EXPORTS = {
     "train": "models.trainer",
@@ -38,14 +38,4 @@ _EXPORTS = {
     "HeadError": "models.errors",
     "SettingsError": "models.errors",
 }
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'models' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return __all__
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

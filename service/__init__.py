@@ -10,7 +10,7 @@ runs both. Public API (imported on first use):
 
 from __future__ import annotations
 
-import importlib
+from featurestore.exports import lazy_exports
 
 _EXPORTS = {
     "score_folder": "service.score",
@@ -20,14 +20,4 @@ _EXPORTS = {
     "ServiceClient": "service.client",
     "ServiceError": "service.client",
 }
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'service' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return __all__
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

@@ -6,17 +6,8 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 from fastapi.responses import FileResponse
-from fastapi.security import HTTPBearer
 
 from service.requests import ErrorBody
-
-# Documents the bearer scheme on the routes that need a token where the operator gave
-# tokens; the Guard middleware checks them (this dependency never refuses).
-bearer = HTTPBearer(
-    auto_error=False,
-    scheme_name="bearer",
-    description="a token of the service's --token-file (needed where the service has tokens)",
-)
 
 WHY = {
     400: "Bad request: a malformed value, a path with control characters, or a Host the "
@@ -71,6 +62,7 @@ def describe(app: FastAPI, *, tokens: bool) -> None:
                         answer["content"] = {"application/json": {"schema": ours}}
                 if not tokens and operation.get("security"):
                     operation["security"] = [*operation["security"], {}]
+                _describe_callbacks(operation)
         schemas = document.get("components", {}).get("schemas", {})
         for unused in ("HTTPValidationError", "ValidationError"):
             schemas.pop(unused, None)
@@ -78,3 +70,13 @@ def describe(app: FastAPI, *, tokens: bool) -> None:
         return document
 
     app.openapi = openapi
+
+
+def _describe_callbacks(operation: dict) -> None:
+    """A callback's answers are the receiver's: any 2xx ends its delivery."""
+    for expressions in operation.get("callbacks", {}).values():
+        for item in expressions.values():
+            for callback in item.values():
+                callback["responses"] = {
+                    "2XX": {"description": "received: the delivery ends (else retried)"}
+                }

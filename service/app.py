@@ -22,21 +22,24 @@ from service.api_docs import describe, operation_id
 from service.config import ServiceConfig
 from service.errors import RequestError
 from service.guard import Guard, error_response
+from service.kinds import KINDS, KindRegistry
 from service.metrics import RequestMetrics
 from service.redoc_page import add_redoc
-from service.routes import jobs, operations, page, registry, uploads
+from service.routes import operations, page, registry, uploads
+from service.routes.jobs import jobs_router
 from service.runtime import Service
 from service.state import StateFolder
 
 log = logging.getLogger("emi.service")
 LABELS = {400: "bad request", 404: "not found", 405: "method not allowed"}
-ROUTERS = (page.router, registry.router, operations.router, jobs.router, uploads.router)
 
 
-def create_app(config: ServiceConfig, state: StateFolder) -> RequestMetrics:
-    """The app over ``state`` (already held by this process), behind its guard and the
-    request metrics."""
-    service = Service(config, state)
+def create_app(
+    config: ServiceConfig, state: StateFolder, kinds: KindRegistry = KINDS
+) -> RequestMetrics:
+    """The app over ``state`` (already held by this process) running jobs of ``kinds``,
+    behind its guard and the request metrics."""
+    service = Service(config, state, kinds)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -58,7 +61,9 @@ def create_app(config: ServiceConfig, state: StateFolder) -> RequestMetrics:
     describe(app, tokens=bool(config.tokens))
     _handle_errors(app)
     app.mount("/static", StaticFiles(directory=page.STATIC), name="static")
-    for router in ROUTERS:
+    routers = (page.router, registry.router, operations.router, jobs_router(kinds))
+    app.state.routers = (*routers, uploads.router)  # their routes answer 405's Allow
+    for router in app.state.routers:
         app.include_router(router)
     return RequestMetrics(Guard(app, config), app.routes, service.metrics)
 
@@ -68,7 +73,7 @@ def _handle_errors(app: FastAPI) -> None:
 
     @app.exception_handler(RequestError)
     async def _request_error(request: Request, err: RequestError):
-        return error_response(err.status, err.error, err.detail)
+        return error_response(err.status, err.error, err.detail, headers=err.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, err: RequestValidationError):
@@ -88,7 +93,8 @@ def _handle_errors(app: FastAPI) -> None:
         label = LABELS.get(err.status_code, "error")
         headers = err.headers
         if err.status_code == 405:  # every method of the path, not the first route's
-            headers = {**(headers or {}), "Allow": ", ".join(_methods(request.url.path))}
+            allowed = _methods(request.app.state.routers, request.url.path)
+            headers = {**(headers or {}), "Allow": ", ".join(allowed)}
         return error_response(err.status_code, label, str(err.detail), headers=headers)
 
     @app.exception_handler(ClientDisconnect)
@@ -104,11 +110,11 @@ def _handle_errors(app: FastAPI) -> None:
         )
 
 
-def _methods(path: str) -> list[str]:
+def _methods(routers, path: str) -> list[str]:
     """The methods the routes of ``path`` answer."""
     return sorted(
         method
-        for router in ROUTERS
+        for router in routers
         for route in router.routes
         if route.path_regex.match(path)
         for method in route.methods

@@ -25,7 +25,9 @@ import logging
 import re
 import threading
 
-from service.jobs import Job, JobTable, iso
+from pydantic import BaseModel
+
+from service.jobs import Job, JobTable
 
 log = logging.getLogger("emi.service")
 SIGNATURE_HEADER = "X-Emi-Signature"
@@ -37,25 +39,9 @@ def sign(secret: bytes, body: bytes) -> str:
     return "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
 
 
-def callback_body(job: Job) -> bytes:
-    progress = job.progress
-    counts = {
-        k: progress.get(k)
-        for k in ("clips_total", "clips_done", "clips_reused", "clips_failed", "epochs_done")
-        if k in progress
-    }
-    return json.dumps(
-        {
-            "id": job.id,
-            "kind": job.kind,
-            "state": job.state,
-            "finished_at": iso(job.finished_at),
-            "counts": counts,
-            "result": job.result,
-            "error": job.error,
-        },
-        sort_keys=True,
-    ).encode()
+def callback_body(body: BaseModel) -> bytes:
+    """The bytes of a callback (its kind's ``JobEnded`` model; keys sorted)."""
+    return json.dumps(body.model_dump(mode="json"), sort_keys=True).encode()
 
 
 LABEL = r"[a-z0-9_]([a-z0-9_-]{0,62})"
@@ -294,7 +280,7 @@ class CallbackSender:
             with contextlib.suppress(Exception):
                 state = {**((job and job.callback) or {}), "status": "failed",
                          "last_error": "failed: the service could not send it"}  # fmt: skip
-                self.table.update(job_id, callback=state)
+                self.table.set_callback(job_id, state)
         finally:
             self._busy.discard(job_id)
 
@@ -307,22 +293,22 @@ class CallbackSender:
         )
         if refused and refused.startswith("refused"):  # no retry changes an address class
             state.update(status="failed", last_error=refused)
-            await asyncio.to_thread(self.table.update, job.id, callback=state)
+            await asyncio.to_thread(self.table.set_callback, job.id, state)
             log.warning("job %s: callback %s", job.id, refused)
             return
         why = refused or await self._post(job, target, extensions)
         if why is None:
             state.update(status="delivered", last_error=None)
-            await asyncio.to_thread(self.table.update, job.id, callback=state)
+            await asyncio.to_thread(self.table.set_callback, job.id, state)
             log.info("job %s: callback delivered (attempt %d)", job.id, state["attempts"])
             return
         state["last_error"] = why
         if state["attempts"] >= self.attempts:
             state["status"] = "failed"
-            await asyncio.to_thread(self.table.update, job.id, callback=state)
+            await asyncio.to_thread(self.table.set_callback, job.id, state)
             log.error("job %s: callback given up after %d attempts", job.id, state["attempts"])
             return
-        await asyncio.to_thread(self.table.update, job.id, callback=state)
+        await asyncio.to_thread(self.table.set_callback, job.id, state)
         delay = self.backoff_s * 2 ** (state["attempts"] - 1)
         log.warning("job %s: callback %s; retrying in %.1f s", job.id, why, delay)
         self._later(job.id, delay)
@@ -332,7 +318,7 @@ class CallbackSender:
         the receiver answered 2xx, else why not (never what the receiver said)."""
         import httpx
 
-        body = callback_body(job)
+        body = callback_body(self.table.kinds.ended(job))
         headers = {"Content-Type": "application/json", "X-Emi-Job": job.id}
         host = httpx.URL(job.callback["url"]).netloc.decode("ascii")
         headers["Host"] = host

@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 
 from service.config import DEFAULT_SERVER
-from service.jobs import FINAL
+from service.jobs import FINISHED_STATES
 
 RESTART_GRACE_S = 300.0  # how long ``wait`` keeps asking a service that cannot be reached
 
@@ -50,10 +50,17 @@ class ServiceClient:
     ``httpx.HTTPError`` where the service cannot be reached."""
 
     def __init__(
-        self, server: str = DEFAULT_SERVER, *, token: str | None = None, timeout: float = 60.0
+        self,
+        server: str = DEFAULT_SERVER,
+        *,
+        token: str | None = None,
+        timeout: float = 60.0,
+        http: httpx.Client | None = None,
     ) -> None:
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self.http = httpx.Client(base_url=server.rstrip("/"), headers=headers, timeout=timeout)
+        """``http``: the httpx client to send through (None: a new one to ``server``;
+        an app's ``TestClient``, in its process)."""
+        self.auth = {"Authorization": f"Bearer {token}"} if token else {}
+        self.http = http or httpx.Client(base_url=server.rstrip("/"), timeout=timeout)
 
     def close(self) -> None:
         self.http.close()
@@ -65,7 +72,8 @@ class ServiceClient:
         self.close()
 
     def _call(self, method: str, path: str, **kwargs) -> httpx.Response:
-        answer = self.http.request(method, path, **kwargs)
+        headers = {**self.auth, **kwargs.pop("headers", {})}
+        answer = self.http.request(method, path, headers=headers, **kwargs)
         if answer.status_code >= 400:
             try:
                 body = answer.json()
@@ -125,7 +133,7 @@ class ServiceClient:
             last_seen = time.monotonic()
             if on_update is not None:
                 on_update(job)
-            if job["state"] in FINAL:
+            if job["state"] in FINISHED_STATES:
                 return job
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"job {job_id} is still {job['state']} after {timeout_s} s")

@@ -6,9 +6,13 @@ import ipaddress
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from featurestore.options import SlurmOptions
 from service.errors import ServiceSetupError
+
+if TYPE_CHECKING:
+    from service.state import StateFolder
 
 MiB = 2**20
 DEFAULT_HOST = "127.0.0.1"
@@ -233,6 +237,13 @@ class ServiceConfig:
         ):
             text = text.replace(folder.rstrip("/"), role)
         return text
+
+    @property
+    def state_folder(self) -> StateFolder:
+        """The state folder's paths (:class:`~service.state.StateFolder`)."""
+        from service.state import StateFolder
+
+        return StateFolder(self.state)
 
     def store_location(self, name: str) -> str:
         """The location of the store named ``name`` under ``stores``."""

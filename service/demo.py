@@ -166,7 +166,7 @@ def _extract_corpus(folder: Path, clips, size, workers, seed, layers, echo):
     summary = extract(
         records,
         str(folder / "feats.zarr"),
-        ExtractOptions(model=str(backbone), workers=workers, layers=layers),
+        ExtractOptions.of(model=str(backbone), workers=workers, layers=layers),
     )
     speed = (
         f" ({summary.audio_s / max(summary.wall_s, 1e-9):.0f} audio s per s)"

@@ -11,11 +11,14 @@ class RequestError(Exception):
     """A request the service refuses: ``status`` is its HTTP status, ``error`` a short
     label, the message the detail (what was wrong and what to do)."""
 
-    def __init__(self, status: int, error: str, detail: str) -> None:
+    def __init__(
+        self, status: int, error: str, detail: str, headers: dict[str, str] | None = None
+    ) -> None:
         super().__init__(detail)
         self.status = status
         self.error = error
         self.detail = detail
+        self.headers = headers
 
 
 def bad_request(detail: str) -> RequestError:

@@ -1,28 +1,16 @@
 """The ASGI middleware in front of every route of ``emi serve``: the ``Host`` a request
-names, the ``Origin`` of state-changing requests, bearer tokens, the JSON body limit,
-and the headers that keep the page out of other sites' frames."""
+names, the ``Origin`` of state-changing requests, the JSON body limit, and the headers
+that keep the page out of other sites' frames. Bearer tokens are checked by the routes'
+security dependency (:mod:`service.auth`), where the OpenAPI document declares them."""
 
 from __future__ import annotations
 
-import hmac
 import re
 
 from fastapi.responses import JSONResponse
 
 from service.config import ServiceConfig
 
-# what holds no data: the page, the probes, the API's own description and its pages
-OPEN_PATHS = (
-    "/healthz",
-    "/readyz",
-    "/",
-    "/openapi.json",
-    "/docs",
-    "/docs/oauth2-redirect",
-    "/redoc",
-    "/redoc.js",
-)
-OPEN_PREFIXES = ("/static/", "/docs-assets/")
 PROBE_PATHS = ("/healthz", "/readyz")  # answered whatever the Host (a kubelet sends its IP)
 STATE_CHANGING = ("POST", "PUT", "PATCH", "DELETE")
 UPLOAD_PATH = "/v1/uploads"
@@ -76,22 +64,13 @@ def same_origin(origin: str, host: str) -> bool:
 class Guard:
     """ASGI middleware, in order: the ``Host`` a request names (a rebinding name is
     refused), the ``Origin`` of state-changing requests (another site's page is
-    refused), bearer tokens (constant-time), the JSON body size limit (uploads have
-    their own limits); and the headers that keep the page out of other sites' frames."""
+    refused), the JSON body size limit (uploads have their own limits); and the
+    headers that keep the page out of other sites' frames."""
 
     def __init__(self, app, config: ServiceConfig) -> None:
         self.app = app
         self.config = config
-        self.tokens = [t.encode() for t in config.tokens]
         self.hosts = config.allowed_host_names()
-
-    def _authorized(self, headers: dict) -> bool:
-        given = headers.get(b"authorization", b"")
-        scheme, _, token = given.partition(b" ")
-        if scheme.lower() != b"bearer" or not token:
-            return False
-        # every token compared, in constant time
-        return any([hmac.compare_digest(token.strip(), t) for t in self.tokens])
 
     def _refusal(self, scope, headers: dict) -> JSONResponse | None:
         """Why a request is refused before the app sees it; None where it may go on."""
@@ -114,14 +93,6 @@ class Guard:
                 "forbidden",
                 "a page of another site may not change this service's jobs or uploads "
                 "(Origin is not the service's own: scheme, host and port must match)",
-            )
-        open_path = path in OPEN_PATHS or path.startswith(OPEN_PREFIXES)
-        if self.tokens and not open_path and not self._authorized(headers):
-            return error_response(
-                401,
-                "unauthorized",
-                "give 'Authorization: Bearer <token>' with a token of the service's token file",
-                headers={"WWW-Authenticate": "Bearer"},
             )
         return None
 

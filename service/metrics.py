@@ -17,7 +17,7 @@ from prometheus_client import (
 )
 from prometheus_client.core import GaugeMetricFamily
 
-from service.jobs import KINDS, STATES, Job, JobTable
+from service.jobs import STATE_NAMES, Job, JobTable
 
 # no ``*_created`` families beside each counter and histogram: scrapers (and
 # dashboards) read them as series of their own
@@ -34,8 +34,8 @@ class _JobCounts:
         counts = self.table.counts()
         jobs = GaugeMetricFamily("emi_jobs", "Jobs in the table by kind and state",
                                  labels=["kind", "state"])  # fmt: skip
-        for kind in KINDS:
-            for state in STATES:
+        for kind in self.table.kinds.names:
+            for state in STATE_NAMES:
                 jobs.add_metric([kind, state], counts.get((kind, state), 0))
         yield jobs
         queued = sum(n for (_, state), n in counts.items() if state == "queued")

@@ -27,7 +27,7 @@ def sweep_expired(config: ServiceConfig, table: JobTable, now: float | None = No
     cutoff = now - config.keep_days * DAY_S
     removed = []
     in_use = table.sources_in_use()
-    for record in sorted((config.state / "uploads").glob("upload-*/upload.json")):
+    for record in config.state_folder.kept_uploads():
         folder = record.parent
         try:
             created = float(json.loads(record.read_text())["created_at"])
@@ -41,7 +41,7 @@ def sweep_expired(config: ServiceConfig, table: JobTable, now: float | None = No
 
         UploadLedger.of(config).forget()
     for job_id in table.finished_before(cutoff):
-        results = config.state / "results" / job_id
+        results = config.state_folder.job_results(job_id)
         if results.is_dir():
             shutil.rmtree(results, ignore_errors=True)
             removed.append(f"results/{job_id}")

@@ -1,6 +1,6 @@
 """What the routes of ``emi serve`` share: the settings, the job table, the job runner,
 the callback sender, the expiry sweeper and the metrics, started and stopped with the
-app; and the checks a job request passes before it is queued."""
+app; and a job's submission (its kind's checks and claims) and cancel."""
 
 from __future__ import annotations
 
@@ -8,14 +8,16 @@ import contextlib
 import logging
 import threading
 import time
+from typing import Annotated
 
-from fastapi import Request
+from fastapi import Depends, Request
 
 from service.callbacks import CallbackSender
 from service.config import ServiceConfig
-from service.errors import RequestError, bad_request, not_found
+from service.errors import bad_request, conflict, not_found
 from service.health import HealthMonitor
-from service.jobs import JobTable
+from service.jobs import Job, JobState, JobTable, body_digest, new_job_id
+from service.kinds import KINDS, JobRequestBase, KindRegistry
 from service.metrics import ServiceMetrics
 from service.retention import Sweeper
 from service.runner import JobRunner
@@ -27,10 +29,13 @@ log = logging.getLogger("emi.service")
 class Service:
     """What the routes share: settings, table, runner, callbacks, metrics."""
 
-    def __init__(self, config: ServiceConfig, state: StateFolder) -> None:
+    def __init__(
+        self, config: ServiceConfig, state: StateFolder, kinds: KindRegistry = KINDS
+    ) -> None:
         self.config = config
         self.state = state
-        self.table = JobTable(state.database, on_full=state.give_up_reserve)
+        self.kinds = kinds
+        self.table = JobTable(state.database, kinds, on_full=state.give_up_reserve)
         self.metrics = ServiceMetrics(self.table)
         self.callbacks = CallbackSender(
             self.table,
@@ -129,48 +134,80 @@ class Service:
         writable = self.state.writable()
         return writable, "writable" if writable else "full"
 
-    def check_request(self, body: dict) -> None:
-        """Everything a job needs that can be checked before it is queued: sources
-        inside the roots, heads in the registry, store names, label files."""
-        from service.registry import check_store_name, head_folder, store_exists
-        from service.sources import check_label_file, resolve_source
+    # -- jobs ----------------------------------------------------------------------
 
-        config = self.config
-        if body.get("callback_url") and config.callback_secret is None:
+    def submit(self, request: JobRequestBase, key: str | None) -> tuple[Job, bool]:
+        """Queue a job (checked by its kind first, its claims taken); with ``key`` used
+        for the same body before, that job: (job, new).
+
+        Raises:
+            RequestError: the kind's checks refused it, or ``key`` was used for another
+                body (409).
+        """
+        body = request.model_dump(exclude_none=True)
+        taken = conflict(f"Idempotency-Key {key!r} was used for another request; use a new key")
+        with self.key_lock(key):  # racing retries: one makes it, others find it
+            if key is not None:
+                found = self.table.by_key(key)
+                if found is not None:
+                    if found[1] != body_digest(body):
+                        raise taken
+                    return found[0], False
+            kind = self.kinds[request.kind]
+            self._check_callback(request)
+            kind.check(self.config, request)
+            job_id = new_job_id()
+            if kind.claim is not None:
+                kind.claim(self.config, request, job_id)
+            new = False
+            try:
+                job, new = self.table.add(kind.name, body, idempotency_key=key, job_id=job_id)
+            except KeyError:
+                raise taken from None
+            finally:
+                if kind.release is not None and not new:
+                    kind.release(self.config, request, job_id)
+        if new:
+            log.info("job %s %s: queued", job.id, job.kind)
+            self.runner.wake()
+        return job, new
+
+    def cancel(self, job_id: str) -> Job:
+        """Ask a job to stop (a queued one is cancelled at once, a running one at its
+        next boundary).
+
+        Raises:
+            RequestError: no such job (404), or it has finished (409).
+        """
+        asked = self.table.request_cancel(job_id)
+        if asked is None:
+            raise not_found(f"job {job_id!r} not found; GET /v1/jobs lists them")
+        job, moved = asked
+        if job.final and moved is None:
+            raise conflict(f"job {job_id} is {job.state}; only a job not finished can be cancelled")
+        if moved is JobState.cancelled:
+            log.info("job %s %s: queued -> cancelled", job.id, job.kind)
+            self.runner.ended(job)
+        return job
+
+    def _check_callback(self, request: JobRequestBase) -> None:
+        url = request.callback_url
+        if url and self.config.callback_secret is None:
             raise bad_request(
                 "this service signs no callbacks (the operator gives --callback-secret-file); "
                 "leave out callback_url and poll GET /v1/jobs/{id}"
             )
-        if body.get("callback_url"):
+        if url:
             from service.callbacks import check_callback_url
 
-            why = check_callback_url(body["callback_url"], config.callback_allow)
+            why = check_callback_url(url, self.config.callback_allow)
             if why:
-                raise bad_request(f"callback_url {body['callback_url']!r}: {why}")
-        kind = body["kind"]
-        if kind in ("score", "extract"):
-            resolve_source(config, body["source"])
-        if body.get("store") and kind != "train":
-            check_store_name(body["store"])
-        if kind == "extract" and not store_exists(config.store_location(body["store"])):
-            from service.backbone_check import unusable_for_new_stores
-
-            why = unusable_for_new_stores(config)
-            if why:
-                raise RequestError(503, "not available", why)
-        if kind == "score":
-            for name in body["heads"]:
-                head_folder(config, name)
-        if kind == "train":
-            if not store_exists(config.store_location(body["store"])):
-                raise not_found(f"store {body['store']!r} not found; GET /v1/stores")
-            if body.get("grid") is not None and body.get("preset") is not None:
-                raise bad_request("give preset or grid, not both")
-            check_label_file(config, body["labels"], what="labels")
-            check_label_file(config, body["val_labels"], what="val_labels")
-            # the head's name is claimed (or refused, 409) by reserve_head at submit
+                raise bad_request(f"callback_url {url!r}: {why}")
 
 
 def service_of(request: Request) -> Service:
     """The app's :class:`Service` (a route dependency)."""
     return request.app.state.service
+
+
+Served = Annotated[Service, Depends(service_of)]  # a route's service (a dependency)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from featurestore.options import ExtractOptions, user_cache_dir
+from featurestore.options import ComputeSettings, ExtractOptions, RunHooks, user_cache_dir
 from featurestore.records import ClipFailure
 from featurestore.store import FeatureStore, set_name_of
 from manifests import ClipRecord, build_manifest
@@ -66,13 +66,12 @@ def score_folder(
     output: str | os.PathLike | None = None,
     store: str | None = None,
     model: str | None = None,
-    workers: int = 1,
-    scheduler: str | None = None,
-    device: str = "auto",
+    compute: ComputeSettings | None = None,
     head_device: str | None = None,
     quiet: bool = False,
     cache_store_for: Callable[[str], str] | None = None,
-    run: dict | None = None,
+    hooks: RunHooks | None = None,
+    resolved_paths: bool = False,
     on_partial: Callable[[Predictions], None] | None = None,
     on_predicting: Callable[[], None] | None = None,
 ) -> ScoreResult:
@@ -90,13 +89,15 @@ def score_folder(
         output: also write the predictions CSV there.
         store: the store to extract into; None: the cache.
         model: backbone folder or hub id; None: the heads' own.
-        device: where the backbone runs (the workers' device).
-        head_device: where the heads predict (this process); None: ``device`` where
-            the workers run here, else ``auto`` (a login node may have no GPU).
+        compute: where the extraction runs (workers, scheduler, the workers' device);
+            None: the defaults, one local worker.
+        head_device: where the heads predict (this process); None: the workers'
+            device where they run here, else ``auto`` (a login node may have no GPU).
         cache_store_for: where the content-keyed store of features of a fingerprint is
             (used when ``store`` is None); None: :func:`default_score_store`.
-        run: further :class:`ExtractOptions` fields (``client``, ``on_part``,
-            ``should_stop``, ``part_seconds``, ``resolved_paths``).
+        hooks: the extraction's client, progress and stop (:class:`RunHooks`).
+        resolved_paths: the folder's paths were resolved when it was listed
+            (:class:`WritePolicy`).
         on_partial: where the extraction fails, called with the predictions of the
             clips stored before it failed (then the error is raised).
         on_predicting: called once the features are stored, before the heads run.
@@ -112,7 +113,8 @@ def score_folder(
         >>> result.failed  # doctest: +SKIP
         []
     """
-    head_device = head_device or (device if scheduler is None else "auto")
+    compute = compute or ComputeSettings()
+    head_device = head_device or (compute.device if compute.local else "auto")
     loaded = load_heads(heads, device=head_device)
     _same_features(loaded)
     refs = loaded[0].config.feature_refs
@@ -133,8 +135,10 @@ def score_folder(
     summaries: list = []
     try:
         for index, ref in enumerate(refs):  # every feature set the heads read
-            summary = _extract_set(records, location, loaded, index, ref, model, run, quiet,
-                                   workers=workers, scheduler=scheduler, device=device)  # fmt: skip
+            options = _set_options(loaded, index, ref, model)
+            options = replace(options, compute=compute, quiet=quiet)
+            options = options.but(resolved_paths=resolved_paths)
+            summary = _extract_set(records, location, ref, options, hooks, check=model is None)
             summaries.append(summary)
             if summary.stopped:
                 break
@@ -179,20 +183,13 @@ def _same_features(loaded: list[LoadedHead]) -> None:
         )
 
 
-def _extract_set(records, location, loaded, index, ref, model, run, quiet, **run_on):
-    """Extract what is missing of the heads' ``index``-th feature set (``ref``); an
-    :class:`ExtractSummary` of nothing to do where the store holds it all."""
-    from featurestore.extraction import extract
-
-    # nothing to extract: no writer lock taken (with another --model, extract checks
-    # that it makes the heads' features first)
-    stored = None if model else _all_stored(location, ref.fingerprint, records)
-    if stored is not None:
-        return stored
+def _set_options(loaded: list[LoadedHead], index: int, ref, model: str | None):
+    """The extraction of the heads' ``index``-th feature set (``ref``): its spec's
+    settings, into the set holding these features or a new one of the head's name."""
     spec = loaded[0].spec if index == 0 else ref.spec
     if spec is None:
         raise HeadError(f"{loaded[0].folder}: its config.json records no feature spec")
-    options = ExtractOptions(
+    return ExtractOptions.of(
         model=(model if index == 0 and model else None) or spec.backbone.ref,
         revision=spec.backbone.revision,
         compute_dtype=spec.compute_dtype,
@@ -206,11 +203,20 @@ def _extract_set(records, location, loaded, index, ref, model, run, quiet, **run
         # another score (or extract) writing the store: wait for it, saying so
         wait_for_lock_s=LOCK_WAIT_S,
         expect_fingerprint=ref.fingerprint,
-        quiet=quiet,
-        **run_on,
-        **(run or {}),
     )
-    return extract(records, location, options)
+
+
+def _extract_set(records, location: str, ref, options: ExtractOptions, hooks, *, check: bool):
+    """Extract what is missing of a feature set the heads read (``ref``); with
+    ``check``, an :class:`ExtractSummary` of nothing to do where the store holds it
+    all (no writer lock taken; with another model given, extract checks that it makes
+    the heads' features first)."""
+    from featurestore.extraction import extract
+
+    stored = _all_stored(location, ref.fingerprint, records) if check else None
+    if stored is not None:
+        return stored
+    return extract(records, location, options, hooks)
 
 
 def _predict_stored(

@@ -50,7 +50,7 @@ def inside_roots(path: str, roots: list[str]) -> bool:
 
 
 def uploads_root(config: ServiceConfig) -> str:
-    return str(config.state.resolve() / "uploads")
+    return str(config.state_folder.uploads.resolve())
 
 
 def upload_files(config: ServiceConfig, upload_id: str) -> Path:
@@ -59,7 +59,7 @@ def upload_files(config: ServiceConfig, upload_id: str) -> Path:
     Raises:
         RequestError: 404 where no such upload is kept.
     """
-    folder = config.state / "uploads" / upload_id / "files"
+    folder = config.state_folder.upload(upload_id) / "files"
     if not UPLOAD_ID.match(upload_id) or not folder.is_dir():
         raise not_found(f"upload {upload_id!r} not found; POST files to /v1/uploads first")
     return folder

@@ -201,6 +201,26 @@ class StateFolder:
     def results(self) -> Path:
         return self.root / "results"
 
+    def job_results(self, job_id: str) -> Path:
+        """A score job's results: ``predictions.csv`` and ``predictions.json``."""
+        return self.results / job_id
+
+    def upload(self, upload_id: str) -> Path:
+        """An upload kept: ``upload.json`` and ``files/``."""
+        return self.uploads / upload_id
+
+    def upload_staging(self, upload_id: str) -> Path:
+        """An upload arriving (removed if it is cut off)."""
+        return self.uploads / f".{upload_id}.partial"
+
+    def kept_uploads(self) -> list[Path]:
+        """The ``upload.json`` of every upload kept."""
+        return sorted(self.uploads.glob("upload-*/upload.json"))
+
+    def staged_uploads(self) -> list[Path]:
+        """Uploads left arriving (by a killed service)."""
+        return sorted(self.uploads.glob(".upload-*.partial"))
+
 
 def _allocate(fd: int, size: int) -> None:
     """Blocks of ``size`` bytes really held by ``fd`` (not a sparse file)."""

@@ -37,7 +37,7 @@ MAX_NAME_BYTES = 255  # a file name's bytes on Linux file systems
 def kept_bytes(config: ServiceConfig) -> int:
     """Bytes of the uploads kept (as each recorded them)."""
     total = 0
-    for record in (config.state / "uploads").glob("upload-*/upload.json"):
+    for record in config.state_folder.kept_uploads():
         try:
             total += int(json.loads(record.read_text()).get("bytes", 0))
         except (OSError, ValueError, TypeError, AttributeError):
@@ -288,7 +288,7 @@ async def receive_upload(
         raise _limit(f"the upload ({length:,} bytes)", "--upload-max-request-mb",
                      config.max_request_bytes)  # fmt: skip
     upload_id = "upload-" + uuid.uuid4().hex[:20]
-    staging = config.state / "uploads" / f".{upload_id}.partial"
+    staging = config.state_folder.upload_staging(upload_id)
     files = staging / "files"
     writer = UploadWriter(config, files)
     received = 0
@@ -329,7 +329,7 @@ async def receive_upload(
             "skipped": writer.skipped,
         }
         (staging / "upload.json").write_text(json.dumps(description))
-        quota.ledger.keep(upload_id, staging, config.state / "uploads" / upload_id)
+        quota.ledger.keep(upload_id, staging, config.state_folder.upload(upload_id))
         return description
     except RequestError:
         raise
@@ -350,7 +350,7 @@ async def receive_upload(
 def sweep_partial_uploads(config: ServiceConfig) -> list[str]:
     """Remove what uploads cut off by a killed service left (at start)."""
     swept = []
-    for leftover in (config.state / "uploads").glob(".upload-*.partial"):
+    for leftover in config.state_folder.staged_uploads():
         shutil.rmtree(leftover, ignore_errors=True)
         swept.append(leftover.name)
     return swept

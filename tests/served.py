@@ -104,3 +104,48 @@ class Served:
         except subprocess.TimeoutExpired:
             self.process.kill()
             raise AssertionError(f"emi serve ignored SIGTERM:\n{self.text()}") from None
+
+
+class InProcess:
+    """The service's app in this process (FastAPI's ``TestClient`` over ``create_app``:
+    the routes, the guard, the job threads and a one-worker in-process dask cluster;
+    no port, no subprocess). Options are :class:`ServiceConfig` fields; ``kinds`` the
+    job kinds. ``web`` is the TestClient; :meth:`client` a :class:`ServiceClient` over
+    it."""
+
+    def __init__(self, folder: Path, roots: list[Path | str], *, kinds=None, **options):
+        from service.config import ServiceConfig
+        from service.kinds import KINDS
+
+        self.folder = folder
+        self.config = ServiceConfig(
+            stores=str(options.pop("stores", folder / "stores")),
+            heads=options.pop("heads", folder / "heads"),
+            state=options.pop("state", folder / "state"),
+            source_roots=[str(r) for r in roots],
+            **options,
+        )
+        self.kinds = kinds or KINDS
+        self.token = self.config.tokens[0] if self.config.tokens else None
+
+    def __enter__(self) -> InProcess:
+        from fastapi.testclient import TestClient
+
+        from service.app import create_app
+        from service.state import StateFolder
+
+        state = StateFolder.open(self.config.state)
+        state.hold()
+        self.config.state = state.root
+        self.state = state
+        self.app = create_app(self.config, state, self.kinds)
+        self.web = TestClient(self.app, base_url="http://127.0.0.1").__enter__()
+        self.service = self.app.app.app.state.service  # behind the metrics and the guard
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.web.__exit__(*exc)
+        self.state.release()
+
+    def client(self, token: str | None = None) -> ServiceClient:
+        return ServiceClient(token=token or self.token, http=self.web)

@@ -122,12 +122,12 @@ def test_the_summary_counts_the_padding_the_backbone_ran(mixed_corpus, tiny_back
     from manifests import build_manifest
 
     records = build_manifest(mixed_corpus)
-    options = ExtractOptions(model=str(tiny_backbone), quiet=True)
+    options = ExtractOptions.of(model=str(tiny_backbone), quiet=True)
     one = extract(records, str(tmp_path / "a.zarr"), options)
     assert one.frames_computed == one.frames  # one clip per forward: no padding
     batched = extract(
         records,
         str(tmp_path / "b.zarr"),
-        ExtractOptions(model=str(tiny_backbone), batch_seconds=8.0, quiet=True),
+        ExtractOptions.of(model=str(tiny_backbone), batch_seconds=8.0, quiet=True),
     )
     assert batched.frames == one.frames and batched.frames_computed > batched.frames

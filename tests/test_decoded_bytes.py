@@ -16,7 +16,7 @@ import pytest
 from featurestore import part_task
 from featurestore.audio import AudioError, decode_clip
 from featurestore.extraction import extract
-from featurestore.options import ExtractOptions
+from featurestore.options import ExtractOptions, RunHooks
 from featurestore.store import FeatureStore
 from service.config import ServiceConfig
 from service.score import _content_keyed
@@ -61,7 +61,7 @@ def test_files_swapped_after_listing_are_refused_and_nothing_outside_is_read(
 
     monkeypatch.setattr(part_task, "decode_clip", swap_then_decode)
     store = tmp_path / "cache.zarr"
-    options = ExtractOptions(model=str(tiny_backbone), quiet=True, resolved_paths=True)
+    options = ExtractOptions.of(model=str(tiny_backbone), quiet=True, resolved_paths=True)
     summary = extract(records, str(store), options)
     assert swapped.is_set()
     reasons = {os.path.basename(f.path): f.reason for f in summary.failed}
@@ -125,15 +125,15 @@ def test_a_stop_during_a_part_ends_it_after_its_round_and_keeps_what_it_finished
 
     monkeypatch.setattr(part_task, "decode_clip", decode_then_ask_to_stop)
     store = tmp_path / "f.zarr"
-    options = ExtractOptions(model=str(tiny_backbone), quiet=True, should_stop=asked.is_set)
-    summary = extract(records, str(store), options)  # one part: 48 s of audio
+    options = ExtractOptions.of(model=str(tiny_backbone), quiet=True)
+    summary = extract(records, str(store), options, RunHooks(should_stop=asked.is_set))
     assert summary.stopped and len(summary.parts_written) == 1
     kept = FeatureStore.open(str(store))
     assert 0 < len(kept.clip_ids) < 12 and summary.failed == []
     assert len(decoded) < 12  # the clips after the stop were never decoded
     # what it committed stays; a rerun computes only the rest
     monkeypatch.setattr(part_task, "decode_clip", real)
-    rest = extract(records, str(store), ExtractOptions(model=str(tiny_backbone), quiet=True))
+    rest = extract(records, str(store), ExtractOptions.of(model=str(tiny_backbone), quiet=True))
     assert rest.already_stored == len(kept.clip_ids)
     assert rest.extracted == 12 - len(kept.clip_ids)
 
@@ -153,12 +153,13 @@ def test_progress_moves_within_a_part_round_by_round(tmp_path, tiny_backbone, mo
 
     monkeypatch.setattr(part_task, "decode_clip", slow_decode)
     seen: list[tuple[int, int, float]] = []
-    options = ExtractOptions(
-        model=str(tiny_backbone),
-        quiet=True,
-        on_part=lambda s: seen.append((s.extracted, s.running_clips, s.running_audio_s)),
+    options = ExtractOptions.of(model=str(tiny_backbone), quiet=True)
+    hooks = RunHooks(
+        on_part=lambda s: seen.append((s.extracted, s.running_clips, s.running_audio_s))
     )
-    summary = extract(load_manifest(tmp_path / "clips.csv"), str(tmp_path / "f.zarr"), options)
+    summary = extract(
+        load_manifest(tmp_path / "clips.csv"), str(tmp_path / "f.zarr"), options, hooks
+    )
     assert len(summary.parts_written) == 1  # one part of 25 s
     running = [clips for extracted, clips, _ in seen if extracted == 0 and clips > 0]
     assert len(running) >= 2 and running == sorted(running) and running[0] < 10

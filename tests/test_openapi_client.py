@@ -5,6 +5,7 @@ failing check; the API's pages are served from the package, with no outside requ
 
 from __future__ import annotations
 
+import datetime
 import importlib
 import os
 import subprocess
@@ -70,10 +71,12 @@ def test_a_generated_client_uploads_submits_polls_downloads_and_reads_errors(
     from emi_client.api.jobs import get_job, list_jobs, predictions_csv, submit_job
     from emi_client.api.uploads import upload_files
     from emi_client.models import (
+        ClipProgress,
         ErrorBody,
-        JobView,
-        ListJobsStateType0,
+        JobState,
+        ScoreJob,
         ScoreJobRequest,
+        ScoreResult,
         UploadFilesUploadFiles,
         UploadView,
     )
@@ -92,19 +95,24 @@ def test_a_generated_client_uploads_submits_polls_downloads_and_reads_errors(
         for handle in handles:
             handle.close()
     assert isinstance(upload, UploadView) and upload.files == 3
+    assert isinstance(upload.created_at, datetime.datetime) and upload.created_at.tzinfo
     job = submit_job.sync(client=client, body=ScoreJobRequest(kind="score", source=upload.id,
                                                                heads=["ml"]))  # fmt: skip
-    assert isinstance(job, JobView), job
+    assert isinstance(job, ScoreJob), job
     deadline = time.monotonic() + 120
     while job.state.value not in ("succeeded", "failed", "cancelled"):
         assert time.monotonic() < deadline
         time.sleep(0.2)
         job = get_job.sync(job.id, client=client)
-    assert job.state.value == "succeeded" and job.failures_count == 0
+    assert job.state == JobState.SUCCEEDED and job.failures_count == 0
+    # typed all through: the progress, the result and the times are the kind's models
+    assert isinstance(job.progress, ClipProgress) and job.progress.clips_done == 3
+    assert isinstance(job.result, ScoreResult) and job.result.predicted == 3
+    assert job.finished_at >= job.started_at >= job.created_at
     csv_text = predictions_csv.sync(job.id, client=client)
     assert csv_text == served.client().predictions_csv(job.id)
     assert csv_text.splitlines()[0].startswith("clip_id,")
-    listed = list_jobs.sync(client=client, state=ListJobsStateType0.SUCCEEDED)
+    listed = list_jobs.sync(client=client, state=JobState.SUCCEEDED)
     assert job.id in [j.id for j in listed.jobs]
     # an error, read as the service's model
     missing = get_job.sync("job-none", client=client)

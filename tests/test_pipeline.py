@@ -46,7 +46,7 @@ def container_corpus(mixed_corpus, tmp_path_factory) -> Path:
 
 def _extract(corpus: Path, store: Path, backbone: Path, **options):
     options = {"model": str(backbone), "quiet": True, "batch_seconds": 2.0, **options}
-    return extract(build_manifest(corpus), str(store), ExtractOptions(**options))
+    return extract(build_manifest(corpus), str(store), ExtractOptions.of(**options))
 
 
 def _assert_equals_reference(store: Path, corpus: Path, backbone: Path, skip=()) -> None:

@@ -423,23 +423,27 @@ def test_dead_job_threads_make_the_service_not_ready(tmp_path):
 
 def test_expired_uploads_and_results_are_removed_and_in_use_ones_kept(tmp_path):
     from service.config import ServiceConfig
-    from service.jobs import JobTable
+    from service.jobs import JobState, JobTable
+    from service.kinds import KINDS
     from service.retention import DAY_S, sweep_expired
 
     root = tmp_path / "root"
     root.mkdir()
     config = ServiceConfig(stores=str(tmp_path / "s"), heads=tmp_path / "h", keep_days=2,
                            state=tmp_path / "state", source_roots=[str(root)])  # fmt: skip
-    table = JobTable(_state_db(config))
+    table = JobTable(_state_db(config), KINDS)
     old = time.time() - 3 * DAY_S
     for name in ("upload-" + "a" * 20, "upload-" + "b" * 20, "upload-" + "c" * 20):
         files = config.state / "uploads" / name / "files"
         files.mkdir(parents=True)
         made = old if name != "upload-" + "c" * 20 else time.time()
         (files.parent / "upload.json").write_text(json.dumps({"created_at": made, "bytes": 1}))
-    table.add("score", {"source": "upload-" + "b" * 20, "heads": ["x"]})  # queued: in use
-    done, _ = table.add("score", {"source": "/x", "heads": ["x"]})
-    table.finish(done.id, "succeeded")
+    in_use = {"kind": "score", "source": "upload-" + "b" * 20, "heads": ["x"]}
+    table.add("score", in_use)  # queued: in use
+    done, _ = table.add("score", {"kind": "score", "source": "/x", "heads": ["x"]})
+    assert table.claim_next().id != done.id  # the older one
+    assert table.claim_next().id == done.id
+    assert table.transition(done.id, JobState.succeeded, expect=[JobState.running])
     (config.state / "results" / done.id).mkdir(parents=True)
     assert sweep_expired(config, table) == ["upload-" + "a" * 20]  # the job ended just now
     later = time.time() + 3 * DAY_S
@@ -751,7 +755,9 @@ def test_a_full_disk_fails_a_job_and_never_wedges_it(small_disks, tmp_path, tiny
         answer = httpx.post(f"{served.url}/v1/uploads", files={"files": ("a.wav", big)})
         assert answer.status_code == 507, answer.text
         assert "disk is full" in answer.json()["detail"]
-        assert client.cancel(job["id"])["state"] == "failed"  # a finished job stays as it is
+        with pytest.raises(ServiceError, match="409"):  # a finished job stays as it is
+            client.cancel(job["id"])
+        assert client.job(job["id"])["state"] == "failed"
         for filler in fillers:  # room again: the reserve is made again, jobs run
             filler.unlink()
         deadline = time.monotonic() + 30
@@ -767,12 +773,12 @@ def test_a_full_disk_fails_a_job_and_never_wedges_it(small_disks, tmp_path, tiny
 
 def test_a_job_none_of_whose_clips_was_kept_for_a_full_disk_fails():
     from featurestore.records import ClipFailure
-    from service.runner import DiskFull, _fail_on_a_full_disk
+    from service.kinds.clips import DiskFull, fail_on_a_full_disk
 
     full = ClipFailure("a", "/x/a.wav", "could not write the part ([Errno 28] No space left on "
                        "device)")  # fmt: skip
     other = ClipFailure("b", "/x/b.wav", "unreadable as audio (Format not recognised)")
     with pytest.raises(DiskFull, match="1 of 2 clips failed for it and none was kept"):
-        _fail_on_a_full_disk([full, other], kept=0)
-    _fail_on_a_full_disk([full, other], kept=1)  # some kept: succeeded, failures listed
-    _fail_on_a_full_disk([other], kept=0)  # bad audio alone: as before
+        fail_on_a_full_disk([full, other], kept=0)
+    fail_on_a_full_disk([full, other], kept=1)  # some kept: succeeded, failures listed
+    fail_on_a_full_disk([other], kept=0)  # bad audio alone: as before

@@ -74,7 +74,8 @@ def uncommitted_parts(location: StoreLocation, committed, path: str = PARTS) -> 
 
 # Lower case only: a set's name is its folder's, and on a case-insensitive file system
 # "Hub" and "hub" would be one folder.
-_SET_NAME = re.compile(r"[a-z0-9_][a-z0-9_.+=-]{0,99}")
+SET_NAME = r"^[a-z0-9_][a-z0-9_.+=-]{0,99}$"  # and not ending in .json (check_set_name)
+_SET_NAME = re.compile(SET_NAME)
 
 
 def check_set_name(name: str) -> str:

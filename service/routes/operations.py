@@ -4,14 +4,14 @@ probes need no token), ``/metrics`` (Prometheus text)."""
 from __future__ import annotations
 
 import logging
-from typing import Annotated
 
-from fastapi import APIRouter, Depends, Security
+from fastapi import APIRouter, Security
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel
 
-from service.api_docs import READS, bearer, errors
-from service.runtime import Service, service_of
+from service.api_docs import READS, errors
+from service.auth import bearer
+from service.runtime import Served
 
 log = logging.getLogger("emi.service")
 router = APIRouter(tags=["operations"])
@@ -27,7 +27,7 @@ class Readiness(BaseModel):
 
 
 @router.get("/healthz", response_model=Health, responses=errors(503))
-def healthz(service: Annotated[Service, Depends(service_of)]):
+def healthz(service: Served):
     """The process is up and can recover by itself (needs no token). 503 where it
     cannot (a job thread or a watch died): a restart is what helps then."""
     why = service.unrecoverable()
@@ -38,7 +38,7 @@ def healthz(service: Annotated[Service, Depends(service_of)]):
 
 
 @router.get("/readyz", response_model=Readiness, responses=errors(503))
-def readyz(service: Annotated[Service, Depends(service_of)]):
+def readyz(service: Served):
     """Ready for jobs: the stores readable, the dask cluster reachable with workers,
     the job threads running, the state folder writable with its reserve in place
     (needs no token; says no more than that, the log has why). Answers at once, from
@@ -54,6 +54,6 @@ def readyz(service: Annotated[Service, Depends(service_of)]):
     dependencies=[Security(bearer)],
     responses=errors(*READS),
 )
-def metrics(service: Annotated[Service, Depends(service_of)]):
+def metrics(service: Served):
     """Prometheus text: jobs by kind and state, clips, audio seconds, durations."""
     return Response(service.metrics.text(), media_type="text/plain; version=0.0.4")

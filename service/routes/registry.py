@@ -5,17 +5,18 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Security
+from fastapi import APIRouter, Query, Security
 
-from service.api_docs import READS, bearer, errors
-from service.runtime import Service, service_of
+from service.api_docs import READS, errors
+from service.auth import bearer
+from service.runtime import Served
+from service.views import HeadList, ServiceInfo, SourceListing, StoreList
 
 router = APIRouter(tags=["registry"], dependencies=[Security(bearer)])
-Served = Annotated[Service, Depends(service_of)]
 
 
-@router.get("/v1/service", responses=errors(*READS))
-def service_info(service: Served) -> dict:
+@router.get("/v1/service", response_model=ServiceInfo, responses=errors(*READS))
+def service_info(service: Served):
     """The upload limits, how long uploads and results are kept, and the source roots
     (what a client may send)."""
     from service.uploads import UploadLedger
@@ -37,10 +38,8 @@ def service_info(service: Served) -> dict:
     }
 
 
-@router.get("/v1/sources", responses=errors(*READS, 403, 404, 422))
-def list_sources(
-    service: Served, path: Annotated[str | None, Query(max_length=4096)] = None
-) -> dict:
+@router.get("/v1/sources", response_model=SourceListing, responses=errors(*READS, 403, 404, 422))
+def list_sources(service: Served, path: Annotated[str | None, Query(max_length=4096)] = None):
     """The folders below the source roots: no ``path``, the roots; else the folders in
     ``path`` and its count of audio files (never anything outside the roots)."""
     from service.sources import list_folder
@@ -48,16 +47,16 @@ def list_sources(
     return list_folder(service.config, path)
 
 
-@router.get("/v1/stores", responses=errors(*READS))
-def list_stores(service: Served) -> dict:
+@router.get("/v1/stores", response_model=StoreList, responses=errors(*READS))
+def list_stores(service: Served):
     """The managed stores: name, feature sets, clips, hours, size."""
     from service.registry import list_stores as listed
 
     return {"stores": listed(service.config)}
 
 
-@router.get("/v1/heads", responses=errors(*READS))
-def list_heads(service: Served) -> dict:
+@router.get("/v1/heads", response_model=HeadList, responses=errors(*READS))
+def list_heads(service: Served):
     """The head registry, best validation mean Pearson first."""
     from service.registry import list_heads as listed
 

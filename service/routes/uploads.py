@@ -3,17 +3,15 @@ service, named by id as a job's source or labels."""
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, Depends, Request, Security
+from fastapi import APIRouter, Request, Security
 from fastapi.responses import Response
-from pydantic import BaseModel, Field
 
-from service.api_docs import WRITES, bearer, errors
-from service.runtime import Service, service_of
+from service.api_docs import WRITES, errors
+from service.auth import bearer
+from service.runtime import Served
+from service.views import UploadView
 
 router = APIRouter(tags=["uploads"], dependencies=[Security(bearer)])
-Served = Annotated[Service, Depends(service_of)]
 
 MULTIPART_BODY = {
     "required": True,
@@ -34,16 +32,6 @@ MULTIPART_BODY = {
         }
     },
 }
-
-
-class UploadView(BaseModel):
-    id: str
-    files: int
-    bytes: int
-    created_at: float
-    skipped: list[str] = Field(
-        default_factory=list, description="files left out: not audio, video, CSV or archives"
-    )
 
 
 @router.post(

@@ -248,8 +248,10 @@ function stateWords(job) {
     return [`succeeded, ${job.failures_count} of ${total} clip${total === 1 ? "" : "s"} failed`, "partial"];
   }
   if (job.state === "running") {
-    const stage = job.cancel_requested ? "cancelling" : STAGES[p.stage] || p.stage || "starting";
-    return [`running: ${stage}`, "running"];
+    return [`running: ${STAGES[p.stage] || p.stage || "starting"}`, "running"];
+  }
+  if (job.state === "cancelling") {
+    return ["cancelling: stopping after the current batch", "running"];
   }
   if (job.state === "cancelled" && job.result && job.result.partial) {
     return [`cancelled: ${job.result.predicted} of ${total} clips finished and kept`, "cancelled"];

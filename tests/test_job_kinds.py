@@ -1,0 +1,171 @@
+"""Job kinds as records and the one state machine: a toy kind added in a few lines,
+every move a compare-and-set, a finished job's cancel refused (409), the request read
+back into its model, and the request rules the store's own (a feature set named with a
+``.``)."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from typing import Literal
+
+import pytest
+from pydantic import BaseModel
+
+from service.jobs import CANCELABLE_STATES, FINISHED_STATES, TRANSITIONS, JobState, JobTable
+from service.kinds import KINDS, JobKind, JobRequestBase
+from tests.served import InProcess
+
+
+class EchoRequest(JobRequestBase):
+    kind: Literal["echo"]
+    text: str
+
+
+class EchoProgress(BaseModel):
+    stage: str = "queued"
+
+
+class EchoResult(BaseModel):
+    shout: str
+
+
+def _echo(context) -> EchoResult:
+    context.progress(stage="shouting")
+    return EchoResult(shout=context.request.text.upper())
+
+
+ECHO = JobKind("echo", EchoRequest, EchoProgress, EchoResult, run=_echo)
+
+
+def _wait(client, job_id: str, timeout_s: float = 60) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while (job := client.job(job_id))["state"] not in {s.value for s in FINISHED_STATES}:
+        assert time.monotonic() < deadline, job
+        time.sleep(0.05)
+    return job
+
+
+def test_a_toy_kind_is_one_record_and_runs_typed_end_to_end(tmp_path):
+    with InProcess(tmp_path, [tmp_path], kinds=KINDS.with_kind(ECHO)) as served:
+        client = served.client()
+        job = client.submit({"kind": "echo", "text": "hello"})
+        assert job["request"]["text"] == "hello" and job["progress"] == {"stage": "queued"}
+        done = _wait(client, job["id"])
+        assert done["state"] == "succeeded" and done["result"] == {"shout": "HELLO"}
+        assert done["progress"]["stage"] == "succeeded"
+        schemas = served.web.get("/openapi.json").json()["components"]["schemas"]
+        assert {"EchoRequest", "EchoJob", "EchoResult", "EchoJobEnded"} <= set(schemas)
+        with pytest.raises(Exception, match="422"):  # its body is checked by its model
+            client.submit({"kind": "echo", "text": 3, "extra": 1})
+        # read back from the table into the kind's models
+        stored = served.service.table.get(job["id"])
+        assert isinstance(stored.request, EchoRequest) and isinstance(stored.result, EchoResult)
+
+
+def test_the_transition_table_is_the_only_way_and_each_move_is_compare_and_set(tmp_path):
+    from service.jobs import StateConflict
+
+    table = JobTable(tmp_path / "jobs.sqlite", KINDS)
+    request = {"kind": "score", "source": "/x", "heads": ["h"]}
+    job, _ = table.add("score", request)
+    assert job.state is JobState.queued and job.request.heads == ["h"]
+    for state in JobState:  # no move out of a finished state; none a table lacks
+        for to in JobState:
+            if to not in TRANSITIONS[state]:
+                with pytest.raises(StateConflict):
+                    table.transition(job.id, to, expect=[state])
+    assert CANCELABLE_STATES.isdisjoint(FINISHED_STATES)
+    claimed = table.claim_next()
+    assert claimed.state is JobState.running and claimed.runs == 1
+    assert table.claim_next() is None
+    # a cancel and the run's end race: exactly one wins, the other learns it lost
+    outcomes = []
+    barrier = threading.Barrier(2)
+
+    def move(to):
+        barrier.wait()
+        outcomes.append((to, table.transition(job.id, to, expect=[JobState.running])))
+
+    racers = [threading.Thread(target=move, args=(to,)) for to in
+              (JobState.succeeded, JobState.cancelling)]  # fmt: skip
+    for racer in racers:
+        racer.start()
+    for racer in racers:
+        racer.join()
+    assert sorted(won for _, won in outcomes) == [False, True]
+    winner = next(to for to, won in outcomes if won)
+    assert table.get(job.id).state is winner
+    table.close()
+
+
+def test_cancel_moves_a_queued_job_to_cancelled_a_running_one_to_cancelling(tmp_path):
+    table = JobTable(tmp_path / "jobs.sqlite", KINDS)
+    queued, _ = table.add("extract", {"kind": "extract", "source": "/x", "store": "s"})
+    job, moved = table.request_cancel(queued.id)
+    assert moved is JobState.cancelled and job.state is JobState.cancelled and job.final
+    assert job.progress.stage == "cancelled" and job.finished_at is not None
+    assert table.request_cancel(queued.id) == (table.get(queued.id), None)  # finished: none
+    running, _ = table.add("extract", {"kind": "extract", "source": "/y", "store": "s"})
+    table.claim_next()
+    job, moved = table.request_cancel(running.id)
+    assert moved is JobState.cancelling and job.cancel_requested
+    assert table.request_cancel(running.id)[1] is None  # asked again: as it is
+    # the service killed while cancelling: it ends cancelled at the next start
+    assert table.cancelled_while_away() == [running.id]
+    assert table.get(running.id).state is JobState.cancelled
+    table.close()
+
+
+def test_a_score_job_cancelled_after_it_ran_is_finished_by_a_run(tmp_path):
+    """A score run keeps what it finished: cancelled while its service was away, it
+    is queued again and taken as ``cancelling`` (to end with its partial predictions)."""
+    table = JobTable(tmp_path / "jobs.sqlite", KINDS)
+    job, _ = table.add("score", {"kind": "score", "source": "/x", "heads": ["h"]})
+    table.claim_next()
+    table.request_cancel(job.id)
+    assert table.cancelled_while_away() == []
+    assert table.requeue_running() == [job.id]
+    again = table.claim_next()
+    assert again.id == job.id and again.state is JobState.cancelling and again.runs == 2
+    table.close()
+
+
+def test_a_stored_request_that_is_not_its_kinds_model_is_damaged(tmp_path):
+    table = JobTable(tmp_path / "jobs.sqlite", KINDS)
+    job, _ = table.add("score", {"kind": "score", "source": "/x", "heads": ["h"]})
+    with sqlite3.connect(tmp_path / "jobs.sqlite") as db:
+        db.execute("UPDATE jobs SET request=? WHERE id=?", ('{"kind": "score"}', job.id))
+    read = table.get(job.id)
+    assert read.request is None and read.damaged == ["request"]
+    assert table.claim_next() is None  # it fails saying so, never runs
+    failed = table.get(job.id)
+    assert failed.state is JobState.failed and "damaged" in failed.error["detail"]
+    table.close()
+
+
+def test_cancelling_a_finished_job_is_refused_and_dotted_set_names_are_taken(
+    tmp_path, tiny_backbone
+):
+    from featurestore.store.layout import check_set_name, set_name_of
+    from tests.synth import write_clip
+
+    source = tmp_path / "audio"
+    write_clip(source / "a.wav", 0.5, seed=0)
+    dotted = set_name_of({"backbone": {"ref": "/models/w2v2.v1+vad"}, "hidden_size": 4,
+                         "max_seconds": None, "window_seconds": None})  # fmt: skip
+    assert "." in check_set_name(dotted)
+    with InProcess(tmp_path, [source], model=str(tiny_backbone)) as served:
+        client = served.client()
+        job = client.submit({"kind": "extract", "source": str(source), "store": "named",
+                             "feature_set": dotted})  # fmt: skip
+        assert job["request"]["feature_set"] == dotted
+        done = _wait(client, job["id"])
+        assert done["state"] == "succeeded", done
+        assert done["result"]["feature_set"] == dotted and done["result"]["extracted"] == 1
+        answer = served.web.post(f"/v1/jobs/{job['id']}/cancel")
+        assert answer.status_code == 409 and "only a job not finished" in answer.json()["detail"]
+        named = {"kind": "extract", "source": str(source), "store": "named"}
+        bad = served.web.post("/v1/jobs", json={**named, "feature_set": "x.json"})
+        assert bad.status_code == 422 and "feature_set" in str(bad.json()["detail"])
