@@ -6,6 +6,7 @@ import json
 
 import click
 
+from featurestore.families import DEFAULT_FAMILY, FAMILIES
 from featurestore.options import BACKBONE_SIZES
 
 SIZES = tuple(BACKBONE_SIZES)  # read from the library's table, not a copy
@@ -35,8 +36,8 @@ def model() -> None:
 )
 @click.option(
     "--family",
-    type=click.Choice(["wav2vec2", "hubert", "wavlm"]),
-    default="wav2vec2",
+    type=click.Choice(list(FAMILIES)),
+    default=DEFAULT_FAMILY,
     show_default=True,
     help="wav2vec2: the audeering layout with its VAD head; hubert, wavlm: a plain "
     "transformers checkpoint of that family (hidden states only, no VAD head).",

@@ -37,6 +37,7 @@ from torch import nn
 from transformers import PretrainedConfig
 
 from featurestore.errors import BackboneError
+from featurestore.families import DEFAULT_FAMILY, FAMILIES, family_names
 from featurestore.options import RANDOM_MARK, user_cache_dir
 
 CONFIG_FILE = "config.json"
@@ -45,33 +46,10 @@ WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 # RANDOM_MARK: a random stand-in's mark (featurestore.random_backbone), descriptive
 # only: a random checkpoint's fingerprint is what it was before it was marked
 _CONFIG_KEYS_NOT_HASHED = {"transformers_version", "_name_or_path", "architectures", RANDOM_MARK}
-FAMILIES = ("wav2vec2", "hubert", "wavlm")  # config.json model_type
 # Used only for SpecAugment in training; checkpoints may omit it.
-_OPTIONAL_KEYS = {f"{family}.masked_spec_embed" for family in FAMILIES}
+_OPTIONAL_KEYS = set().union(*(f.prefixed_optional_keys for f in FAMILIES.values()))
 # The base model's modules: keys starting with these are the base model's, unprefixed.
 _BASE_MODULES = ("feature_extractor.", "feature_projection.", "encoder.", "masked_spec_embed")
-
-
-def _config_class(family: str) -> type[PretrainedConfig]:
-    from transformers import HubertConfig, Wav2Vec2Config, WavLMConfig
-
-    return {"wav2vec2": Wav2Vec2Config, "hubert": HubertConfig, "wavlm": WavLMConfig}[family]
-
-
-def _model_class(family: str) -> type[nn.Module]:
-    # Imported here: the modelling code costs about 1.3 s of imports, which a run that
-    # only identifies a checkpoint (all its clips stored) does not pay.
-    if family == "hubert":
-        from transformers import HubertModel
-
-        return HubertModel
-    if family == "wavlm":
-        from transformers import WavLMModel
-
-        return WavLMModel
-    from transformers import Wav2Vec2Model
-
-    return Wav2Vec2Model
 
 
 ATTENTIONS = ("auto", "sdpa", "eager")
@@ -105,7 +83,7 @@ def has_vad_head(config: PretrainedConfig) -> bool:
     (or name none)."""
     architectures = getattr(config, "architectures", None) or ["ForSpeechClassification"]
     return (
-        config.model_type == "wav2vec2"
+        FAMILIES[config.model_type].vad_head
         and config.num_labels == 3
         and any("Classification" in a for a in architectures)
     )
@@ -140,7 +118,7 @@ class EmotionBackbone(nn.Module):
 
     def __init__(self, config: PretrainedConfig, *, attention: str = "auto") -> None:
         super().__init__()
-        model_class = _model_class(config.model_type)
+        model_class = FAMILIES[config.model_type].model()
         self.attention = attention_for(model_class, attention)
         config = copy.deepcopy(config)  # the identity's config stays as read
         config._attn_implementation = self.attention
@@ -289,17 +267,15 @@ def read_config(folder: Path) -> tuple[PretrainedConfig, dict]:
             raise ValueError("not a JSON object")
     except (ValueError, UnicodeDecodeError) as err:
         raise BackboneError(f"{file}: unreadable config ({err}); restore the checkpoint") from err
-    family = raw.get("model_type", "wav2vec2")
+    family = raw.get("model_type", DEFAULT_FAMILY)
     if family not in FAMILIES:
-        raise BackboneError(
-            f"{file}: model_type {family!r}; emi runs {', '.join(FAMILIES)} checkpoints"
-        )
+        raise BackboneError(f"{file}: model_type {family!r}; emi runs {family_names()} checkpoints")
     try:
-        config = _config_class(family).from_dict(raw)
+        config = FAMILIES[family].config().from_dict(raw)
     except (ValueError, TypeError, KeyError) as err:
         raise BackboneError(f"{file}: not a valid {family} config ({err})") from err
     classifies = any("Classification" in a for a in raw.get("architectures") or [])
-    if family == "wav2vec2" and classifies and config.num_labels != 3:
+    if FAMILIES[family].vad_head and classifies and config.num_labels != 3:
         raise BackboneError(
             f"{file}: num_labels={config.num_labels}; an emotion backbone has a 3-output "
             "(arousal, dominance, valence) regression head"

@@ -28,7 +28,8 @@ import torch
 from safetensors.torch import save_file
 from transformers import PretrainedConfig
 
-from featurestore.backbone import FAMILIES, EmotionBackbone, _config_class
+from featurestore.backbone import EmotionBackbone
+from featurestore.families import DEFAULT_FAMILY, FAMILIES, family_names
 from featurestore.options import BACKBONE_SIZES, RANDOM_MARK
 from featurestore.spec import VAD_LABELS
 from manifests.atomic import apply_umask
@@ -37,11 +38,11 @@ SIZES = BACKBONE_SIZES
 
 
 def random_config(
-    size: str, *, norm: str | None = None, family: str = "wav2vec2"
+    size: str, *, norm: str | None = None, family: str = DEFAULT_FAMILY
 ) -> PretrainedConfig:
     """The config of a random backbone of ``size`` (see the module table)."""
     if family not in FAMILIES:
-        raise ValueError(f"unknown family {family!r}; choose one of {', '.join(FAMILIES)}")
+        raise ValueError(f"unknown family {family!r}; choose one of {family_names()}")
     if size not in SIZES:
         raise ValueError(f"unknown size {size!r}; choose one of {', '.join(SIZES)}")
     params = dict(SIZES[size])
@@ -56,10 +57,10 @@ def random_config(
         feat_extract_norm=norm,
         do_stable_layer_norm=norm == "layer",
     )
-    if family != "wav2vec2":  # a plain checkpoint: the base model alone
-        names = {"hubert": "HubertModel", "wavlm": "WavLMModel"}
-        return _config_class(family)(**common, architectures=[names[family]])
-    return _config_class(family)(
+    record = FAMILIES[family]
+    if not record.vad_head:  # a plain checkpoint: the base model alone
+        return record.config()(**common, architectures=[record.model_class])
+    return record.config()(
         **common,
         num_labels=len(VAD_LABELS),
         id2label={str(i): label for i, label in enumerate(VAD_LABELS)},
@@ -75,7 +76,7 @@ def write_random_backbone(
     size: str = "tiny",
     seed: int = 0,
     norm: str | None = None,
-    family: str = "wav2vec2",
+    family: str = DEFAULT_FAMILY,
 ) -> Path:
     """Write a seeded random checkpoint (``config.json``, ``model.safetensors``,
     ``preprocessor_config.json``): for ``family`` wav2vec2 in the real checkpoint's

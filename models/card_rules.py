@@ -112,9 +112,9 @@ def _check_head(card: dict, rules: _Rules, targets: list[str]) -> tuple[dict, li
     rules.integer(head, "input_dim", low=1, name="head.input_dim")
     if rules.integer(head, "num_targets", low=1, name="head.num_targets") != len(targets):
         rules.fail("head.num_targets", f"must equal the number of targets ({len(targets)})")
-    if head["head_type"] == "fusion":
-        for field in ("lstm_hidden", "lstm_layers", "mlp_hidden"):
-            rules.integer(head, field, low=1, name=f"head.{field}")
+    head_type = HEAD_TYPES[head["head_type"]]
+    for field in head_type.sizes:
+        rules.integer(head, field, low=1, name=f"head.{field}")
     dropout = head.get("dropout", 0.0)
     if (
         isinstance(dropout, bool)
@@ -144,8 +144,9 @@ def _check_head(card: dict, rules: _Rules, targets: list[str]) -> tuple[dict, li
     mix = head.get("mix", "softmax")
     if mix not in ("softmax", "concat"):
         rules.fail("head.mix", "must be 'softmax' or 'concat'", mix)
-    if mix == "concat" and head["head_type"] != "mean-linear":
-        rules.fail("head.mix", "can be 'concat' only for a mean-linear head", mix)
+    if mix == "concat" and head_type.several_layers != "concat":
+        side_by_side = [t.name for t in HEAD_TYPES.values() if t.several_layers == "concat"]
+        rules.fail("head.mix", f"can be 'concat' only for a {', '.join(side_by_side)} head", mix)
     return head, layers, width
 
 

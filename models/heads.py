@@ -84,7 +84,7 @@ class HeadConfig:
 
 
 from models.errors import HeadError  # noqa: E402
-from models.options import PRESETS  # noqa: E402  (re-exported)
+from models.options import PRESET_RECORDS, PRESETS  # noqa: E402  (PRESETS re-exported)
 
 
 def preset_config(
@@ -100,29 +100,25 @@ def preset_config(
     """A preset's config for features of width ``input_dim`` (one layer's hidden size
     plus the VAD outputs); ``overrides`` change sizes; ``layers`` as in
     :class:`HeadConfig`. A layer weighting of unstandardized inputs normalizes each
-    layer (``layer_norm``); the closed-form linear head reads layers side by side."""
-    if name in ("paper", "fusion"):  # the paper's architecture (fusion: emi's recipe)
-        base = dict(
-            head_type="fusion", lstm_hidden=input_dim, lstm_layers=2, mlp_hidden=2 * input_dim
-        )
-    elif name == "compact":
-        base = dict(head_type="fusion", lstm_hidden=256, lstm_layers=1, mlp_hidden=256)
-    elif name == "mean-linear":
-        base = dict(head_type="mean-linear")
-    else:
+    layer (``layer_norm``); a head type that mixes by concatenation reads layers side
+    by side."""
+    preset = PRESET_RECORDS.get(name)
+    if preset is None:
         raise HeadError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
-    base.update({k: v for k, v in overrides.items() if v is not None})
+    head_type = HEAD_TYPES[preset.head_type]
+    sizes = {**preset.sizes(input_dim), **{k: v for k, v in overrides.items() if v is not None}}
     several = len(layers) > 1
-    linear = base["head_type"] == "mean-linear"
+    learned = head_type.several_layers == "softmax"
     return HeadConfig(
+        head_type=head_type.name,
         input_dim=input_dim,
         num_targets=num_targets,
         layers=tuple(layers),
         layer_width=layer_width if several else 0,
         standardize=standardize,
-        layer_norm=several and not linear and not standardize,
-        mix="concat" if several and linear else "softmax",
-        **base,
+        layer_norm=several and learned and not standardize,
+        mix=head_type.several_layers if several else "softmax",
+        **sizes,
     )
 
 
@@ -243,16 +239,60 @@ class MeanLinear(nn.Module):
         return self.linear(mean)
 
 
-HEAD_TYPES = {"fusion": FusionHead, "mean-linear": MeanLinear}
+@dataclass(frozen=True)
+class HeadType:
+    """One head architecture: its module, how it is fitted, and how it reads several
+    layers. Adding a type is one record in :data:`HEAD_TYPES` (and a preset of it in
+    ``models.options.PRESET_RECORDS``).
+
+    Attributes:
+        name: ``head_type`` in a head's ``config.json``.
+        module: the ``nn.Module`` built from a :class:`HeadConfig`.
+        closed_form: fitted in one pass over the training clips' mean vectors (ridge),
+            not by gradient steps over epochs.
+        several_layers: how it reads several layers: ``softmax`` (learned weights) or
+            ``concat`` (side by side).
+        sizes: the :class:`HeadConfig` sizes it needs (each a whole number >= 1).
+    """
+
+    name: str
+    module: type[nn.Module]
+    closed_form: bool
+    several_layers: str
+    sizes: tuple[str, ...] = ()
 
 
-def build_head(config: HeadConfig) -> nn.Module:
+HEAD_TYPES: dict[str, HeadType] = {
+    t.name: t
+    for t in (
+        HeadType(
+            "fusion",
+            FusionHead,
+            closed_form=False,
+            several_layers="softmax",
+            sizes=("lstm_hidden", "lstm_layers", "mlp_hidden"),
+        ),
+        HeadType("mean-linear", MeanLinear, closed_form=True, several_layers="concat"),
+    )
+}
+
+
+def head_type_of(config: HeadConfig) -> HeadType:
+    """The record of ``config``'s head type.
+
+    Raises:
+        HeadError: a type emi does not know.
+    """
     try:
-        return HEAD_TYPES[config.head_type](config)
+        return HEAD_TYPES[config.head_type]
     except KeyError:
         raise HeadError(
             f"unknown head type {config.head_type!r}; known: {', '.join(HEAD_TYPES)}"
         ) from None
+
+
+def build_head(config: HeadConfig) -> nn.Module:
+    return head_type_of(config).module(config)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
 
 import click
 
 from models.errors import SettingsError
 
-PRESETS = ("compact", "fusion", "paper", "mean-linear")
 DEFAULT_PRESET = "compact"
 DEFAULT_CACHE_GB = 4.0  # memory for cached sequences (emi train --cache-gb)
 SIZE_KEYS = ("lstm_hidden", "lstm_layers", "mlp_hidden", "dropout")
@@ -38,12 +38,53 @@ PAPER_RECIPE = {
 # same schedule on standardized inputs at a higher rate, stopping once validation mean
 # Pearson has not improved for `patience` epochs.
 EMI_RECIPE = {**PAPER_RECIPE, "lr": 1e-3, "standardize": True, "patience": 10}
-RECIPES = {
-    "fusion": EMI_RECIPE,
-    "paper": PAPER_RECIPE,
-    "compact": EMI_RECIPE,
-    "mean-linear": {**PAPER_RECIPE, "standardize": True},  # closed form: only this counts
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named head: its type (:data:`models.heads.HEAD_TYPES`), its sizes for an input
+    of a given width, and the recipe it is trained by. Adding a preset is one record
+    in :data:`PRESET_RECORDS`; the CLI's ``--preset``, the grid's rules and the API
+    read the names from there.
+
+    Attributes:
+        name: ``--preset``'s value.
+        head_type: the architecture.
+        recipe: the training recipe (:class:`TrainSettings`' fields it sets).
+        sizes: the sizes (``lstm_hidden``, ``lstm_layers``, ``mlp_hidden``) for an
+            input of that many features per frame.
+    """
+
+    name: str
+    head_type: str
+    recipe: dict
+    sizes: Callable[[int], dict]
+
+
+def _paper_sizes(width: int) -> dict:
+    """The paper's architecture: an LSTM as wide as its input, two layers."""
+    return {"lstm_hidden": width, "lstm_layers": 2, "mlp_hidden": 2 * width}
+
+
+PRESET_RECORDS: dict[str, Preset] = {
+    p.name: p
+    for p in (
+        Preset(
+            "compact",
+            "fusion",
+            EMI_RECIPE,
+            lambda width: {"lstm_hidden": 256, "lstm_layers": 1, "mlp_hidden": 256},
+        ),
+        Preset("fusion", "fusion", EMI_RECIPE, _paper_sizes),  # the paper's, emi's recipe
+        Preset("paper", "fusion", PAPER_RECIPE, _paper_sizes),  # the paper's, exactly
+        # closed form: of the recipe, only standardize counts
+        Preset(
+            "mean-linear", "mean-linear", {**PAPER_RECIPE, "standardize": True}, lambda width: {}
+        ),
+    )
 }
+PRESETS = tuple(PRESET_RECORDS)
+RECIPES = {name: preset.recipe for name, preset in PRESET_RECORDS.items()}
 RECIPE_KEYS = tuple(PAPER_RECIPE)
 
 

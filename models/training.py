@@ -42,7 +42,14 @@ from models.head_files import (
     check_head_destination,
     save_head,
 )
-from models.heads import PRESETS, build_head, count_parameters, layer_weights, preset_config
+from models.heads import (
+    PRESETS,
+    build_head,
+    count_parameters,
+    head_type_of,
+    layer_weights,
+    preset_config,
+)
 from models.input_scale import column_statistics, input_statistics
 from models.metrics import evaluate
 from models.options import (
@@ -492,50 +499,79 @@ def train_one(
         **plan.sizes,
     )
     model = build_head(config)
+    fit = _ClosedFormFit() if head_type_of(config).closed_form else _GradientFit()
     facts: dict = {}
-    linear = config.head_type == "mean-linear"
-    if linear:  # one pass over the training clips' mean vectors: statistics and solver
-        x, y = _training_means(data, train, y_train, config.layers, s.max_frames)
-        stats = column_statistics(x) if config.standardize else None
-    elif config.standardize:
-        stats = input_statistics(
-            data, train.clip_ids, layers=config.layers, max_frames=s.max_frames
-        )
-    else:
-        stats = None
+    stats = fit.statistics(data, train, y_train, config, s.max_frames)
     if stats is not None:
         model.standardizer.set(stats.mean, stats.std)
         facts["standardized_over"] = f"{stats.count} training {stats.over}"
     model = model.to(device)
-    if linear:
-        history, best, extra = _fit_ridge(plan, model, x, y, data, val, y_val, targets, device, log)
-        if progress is not None:
-            progress(_epoch_progress(plan.name, 1, 1, best[0], best[0]))
-    else:
-        history, best, extra = _fit_by_gradient(
-            plan, model, data, train, val, y_train, y_val, targets, device, log, progress
-        )
+    history, best, extra = fit.fit(
+        plan, model, data, train, val, y_train, y_val, targets, device, log, progress
+    )
     trained_s = time.perf_counter() - started
     card = _head_card(plan, config, model, targets, train, val, device, store, best, trained_s)
-    card = replace(
-        card, joined=tuple(_store_ref(s) for s in joined), training={**card.training, **facts}
-    )
-    if linear:
-        card = replace(card, training=_ridge_training(card.training, extra["ridge"]))
+    training = fit.card_training({**card.training, **facts}, extra)
+    card = replace(card, joined=tuple(_store_ref(s) for s in joined), training=training)
     metrics = {"best_epoch": best[1], "epochs": history, **extra}
     if config.mixes_layers:  # the weights of the saved (best) epoch
         metrics["layer_weights"] = layer_weights(model)
-    from models.plots import plot_learning_curves, plot_ridge_penalty
 
     def plots(folder: Path) -> None:
-        if linear:
-            plot_ridge_penalty(metrics, folder / "ridge_penalty.png", title=plan.name)
-        else:
-            plot_learning_curves(metrics, folder / "learning_curves.png", title=plan.name)
+        fit.plot(metrics, folder, title=plan.name)
 
     save_head(out, model, card, metrics, extra_files=plots, overwrite=overwrite)
     seconds = time.perf_counter() - started
     return TrainedHead(plan.name, out, best[1], best[0], metrics, seconds, card.parameters, plan)
+
+
+class _GradientFit:
+    """How a head trained by gradient steps is fitted: epochs of the recipe over the
+    training clips' sequences, the best epoch by validation mean Pearson."""
+
+    def statistics(self, data, train, y_train, config, max_frames):
+        """The inputs' per-dimension statistics (over the training frames), where the
+        head standardizes its inputs."""
+        if not config.standardize:
+            return None
+        return input_statistics(data, train.clip_ids, layers=config.layers, max_frames=max_frames)
+
+    def fit(self, plan, model, data, train, val, y_train, y_val, targets, device, log, progress):
+        return _fit_by_gradient(
+            plan, model, data, train, val, y_train, y_val, targets, device, log, progress
+        )
+
+    def card_training(self, training: dict, extra: dict) -> dict:
+        return training
+
+    def plot(self, metrics: dict, folder: Path, *, title: str) -> None:
+        from models.plots import plot_learning_curves
+
+        plot_learning_curves(metrics, folder / "learning_curves.png", title=title)
+
+
+class _ClosedFormFit:
+    """How a closed-form head is fitted: one pass over the training clips' mean
+    vectors (their statistics and the ridge solver), the penalty chosen on validation."""
+
+    def statistics(self, data, train, y_train, config, max_frames):
+        self.x, self.y = _training_means(data, train, y_train, config.layers, max_frames)
+        return column_statistics(self.x) if config.standardize else None
+
+    def fit(self, plan, model, data, train, val, y_train, y_val, targets, device, log, progress):
+        fitted = _fit_ridge(plan, model, self.x, self.y, data, val, y_val, targets, device, log)
+        best = fitted[1]
+        if progress is not None:
+            progress(_epoch_progress(plan.name, 1, 1, best[0], best[0]))
+        return fitted
+
+    def card_training(self, training: dict, extra: dict) -> dict:
+        return _ridge_training(training, extra["ridge"])
+
+    def plot(self, metrics: dict, folder: Path, *, title: str) -> None:
+        from models.plots import plot_ridge_penalty
+
+        plot_ridge_penalty(metrics, folder / "ridge_penalty.png", title=title)
 
 
 def _validate(model, data, val, y_val, targets, device, max_frames) -> dict:
