@@ -33,6 +33,7 @@ from featurestore.location import StoreLocation  # noqa: E402
 from featurestore.report import verify_store  # noqa: E402
 from featurestore.spec import VAD_LABELS, as_spec  # noqa: E402
 from featurestore.store import PARTS, SCHEMA, FeatureStore, StoredClip, StoreWriter  # noqa: E402
+from featurestore.store.imported import commit_features
 from models.sequences import SequenceData  # noqa: E402
 
 KEYS = ("hidden", "frame_vad", "hidden_mean", "vad_mean")
@@ -70,7 +71,7 @@ def build(work: Path, clips: int, hidden: int, per_part: int) -> tuple[Path, Pat
             ClipFeatures(h, vad, h.astype(np.float32).mean(0), vad.mean(0), vad.mean(0))
         )
         if len(stored) == per_part or i == clips - 1:
-            writer.add_part(stored, features)
+            commit_features(writer, stored, features)
             stored, features = [], []
     # The same arrays, zstd only, no checksums: what a reader without checks reads.
     plain = work / "plain.zarr"

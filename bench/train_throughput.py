@@ -42,6 +42,7 @@ from featurestore.location import StoreLocation  # noqa: E402
 from featurestore.random_backbone import write_random_backbone  # noqa: E402
 from featurestore.spec import build_spec  # noqa: E402
 from featurestore.store import FeatureStore, StoredClip, StoreWriter  # noqa: E402
+from featurestore.store.imported import commit_features  # noqa: E402
 from manifests import read_labels  # noqa: E402
 from models.heads import build_head, preset_config  # noqa: E402
 from models.training import (  # noqa: E402
@@ -74,7 +75,7 @@ def make_store(work: Path, size: str, clips: int, seed: int = 0) -> tuple[Path, 
         )
         rows.append([clip_id, *rng.uniform(0, 1, 6).round(4)])
         if len(stored) == 50 or i == clips - 1:
-            writer.add_part(stored, features)
+            commit_features(writer, stored, features)
             stored, features = [], []
     split = int(0.8 * clips)
     files = []

@@ -131,8 +131,10 @@ def _settings(kwargs: dict, *, on_demand: bool) -> SlurmOptions | None:
     """Pop the ``--cluster-*`` values; the SLURM settings, or None (local)."""
     count = kwargs.pop("cluster_count")
     idle = kwargs.pop("cluster_idle", DEFAULTS.idle_s)
-    given = {name: kwargs.pop(f"cluster_{name}")
-             for name in ("queue", "account", "walltime", "cores", "memory")}  # fmt: skip
+    given = {
+        name: kwargs.pop(f"cluster_{name}")
+        for name in ("queue", "account", "walltime", "cores", "memory")
+    }
     if kwargs.pop("cluster") != "slurm":
         return None
     if kwargs.get("scheduler"):

@@ -6,7 +6,7 @@ import json
 
 import click
 
-from featurestore.options import DEVICES
+from cli.shared_options import device_option
 from manifests.records import count_of
 
 
@@ -44,7 +44,7 @@ from manifests.records import count_of
 @click.option("--skip-missing", is_flag=True, help="Score the labelled clips that are stored.")
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False), help="Write the metrics CSV.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
-@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
+@device_option()
 def evaluate(
     store: str,
     head_paths: tuple[str, ...],

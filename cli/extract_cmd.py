@@ -8,18 +8,17 @@ import sys
 import click
 
 from cli.cluster_options import cluster_options
+from cli.shared_options import device_option, scheduler_option, workers_option
 from featurestore.errors import EXIT_CLIPS_FAILED
 from featurestore.options import (
     COMPUTE_DTYPES,
     DEFAULT_MODEL,
-    DEVICES,
     ExtractOptions,
     SlurmOptions,
 )
 from manifests.records import count_of
 
-DEFAULTS = ExtractOptions()
-COMPUTE, FEATURES = DEFAULTS.compute, DEFAULTS.features
+FEATURES = ExtractOptions().features
 
 
 @click.command()
@@ -32,13 +31,7 @@ COMPUTE, FEATURES = DEFAULTS.compute, DEFAULTS.features
     f"store {DEFAULT_MODEL}.",
 )
 @click.option("--revision", default=None, help="Hub revision of --model.")
-@click.option(
-    "--device",
-    type=click.Choice(DEVICES),
-    default=COMPUTE.device,
-    show_default=True,
-    help="auto: cuda on workers that have a GPU, else cpu.",
-)
+@device_option("auto: cuda on workers that have a GPU, else cpu.")
 @click.option(
     "--dtype",
     "--compute-dtype",
@@ -49,19 +42,10 @@ COMPUTE, FEATURES = DEFAULTS.compute, DEFAULTS.features
     "feature set's, for a new set float32. bfloat16 is faster only on CPUs that have it "
     "(AMX, AVX-512 BF16, Arm BF16); the first line printed says which this is.",
 )
-@click.option(
-    "--workers",
-    type=click.IntRange(min=1),
-    default=COMPUTE.workers,
-    show_default=True,
-    help="Worker processes of the local dask cluster (ignored with --scheduler or "
-    "--cluster slurm).",
+@workers_option(
+    "Worker processes of the local dask cluster (ignored with --scheduler or --cluster slurm)."
 )
-@click.option(
-    "--scheduler",
-    default=None,
-    help="Address of a running dask scheduler (also DASK_SCHEDULER_ADDRESS).",
-)
+@scheduler_option("Address of a running dask scheduler (also DASK_SCHEDULER_ADDRESS).")
 @cluster_options(on_demand=False)
 @click.option(
     "--batch-seconds",

@@ -186,8 +186,13 @@ def cancel(job_id: str, server: str, token_file: str | None) -> None:
 
 @jobs.command()
 @click.argument("job_id")
-@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
-              help="Write the CSV there (else to stdout).")  # fmt: skip
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Write the CSV there (else to stdout).",
+)
 @click.option("--json", "as_json", is_flag=True, help="The JSON rows instead of the CSV.")
 @server_option
 @token_option

@@ -81,7 +81,9 @@ class EmiGroup(click.Group):
             raise  # click's own: --help, usage errors, Ctrl-C
         except Exception as err:
             if isinstance(err, user_errors()):
-                click.echo(f"Error: {err}", err=True)
+                from featurestore.errors import as_flag
+
+                click.echo(f"Error: {as_flag(err)}", err=True)
                 ctx.exit(2)
             raise
 

@@ -6,8 +6,8 @@ import sys
 
 import click
 
+from cli.shared_options import device_option, scheduler_option, workers_option
 from featurestore.errors import EXIT_CLIPS_FAILED
-from featurestore.options import DEVICES, ExtractOptions
 from manifests.records import count_of
 from models.options import (
     DEFAULT_CACHE_GB,
@@ -58,9 +58,7 @@ def _size(name: str):
     )
 
 
-DEVICE_OPTION = click.option(
-    "--device", type=click.Choice(DEVICES), default="auto", show_default=True
-)
+DEVICE_OPTION = device_option()
 
 
 @click.command()
@@ -129,8 +127,10 @@ DEVICE_OPTION = click.option(
 @_setting("weight_decay")
 @_setting("warmup_epochs")
 @_setting("clip_value", help="Gradient clipping by value.")
-@_setting("patience", help="Stop after this many epochs without a better validation score "
-          "(0: run every epoch).")  # fmt: skip
+@_setting(
+    "patience",
+    help="Stop after this many epochs without a better validation score (0: run every epoch).",
+)
 @click.option(
     "--standardize/--no-standardize",
     default=None,
@@ -257,13 +257,8 @@ def predict(store: str, head_paths: tuple[str, ...], output: str, device: str) -
     default=None,
     help="Backbone folder or hub id; default: the one the heads' store used.",
 )
-@click.option(
-    "--workers",
-    type=click.IntRange(min=1),
-    default=ExtractOptions().compute.workers,
-    show_default=True,
-)
-@click.option("--scheduler", default=None, help="Address of a running dask scheduler.")
+@workers_option()
+@scheduler_option()
 @DEVICE_OPTION
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def score(audio_dir: str, head_paths: tuple[str, ...], output: str, **options) -> None:

@@ -6,13 +6,16 @@ import contextlib
 import errno
 import logging
 import os
+import signal
 import socket
 import sys
+import threading
 from pathlib import Path
 
 import click
 
 from cli.cluster_options import cluster_options
+from cli.shared_options import device_option, scheduler_option, workers_option
 from service.config import (
     DEFAULT_CALLBACK_BACKOFF_S,
     DEFAULT_CALLBACK_TIMEOUT_S,
@@ -62,23 +65,13 @@ from service.config import (
     default=None,
     help="Bearer tokens, one per line; required beyond loopback.",
 )
-@click.option(
-    "--workers",
-    default=1,
-    show_default=True,
-    type=click.IntRange(1),
-    help="Local dask worker processes (1 runs in this process).",
-)
-@click.option("--scheduler", default=None, help="Run jobs on this dask scheduler instead.")
+@workers_option()
+@scheduler_option("Run jobs on this dask scheduler instead.")
 @cluster_options(on_demand=True)
 @click.option("--model", default=None, help="Backbone of extract jobs into new stores.")
-@click.option(
-    "--device",
-    type=click.Choice(["auto", "cpu", "cuda"]),
-    default="auto",
-    show_default=True,
-    help="The dask workers' device (extraction); the service's own work runs on this "
-    "machine's GPU if any, else its CPU.",
+@device_option(
+    "The dask workers' device (extraction); the service's own work runs on this "
+    "machine's GPU if any, else its CPU."
 )
 @click.option(
     "--jobs",
@@ -324,11 +317,19 @@ def _run_server(app, config, listener: socket.socket) -> None:
     class Server(uvicorn.Server):
         @contextlib.contextmanager
         def capture_signals(self):
-            with super().capture_signals():
+            """SIGTERM and SIGINT are a graceful stop (the jobs' parts committed, the
+            queue kept) that exits 0: uvicorn's own would raise the signal again once
+            stopped."""
+            if threading.current_thread() is not threading.main_thread():
                 yield
-                # SIGTERM and SIGINT are a graceful stop (the jobs' parts committed, the
-                # queue kept): exit 0 rather than re-raise the signal
-                self._captured_signals.clear()
+                return
+            stops = (signal.SIGINT, signal.SIGTERM)
+            previous = {sig: signal.signal(sig, self.handle_exit) for sig in stops}
+            try:
+                yield
+            finally:
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
 
     server = Server(
         uvicorn.Config(

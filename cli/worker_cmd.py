@@ -7,16 +7,14 @@ import sys
 
 import click
 
+from cli.shared_options import device_option
+
 
 @click.command(context_settings={"ignore_unknown_options": True})
 @click.argument("scheduler")
-@click.option(
-    "--device",
-    type=click.Choice(["auto", "cpu", "cuda"]),
-    default="auto",
-    show_default=True,
-    help="cuda: refuse to start without a GPU, and declare the GPU resource that "
-    "extraction asks for; auto: cuda where torch sees a GPU.",
+@device_option(
+    "cuda: refuse to start without a GPU, and declare the GPU resource that "
+    "extraction asks for; auto: cuda where torch sees a GPU."
 )
 @click.option("--nthreads", type=click.IntRange(1), default=1, show_default=True)
 @click.option("--memory-limit", default="auto", show_default=True)
@@ -45,8 +43,9 @@ def worker(
     from featurestore.devices import require_device
 
     resolved = require_device(device)  # DeviceError: one line, exit 2 (cli.main)
-    command = worker_command(scheduler, resolved, nthreads, memory_limit, name,
-                             list(dask_worker_args))  # fmt: skip
+    command = worker_command(
+        scheduler, resolved, nthreads, memory_limit, name, list(dask_worker_args)
+    )
     click.echo(f"emi worker: {resolved} worker for {scheduler} ({sys.executable})", err=True)
     sys.stderr.flush()
     from featurestore.cluster import LOG_LIMITS
@@ -68,9 +67,18 @@ def worker_command(
     """The ``dask worker`` command line of a worker on ``device`` (already resolved):
     a GPU worker declares ``GPU=1`` (extraction's parts ask for it) unless ``extra``
     declares resources itself."""
-    command = [sys.executable, "-m", "distributed.cli.dask_worker", scheduler,
-               "--nworkers", "1", "--nthreads", str(nthreads),
-               "--memory-limit", memory_limit]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "distributed.cli.dask_worker",
+        scheduler,
+        "--nworkers",
+        "1",
+        "--nthreads",
+        str(nthreads),
+        "--memory-limit",
+        memory_limit,
+    ]
     if name:
         command += ["--name", name]
     if device.startswith("cuda") and "--resources" not in extra:

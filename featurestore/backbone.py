@@ -226,10 +226,13 @@ def resolve_checkpoint(ref: str, *, revision: str | None = None) -> tuple[Path, 
     if path.is_dir():
         return path, None
     if path.exists():
-        raise BackboneError(f"--model {ref!r} is a file; give the checkpoint folder instead")
+        raise BackboneError(
+            f"model {ref!r} is a file; give the checkpoint folder instead", option="model"
+        )
     if ref.startswith((".", "/", "~")) or ref.count("/") != 1:
         raise BackboneError(
-            f"--model {ref!r}: no such folder, and not a hub id of the form 'owner/name'"
+            f"model {ref!r}: no such folder, and not a hub id of the form 'owner/name'",
+            option="model",
         )
     try:
         from huggingface_hub import snapshot_download

@@ -51,8 +51,9 @@ def dask_client(
     if slurm is not None:
         from featurestore.slurm import slurm_client
 
-        with slurm_client(slurm, device=device, quiet=quiet, dashboard=dashboard,
-                          wait_for_worker=wait_for_worker) as client:  # fmt: skip
+        with slurm_client(
+            slurm, device=device, quiet=quiet, dashboard=dashboard, wait_for_worker=wait_for_worker
+        ) as client:
             yield client
         return
     address = scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS")

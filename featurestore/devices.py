@@ -15,7 +15,8 @@ def require_device(device: str) -> str:
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise DeviceError(
-            f"--device {device}: torch sees no CUDA GPU on this machine "
-            f"(torch {torch.__version__}); use --device cpu or auto"
+            f"device {device}: torch sees no CUDA GPU on this machine "
+            f"(torch {torch.__version__}); use the device cpu or auto",
+            option="device",
         )
     return device

@@ -1,6 +1,6 @@
 """Running a backbone over decoded clips: windows, batches, per-clip features.
 
-Rules (see ``method.md``, pitfalls):
+Rules (docs/extracting.md, "How features are computed", says why):
 
 - Long clips are cut into windows of at most ``window_seconds``. Windows are
   frame-aligned: window ``k`` covers frames ``[a_k, b_k)`` and the samples

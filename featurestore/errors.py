@@ -7,11 +7,30 @@ EXIT_USAGE = 2  # bad option, missing file, mismatched or damaged store, locked 
 EXIT_CLIPS_FAILED = 3  # the run finished, but some clips could not be stored (listed)
 
 
-class BackboneError(RuntimeError):
+class OptionNamed:
+    """An error about one setting: ``option`` is its name in the library
+    (``layers``, ``feature_set``) and the message starts with it. The CLI says it as
+    its flag (``--layers``, ``--feature-set``), the service as its request field:
+    library messages never name a flag."""
+
+    def __init__(self, message: str = "", *, option: str | None = None) -> None:
+        super().__init__(message)
+        self.option = option
+
+
+def as_flag(err: Exception) -> str:
+    """``err``'s message with its setting named as the CLI's flag."""
+    text, option = str(err), getattr(err, "option", None)
+    if option and text.startswith(option):
+        return "--" + option.replace("_", "-") + text[len(option) :]
+    return text
+
+
+class BackboneError(OptionNamed, RuntimeError):
     """A backbone could not be found, read or matched to the expected layout."""
 
 
-class StoreError(RuntimeError):
+class StoreError(OptionNamed, RuntimeError):
     """A store that is missing, not an emi store, or made with another spec."""
 
 
@@ -30,7 +49,7 @@ class ClusterLost(RuntimeError):
     lost it): the parts committed before are kept, and running again resumes."""
 
 
-class DeviceError(ValueError):
+class DeviceError(OptionNamed, ValueError):
     """A device was asked for that this machine does not have (``--device cuda``
     without a CUDA GPU)."""
 
@@ -40,7 +59,7 @@ class ArgumentError(ValueError):
     argument, what it is and what it must be)."""
 
 
-class LayerError(ValueError):
+class LayerError(OptionNamed, ValueError):
     """Layers asked for that the backbone or the store does not have (the message names
     the option and the layers there are)."""
 

@@ -167,7 +167,7 @@ def run_part(job: PartJob, *, encoder: BatchEncoder | None = None) -> PartResult
     device = require_device(job.device)
     encoder, spec = _encoder_for(job, device, encoder)
     batch_seconds = job.batch_seconds
-    if batch_seconds is None:  # batching does not pay on a CPU (method.md, pitfalls)
+    if batch_seconds is None:  # batching does not pay on a CPU (docs/benchmarks.md)
         batch_seconds = GPU_BATCH_SECONDS if device.startswith("cuda") else 0.0
     round_seconds = max(MIN_ROUND_SECONDS, batch_seconds)
     part = PartWriter(

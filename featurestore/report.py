@@ -103,10 +103,11 @@ def verify_store(store: FeatureStore) -> list[Problem]:
     with the stored frames (within float16 error).
     """
     problems = [
-        Problem(None, f"{path} is the temporary of an interrupted write; `emi store repair` "
-                "removes it")
+        Problem(
+            None, f"{path} is the temporary of an interrupted write; `emi store repair` removes it"
+        )
         for path in leftover_files(store)
-    ]  # fmt: skip
+    ]
     for name in store.complete_parts:
         record = store.part_marker(name)
         try:

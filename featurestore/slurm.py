@@ -64,8 +64,18 @@ NEVER_STARTS = {
     "QOSMaxWallDurationPerJobLimit": "the walltime is above the QOS's limit",
     "DependencyNeverSatisfied": "the job depends on a job that failed",
 }
-ENDED = {"COMPLETED", "CANCELLED", "FAILED", "TIMEOUT", "NODE_FAIL", "PREEMPTED",
-         "BOOT_FAIL", "DEADLINE", "OUT_OF_MEMORY", "COMPLETING"}  # fmt: skip
+ENDED = {
+    "COMPLETED",
+    "CANCELLED",
+    "FAILED",
+    "TIMEOUT",
+    "NODE_FAIL",
+    "PREEMPTED",
+    "BOOT_FAIL",
+    "DEADLINE",
+    "OUT_OF_MEMORY",
+    "COMPLETING",
+}
 
 
 def make_cluster(options: SlurmOptions, *, device: str, dashboard: bool = False):
@@ -120,8 +130,9 @@ def make_cluster(options: SlurmOptions, *, device: str, dashboard: bool = False)
 
 
 def log_directory(options: SlurmOptions, config: dict) -> Path:
-    folder = Path(options.log_directory or config.get("log-directory")
-                  or user_cache_dir() / "slurm-logs").expanduser()  # fmt: skip
+    folder = Path(
+        options.log_directory or config.get("log-directory") or user_cache_dir() / "slurm-logs"
+    ).expanduser()
     folder.mkdir(parents=True, exist_ok=True)
     return folder
 
@@ -136,8 +147,9 @@ def check_submits(cluster) -> None:
     with tempfile.NamedTemporaryFile("w", suffix=".sh", delete=False) as script:
         script.write(cluster.job_script())
     try:
-        done = subprocess.run(["sbatch", "--test-only", script.name],
-                              capture_output=True, text=True, timeout=60)  # fmt: skip
+        done = subprocess.run(
+            ["sbatch", "--test-only", script.name], capture_output=True, text=True, timeout=60
+        )
     except FileNotFoundError:
         raise SlurmError(
             "--cluster slurm: sbatch is not on the PATH (run emi where SLURM's commands "
@@ -146,8 +158,11 @@ def check_submits(cluster) -> None:
     finally:
         os.unlink(script.name)
     if done.returncode != 0:
-        words = [line.removeprefix("sbatch: error: ") for line in done.stderr.splitlines()
-                 if line.strip() and "Batch job submission failed" not in line]  # fmt: skip
+        words = [
+            line.removeprefix("sbatch: error: ")
+            for line in done.stderr.splitlines()
+            if line.strip() and "Batch job submission failed" not in line
+        ]
         raise SlurmError(
             f"sbatch refuses emi's worker job: {'; '.join(words) or done.stderr.strip()} "
             "(check --cluster-queue, --cluster-account and jobqueue.slurm in the dask "
@@ -160,8 +175,9 @@ def queue_states(job_ids: list[str]) -> dict[str, tuple[str, str]]:
     if not job_ids:
         return {}
     user = os.environ.get("USER") or _user()
-    done = subprocess.run(["squeue", "-h", "-u", user, "-o", "%i|%T|%r"],
-                          capture_output=True, text=True, timeout=30)  # fmt: skip
+    done = subprocess.run(
+        ["squeue", "-h", "-u", user, "-o", "%i|%T|%r"], capture_output=True, text=True, timeout=30
+    )
     if done.returncode != 0:
         raise OSError(f"squeue failed: {done.stderr.strip()}")
     wanted = set(job_ids)
@@ -203,8 +219,9 @@ class JobWatch:
     others when there is work). ``on_fatal`` is called once, from the watch's thread,
     with the :class:`SlurmError` that ends the run."""
 
-    def __init__(self, cluster, *, jobs: int | None, logs: Path, watch_s: float = WATCH_S,
-                 on_fatal=None) -> None:  # fmt: skip
+    def __init__(
+        self, cluster, *, jobs: int | None, logs: Path, watch_s: float = WATCH_S, on_fatal=None
+    ) -> None:
         self.cluster = cluster
         self.jobs = jobs
         self.logs = logs
@@ -253,8 +270,10 @@ class JobWatch:
             if job_id is None:  # dask-jobqueue's sbatch failed or has not answered yet
                 since = self._unsubmitted.setdefault(name, time.monotonic())
                 if time.monotonic() - since > SUBMIT_GRACE_S:
-                    raise SlurmError(f"sbatch did not submit worker job {name} within "
-                                     f"{SUBMIT_GRACE_S:.0f} s (see the log above)")  # fmt: skip
+                    raise SlurmError(
+                        f"sbatch did not submit worker job {name} within "
+                        f"{SUBMIT_GRACE_S:.0f} s (see the log above)"
+                    )
                 continue
             state, reason = states.get(job_id, ("", ""))
             if job_id not in states or state in ENDED:  # gone from the queue: ended
@@ -263,21 +282,27 @@ class JobWatch:
                 pending.append((job_id, reason))
                 if reason in NEVER_STARTS:
                     self._cancel(job_id)
-                    raise SlurmError(f"SLURM will never start worker job {job_id} "
-                                     f"({reason}): {NEVER_STARTS[reason]}")  # fmt: skip
+                    raise SlurmError(
+                        f"SLURM will never start worker job {job_id} "
+                        f"({reason}): {NEVER_STARTS[reason]}"
+                    )
         self._forget(ended)
         running = len(jobs) - len(ended) - len(pending)
         reasons = sorted({r for _, r in pending})
-        self.words = (f"{running} job{'s' * (running != 1)} running, {len(pending)} pending"
-                      + (f" ({', '.join(reasons)})" if reasons else ""))  # fmt: skip
+        self.words = f"{running} job{'s' * (running != 1)} running, {len(pending)} pending" + (
+            f" ({', '.join(reasons)})" if reasons else ""
+        )
 
     def _forget(self, ended: list[tuple[str, str]]) -> None:
         if not ended:
             return
         for name, job_id in ended:
             if self._started(name):
-                log.warning("SLURM worker job %s ended; %s", job_id,
-                            "replacing it" if self.jobs else "forgotten")  # fmt: skip
+                log.warning(
+                    "SLURM worker job %s ended; %s",
+                    job_id,
+                    "replacing it" if self.jobs else "forgotten",
+                )
                 self._failed_starts = 0
                 continue
             self._failed_starts += 1
@@ -339,8 +364,14 @@ def failure_of(client) -> SlurmError | None:
 
 
 @contextlib.contextmanager
-def slurm_client(options: SlurmOptions, *, device: str, quiet: bool, dashboard: bool = False,
-                 wait_for_worker: bool = True):  # fmt: skip
+def slurm_client(
+    options: SlurmOptions,
+    *,
+    device: str,
+    quiet: bool,
+    dashboard: bool = False,
+    wait_for_worker: bool = True,
+):
     """A client of a SLURM cluster of emi workers, its jobs released at the end.
 
     ``options.jobs`` jobs are kept running (ended ones replaced); without ``jobs``, up
@@ -364,9 +395,12 @@ def slurm_client(options: SlurmOptions, *, device: str, quiet: bool, dashboard: 
             cluster.scale(jobs=options.jobs)
         else:
             interval = 1.0
-            cluster.adapt(minimum_jobs=0, maximum_jobs=options.max_jobs or 1,
-                          interval=f"{interval}s",
-                          wait_count=max(1, round(options.idle_s / interval)))  # fmt: skip
+            cluster.adapt(
+                minimum_jobs=0,
+                maximum_jobs=options.max_jobs or 1,
+                interval=f"{interval}s",
+                wait_count=max(1, round(options.idle_s / interval)),
+            )
 
         def fatal(err: SlurmError) -> None:
             _FAILURES[client] = err

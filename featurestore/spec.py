@@ -195,7 +195,7 @@ def parse_layers(layers: str | tuple[int, ...] | list[int], last: int) -> tuple[
 
     Raises:
         LayerError: not a choice, or a layer outside 0..last (the message names
-            ``--layers`` and the backbone's range).
+            ``layers`` and the backbone's range).
     """
     if isinstance(layers, str):
         text = layers.strip().lower()
@@ -207,16 +207,18 @@ def parse_layers(layers: str | tuple[int, ...] | list[int], last: int) -> tuple[
             chosen = [int(k) for k in text.split(",") if k.strip()]
         except ValueError:
             raise LayerError(
-                f"--layers {layers!r}: give 'last', 'all' or layer numbers such as 0,6,{last}"
+                f"layers {layers!r}: give 'last', 'all' or layer numbers such as 0,6,{last}",
+                option="layers",
             ) from None
         if not chosen:
-            raise LayerError(f"--layers {layers!r}: no layer given")
+            raise LayerError(f"layers {layers!r}: no layer given", option="layers")
         layers = chosen
     wrong = [k for k in layers if not 0 <= int(k) <= last]
     if wrong:
         raise LayerError(
-            f"--layers: layer {wrong[0]} does not exist; this backbone has layers 0 (the "
-            f"input of its first transformer layer) to {last}"
+            f"layers: layer {wrong[0]} does not exist; this backbone has layers 0 (the "
+            f"input of its first transformer layer) to {last}",
+            option="layers",
         )
     return tuple(sorted({int(k) for k in layers}))
 

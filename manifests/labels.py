@@ -112,8 +112,9 @@ def _rows(reader, name: str, header: list[str], shown, show_content: bool) -> La
                 continue
             clip_id = row[0].strip()
             if len(row) != len(header):
-                bad.append(f"line {line}{shown(clip_id)}: {len(row)} fields, header has "
-                           f"{len(header)}")  # fmt: skip
+                bad.append(
+                    f"line {line}{shown(clip_id)}: {len(row)} fields, header has {len(header)}"
+                )
                 continue
             try:
                 values = tuple(float(cell) for cell in row[1:])

@@ -32,9 +32,14 @@ from manifests.records import EMOTIONS, ManifestError
 from manifests.synthetic import factor_targets
 
 LANGUAGE_VOICES = (
-    "en-us", "en-gb", "en-gb-scotland", "en-gb-x-rp", "en-029", "en-gb-x-gbclan",
+    "en-us",
+    "en-gb",
+    "en-gb-scotland",
+    "en-gb-x-rp",
+    "en-029",
+    "en-gb-x-gbclan",
     "en-gb-x-gbcwmd",
-)  # fmt: skip
+)
 VARIANTS = ("m1", "m2", "m3", "m4", "m5", "m6", "f1", "f2", "f3", "f4", "f5", "klatt")
 _WORD_TEXT = (
     "the a morning river garden window letter market winter summer evening story "
@@ -66,13 +71,21 @@ class SpokenClip:
 
     def command(self, wav: Path) -> list[str]:
         return [
-            "espeak-ng", "-v", self.voice,
-            "-p", str(int(round(15 + 70 * self.pitch))),
-            "-s", str(int(round(110 + 130 * self.rate))),
-            "-g", str(int(round(30 * self.pauses))),
-            "-a", str(self.amplitude),
-            "-w", str(wav), self.text,
-        ]  # fmt: skip
+            "espeak-ng",
+            "-v",
+            self.voice,
+            "-p",
+            str(int(round(15 + 70 * self.pitch))),
+            "-s",
+            str(int(round(110 + 130 * self.rate))),
+            "-g",
+            str(int(round(30 * self.pauses))),
+            "-a",
+            str(self.amplitude),
+            "-w",
+            str(wav),
+            self.text,
+        ]
 
 
 def espeak_program() -> str:

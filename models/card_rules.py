@@ -126,9 +126,10 @@ def _check_head(card: dict, rules: _Rules, targets: list[str]) -> tuple[dict, li
     if (
         not isinstance(layers, list)
         or not layers
-        or not all(k is None or (isinstance(k, int) and not isinstance(k, bool) and k >= 0)
-                   for k in layers)
-    ):  # fmt: skip
+        or not all(
+            k is None or (isinstance(k, int) and not isinstance(k, bool) and k >= 0) for k in layers
+        )
+    ):
         rules.fail("head.layers", "must be a list of layer numbers (or null: the last)", layers)
     numbered = [k for k in layers if k is not None]
     if len(set(layers)) != len(layers) or numbered != sorted(numbered):

@@ -163,9 +163,14 @@ def score_head(
 
 
 def paired_difference(
-    a: str, b: str, a_samples: np.ndarray, b_samples: np.ndarray, a_full: float, b_full: float,
+    a: str,
+    b: str,
+    a_samples: np.ndarray,
+    b_samples: np.ndarray,
+    a_full: float,
+    b_full: float,
     confidence: float,
-) -> dict:  # fmt: skip
+) -> dict:
     """The score of ``a`` minus that of ``b`` over the same resampled clips."""
     diff = a_samples - b_samples
     interval = _interval(a_full - b_full, diff, confidence)
@@ -242,8 +247,9 @@ def evaluate_heads(
     indices = bootstrap_indices(len(ids), resamples, seed)
     results, samples, full, warnings = [], {}, {}, []
     for h in loaded:
-        constant = [t for t, c in zip(h.targets, constant_columns(predictions[h.name]),
-                                      strict=True) if c]  # fmt: skip
+        constant = [
+            t for t, c in zip(h.targets, constant_columns(predictions[h.name]), strict=True) if c
+        ]
         if constant and ids:
             warnings.append(
                 f"head {h.name} predicts the same value for every clip for "

@@ -21,7 +21,7 @@ SIZE_KEYS = ("lstm_hidden", "lstm_layers", "mlp_hidden", "dropout")
 FRAMES_PER_SECOND = 50  # the store's frame rate (featurestore.audio.FRAMES_PER_SECOND)
 
 
-# The paper's recipe, exactly (method.md): AdamW lr 1e-4 (weight decay 0.01, AdamW's
+# The paper's recipe, exactly (docs/heads.md): AdamW lr 1e-4 (weight decay 0.01, AdamW's
 # default), linear warm-up for one epoch then cosine decay, 30 epochs, batch 32, clipping
 # by value at 100, the best epoch by validation mean Pearson, raw inputs.
 PAPER_RECIPE = {
@@ -249,6 +249,15 @@ def check_layer_choice(layer=None, layers=None) -> int | str | None:
     if isinstance(layer, bool) or not isinstance(layer, int) or layer < 0:
         raise SettingsError(f"layer: {layer!r} is not 'last' or a layer number (0 or more)")
     return layer
+
+
+def parse_layer(value: int | str | None) -> int | str | None:
+    """One value naming a head's layers (the CLI's ``--layer``/``--layers weighted``
+    combined, a train job's ``layer``): None or ``"last"`` (the last hidden state), a
+    layer number, or ``"weighted"`` (a learned weighting of every stored layer)."""
+    if value == "weighted":
+        return check_layer_choice(layers=value)
+    return check_layer_choice(layer=value)
 
 
 def check_setting(key: str, value):

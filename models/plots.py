@@ -63,8 +63,13 @@ def learning_curves_figure(metrics: dict, *, title: str = "") -> Figure:
         weights_ax.set_xlabel("layer")
         weights_ax.set_ylabel(f"learned weight (epoch {best})")
         legend_below(weights_ax, 1)
-    loss_ax.plot(epochs, [e["train_loss"] for e in metrics["epochs"]], label="train loss (MSE)",
-                 color=PALETTE[0], linestyle="-")  # fmt: skip
+    loss_ax.plot(
+        epochs,
+        [e["train_loss"] for e in metrics["epochs"]],
+        label="train loss (MSE)",
+        color=PALETTE[0],
+        linestyle="-",
+    )
     loss_ax.plot(
         epochs,
         [e["val"]["mse_mean"] for e in metrics["epochs"]],
@@ -112,10 +117,22 @@ def plot_ridge_penalty(metrics: dict, path: str | Path, *, title: str = "") -> P
     ax = fig.subplots()
     for k, (target, errors) in enumerate(ridge["loo_mse"].items()):
         chosen = ridge["alpha"][target]
-        ax.plot(ridge["alphas"], errors, label=f"{target} (chosen {chosen:g})", linewidth=1.0,
-                markersize=3, **style(k))  # fmt: skip
-        ax.plot([chosen], [errors[ridge["alphas"].index(chosen)]], marker="o", markersize=9,
-                markerfacecolor="none", color="grey")  # fmt: skip
+        ax.plot(
+            ridge["alphas"],
+            errors,
+            label=f"{target} (chosen {chosen:g})",
+            linewidth=1.0,
+            markersize=3,
+            **style(k),
+        )
+        ax.plot(
+            [chosen],
+            [errors[ridge["alphas"].index(chosen)]],
+            marker="o",
+            markersize=9,
+            markerfacecolor="none",
+            color="grey",
+        )
     ax.set_xscale("log")
     ax.set_xlabel("ridge penalty (alpha)")
     ax.set_ylabel("leave-one-out MSE on the training clips")

@@ -161,10 +161,13 @@ class Predictions:
     def unscored(self) -> dict[str, list[str]]:
         """Per head name, the clips it could not score (its feature sets lack them)."""
         return {
-            h.name: [c for c, row in zip(self.clip_ids, self.values[h.name], strict=True)
-                     if np.isnan(row).all()]
+            h.name: [
+                c
+                for c, row in zip(self.clip_ids, self.values[h.name], strict=True)
+                if np.isnan(row).all()
+            ]
             for h in self.heads
-        }  # fmt: skip
+        }
 
     def rows(self) -> list[dict]:
         """One dict per clip: ``clip_id`` and the CSV's columns as floats (None where

@@ -19,9 +19,9 @@ from models.options import (
     DEFAULT_PRESET,
     TrainSettings,
     check_features,
-    check_layer_choice,
     check_setting,
     check_targets,
+    parse_layer,
 )
 from models.training import HeadPlan, TrainedHead, plans_from_grid, train_heads
 
@@ -109,9 +109,7 @@ def train(
                 sizes={k: check_setting(k, v) for k, v in (sizes or {}).items() if v is not None},
                 settings=settings,
                 targets=None if targets is None else check_targets(targets),
-                layer=check_layer_choice(layers=layer)
-                if layer == "weighted"
-                else check_layer_choice(layer=layer),
+                layer=parse_layer(layer),
                 features=check_features(features),
             )
         ]
@@ -124,13 +122,28 @@ def train(
         for plan in plans:  # fail here, not on every worker, if a set is missing
             plan.feature_stores(opened)
         return train_heads_on_cluster(
-            location, *tables, plans, out, scheduler=scheduler, device=device,
-            budget_bytes=budget, skip_missing=skip_missing, overwrite=overwrite,
+            location,
+            *tables,
+            plans,
+            out,
+            scheduler=scheduler,
+            device=device,
+            budget_bytes=budget,
+            skip_missing=skip_missing,
+            overwrite=overwrite,
             feature_set=opened.feature_set,
-        )  # fmt: skip
+        )
     opened = store if isinstance(store, FeatureStore) else FeatureStore.open(store)
     return train_heads(
-        opened, *tables, plans, out, device=device, budget_bytes=budget,
-        skip_missing=skip_missing, single=grid is None, log=log, overwrite=overwrite,
+        opened,
+        *tables,
+        plans,
+        out,
+        device=device,
+        budget_bytes=budget,
+        skip_missing=skip_missing,
+        single=grid is None,
+        log=log,
+        overwrite=overwrite,
         progress=progress,
-    )  # fmt: skip
+    )

@@ -152,9 +152,15 @@ def plans_from_grid(grid: dict, *, defaults: TrainSettings) -> list[HeadPlan]:
     varies.
     """
     allowed = {
-        "name", "preset", "targets", "layer", "layers", "features", *SIZE_KEYS,
+        "name",
+        "preset",
+        "targets",
+        "layer",
+        "layers",
+        "features",
+        *SIZE_KEYS,
         *(f.name for f in fields(TrainSettings)),
-    }  # fmt: skip
+    }
     if not isinstance(grid, dict):
         raise SettingsError("grid file: expected a JSON object with 'defaults', 'heads', 'grid'")
     shapes = {"defaults": dict, "heads": list, "grid": dict}
@@ -584,9 +590,12 @@ def _validate(model, data, val, y_val, targets, device, max_frames) -> dict:
 
 def _epoch_progress(head: str, epoch: int, epochs: int, score: float, best: float) -> dict:
     return {
-        "head": head, "epoch": epoch, "epochs": epochs,
-        "val_pearson_mean": float(score), "best_val_pearson": float(best),
-    }  # fmt: skip
+        "head": head,
+        "epoch": epoch,
+        "epochs": epochs,
+        "val_pearson_mean": float(score),
+        "best_val_pearson": float(best),
+    }
 
 
 def _fit_by_gradient(

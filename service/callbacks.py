@@ -278,8 +278,11 @@ class CallbackSender:
         except Exception:  # never lose the sender
             log.exception("job %s: callback delivery failed", job_id)
             with contextlib.suppress(Exception):
-                state = {**((job and job.callback) or {}), "status": "failed",
-                         "last_error": "failed: the service could not send it"}  # fmt: skip
+                state = {
+                    **((job and job.callback) or {}),
+                    "status": "failed",
+                    "last_error": "failed: the service could not send it",
+                }
                 self.table.set_callback(job_id, state)
         finally:
             self._busy.discard(job_id)

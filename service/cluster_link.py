@@ -54,8 +54,15 @@ class ClusterLink:
     made again. Otherwise, with ``scheduler`` None the cluster is a LocalCluster this
     link starts (and starts again should it fail)."""
 
-    def __init__(self, *, workers: int, scheduler: str | None, check_s: float = CHECK_S,
-                 slurm: SlurmOptions | None = None, device: str = "auto") -> None:  # fmt: skip
+    def __init__(
+        self,
+        *,
+        workers: int,
+        scheduler: str | None,
+        check_s: float = CHECK_S,
+        slurm: SlurmOptions | None = None,
+        device: str = "auto",
+    ) -> None:
         self.workers = workers
         self.scheduler = scheduler
         self.slurm = slurm
@@ -156,8 +163,9 @@ class ClusterLink:
         words = f"{workers} worker{'s' if workers != 1 else ''}"
         if watch is not None:
             words += f" (SLURM, up to {self.slurm.max_jobs} jobs on demand: {watch.words})"
-        self._status = ClusterStatus(True, workers, words, time.monotonic(),
-                                     on_demand=self.slurm is not None)  # fmt: skip
+        self._status = ClusterStatus(
+            True, workers, words, time.monotonic(), on_demand=self.slurm is not None
+        )
 
     def _connect(self):
         from featurestore.cluster import dask_client

@@ -263,14 +263,19 @@ def _list_outputs(folder: Path, trained: list, echo) -> None:
         ("audio/, *_split.csv", "the synthetic corpus and its labels"),
         ("feats.zarr", "the feature store"),
         *(
-            (f"heads/{t.name}/", "config.json, model.safetensors, metrics.json, "
-             + ("ridge_penalty.png" if "ridge" in t.metrics else "learning_curves.png"))
+            (
+                f"heads/{t.name}/",
+                "config.json, model.safetensors, metrics.json, "
+                + ("ridge_penalty.png" if "ridge" in t.metrics else "learning_curves.png"),
+            )
             for t in trained
         ),
         ("heads_comparison.png", "the heads side by side (validation Pearson)"),
         ("test_predictions.csv", "held-out predictions of every head"),
-        *((f"test_{t.name}_pred_vs_true.png", "predicted against true, per target")
-          for t in trained),
-    ]  # fmt: skip
+        *(
+            (f"test_{t.name}_pred_vs_true.png", "predicted against true, per target")
+            for t in trained
+        ),
+    ]
     for name, what in outputs:
         echo(f"  {name:34s} {what}")

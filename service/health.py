@@ -34,8 +34,9 @@ class HealthMonitor:
     docstring). Checks must catch nothing: an exception fails the check, its words the
     exception's type."""
 
-    def __init__(self, probes: dict[str, Probe], *, every_s: float = EVERY_S,
-                 stale_s: float = STALE_S) -> None:  # fmt: skip
+    def __init__(
+        self, probes: dict[str, Probe], *, every_s: float = EVERY_S, stale_s: float = STALE_S
+    ) -> None:
         self.probes = probes
         self.every_s = every_s
         self.stale_s = stale_s
@@ -46,8 +47,9 @@ class HealthMonitor:
 
     def start(self) -> None:
         for name in self.probes:
-            thread = threading.Thread(target=self._watch, args=(name,),
-                                      name=f"emi-check-{name}", daemon=True)  # fmt: skip
+            thread = threading.Thread(
+                target=self._watch, args=(name,), name=f"emi-check-{name}", daemon=True
+            )
             thread.start()
             self._threads[name] = thread
 

@@ -419,9 +419,18 @@ class JobTable:
             self._write(
                 "INSERT INTO jobs(id, kind, state, request, created_at, updated_at, progress,"
                 " idempotency_key, body_sha256) VALUES(?,?,?,?,?,?,?,?,?)",
-                (new_id, kind, JobState.queued.value, json.dumps(request), now, now, progress,
-                 idempotency_key, digest),
-            )  # fmt: skip
+                (
+                    new_id,
+                    kind,
+                    JobState.queued.value,
+                    json.dumps(request),
+                    now,
+                    now,
+                    progress,
+                    idempotency_key,
+                    digest,
+                ),
+            )
             row = self._row(new_id)
         return self._job(row), True
 
@@ -491,11 +500,16 @@ class JobTable:
                 return None
             job = self._job(row)
             if job.damaged:
-                self.transition(job.id, JobState.failed, expect=[JobState.queued], error={
-                    "error": "damaged job",
-                    "detail": f"this job's row in the job table is damaged ("
-                    f"{', '.join(job.damaged)} not readable); it cannot run. Submit it again",
-                })  # fmt: skip
+                self.transition(
+                    job.id,
+                    JobState.failed,
+                    expect=[JobState.queued],
+                    error={
+                        "error": "damaged job",
+                        "detail": f"this job's row in the job table is damaged ("
+                        f"{', '.join(job.damaged)} not readable); it cannot run. Submit it again",
+                    },
+                )
                 continue
             to = JobState.cancelling if job.cancel_requested else JobState.running
             if self.transition(job.id, to, expect=[JobState.queued]):

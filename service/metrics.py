@@ -32,8 +32,9 @@ class _JobCounts:
 
     def collect(self):
         counts = self.table.counts()
-        jobs = GaugeMetricFamily("emi_jobs", "Jobs in the table by kind and state",
-                                 labels=["kind", "state"])  # fmt: skip
+        jobs = GaugeMetricFamily(
+            "emi_jobs", "Jobs in the table by kind and state", labels=["kind", "state"]
+        )
         for kind in self.table.kinds.names:
             for state in STATE_NAMES:
                 jobs.add_metric([kind, state], counts.get((kind, state), 0))
@@ -52,26 +53,33 @@ class ServiceMetrics:
         self.registry = CollectorRegistry()
         self.registry.register(_JobCounts(table))
         self.transitions = Counter(
-            "emi_job_transitions", "Jobs that started or ended, by kind and state",
-            ["kind", "state"], registry=self.registry,
-        )  # fmt: skip
+            "emi_job_transitions",
+            "Jobs that started or ended, by kind and state",
+            ["kind", "state"],
+            registry=self.registry,
+        )
         self.clip_outcomes = Counter(
-            "emi_clips", "Clips by outcome: extracted, reused (already stored) or failed",
-            ["outcome"], registry=self.registry,
-        )  # fmt: skip
+            "emi_clips",
+            "Clips by outcome: extracted, reused (already stored) or failed",
+            ["outcome"],
+            registry=self.registry,
+        )
         self.audio = Counter("emi_audio_seconds", "Audio seconds extracted", registry=self.registry)
         self.durations = Histogram(
-            "emi_job_duration_seconds", "Wall time of jobs that ended, by kind and state",
+            "emi_job_duration_seconds",
+            "Wall time of jobs that ended, by kind and state",
             ["kind", "state"],
             buckets=JOB_BUCKETS_S,
             registry=self.registry,
-        )  # fmt: skip
+        )
         self.requests = Histogram(
             "emi_http_request_duration_seconds",
             "HTTP requests answered, by method, route template and status: their count "
             "(_count) and time from the request's arrival to the answer's last byte",
-            ["method", "route", "status"], buckets=REQUEST_BUCKETS_S, registry=self.registry,
-        )  # fmt: skip
+            ["method", "route", "status"],
+            buckets=REQUEST_BUCKETS_S,
+            registry=self.registry,
+        )
         # process_resident_memory_bytes, process_cpu_seconds_total, process_open_fds...
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)

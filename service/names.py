@@ -11,7 +11,6 @@ from pydantic import AfterValidator, StringConstraints
 from featurestore.errors import StoreError
 from featurestore.store.layout import SET_NAME, check_set_name
 from models.errors import SettingsError
-from models.options import check_layer_choice
 from service.config import HEAD_NAME, STORE_NAME, TRAINED_NAME
 
 
@@ -39,11 +38,3 @@ StoredLayers = Annotated[
 ]
 # the layer a head reads: a layer number, "last" or "weighted" (models.options' rule)
 LayerChoice = Annotated[str, StringConstraints(pattern=r"^(last|weighted|[0-9]+)$", max_length=16)]
-
-
-def layer_choice(value: str | None) -> int | str | None:
-    """A request's ``layer`` as the heads take it: None (the last hidden state), a
-    layer number or ``"weighted"``."""
-    if value == "weighted":
-        return check_layer_choice(layers=value)
-    return check_layer_choice(value)

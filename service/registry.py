@@ -165,8 +165,6 @@ def _public_ref(backbone: dict) -> str | None:
 
 
 def _card(folder: Path) -> list[dict]:
-    import json
-
     data = json.loads((folder / "config.json").read_text())
     return [data.get("store") or {}, *(data.get("joined") or [])]
 
@@ -207,10 +205,22 @@ def list_stores(config: ServiceConfig) -> list[dict]:
             rows.append({"name": name, "error": config.public_text(str(err))})
             continue
         sets = [
-            {k: s.get(k) for k in ("feature_set", "fingerprint", "backbone", "layers", "clips",
-                                   "hours_audio", "set_size_bytes", "damaged") if k in s}
+            {
+                k: s.get(k)
+                for k in (
+                    "feature_set",
+                    "fingerprint",
+                    "backbone",
+                    "layers",
+                    "clips",
+                    "hours_audio",
+                    "set_size_bytes",
+                    "damaged",
+                )
+                if k in s
+            }
             for s in info["feature_sets"]
-        ]  # fmt: skip
+        ]
         for one in sets:  # a local backbone folder: its name only
             one["backbone"] = _public_ref({"ref": one.get("backbone")})
         rows.append(

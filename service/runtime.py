@@ -49,9 +49,12 @@ class Service:
         self.runner.restore_reserve = state.keep_reserve
         self.sweeper = Sweeper(config, self.table)
         self.health = HealthMonitor(
-            {"stores": self._stores_readable, "cluster": self._cluster_ready,
-             "state": self._state_writable}
-        )  # fmt: skip
+            {
+                "stores": self._stores_readable,
+                "cluster": self._cluster_ready,
+                "state": self._state_writable,
+            }
+        )
         self._key_locks: dict[str, threading.Lock] = {}
         self._key_locks_lock = threading.Lock()
 
@@ -75,8 +78,10 @@ class Service:
         from service.uploads import sweep_partial_uploads
 
         if not self.state.keep_reserve():
-            log.error("the state folder's disk is full (no room for its reserve); jobs may "
-                      "fail until it has room")  # fmt: skip
+            log.error(
+                "the state folder's disk is full (no room for its reserve); jobs may "
+                "fail until it has room"
+            )
         for leftover in sweep_partial_uploads(self.config):
             log.info("removed %s, an upload cut off when the service stopped", leftover)
         self.callbacks.start()

@@ -274,9 +274,11 @@ def _all_stored(location: str, wanted: str, records: list[ClipRecord]):
     if any(stored.get(r.clip_id) != r.sha256 for r in records):
         return None
     return ExtractSummary(
-        store=location, fingerprint=wanted, feature_set=held.feature_set,
+        store=location,
+        fingerprint=wanted,
+        feature_set=held.feature_set,
         already_stored=len(records),
-    )  # fmt: skip
+    )
 
 
 def _content_keyed(folder: list[ClipRecord]) -> list[ClipRecord]:

@@ -91,8 +91,9 @@ def locate(config: ServiceConfig, source: str, *, what: str = "source") -> Benea
         relative = relative_below(source, root)
         if relative is not None:
             return Beneath(root, relative, "")
-    raise forbidden(f"{what} {source!r} is outside the source roots ({roots}); the service "
-                    "reads nothing else")  # fmt: skip
+    raise forbidden(
+        f"{what} {source!r} is outside the source roots ({roots}); the service reads nothing else"
+    )
 
 
 def _refused(source: str, what: str, err: OSError, roots: str):
@@ -169,8 +170,9 @@ def read_file_below_roots(
         shown = f"{source}/{relative}"
     else:
         if is_url(source):
-            raise bad_request(f"{what} {source!r}: give a file below a local source root or an "
-                              "upload id")  # fmt: skip
+            raise bad_request(
+                f"{what} {source!r}: give a file below a local source root or an upload id"
+            )
         fd, where = open_below_roots(config, source, os.O_RDONLY | _NONBLOCK, what=what)
         shown = source
     with os.fdopen(fd, "rb") as handle:
@@ -314,8 +316,9 @@ def manifest_below_roots(folder: str, config: ServiceConfig) -> tuple[list[ClipR
     except OutsideRoot:
         raise ManifestError(f"{folder}: outside the source roots") from None
     except OSError as err:
-        raise ManifestError(f"audio folder not found or unreadable: {folder} "
-                            f"({err.strerror or 'unreadable'})") from None  # fmt: skip
+        raise ManifestError(
+            f"audio folder not found or unreadable: {folder} ({err.strerror or 'unreadable'})"
+        ) from None
     if not files and refused:
         return [], refused
     records = records_of_files(folder, files)

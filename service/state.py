@@ -166,9 +166,11 @@ class StateFolder:
                     piece.unlink()
                 except FileNotFoundError:
                     continue
-                log.error("the state folder's disk is full: %d KiB of its reserve were freed "
-                          "so that jobs can still end; free space on it",
-                          RESERVE_PIECE_BYTES // 1024)  # fmt: skip
+                log.error(
+                    "the state folder's disk is full: %d KiB of its reserve were freed "
+                    "so that jobs can still end; free space on it",
+                    RESERVE_PIECE_BYTES // 1024,
+                )
                 return True
             return False
 

@@ -250,11 +250,15 @@ class UploadWriter:
         part.size += end - start
         self.total += end - start
         if part.size > self.config.max_file_bytes:
-            raise _limit(f"{part.name} ({part.size:,}+ bytes)", "--upload-max-file-mb",
-                         self.config.max_file_bytes)  # fmt: skip
+            raise _limit(
+                f"{part.name} ({part.size:,}+ bytes)",
+                "--upload-max-file-mb",
+                self.config.max_file_bytes,
+            )
         if self.total > self.config.max_request_bytes:
-            raise _limit("the upload's bytes", "--upload-max-request-mb",
-                         self.config.max_request_bytes)  # fmt: skip
+            raise _limit(
+                "the upload's bytes", "--upload-max-request-mb", self.config.max_request_bytes
+            )
         if part.handle is not None:
             part.handle.write(data[start:end])
 
@@ -285,8 +289,9 @@ async def receive_upload(
             415, "unsupported media type", "send multipart/form-data (curl -F file=@a.wav)"
         )
     if length is not None and length > config.max_request_bytes:
-        raise _limit(f"the upload ({length:,} bytes)", "--upload-max-request-mb",
-                     config.max_request_bytes)  # fmt: skip
+        raise _limit(
+            f"the upload ({length:,} bytes)", "--upload-max-request-mb", config.max_request_bytes
+        )
     upload_id = "upload-" + uuid.uuid4().hex[:20]
     staging = config.state_folder.upload_staging(upload_id)
     files = staging / "files"
@@ -299,8 +304,9 @@ async def receive_upload(
         async for chunk in body:
             received += len(chunk)  # every byte counts, inside file parts or not
             if received > config.max_request_bytes:
-                raise _limit("the upload's bytes", "--upload-max-request-mb",
-                             config.max_request_bytes)  # fmt: skip
+                raise _limit(
+                    "the upload's bytes", "--upload-max-request-mb", config.max_request_bytes
+                )
             quota.take(received)
             await anyio.to_thread.run_sync(parser.write, chunk)  # disk writes off the loop
         parser.finalize()
@@ -383,16 +389,19 @@ def unpack_archive(
             if not str(target).startswith(str(root) + os.sep):
                 raise bad_request(f"{name}: member {path} would land outside the upload")
             target.parent.mkdir(parents=True, exist_ok=True)
-            source = handle.open(member) if isinstance(handle, zipfile.ZipFile) else (
-                handle.extractfile(member)
-            )  # fmt: skip
+            source = (
+                handle.open(member)
+                if isinstance(handle, zipfile.ZipFile)
+                else (handle.extractfile(member))
+            )
             written = 0
             with source, open(target, "xb") as out:
                 while chunk := source.read(2**20):
                     written += len(chunk)
                     if written > config.max_file_bytes:
-                        raise _limit(f"{name}: member {path}", "--upload-max-file-mb",
-                                     config.max_file_bytes)  # fmt: skip
+                        raise _limit(
+                            f"{name}: member {path}", "--upload-max-file-mb", config.max_file_bytes
+                        )
                     ceiling.check(size + written)
                     out.write(chunk)
             count += 1
@@ -431,8 +440,9 @@ def _check_totals(
     checked as they are listed); ``last_only``: the newest member's size and the sum."""
     big = [s for s in (sizes[-1:] if last_only else sizes) if s > config.max_file_bytes]
     if big:
-        raise _limit(f"{name}: a member of {big[0]:,} bytes", "--upload-max-file-mb",
-                     config.max_file_bytes)  # fmt: skip
+        raise _limit(
+            f"{name}: a member of {big[0]:,} bytes", "--upload-max-file-mb", config.max_file_bytes
+        )
     ceiling.check(sum(sizes), name)
 
 
@@ -446,8 +456,9 @@ def _zip_members(archive: Path, config: ServiceConfig, ceiling: _Ceiling) -> lis
     except (zipfile.BadZipFile, OSError) as err:
         raise bad_request(f"{archive.name}: not a readable zip archive ({err})") from err
     if len(infos) > config.max_files:  # every entry counts, folders too
-        raise _limit(f"{archive.name}: {len(infos):,} members", "--upload-max-files",
-                     config.max_files)  # fmt: skip
+        raise _limit(
+            f"{archive.name}: {len(infos):,} members", "--upload-max-files", config.max_files
+        )
     members, sizes = [], []
     for info in infos:
         path = check_member_name(info.filename, archive.name)
@@ -485,8 +496,11 @@ def _tar_members(archive: Path, config: ServiceConfig, ceiling: _Ceiling) -> lis
             for info in handle:  # one at a time: a huge listing is refused, not loaded
                 seen += 1
                 if seen > config.max_files:  # every entry counts, folders too
-                    raise _limit(f"{archive.name}: more than {config.max_files:,} members",
-                                 "--upload-max-files", config.max_files)  # fmt: skip
+                    raise _limit(
+                        f"{archive.name}: more than {config.max_files:,} members",
+                        "--upload-max-files",
+                        config.max_files,
+                    )
                 path = check_member_name(info.name, archive.name)
                 if info.isdir():
                     continue

@@ -169,3 +169,30 @@ def test_cancelling_a_finished_job_is_refused_and_dotted_set_names_are_taken(
         named = {"kind": "extract", "source": str(source), "store": "named"}
         bad = served.web.post("/v1/jobs", json={**named, "feature_set": "x.json"})
         assert bad.status_code == 422 and "feature_set" in str(bad.json()["detail"])
+
+
+def test_a_library_error_names_the_setting_the_cli_its_flag_the_api_its_field(
+    tmp_path, tiny_backbone
+):
+    from featurestore.errors import LayerError, as_flag
+    from featurestore.spec import parse_layers
+    from tests.conftest import run_cli
+    from tests.synth import write_clip
+
+    with pytest.raises(LayerError) as raised:
+        parse_layers("0,7", last=2)
+    assert str(raised.value).startswith("layers: layer 7 does not exist")
+    assert as_flag(raised.value).startswith("--layers: layer 7 does not exist")
+    source = tmp_path / "audio"
+    write_clip(source / "a.wav", 0.5, seed=1)
+    said = run_cli("extract", source, tmp_path / "cli.zarr", "--model", tiny_backbone,
+                   "--layers", "0,7", "--quiet", expect=2).output  # fmt: skip
+    assert "Error: --layers: layer 7 does not exist" in said
+    with InProcess(tmp_path / "served", [source], model=str(tiny_backbone)) as served:
+        client = served.client()
+        job = client.submit({"kind": "extract", "source": str(source), "store": "layered",
+                             "layers": "0,7"})  # fmt: skip
+        failed = _wait(client, job["id"])
+        assert failed["state"] == "failed", failed
+        assert failed["error"]["detail"].startswith("layers: layer 7 does not exist")
+        assert "--" not in failed["error"]["detail"]

@@ -14,6 +14,7 @@ from featurestore.encode import ClipFeatures
 from featurestore.location import StoreLocation
 from featurestore.spec import build_spec, layer_key
 from featurestore.store import FeatureStore, StoredClip, StoreWriter
+from featurestore.store.imported import commit_features
 from manifests import read_labels
 from models.compare import compare_heads
 from models.metrics import pearson
@@ -64,7 +65,7 @@ def make_layer_store(location: Path, backbone: Path, *, clips: int = 240, seed: 
             )
         )  # fmt: skip
         if len(batch) == 50 or i == clips - 1:
-            writer.add_part(stored, batch)
+            commit_features(writer, stored, batch)
             batch, stored = [], []
     return targets
 

@@ -15,6 +15,7 @@ from featurestore.encode import ClipFeatures
 from featurestore.location import StoreLocation
 from featurestore.spec import build_spec
 from featurestore.store import FeatureStore, StoredClip, StoreWriter
+from featurestore.store.imported import commit_features
 from manifests import read_labels
 from models.head_files import load_head, save_head
 from models.heads import build_head, count_parameters, preset_config
@@ -171,7 +172,7 @@ def make_store(
             )
         )
         if len(batch) == clips_per_part or i == clips - 1:
-            writer.add_part(stored, batch)
+            commit_features(writer, stored, batch)
             batch, stored = [], []
     return targets
 

@@ -190,7 +190,7 @@ def test_a_gpu_worker_without_a_gpu_refuses_at_start():
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         f"Error: --device cuda: torch sees no CUDA GPU on this machine (torch "
-        f"{_torch_version()}); use --device cpu or auto"
+        f"{_torch_version()}); use the device cpu or auto"
     ]
 
 

@@ -84,8 +84,9 @@ def check_set_name(name: str) -> str:
     characters)."""
     if not isinstance(name, str) or not _SET_NAME.fullmatch(name) or name.endswith(".json"):
         raise StoreError(
-            f"--feature-set {name!r}: not a plain name (lower-case letters, digits, "
-            "_ . + = -; not starting with '.' nor ending in '.json'; at most 100 characters)"
+            f"feature_set {name!r}: not a plain name (lower-case letters, digits, "
+            "_ . + = -; not starting with '.' nor ending in '.json'; at most 100 characters)",
+            option="feature_set",
         )
     return name
 

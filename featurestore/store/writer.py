@@ -3,7 +3,6 @@ recording failures, dropping parts. Only the holder of the writer lock writes.""
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
@@ -11,19 +10,15 @@ from featurestore.errors import StoreDamage, StoreError
 from featurestore.location import StoreLocation, group_node
 from featurestore.records import ClipFailure
 from featurestore.spec import FeatureSpec, describe_difference, fingerprint
-from featurestore.store.clip import ClipFeatures, StoredClip
 from featurestore.store.index import FeatureSetRecord, PartRecord, RootIndex
 from featurestore.store.layout import (
     PARTS,
     SETS,
     check_set_name,
-    open_zarr_store,
-    part_name,
     set_name_of,
     set_parts_path,
     uncommitted_parts,
 )
-from featurestore.store.part_writer import write_part
 from featurestore.store.root import create_root, never_completed, read_root, write_root
 
 if TYPE_CHECKING:
@@ -179,17 +174,3 @@ class StoreWriter:
 
     def next_part_number(self) -> int:
         return self.record.next_part_number()
-
-    def add_part(self, clips: list[StoredClip], features: list[ClipFeatures]) -> str:
-        """Write a part from this process and commit it (for features computed
-        elsewhere, e.g. synthetic stores in tests and benchmarks); returns its name."""
-        run_id = self.lock.run_id if self.lock is not None else uuid.uuid4().hex[:8]
-        name = part_name(self.next_part_number(), run_id)
-        zarr_store = open_zarr_store(
-            self.location.url, mode="a", storage_options=self.location.storage_options
-        )
-        record = write_part(
-            zarr_store, name, self.record.spec, clips, features, parts_path=self.parts_path
-        )
-        self.commit(name, record, [])
-        return name

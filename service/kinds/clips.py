@@ -15,9 +15,17 @@ from service.kinds.context import JobContext
 LOCK_WAIT_S = 24 * 3600.0  # a job waits this long for another writer of its store
 WAITING = "waiting for the dask cluster"  # a job queued again while its cluster is away
 ClipStage = Literal[
-    "queued", "listing", "extracting", "extracted", "predicting", "predicted",
-    "waiting for the dask cluster", "succeeded", "failed", "cancelled",
-]  # fmt: skip
+    "queued",
+    "listing",
+    "extracting",
+    "extracted",
+    "predicting",
+    "predicted",
+    "waiting for the dask cluster",
+    "succeeded",
+    "failed",
+    "cancelled",
+]
 
 
 class ClipProgress(BaseModel):

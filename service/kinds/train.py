@@ -11,11 +11,11 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from models.options import PRESETS
+from models.options import PRESETS, parse_layer
 from service.errors import RequestError, bad_request, not_found
 from service.kinds.context import JobContext
 from service.kinds.kind import JobKind, JobRequestBase
-from service.names import LayerChoice, Source, StoreName, TrainedName, layer_choice
+from service.names import LayerChoice, Source, StoreName, TrainedName
 
 log = logging.getLogger("emi.service")
 MAX_CURVE_POINTS = 2000  # a train job's learning curve points kept in its progress
@@ -128,7 +128,7 @@ def run(context: JobContext) -> TrainResult | None:
             out,
             preset=request.preset or "compact",
             grid=request.grid,
-            layer=layer_choice(request.layer),
+            layer=parse_layer(request.layer),
             settings=TrainSettings(**settings),
             features=request.features,
             device=config.own_device,
