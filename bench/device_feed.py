@@ -361,7 +361,7 @@ def feed_report(args, work: Path) -> dict:
                 for _ in range(args.repeats)
             )
             row = {"ceiling": ceiling, "rates": {}}
-            for ratio in RATIOS:
+            for ratio in args.ratios:
                 runs = [
                     run_pinned(tree, n, ratio * ceiling, manifest, work, args)
                     for _ in range(args.repeats)
@@ -425,6 +425,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--minutes", type=float, default=30.0, help="audio in the corpus")
     parser.add_argument("--cores", default="1,2", help="core counts to pin to")
+    parser.add_argument(
+        "--ratios",
+        type=lambda text: tuple(float(r) for r in text.split(",")),
+        default=RATIOS,
+        help="device rates R to run, as fractions of the CPU-side ceiling",
+    )
     parser.add_argument("--baseline", default=None, help="git revision to compare with")
     parser.add_argument("--repeats", type=int, default=2, help="runs per case; best kept")
     parser.add_argument("--part-seconds", type=float, default=600.0)

@@ -36,12 +36,17 @@ def test_root_index_bench_runs():
     assert "index/parse" in out and out.splitlines()[1].split()[:2] == ["3", "12"]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="pins cores (Linux)")
 def test_device_feed_bench_runs_against_this_tree():
-    out = _bench("bench/device_feed.py", "--minutes", "0.15", "--cores", "1", "--repeats", "1")
+    out = _bench(
+        "bench/device_feed.py", "--minutes", "0.15", "--cores", "1", "--repeats", "1",
+        "--ratios", "0.7",
+    )  # fmt: skip
     assert "CPU-side ceiling" in out and "device busy" in out
 
 
+@pytest.mark.slow
 def test_extract_throughput_bench_runs():
     out = _bench(
         "bench/extract_throughput.py",
@@ -50,11 +55,13 @@ def test_extract_throughput_bench_runs():
     assert "emi library / pure forward time" in out
 
 
+@pytest.mark.slow
 def test_storage_bench_runs():
     out = _bench("bench/storage.py", "--seconds", "10", "--size", "tiny")
     assert "kB/audio s" in out and "--layers all (3 layers)" in out
 
 
+@pytest.mark.slow
 def test_heads_quality_bench_runs(tmp_path):
     out = _bench(
         "bench/heads_quality.py", "--work", str(tmp_path), "--clips", "28", "--size", "tiny",
@@ -64,6 +71,7 @@ def test_heads_quality_bench_runs(tmp_path):
     assert "weighted vs the best single layer" in out and "compact (the default) vs ridge" in out
 
 
+@pytest.mark.slow
 def test_heads_quality_bench_leaves_a_folder_it_did_not_make(tmp_path):
     (tmp_path / "audio").mkdir()
     (tmp_path / "audio" / "mine.wav").write_bytes(b"a user's recording")
@@ -76,6 +84,7 @@ def test_heads_quality_bench_leaves_a_folder_it_did_not_make(tmp_path):
     assert (tmp_path / "audio" / "mine.wav").read_bytes() == b"a user's recording"
 
 
+@pytest.mark.slow
 def test_service_bench_runs(tmp_path):
     work = tmp_path / "bench"
     out = _bench(
@@ -91,6 +100,7 @@ def test_service_bench_runs(tmp_path):
     assert refused.returncode != 0 and "not made by this benchmark" in refused.stderr
 
 
+@pytest.mark.slow
 def test_cancel_bench_runs(tmp_path):
     out = _bench(
         "bench/service_cancel.py", "--work", str(tmp_path / "bench"), "--size", "tiny",

@@ -25,6 +25,7 @@ def writers(store: Path) -> set[str]:
     return {g.attrs["emi_part"]["written_by"] for _, g in root["parts"].groups()}
 
 
+@pytest.mark.slow
 def test_existing_scheduler_gives_the_same_store(
     layer_store, mixed_corpus, tiny_backbone, tmp_path, monkeypatch
 ):
@@ -61,6 +62,7 @@ def test_existing_scheduler_gives_the_same_store(
         assert run_cli("store", "verify", tmp_path / name).exit_code == 0
 
 
+@pytest.mark.slow
 def test_parts_go_to_workers_that_declare_a_gpu(mixed_corpus, tiny_backbone, tmp_path):
     with dask_cluster(
         tmp_path / "cluster", [{"resources": "GPU=1", "name": "gpu"}, {"name": "plain"}]
@@ -88,6 +90,7 @@ def small_backbone(tmp_path_factory) -> Path:
     return write_random_backbone(tmp_path_factory.mktemp("small"), size="small", seed=0)
 
 
+@pytest.mark.slow
 def test_worker_killed_mid_part_loses_and_duplicates_nothing(small_backbone, tmp_path):
     for i in range(24):
         write_clip(tmp_path / "audio" / f"{i:05d}.wav", 2.0 + (i % 4) * 0.5, seed=i)
@@ -144,6 +147,7 @@ def test_worker_killed_mid_part_loses_and_duplicates_nothing(small_backbone, tmp
     assert run_cli("store", "verify", store).exit_code == 0
 
 
+@pytest.mark.slow
 def test_grid_spreads_over_the_cluster(tiny_backbone, tmp_path):
     import json
 

@@ -246,6 +246,7 @@ def test_the_secret_templates_are_refused_until_filled_in(tmp_path):
     assert result.returncode == 2 and "placeholder" in result.stderr, result.stderr
 
 
+@pytest.mark.slow
 def test_the_backbone_where_the_manifests_put_it_serves_extract_jobs(tmp_path, tiny_backbone):
     """The model-copy job's command (emi model copy ... /models/backbone), run with a
     random checkpoint in place of the bucket and a folder in place of the model volume;

@@ -47,7 +47,7 @@ ELSEWHERE = {
         ".ci/run",
         "./run docs build",
     ),
-    "./run docs         # the same, then serves it at http://127.0.0.1:8000 while you edit": (
+    "./run docs         # the same checks, then serves it at http://127.0.0.1:8000 as you edit": (
         "tests/test_docs.py",
         "def test_run_docs_serves_the_site",
     ),
@@ -142,9 +142,10 @@ def test_the_grid_on_the_heads_page_follows_the_grid_rules():
     assert {p.name for p in plans} >= {"baseline", "seed2-max_seconds12"}
 
 
+@pytest.mark.slow
 def test_run_docs_serves_the_site():
     """``./run docs``: MkDocs with ``--strict`` (a broken link, anchor, page or API
-    reference fails) into ``site/``, then served."""
+    reference fails), served; the references generated from this checkout's code."""
     port = free_port()
     proc = subprocess.Popen(
         ["bash", str(REPO / "run"), "docs"],
@@ -155,15 +156,16 @@ def test_run_docs_serves_the_site():
         text=True,
         start_new_session=True,
     )
+    site = f"http://127.0.0.1:{port}/"
     try:
-        page = _wait_for(f"http://127.0.0.1:{port}/", proc, seconds=240)
+        page = _wait_for(site, proc, seconds=240)
         assert "Emotional Mimicry Intensity" in page.text
+        cli = httpx.get(f"{site}reference/cli.html", timeout=30).text
+        api = httpx.get(f"{site}reference/featurestore.html", timeout=30).text
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
-    cli = (REPO / "site" / "reference" / "cli.html").read_text()
     assert 'id="emi-extract"' in cli and "--part-seconds" in cli  # generated from click
-    api = (REPO / "site" / "reference" / "featurestore.html").read_text()
     assert "FeatureStore" in api and "read_clips" in api  # generated from docstrings
 
 
@@ -248,6 +250,7 @@ def _corpus(folder: Path, clips: int, seed: int) -> dict[str, Path]:
     return write_corpus(folder, clips=clips, seed=seed, min_seconds=1.0, max_seconds=2.0)
 
 
+@pytest.mark.slow
 def test_the_real_checkpoint_tour_runs(tmp_path):
     """The README's tour (the same block as on the getting-started page), with the
     checkpoint's hub id served offline from a Hugging Face cache that holds a random
@@ -274,6 +277,7 @@ def test_the_real_checkpoint_tour_runs(tmp_path):
     assert json.loads((work / "heads" / "paper" / "config.json").read_text())["preset"] == "paper"
 
 
+@pytest.mark.slow
 def test_the_service_pages_blocks_run_against_a_real_service(tmp_path):
     """``emi serve`` as the page starts it, over the head registry ``emi demo`` makes,
     then the curl block and the ``emi jobs`` block against it, with the variables the
@@ -317,6 +321,7 @@ def test_the_service_pages_blocks_run_against_a_real_service(tmp_path):
     assert (work / "state" / "uploads" / upload_id / "files" / "clip2.wav").is_file()
 
 
+@pytest.mark.slow
 def test_the_cluster_pages_blocks_run_on_a_scheduler_and_s3(tmp_path, tiny_backbone):
     """The cluster page's blocks against a real dask scheduler with two worker
     processes and a moto S3 server on loopback, $SHARED a folder both see."""

@@ -55,6 +55,7 @@ def test_group_norm_store_equals_unbatched_forward(mixed_corpus, tiny_group_back
         assert_matches(store, clip_id, reference(read_16k_mono(path)))
 
 
+@pytest.mark.slow
 def test_two_workers_give_the_same_store(layer_store, mixed_corpus, tiny_backbone, tmp_path):
     run_cli(
         "extract",
@@ -135,6 +136,7 @@ def _extract_cmd(manifest, store, backbone):
     ]
 
 
+@pytest.mark.slow
 def test_sigkill_mid_run_then_rerun_equals_uninterrupted(tiny_backbone, tmp_path):
     for i in range(40):
         write_clip(tmp_path / "audio" / f"{i:05d}.wav", 1.0 + (i % 5) * 0.5, seed=i)

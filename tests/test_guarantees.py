@@ -219,6 +219,7 @@ def _listeners(pid: int) -> set[str]:
     return found
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workers", ["1", "2"])
 def test_extract_listens_on_loopback_only_and_quiet_is_quiet(workers, tiny_backbone, tmp_path):
     for i in range(8):

@@ -86,6 +86,7 @@ def layered(tmp_path_factory, tiny_backbone):
 FAST = TrainSettings(epochs=25, lr=1e-2, batch_size=32, seed=1)
 
 
+@pytest.mark.slow
 def test_the_layer_choice_decides_what_a_head_learns(layered, tmp_path, monkeypatch):
     reads = []
     original = SequenceData._read_parts

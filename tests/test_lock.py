@@ -165,5 +165,6 @@ def two_drivers_at_once(tmp_path: Path, store: str, backbone: Path, *, trials: i
         assert set(FeatureStore.open(url).clip_ids) == set(folders["a"]) | set(folders["b"])
 
 
+@pytest.mark.slow
 def test_two_drivers_started_at_once_never_lose_clips(tiny_backbone, tmp_path):
     two_drivers_at_once(tmp_path, str(tmp_path / "shared.zarr"), tiny_backbone, trials=2)

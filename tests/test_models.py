@@ -211,6 +211,7 @@ def synthetic(tmp_path_factory, tiny_backbone):
 FAST = TrainSettings(epochs=25, lr=1e-2, batch_size=32, seed=1)
 
 
+@pytest.mark.slow
 def test_fusion_head_learns_and_shuffled_labels_do_not(synthetic, tmp_path):
     store = FeatureStore.open(synthetic["store"])
     plan = HeadPlan(
@@ -286,6 +287,7 @@ def test_head_folder_contents_and_reload(synthetic, tmp_path):
     assert pearson(pred, true).mean() == pytest.approx(best, abs=1e-3)
 
 
+@pytest.mark.slow
 def test_grid_trains_many_heads_over_one_data_load(synthetic, tmp_path, monkeypatch):
     reads = []
     original = SequenceData._read_parts

@@ -24,6 +24,7 @@ def s3_server():
         yield url
 
 
+@pytest.mark.slow
 def test_extract_resume_info_verify_on_s3(s3_server, layer_store, mixed_corpus, tiny_backbone):
     url = f"{s3_server}/feats.zarr"
     first = json.loads(
@@ -57,6 +58,7 @@ def test_extract_resume_info_verify_on_s3(s3_server, layer_store, mixed_corpus, 
     assert run_cli("store", "verify", url).exit_code == 0
 
 
+@pytest.mark.slow
 def test_train_predict_score_on_s3(s3_server, tiny_backbone, tmp_path):
     splits = write_corpus(tmp_path / "corpus", clips=24, seed=4, min_seconds=1.0, max_seconds=2.0)
     url = f"{s3_server}/scored.zarr"
@@ -143,6 +145,7 @@ def test_a_prefix_holding_other_objects_is_refused_untouched(
     assert s3.get_object(Bucket=BUCKET, Key="theirs/report.pdf")["Body"].read() == b"precious"
 
 
+@pytest.mark.slow
 def test_damaged_remote_part_is_refused_and_repaired(s3_server, layer_store, mixed_corpus):
     import boto3
 
@@ -168,6 +171,7 @@ def test_damaged_remote_part_is_refused_and_repaired(s3_server, layer_store, mix
     assert_same_features(FeatureStore.open(url), FeatureStore.open(layer_store))
 
 
+@pytest.mark.slow
 def test_two_drivers_at_once_on_object_storage(s3_server, tiny_backbone, tmp_path):
     from tests.test_lock import two_drivers_at_once
 
@@ -199,6 +203,7 @@ def test_video_containers_in_a_bucket(s3_server, tiny_backbone, tmp_path):
     np.testing.assert_array_equal(remote.hidden("talk"), here.hidden("talk"))
 
 
+@pytest.mark.slow
 def test_the_service_on_object_storage_and_a_dask_cluster(s3_server, tiny_backbone, tmp_path):
     """emi serve with --stores and --source-root in a bucket and --scheduler: a score job
     reads audio from the bucket and keeps its features there, computed by the cluster's

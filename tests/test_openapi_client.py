@@ -60,6 +60,7 @@ def _generate(url: str, into: Path) -> Path:
     return into
 
 
+@pytest.mark.slow
 def test_a_generated_client_uploads_submits_polls_downloads_and_reads_errors(
     documented, tmp_path, monkeypatch
 ):
@@ -143,6 +144,7 @@ def test_the_api_pages_work_offline_and_behind_a_token(documented):
     assert wrong.status_code == 405 and wrong.headers["allow"] == "GET, POST"
 
 
+@pytest.mark.slow
 def test_schemathesis_finds_no_failing_check(documented):
     """Every operation, bounded (a few examples each), with the token; the checks that
     hold for this API: no 5xx, answers match their schemas and status codes, content

@@ -112,6 +112,7 @@ def _choose_folder(browser, *names: str) -> None:
         _until(lambda n=name: browser.find_element("id", "folder-path").text.endswith(f"/{n}"))
 
 
+@pytest.mark.slow
 def test_the_page_lists_heads_scores_a_folder_and_downloads_emi_scores_csv(
     site, tmp_path, monkeypatch
 ):
@@ -282,6 +283,7 @@ def _outside(urls: list[str], origin: str) -> list[str]:
     return [u for u in urls if not u.startswith((origin + "/", "data:", "blob:"))]
 
 
+@pytest.mark.slow
 def test_the_api_pages_make_no_request_outside_their_origin(site):
     """/docs (Swagger UI) and /redoc, rendered whole in the browser: every request they
     make goes to the service (Redoc's bundle asked a CDN for its logo before)."""
@@ -325,6 +327,7 @@ def test_the_page_makes_no_request_outside_its_origin_and_fits_a_narrow_window(s
         browser.set_window_size(1280, 800)
 
 
+@pytest.mark.slow
 def test_with_a_token_file_the_page_shows_nothing_until_the_token_is_given(tmp_path, tiny_backbone):
     good = "page-token-0123456789abcdef"
     (tmp_path / "tokens").write_text(good + "\n")

@@ -13,6 +13,7 @@ from tests.docs_blocks import page_blocks
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_the_python_api_page_runs(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     blocks = page_blocks("docs/python-api.md", "python")
@@ -128,6 +129,7 @@ def test_store_dataset_serves_what_the_trainer_reads(layer_store, tmp_path):
     torch.testing.assert_close(cropped["mean"], cropped["frames"].mean(0))
 
 
+@pytest.mark.slow
 def test_export_repair_and_demo_from_python(layer_store, tmp_path):
     import shutil
 

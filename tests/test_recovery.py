@@ -89,6 +89,7 @@ def _score(served: Served, source: str, timeout_s: float = 240) -> dict:
     return done
 
 
+@pytest.mark.slow
 def test_the_scheduler_away_and_back_and_workers_replaced(lab):
     """A scheduler killed mid-job stays away AWAY_S and comes back on the same address
     with a new worker: /readyz answers within a second throughout, says not ready while
@@ -145,6 +146,7 @@ def test_the_scheduler_away_and_back_and_workers_replaced(lab):
     print(f"ready {back:.1f} s after the scheduler's return, {replaced:.1f} s after a new worker")
 
 
+@pytest.mark.slow
 def test_a_cpu_service_for_gpu_workers_scores(lab, tmp_path):
     """The deployment's service: --scheduler and --device cuda (the workers' device) on a
     machine without a GPU. It starts, and a score job whose features its workers stored
@@ -210,6 +212,7 @@ def _backbone_of(head) -> str:
 STORE_AWAY_S = float(os.environ.get("EMI_RECOVERY_STORE_AWAY_S", "20"))
 
 
+@pytest.mark.slow
 def test_the_object_store_hanging_and_back(lab, monkeypatch):
     """The stores in a bucket (a real S3 server on loopback) behind a partition: for
     STORE_AWAY_S every connection hangs. /readyz answers within a second all along and

@@ -3,6 +3,8 @@
 import csv
 import json
 
+import pytest
+
 from manifests.synthetic import write_corpus
 from tests.conftest import run_cli
 
@@ -71,6 +73,7 @@ def test_score_extracts_missing_clips_and_predicts(tiny_backbone, tmp_path):
     assert "0 extracted, 3 reused" in again.output
 
 
+@pytest.mark.slow
 def test_demo_runs_offline_and_says_what_it_measures(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     result = run_cli(
@@ -94,6 +97,7 @@ def test_demo_runs_offline_and_says_what_it_measures(tmp_path, monkeypatch):
     assert set(weights["layer_weights"]) == {"0", "1", "2"}
 
 
+@pytest.mark.slow
 def test_a_second_demo_just_works(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     quick = ("demo", "--out", "demo", "--clips", "20", "--size", "tiny", "--epochs", "1")

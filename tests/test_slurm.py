@@ -108,6 +108,7 @@ def complete_parts(store: Path) -> dict[str, str]:
     return {name: str(part["digests"]) for name, part in parts.items() if part.get("complete")}
 
 
+@pytest.mark.slow
 def test_a_scancelled_worker_job_is_replaced_and_the_run_keeps_every_clip(
     slurm, tmp_path, tiny_backbone
 ):
@@ -146,6 +147,7 @@ def test_a_scancelled_worker_job_is_replaced_and_the_run_keeps_every_clip(
     assert verified.returncode == 0, verified.stderr
 
 
+@pytest.mark.slow
 def test_worker_jobs_that_cannot_start_end_the_run_with_one_line(slurm, tmp_path, tiny_backbone):
     """sbatch refusing the job, SLURM never starting it, and a GPU job's worker refusing
     to start without a GPU: each one line naming the cause and what to change, exit 2,
@@ -191,6 +193,7 @@ def _shell(block, env: dict) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=300)  # fmt: skip
 
 
+@pytest.mark.slow
 def test_the_slurm_pages_blocks_run_as_written(slurm, tmp_path, tiny_backbone):
     """docs/slurm.md on a login node of the local cluster: the configuration copied,
     extraction through worker jobs (and its driver as a job itself) equal to a local
@@ -292,6 +295,7 @@ def _wait_ready(url: str, server: subprocess.Popen, log: Path, timeout_s: float 
     raise AssertionError(f"emi serve not ready:\n{log.read_text()}")
 
 
+@pytest.mark.slow
 def test_the_slurm_benchmark_runs(slurm, tmp_path):
     """bench/slurm_extract.py at a toy size (its own cluster beside this module's)."""
     done = subprocess.run(
