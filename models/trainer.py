@@ -23,7 +23,7 @@ from models.options import (
     check_targets,
     parse_layer,
 )
-from models.training import HeadPlan, TrainedHead, plans_from_grid, train_heads
+from models.training import EpochStep, HeadPlan, TrainedHead, plans_from_grid, train_heads
 
 
 def train(
@@ -45,7 +45,7 @@ def train(
     log: Callable[[str], None] = lambda _: None,
     overwrite: bool = False,
     features: str | tuple[str, ...] | None = None,
-    progress: Callable[[dict], None] | None = None,
+    progress: Callable[[EpochStep], None] | None = None,
 ) -> list[TrainedHead]:
     """Train one head, or a grid of heads over one load of the features (``emi train``).
 
@@ -68,9 +68,9 @@ def train(
         cache_gb: memory for cached sequences; larger data streams from the store.
         scheduler: spread a grid over a running dask scheduler (one task per head).
         log: receives per-epoch lines.
-        progress: receives ``{"head", "epoch", "epochs", "val_pearson_mean",
-            "best_val_pearson"}`` after every epoch (a ridge head: once); an exception
-            it raises stops the training there (heads already saved stay).
+        progress: receives an :class:`~models.training.EpochStep` after every epoch (a
+            ridge head: once); an exception it raises stops the training there (heads
+            already saved stay).
         overwrite: replace existing head folders (else they are refused before work).
         features: the feature set(s) to train on (without ``grid``; ``"a"``, ``"a,b"``
             or a tuple: several are joined per frame); None: the store's only or default

@@ -487,7 +487,7 @@ def train_one(
     log: Callable[[str], None] = lambda _: None,
     overwrite: bool = False,
     joined: list[FeatureStore] | tuple = (),
-    progress: Callable[[dict], None] | None = None,
+    progress: Callable[[EpochStep], None] | None = None,
 ) -> TrainedHead:
     """Train one head on already-loaded data and save its folder to ``out``
     (``joined``: the further feature sets the data joins to ``store``'s)."""
@@ -588,14 +588,21 @@ def _validate(model, data, val, y_val, targets, device, max_frames) -> dict:
     return evaluate(pred, true, targets, allow_nonfinite=True)
 
 
-def _epoch_progress(head: str, epoch: int, epochs: int, score: float, best: float) -> dict:
-    return {
-        "head": head,
-        "epoch": epoch,
-        "epochs": epochs,
-        "val_pearson_mean": float(score),
-        "best_val_pearson": float(best),
-    }
+@dataclass(frozen=True)
+class EpochStep:
+    """What a training's progress call gets after each epoch of each head: the head,
+    its epoch of ``epochs``, its validation mean Pearson then and its best so far (NaN
+    where the predictions were constant)."""
+
+    head: str
+    epoch: int
+    epochs: int
+    val_pearson_mean: float
+    best_val_pearson: float
+
+
+def _epoch_progress(head: str, epoch: int, epochs: int, score: float, best: float) -> EpochStep:
+    return EpochStep(head, epoch, epochs, float(score), float(best))
 
 
 def _fit_by_gradient(
@@ -767,7 +774,7 @@ def train_heads(
     single: bool = False,
     log: Callable[[str], None] = lambda _: None,
     overwrite: bool = False,
-    progress: Callable[[dict], None] | None = None,
+    progress: Callable[[EpochStep], None] | None = None,
 ) -> list[TrainedHead]:
     """Train every plan; the plans that read the same feature sets share one load of
     them (every layer any of them reads, at once).

@@ -196,3 +196,33 @@ def test_a_library_error_names_the_setting_the_cli_its_flag_the_api_its_field(
         assert failed["state"] == "failed", failed
         assert failed["error"]["detail"].startswith("layers: layer 7 does not exist")
         assert "--" not in failed["error"]["detail"]
+
+
+def test_extract_then_train_jobs_report_typed_progress_in_process(tmp_path, tiny_backbone):
+    """The train kind's progress (the learning curve, epochs, the best so far) and
+    result are its models all through, read back from the table."""
+    from manifests.synthetic import write_corpus
+
+    root = tmp_path / "root"
+    splits = write_corpus(root, clips=10, seed=3, min_seconds=0.6, max_seconds=1.0)
+    with InProcess(tmp_path / "served", [root], model=str(tiny_backbone)) as served:
+        client = served.client()
+        extracted = _wait(
+            client,
+            client.submit({"kind": "extract", "source": str(root / "audio"), "store": "lab"})["id"],
+        )
+        assert extracted["state"] == "succeeded" and extracted["result"]["extracted"] == 10
+        job = client.submit({"kind": "train", "store": "lab", "labels": str(splits["train"]),
+                             "val_labels": str(splits["valid"]), "name": "ridge",
+                             "preset": "mean-linear"})  # fmt: skip
+        done = _wait(client, job["id"])
+        assert done["state"] == "succeeded", done
+        progress, result = done["progress"], done["result"]
+        assert progress["stage"] == "succeeded" and progress["epochs_done"] == 1
+        assert [p["head"] for p in progress["curve"]] == ["ridge"]
+        assert result["heads"] == ["ridge"] and result["best"]["head"] == "ridge"
+        assert result["best"]["val_pearson_mean"] == progress["best_val_pearson"]
+        stored = served.service.table.get(job["id"])
+        assert type(stored.progress).__name__ == "TrainProgress"
+        assert type(stored.result).__name__ == "TrainResult"
+        assert [h["name"] for h in client.heads()] == ["ridge"]

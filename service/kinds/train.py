@@ -7,7 +7,7 @@ import logging
 import math
 import shutil
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, Field
 
@@ -16,6 +16,9 @@ from service.errors import RequestError, bad_request, not_found
 from service.kinds.context import JobContext
 from service.kinds.kind import JobKind, JobRequestBase
 from service.names import LayerChoice, Source, StoreName, TrainedName
+
+if TYPE_CHECKING:
+    from models.training import EpochStep  # torch: imported where a training runs
 
 log = logging.getLogger("emi.service")
 MAX_CURVE_POINTS = 2000  # a train job's learning curve points kept in its progress
@@ -157,20 +160,20 @@ def _epoch_progress(context: JobContext):
     """The trainer's hook after each epoch: the progress, then a stop where asked."""
     best, done, curve = -math.inf, 0, []
 
-    def on_epoch(step: dict) -> None:
+    def on_epoch(step: EpochStep) -> None:
         nonlocal best, done
         done += 1
-        value = step["val_pearson_mean"]
+        value = step.val_pearson_mean
         finite = value if math.isfinite(value) else None
         if finite is not None:
             best = max(best, finite)
-        curve.append(CurvePoint(head=step["head"], epoch=step["epoch"], val_pearson_mean=finite))
+        curve.append(CurvePoint(head=step.head, epoch=step.epoch, val_pearson_mean=finite))
         context.progress(
             stage="training",
             curve=curve[-MAX_CURVE_POINTS:],
-            head=step["head"],
-            epoch=step["epoch"],
-            epochs=step["epochs"],
+            head=step.head,
+            epoch=step.epoch,
+            epochs=step.epochs,
             epochs_done=done,
             best_val_pearson=best if math.isfinite(best) else None,
         )
