@@ -104,7 +104,7 @@ def test_service_bench_runs(tmp_path):
 def test_cancel_bench_runs(tmp_path):
     out = _bench(
         "bench/service_cancel.py", "--work", str(tmp_path / "bench"), "--size", "tiny",
-        "--clips", "30", "--cancels", "1", "--after", "0.1",
+        "--clips", "16", "--cancels", "1", "--after", "0.1",
     )  # fmt: skip
-    assert "a whole score job of 30 clips" in out
+    assert "a whole score job of 16 clips" in out
     assert "cancel -> cancelled over 1 cancels" in out or "ended before their cancel" in out
