@@ -119,7 +119,7 @@ def list_jobs(state, kind, limit, server, token_file) -> None:
         p = job["progress"]
         done = f"{p.get('clips_done', '-')}/{p.get('clips_total', '-')}"
         click.echo(
-            f"{job['id']}  {job['kind']:<7} {job['state']:<9} {done:>11}  {job['created_at']}"
+            f"{job['id']}  {job['kind']:<7} {job['state']:<10} {done:>11}  {job['created_at']}"
         )
 
 
