@@ -3,7 +3,7 @@ its pages at ``/docs`` and ``/redoc``, served from the package with no outside r
 
 Every answer is JSON, CSV or the page; an error is ``{"error": <short>, "detail": <what
 to do>}`` and never a traceback. With tokens, every route but the page, the probes and
-the API's description needs ``Authorization: Bearer <token>`` (:mod:`service.guard`).
+the API's description needs ``Authorization: Bearer <token>`` (:mod:`service.auth`).
 """
 
 from __future__ import annotations

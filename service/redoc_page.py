@@ -12,7 +12,7 @@ from fastapi import FastAPI, Request
 from fastapi.openapi.docs import get_redoc_html
 from fastapi.responses import HTMLResponse, Response
 
-BUNDLE_PATH = "/redoc.js"  # open without a token, as /redoc is (service.guard)
+BUNDLE_PATH = "/redoc.js"  # open without a token, as /redoc is (no bearer dependency)
 CDN_LOGO = "https://cdn.redoc.ly/redoc/logo-mini.svg"
 
 
