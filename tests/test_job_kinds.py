@@ -226,3 +226,45 @@ def test_extract_then_train_jobs_report_typed_progress_in_process(tmp_path, tiny
         assert type(stored.progress).__name__ == "TrainProgress"
         assert type(stored.result).__name__ == "TrainResult"
         assert [h["name"] for h in client.heads()] == ["ridge"]
+
+
+def test_the_openapi_document_types_times_progress_and_every_listing(tmp_path):
+    """Every time is a date-time, each kind's job has its own progress and result
+    models, and the listings have response models: a generated client reads types."""
+    import json
+
+    from service.app import create_app
+    from service.config import ServiceConfig
+    from service.state import StateFolder
+
+    (tmp_path / "root").mkdir()
+    roots = [str(tmp_path / "root")]
+    config = ServiceConfig(
+        stores=str(tmp_path / "s"), heads=tmp_path / "h", state=tmp_path / "st", source_roots=roots
+    )
+    state = StateFolder.open(config.state)
+    document = create_app(config, state).app.app.openapi()
+    schemas = document["components"]["schemas"]
+    times = {
+        (name, field): json.dumps(spec)
+        for name, schema in schemas.items()
+        for field, spec in schema.get("properties", {}).items()
+        if field.endswith("_at")
+    }
+    assert ("ScoreJob", "created_at") in times and ("UploadView", "created_at") in times
+    assert all('"format": "date-time"' in spec for spec in times.values()), times
+    for kind, progress, result in (("Score", "ClipProgress", "ScoreResult"),
+                                   ("Extract", "ClipProgress", "ExtractResult"),
+                                   ("Train", "TrainProgress", "TrainResult")):  # fmt: skip
+        job = schemas[f"{kind}Job"]["properties"]
+        assert job["progress"]["$ref"].endswith(f"/{progress}")
+        assert result in json.dumps(job["result"]) and f"{kind}JobRequest" in json.dumps(job)
+    listings = {"/v1/heads": "HeadList", "/v1/stores": "StoreList",
+                "/v1/service": "ServiceInfo", "/v1/sources": "SourceListing"}  # fmt: skip
+    for path, model in listings.items():
+        answer = document["paths"][path]["get"]["responses"]["200"]
+        assert answer["content"]["application/json"]["schema"]["$ref"].endswith(f"/{model}")
+    cancel = document["paths"]["/v1/jobs/{job_id}/cancel"]["post"]["responses"]
+    assert "409" in cancel
+    callbacks = document["paths"]["/v1/jobs"]["post"]["callbacks"]
+    assert "ScoreJobEnded" in json.dumps(callbacks) and "TrainJobEnded" in json.dumps(callbacks)
