@@ -97,14 +97,6 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 
-def iso(seconds: float | None) -> str | None:
-    """A UTC time as RFC 3339 (``2026-11-29T23:42:31.123Z``)."""
-    moment = utc(seconds)
-    return (
-        None if moment is None else moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-    )
-
-
 def utc(seconds: float | None) -> dt.datetime | None:
     """Seconds since the epoch as an aware UTC datetime (None stays None)."""
     return None if seconds is None else dt.datetime.fromtimestamp(seconds, dt.timezone.utc)

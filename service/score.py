@@ -133,12 +133,10 @@ def score_folder(
         return content_key(record) if cached else record.clip_id
 
     summaries: list = []
+    run = ExtractOptions(compute=compute, quiet=quiet).but(resolved_paths=resolved_paths)
     try:
         for index, ref in enumerate(refs):  # every feature set the heads read
-            options = _set_options(loaded, index, ref, model)
-            options = replace(options, compute=compute, quiet=quiet)
-            options = options.but(resolved_paths=resolved_paths)
-            summary = _extract_set(records, location, ref, options, hooks, check=model is None)
+            summary = _extract_set(records, location, loaded, index, ref, model, run, hooks)
             summaries.append(summary)
             if summary.stopped:
                 break
@@ -183,13 +181,16 @@ def _same_features(loaded: list[LoadedHead]) -> None:
         )
 
 
-def _set_options(loaded: list[LoadedHead], index: int, ref, model: str | None):
-    """The extraction of the heads' ``index``-th feature set (``ref``): its spec's
-    settings, into the set holding these features or a new one of the head's name."""
+def _set_options(
+    loaded: list[LoadedHead], index: int, ref, model: str | None, run: ExtractOptions
+) -> ExtractOptions:
+    """``run`` (where and how to extract) with the settings of the heads' ``index``-th
+    feature set (``ref``): its spec's, into the set holding these features or a new one
+    of the head's name."""
     spec = loaded[0].spec if index == 0 else ref.spec
     if spec is None:
         raise HeadError(f"{loaded[0].folder}: its config.json records no feature spec")
-    return ExtractOptions.of(
+    return run.but(
         model=(model if index == 0 and model else None) or spec.backbone.ref,
         revision=spec.backbone.revision,
         compute_dtype=spec.compute_dtype,
@@ -206,17 +207,17 @@ def _set_options(loaded: list[LoadedHead], index: int, ref, model: str | None):
     )
 
 
-def _extract_set(records, location: str, ref, options: ExtractOptions, hooks, *, check: bool):
-    """Extract what is missing of a feature set the heads read (``ref``); with
-    ``check``, an :class:`ExtractSummary` of nothing to do where the store holds it
-    all (no writer lock taken; with another model given, extract checks that it makes
-    the heads' features first)."""
+def _extract_set(records, location: str, loaded, index: int, ref, model, run, hooks):
+    """Extract what is missing of the heads' ``index``-th feature set (``ref``); an
+    :class:`ExtractSummary` of nothing to do where the store holds it all."""
     from featurestore.extraction import extract
 
-    stored = _all_stored(location, ref.fingerprint, records) if check else None
+    # nothing to extract: no writer lock taken (with another --model, extract checks
+    # that it makes the heads' features first)
+    stored = None if model else _all_stored(location, ref.fingerprint, records)
     if stored is not None:
         return stored
-    return extract(records, location, options, hooks)
+    return extract(records, location, _set_options(loaded, index, ref, model, run), hooks)
 
 
 def _predict_stored(
