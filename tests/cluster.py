@@ -79,14 +79,17 @@ def dask_cluster(folder: Path, workers: list[dict]):
             client.wait_for_workers(len(workers), timeout=120)
         yield address, worker_procs
     finally:
-        for proc in reversed(procs):
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-        for proc in procs:
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
+        # The workers first, then the scheduler: a worker whose scheduler went at the same
+        # moment spends its whole close (20 s and more) trying to reach it again.
+        for group in (procs[1:], procs[:1]):
+            for proc in group:
+                if proc.poll() is None:
+                    os.killpg(proc.pid, signal.SIGTERM)
+            for proc in group:
+                try:
+                    proc.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
 
 
 def _scheduler_address(scheduler_file: Path, scheduler: subprocess.Popen) -> str:

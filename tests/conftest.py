@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import os
 import tempfile
 
@@ -125,3 +126,19 @@ def run_cli(*args: str, expect: int | None = 0):
     if expect is not None:
         assert result.exit_code == expect, (result.exit_code, result.output)
     return result
+
+
+def pytest_collection_modifyitems(config, items: list) -> None:
+    """The files with the most slow tests first, each file's tests in their order.
+
+    ``./run test`` hands whole files to its two test processes (``--dist loadfile``), in
+    this order, each taking the next file when it is done: the long end-to-end files
+    started first leave the short ones to even out the end, instead of one process
+    running a long file alone while the other waits."""
+    slow = collections.Counter(
+        item.path for item in items if item.get_closest_marker("slow") is not None
+    )
+    first_seen = {}
+    for index, item in enumerate(items):
+        first_seen.setdefault(item.path, index)
+    items.sort(key=lambda item: (-slow[item.path], first_seen[item.path]))

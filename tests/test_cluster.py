@@ -25,35 +25,43 @@ def writers(store: Path) -> set[str]:
     return {g.attrs["emi_part"]["written_by"] for _, g in root["parts"].groups()}
 
 
+@pytest.fixture(scope="module")
+def two_workers(tmp_path_factory):
+    """A scheduler and two plain worker processes, for the tests that only run work on
+    them (the worker-kill and GPU tests start their own)."""
+    with dask_cluster(tmp_path_factory.mktemp("cluster"), [{}, {}]) as (address, workers):
+        yield address, workers
+
+
 @pytest.mark.slow
 def test_existing_scheduler_gives_the_same_store(
-    layer_store, mixed_corpus, tiny_backbone, tmp_path, monkeypatch
+    layer_store, mixed_corpus, tiny_backbone, tmp_path, monkeypatch, two_workers
 ):
-    with dask_cluster(tmp_path / "cluster", [{}, {}]) as (address, workers):
-        run_cli(
-            "extract",
-            mixed_corpus,
-            tmp_path / "a.zarr",
-            "--model",
-            tiny_backbone,
-            "--scheduler",
-            address,
-            "--part-seconds",
-            "2",
-            "--quiet",
-        )
-        monkeypatch.setenv("DASK_SCHEDULER_ADDRESS", address)
-        run_cli(
-            "extract",
-            mixed_corpus,
-            tmp_path / "b.zarr",
-            "--model",
-            tiny_backbone,
-            "--part-seconds",
-            "2",
-            "--quiet",
-        )
-        pids = {str(w.pid) for w in workers}
+    address, workers = two_workers
+    run_cli(
+        "extract",
+        mixed_corpus,
+        tmp_path / "a.zarr",
+        "--model",
+        tiny_backbone,
+        "--scheduler",
+        address,
+        "--part-seconds",
+        "2",
+        "--quiet",
+    )
+    monkeypatch.setenv("DASK_SCHEDULER_ADDRESS", address)
+    run_cli(
+        "extract",
+        mixed_corpus,
+        tmp_path / "b.zarr",
+        "--model",
+        tiny_backbone,
+        "--part-seconds",
+        "2",
+        "--quiet",
+    )
+    pids = {str(w.pid) for w in workers}
     for name in ("a.zarr", "b.zarr"):
         store = FeatureStore.open(tmp_path / name)
         assert_same_features(FeatureStore.open(layer_store), store)
@@ -148,7 +156,7 @@ def test_worker_killed_mid_part_loses_and_duplicates_nothing(small_backbone, tmp
 
 
 @pytest.mark.slow
-def test_grid_spreads_over_the_cluster(tiny_backbone, tmp_path):
+def test_grid_spreads_over_the_cluster(tiny_backbone, tmp_path, two_workers):
     import json
 
     from manifests.synthetic import write_corpus
@@ -160,23 +168,23 @@ def test_grid_spreads_over_the_cluster(tiny_backbone, tmp_path):
     grid.write_text(
         json.dumps({"defaults": {"preset": "compact", "epochs": 2}, "grid": {"seed": [1, 2, 3, 4]}})
     )
-    with dask_cluster(tmp_path / "cluster", [{}, {}]) as (address, workers):
-        result = run_cli(
-            "train",
-            store,
-            "--labels",
-            splits["train"],
-            "--val-labels",
-            splits["valid"],
-            "--out",
-            tmp_path / "heads",
-            "--grid",
-            grid,
-            "--scheduler",
-            address,
-            "--quiet",
-        )
-        pids = {str(w.pid) for w in workers}
+    address, workers = two_workers
+    result = run_cli(
+        "train",
+        store,
+        "--labels",
+        splits["train"],
+        "--val-labels",
+        splits["valid"],
+        "--out",
+        tmp_path / "heads",
+        "--grid",
+        grid,
+        "--scheduler",
+        address,
+        "--quiet",
+    )
+    pids = {str(w.pid) for w in workers}
     trained_by = set()
     for seed in (1, 2, 3, 4):
         config = json.loads((tmp_path / "heads" / f"seed{seed}" / "config.json").read_text())
