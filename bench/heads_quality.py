@@ -244,7 +244,8 @@ def held_out(store: FeatureStore, folder: Path, test_csv: Path, rows: list[dict]
     (1000 resamples of the test clips) for the questions the benchmark asks: each
     weighted head against the single layer of the same preset and scaling that
     validated best; the default and the fusion head against ridge on the same features;
-    emi's recipe against the paper's; compact against fusion."""
+    emi's recipe against the paper's; compact against fusion. Heads are compared at the
+    same ``--lrs``/``--epochs`` suffix (none: each preset's recipe)."""
     from models.evaluation import evaluate_heads
 
     by_name = {r["head"]: r for r in rows}
@@ -258,7 +259,7 @@ def held_out(store: FeatureStore, folder: Path, test_csv: Path, rows: list[dict]
             singles = [
                 s for s in rows
                 if s["preset"] == r["preset"] and s["standardize"] == r["standardize"]
-                and s["layer"] != "weighted" and s["head"] == _plain_name(s)
+                and s["layer"] != "weighted" and _suffix(s) == _suffix(r)
             ]  # fmt: skip
             if singles:
                 best = max(singles, key=lambda s: s["val_pearson_mean"])
@@ -270,8 +271,9 @@ def held_out(store: FeatureStore, folder: Path, test_csv: Path, rows: list[dict]
         ("fusion-last-stdon", "paper-last-stdoff", "emi's recipe vs the paper's, one head"),
         ("compact-last-stdon", "fusion-last-stdon", "compact vs fusion"),
     ):
-        if name in by_name and other in by_name:
-            pairs.append((name, other, why))
+        for suffix in sorted({_suffix(r) for r in rows}):
+            if name + suffix in by_name and other + suffix in by_name:
+                pairs.append((name + suffix, other + suffix, why))
     differences = {(d["a"], d["b"]): d for d in result.differences}
     comparisons = []
     for a, b, why in pairs:
@@ -336,6 +338,11 @@ def markdown(results: dict) -> str:
 def _plain_name(row: dict) -> str:
     """A head's name at its preset's recipe (without a --lrs or --epochs suffix)."""
     return f"{row['preset']}-{row['layer']}-std{'on' if row['standardize'] else 'off'}"
+
+
+def _suffix(row: dict) -> str:
+    """A head's --lrs/--epochs suffix ("" at its preset's recipe)."""
+    return row["head"][len(_plain_name(row)) :]
 
 
 def names(heads: list[dict]) -> set[str]:

@@ -66,8 +66,9 @@ def test_heads_quality_bench_runs(tmp_path):
     out = _bench(
         "bench/heads_quality.py", "--work", str(tmp_path), "--clips", "28", "--size", "tiny",
         "--presets", "compact,mean-linear", "--layers", "last,weighted", "--standardize", "on",
+        "--epochs", "3",
     )  # fmt: skip
-    assert "ridge anchor, layer last" in out and "compact-weighted-stdon" in out
+    assert "ridge anchor, layer last" in out and "compact-weighted-stdon-e3" in out
     assert "weighted vs the best single layer" in out and "compact (the default) vs ridge" in out
 
 

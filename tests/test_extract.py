@@ -173,14 +173,7 @@ def test_sigkill_mid_run_then_rerun_equals_uninterrupted(tiny_backbone, tmp_path
         summary["already_stored"] >= done_before
         and summary["extracted"] == 40 - summary["already_stored"]
     )
-    subprocess.run(
-        _extract_cmd(tmp_path / "clips.csv", clean, tiny_backbone),
-        cwd=REPO,
-        env=env,
-        check=True,
-        capture_output=True,
-        timeout=300,
-    )
+    run_cli(*_extract_cmd(tmp_path / "clips.csv", clean, tiny_backbone)[3:])  # uninterrupted
 
     a, b = FeatureStore.open(killed), FeatureStore.open(clean)
     assert len(a.clip_ids) == len(set(a.clip_ids)) == 40
