@@ -1,12 +1,12 @@
 """The service's link to its dask cluster: one client at a time, made again when lost.
 
 A distributed client that loses its scheduler cancels its futures, tries to reconnect
-for its connect timeout (30 s) and then closes for good. The link watches its client in
-a thread of its own: a closed client (or none yet: the scheduler was not there at start)
-is replaced by a new one as soon as the scheduler answers again, so a scheduler that was
-away for minutes finds the service ready within seconds of its return. The link's
-status is what ``/readyz`` shows; it is refreshed here, never asked of the scheduler in
-a request.
+for its connect timeout (:data:`CONNECT_TIMEOUT_S` here) and then closes for good. The
+link watches its client in a thread of its own: a closed client (or none yet: the
+scheduler was not there at start) is replaced by a new one as soon as the scheduler
+answers again, so a scheduler that was away for minutes finds the service ready within
+seconds of its return. The link's status is what ``/readyz`` shows; it is refreshed
+here, never asked of the scheduler in a request.
 """
 
 from __future__ import annotations

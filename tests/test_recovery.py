@@ -2,9 +2,10 @@
 loopback (stopped, restarted on the same address, replaced) and a real S3 server behind
 a proxy that can hang; devices by role (a CPU service for GPU workers).
 
-``EMI_RECOVERY_AWAY_S`` sets how long the scheduler stays away (default 35 s: past the
-10 s a service's client tries to reconnect and dask's own 30 s) and
-``EMI_RECOVERY_STORE_AWAY_S`` how long the object store hangs (default 20 s); the
+``EMI_RECOVERY_AWAY_S`` sets how long the scheduler stays away (default 20 s: past the
+10 s a service's client tries to reconnect, so a new client must be made) and
+``EMI_RECOVERY_STORE_AWAY_S`` how long the object store hangs (default 12 s: past the
+10 s after which a check that gave no answer makes the service not ready); the
 documented figures come from this file run with both at 60 (``-s`` prints them).
 """
 
@@ -17,11 +18,13 @@ import httpx
 import pytest
 
 from manifests.synthetic import write_corpus
+from service.cluster_link import CONNECT_TIMEOUT_S
+from service.health import STALE_S
 from tests.cluster import start_scheduler, start_worker, stop
 from tests.conftest import run_cli
 from tests.served import Served, free_port
 
-AWAY_S = float(os.environ.get("EMI_RECOVERY_AWAY_S", "35"))
+AWAY_S = float(os.environ.get("EMI_RECOVERY_AWAY_S", str(CONNECT_TIMEOUT_S + 10)))
 READY_WITHIN_S = 30.0
 PROBE_BUDGET_S = 1.0  # a kubelet's default probe timeout
 
@@ -209,7 +212,7 @@ def _backbone_of(head) -> str:
     return config["store"]["spec"]["backbone"]["ref"]
 
 
-STORE_AWAY_S = float(os.environ.get("EMI_RECOVERY_STORE_AWAY_S", "20"))
+STORE_AWAY_S = float(os.environ.get("EMI_RECOVERY_STORE_AWAY_S", str(STALE_S + 2)))
 
 
 @pytest.mark.slow
