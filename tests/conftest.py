@@ -131,10 +131,10 @@ def run_cli(*args: str, expect: int | None = 0):
 def pytest_collection_modifyitems(config, items: list) -> None:
     """The files with the most slow tests first, each file's tests in their order.
 
-    ``./run test`` hands whole files to its two test processes (``--dist loadfile``), in
-    this order, each taking the next file when it is done: the long end-to-end files
-    started first leave the short ones to even out the end, instead of one process
-    running a long file alone while the other waits."""
+    ``./run test`` hands whole files to its test processes (``--dist loadfile
+    --no-loadscope-reorder``) in this order, each taking the next file when it is done:
+    the long end-to-end files started first leave the short ones to even out the end,
+    instead of one process running a long file alone while the others wait."""
     slow = collections.Counter(
         item.path for item in items if item.get_closest_marker("slow") is not None
     )

@@ -68,9 +68,10 @@ ELSEWHERE = {
     'pip install -c constraints-cpu.txt -e ".[test,docs]"': ("run", '-e "$here[test,docs]"'),
     "apt-get update && apt-get install -y espeak-ng chromium chromium-driver   # as root "
     "(else sudo)": ("run", "apt-get install"),
-    "python -m pytest -q -n 2 --dist loadfile   # two test processes; -n 0: one": (
+    "python -m pytest -q -n 3 --dist loadfile --no-loadscope-reorder   # as ./run test; -n 0: "
+    "one process": (
         "run",
-        "-m pytest -q -n 2 --dist loadfile",
+        "-m pytest -q -n 3 --dist loadfile --no-loadscope-reorder",
     ),
     "mkdocs build --strict                      # the docs, into site/": (
         "run",

@@ -304,7 +304,7 @@ def test_the_slurm_benchmark_runs(slurm, tmp_path):
     """bench/slurm_extract.py at a toy size (its own cluster beside this module's)."""
     done = subprocess.run(
         [sys.executable, "bench/slurm_extract.py", "--work", str(tmp_path / "b"),
-         "--minutes", "0.2", "--repeats", "1"],
+         "--minutes", "0.2", "--repeats", "1", "--jobs", "1"],
         cwd=REPO, capture_output=True, text=True, timeout=300,
         env={**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"},
     )  # fmt: skip
