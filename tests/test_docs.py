@@ -259,7 +259,7 @@ def test_the_real_checkpoint_tour_runs(tmp_path):
     [tour] = runnable("README.md")
     assert [b.text for b in runnable("docs/getting-started.md")] == [tour.text]
     work = tmp_path / "work"
-    splits = _corpus(work / "corpus", clips=30, seed=5)
+    splits = _corpus(work / "corpus", clips=20, seed=5)
     (work / "data").mkdir()
     shutil.move(work / "corpus" / "audio", work / "data" / "audio")
     for name in ("train", "valid"):
