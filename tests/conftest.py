@@ -31,6 +31,13 @@ def tiny_backbone(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def small_backbone(tmp_path_factory) -> Path:
+    """Layer-norm random backbone, small sizes: parts that last long enough for a test
+    to act while they run (a worker killed, a job cancelled mid-run)."""
+    return write_random_backbone(tmp_path_factory.mktemp("small"), size="small", seed=0)
+
+
+@pytest.fixture(scope="session")
 def tiny_group_backbone(tmp_path_factory) -> Path:
     """Group-norm random backbone (wav2vec2-base style), tiny sizes."""
     return write_random_backbone(
@@ -138,7 +145,4 @@ def pytest_collection_modifyitems(config, items: list) -> None:
     slow = collections.Counter(
         item.path for item in items if item.get_closest_marker("slow") is not None
     )
-    first_seen = {}
-    for index, item in enumerate(items):
-        first_seen.setdefault(item.path, index)
-    items.sort(key=lambda item: (-slow[item.path], first_seen[item.path]))
+    items.sort(key=lambda item: -slow[item.path])  # stable: the rest keeps its order

@@ -34,8 +34,7 @@ def _bench_here(monkeypatch, capsys, script: str, *args: str) -> str:
     spec = importlib.util.spec_from_file_location(f"bench_{Path(script).stem}", REPO / script)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    monkeypatch.setattr(sys, "argv", [script, *args])
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(sys, "argv", [script, *args])  # offline: conftest sets it
     capsys.readouterr()
     module.main()
     return capsys.readouterr().out

@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 import zarr
 
-from featurestore.random_backbone import write_random_backbone
 from featurestore.store import FeatureStore
 from tests.cluster import dask_cluster
 from tests.conftest import run_cli
@@ -91,11 +90,6 @@ def test_parts_go_to_workers_that_declare_a_gpu(mixed_corpus, tiny_backbone, tmp
     used = {w.split(":")[1] for w in writers(tmp_path / "s.zarr")}
     assert used == {gpu_pid}
     assert len(FeatureStore.open(tmp_path / "s.zarr").complete_parts) > 2
-
-
-@pytest.fixture(scope="module")
-def small_backbone(tmp_path_factory) -> Path:
-    return write_random_backbone(tmp_path_factory.mktemp("small"), size="small", seed=0)
 
 
 @pytest.mark.slow

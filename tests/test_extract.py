@@ -119,21 +119,16 @@ def _complete_parts(store: Path) -> int:
     return len(attrs.get("emi", {}).get("parts", {}))
 
 
-def _extract_cmd(manifest, store, backbone):
+def _extract_args(manifest, store, backbone) -> list[str]:
+    """``emi extract``'s arguments for the crash test's runs."""
     return [
-        sys.executable,
-        "-m",
-        "cli.main",
-        "extract",
-        str(manifest),
-        str(store),
-        "--model",
-        str(backbone),
-        "--part-seconds",
-        "1",
-        "--quiet",
-        "--json",
-    ]
+        "extract", str(manifest), str(store), "--model", str(backbone),
+        "--part-seconds", "1", "--quiet", "--json",
+    ]  # fmt: skip
+
+
+def _extract_cmd(manifest, store, backbone) -> list[str]:
+    return [sys.executable, "-m", "cli.main", *_extract_args(manifest, store, backbone)]
 
 
 @pytest.mark.slow
@@ -173,7 +168,7 @@ def test_sigkill_mid_run_then_rerun_equals_uninterrupted(tiny_backbone, tmp_path
         summary["already_stored"] >= done_before
         and summary["extracted"] == 40 - summary["already_stored"]
     )
-    run_cli(*_extract_cmd(tmp_path / "clips.csv", clean, tiny_backbone)[3:])  # uninterrupted
+    run_cli(*_extract_args(tmp_path / "clips.csv", clean, tiny_backbone))  # uninterrupted
 
     a, b = FeatureStore.open(killed), FeatureStore.open(clean)
     assert len(a.clip_ids) == len(set(a.clip_ids)) == 40

@@ -110,24 +110,21 @@ def complete_parts(store: Path) -> dict[str, str]:
 
 @pytest.mark.slow
 def test_a_scancelled_worker_job_is_replaced_and_the_run_keeps_every_clip(
-    slurm, tmp_path_factory, tmp_path
+    slurm, tmp_path, small_backbone
 ):
     """Two worker jobs; one is scancelled once parts are committed: the run finishes on
     its replacement, the parts committed before stay as they were, the features equal a
     local run's, and no job is left. The small backbone keeps the rest of the run longer
     than the watch's look at the jobs (a tiny one's survivor could finish it first)."""
-    from featurestore.random_backbone import write_random_backbone
-
-    backbone = write_random_backbone(tmp_path_factory.mktemp("small"), size="small", seed=0)
     corpus = tmp_path / "audio"
     for i in range(16):
         write_clip(corpus / f"c{i:02d}.wav", 2.0 + (i % 4) * 0.6, seed=i, f0_hz=110 + 3 * i)
     local = tmp_path / "local.zarr"
-    run_cli("extract", corpus, local, "--model", backbone, "--part-seconds", "4", "--quiet")
+    run_cli("extract", corpus, local, "--model", small_backbone, "--part-seconds", "4", "--quiet")
     env = lab_env(slurm, tmp_path / "home", DASK_JOBQUEUE__SLURM__CORES="1")
     store = tmp_path / "slurm.zarr"
     run = subprocess.Popen(
-        ["emi", "extract", corpus, store, "--model", backbone, "--cluster", "slurm",
+        ["emi", "extract", corpus, store, "--model", small_backbone, "--cluster", "slurm",
          "--cluster-jobs", "2", "--part-seconds", "4"],
         env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
