@@ -81,9 +81,10 @@ def test_importing_the_store_loads_no_backbone_code():
 
 
 def test_models_reads_stores_only():
-    """``models`` never imports what extracts (audio, backbones, the extractor) nor the
-    service above it: composing extraction with heads is ``service``'s job."""
-    forbidden = (*EXTRACTOR, "manifests.build", "service")
+    """``models`` never imports what extracts (audio, backbones, the extractor, nor
+    transformers: training reads only the store) nor the service above it: composing
+    extraction with heads is ``service``'s job."""
+    forbidden = (*EXTRACTOR, "manifests.build", "service", "transformers")
     found = [
         f"{p.relative_to(REPO)}: {n}"
         for name, p in MODULES.items()

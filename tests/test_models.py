@@ -68,6 +68,29 @@ def test_degenerate_metrics_are_defined():
 # ---------------------------------------------------------------- heads
 
 
+@pytest.mark.parametrize("warmup, total", [(0, 10), (3, 12), (5, 5), (1, 1)])
+def test_the_lr_schedule_equals_transformers_cosine_with_warmup(warmup, total):
+    """emi's own schedule, step for step (and past the end), against transformers'."""
+    from transformers import get_cosine_schedule_with_warmup
+
+    from models.training import warmup_cosine
+
+    rates = []
+    for make in (warmup_cosine, get_cosine_schedule_with_warmup):
+        optimiser = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.5)
+        schedule = make(optimiser, warmup, total)
+        seen = []
+        for _ in range(total + 3):
+            seen.append(optimiser.param_groups[0]["lr"])
+            optimiser.step()
+            schedule.step()
+        rates.append(seen)
+    assert rates[0] == pytest.approx(rates[1], abs=1e-12)
+    assert max(rates[0]) == pytest.approx(0.5)
+    if total > warmup:
+        assert rates[0][total] == pytest.approx(0.0)
+
+
 def test_paper_preset_has_the_papers_parameter_count():
     head = build_head(preset_config("paper", input_dim=1027, num_targets=6))
     assert count_parameters(head) == 21_125_396

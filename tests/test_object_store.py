@@ -175,7 +175,7 @@ def test_damaged_remote_part_is_refused_and_repaired(s3_server, layer_store, mix
 def test_two_drivers_at_once_on_object_storage(s3_server, tiny_backbone, tmp_path):
     from tests.test_lock import two_drivers_at_once
 
-    two_drivers_at_once(tmp_path, f"{s3_server}/shared.zarr", tiny_backbone, trials=1)
+    two_drivers_at_once(tmp_path, f"{s3_server}/shared.zarr", tiny_backbone)
 
 
 def test_video_containers_in_a_bucket(s3_server, tiny_backbone, tmp_path):
