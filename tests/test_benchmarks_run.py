@@ -101,24 +101,25 @@ def test_heads_quality_bench_leaves_a_folder_it_did_not_make(tmp_path, monkeypat
 
 
 @pytest.mark.slow
-def test_service_bench_runs(tmp_path):
+def test_service_bench_runs(tmp_path, monkeypatch, capsys):
     work = tmp_path / "bench"
-    out = _bench(
+    out = _bench_here(
+        monkeypatch, capsys,
         "bench/service_throughput.py", "--work", str(work), "--clients", "2",
         "--jobs-per-client", "1", "--repeats", "1",
     )  # fmt: skip
     assert "jobs/min" in out and "p99" in out and "emi score as a fresh process" in out
     (tmp_path / "theirs").mkdir()
-    refused = subprocess.run(
-        [sys.executable, "bench/service_throughput.py", "--work", str(tmp_path / "theirs")],
-        cwd=REPO, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
-    assert refused.returncode != 0 and "not made by this benchmark" in refused.stderr
+    with pytest.raises(SystemExit) as refused:
+        _bench_here(monkeypatch, capsys, "bench/service_throughput.py",
+                    "--work", str(tmp_path / "theirs"))  # fmt: skip
+    assert "not made by this benchmark" in str(refused.value.code)
 
 
 @pytest.mark.slow
-def test_cancel_bench_runs(tmp_path):
-    out = _bench(
+def test_cancel_bench_runs(tmp_path, monkeypatch, capsys):
+    out = _bench_here(
+        monkeypatch, capsys,
         "bench/service_cancel.py", "--work", str(tmp_path / "bench"), "--size", "tiny",
         "--clips", "16", "--cancels", "1", "--after", "0.1",
     )  # fmt: skip
