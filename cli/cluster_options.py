@@ -117,7 +117,7 @@ def cluster_options(*, on_demand: bool):
     def decorate(command):
         @functools.wraps(command)
         def run(*args, **kwargs):
-            kwargs["slurm"] = _settings(kwargs, on_demand=on_demand)
+            kwargs["slurm"] = slurm_settings(kwargs, on_demand=on_demand)
             return command(*args, **kwargs)
 
         for option in reversed(options):
@@ -127,8 +127,10 @@ def cluster_options(*, on_demand: bool):
     return decorate
 
 
-def _settings(kwargs: dict, *, on_demand: bool) -> SlurmOptions | None:
-    """Pop the ``--cluster-*`` values; the SLURM settings, or None (local)."""
+def slurm_settings(kwargs: dict, *, on_demand: bool) -> SlurmOptions | None:
+    """Pop the ``--cluster-*`` values from a command's parsed options (``kwargs``, as
+    click parsed them); the SLURM settings, or None (local). The commands get them as
+    their ``slurm`` option."""
     count = kwargs.pop("cluster_count")
     idle = kwargs.pop("cluster_idle", DEFAULTS.idle_s)
     given = {

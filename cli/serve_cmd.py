@@ -11,6 +11,7 @@ import socket
 import sys
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -29,6 +30,10 @@ from service.config import (
     DEFAULT_PORT,
     MiB,
 )
+
+if TYPE_CHECKING:
+    from service.config import ServiceConfig
+    from service.state import StateFolder
 
 
 @click.command()
@@ -175,17 +180,9 @@ def serve(**options) -> None:
     from service.memory_limits import limit_onednn_cache
 
     limit_onednn_cache()  # before torch is imported: memory bounded over thousands of jobs
-    from service.state import StateFolder
-
     _service_logs()
     try:
-        # the address first: a taken port is refused before anything is made
-        listener = _listen(options["host"], options["port"])
-        config = _config(options, port=listener.getsockname()[1])
-        _check_cluster(config)
-        state = StateFolder.open(config.state)
-        config.state = state.root
-        state.hold()
+        listener, config, state = prepare_service(options)
     except ServiceSetupError as err:
         click.echo(f"Error: {err}", err=True)
         sys.exit(2)
@@ -199,8 +196,35 @@ def serve(**options) -> None:
         err=True,
     )
     click.echo(f"emi serve: {start_up_line(config)}", err=True)
-    _run_server(app, config, listener)
+    server_for(app, config).run(sockets=[listener])
     state.release()
+
+
+def prepare_service(options: dict) -> tuple[socket.socket, ServiceConfig, StateFolder]:
+    """What ``emi serve`` makes before it serves, from its parsed options (``serve``'s
+    parameters, as ``serve.make_context("serve", args).params`` gives them): the
+    listening socket (the address first: a taken port is refused before anything is
+    made), the :class:`~service.config.ServiceConfig`, and the state folder, held.
+
+    Returns:
+        ``(listener, config, state)``.
+
+    Raises:
+        ServiceSetupError: a taken port, a bad option, a refused cluster or state folder.
+    """
+    from service.state import StateFolder
+
+    listener = _listen(options["host"], options["port"])
+    try:
+        config = _config(options, port=listener.getsockname()[1])
+        _check_cluster(config)
+        state = StateFolder.open(config.state)
+        config.state = state.root
+        state.hold()
+    except BaseException:
+        listener.close()
+        raise
+    return listener, config, state
 
 
 def _check_cluster(config) -> None:
@@ -310,8 +334,10 @@ def _config(options: dict, *, port: int):
     )
 
 
-def _run_server(app, config, listener: socket.socket) -> None:
-    """uvicorn on ``listener`` until SIGTERM or SIGINT (a graceful stop, exit 0)."""
+def server_for(app, config):
+    """The uvicorn server of ``app`` at ``config``'s address; ``.run(sockets=[listener])``
+    serves until SIGTERM or SIGINT (a graceful stop, exit 0) or, run on another thread,
+    until its ``should_exit`` is set."""
     import uvicorn
 
     class Server(uvicorn.Server):
@@ -331,12 +357,11 @@ def _run_server(app, config, listener: socket.socket) -> None:
                 for sig, handler in previous.items():
                     signal.signal(sig, handler)
 
-    server = Server(
+    return Server(
         uvicorn.Config(
             app, host=config.host, port=config.port, log_level="warning", access_log=False
         )
     )
-    server.run(sockets=[listener])
 
 
 def _listed(values: tuple[str, ...]) -> list[str]:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -61,11 +63,16 @@ class Served:
             self.process = subprocess.Popen(
                 self.command(), cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT
             )
+        return self._ready(timeout_s, ended=self.process.poll)
+
+    def _ready(self, timeout_s: float, ended) -> Served:
+        """Wait until /readyz answers 200; ``ended()`` is not None once the service
+        has ended (then it is how)."""
         deadline = time.monotonic() + timeout_s
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
         while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise AssertionError(f"emi serve exited {self.process.returncode}:\n{self.text()}")
+            if (how := ended()) is not None:
+                raise AssertionError(f"emi serve ended ({how}):\n{self.text()}")
             try:
                 if httpx.get(f"{self.url}/readyz", headers=headers, timeout=2).status_code == 200:
                     return self
@@ -104,6 +111,68 @@ class Served:
         except subprocess.TimeoutExpired:
             self.process.kill()
             raise AssertionError(f"emi serve ignored SIGTERM:\n{self.text()}") from None
+
+
+class Hosted(Served):
+    """:class:`Served` on a thread of this process: ``emi serve``'s own option parsing
+    and set-up (:func:`cli.serve_cmd.prepare_service`: the port, the settings, the held
+    state folder), its app under its uvicorn server on a loopback port. A real HTTP
+    service for the browser, the generated client and the API tests, without a process
+    start and its torch import; the tests that kill, signal or restart the service use
+    :class:`Served`. :meth:`text` is what this process logged while it served (warnings
+    and errors, tracebacks included), as ``emi serve``'s log would hold it."""
+
+    _LOGGERS = ("", "uvicorn", "distributed")  # uvicorn's and dask's do not propagate
+
+    def start(self, timeout_s: float = 120.0) -> Hosted:
+        from cli.cluster_options import slurm_settings
+        from cli.serve_cmd import prepare_service, serve, server_for
+        from service.app import create_app
+
+        options = serve.make_context("serve", self.command()[4:]).params
+        options["slurm"] = slurm_settings(options, on_demand=True)
+        listener, config, self.held = prepare_service(options)
+        self.server = server_for(create_app(config, self.held), config)
+        self.handler = logging.FileHandler(self.log)
+        self.handler.setLevel(logging.WARNING)
+        self.handler.setFormatter(
+            logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+        )
+        for name in self._LOGGERS:
+            logging.getLogger(name).addHandler(self.handler)
+        self.thread = threading.Thread(
+            target=self.server.run, kwargs={"sockets": [listener]}, name=f"emi serve :{self.port}"
+        )
+        self.thread.start()
+        try:
+            return self._ready(
+                timeout_s, ended=lambda: None if self.thread.is_alive() else "its thread ended"
+            )
+        except AssertionError:
+            self.stop()
+            raise
+
+    def stop(self, timeout_s: float = 60.0) -> int:
+        """The graceful stop SIGTERM makes (running parts commit, the queue is kept);
+        0, as ``emi serve`` exits then."""
+        if getattr(self, "thread", None) is None:
+            return 0
+        self.server.should_exit = True
+        self.thread.join(timeout_s)
+        if self.thread.is_alive():
+            raise AssertionError(f"emi serve did not stop in {timeout_s} s:\n{self.text()}")
+        self.thread = None
+        self.held.release()
+        for name in self._LOGGERS:
+            logging.getLogger(name).removeHandler(self.handler)
+        self.handler.close()
+        return 0
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def kill(self) -> None:
+        raise TypeError("a thread cannot be killed: use Served for a killed service")
 
 
 class InProcess:

@@ -253,7 +253,7 @@ def test_the_backbone_where_the_manifests_put_it_serves_extract_jobs(tmp_path, t
     then the service with the manifest's --model on that volume: an extract job into a
     new store succeeds, its store made with that checkpoint."""
     from manifests.synthetic import write_corpus
-    from tests.served import Served
+    from tests.served import Hosted
 
     _, pod, container = _service()
     model = _option(container["command"], "--model")
@@ -278,7 +278,7 @@ def test_the_backbone_where_the_manifests_put_it_serves_extract_jobs(tmp_path, t
 
     root = tmp_path / "audio"
     write_corpus(root / "corpus", clips=4, seed=8, min_seconds=1.0, max_seconds=1.5)
-    with Served(tmp_path, [root], "--model", str(here)) as served:
+    with Hosted(tmp_path, [root], "--model", str(here)) as served:
         served.start()
         client = served.client()
         job = client.submit({"kind": "extract", "source": str(root / "corpus" / "audio"),

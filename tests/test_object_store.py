@@ -211,7 +211,7 @@ def test_the_service_on_object_storage_and_a_dask_cluster(s3_server, tiny_backbo
     import boto3
 
     from tests.cluster import dask_cluster
-    from tests.served import Served
+    from tests.served import Hosted
 
     splits = write_corpus(tmp_path / "corpus", clips=8, seed=21, min_seconds=1.0, max_seconds=2.0)
     audio = tmp_path / "corpus" / "audio"
@@ -227,7 +227,7 @@ def test_the_service_on_object_storage_and_a_dask_cluster(s3_server, tiny_backbo
     run_cli(
         "predict", tmp_path / "local.zarr", "--head", heads / "ml", "-o", tmp_path / "local.csv"
     )
-    with dask_cluster(tmp_path / "dask", [{}]) as (address, _), Served(
+    with dask_cluster(tmp_path / "dask", [{}]) as (address, _), Hosted(
         tmp_path / "served", [f"{s3_server}/incoming"], "--scheduler", address,
         stores=f"{s3_server}/service-stores",
     ) as served:  # fmt: skip

@@ -18,7 +18,7 @@ import pytest
 
 from manifests.synthetic import write_corpus
 from tests.conftest import run_cli
-from tests.served import Served
+from tests.served import Hosted
 
 TOKEN = "a-long-random-token-for-clients-0123"
 
@@ -34,7 +34,7 @@ def documented(tmp_path_factory, tiny_backbone):
     run_cli("extract", audio, seed, "--model", tiny_backbone, "--quiet")
     tokens = folder / "tokens"
     tokens.write_text(TOKEN + "\n")
-    served = Served(folder, [root], "--model", tiny_backbone, "--token-file", tokens, token=TOKEN)
+    served = Hosted(folder, [root], "--model", tiny_backbone, "--token-file", tokens, token=TOKEN)
     run_cli("train", seed, "--labels", splits["train"], "--val-labels", splits["valid"],
             "--out", served.heads / "ml", "--preset", "mean-linear", "--quiet")  # fmt: skip
     with served:

@@ -18,7 +18,7 @@ import pytest
 
 from manifests.synthetic import write_corpus
 from tests.conftest import run_cli
-from tests.served import Served
+from tests.served import Hosted
 from tests.test_service import _same_predictions
 
 NEEDS = (
@@ -69,7 +69,7 @@ def site(tmp_path_factory, tiny_backbone):
     splits = write_corpus(root / "corpus", clips=20, seed=31, min_seconds=1.0, max_seconds=2.0)
     write_corpus(root / "long", clips=24, seed=32, min_seconds=1.0, max_seconds=2.0)
     audio = root / "corpus" / "audio"
-    served = Served(folder, [root], "--jobs", "1", "--part-seconds", "1")
+    served = Hosted(folder, [root], "--jobs", "1", "--part-seconds", "1")
     store = served.stores / "lab.zarr"
     run_cli("extract", audio, store, "--model", tiny_backbone, "--quiet")
     run_cli("train", store, "--labels", splits["train"], "--val-labels", splits["valid"],
@@ -333,7 +333,7 @@ def test_with_a_token_file_the_page_shows_nothing_until_the_token_is_given(tmp_p
     (tmp_path / "tokens").write_text(good + "\n")
     root = tmp_path / "root"
     root.mkdir()
-    served = Served(tmp_path, [root], "--token-file", tmp_path / "tokens", token=good)
+    served = Hosted(tmp_path, [root], "--token-file", tmp_path / "tokens", token=good)
     served.heads.mkdir(parents=True)
     with served:
         served.start()
