@@ -154,15 +154,7 @@ def test_sigkill_mid_run_then_rerun_equals_uninterrupted(tiny_backbone, tmp_path
     done_before = _complete_parts(killed)
     assert 3 <= done_before < 40, "the run must be killed in the middle"
 
-    rerun = subprocess.run(
-        _extract_cmd(tmp_path / "clips.csv", killed, tiny_backbone),
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert rerun.returncode == 0, rerun.stderr
+    rerun = run_cli(*_extract_args(tmp_path / "clips.csv", killed, tiny_backbone))  # here
     summary = json.loads(rerun.stdout)
     assert (
         summary["already_stored"] >= done_before

@@ -8,10 +8,7 @@ import hashlib
 import hmac
 import io
 import json
-import os
 import shutil
-import subprocess
-import sys
 import tarfile
 import threading
 import time
@@ -27,7 +24,7 @@ from featurestore.store import FeatureStore
 from manifests.synthetic import write_corpus
 from service.client import ServiceError
 from tests.conftest import run_cli
-from tests.served import REPO, Hosted, Served
+from tests.served import Hosted, Served
 
 SECRET = b"callback-secret-for-tests-0123456789"
 
@@ -41,11 +38,10 @@ def _wait(client, job_id: str, timeout_s: float = 180.0) -> dict:
 
 
 def _score_cli(audio: Path, heads: list[Path], out: Path, cache: Path) -> str:
-    """``emi score`` as a user runs it: a fresh process (its own cache)."""
-    env = {**os.environ, "EMI_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
-    command = [sys.executable, "-m", "cli.main", "score", str(audio), "-o", str(out), "--quiet"]
-    command += [a for h in heads for a in ("--head", str(h))]
-    subprocess.run(command, env=env, check=True, cwd=REPO, capture_output=True)
+    """``emi score`` as a user runs it, with its own cache (``EMI_CACHE``)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("EMI_CACHE", str(cache))
+        run_cli("score", audio, "-o", out, "--quiet", *[a for h in heads for a in ("--head", h)])
     return out.read_bytes().decode()  # as written (the csv module's \r\n line ends)
 
 
@@ -608,7 +604,7 @@ def test_tokens_and_loopback(tmp_path, stopped_at_teardown):
                       "--state", tmp_path / "st", "--source-root", root, "--host", "0.0.0.0",
                       expect=2)  # fmt: skip
     assert "--token-file" in refused.output
-    served = stopped_at_teardown(Served(tmp_path, [root], "--token-file", tokens, token=good))
+    served = stopped_at_teardown(Hosted(tmp_path, [root], "--token-file", tokens, token=good))
     served.start()
     try:
         for headers in ({}, {"Authorization": "Bearer wrong-token-0123456789"},
