@@ -2,21 +2,21 @@
 
 import os
 import signal
-import subprocess
-import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
 import zarr
 
+from featurestore.extraction import extract
+from featurestore.options import ExtractOptions
 from featurestore.store import FeatureStore
+from manifests import build_manifest
 from tests.cluster import dask_cluster
 from tests.conftest import run_cli
 from tests.reference import assert_same_features
 from tests.synth import write_clip
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def writers(store: Path) -> set[str]:
@@ -102,32 +102,26 @@ def test_worker_killed_mid_part_loses_and_duplicates_nothing(small_backbone, tmp
 
     store = tmp_path / "s.zarr"
     with dask_cluster(tmp_path / "cluster", [{}, {}]) as (address, workers):
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "cli.main",
-                "extract",
-                str(tmp_path / "audio"),
-                str(store),
-                "--model",
-                str(small_backbone),
-                "--scheduler",
-                address,
-                "--part-seconds",
-                "2",
-                "--quiet",
-            ],
-            cwd=REPO,
-            env={**os.environ, "PYTHONPATH": str(REPO)},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
+        # the driver on a thread here: the work is the workers'
+        options = ExtractOptions.of(
+            model=str(small_backbone), scheduler=address, part_seconds=2, quiet=True
         )
+        outcome: dict = {}
+
+        def drive() -> None:
+            try:
+                outcome["summary"] = extract(
+                    build_manifest(tmp_path / "audio"), str(store), options
+                )
+            except BaseException as err:  # the test reports it
+                outcome["error"] = err
+
+        driver = threading.Thread(target=drive)
+        driver.start()
         killed = None
         with Client(address) as client:
             deadline = time.monotonic() + 120
-            while killed is None and time.monotonic() < deadline and proc.poll() is None:
+            while killed is None and time.monotonic() < deadline and driver.is_alive():
                 complete = [
                     p
                     for p in store.glob("parts/*/zarr.json")
@@ -140,9 +134,10 @@ def test_worker_killed_mid_part_loses_and_duplicates_nothing(small_backbone, tmp
                     os.kill(pid, signal.SIGKILL)  # the worker dies in the middle of its part
                     killed = pid
                 time.sleep(0.02)
-        out, err = proc.communicate(timeout=300)
+        driver.join(300)
     assert killed is not None, "no worker was killed mid-run"
-    assert proc.returncode == 0, err
+    assert not driver.is_alive() and "error" not in outcome, outcome
+    assert not outcome["summary"].failed, outcome
     a, b = FeatureStore.open(store), FeatureStore.open(clean)
     assert len(a.clip_ids) == len(set(a.clip_ids)) == 24
     assert_same_features(a, b)

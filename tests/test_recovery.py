@@ -22,7 +22,7 @@ from service.cluster_link import CONNECT_TIMEOUT_S
 from service.health import STALE_S
 from tests.cluster import start_scheduler, start_worker, stop
 from tests.conftest import run_cli
-from tests.served import Served, free_port
+from tests.served import Hosted, Served, free_port
 
 AWAY_S = float(os.environ.get("EMI_RECOVERY_AWAY_S", str(CONNECT_TIMEOUT_S + 10)))
 READY_WITHIN_S = 30.0
@@ -79,7 +79,7 @@ def lab(tmp_path_factory, tiny_backbone):
 
 def _served(lab: dict, name: str, *options: str, stores: str | None = None) -> Served:
     (lab["folder"] / name).mkdir()
-    served = Served(lab["folder"] / name, [lab["root"]], *options, stores=stores)
+    served = Hosted(lab["folder"] / name, [lab["root"]], *options, stores=stores)
     served.heads = lab["heads"]
     return served
 
