@@ -34,6 +34,7 @@ from manifests.synthetic import write_corpus
 from tests.cluster import dask_cluster
 from tests.conftest import run_cli
 from tests.docs_blocks import REPO, Block, all_blocks, page_blocks
+from tests.emi_here import run_bash
 from tests.s3 import s3_server
 from tests.served import free_port
 
@@ -185,15 +186,10 @@ def _wait_for(url: str, proc: subprocess.Popen, *, seconds: float) -> httpx.Resp
         time.sleep(0.3)
 
 
-def _bash(script: str, cwd: Path, env: dict, where: str) -> None:
-    done = subprocess.run(
-        ["bash", "-euo", "pipefail", "-c", script],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+def _bash(script: str, cwd: Path, env: dict, where: str, processes: tuple[str, ...]) -> None:
+    """bash runs ``script``; its ``emi`` commands run in this process, but those named
+    in ``processes`` (``tests/emi_here.py``)."""
+    done = run_bash(script, cwd, env, processes=processes)
     assert done.returncode == 0, f"{where}:\n{script}\n{done.stdout[-3000:]}{done.stderr[-3000:]}"
 
 
@@ -216,16 +212,17 @@ def _serving(command: str, cwd: Path, env: dict, where: str):
     assert "Traceback" not in log.read_text(), log.read_text()
 
 
-def _run_block(block: Block, cwd: Path, env: dict):
-    """Run a shell block; a last ``emi serve`` line serves while the caller goes on."""
+def _run_block(block: Block, cwd: Path, env: dict, processes: tuple[str, ...] = ()):
+    """Run a shell block (its ``emi`` commands in this process, but ``processes``); a
+    last ``emi serve`` line serves, as a process, while the caller goes on."""
     commands = block.commands()
     where = f"{block.page}:{block.line}"
     if commands[-1].startswith("emi serve"):
         head = block.text[: block.text.rindex("emi serve")]
         if head.strip():
-            _bash(head, cwd, env, where)
+            _bash(head, cwd, env, where, processes)
         return _serving(commands[-1], cwd, env, where)
-    _bash(block.text, cwd, env, where)
+    _bash(block.text, cwd, env, where, processes)
     return contextlib.nullcontext()
 
 
@@ -269,7 +266,7 @@ def test_the_real_checkpoint_tour_runs(tmp_path):
     env = _environment(
         HF_HOME=_hub_stand_in(tmp_path), EMI_PORT=str(free_port()), EMI_CACHE=str(tmp_path / "c")
     )
-    with _run_block(tour, work, env):
+    with _run_block(tour, work, env, processes=("extract", "score")):  # they read HF_HOME
         heads = httpx.get(f"http://127.0.0.1:{env['EMI_PORT']}/v1/heads", timeout=10).json()
         assert {h["name"] for h in heads["heads"]} == {"compact", "paper"}
     for output in ("clips.csv", "predictions.csv", "test_predictions.csv"):
@@ -358,6 +355,23 @@ def test_the_cluster_pages_blocks_run_on_a_scheduler_and_s3(tmp_path, tiny_backb
         :2
     ] == ["compact", "ridge"]
     assert len((work / "scores.csv").read_text().splitlines()) == 1 + 3
+
+
+def test_a_blocks_emi_lines_run_here_with_the_shells_words_and_status(tmp_path, monkeypatch):
+    """The blocks' ``emi`` commands run in this process (``tests/emi_here.py``) with the
+    words bash made of them, their output and exit status handed back to bash; those
+    named as processes run the ``emi`` program (here a stand-in that fails silently)."""
+    import tests.emi_here
+
+    monkeypatch.setattr(tests.emi_here, "EMI", Path("/bin/false"))
+    script = 'PLACE="$WHERE/no such.zarr"; emi store info "$PLACE" || echo "status $?"'
+    env = _environment(WHERE=str(tmp_path))
+    here = run_bash(script, tmp_path, env)
+    assert here.returncode == 0 and here.stdout == "status 2\n", here
+    assert f"{tmp_path}/no such.zarr: no feature store there" in here.stderr
+    apart = run_bash(script, tmp_path, env, processes=("store",))
+    assert apart.stdout == "status 1\n" and apart.stderr == "", apart
+    assert run_bash("emi store info nowhere.zarr", tmp_path, env).returncode == 2  # set -e
 
 
 @pytest.mark.parametrize("page", sorted(SHELL_RUN_BY))
