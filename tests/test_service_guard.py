@@ -739,7 +739,7 @@ def test_a_full_disk_fails_a_job_and_never_wedges_it(small_disks, tmp_path, tiny
     audio = root / "corpus" / "audio"
     seed = tmp_path / "seed.zarr"
     run_cli("extract", audio, seed, "--model", tiny_backbone, "--quiet")
-    served = Served(tmp_path, [root], "--model", tiny_backbone, state=state / "state",
+    served = Hosted(tmp_path, [root], "--model", tiny_backbone, state=state / "state",
                     stores=str(stores / "stores"))  # fmt: skip
     run_cli("train", seed, "--labels", splits["train"], "--val-labels", splits["valid"],
             "--out", served.heads / "ml", "--preset", "mean-linear", "--quiet")  # fmt: skip
