@@ -113,14 +113,51 @@ class Served:
             raise AssertionError(f"emi serve ignored SIGTERM:\n{self.text()}") from None
 
 
+_PARENTS: dict[int, int] = {}  # a running thread's ident -> the ident of its starter
+
+
+def _start_remembering_the_starter(thread: threading.Thread, _start=threading.Thread.start):
+    starter, run = threading.get_ident(), thread.run
+
+    def run_remembered() -> None:
+        _PARENTS[threading.get_ident()] = starter
+        try:
+            run()
+        finally:
+            _PARENTS.pop(threading.get_ident(), None)
+
+    thread.run = run_remembered
+    _start(thread)
+
+
+class _FromThreadsOf(logging.Filter):
+    """Records logged by ``ancestor`` or a thread it started (or one they started, ...):
+    one service's, where several run in this process."""
+
+    def __init__(self, ancestor: threading.Thread):
+        super().__init__()
+        self.ancestor = ancestor
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        ident, seen = record.thread, 0
+        while ident is not None and seen < 64:
+            if ident == self.ancestor.ident:
+                return True
+            ident, seen = _PARENTS.get(ident), seen + 1
+        return False
+
+
 class Hosted(Served):
     """:class:`Served` on a thread of this process: ``emi serve``'s own option parsing
     and set-up (:func:`cli.serve_cmd.prepare_service`: the port, the settings, the held
     state folder), its app under its uvicorn server on a loopback port. A real HTTP
     service for the browser, the generated client and the API tests, without a process
     start and its torch import; the tests that kill, signal or restart the service use
-    :class:`Served`. :meth:`text` is what this process logged while it served (warnings
-    and errors, tracebacks included), as ``emi serve``'s log would hold it."""
+    :class:`Served`. :meth:`text` is what the service's threads logged (warnings and
+    errors, tracebacks included), as ``emi serve``'s log would hold it: each thread
+    started here remembers its starter, and the log keeps the records of the server's
+    thread and of the threads it started, not those of other services in this
+    process."""
 
     _LOGGERS = ("", "uvicorn", "distributed")  # uvicorn's and dask's do not propagate
 
@@ -138,11 +175,13 @@ class Hosted(Served):
         self.handler.setFormatter(
             logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
         )
-        for name in self._LOGGERS:
-            logging.getLogger(name).addHandler(self.handler)
         self.thread = threading.Thread(
             target=self.server.run, kwargs={"sockets": [listener]}, name=f"emi serve :{self.port}"
         )
+        self.handler.addFilter(_FromThreadsOf(self.thread))
+        for name in self._LOGGERS:
+            logging.getLogger(name).addHandler(self.handler)
+        threading.Thread.start = _start_remembering_the_starter  # for every thread from now
         self.thread.start()
         try:
             return self._ready(

@@ -3,6 +3,7 @@
 import json
 import shutil
 
+import dask
 import dask.array as da
 import h5py
 import numpy as np
@@ -32,6 +33,14 @@ def test_plain_zarr_reads_the_documented_layout(layer_store):
 
 
 def test_dask_and_xarray_read_parts(layer_store):
+    # dask's own threads, named: a test before may have left the process's dask default
+    # on a distributed client's scheduler (several in-process clusters' worker clients,
+    # closed out of order, restore each other's setting)
+    with dask.config.set(scheduler="threads"):
+        _read_parts_with_dask_and_xarray(layer_store)
+
+
+def _read_parts_with_dask_and_xarray(layer_store) -> None:
     root = zarr.open_group(str(layer_store), mode="r")
     names = sorted(root["parts"].group_keys())
     hidden = da.concatenate(
