@@ -1,4 +1,6 @@
-"""A real ``emi serve`` in a subprocess on a free loopback port, for the service tests."""
+"""The service for its tests: ``emi serve`` in a subprocess on a free loopback port
+(:class:`Served`: to kill, signal or restart it), the same on a thread of the test
+process (:class:`Hosted`), or its app behind FastAPI's ``TestClient`` (:class:`InProcess`)."""
 
 from __future__ import annotations
 
