@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
+import time
 from pathlib import Path
 
 import click
@@ -17,6 +19,13 @@ server_option = click.option(
     show_default=True,
     help="The service's URL (also EMI_SERVER).",
 )
+# Exit statuses of the commands that wait for a job (documented on the service's page);
+# a refusal or an unreachable service is 2, as everywhere in emi.
+EXIT_SUCCEEDED = 0
+EXIT_SOME_CLIPS_FAILED = 3  # the job succeeded, but some clips failed (listed in it)
+EXIT_JOB_FAILED = 4  # the job failed: the reason is printed
+EXIT_JOB_CANCELLED = 5
+
 token_option = click.option(
     "--token-file",
     type=click.Path(dir_okay=False, exists=True),
@@ -31,8 +40,9 @@ def _client(server: str, token_file: str | None):
     return ServiceClient(server, token=token_from(token_file))
 
 
-def _call(fn):
-    """Run a client call; a refusal or an unreachable service exits 2 saying why."""
+def _call(fn, server: str):
+    """Run a client call; a refusal or an unreachable service exits 2 saying why (the
+    service named by its URL)."""
     import httpx
 
     from service.client import ServiceError
@@ -43,8 +53,40 @@ def _call(fn):
         click.echo(f"Error: {err}", err=True)
         sys.exit(2)
     except httpx.HTTPError as err:
-        click.echo(f"Error: the service cannot be reached ({err}); is emi serve running?", err=True)
+        click.echo(
+            f"Error: the service at {server} cannot be reached ({err}); is emi serve running "
+            "there? (--server or EMI_SERVER names another)",
+            err=True,
+        )
         sys.exit(2)
+
+
+def _exit_for(job: dict) -> None:
+    """Exit with the job's status (:data:`EXIT_JOB_FAILED`, ...), saying why a job did
+    not succeed; return where it succeeded with every clip."""
+    if job["state"] == "failed":
+        error = job.get("error") or {}
+        reason = error.get("detail") or error.get("error") or "no reason was recorded"
+        click.echo(f"Error: job {job['id']} failed: {reason}", err=True)
+        sys.exit(EXIT_JOB_FAILED)
+    if job["state"] == "cancelled":
+        click.echo(f"job {job['id']} was cancelled", err=True)
+        sys.exit(EXIT_JOB_CANCELLED)
+    if job.get("failures_count"):
+        click.echo(
+            f"job {job['id']}: {job['failures_count']} clips failed (each with its reason: "
+            f"GET /v1/jobs/{job['id']}/failures)",
+            err=True,
+        )
+        sys.exit(EXIT_SOME_CLIPS_FAILED)
+
+
+def _absolute(value: str | None) -> str | None:
+    """A local path given relative to here, made absolute (the service does not know
+    this folder); an upload id or a URL as given."""
+    if value is None or value.startswith("upload-") or "://" in value:
+        return value
+    return os.path.abspath(value)
 
 
 def _echo_json(data) -> None:
@@ -64,7 +106,7 @@ def upload(paths: tuple[str, ...], server: str, token_file: str | None) -> None:
     """Upload audio files (or one zip/tar archive, or a labels CSV); prints the upload,
     whose id a job names as its source."""
     with _client(server, token_file) as client:
-        _echo_json(_call(lambda: client.upload(paths)))
+        _echo_json(_call(lambda: client.upload(paths), server))
 
 
 @jobs.command()
@@ -86,7 +128,10 @@ def upload(paths: tuple[str, ...], server: str, token_file: str | None) -> None:
 @server_option
 @token_option
 def submit(kind: str, then_wait: bool, server: str, token_file: str | None, **fields) -> None:
-    """Submit a KIND job (score, extract or train); prints the job."""
+    """Submit a KIND job (score, extract or train); prints the job. A --source, --labels
+    or --val-labels path relative to here is sent as an absolute path. With --wait, the
+    exit status is the job's (see emi jobs wait); without, 0 unless the job has already
+    ended otherwise (an earlier submission's, through --idempotency-key)."""
     body = {"kind": kind}
     grid = fields.pop("grid")
     if grid:
@@ -95,14 +140,15 @@ def submit(kind: str, then_wait: bool, server: str, token_file: str | None, **fi
     heads = list(fields.pop("heads"))
     if heads:
         body["heads"] = heads
+    for name in ("source", "labels", "val_labels"):
+        fields[name] = _absolute(fields[name])
     body.update({k: v for k, v in fields.items() if v is not None})
     with _client(server, token_file) as client:
-        job = _call(lambda: client.submit(body, idempotency_key=key))
+        job = _call(lambda: client.submit(body, idempotency_key=key), server)
         if then_wait:
-            job = _wait(client, job["id"])
-        _echo_json(job)
-        if job["state"] in ("failed", "cancelled"):
-            sys.exit(3)
+            job = _wait(client, job["id"], server)
+    _echo_json(job)
+    _exit_for(job)
 
 
 @jobs.command(name="list")
@@ -114,7 +160,7 @@ def submit(kind: str, then_wait: bool, server: str, token_file: str | None, **fi
 def list_jobs(state, kind, limit, server, token_file) -> None:
     """Jobs, newest first: id, kind, state, clips done of total, created."""
     with _client(server, token_file) as client:
-        page = _call(lambda: client.jobs(state=state, kind=kind, limit=limit))
+        page = _call(lambda: client.jobs(state=state, kind=kind, limit=limit), server)
     for job in page["jobs"]:
         p = job["progress"]
         done = f"{p.get('clips_done', '-')}/{p.get('clips_total', '-')}"
@@ -130,7 +176,7 @@ def list_jobs(state, kind, limit, server, token_file) -> None:
 def show(job_id: str, server: str, token_file: str | None) -> None:
     """One job as JSON."""
     with _client(server, token_file) as client:
-        _echo_json(_call(lambda: client.job(job_id)))
+        _echo_json(_call(lambda: client.job(job_id), server))
 
 
 def progress_words(job: dict) -> str:
@@ -140,10 +186,13 @@ def progress_words(job: dict) -> str:
     return job["state"] if stage in ("", job["state"]) else f"{job['state']} ({stage})"
 
 
-def _wait(client, job_id: str) -> dict:
+def _wait(client, job_id: str, server: str) -> dict:
+    """Poll the job to its end: a progress bar on a terminal, else a progress line on
+    stderr when the state or stage changes and at most every 10 s while clips advance."""
     from tqdm import tqdm
 
     show = sys.stderr.isatty()
+    said = {"words": None, "at": 0.0}
     with tqdm(total=0, unit="clip", disable=not show, desc=job_id) as bar:
 
         def update(job: dict) -> None:
@@ -155,8 +204,26 @@ def _wait(client, job_id: str) -> dict:
                 bar.unit, bar.total, bar.n = "epoch", p["epochs"], p.get("epoch", 0)
             bar.set_postfix_str(progress_words(job))
             bar.refresh()
+            if not show:
+                _progress_line(job, said)
 
-        return _call(lambda: client.wait(job_id, poll_s=0.5, on_update=update))
+        return _call(lambda: client.wait(job_id, poll_s=0.5, on_update=update), server)
+
+
+def _progress_line(job: dict, said: dict) -> None:
+    """One plain progress line (for logs and pipes), when there is news to say."""
+    words, p = progress_words(job), job["progress"]
+    if p.get("clips_total") is not None:
+        counted = f"{p.get('clips_done', 0)} of {p['clips_total']} clips"
+    elif p.get("epochs") is not None:
+        counted = f"epoch {p.get('epoch', 0)} of {p['epochs']}"
+    else:
+        counted = ""
+    now = time.monotonic()
+    if words == said["words"] and (now - said["at"] < 10 or counted == said.get("counted")):
+        return
+    said.update(words=words, at=now, counted=counted)
+    click.echo(f"{job['id']}: {words}{'; ' + counted if counted else ''}", err=True)
 
 
 @jobs.command()
@@ -164,13 +231,14 @@ def _wait(client, job_id: str) -> dict:
 @server_option
 @token_option
 def wait(job_id: str, server: str, token_file: str | None) -> None:
-    """Wait for a job to end (a progress bar on a terminal); prints it. Exit 3 when it
-    failed or was cancelled."""
+    """Wait for a job to end (a progress bar on a terminal, progress lines otherwise);
+    prints it. Exit 0 when it succeeded, 3 when it succeeded but some clips failed, 4
+    when it failed (the reason is printed), 5 when it was cancelled; 2 when the service
+    refused or cannot be reached."""
     with _client(server, token_file) as client:
-        job = _wait(client, job_id)
+        job = _wait(client, job_id, server)
     _echo_json(job)
-    if job["state"] != "succeeded":
-        sys.exit(3)
+    _exit_for(job)
 
 
 @jobs.command()
@@ -181,7 +249,7 @@ def cancel(job_id: str, server: str, token_file: str | None) -> None:
     """Cancel a job: queued, it never starts; running, it stops after its current batch
     (what it finished stays stored; a score job keeps those clips' predictions)."""
     with _client(server, token_file) as client:
-        _echo_json(_call(lambda: client.cancel(job_id)))
+        _echo_json(_call(lambda: client.cancel(job_id), server))
 
 
 @jobs.command()
@@ -200,9 +268,9 @@ def fetch(job_id, output, as_json, server, token_file) -> None:
     """A score job's predictions (the CSV of emi score)."""
     with _client(server, token_file) as client:
         if as_json:
-            text = json.dumps(_call(lambda: client.predictions(job_id)), indent=2) + "\n"
+            text = json.dumps(_call(lambda: client.predictions(job_id), server), indent=2) + "\n"
         else:
-            text = _call(lambda: client.predictions_csv(job_id))
+            text = _call(lambda: client.predictions_csv(job_id), server)
     if output:
         Path(output).write_text(text)
     else:

@@ -425,12 +425,15 @@ def test_two_jobs_over_overlapping_folders_extract_each_clip_once(lab, tmp_path)
     assert [d["result"]["predicted"] for d in done] == [7, 7]
 
 
-def test_emi_jobs_commands_submit_wait_list_show_fetch(lab, tmp_path):
+def test_emi_jobs_commands_submit_wait_list_show_fetch(lab, tmp_path, monkeypatch):
     url = lab["served"].url
-    shown = run_cli("jobs", "submit", "score", "--source", lab["audio"], "--head", "ml", "--wait",
-                    "--server", url)  # fmt: skip
-    job = json.loads(shown.output)
-    assert job["state"] == "succeeded"
+    monkeypatch.chdir(lab["audio"].parent)  # a --source relative to here is sent absolute
+    shown = run_cli("jobs", "submit", "score", "--source", lab["audio"].name, "--head", "ml",
+                    "--wait", "--server", url)  # fmt: skip
+    job = json.loads(shown.stdout)
+    assert job["state"] == "succeeded" and job["request"]["source"] == str(lab["audio"])
+    # not a terminal: plain progress lines, the last one the job's end
+    assert shown.stderr.splitlines()[-1] == f"{job['id']}: succeeded; 24 of 24 clips"
     listed = run_cli("jobs", "list", "--server", url, "--kind", "score").output
     assert job["id"] in listed
     assert json.loads(run_cli("jobs", "show", job["id"], "--server", url).output)["id"] == job["id"]
@@ -439,6 +442,18 @@ def test_emi_jobs_commands_submit_wait_list_show_fetch(lab, tmp_path):
     assert fetched == lab["served"].client().predictions_csv(job["id"])
     refused = run_cli("jobs", "show", "job-none", "--server", url, expect=2)
     assert "404" in refused.output and "not found" in refused.output
+    away = run_cli("jobs", "list", "--server", "http://127.0.0.1:9", expect=2)
+    assert "the service at http://127.0.0.1:9 cannot be reached" in away.stderr
+    # a failed job: its reason, and the failed job's exit status (not 3, "some clips failed")
+    labels = lab["root"] / "labels-of-no-stored-clip.csv"
+    labels.write_text("Filename,Joy\nnot-a-clip,0.5\n")
+    store = next(s["name"] for s in lab["served"].client().stores() if s["kind"] == "score")
+    failed = run_cli("jobs", "submit", "train", "--store", store, "--name", "x", "--labels",
+                     labels, "--val-labels", labels, "--wait", "--server", url,
+                     expect=4)  # fmt: skip
+    ended = json.loads(failed.stdout)
+    assert ended["state"] == "failed"
+    assert f"job {ended['id']} failed: {ended['error']['detail']}" in failed.stderr
 
 
 @pytest.fixture
