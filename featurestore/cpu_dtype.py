@@ -57,13 +57,19 @@ def _sysctl(name: str) -> str | None:
     return done.stdout.strip() if done.returncode == 0 else None
 
 
+_ADVISED: set[str] = set()  # the float32 advice given in this process (once each)
+
+
 def dtype_reason(compute_dtype: str, device: str | None, *, why: str) -> str:
     """One line saying which compute dtype a run uses and why: ``why`` is where the
     choice came from (``"--dtype"``, ``"the feature set's"``, ``"the default"``);
     ``device`` is where it runs (None: a cluster's workers, not known here).
 
     Example: ``"compute dtype float32 (the default; this CPU has no native bfloat16, on
-    which bfloat16 runs slower than float32)"``.
+    which bfloat16 runs slower than float32)"``. That advice on float32 (whether
+    bfloat16 would be faster here) is given once per process: a service's later jobs,
+    or a script's later runs, say ``"compute dtype float32 (the default)"``. Warnings
+    on a chosen bfloat16 or float16 are given every time.
     """
     if device is None:
         return f"compute dtype {compute_dtype} ({why}, on the cluster's workers)"
@@ -79,13 +85,13 @@ def dtype_reason(compute_dtype: str, device: str | None, *, why: str) -> str:
         )
     if compute_dtype == "float16":
         return f"compute dtype float16 ({why}); warning: CPUs run float16 slowly, use it on GPUs"
-    if native:
-        return (
-            f"compute dtype float32 ({why}; this CPU runs bfloat16 natively ({native}): "
-            "--dtype bfloat16 may be faster, with features a little less exact: "
-            "docs/benchmarks.md)"
-        )
-    return (
-        f"compute dtype float32 ({why}; this CPU has no native bfloat16, on which "
-        "bfloat16 runs slower than float32)"
+    advice = (
+        f"this CPU runs bfloat16 natively ({native}): --dtype bfloat16 may be faster, with "
+        "features a little less exact: docs/benchmarks.md"
+        if native
+        else "this CPU has no native bfloat16, on which bfloat16 runs slower than float32"
     )
+    if advice in _ADVISED:
+        return f"compute dtype {compute_dtype} ({why})"
+    _ADVISED.add(advice)
+    return f"compute dtype {compute_dtype} ({why}; {advice})"

@@ -36,12 +36,19 @@ def test_the_dtype_line_says_where_the_choice_came_from(monkeypatch):
     import featurestore.cpu_dtype as cpu_dtype
 
     monkeypatch.setattr(cpu_dtype, "native_bfloat16", lambda: None)
+    monkeypatch.setattr(cpu_dtype, "_ADVISED", set())  # as in a new process
     slow = dtype_reason("bfloat16", "cpu", why="--dtype")
     assert "--dtype" in slow and "slower than float32" in slow
+    assert slow == dtype_reason("bfloat16", "cpu", why="--dtype")  # a warning: every time
     assert "no native bfloat16" in dtype_reason("float32", "cpu", why="the default")
+    # the advice once per process: a service's later jobs say the dtype alone
+    assert (
+        dtype_reason("float32", "cpu", why="the default") == "compute dtype float32 (the default)"
+    )
     monkeypatch.setattr(cpu_dtype, "native_bfloat16", lambda: "AMX")
     assert "natively: AMX" in dtype_reason("bfloat16", "cpu", why="the feature set's")
     assert "--dtype bfloat16 may be faster" in dtype_reason("float32", "cpu", why="the default")
+    assert "may be faster" not in dtype_reason("float32", "cpu", why="the default")
     on_gpu = dtype_reason("float16", "cuda", why="--dtype")
     assert on_gpu == "compute dtype float16 (--dtype, on cuda)"
 
