@@ -10,7 +10,8 @@ from pathlib import Path
 
 import click
 
-from service.config import DEFAULT_SERVER
+from featurestore.errors import EXIT_CLIPS_FAILED, EXIT_USAGE
+from service.config import DEFAULT_SERVER, is_url
 
 server_option = click.option(
     "--server",
@@ -19,10 +20,9 @@ server_option = click.option(
     show_default=True,
     help="The service's URL (also EMI_SERVER).",
 )
-# Exit statuses of the commands that wait for a job (documented on the service's page);
-# a refusal or an unreachable service is 2, as everywhere in emi.
-EXIT_SUCCEEDED = 0
-EXIT_SOME_CLIPS_FAILED = 3  # the job succeeded, but some clips failed (listed in it)
+# Exit statuses of the commands that wait for a job (documented on the service's page),
+# beside featurestore.errors' EXIT_USAGE (a refusal, an unreachable service) and
+# EXIT_CLIPS_FAILED (the job succeeded, but some clips failed).
 EXIT_JOB_FAILED = 4  # the job failed: the reason is printed
 EXIT_JOB_CANCELLED = 5
 
@@ -51,14 +51,14 @@ def _call(fn, server: str):
         return fn()
     except ServiceError as err:
         click.echo(f"Error: {err}", err=True)
-        sys.exit(2)
+        sys.exit(EXIT_USAGE)
     except httpx.HTTPError as err:
         click.echo(
             f"Error: the service at {server} cannot be reached ({err}); is emi serve running "
             "there? (--server or EMI_SERVER names another)",
             err=True,
         )
-        sys.exit(2)
+        sys.exit(EXIT_USAGE)
 
 
 def _exit_for(job: dict) -> None:
@@ -78,13 +78,15 @@ def _exit_for(job: dict) -> None:
             f"GET /v1/jobs/{job['id']}/failures)",
             err=True,
         )
-        sys.exit(EXIT_SOME_CLIPS_FAILED)
+        sys.exit(EXIT_CLIPS_FAILED)
 
 
 def _absolute(value: str | None) -> str | None:
     """A local path given relative to here, made absolute (the service does not know
     this folder); an upload id or a URL as given."""
-    if value is None or value.startswith("upload-") or "://" in value:
+    from service.sources import UPLOAD_ID
+
+    if value is None or UPLOAD_ID.match(value) or is_url(value):
         return value
     return os.path.abspath(value)
 
