@@ -190,8 +190,9 @@ def serve(**options) -> None:
     from service.backbone_check import start_up_line
 
     app = create_app(config, state)
+    host = f"[{config.host}]" if ":" in config.host else config.host
     click.echo(
-        f"emi serve: http://{config.host}:{config.port} (state {config.state}; "
+        f"emi serve: the page is at http://{host}:{config.port}/ (state {config.state}; "
         f"{'tokens required' if config.tokens else 'no tokens: loopback only'})",
         err=True,
     )
@@ -264,7 +265,8 @@ def _service_logs() -> None:
 
 
 def _listen(host: str, port: int) -> socket.socket:
-    """A socket bound to ``host:port`` (uvicorn listens on it).
+    """A socket bound to ``host:port`` and listening: a browser opening the address
+    printed at start waits in the backlog until uvicorn accepts, never refused.
 
     Raises:
         ServiceSetupError: the port is taken, or the address cannot be used.
@@ -286,6 +288,7 @@ def _listen(host: str, port: int) -> socket.socket:
         raise ServiceSetupError(
             f"--host {host} --port {port}: cannot listen there ({err.strerror or err})"
         ) from None
+    listener.listen(2048)  # uvicorn's backlog
     return listener
 
 

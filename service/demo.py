@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -14,12 +15,18 @@ NOTE: the backbone in this demo is a *random* wav2vec 2.0 ({size}), not the emot
 model, and the corpus is synthetic (targets are functions of pitch, syllable rate and
 pauses). The scores measure whether the pipeline carries audible structure from audio
 to the heads; they say nothing about emotion recognition.
-For real features, download the checkpoint and run:
+For real features, download the checkpoint and run (the default head, compact, on
+emi's recipe: the one to start with; docs: Heads):
   {emi} extract data/audio feats.zarr --model audeering/wav2vec2-large-robust-12-ft-emotion-msp-dim
-  {emi} train feats.zarr --labels train_split.csv --val-labels valid_split.csv \\
-      --out heads/paper --preset paper
+  {emi} train feats.zarr --labels train_split.csv --val-labels valid_split.csv --out heads/compact
+"""
+SERVE_ADVICE = """\
+To score, extract and train from the service's page, serve what the demo made (from
+this folder; EMI_PORT or --port chooses the port, 8000 by default):
+  {command}
 """
 MARKER = ".emi-demo"
+SERVICE_STATE = "service-state"  # the served demo's state folder, inside the demo folder
 DEMO_SIZES = ("tiny", "small", "base")  # random backbone sizes the demo offers
 
 
@@ -106,6 +113,43 @@ def emi_command() -> str:
     return "emi" if shutil.which("emi") else "./run emi"
 
 
+def serve_arguments(folder: str | os.PathLike) -> list[str]:
+    """``emi serve``'s options that serve what ``emi demo`` made in ``folder``: its
+    store (the managed store ``feats``), its heads (the registry), the folder as the
+    source root (its audio and label files), its random backbone (extract jobs into new
+    stores) and a state folder inside it (``service-state``). Paths as ``folder`` is
+    given: relative ones hold from where the demo ran.
+
+    Raises:
+        ManifestError: ``folder`` holds no finished demo run, naming it and what to run.
+    """
+    import json
+
+    from manifests import ManifestError
+
+    folder = Path(folder)
+    try:
+        size = json.loads((folder / MARKER).read_text())["settings"]["size"]
+    except (OSError, ValueError, KeyError, TypeError):
+        size = None
+    backbone, heads = folder / f"backbone-{size}", folder / "heads"
+    if size is None or not backbone.is_dir() or not heads.is_dir():
+        raise ManifestError(
+            f"{folder} holds no finished emi demo run (its {MARKER}, backbone and heads): "
+            f"run `emi demo --out {folder}` (or ./run demo) first, or name the folder the "
+            "demo wrote"
+        )
+    return [
+        "--stores", str(folder), "--heads", str(heads), "--state", str(folder / SERVICE_STATE),
+        "--source-root", str(folder), "--model", str(backbone),
+    ]  # fmt: skip
+
+
+def serve_command(folder: str | os.PathLike, emi: str = "emi") -> list[str]:
+    """The ``emi serve`` command that serves a demo folder (:func:`serve_arguments`)."""
+    return [*emi.split(), "serve", *serve_arguments(folder)]
+
+
 def run_demo(
     out: str | os.PathLike = "emi-demo",
     *,
@@ -143,6 +187,9 @@ def run_demo(
     seconds = time.perf_counter() - started
     echo(f"finished in {seconds:.0f} s\n")
     echo(DISCLAIMER.format(size=size, emi=emi_command()))
+    echo(SERVE_ADVICE.format(command=shlex.join(serve_command(folder, emi_command()))))
+    if Path("run").is_file():  # in a checkout: the same through ./run
+        echo(f"  (or: ./run serve {shlex.quote(str(folder))})")
     return DemoResult(folder, targets, scores, seconds)
 
 

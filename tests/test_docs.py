@@ -44,6 +44,10 @@ HUB_ID = "audeering/wav2vec2-large-robust-12-ft-emotion-msp-dim"
 ELSEWHERE = {
     "./run demo": (".ci/run", "./run demo"),
     "./run test": (".ci/run", "./run test"),
+    "./run serve        # then open the address it prints, http://127.0.0.1:8000/": (
+        "tests/test_run_script.py",
+        "def test_run_serve_serves_a_demo_folder_and_prints_its_command_and_address",
+    ),
     "./run docs build   # checks every page and link (--strict), writes the site to site/": (
         ".ci/run",
         "./run docs build",

@@ -360,3 +360,38 @@ def test_with_a_token_file_the_page_shows_nothing_until_the_token_is_given(tmp_p
             browser.quit()
         assert served.stop() == 0
     assert os.environ.get("EMI_TOKEN") is None  # nothing leaked into the test's process
+
+
+@pytest.mark.slow
+def test_the_docs_search_works_from_the_built_folder_opened_as_files(tmp_path):
+    import subprocess
+    import sys
+
+    from selenium.webdriver.common.by import By
+
+    site = tmp_path / "site"
+    subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--quiet", "-d", str(site)],
+        check=True, cwd=Path(__file__).resolve().parent.parent,
+        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
+    )  # fmt: skip
+    browser = _browser(tmp_path)
+    try:
+        browser.get((site / "service.html").as_uri())  # a page below the top, as files
+        box = _until(lambda: browser.find_element(By.CSS_SELECTOR, "input.md-search__input"))
+        browser.execute_script("arguments[0].focus()", box)
+        box.send_keys("fingerprint")
+        found = _until(lambda: _by(browser, ".md-search-result__item"), what="the search's results")
+        assert len(found) >= 3
+        links = [a.get_attribute("href") for a in _by(browser, ".md-search-result__link")]
+        assert links and all(link.startswith("file://") for link in links)
+        requested = [
+            json.loads(e["message"])["message"]["params"]["request"]["url"]
+            for e in browser.get_log("performance")
+            if json.loads(e["message"])["message"]["method"] == "Network.requestWillBeSent"
+        ]
+        assert requested and all(url.startswith(("file://", "data:")) for url in requested)
+        severe = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+        assert severe == [], severe
+    finally:
+        browser.quit()

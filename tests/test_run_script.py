@@ -99,3 +99,43 @@ def test_docs_on_a_taken_port_is_one_line_and_builds_nothing(tmp_path):
     assert f"port {port} is taken" in result.stderr and "EMI_DOCS_PORT" in result.stderr
     assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 2
     assert not (project / "site").exists()  # nothing built
+
+
+def test_run_serve_serves_a_demo_folder_and_prints_its_command_and_address(tmp_path):
+    import httpx
+
+    from featurestore.random_backbone import write_random_backbone
+    from tests.served import free_port
+
+    project = _project(tmp_path)
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    python = venv / "bin" / "python"  # this environment's Python, its packages included
+    python.write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+    python.chmod(0o755)
+    env = {"EMI_VENV": str(venv), "EMI_TORCH_BUILD": "cpu"}
+    (venv / ".emi-stamp").write_text(_run(project, "stamp", **env).stdout)
+    demo = tmp_path / "my demo"  # a folder name with a space: one argument throughout
+    write_random_backbone(demo / "backbone-tiny", size="tiny")
+    shutil.copytree(REPO / "tests/data/heads_c95217d/mean-linear-last", demo / "heads/ml")
+    (demo / ".emi-demo").write_text('{"settings": {"size": "tiny"}}')
+    port = free_port()
+    process = subprocess.Popen(
+        ["bash", str(project / "run"), "serve", "my demo"],
+        cwd=tmp_path,
+        env={**os.environ, "EMI_PYTHON": sys.executable, "EMI_PORT": str(port), **env},
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        lines = [process.stderr.readline() for _ in range(3)]
+        assert "emi serve --stores 'my demo' --heads 'my demo/heads'" in lines[1], lines
+        assert f"the page is at http://127.0.0.1:{port}/" in lines[2], lines
+        heads = httpx.get(f"http://127.0.0.1:{port}/v1/heads", timeout=30).json()["heads"]
+        assert [h["name"] for h in heads] == ["ml"]
+        assert "<main" in httpx.get(f"http://127.0.0.1:{port}/", timeout=30).text
+    finally:
+        process.terminate()
+        status = process.wait(60)
+    assert status == 0, process.stderr.read()
+    assert (demo / "service-state").is_dir()

@@ -2,11 +2,16 @@
 
 import csv
 import json
+import shlex
+import sys
 
+import httpx
 import pytest
 
 from manifests.synthetic import write_corpus
+from service.demo import serve_arguments
 from tests.conftest import run_cli
+from tests.served import Hosted
 
 
 def test_score_extracts_missing_clips_and_predicts(tiny_backbone, tmp_path):
@@ -110,3 +115,58 @@ def test_a_second_demo_just_works(tmp_path, monkeypatch):
     assert "other settings; rewriting it" in other and "24 clips extracted" in other
     rows = list(csv.DictReader((tmp_path / "demo" / "test_predictions.csv").open()))
     assert len(rows) == 5  # the 24-clip corpus's test split, not a mix of both runs
+
+
+class _ServedDemo(Hosted):
+    """``emi serve`` with exactly the options the demo printed (on a thread, a free port)."""
+
+    def __init__(self, folder, options: list[str]):
+        super().__init__(folder, [])
+        self.printed = options
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "cli.main", "serve", *self.printed, "--port", str(self.port)]
+
+
+@pytest.mark.slow
+def test_the_demo_prints_the_command_that_serves_it_and_every_job_kind_works(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    out = run_cli("demo", "--out", "demo", "--clips", "20", "--size", "tiny", "--epochs", "1")
+    printed = [line for line in out.output.splitlines() if " serve --stores " in line]
+    assert len(printed) == 1
+    words = shlex.split(printed[0])
+    options = words[words.index("serve") + 1 :]
+    assert options == serve_arguments("demo")  # the printed command is the one ./run serve runs
+    demo = tmp_path / "demo"
+    with _ServedDemo(tmp_path, options).start() as served:
+        client = served.client()
+        assert {h["name"] for h in client.heads()} == {"compact", "mean-linear"}
+        assert [s["name"] for s in client.stores()] == ["feats"]
+        assert "<main" in httpx.get(served.url + "/").text  # the page
+        jobs = {
+            "score": {"source": str(demo / "audio"), "heads": ["compact", "mean-linear"]},
+            "extract": {"source": str(demo / "audio"), "store": "again"},
+            "train": {
+                "store": "feats",
+                "labels": str(demo / "train_split.csv"),
+                "val_labels": str(demo / "valid_split.csv"),
+                "name": "served",
+                "preset": "mean-linear",
+            },
+        }
+        for kind, request in jobs.items():
+            job = client.wait(client.submit({"kind": kind, **request})["id"], poll_s=0.2)
+            assert job["state"] == "succeeded", (kind, job)
+        assert "served" in {h["name"] for h in client.heads()}
+    assert (demo / "again.zarr").is_dir() and (demo / "service-state").is_dir()
+
+
+def test_run_serve_names_a_folder_without_a_demo_run(tmp_path, capsys):
+    from cli.demo_serve import main
+
+    (tmp_path / "mine").mkdir()
+    with pytest.raises(SystemExit) as ended:
+        main([str(tmp_path / "mine"), "--port", "0"])
+    assert ended.value.code == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'mine'} holds no finished emi demo run" in err and "emi demo --out" in err
