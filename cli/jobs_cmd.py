@@ -10,6 +10,7 @@ from pathlib import Path
 
 import click
 
+from cli.shared_options import TRAINING_HELP, standardize_option, training_option
 from featurestore.errors import EXIT_CLIPS_FAILED, EXIT_USAGE
 from service.config import DEFAULT_SERVER, is_url
 
@@ -122,8 +123,24 @@ def upload(paths: tuple[str, ...], server: str, token_file: str | None) -> None:
 @click.option("--val-labels", default=None, help="train: validation labels CSV.")
 @click.option("--name", default=None, help="train: registry name of the trained heads.")
 @click.option("--preset", default=None, help="train: compact, fusion, paper or mean-linear.")
-@click.option("--grid", type=click.Path(exists=True, dir_okay=False), default=None)
-@click.option("--epochs", type=click.IntRange(1), default=None)
+@click.option(
+    "--grid",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="train: a grid file (as emi train --grid's).",
+)
+@click.option("--layer", default=None, help="train: a stored layer number, last or weighted.")
+@click.option("--features", default=None, help="train: the store's feature set(s) (a or a,b).")
+@training_option("epochs", help="train:", unset=True)
+@training_option("batch_size", help="train:", unset=True)
+@training_option("lr", help="train: the learning rate.", unset=True)
+@training_option("weight_decay", help="train:", unset=True)
+@training_option("warmup_epochs", help="train:", unset=True)
+@training_option("clip_value", help=f"train: {TRAINING_HELP['clip_value']}", unset=True)
+@training_option("patience", help=f"train: {TRAINING_HELP['patience']}", unset=True)
+@standardize_option(prefix="train: ")
+@training_option("seed", help="train:", unset=True)
+@training_option("max_seconds", help=f"train: {TRAINING_HELP['max_seconds']}", unset=True)
 @click.option("--callback-url", default=None, help="POSTed (signed) when the job ends.")
 @click.option("--idempotency-key", default=None, help="Submitting twice makes one job.")
 @click.option("--wait", "then_wait", is_flag=True, help="Wait for the job, with a progress bar.")

@@ -6,40 +6,27 @@ import sys
 
 import click
 
-from cli.shared_options import device_option, scheduler_option, workers_option
+from cli.shared_options import (
+    TRAINING_HELP,
+    device_option,
+    scheduler_option,
+    standardize_option,
+    training_option,
+    workers_option,
+)
 from featurestore.errors import EXIT_CLIPS_FAILED
 from manifests.records import count_of
 from models.options import (
     DEFAULT_CACHE_GB,
     DEFAULT_PRESET,
-    EMI_RECIPE,
-    PAPER_RECIPE,
     PRESETS,
-    RECIPE_KEYS,
-    SETTING_RULES,
     SIZE_RULES,
     TrainSettings,
 )
 
-DEFAULTS = TrainSettings()
-
 
 def _echo_err(message: str) -> None:
     click.echo(message, err=True)
-
-
-def _setting(name: str, help: str | None = None):
-    """A training option whose rule and default come from ``models.options``; a recipe
-    setting left out takes the preset's value (both recipes' values are shown)."""
-    default = {"default": getattr(DEFAULTS, name), "show_default": True}
-    if name in RECIPE_KEYS:
-        ours, paper = EMI_RECIPE[name], PAPER_RECIPE[name]
-        shown = f"{ours}" if ours == paper else f"{ours}; --preset paper: {paper}"
-        default = {"default": None}
-        help = f"{help + ' ' if help else ''}[default: the preset's: {shown}]"
-    return click.option(
-        f"--{name.replace('_', '-')}", type=SETTING_RULES[name].click_type(), help=help, **default
-    )
 
 
 SIZE_HELP = {
@@ -121,24 +108,16 @@ DEVICE_OPTION = device_option()
 @_size("lstm_layers")
 @_size("mlp_hidden")
 @_size("dropout")
-@_setting("epochs")
-@_setting("batch_size")
-@_setting("lr")
-@_setting("weight_decay")
-@_setting("warmup_epochs")
-@_setting("clip_value", help="Gradient clipping by value.")
-@_setting(
-    "patience",
-    help="Stop after this many epochs without a better validation score (0: run every epoch).",
-)
-@click.option(
-    "--standardize/--no-standardize",
-    default=None,
-    help="Scale each input dimension by its training mean and std (stored in the head). "
-    "[default: the preset's: on; --preset paper: off]",
-)
-@_setting("seed")
-@_setting("max_seconds", help="Crop sequences to their first seconds (the paper: 12).")
+@training_option("epochs")
+@training_option("batch_size")
+@training_option("lr")
+@training_option("weight_decay")
+@training_option("warmup_epochs")
+@training_option("clip_value", help=TRAINING_HELP["clip_value"])
+@training_option("patience", help=TRAINING_HELP["patience"])
+@standardize_option()
+@training_option("seed")
+@training_option("max_seconds", help=TRAINING_HELP["max_seconds"])
 @DEVICE_OPTION
 @click.option("--no-mixed-precision", is_flag=True, help="Full precision on a GPU too.")
 @click.option(

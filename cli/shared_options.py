@@ -7,8 +7,10 @@ from __future__ import annotations
 import click
 
 from featurestore.options import DEVICES, ExtractOptions
+from models.options import EMI_RECIPE, PAPER_RECIPE, RECIPE_KEYS, SETTING_RULES, TrainSettings
 
 DEFAULT_COMPUTE = ExtractOptions().compute
+DEFAULT_TRAINING = TrainSettings()
 
 
 def device_option(help: str | None = None):  # noqa: A002 (click's own name)
@@ -42,3 +44,39 @@ def scheduler_option(help: str | None = None):  # noqa: A002
 
 def quiet_option(help: str = "No progress bar."):  # noqa: A002
     return click.option("--quiet", is_flag=True, help=help)
+
+
+def training_option(name: str, help: str | None = None, *, unset: bool = False):  # noqa: A002
+    """A training setting's option (``--lr``, ``--patience``, ...), its rule and default
+    from ``models.options``; a recipe setting left out takes the preset's value (both
+    recipes' values are shown). ``unset``: no default at all (a job's request leaves
+    out what was not given; the service applies the same defaults)."""
+    default = {"default": getattr(DEFAULT_TRAINING, name), "show_default": True}
+    if name in RECIPE_KEYS:
+        ours, paper = EMI_RECIPE[name], PAPER_RECIPE[name]
+        shown = f"{ours}" if ours == paper else f"{ours}; --preset paper: {paper}"
+        default = {"default": None}
+        help = f"{help + ' ' if help else ''}[default: the preset's: {shown}]"
+    elif unset:
+        default, value = {"default": None}, getattr(DEFAULT_TRAINING, name)
+        help = f"{help + ' ' if help else ''}" + ("" if value is None else f"[default: {value}]")
+    return click.option(
+        f"--{name.replace('_', '-')}", type=SETTING_RULES[name].click_type(), help=help, **default
+    )
+
+
+TRAINING_HELP = {
+    "clip_value": "Gradient clipping by value.",
+    "patience": "Stop after this many epochs without a better validation score (0: run "
+    "every epoch).",
+    "max_seconds": "Crop sequences to their first seconds (the paper: 12).",
+    "standardize": "Scale each input dimension by its training mean and std (stored in the "
+    "head). [default: the preset's: on; --preset paper: off]",
+}
+
+
+def standardize_option(prefix: str = ""):
+    """``--standardize/--no-standardize`` (default: the preset's)."""
+    return click.option(
+        "--standardize/--no-standardize", default=None, help=prefix + TRAINING_HELP["standardize"]
+    )

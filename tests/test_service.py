@@ -454,6 +454,22 @@ def test_emi_jobs_commands_submit_wait_list_show_fetch(lab, tmp_path, monkeypatc
     ended = json.loads(failed.stdout)
     assert ended["state"] == "failed"
     assert f"job {ended['id']} failed: {ended['error']['detail']}" in failed.stderr
+    # the training options emi train takes, through the job's request into the head
+    shutil.copytree(lab["folder"] / "seed.zarr", lab["served"].stores / "seeded.zarr")
+    tuned = run_cli("jobs", "submit", "train", "--store", "seeded", "--name", "tuned",
+                    "--labels", lab["train"], "--val-labels", lab["valid"], "--preset", "compact",
+                    "--epochs", "4", "--patience", "1", "--lr", "0.02", "--batch-size", "8",
+                    "--no-standardize", "--max-seconds", "1.5", "--wait",
+                    "--server", url)  # fmt: skip
+    assert json.loads(tuned.stdout)["state"] == "succeeded"
+    training = json.loads((lab["served"].heads / "tuned" / "config.json").read_text())["training"]
+    assert (training["patience"], training["lr"], training["batch_size"]) == (1, 0.02, 8)
+    assert training["standardize"] is False and training["max_frames"] == 75
+    with pytest.raises(ServiceError) as wrong:  # the rule of emi train --lr, written once
+        lab["served"].client().submit({"kind": "train", "store": "seeded", "name": "bad",
+                                       "labels": str(lab["train"]),
+                                       "val_labels": str(lab["valid"]), "lr": 0})  # fmt: skip
+    assert wrong.value.status == 400 and "lr: 0" in str(wrong.value)
 
 
 @pytest.fixture

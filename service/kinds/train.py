@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, Field
 
-from models.options import PRESETS, parse_layer
+from models.errors import SettingsError
+from models.options import PRESETS, TrainSettings, parse_layer
 from service.errors import RequestError, bad_request, not_found
 from service.kinds.context import JobContext
 from service.kinds.kind import JobKind, JobRequestBase
@@ -38,6 +39,33 @@ class TrainJobRequest(JobRequestBase):
     features: str | None = Field(None, max_length=256)
     epochs: int | None = Field(None, ge=1, le=10_000)
     seed: int | None = Field(None, ge=0)
+    # the recipe's settings (emi train's options of the same names); left out: the
+    # preset's (models.options.RECIPES). Checked by TrainSettings' rules (400 naming one).
+    batch_size: int | None = None
+    lr: float | None = None
+    weight_decay: float | None = None
+    warmup_epochs: float | None = None
+    clip_value: float | None = None
+    standardize: bool | None = None
+    patience: int | None = Field(
+        None, description="stop after this many epochs without a better validation score"
+    )
+    max_seconds: float | None = Field(None, description="crop sequences to their first seconds")
+
+    def settings(self) -> TrainSettings:
+        """The training settings this request gives (the rest: the preset's).
+
+        Raises:
+            SettingsError: a value outside its rule, naming the field.
+        """
+        given = {k: getattr(self, k) for k in SETTING_FIELDS if getattr(self, k) is not None}
+        return TrainSettings(**given)
+
+
+SETTING_FIELDS = (
+    "epochs", "seed", "batch_size", "lr", "weight_decay", "warmup_epochs", "clip_value",
+    "standardize", "patience", "max_seconds",
+)  # fmt: skip
 
 
 class CurvePoint(BaseModel):
@@ -86,6 +114,10 @@ def check(config, request: TrainJobRequest) -> None:
         raise not_found(f"store {request.store!r} not found; GET /v1/stores")
     if request.grid is not None and request.preset is not None:
         raise bad_request("give preset or grid, not both")
+    try:
+        request.settings()
+    except SettingsError as err:
+        raise bad_request(str(err)) from None
     check_label_file(config, request.labels, what="labels")
     check_label_file(config, request.val_labels, what="val_labels")
 
@@ -105,7 +137,6 @@ def release(config, request: TrainJobRequest, job_id: str) -> None:
 
 def run(context: JobContext) -> TrainResult | None:
     from featurestore.store import FeatureStore
-    from models.options import TrainSettings
     from models.trainer import train
     from service.registry import check_new_head, store_exists
     from service.sources import read_labels_below_roots
@@ -120,9 +151,6 @@ def run(context: JobContext) -> TrainResult | None:
     out = check_new_head(config, request.name, reserved_by=context.job.id)
     existed = out.exists()  # only a resumed run's own earlier writes, else not ours
     context.progress(stage="loading", epochs_done=0, best_val_pearson=None)
-    settings = {
-        k: getattr(request, k) for k in ("epochs", "seed") if getattr(request, k) is not None
-    }
     try:
         trained = train(
             FeatureStore.open(location),
@@ -132,7 +160,7 @@ def run(context: JobContext) -> TrainResult | None:
             preset=request.preset or "compact",
             grid=request.grid,
             layer=parse_layer(request.layer),
-            settings=TrainSettings(**settings),
+            settings=request.settings(),
             features=request.features,
             device=config.own_device,
             progress=_epoch_progress(context),
