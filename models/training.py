@@ -34,6 +34,7 @@ from torch import nn
 
 from featurestore.devices import require_device
 from featurestore.store import FeatureStore
+from manifests.id_match import explain_id_mismatch
 from manifests.labels import LabelTable, check_label_values
 from manifests.records import ManifestError, format_examples
 from models.errors import SettingsError
@@ -291,17 +292,32 @@ def resolve_labels(
         if len(sets) > 1
         else ""
     )
+    mismatch = (
+        explain_id_mismatch(missing, store.clip_ids, show_labels=table.show_content)
+        if missing
+        else None
+    )
     if not stored:
         raise ManifestError(
             f"{role} labels {table.path}: none of its {len(table.rows)} clips are in store "
             f"{where} (e.g. {table.examples(list(table.rows), 3)}; the store has e.g. "
-            f"{format_examples(store.clip_ids, 3)}). Extract that audio into this store first."
+            f"{format_examples(store.clip_ids, 3)}). "
+            + (
+                f"Their ids differ: {mismatch}."
+                if mismatch
+                else "Extract that audio into this store first."
+            )
         )
     if missing and not skip_missing:
         raise ManifestError(
             f"{role} labels {table.path}: {len(missing)} of {len(table.rows)} clips are not "
-            f"in store {where}: {table.examples(missing)}. Extract them, or pass "
-            f"--skip-missing to {'evaluate' if role == 'evaluation' else 'train on'} the rest."
+            f"in store {where}: {table.examples(missing)}. "
+            + (
+                f"Their ids differ: {mismatch}."
+                if mismatch
+                else f"Extract them, or pass --skip-missing to "
+                f"{'evaluate' if role == 'evaluation' else 'train on'} the rest."
+            )
         )
     return LabelledSplit(
         stored,

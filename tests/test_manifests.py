@@ -107,3 +107,28 @@ def test_cli_manifest_build_reports_problems(tmp_path):
     assert "bad" in result.stderr and "unreadable header" in result.stderr
     missing = run_cli("manifest", "build", tmp_path / "nowhere", "-o", tmp_path / "m.csv", expect=2)
     assert "audio folder not found" in missing.output
+
+
+def test_id_mismatches_by_a_prefix_or_an_extension_are_explained():
+    from manifests.id_match import explain_id_mismatch
+
+    stored = [f"audio/{i:05d}" for i in range(40)]
+    labels = [f"{i:05d}" for i in range(30)]
+    said = explain_id_mismatch(labels, stored)
+    assert "the store's clip ids carry the folder prefix 'audio/'" in said
+    assert "(audio/00000 against 00000)" in said and "emi extract .../audio" in said
+    hidden = explain_id_mismatch(labels, stored, show_labels=False)
+    assert "'audio/'" in hidden and "00000" not in hidden  # the store's text only
+    deeper = explain_id_mismatch(["a/1", "a/2"], ["data/audio/a/1", "data/audio/a/2"])
+    assert "'data/audio/'" in deeper
+    prefixed = explain_id_mismatch([f"clips/{i:05d}" for i in range(30)], labels)
+    assert "the label file's ids carry a folder prefix 'clips/'" in prefixed
+    assert "'clips/'" not in explain_id_mismatch(
+        [f"clips/{i:05d}" for i in range(30)], labels, show_labels=False
+    )
+    extension = explain_id_mismatch([f"{i:05d}.wav" for i in range(30)], labels)
+    assert "end in a file extension" in extension
+    # unrelated ids, or only a few that match: no explanation (the plain advice stands)
+    assert explain_id_mismatch(["x", "y", "z"], stored) is None
+    assert explain_id_mismatch(["00001", "q1", "q2", "q3", "q4"], stored) is None
+    assert explain_id_mismatch([], stored) is None

@@ -690,3 +690,24 @@ def test_metrics_show_the_process_and_each_route_by_template(lab):
     buckets = {dict(labels)["le"] for name, labels in samples
                if name == "emi_job_duration_seconds_bucket"}  # fmt: skip
     assert "0.05" in buckets and "86400.0" in buckets
+
+
+def test_ids_that_differ_by_a_folder_prefix_are_named_with_the_fix(lab, tmp_path, tiny_backbone):
+    """A store extracted from the folder above the audio (ids ``audio/00001``) against
+    label files naming ``00001``: emi train, emi evaluate and a train job say so, and
+    how to fix it; none says to extract audio that is already stored."""
+    above = lab["served"].stores / "above.zarr"
+    run_cli("extract", lab["audio"].parent, above, "--model", tiny_backbone, "--quiet")
+    trained = run_cli("train", above, "--labels", lab["train"], "--val-labels", lab["valid"],
+                      "--out", tmp_path / "h", expect=2)  # fmt: skip
+    evaluated = run_cli("evaluate", above, "--head", lab["served"].heads / "ml", "--labels",
+                        lab["valid"], expect=2)  # fmt: skip
+    client = lab["served"].client()
+    job = _wait(client, client.submit({"kind": "train", "store": "above", "name": "above",
+                                       "labels": str(lab["train"]),
+                                       "val_labels": str(lab["valid"])})["id"])  # fmt: skip
+    assert job["state"] == "failed"
+    for said in (trained.stderr, evaluated.stderr, job["error"]["detail"]):
+        assert "the store's clip ids carry the folder prefix 'audio/'" in said, said
+        assert "emi extract .../audio" in said and "into this store first" not in said
+    assert "00001" not in job["error"]["detail"]  # a client's label file: no ids shown
