@@ -21,7 +21,7 @@ from collections.abc import Callable
 
 from service.cluster_link import ClusterGone, ClusterLink
 from service.config import ServiceConfig
-from service.errors import JobStopped, RequestError
+from service.errors import JobStopped, RequestError, failure_words
 from service.jobs import RUNNING_STATES, TRANSITIONS, Job, JobState, JobTable
 from service.kinds.clips import DiskFull, disk_full_advice
 from service.kinds.context import JobContext
@@ -230,7 +230,7 @@ class JobRunner:
             from service.sources import public_paths_in
 
             detail = self.config.public_text(public_paths_in(self.config, detail))
-            error = {"error": type(err).__name__, "detail": detail}
+            error = {"error": failure_words(err), "detail": detail}
         self._end(job, JobState.failed, error=error)
 
     def _end(self, job: Job, state: JobState, **fields) -> None:
