@@ -25,16 +25,22 @@ def compare(folders: tuple[str, ...], as_json: bool, png: str | None) -> None:
     """Compare the heads in FOLDERS (head folders, or folders holding them, e.g. a grid's
     --out): name, features, layer, preset, best epoch, validation Pearson (mean and per
     target), CCC, parameters and training time, best first (the challenge score: mean
-    Pearson); the best head's folder is named last."""
-    from models.compare import compare_heads, comparison_figure, comparison_table
+    Pearson); the best head's folder is named last, or, where the heads were validated
+    on different clips, why their scores are not comparable."""
+    from models.compare import compare_heads, comparison_figure, comparison_table, recommendation
 
     rows = compare_heads(folders)
     if png:
         comparison_figure(rows, png)
     if as_json:
-        best = rows[0]
-        click.echo(
-            json.dumps({"best": best.folder, "heads": [r.to_dict() for r in rows]}, indent=2)
-        )
+        chosen = recommendation(rows)
+        report = {
+            "best": rows[0].folder,
+            "recommended": chosen.head,
+            "comparable": chosen.comparable,
+            "reason": chosen.reason,
+            "heads": [r.to_dict() for r in rows],
+        }
+        click.echo(json.dumps(report, indent=2))
     else:
         click.echo(comparison_table(rows))

@@ -33,9 +33,84 @@ class HeadRow:
     val_ccc: dict[str, float]
     parameters: int
     train_seconds: float | None  # None for heads saved before it was recorded
+    # what the validation figures rest on (models.validation_check); None or empty for
+    # heads saved before it was recorded
+    val_clips: int | None = None
+    val_set: str | None = None  # sha256 of the validation clips, targets and labels
+    val_interval: tuple[float, float] | None = None  # of val_pearson_mean (bootstrap)
+    nearly_constant: tuple[str, ...] = ()  # targets whose predictions barely vary
+    negative: tuple[str, ...] = ()  # targets of negative validation Pearson
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    """Which head to prefer, where the heads' validation scores can be compared.
+
+    Attributes:
+        head: the best head's name; None where the scores are not comparable.
+        comparable: every head was validated on the same clips with the same labels.
+        reason: in words, why this head, or why none.
+    """
+
+    head: str | None
+    comparable: bool
+    reason: str
+
+
+def recommendation(rows: Sequence[HeadRow]) -> Recommendation:
+    """The best of ``rows`` (best first, as :func:`compare_heads` gives them) where all
+    were validated on one set (their ``val_set``); otherwise none, saying why: a score
+    on 12 clips and a score on 48 others measure different things."""
+    if not rows:
+        return Recommendation(None, True, "no heads")
+    unknown = [r.name for r in rows if r.val_set is None]
+    if len(rows) > 1 and unknown:
+        return Recommendation(
+            None,
+            False,
+            f"{_names(unknown)} {'does' if len(unknown) == 1 else 'do'} not record which "
+            "clips validated them (trained before emi recorded it), so the scores may rest "
+            "on different clips: retrain them, or compare the heads on one labelled set "
+            "with emi evaluate",
+        )
+    sets: dict[str, list[HeadRow]] = {}
+    for r in rows:
+        sets.setdefault(r.val_set, []).append(r)
+    if len(sets) > 1:
+        groups = "; ".join(
+            f"{_names([r.name for r in group])} on {_clips(group[0].val_clips)}"
+            for group in sets.values()
+        )
+        return Recommendation(
+            None,
+            False,
+            f"the heads were validated on {len(sets)} different sets of clips ({groups}), "
+            "so their scores are not comparable: compare them on one labelled set with "
+            "emi evaluate",
+        )
+    best = rows[0]
+    if len(rows) == 1:
+        return Recommendation(
+            best.name, True, f"the only head (validated on {_clips(best.val_clips)})"
+        )
+    return Recommendation(
+        best.name,
+        True,
+        f"the best validation score of {len(rows)} heads validated on the same "
+        f"{_clips(best.val_clips)}",
+    )
+
+
+def _names(names: list[str], limit: int = 4) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def _clips(count: int | None) -> str:
+    return "clips (how many not recorded)" if count is None else f"{count} clips"
 
 
 def layer_choice(layers: tuple[int | None, ...]) -> str:
@@ -118,6 +193,10 @@ def _row(folder: Path) -> HeadRow:
             f"{folder / 'metrics.json'}: missing or malformed metrics ({err}); retrain the head"
         ) from err
     seconds = card.training.get("seconds")
+    validation = metrics.get("validation") if isinstance(metrics, dict) else None
+    validation = validation if isinstance(validation, dict) else {}
+    interval = validation.get("pearson_mean") or {}
+    clips = validation.get("clips", card.training.get("val_clips"))
     return HeadRow(
         name=card.name or folder.name,
         folder=str(folder),
@@ -135,6 +214,15 @@ def _row(folder: Path) -> HeadRow:
         val_ccc=ccc,
         parameters=card.parameters,
         train_seconds=float(seconds) if isinstance(seconds, (int, float)) else None,
+        val_clips=clips if isinstance(clips, int) else None,
+        val_set=validation.get("set_sha256"),
+        val_interval=(
+            (float(interval["low"]), float(interval["high"]))
+            if "low" in interval and "high" in interval
+            else None
+        ),
+        nearly_constant=tuple(validation.get("nearly_constant", ())),
+        negative=tuple(t for t, r in pearson.items() if r < 0),
     )
 
 
@@ -168,7 +256,9 @@ def comparison_table(rows: list[HeadRow]) -> str:
         )
         for line in lines
     )
-    best = rows[0]
+    best, chosen = rows[0], recommendation(rows)
+    if not chosen.comparable:
+        return f"{text}\nnot comparable: {chosen.reason}"
     return f"{text}\nbest: {best.name} ({best.val_pearson_mean:.4f}) in {best.folder}"
 
 

@@ -550,6 +550,7 @@ def train_one(
     training = fit.card_training({**card.training, **facts}, extra)
     card = replace(card, joined=tuple(_store_ref(s) for s in joined), training=training)
     metrics = {"best_epoch": best[1], "epochs": history, **extra}
+    metrics["validation"] = _validation_record(model, data, val, y_val, targets, device, s)
     if config.mixes_layers:  # the weights of the saved (best) epoch
         metrics["layer_weights"] = layer_weights(model)
 
@@ -610,12 +611,26 @@ class _ClosedFormFit:
         plot_ridge_penalty(metrics, folder / "ridge_penalty.png", title=title)
 
 
-def _validate(model, data, val, y_val, targets, device, max_frames) -> dict:
-    """Validation metrics of predictions clamped to [0, 1] (NaN where non-finite)."""
+def _validation_predictions(model, data, val, y_val, device, max_frames):
+    """``(pred, true)``: predictions clamped to [0, 1] and labels, ``(clips, targets)``
+    in ``val``'s clip order."""
     raw = predict_batches(model, data, val.clip_ids, device=device, max_frames=max_frames)
     pred = np.clip(np.stack([raw[c] for c in val.clip_ids]), 0.0, 1.0)
-    true = np.stack([y_val[c] for c in val.clip_ids])
+    return pred, np.stack([y_val[c] for c in val.clip_ids])
+
+
+def _validate(model, data, val, y_val, targets, device, max_frames) -> dict:
+    """Validation metrics of predictions clamped to [0, 1] (NaN where non-finite)."""
+    pred, true = _validation_predictions(model, data, val, y_val, device, max_frames)
     return evaluate(pred, true, targets, allow_nonfinite=True)
+
+
+def _validation_record(model, data, val, y_val, targets, device, settings) -> dict:
+    """The saved (best) model's validation record (:mod:`models.validation_check`)."""
+    from models.validation_check import check_validation
+
+    pred, true = _validation_predictions(model, data, val, y_val, device, settings.max_frames)
+    return check_validation(pred, true, targets, val.clip_ids)
 
 
 @dataclass(frozen=True)

@@ -100,13 +100,17 @@ def check_new_head(config: ServiceConfig, name: str, *, reserved_by: str) -> Pat
     return config.heads / name
 
 
-def list_heads(config: ServiceConfig) -> list[dict]:
+def list_heads(config: ServiceConfig) -> dict:
     """``GET /v1/heads``: every registry head with its features, preset, layers,
-    validation mean Pearson and training seconds, best first."""
-    from models.compare import compare_heads
+    validation mean Pearson (and what it rests on: clips, interval, flagged targets) and
+    training seconds, best first; the recommended head where their validation scores
+    compare (:func:`models.compare.recommendation`), else why not."""
+    from dataclasses import replace
+
+    from models.compare import compare_heads, recommendation
     from models.errors import HeadError
 
-    rows = []
+    rows, readable = [], []
     for name in head_names(config):
         try:
             [row] = compare_heads([config.heads / name])
@@ -115,6 +119,7 @@ def list_heads(config: ServiceConfig) -> list[dict]:
             log.warning("registry head %s is unreadable: %s", name, err)
             rows.append({"name": name, "error": config.public_text(str(err))})
             continue
+        readable.append(replace(row, name=name))
         rows.append(
             {
                 "name": name,
@@ -137,9 +142,21 @@ def list_heads(config: ServiceConfig) -> list[dict]:
                 "best_epoch": row.best_epoch,
                 "parameters": row.parameters,
                 "train_seconds": row.train_seconds,
+                "val_clips": row.val_clips,
+                "val_set": row.val_set and row.val_set[:16],
+                "val_interval": row.val_interval,
+                "nearly_constant": list(row.nearly_constant),
+                "negative": list(row.negative),
             }
         )
-    return sorted(rows, key=lambda r: (-(r.get("val_pearson_mean") or -2.0), r["name"]))
+    readable.sort(key=lambda r: (-r.val_pearson_mean, r.name))
+    chosen = recommendation(readable)
+    return {
+        "heads": sorted(rows, key=lambda r: (-(r.get("val_pearson_mean") or -2.0), r["name"])),
+        "recommended": chosen.head,
+        "comparable": chosen.comparable,
+        "comparison": chosen.reason,
+    }
 
 
 def is_random_backbone(ref: str | None) -> bool | None:

@@ -89,11 +89,29 @@ class HeadView(BaseModel):
     best_epoch: int | None = None
     parameters: int | None = None
     train_seconds: float | None = None
+    val_clips: int | None = Field(None, description="validation clips its figures rest on")
+    val_set: str | None = Field(
+        None, description="id of its validation clips and labels (None: not recorded)"
+    )
+    val_interval: tuple[float, float] | None = Field(
+        None, description="95% bootstrap interval of val_pearson_mean"
+    )
+    nearly_constant: list[str] = Field(
+        default_factory=list, description="targets whose predictions barely vary"
+    )
+    negative: list[str] = Field(
+        default_factory=list, description="targets of negative validation Pearson"
+    )
     error: str | None = None
 
 
 class HeadList(BaseModel):
     heads: list[HeadView]
+    recommended: str | None = Field(
+        None, description="the best head, where every head was validated on the same clips"
+    )
+    comparable: bool = True
+    comparison: str = Field("", description="why that head, or why none")
 
 
 class UploadView(BaseModel):

@@ -87,3 +87,76 @@ def test_compare_accepts_several_folders_and_refuses_what_is_not_a_head(grid, tm
     (broken / "metrics.json").write_text("{not json")
     refused = run_cli("heads", "compare", broken, expect=2)
     assert "metrics.json" in refused.output
+
+
+def test_heads_validated_on_different_clips_are_not_ranked_and_the_figures_are_checked(
+    grid, tmp_path
+):
+    from scipy.stats import pearsonr as scipy_pearson
+
+    from models.evaluation import bootstrap_indices
+    from models.validation_check import RESAMPLES, SEED
+
+    made, heads = grid
+    report = json.loads(run_cli("heads", "compare", heads, "--json").output)
+    rows = report["heads"]
+    assert report["comparable"] and report["recommended"] == rows[0]["name"]
+    labels = list(csv.DictReader(Path(made["valid"]).read_text().splitlines()))
+    assert {r["val_set"] for r in rows} != {None} and len({r["val_set"] for r in rows}) == 1
+    assert all(r["val_clips"] == len(labels) for r in rows)
+    # the interval: the same resamples, Pearson by scipy (constant resample: r = 0)
+    best = Path(rows[0]["folder"])
+    from models import predict
+
+    predicted = predict(made["store"], [best], device="cpu")
+    (values,) = predicted.values.values()
+    at = {c: i for i, c in enumerate(predicted.clip_ids)}
+    targets = predicted.heads[0].targets
+    pred = np.array([values[at[r["Filename"]]] for r in labels])
+    true = np.array([[float(r[t]) for t in targets] for r in labels])
+    means = []
+    for sample in bootstrap_indices(len(labels), RESAMPLES, SEED):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            rs = [scipy_pearson(true[sample, k], pred[sample, k]).statistic for k in range(6)]
+        means.append(np.mean(np.nan_to_num(rs)))
+    low, high = np.percentile(means, [2.5, 97.5])
+    assert rows[0]["val_interval"] == pytest.approx([low, high], abs=1e-6)
+    # a head validated on half the clips: its score is not ranked against the others
+    half = tmp_path / "half_split.csv"
+    with open(made["valid"]) as f:
+        lines = f.read().splitlines()
+    half.write_text("\n".join(lines[: 1 + len(labels) // 2]) + "\n")
+    run_cli("train", made["store"], "--labels", made["train"], "--val-labels", half,
+            "--out", tmp_path / "other", "--preset", "mean-linear", "--quiet")  # fmt: skip
+    mixed = json.loads(run_cli("heads", "compare", heads, tmp_path / "other", "--json").output)
+    assert mixed["recommended"] is None and not mixed["comparable"]
+    assert "validated on 2 different sets of clips" in mixed["reason"]
+    assert f"other on {len(labels) // 2} clips" in mixed["reason"]
+    table = run_cli("heads", "compare", heads, tmp_path / "other").output
+    assert table.splitlines()[-1].startswith("not comparable: the heads were validated on 2")
+
+
+def test_nearly_constant_and_negative_targets_are_flagged():
+    from models.validation_check import check_validation
+
+    rng = np.random.default_rng(0)
+    true = rng.uniform(0, 1, size=(40, 3))
+    pred = np.stack(
+        [
+            true[:, 0] * 0.8 + 0.1,  # follows the labels
+            0.49 + 1e-4 * true[:, 1],  # a constant 0.49 give or take: r = 1, meaningless
+            1 - true[:, 2],  # the wrong way round
+        ],
+        axis=1,
+    )
+    record = check_validation(pred, true, ["A", "B", "C"], [f"c{i}" for i in range(40)])
+    assert record["nearly_constant"] == ["B"] and record["negative"] == ["C"]
+    assert record["targets"]["B"]["pred_mean"] == pytest.approx(0.49, abs=1e-3)
+    assert record["targets"]["A"]["pearson"] == pytest.approx(1.0)
+    interval = record["pearson_mean"]
+    assert interval["low"] <= interval["value"] <= interval["high"]
+    assert record["clips"] == 40 and len(record["set_sha256"]) == 64
+    shuffled = check_validation(pred[::-1], true[::-1], ["A", "B", "C"],
+                                [f"c{i}" for i in range(40)][::-1])  # fmt: skip
+    assert shuffled["set_sha256"] == record["set_sha256"]  # the set, not its order

@@ -57,7 +57,8 @@ def list_stores(service: Served):
 
 @router.get("/v1/heads", response_model=HeadList, responses=errors(*READS))
 def list_heads(service: Served):
-    """The head registry, best validation mean Pearson first."""
+    """The head registry, best validation mean Pearson first, and the recommended head
+    where their validation scores compare (the same validation clips and labels)."""
     from service.registry import list_heads as listed
 
-    return {"heads": listed(service.config)}
+    return listed(service.config)
