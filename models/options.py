@@ -59,6 +59,7 @@ class Preset:
     head_type: str
     recipe: dict
     sizes: Callable[[int], dict]
+    summary: str = ""  # in a line, for people choosing a head (the service's page)
 
 
 def _paper_sizes(width: int) -> dict:
@@ -74,12 +75,29 @@ PRESET_RECORDS: dict[str, Preset] = {
             "fusion",
             EMI_RECIPE,
             lambda width: {"lstm_hidden": 256, "lstm_layers": 1, "mlp_hidden": 256},
+            "a small LSTM reading the clip frame by frame, beside its average (emi's default)",
         ),
-        Preset("fusion", "fusion", EMI_RECIPE, _paper_sizes),  # the paper's, emi's recipe
-        Preset("paper", "fusion", PAPER_RECIPE, _paper_sizes),  # the paper's, exactly
+        Preset(
+            "fusion",
+            "fusion",
+            EMI_RECIPE,
+            _paper_sizes,
+            "the paper's LSTM fusion head, trained by emi's recipe",
+        ),
+        Preset(
+            "paper",
+            "fusion",
+            PAPER_RECIPE,
+            _paper_sizes,
+            "the paper's LSTM fusion head and its training recipe, exactly",
+        ),
         # closed form: of the recipe, only standardize counts
         Preset(
-            "mean-linear", "mean-linear", {**PAPER_RECIPE, "standardize": True}, lambda width: {}
+            "mean-linear",
+            "mean-linear",
+            {**PAPER_RECIPE, "standardize": True},
+            lambda width: {},
+            "a straight line (ridge regression) from the clip's average features: the baseline",
         ),
     )
 }

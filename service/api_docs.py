@@ -18,6 +18,7 @@ WHY = {
     409: "Conflict: the job is in another state, or a name or Idempotency-Key is taken",
     413: "Too large: over a body, upload, archive or quota limit",
     415: "Unsupported media type: send multipart/form-data",
+    416: "Range not satisfiable: the range starts past the file's end",
     422: "Invalid request: the body or a parameter does not match the schema",
     503: "Not ready: the stores, the dask cluster or the job threads are not available",
 }

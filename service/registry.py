@@ -142,6 +142,7 @@ def list_heads(config: ServiceConfig) -> dict:
                 "best_epoch": row.best_epoch,
                 "parameters": row.parameters,
                 "train_seconds": row.train_seconds,
+                "preset_summary": _preset_summary(row.preset),
                 "val_clips": row.val_clips,
                 "val_set": row.val_set and row.val_set[:16],
                 "val_interval": row.val_interval,
@@ -262,3 +263,10 @@ def check_store_name(name: str) -> None:
             f"store {name!r}: names starting {SCORE_STORE_PREFIX!r} are the score jobs' own "
             "stores; choose another name",
         )
+
+
+def _preset_summary(preset: str | None) -> str | None:
+    from models.options import PRESET_RECORDS
+
+    found = PRESET_RECORDS.get(preset or "")
+    return found.summary if found else None

@@ -27,7 +27,7 @@ import anyio
 
 from manifests.records import AUDIO_EXTENSIONS
 from service.config import ServiceConfig
-from service.errors import RequestError, bad_request, too_large
+from service.errors import RequestError, bad_request, not_found, too_large
 
 ARCHIVES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
 KEPT = (*AUDIO_EXTENSIONS, ".csv")
@@ -333,6 +333,7 @@ async def receive_upload(
             "bytes": size,
             "created_at": time.time(),
             "skipped": writer.skipped,
+            "names": _first_names(files),
         }
         (staging / "upload.json").write_text(json.dumps(description))
         quota.ledger.keep(upload_id, staging, config.state_folder.upload(upload_id))
@@ -524,3 +525,29 @@ def delete_upload(config: ServiceConfig, upload_id: str) -> None:
     folder = upload_files(config, upload_id).parent
     shutil.rmtree(folder)
     UploadLedger.of(config).forget()
+
+
+NAMES_KEPT = 20  # an upload's file names listed with it (the page names a job by them)
+
+
+def _first_names(files: Path) -> list[str]:
+    """The first files of an upload by name (paths below its folder, sorted)."""
+    found = sorted(str(p.relative_to(files)) for p in files.rglob("*") if p.is_file())
+    return found[:NAMES_KEPT]
+
+
+def describe_upload(config, upload_id: str) -> dict:
+    """``GET /v1/uploads/{id}``: what ``POST /v1/uploads`` answered for it.
+
+    Raises:
+        RequestError: 404 where no such upload is kept.
+    """
+    from service.sources import upload_files
+
+    folder = upload_files(config, upload_id).parent
+    try:
+        return json.loads((folder / "upload.json").read_text())
+    except (OSError, ValueError):
+        raise not_found(
+            f"upload {upload_id!r} not found; POST files to /v1/uploads first"
+        ) from None

@@ -81,6 +81,7 @@ class HeadView(BaseModel):
 
     name: str
     preset: str | None = None
+    preset_summary: str | None = Field(None, description="the preset in a line")
     layer: str | None = None
     features: list[HeadFeatures] = Field(default_factory=list)
     targets: list[str] = Field(default_factory=list)
@@ -122,3 +123,4 @@ class UploadView(BaseModel):
     skipped: list[str] = Field(
         default_factory=list, description="files left out: not audio, video, CSV or archives"
     )
+    names: list[str] = Field(default_factory=list, description="the first 20 files, by name")

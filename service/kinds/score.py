@@ -60,6 +60,7 @@ def check(config, request: ScoreJobRequest) -> None:
 
 
 def run(context: JobContext) -> ScoreResult | None:
+    from service.clip_views import write_clip_index
     from service.registry import head_folder
     from service.score import score_folder
 
@@ -82,6 +83,9 @@ def run(context: JobContext) -> ScoreResult | None:
         on_partial=lambda partial: _keep(context, partial, total, partial=True),
         on_predicting=lambda: context.progress(stage="predicting"),
     )
+    # the clips the page may open: their files, and the store keys of their features
+    write_clip_index(config, context.job.id, records, store=result.store,
+                     by_content=location is None)  # fmt: skip
     failures = [*refused, *result.failed]
     context.failures(failures)
     fail_on_a_full_disk(failures, result.extracted + result.reused)

@@ -5,9 +5,11 @@ the request bodies and job views of the OpenAPI document are the kinds' own mode
 
 import json
 import logging
+import os
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Body, Header, Query, Response, Security
+from fastapi import APIRouter, Body, Header, Query, Request, Response, Security
+from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field, create_model
 
 from service.api_docs import READS, WRITES, CSVResponse, errors
@@ -15,7 +17,7 @@ from service.auth import bearer
 from service.errors import bad_request, conflict, not_found
 from service.jobs import Job, JobState
 from service.kinds import KindRegistry
-from service.requests import FailurePage, PredictionsView
+from service.requests import ClipView, FailurePage, PredictionPage, PredictionsView
 from service.results import remove_results, results_file
 from service.runtime import Served, Service
 
@@ -128,6 +130,33 @@ def _add_reading_routes(router: APIRouter) -> None:
         responses=errors(*READS, 404, 409),
     )
     router.add_api_route(
+        "/v1/jobs/{job_id}/predictions",
+        prediction_page,
+        methods=["GET"],
+        response_model=PredictionPage,
+        responses=errors(*READS, 400, 404, 409, 422),
+    )
+    router.add_api_route(
+        "/v1/jobs/{job_id}/clip",
+        clip_of_job,
+        methods=["GET"],
+        response_model=ClipView,
+        responses=errors(*READS, 404, 409, 422),
+    )
+    router.add_api_route(
+        "/v1/jobs/{job_id}/clip/audio",
+        clip_audio,
+        methods=["GET"],
+        response_class=Response,
+        responses={
+            200: {"content": {"audio/*": {"schema": {"type": "string", "format": "binary"}}},
+                  "description": "the clip's file"},
+            206: {"content": {"audio/*": {"schema": {"type": "string", "format": "binary"}}},
+                  "description": "the bytes of the Range asked for"},
+            **errors(*READS, 403, 404, 409, 416, 422),
+        },
+    )  # fmt: skip
+    router.add_api_route(
         "/v1/jobs/{job_id}",
         delete_job,
         methods=["DELETE"],
@@ -190,6 +219,91 @@ def predictions_csv(service: Served, job_id: str):
         filename=f"{job_id}{'-partial' if partial else ''}.csv",
         headers={"Emi-Partial": "true" if partial else "false"},
     )
+
+
+def prediction_page(
+    service: Served,
+    job_id: str,
+    head: Annotated[str | None, Query(max_length=256, description="default: the first")] = None,
+    offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    sort: Annotated[str, Query(max_length=256, description="clip_id or a target")] = "clip_id",
+    order: Literal["asc", "desc"] = "asc",
+    clip: Annotated[str | None, Query(max_length=256, description="clip ids containing")] = None,
+):
+    """One head's predictions a page at a time: filtered by clip id (``clip``, any
+    case), sorted by a column (unscored values last), and each target's distribution
+    over all the job's clips."""
+    from service.prediction_pages import prediction_page as page_of
+    from service.prediction_pages import read_rows
+
+    path, partial = _result_file(service, job_id, "predictions.json")
+    heads = list(_job(service, job_id).request.heads)
+    found = page_of(read_rows(path), heads, head=head, offset=offset, limit=limit,
+                    sort=sort, order=order, clip=clip)  # fmt: skip
+    return {"job": job_id, **found, "partial": partial}
+
+
+ClipId = Annotated[str, Query(min_length=1, max_length=1024, description="a clip id of the job")]
+AUDIO_CHUNK = 1 << 20  # bytes read at a time
+MAX_RANGE = 16 << 20  # bytes answered to one range request at most
+
+
+def clip_of_job(service: Served, job_id: str, clip_id: ClipId):
+    """One clip of a score job: its file, its frame-level valence, arousal and
+    dominance over time (from the store) and every head's intensities."""
+    from service.clip_views import clip_view
+    from service.prediction_pages import head_columns, read_rows
+
+    path, _ = _result_file(service, job_id, "predictions.json")
+    job = _job(service, job_id)
+    heads = list(job.request.heads)
+    rows = read_rows(path)
+    row = next((r for r in rows if r["clip_id"] == clip_id), None)
+    predictions = (
+        {}
+        if row is None
+        else {h: {t: row.get(c) for t, c in head_columns(rows, heads, h).items()} for h in heads}
+    )
+    return clip_view(service.config, job, clip_id, predictions)
+
+
+def clip_audio(service: Served, job_id: str, clip_id: ClipId, request: Request):
+    """A score job's clip's audio, read beneath its source root or upload: the whole
+    file, or the one byte range a ``Range`` header asks for (206)."""
+    from service.clip_views import byte_range, open_clip_audio
+
+    _result_file(service, job_id, "predictions.json")  # a job the predictions of which are readable
+    fd, size, media = open_clip_audio(service.config, job_id, clip_id)
+    try:
+        wanted = byte_range(request.headers.get("range"), size)
+    except Exception:
+        os.close(fd)
+        raise
+    if wanted is not None:
+        first, last = wanted[0], min(wanted[1], wanted[0] + MAX_RANGE - 1)
+        try:
+            body = os.pread(fd, last - first + 1, first)
+        finally:
+            os.close(fd)
+        return Response(body, status_code=206, media_type=media, headers={
+            "Content-Range": f"bytes {first}-{first + len(body) - 1}/{size}",
+            "Accept-Ranges": "bytes"})  # fmt: skip
+
+    def chunks():
+        try:
+            offset = 0
+            while offset < size:
+                data = os.pread(fd, min(AUDIO_CHUNK, size - offset), offset)
+                if not data:
+                    break
+                offset += len(data)
+                yield data
+        finally:
+            os.close(fd)
+
+    return StreamingResponse(chunks(), media_type=media, headers={
+        "Content-Length": str(size), "Accept-Ranges": "bytes"})  # fmt: skip
 
 
 def predictions_json(service: Served, job_id: str):

@@ -6,7 +6,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Security
 from fastapi.responses import Response
 
-from service.api_docs import WRITES, errors
+from service.api_docs import READS, WRITES, errors
 from service.auth import bearer
 from service.runtime import Served
 from service.views import UploadView
@@ -53,6 +53,14 @@ async def upload_files(service: Served, request: Request):
         int(length) if length and length.isdigit() else None,
         request.stream(),
     )
+
+
+@router.get("/v1/uploads/{upload_id}", response_model=UploadView, responses=errors(*READS, 404))
+def get_upload(service: Served, upload_id: str):
+    """An upload: its files (the first names), bytes, and the files it left out."""
+    from service.uploads import describe_upload
+
+    return describe_upload(service.config, upload_id)
 
 
 @router.delete("/v1/uploads/{upload_id}", status_code=204, responses=errors(*WRITES, 404))

@@ -94,9 +94,33 @@ function trainedOn(head) {
     .join(" + ");
 }
 
+function headFlags(head) {
+  // what the head's figures rest on, and what they do not say (in plain words)
+  const flags = [];
+  if ((head.features || []).some((f) => f.random_backbone === true)) {
+    flags.push(["warning", "Trained on a random backbone: its scores measure the pipeline, not emotion."]);
+  }
+  for (const target of head.nearly_constant || []) {
+    flags.push(["warning", `${target}: predicts nearly the same value for every clip, so its r means little.`]);
+  }
+  for (const target of head.negative || []) {
+    if ((head.nearly_constant || []).includes(target)) continue;
+    flags.push(["warning", `${target}: negative r (${fmt((head.val_pearson || {})[target], 2)}), worse than predicting one value for every clip.`]);
+  }
+  return flags.map(([kind, text]) => el("p", { class: kind, text }));
+}
+
+function scoreWords(head) {
+  const clips = head.val_clips == null ? "an unrecorded number of" : head.val_clips;
+  const interval = head.val_interval
+    ? `; 95% interval ${fmt(head.val_interval[0], 2)} to ${fmt(head.val_interval[1], 2)}` : "";
+  return `on ${clips} validation clips${interval}`;
+}
+
 function headRow(head, recommended) {
   const perTarget = el("details", {},
     el("summary", { text: fmt(head.val_pearson_mean) }),
+    el("p", { class: "hint", text: scoreWords(head) }),
     el("table", { class: "targets" },
       el("tbody", {}, ...Object.entries(head.val_pearson || {}).map(([target, r]) =>
         el("tr", {}, el("th", { scope: "row", text: target }), el("td", { class: "num", text: fmt(r) }))))));
@@ -104,8 +128,9 @@ function headRow(head, recommended) {
   if (head.error) box.disabled = true;
   const random = (head.features || []).some((f) => f.random_backbone === true);
   const name = el("td", { "data-label": "Name" }, el("label", { for: box.id, text: head.name }),
-    recommended ? el("span", { class: "badge good", text: "recommended: best validation score" }) : null,
-    random ? el("p", { class: "warning", text: "Trained on a random backbone: its scores measure the pipeline, not emotion." }) : null);
+    recommended ? el("span", { class: "badge good", text: "recommended" }) : null,
+    head.preset_summary ? el("p", { class: "hint preset", text: `${head.preset}: ${head.preset_summary}` }) : null,
+    ...headFlags(head));
   return el("tr", { "data-head": head.name, class: random ? "random" : "" },
     el("td", { "data-label": "Use" }, box),
     name,
@@ -115,14 +140,24 @@ function headRow(head, recommended) {
     el("td", { class: "num", "data-label": "Training time", text: head.train_seconds == null ? "n/a" : seconds(head.train_seconds) }));
 }
 
+let headsShown = "";
+
 async function loadHeads() {
-  const { heads } = await json("/v1/heads");
+  const listing = await json("/v1/heads");
+  const { heads } = listing;
+  const key = JSON.stringify(listing);
+  if (key === headsShown) return; // unchanged: keep the ticks and open details
+  headsShown = key;
   const body = $("heads").querySelector("tbody");
-  const best = heads.find((h) => !h.error && h.val_pearson_mean != null);
-  body.replaceChildren(...heads.map((h) => headRow(h, h === best)));
+  const ticked = new Set([...body.querySelectorAll("input:checked")].map((b) => b.value));
+  body.replaceChildren(...heads.map((h) => headRow(h, h.name === listing.recommended)));
   if (!heads.length) body.append(el("tr", {}, el("td", { colspan: "6", text: "No heads in the registry yet." })));
+  for (const b of body.querySelectorAll("input[type=checkbox]")) b.checked = ticked.has(b.value);
   const first = body.querySelector("input[type=checkbox]:not(:disabled)");
   if (first && !body.querySelector("input:checked")) first.checked = true;
+  $("heads-comparison").textContent = !heads.length ? ""
+    : listing.recommended ? `Recommended: ${listing.recommended}, ${listing.comparison}.`
+      : `No head is recommended: ${listing.comparison}.`;
 }
 
 // -- sources ----------------------------------------------------------------------------
@@ -160,9 +195,15 @@ async function loadLimits() {
   $("files").dataset.maxFiles = info.limits.max_files;
 }
 
+const UPLOADABLE = /\.(wav|flac|ogg|mp3|mp4|mkv|webm|avi|mov|m4a|aac|opus|zip|tar|tgz|gz|csv)$/i;
+
 function showChosen() {
   const files = [...$("files").files];
-  $("chosen-files").textContent = files.length ? `Chosen: ${files.map((f) => f.name).join(", ")}` : "";
+  const skipped = files.filter((f) => !UPLOADABLE.test(f.name)).map((f) => f.name);
+  $("chosen-files").textContent = files.length
+    ? `Chosen: ${files.map((f) => f.name).join(", ")}` +
+      (skipped.length ? `. Will be skipped (not audio, video, CSV or an archive): ${skipped.join(", ")}` : "")
+    : "";
   if (files.length) $("source-files").checked = true;
 }
 
@@ -198,7 +239,12 @@ $("score-form").addEventListener("submit", async (event) => {
       const form = new FormData();
       for (const f of files) form.append("files", f, f.name);
       button.textContent = "Uploading...";
-      source = (await json("/v1/uploads", { method: "POST", body: form })).id;
+      const upload = await json("/v1/uploads", { method: "POST", body: form });
+      uploads.set(upload.id, upload);
+      source = upload.id;
+      $("files").value = ""; // sent: the control is cleared for the next files
+      $("chosen-files").textContent = `Uploaded ${uploadWords(upload)}` +
+        (upload.skipped.length ? `. Skipped (not audio, video, CSV or an archive): ${upload.skipped.join(", ")}` : "");
     } else if (!source) {
       throw new Error("Choose a folder (open a root, then the folder).");
     }
@@ -274,7 +320,13 @@ function progressOf(job) {
 function countsText(job) {
   const { p, total, done, elapsed, left } = progressOf(job);
   if (job.kind === "train") {
-    return `${p.head ? p.head + ": " : ""}epoch ${p.epoch || 0} of ${p.epochs || "?"}; best validation ` +
+    if (!p.epoch) {
+      const before = job.state === "failed" ? "failed before its first epoch"
+        : job.state === "cancelled" ? "cancelled before its first epoch"
+          : FINAL.includes(job.state) ? "no epoch run" : `${STAGES[p.stage] || "starting"}`;
+      return `${before}; elapsed ${seconds(elapsed)}`;
+    }
+    return `${p.head ? p.head + ": " : ""}epoch ${p.epoch} of ${p.epochs || "?"}; best validation ` +
       `mean Pearson ${fmt(p.best_val_pearson)}; elapsed ${seconds(elapsed)}`;
   }
   return `${done} of ${total} clips done (${p.clips_reused || 0} reused, ${p.clips_failed || 0} failed); ` +
@@ -285,6 +337,32 @@ function countsText(job) {
 function folderName(job) {
   const source = String(job.request.source || job.id).replace(/\/+$/, "");
   return source.slice(source.lastIndexOf("/") + 1) || job.id;
+}
+
+const uploads = new Map(); // upload id -> its description (GET /v1/uploads/{id})
+const UPLOAD_ID = /^upload-[0-9a-f]+$/;
+
+function uploadWords(upload) {
+  const names = upload.names || [];
+  const more = upload.files > names.length ? `, ... (${upload.files - names.length} more)` : "";
+  return `${upload.files} file${upload.files === 1 ? "" : "s"}: ${names.join(", ")}${more}`;
+}
+
+function jobName(job) {
+  const source = job.request && job.request.source;
+  const upload = source && uploads.get(source);
+  return upload ? uploadWords(upload) : folderName(job);
+}
+
+async function sourceWords(job, node) {
+  // a folder as its path; an upload by its files (fetched once)
+  const source = job.request.source || "";
+  if (!UPLOAD_ID.test(source)) { node.replaceChildren(pathText(source)); return; }
+  node.textContent = "uploaded files";
+  try {
+    if (!uploads.has(source)) uploads.set(source, await json(`/v1/uploads/${source}`));
+    node.textContent = uploadWords(uploads.get(source));
+  } catch (err) { node.textContent = `upload ${source} (removed)`; }
 }
 
 async function download(job, button) {
@@ -314,44 +392,278 @@ function failureList(job) {
   return { details, summary };
 }
 
+const INTENSITY_WORDS = "Each intensity runs from 0 (the emotion not shown) to 1 (shown at its " +
+  "strongest), on the scale of the ratings the head learned from: 0.49 is about midway.";
+const PAGE_ROWS = 25;
+const jobsById = new Map(); // the jobs the page has listed (for comparisons)
+
+function predictionsQuery(view) {
+  const q = new URLSearchParams({ offset: view.offset, limit: PAGE_ROWS, sort: view.sort, order: view.order });
+  if (view.head) q.set("head", view.head);
+  if (view.clip) q.set("clip", view.clip);
+  return q.toString();
+}
+
 function resultsTable(job) {
-  // a finished score job's predictions: per-target means and the first 100 rows,
-  // sortable by any column (fetched when opened)
-  const body = el("div", {});
+  // a finished score job's predictions: one head at a time (a switcher with several),
+  // a page of rows from the service (filter by clip id, sort by any column), and each
+  // target's distribution, optionally beside another job's
+  const view = { head: null, offset: 0, sort: "clip_id", order: "asc", clip: "", other: "" };
+  const body = el("div", { class: "predictions-view" });
   const details = el("details", { class: "results" }, el("summary", { text: "Predictions" }), body);
-  details.addEventListener("toggle", async () => {
-    if (!details.open || body.childElementCount) return;
-    const { predictions } = await json(`/v1/jobs/${job.id}/predictions.json`);
-    const columns = predictions.length ? Object.keys(predictions[0]).filter((c) => c !== "clip_id") : [];
-    const means = columns.map((c) => {
-      const values = predictions.map((r) => r[c]).filter((v) => v != null);
-      return values.length ? values.reduce((a, b) => a + b, 0) / values.length : null;
+  const parts = {};
+  const load = async () => {
+    const page = await json(`/v1/jobs/${job.id}/predictions?${predictionsQuery(view)}`);
+    view.head = page.head;
+    if (!parts.table) build(page);
+    fill(page);
+  };
+  const build = (page) => {
+    parts.switcher = page.heads.length > 1 ? el("div", { class: "switcher", role: "tablist", "aria-label": "Head" },
+      ...page.heads.map((h) => el("button", { type: "button", role: "tab", class: "tab", text: h,
+        "aria-selected": String(h === page.head),
+        onclick: () => { view.head = h; view.offset = 0; load(); } }))) : null;
+    parts.filter = el("input", { type: "search", placeholder: "clip id contains", "aria-label": "Filter by clip id" });
+    let timer = null;
+    parts.filter.addEventListener("input", () => {
+      clearTimeout(timer);
+      timer = setTimeout(() => { view.clip = parts.filter.value.trim(); view.offset = 0; load(); }, 250);
     });
-    const table = el("table", { class: "predictions" });
-    let order = { column: "clip_id", up: true };
-    const rows = el("tbody", {});
-    const fill = () => {
-      const sorted = [...predictions].sort((a, b) => {
-        const x = a[order.column], y = b[order.column];
-        return (x < y ? -1 : x > y ? 1 : 0) * (order.up ? 1 : -1);
-      });
-      rows.replaceChildren(...sorted.slice(0, 100).map((r) => el("tr", {},
-        el("td", { text: r.clip_id }), ...columns.map((c) => el("td", { class: "num", text: fmt(r[c]) })))));
-    };
-    const header = (name) => el("th", { scope: "col", class: name === "clip_id" ? "" : "num" },
-      el("button", { type: "button", class: "link", text: name, title: "sort by this column",
-        onclick: () => { order = { column: name, up: order.column === name ? !order.up : true }; fill(); } }));
-    table.append(
-      el("thead", {}, el("tr", {}, header("clip_id"), ...columns.map(header))),
-      el("tfoot", {}, el("tr", {}, el("th", { scope: "row", text: "mean" }),
-        ...means.map((m) => el("td", { class: "num", text: fmt(m) })))),
-      rows);
-    fill();
+    parts.sortBy = el("select", { "aria-label": "Sort by" },
+      ...["clip_id", ...page.targets].map((c) => el("option", { value: c, text: c === "clip_id" ? "clip id" : c })));
+    parts.order = el("select", { "aria-label": "Order" },
+      el("option", { value: "asc", text: "lowest first" }), el("option", { value: "desc", text: "highest first" }));
+    const sorted = () => { view.sort = parts.sortBy.value; view.order = parts.order.value; view.offset = 0; load(); };
+    parts.sortBy.addEventListener("change", sorted);
+    parts.order.addEventListener("change", sorted);
+    parts.previous = el("button", { type: "button", class: "secondary", text: "Previous",
+      onclick: () => { view.offset = Math.max(0, view.offset - PAGE_ROWS); load(); } });
+    parts.next = el("button", { type: "button", class: "secondary", text: "Next",
+      onclick: () => { view.offset += PAGE_ROWS; load(); } });
+    parts.range = el("span", { class: "range" });
+    parts.head = el("tr", {});
+    parts.rows = el("tbody", {});
+    parts.table = el("table", { class: "predictions" }, el("thead", {}, parts.head), parts.rows);
+    parts.compare = el("select", { "aria-label": "Compare with another job" });
+    parts.compare.addEventListener("focus", () => fillCompare(job, parts.compare));
+    parts.compare.addEventListener("change", () => { view.other = parts.compare.value; drawDistributions(job, view, parts); });
+    fillCompare(job, parts.compare);
+    parts.distributions = el("div", { class: "distributions" });
     body.append(
-      el("p", { class: "hint", text: `Intensities 0-1, ${predictions.length} clips; the first 100 shown (click a column to sort), the means over all.` }),
-      el("div", { class: "table-wrap" }, table));
+      el("p", { class: "hint", text: INTENSITY_WORDS }),
+      parts.switcher,
+      el("div", { class: "controls" },
+        el("label", {}, "Filter ", parts.filter),
+        el("label", {}, "Sort by ", parts.sortBy, " ", parts.order)),
+      el("div", { class: "table-wrap" }, parts.table),
+      el("div", { class: "pager" }, parts.previous, parts.range, parts.next),
+      el("h3", { text: "How the intensities spread over the job's clips" }),
+      el("label", { class: "compare" }, "Beside another job: ", parts.compare),
+      parts.distributions);
+  };
+  const fill = (page) => {
+    if (parts.switcher) {
+      for (const tab of parts.switcher.children) tab.setAttribute("aria-selected", String(tab.textContent === page.head));
+    }
+    parts.sortBy.value = page.sort;
+    parts.order.value = page.order;
+    const header = (name) => {
+      const arrow = page.sort === name ? (page.order === "asc" ? " \u25b2" : " \u25bc") : "";
+      return el("th", { scope: "col", class: name === "clip_id" ? "" : "num" },
+        el("button", { type: "button", class: "link", title: "sort by this column", text: (name === "clip_id" ? "Clip" : name) + arrow,
+          onclick: () => {
+            view.order = view.sort === name && view.order === "asc" ? "desc" : "asc";
+            view.sort = name; view.offset = 0; load();
+          } }));
+    };
+    parts.head.replaceChildren(header("clip_id"), ...page.targets.map(header));
+    parts.rows.replaceChildren(...page.rows.map((r) => {
+      const row = el("tr", { "data-clip": r.clip_id, tabindex: "0", title: "open this clip" },
+        el("th", { scope: "row", "data-label": "Clip", text: r.clip_id }),
+        ...page.targets.map((t) => el("td", { class: "num", "data-label": t, text: fmt(r.values[t]) })));
+      const open = () => openClip(job, r.clip_id, row);
+      row.addEventListener("click", open);
+      row.addEventListener("keydown", (event) => { if (event.key === "Enter") open(); });
+      return row;
+    }));
+    if (!page.rows.length) parts.rows.append(el("tr", {}, el("td", { colspan: String(page.targets.length + 1), text: "No clip id contains that." })));
+    const first = page.total ? page.offset + 1 : 0;
+    parts.range.textContent = `clips ${first}-${page.offset + page.rows.length} of ${page.total}` +
+      (page.total !== page.clips ? ` (of ${page.clips} in the job)` : "");
+    parts.previous.disabled = page.offset === 0;
+    parts.next.disabled = page.offset + page.rows.length >= page.total;
+    parts.page = page;
+    drawDistributions(job, view, parts);
+  };
+  details.addEventListener("toggle", () => {
+    if (details.open && !parts.table) guard(load());
   });
   return details;
+}
+
+// -- one clip: its audio, its valence, arousal and dominance over time, its intensities --
+
+const VAD_LOOKS = { valence: "v0", arousal: "v1", dominance: "v2" };
+let openedClip = null; // { row, panel, url }
+
+function closeClip() {
+  if (!openedClip) return;
+  openedClip.panel.remove();
+  openedClip.row.classList.remove("opened");
+  if (openedClip.url) URL.revokeObjectURL(openedClip.url);
+  openedClip = null;
+}
+
+async function openClip(job, clipId, row) {
+  const again = openedClip && openedClip.row === row;
+  closeClip();
+  if (again) return; // a second click closes it
+  const started = performance.now();
+  const cells = row.children.length;
+  const panel = el("tr", { class: "clip-row" }, el("td", { colspan: String(cells) }));
+  const box = el("div", { class: "clip", role: "region", "aria-label": `clip ${clipId}` }, el("p", { class: "hint", text: "Loading the clip..." }));
+  panel.firstChild.append(box);
+  row.after(panel);
+  row.classList.add("opened");
+  openedClip = { row, panel, url: null };
+  const mine = openedClip;
+  try {
+    const clip = await json(`/v1/jobs/${job.id}/clip?clip_id=${encodeURIComponent(clipId)}`);
+    const audio = el("audio", { controls: "", preload: "auto" });
+    const parts = [el("h3", { text: clipId }), el("p", { class: "hint" }, pathText(clip.file),
+      clip.duration_s != null ? `, ${fmt(clip.duration_s, 1)} s` : "")];
+    if (clip.audio_playable) {
+      if (token) { // an audio element sends no token: fetched with it, played from memory
+        const blob = await (await api(clip.audio)).blob();
+        if (openedClip !== mine) return;
+        mine.url = URL.createObjectURL(blob);
+        audio.src = mine.url;
+      } else {
+        audio.src = clip.audio; // streamed, with range requests
+      }
+      parts.push(audio);
+    } else {
+      parts.push(el("p", { class: "hint", text: "Its audio is in object storage: not played here." }));
+    }
+    parts.push(clip.frame_vad ? vadFigure(clip, audio)
+      : el("p", { class: "hint", text: "Its frame-level valence, arousal and dominance are no longer stored." }));
+    parts.push(intensityTable(clip));
+    if (openedClip !== mine) return;
+    box.replaceChildren(...parts);
+    box.dataset.loadedMs = String(Math.round(performance.now() - started));
+  } catch (err) {
+    if (err instanceof Unauthorized) { askToken("The token was refused."); return; }
+    box.replaceChildren(el("p", { class: "error", text: `The clip could not be opened: ${err.message}` }));
+  }
+}
+
+function vadFigure(clip, audio) {
+  // valence, arousal and dominance per moment (the backbone's frame-level outputs),
+  // with a cursor following the audio as it plays
+  const curves = clip.frame_vad;
+  const w = 560, h = 150, pad = 26;
+  const end = Math.max(curves.seconds[curves.seconds.length - 1] || 0, clip.duration_s || 0, 0.1);
+  const labels = clip.vad_labels.filter((n) => curves[n] && curves[n].length);
+  const values = labels.flatMap((n) => curves[n]);
+  const lo = Math.min(0, ...values), hi = Math.max(1, ...values);
+  const x = (t) => pad + (t / end) * (w - 2 * pad);
+  const y = (v) => h - pad - ((v - lo) / (hi - lo)) * (h - 2 * pad);
+  const svg = svgNode("svg", { viewBox: `0 0 ${w} ${h}`, class: "vad", role: "img",
+    "aria-label": `valence, arousal and dominance over ${fmt(end, 1)} s` });
+  for (const name of labels) {
+    svg.append(svgNode("polyline", { class: `series ${VAD_LOOKS[name] || "v0"}`, "data-series": name,
+      points: curves.seconds.map((t, i) => `${x(t).toFixed(1)},${y(curves[name][i]).toFixed(1)}`).join(" ") }));
+  }
+  const cursor = svgNode("line", { class: "cursor", x1: x(0), x2: x(0), y1: pad - 8, y2: h - pad });
+  svg.append(cursor);
+  for (const [text, tx, ty] of [[fmt(hi, 1), 2, pad], [fmt(lo, 1), 2, h - pad], ["0 s", pad, h - 6], [`${fmt(end, 1)} s`, w - pad - 24, h - 6]]) {
+    const label = svgNode("text", { x: tx, y: ty });
+    label.textContent = text;
+    svg.append(label);
+  }
+  audio.addEventListener("timeupdate", () => {
+    const at = x(Math.min(audio.currentTime, end)).toFixed(1);
+    cursor.setAttribute("x1", at);
+    cursor.setAttribute("x2", at);
+  });
+  const legend = el("p", { class: "legend" }, ...labels.map((n) => el("span", { class: `key ${VAD_LOOKS[n] || "v0"}`, text: n })));
+  return el("figure", {}, svg, legend, el("figcaption", { text:
+    "How the clip unfolds: the backbone's valence, arousal and dominance for every 20 ms (averaged where the clip is long); the line follows the audio as it plays." }));
+}
+
+function intensityTable(clip) {
+  const heads = Object.keys(clip.predictions);
+  if (!heads.length) return el("p", { class: "hint", text: "No intensities: this clip failed." });
+  const targets = Object.keys(clip.predictions[heads[0]]);
+  return el("div", { class: "table-wrap" }, el("table", { class: "intensities" },
+    el("thead", {}, el("tr", {}, el("th", { scope: "col", text: "Head" }), ...targets.map((t) => el("th", { scope: "col", class: "num", text: t })))),
+    el("tbody", {}, ...heads.map((h) => el("tr", {}, el("th", { scope: "row", "data-label": "Head", text: h }),
+      ...targets.map((t) => el("td", { class: "num", "data-label": t, text: fmt(clip.predictions[h][t]) })))))));
+}
+
+function fillCompare(job, select) {
+  const chosen = select.value;
+  const others = [...jobsById.values()].filter((j) => j.id !== job.id && j.kind === "score" &&
+    (j.state === "succeeded" || (j.result && j.result.partial)));
+  select.replaceChildren(el("option", { value: "", text: "(none)" }),
+    ...others.map((j) => el("option", { value: j.id, text: `${jobName(j)} (${j.id.slice(4, 12)})` })));
+  select.value = others.some((j) => j.id === chosen) ? chosen : "";
+}
+
+async function drawDistributions(job, view, parts) {
+  const page = parts.page;
+  let other = null;
+  if (view.other) {
+    const theirs = jobsById.get(view.other);
+    const head = theirs && theirs.request.heads.includes(page.head) ? page.head : "";
+    try {
+      other = await json(`/v1/jobs/${view.other}/predictions?limit=1${head ? `&head=${encodeURIComponent(head)}` : ""}`);
+    } catch (err) { other = null; }
+  }
+  parts.distributions.replaceChildren(...page.targets.map((t) =>
+    distributionFigure(t, page.distribution[t], other && other.distribution[t],
+      other ? `${jobName(jobsById.get(view.other) || { id: view.other, request: {} })}, ${other.head}` : "")));
+}
+
+const SVG = "http://www.w3.org/2000/svg";
+
+function svgNode(tag, attrs) {
+  const node = document.createElementNS(SVG, tag);
+  for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, v);
+  return node;
+}
+
+function distributionFigure(target, mine, theirs, theirName) {
+  // a histogram of this job's intensities (bins of 0.1) and a box plot (quartiles,
+  // median, min-max whiskers) per job, on one 0-1 axis
+  const w = 220, pad = 10, top = 6, barsH = 44, boxH = 12;
+  const rows = theirs ? 2 : 1;
+  const h = top + barsH + 8 + rows * (boxH + 6) + 14;
+  const x = (v) => pad + v * (w - 2 * pad);
+  const svg = svgNode("svg", { viewBox: `0 0 ${w} ${h}`, class: "dist", role: "img" });
+  const most = Math.max(1, ...mine.histogram);
+  mine.histogram.forEach((n, i) => {
+    const bh = (n / most) * barsH;
+    svg.append(svgNode("rect", { x: x(i / 10) + 1, y: top + barsH - bh, width: (w - 2 * pad) / 10 - 2, height: bh, class: "bar" }));
+  });
+  [[mine, "mine"], ...(theirs ? [[theirs, "theirs"]] : [])].forEach(([d, look], k) => {
+    if (d.median == null) return;
+    const y = top + barsH + 8 + k * (boxH + 6);
+    svg.append(svgNode("line", { x1: x(d.min), x2: x(d.max), y1: y + boxH / 2, y2: y + boxH / 2, class: `whisker ${look}` }));
+    svg.append(svgNode("rect", { x: x(d.q1), y, width: Math.max(1, x(d.q3) - x(d.q1)), height: boxH, class: `box ${look}` }));
+    svg.append(svgNode("line", { x1: x(d.median), x2: x(d.median), y1: y, y2: y + boxH, class: `median ${look}` }));
+  });
+  for (const [text, tx] of [["0", x(0)], ["0.5", x(0.5) - 6], ["1", x(1) - 4]]) {
+    const label = svgNode("text", { x: tx, y: h - 2 });
+    label.textContent = text;
+    svg.append(label);
+  }
+  const describe = (d) => d.median == null ? "no values"
+    : `median ${fmt(d.median, 2)}, half between ${fmt(d.q1, 2)} and ${fmt(d.q3, 2)}`;
+  svg.setAttribute("aria-label", `${target}: ${describe(mine)}${theirs ? `; ${theirName}: ${describe(theirs)}` : ""}`);
+  return el("figure", { class: "dist" }, svg,
+    el("figcaption", {}, el("strong", { text: target }), ` ${describe(mine)}`,
+      theirs ? el("span", { class: "theirs", text: `; beside it ${theirName}: ${describe(theirs)}` }) : null));
 }
 
 function curve(job) {
@@ -424,10 +736,15 @@ function actionsOf(job) {
 }
 
 function makeCard(job) {
+  const source = el("span", { class: "source" });
+  if (job.kind !== "train") sourceWords(job, source);
   const what = job.kind === "train"
-    ? el("span", { class: "what", text: `train ${job.request.name} on ${job.request.store}` })
-    : el("span", { class: "what" }, `${job.kind} `, pathText(job.request.source || ""),
-      job.request.heads ? ` with ${job.request.heads.join(", ")}` : "");
+    ? el("span", { class: "what", text: `train ${job.request.name} on store ${job.request.store}` })
+    : job.kind === "extract"
+      ? el("span", { class: "what" }, "extract ", source, ` into store ${job.request.store}`)
+      : el("span", { class: "what" }, `${job.kind} `, source,
+        job.request.heads ? ` with ${job.request.heads.join(", ")}` : "",
+        job.request.store ? ` (store ${job.request.store})` : "");
   const card = {
     root: el("li", { class: "job", "data-job": job.id }),
     state: el("span", { class: "state" }),
@@ -478,23 +795,34 @@ function updateCard(card, job) {
   }
 }
 
+let jobsShown = 20; // the newest jobs listed; "Show older jobs" lists more
+
 async function refreshJobs() {
-  const { jobs } = await json("/v1/jobs?limit=20");
+  const { jobs, next } = await json(`/v1/jobs?limit=${jobsShown}`);
   const list = $("jobs");
   const shown = new Set(jobs.map((j) => j.id));
   for (const [id, card] of cards) {
     if (!shown.has(id)) { card.root.remove(); cards.delete(id); }
   }
+  let trained = false;
   jobs.forEach((job, index) => {
+    const before = jobsById.get(job.id);
+    if (job.kind === "train" && job.state === "succeeded" && before && before.state !== "succeeded") trained = true;
+    jobsById.set(job.id, job);
     let card = cards.get(job.id);
     if (!card) { card = makeCard(job); cards.set(job.id, card); }
     if (card.updated !== job.updated_at) { updateCard(card, job); card.updated = job.updated_at; }
+    else if (!FINAL.includes(job.state)) setText(card.counts, countsText(job)); // the clock ticks
     if (list.children[index] !== card.root) list.insertBefore(card.root, list.children[index] || null);
   });
   const empty = list.querySelector(".empty");
   if (jobs.length && empty) empty.remove();
   if (!jobs.length && !empty) list.append(el("li", { class: "empty", text: "No jobs yet." }));
+  $("older-jobs").hidden = !next;
+  if (trained) await loadHeads(); // a train job just put heads in the registry
 }
+
+$("older-jobs").addEventListener("click", () => { jobsShown += 20; guard(refreshJobs()); });
 
 function stopPolling() {
   if (polling) clearInterval(polling);
@@ -520,7 +848,11 @@ async function start() {
   $("forget-token").hidden = !token;
   await guard(Promise.all([loadLimits(), browse(""), refreshJobs()]));
   stopPolling();
-  polling = setInterval(() => guard(refreshJobs()), POLL_MS);
+  let ticks = 0;
+  polling = setInterval(() => {
+    guard(refreshJobs());
+    if (++ticks % 10 === 0) guard(loadHeads()); // heads trained elsewhere show up too
+  }, POLL_MS);
 }
 
 start();
