@@ -120,8 +120,11 @@ def _cell(value: float) -> str:
     return "" if np.isnan(value) else f"{value:.6f}"
 
 
-def load_heads(heads: Sequence[str | os.PathLike | LoadedHead], *, device: str = "auto"):
-    """Head folders (or already loaded heads) as :class:`LoadedHead`, names distinct.
+def load_heads(
+    heads: Sequence[str | os.PathLike | LoadedHead], *, device: str = "auto", distinct: bool = True
+):
+    """Head folders (or already loaded heads) as :class:`LoadedHead`, names distinct
+    (``distinct`` False: the caller names them).
 
     Raises:
         HeadError: a folder is not a head, or two heads share a name.
@@ -131,7 +134,7 @@ def load_heads(heads: Sequence[str | os.PathLike | LoadedHead], *, device: str =
         heads = [heads]  # one head folder given alone
     loaded = [h if isinstance(h, LoadedHead) else load_head(h, device=device) for h in heads]
     names = [h.name for h in loaded]
-    if len(set(names)) != len(names):
+    if distinct and len(set(names)) != len(names):
         raise HeadError(f"head folders share names {names}; rename a folder")
     if not loaded:
         raise HeadError("no head given")

@@ -149,20 +149,43 @@ def test_the_page_lists_heads_scores_a_folder_and_downloads_emi_scores_csv(
 
 
 def _check_results_table(browser, card, rows: list[dict]) -> None:
-    """The finished job's predictions on the page: the first rows, the per-target means
-    over all, sortable by a column."""
+    """The finished job's predictions on the page: a page of rows from the service,
+    sorted there by any column, filtered by clip id, each target's distribution, and a
+    row that opens its clip (audio, valence/arousal/dominance over time, intensities)."""
+    import numpy as np
+
     _by(card, "details.results summary")[0].click()
-    table = _until(lambda: _by(card, "table.predictions"), what="the predictions table")[0]
-    shown = [r.text for r in _by(table, "tbody tr")]
-    assert len(shown) == min(100, len(rows))
-    assert shown[0].split()[0] == sorted(r["clip_id"] for r in rows)[0]
-    joy = sum(r["Joy"] for r in rows) / len(rows)
-    means = _by(table, "tfoot td")
-    assert means[-1].text == f"{joy:.3f}"  # Joy is the last column
-    [sort_joy] = [b for b in _by(table, "thead button") if b.text == "Joy"]
+    table = _until(lambda: _by(card, "table.predictions tbody tr[data-clip]"), what="the rows")
+    assert len(table) == min(25, len(rows))
+    assert table[0].get_attribute("data-clip") == min(r["clip_id"] for r in rows)
+    assert _by(card, ".pager .range")[0].text == f"clips 1-{min(25, len(rows))} of {len(rows)}"
+    [sort_joy] = [b for b in _by(card, "table.predictions thead button") if b.text == "Joy"]
     sort_joy.click()
-    first = _by(table, "tbody tr")[0].text.split()[0]
-    assert first == min(rows, key=lambda r: r["Joy"])["clip_id"]
+    lowest = min(rows, key=lambda r: (r["Joy"], r["clip_id"]))["clip_id"]
+    _until(lambda: _by(card, "table.predictions tbody tr")[0].get_attribute("data-clip") == lowest,
+           what="sorted by Joy")  # fmt: skip
+    joy = _until(lambda: [f for f in _by(card, "figure.dist") if "Joy" in f.text])[0].text
+    assert f"median {np.median([r['Joy'] for r in rows]):.2f}" in joy
+    wanted = rows[3]["clip_id"]
+    _by(card, ".controls input[type=search]")[0].send_keys(wanted)
+    matching = [c["clip_id"] for c in rows if wanted in c["clip_id"]]
+    _until(lambda: [r.get_attribute("data-clip") for r in _by(card, "tbody tr[data-clip]")]
+           == matching, what="the filter")  # fmt: skip
+    _by(card, f'tbody tr[data-clip="{wanted}"]')[0].click()
+    clip = _until(lambda: [c for c in _by(card, ".clip") if c.get_attribute("data-loaded-ms")],
+                  what="the clip")[0]  # fmt: skip
+    assert _by(clip, "audio")[0].get_attribute("src").endswith(f"clip_id={wanted}")
+    series = {s.get_attribute("data-series") for s in _by(clip, "svg.vad polyline")}
+    assert series == {"valence", "arousal", "dominance"}
+    [row] = [r for r in rows if r["clip_id"] == wanted]
+    shown = [c.text for c in _by(clip, "table.intensities tbody td")]
+    assert shown == [f"{row[t]:.3f}" for t in row if t != "clip_id"]
+    duration = browser.execute_script(
+        "const a = arguments[0]; return new Promise((done) => a.readyState >= 1 ? done(a.duration)"
+        " : a.addEventListener('loadedmetadata', () => done(a.duration)));",
+        _by(clip, "audio")[0],
+    )  # the browser reads the audio the service streams
+    assert duration > 0.5
 
 
 def test_a_running_job_is_cancelled_from_the_page(site):
@@ -185,7 +208,7 @@ def test_a_running_job_is_cancelled_from_the_page(site):
 def test_two_files_uploaded_by_the_page_are_scored(site):
     browser, client = site["browser"], site["served"].client()
     wavs = sorted(site["audio"].glob("*.wav"))[:2]
-    assert "1024 MiB per file" in browser.find_element("id", "limits").text  # shown before
+    _until(lambda: "1024 MiB per file" in browser.find_element("id", "limits").text)  # before
     browser.find_element("id", "files").send_keys("\n".join(str(w) for w in wavs))
     assert browser.find_element("id", "source-files").is_selected()
     browser.find_element("id", "score-submit").click()
@@ -225,7 +248,10 @@ def test_a_job_with_a_failed_clip_says_so_and_the_heads_say_what_they_are(site):
     assert "partial" in card.get_attribute("class")  # not the plain green of a clean run
     assert "1 failed clip" in card.text
     row = _by(browser, '#heads tbody tr[data-head="ml"]')[0]
-    assert "recommended: best validation score" in row.text
+    assert "recommended" in row.text and "straight line (ridge regression)" in row.text
+    [head] = [h for h in client.heads() if h["name"] == "ml"]
+    assert f"on {head['val_clips']} validation clips" in row.get_attribute("textContent")
+    assert _by(browser, "#heads-comparison")[0].text.startswith("Recommended: ml")
     assert "random backbone" in row.text  # the demo's and the tests' heads measure the pipeline
     notes = [n.text for n in _by(browser, "#heads thead .col-note")]
     assert any("mean Pearson r" in n and "higher is better" in n for n in notes)
@@ -281,6 +307,69 @@ def _requested(browser) -> list[str]:
 
 def _outside(urls: list[str], origin: str) -> list[str]:
     return [u for u in urls if not u.startswith((origin + "/", "data:", "blob:"))]
+
+
+# Every header, cell and head tab of the predictions: a box narrower than its text (cut),
+# a word over two lines (broken), a table wider than its place, or a page wider than the
+# window; the headers' and labels' words as shown.
+_LAYOUT_FAULTS = """
+const card = arguments[0], faults = [];
+const boxes = card.querySelectorAll(
+  "table.predictions th, table.predictions td, table.predictions th button, .switcher .tab");
+for (const box of boxes) {
+  if (!box.getClientRects().length) continue;  // not shown at this width
+  if (box.scrollWidth > box.clientWidth + 1) faults.push(`cut: ${box.textContent}`);
+  const walker = document.createTreeWalker(box, NodeFilter.SHOW_TEXT);
+  for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+    for (const word of node.textContent.matchAll(/\\S+/g)) {
+      const range = document.createRange();
+      range.setStart(node, word.index);
+      range.setEnd(node, word.index + word[0].length);
+      const lines = new Set([...range.getClientRects()].map((r) => Math.round(r.top)));
+      if (lines.size > 1) faults.push(`broken: ${word[0]}`);
+    }
+  }
+}
+const wrap = card.querySelector(".predictions-view .table-wrap");
+if (wrap.scrollWidth > wrap.clientWidth + 1) faults.push(`the table scrolls: ${wrap.scrollWidth}`);
+if (document.documentElement.scrollWidth > window.innerWidth + 1) faults.push("the page scrolls");
+const head = card.querySelector("table.predictions thead");
+const shown = getComputedStyle(head).display !== "none"
+  ? [...head.querySelectorAll("button")].map((b) => b.textContent.replace(/ [\\u25b2\\u25bc]$/, ""))
+  : [...card.querySelector("table.predictions tbody tr[data-clip]").querySelectorAll("td")]
+      .map((td) => td.dataset.label);
+return { faults, cards: getComputedStyle(head).display === "none", shown };
+"""
+
+
+@pytest.mark.slow
+def test_two_heads_predictions_are_readable_from_360_to_1440_px(site):
+    browser, client = site["browser"], site["served"].client()
+    heads = site["served"].heads
+    shutil.copytree(heads / "ml", heads / "mean-linear-twin")
+    job = client.submit({"kind": "score", "source": str(site["audio"]),
+                         "heads": ["ml", "mean-linear-twin"]})  # fmt: skip
+    card = _until(lambda: [c for c in _by(browser, f'[data-job="{job["id"]}"]')
+                           if c.get_attribute("data-state") == "succeeded"], 60)[0]  # fmt: skip
+    _by(card, "details.results summary")[0].click()
+    _until(lambda: _by(card, "table.predictions tbody tr[data-clip]"), what="the rows")
+    tabs = _by(card, ".switcher .tab")
+    assert [t.text for t in tabs] == ["ml", "mean-linear-twin"]
+    tabs[1].click()  # the second head's table: its own values
+    _until(lambda: tabs[1].get_attribute("aria-selected") == "true")
+    targets = ["Admiration", "Amusement", "Determination", "Empathic Pain", "Excitement", "Joy"]
+    try:
+        for width in (360, 420, 768, 1280, 1440):
+            browser.set_window_size(width, 900)
+            _until(lambda w=width: browser.execute_script("return window.innerWidth") <= w)
+            found = browser.execute_script(_LAYOUT_FAULTS, card)
+            assert found["faults"] == [], (width, found["faults"])
+            assert found["shown"] == (targets if found["cards"] else ["Clip", *targets]), width
+            assert found["cards"] == (width <= 820), width  # cards where the table would crowd
+            browser.execute_script("arguments[0].scrollIntoView()", card)
+            browser.save_screenshot(str(site["folder"] / f"predictions-{width}px.png"))
+    finally:
+        browser.set_window_size(1280, 800)
 
 
 @pytest.mark.slow

@@ -4,6 +4,7 @@ keeps the predictions of the clips it finished (partial)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Literal
 
@@ -60,12 +61,16 @@ def check(config, request: ScoreJobRequest) -> None:
 
 
 def run(context: JobContext) -> ScoreResult | None:
+    from models.prediction import load_heads
     from service.clip_views import write_clip_index
     from service.registry import head_folder
     from service.score import score_folder
 
     config, request = context.config, context.request
-    heads = [head_folder(config, name) for name in request.heads]
+    # each head by its registry name: the predictions' columns, whatever its card says
+    loaded = load_heads([head_folder(config, n) for n in request.heads], device=config.own_device,
+                        distinct=False)  # fmt: skip
+    heads = [replace(h, name=name) for h, name in zip(loaded, request.heads, strict=True)]
     # a stopped score job still predicts what is stored: no stop once listed
     records, refused = list_clips(context, request.source, stop=False)
     total = len(records) + len(refused)
