@@ -14,6 +14,7 @@ import shutil
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from manifests.synthetic import write_corpus
@@ -100,6 +101,22 @@ def _job_card(browser, job_id: str):
     return _by(browser, f'[data-job="{job_id}"]')[0]
 
 
+def _finished_card(browser, job_id: str, timeout_s: float = 60.0):
+    """The job's card once it shows the job succeeded."""
+    return _until(lambda: [c for c in _by(browser, f'[data-job="{job_id}"]')
+                           if c.get_attribute("data-state") == "succeeded"], timeout_s,
+                  "the job's end")[0]  # fmt: skip
+
+
+def _audio_seconds(browser, audio) -> float:
+    """The duration an audio element read from its source (once its metadata loaded)."""
+    return browser.execute_script(
+        "const a = arguments[0]; return new Promise((done) => a.readyState >= 1 ?"
+        " done(a.duration) : a.addEventListener('loadedmetadata', () => done(a.duration)));",
+        audio,
+    )
+
+
 def _latest_job(site) -> dict:
     return site["served"].client().jobs(limit=1)["jobs"][0]
 
@@ -180,12 +197,7 @@ def _check_results_table(browser, card, rows: list[dict]) -> None:
     [row] = [r for r in rows if r["clip_id"] == wanted]
     shown = [c.text for c in _by(clip, "table.intensities tbody td")]
     assert shown == [f"{row[t]:.3f}" for t in row if t != "clip_id"]
-    duration = browser.execute_script(
-        "const a = arguments[0]; return new Promise((done) => a.readyState >= 1 ? done(a.duration)"
-        " : a.addEventListener('loadedmetadata', () => done(a.duration)));",
-        _by(clip, "audio")[0],
-    )  # the browser reads the audio the service streams
-    assert duration > 0.5
+    assert _audio_seconds(browser, _by(clip, "audio")[0]) > 0.5  # the browser reads the audio
 
 
 def test_a_running_job_is_cancelled_from_the_page(site):
@@ -421,9 +433,10 @@ def test_with_a_token_file_the_page_shows_nothing_until_the_token_is_given(tmp_p
     good = "page-token-0123456789abcdef"
     (tmp_path / "tokens").write_text(good + "\n")
     root = tmp_path / "root"
-    root.mkdir()
+    splits = write_corpus(root / "corpus", clips=12, seed=41, min_seconds=1.0, max_seconds=2.0)
     served = Hosted(tmp_path, [root], "--token-file", tmp_path / "tokens", token=good)
-    served.heads.mkdir(parents=True)
+    store = tmp_path / "lab.zarr"
+    run_cli("extract", root / "corpus" / "audio", store, "--model", tiny_backbone, "--quiet")
     with served:
         served.start()
         browser = _browser(tmp_path)
@@ -445,6 +458,21 @@ def test_with_a_token_file_the_page_shows_nothing_until_the_token_is_given(tmp_p
             stored = browser.execute_script("return sessionStorage.getItem('emi-token')")
             assert stored == good
             assert browser.execute_script("return localStorage.length") == 0
+            # a head trained now shows up; a clip opens and plays with the token
+            run_cli("train", store, "--labels", splits["train"], "--val-labels", splits["valid"],
+                    "--out", served.heads / "ml", "--preset", "mean-linear", "--quiet")  # fmt: skip
+            _until(lambda: _by(browser, '#heads tbody tr[data-head="ml"]'), 30, "the new head")
+            client = served.client()
+            job = client.submit({"kind": "score", "source": str(root / "corpus" / "audio"),
+                                 "heads": ["ml"]})  # fmt: skip
+            card = _finished_card(browser, job["id"])
+            _by(card, "details.results summary")[0].click()
+            _until(lambda: _by(card, "tbody tr[data-clip]"), what="the rows")[0].click()
+            audio = _until(lambda: _by(card, ".clip audio"), what="the clip's audio")[0]
+            assert audio.get_attribute("src").startswith("blob:")  # fetched with the token
+            assert _audio_seconds(browser, audio) > 0.5
+            plain = httpx.get(f"{served.url}{client.job(job['id'])['result']['predictions_json']}")
+            assert plain.status_code == 401  # and without it, nothing
         finally:
             browser.quit()
         assert served.stop() == 0

@@ -711,3 +711,82 @@ def test_ids_that_differ_by_a_folder_prefix_are_named_with_the_fix(lab, tmp_path
         assert "the store's clip ids carry the folder prefix 'audio/'" in said, said
         assert "emi extract .../audio" in said and "into this store first" not in said
     assert "00001" not in job["error"]["detail"]  # a client's label file: no ids shown
+
+
+def test_predictions_by_page_and_a_clip_with_its_audio_and_curves(lab, tmp_path):
+    """GET /v1/jobs/{id}/predictions (paged, sorted, filtered; distributions as numpy
+    computes them), GET .../clip (the store's frame VAD) and .../clip/audio (the file's
+    bytes, and a range of them), only for the job's own clips, never outside a root."""
+    served, client = lab["served"], lab["served"].client()
+    job = _wait(client, client.submit({"kind": "score", "source": str(lab["audio"]),
+                                       "heads": ["ml"]})["id"])  # fmt: skip
+    rows = client.predictions(job["id"])["predictions"]
+    web = httpx.Client(base_url=served.url, timeout=30)
+    asked = {"sort": "Joy", "order": "desc", "limit": 5, "offset": 2}
+    page = web.get(f"/v1/jobs/{job['id']}/predictions", params=asked).json()
+    by_joy = sorted(rows, key=lambda r: (r["Joy"], r["clip_id"]), reverse=True)
+    assert [r["clip_id"] for r in page["rows"]] == [r["clip_id"] for r in by_joy[2:7]]
+    assert page["total"] == page["clips"] == len(rows) == 24 and page["head"] == "ml"
+    joy = np.array([r["Joy"] for r in rows])
+    spread = page["distribution"]["Joy"]
+    assert spread["median"] == pytest.approx(np.median(joy)) and spread["count"] == 24
+    assert spread["q1"] == pytest.approx(np.percentile(joy, 25))
+    assert spread["histogram"] == np.histogram(joy, bins=10, range=(0, 1))[0].tolist()
+    wanted = rows[5]["clip_id"]
+    found = web.get(f"/v1/jobs/{job['id']}/predictions", params={"clip": wanted.upper()}).json()
+    assert [r["clip_id"] for r in found["rows"]] == [
+        r["clip_id"] for r in rows if wanted in r["clip_id"]
+    ]
+    for bad in ({"head": "nope"}, {"sort": "Sadness"}):
+        assert web.get(f"/v1/jobs/{job['id']}/predictions", params=bad).status_code == 400
+    # one clip: its curves are the store's frame VAD, its intensities the job's
+    clip = web.get(f"/v1/jobs/{job['id']}/clip", params={"clip_id": wanted}).json()
+    store = FeatureStore.open(str(served.stores / f"{job['result']['store']}.zarr"))
+    frames = store.frame_vad(_clip_key(lab, wanted))
+    assert clip["vad_labels"] == ["arousal", "dominance", "valence"]
+    assert np.allclose(clip["frame_vad"]["valence"], frames[:, 2], atol=1e-4)  # short: no blocks
+    assert clip["predictions"]["ml"]["Joy"] == pytest.approx(rows[5]["Joy"])
+    assert clip["file"] == str(lab["audio"] / f"{wanted}.wav")
+    audio = web.get(clip["audio"])
+    original = (lab["audio"] / f"{wanted}.wav").read_bytes()
+    assert audio.status_code == 200 and audio.content == original
+    assert audio.headers["content-type"] == "audio/wav"
+    part = web.get(clip["audio"], headers={"Range": "bytes=100-199"})
+    assert part.status_code == 206 and part.content == original[100:200]
+    assert part.headers["content-range"] == f"bytes 100-199/{len(original)}"
+    tail = web.get(clip["audio"], headers={"Range": "bytes=-10"})
+    assert tail.content == original[-10:]
+    past = web.get(clip["audio"], headers={"Range": f"bytes={len(original)}-"})
+    assert past.status_code == 416
+    # another job's clip, or a file that now leads outside its root: refused
+    other = web.get(f"/v1/jobs/{job['id']}/clip/audio", params={"clip_id": "../../etc/passwd"})
+    assert other.status_code == 404
+    moved = lab["root"] / "moved"
+    moved.mkdir(exist_ok=True)
+    shutil.copytree(lab["audio"], moved / "audio")
+    second = _wait(client, client.submit({"kind": "score", "source": str(moved / "audio"),
+                                          "heads": ["ml"]})["id"])  # fmt: skip
+    outside = tmp_path / "secret.wav"
+    outside.write_bytes(b"not for clients")
+    victim = moved / "audio" / f"{wanted}.wav"
+    victim.unlink()
+    victim.symlink_to(outside)
+    refused = web.get(f"/v1/jobs/{second['id']}/clip/audio", params={"clip_id": wanted})
+    assert refused.status_code == 403 and b"not for clients" not in refused.content
+
+
+def _clip_key(lab, clip_id: str) -> str:
+    """A clip's key in a score job's own store: its file's sha256."""
+    return hashlib.sha256((lab["audio"] / f"{clip_id}.wav").read_bytes()).hexdigest()
+
+
+def test_an_upload_is_named_by_its_files(lab, tmp_path):
+    wavs = sorted(lab["audio"].glob("*.wav"))[:2]
+    note = tmp_path / "notes.txt"
+    note.write_text("not audio")
+    upload = lab["served"].client().upload([*wavs, note])
+    assert upload["names"] == [w.name for w in wavs] and upload["skipped"] == ["notes.txt"]
+    again = httpx.get(f"{lab['served'].url}/v1/uploads/{upload['id']}", timeout=30).json()
+    assert again == upload
+    missing = httpx.get(f"{lab['served'].url}/v1/uploads/upload-{'0' * 20}", timeout=30)
+    assert missing.status_code == 404
