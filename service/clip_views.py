@@ -32,13 +32,15 @@ def index_path(config: ServiceConfig, job_id: str) -> Path:
 
 
 def write_clip_index(
-    config: ServiceConfig, job_id: str, records: list, *, store: str, by_content: bool
+    config: ServiceConfig,
+    job_id: str,
+    records: list,
+    features_at: dict[str, tuple[str, str]],
+    fingerprint: str,
 ) -> None:
-    """Keep the clips a score job listed: file, sha256, seconds and store key each
-    (``by_content``: the store is keyed by the file's sha256, a score job's own store;
-    else by clip id)."""
-    from service.score import content_key
-
+    """Keep the clips a score job listed: file, sha256 and seconds each, and where its
+    features were read (``features_at``: clip id -> (store location, its id there);
+    none for a clip that failed), of the set ``fingerprint``."""
     folder = config.state_folder.job_results(job_id)
     folder.mkdir(parents=True, exist_ok=True)
     clips = {
@@ -46,16 +48,17 @@ def write_clip_index(
             "path": r.path,
             "sha256": r.sha256,
             "duration_s": r.duration_s,
-            "key": content_key(r) if by_content else r.clip_id,
+            "store": features_at.get(r.clip_id, (None, None))[0],
+            "key": features_at.get(r.clip_id, (None, None))[1],
         }
         for r in records
     }
     with atomic_file(index_path(config, job_id)) as temporary:
-        temporary.write_text(json.dumps({"store": store, "clips": clips}))
+        temporary.write_text(json.dumps({"fingerprint": fingerprint, "clips": clips}))
 
 
-def _indexed(config: ServiceConfig, job_id: str, clip_id: str) -> tuple[dict, str]:
-    """The index entry of ``clip_id`` in job ``job_id``, and the job's store.
+def _indexed(config: ServiceConfig, job_id: str, clip_id: str) -> dict:
+    """The index entry of ``clip_id`` in job ``job_id``.
 
     Raises:
         RequestError: 404, the job kept no index (an earlier version's, or removed
@@ -63,7 +66,8 @@ def _indexed(config: ServiceConfig, job_id: str, clip_id: str) -> tuple[dict, st
     """
     try:
         index = json.loads(index_path(config, job_id).read_text())
-    except (OSError, ValueError):
+        index["clips"]
+    except (OSError, ValueError, KeyError, TypeError):
         raise not_found(
             f"job {job_id} keeps no clip index (scored before clips could be opened, or "
             "its results were removed); score the audio again to open its clips"
@@ -71,7 +75,7 @@ def _indexed(config: ServiceConfig, job_id: str, clip_id: str) -> tuple[dict, st
     entry = index["clips"].get(clip_id)
     if entry is None:
         raise not_found(f"clip {clip_id!r} is not a clip of job {job_id}")
-    return entry, index["store"]
+    return {**entry, "fingerprint": index.get("fingerprint")}
 
 
 def frame_curves(frames: np.ndarray, frame_rate_hz: float) -> tuple[list[float], np.ndarray]:
@@ -99,10 +103,11 @@ def clip_view(config: ServiceConfig, job, clip_id: str, predictions: dict) -> di
     from featurestore.store import FeatureStore
     from service.sources import public_path
 
-    entry, store = _indexed(config, job.id, clip_id)
+    entry = _indexed(config, job.id, clip_id)
     curves, labels, rate = None, [], None
     try:
-        opened = FeatureStore.open(store)
+        whole = FeatureStore.open(entry["store"])
+        opened = whole.set_for_fingerprint(entry["fingerprint"]) or whole
         rate = float(opened.spec.frame_rate_hz)
         labels = list(opened.spec.vad_labels)
         seconds, values = frame_curves(opened.frame_vad(entry["key"]), rate)
@@ -143,8 +148,7 @@ def open_clip_audio(config: ServiceConfig, job_id: str, clip_id: str) -> tuple[i
     """
     from service.sources import uploads_root
 
-    entry, _ = _indexed(config, job_id, clip_id)
-    path = entry["path"]
+    path = _indexed(config, job_id, clip_id)["path"]
     if is_url(path):
         raise not_found(f"clip {clip_id!r} is in object storage; its audio is not served here")
     roots = [r for r in config.source_roots if not is_url(r)] + [uploads_root(config)]

@@ -208,6 +208,15 @@ def store_names(config: ServiceConfig, *, refresh: bool = False) -> list[str]:
     return sorted(n.removesuffix(".zarr") for n in names if n.endswith(".zarr"))
 
 
+def managed_stores(config: ServiceConfig) -> list[str]:
+    """The locations of the named managed stores (not the score jobs' own)."""
+    return [
+        config.store_location(n)
+        for n in store_names(config)
+        if not n.startswith(SCORE_STORE_PREFIX)
+    ]
+
+
 def list_stores(config: ServiceConfig) -> list[dict]:
     """``GET /v1/stores``: each managed store's name, feature sets, clips, hours, size."""
     from featurestore.errors import StoreError

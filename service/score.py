@@ -49,6 +49,8 @@ class ScoreResult:
             predictions.
         stopped: ``should_stop`` answered True: what was finished is stored, and the
             predictions are of those clips only (partial; ``output`` is not written).
+        features_at: per clip id predicted, (the store its features were read from,
+            its id there).
     """
 
     predictions: Predictions
@@ -57,6 +59,7 @@ class ScoreResult:
     reused: int
     failed: list[ClipFailure] = field(default_factory=list)
     stopped: bool = False
+    features_at: dict[str, tuple[str, str]] = field(default_factory=dict)
 
 
 def score_folder(
@@ -74,6 +77,7 @@ def score_folder(
     resolved_paths: bool = False,
     on_partial: Callable[[Predictions], None] | None = None,
     on_predicting: Callable[[], None] | None = None,
+    reuse_from: Callable[[str], list[str]] | None = None,
 ) -> ScoreResult:
     """Score every audio file below ``audio_dir`` with ``heads`` (``emi score``).
 
@@ -101,6 +105,10 @@ def score_folder(
         on_partial: where the extraction fails, called with the predictions of the
             clips stored before it failed (then the error is raised).
         on_predicting: called once the features are stored, before the heads run.
+        reuse_from: for the cache store (``store`` None) and heads of one feature set:
+            given its fingerprint, further stores whose features of it are read where
+            they hold a file's content (the same sha256), instead of computing them
+            again (a service's managed stores); counted as reused.
 
     Raises:
         HeadError: heads of different feature specs, or not heads.
@@ -132,6 +140,14 @@ def score_folder(
     def key(record: ClipRecord) -> str:
         return content_key(record) if cached else record.clip_id
 
+    # features another store holds for a file's content: read there, not computed again
+    elsewhere = (
+        stored_elsewhere(records, wanted[0], reuse_from(wanted[0]))
+        if cached and reuse_from is not None and len(refs) == 1 and model is None
+        else {}
+    )
+    records = [r for r in records if r.clip_id not in elsewhere]
+    sources = [(location, key), *_sources_elsewhere(elsewhere)]
     summaries: list = []
     run = ExtractOptions(compute=compute, quiet=quiet).but(resolved_paths=resolved_paths)
     try:
@@ -143,20 +159,21 @@ def score_folder(
     except Exception:
         if on_partial is not None:  # what was stored before the failure still predicts
             with contextlib.suppress(Exception):
-                on_partial(_predict_stored(folder, loaded, location, key, head_device))
+                on_partial(_predict_stored(folder, loaded, sources, head_device)[0])
         raise
     if on_predicting is not None:
         on_predicting()
-    predictions = _predict_stored(folder, loaded, location, key, head_device)
+    predictions, where = _predict_stored(folder, loaded, sources, head_device)
     if output is not None and not summaries[-1].stopped:
         predictions.write_csv(output)
     return ScoreResult(
         predictions,
         location,
         max(s.extracted for s in summaries),
-        min(s.already_stored for s in summaries),
+        min(s.already_stored for s in summaries) + len(elsewhere),
         _failures(folder, key, summaries),
         stopped=summaries[-1].stopped,
+        features_at=where,
     )
 
 
@@ -210,8 +227,10 @@ def _set_options(
 def _extract_set(records, location: str, loaded, index: int, ref, model, run, hooks):
     """Extract what is missing of the heads' ``index``-th feature set (``ref``); an
     :class:`ExtractSummary` of nothing to do where the store holds it all."""
-    from featurestore.extraction import extract
+    from featurestore.extraction import ExtractSummary, extract
 
+    if not records:  # every clip read from another store: nothing to extract here
+        return ExtractSummary(store=location, fingerprint=ref.fingerprint)
     # nothing to extract: no writer lock taken (with another --model, extract checks
     # that it makes the heads' features first)
     stored = None if model else _all_stored(location, ref.fingerprint, records)
@@ -220,29 +239,77 @@ def _extract_set(records, location: str, loaded, index: int, ref, model, run, ho
     return extract(records, location, _set_options(loaded, index, ref, model, run), hooks)
 
 
-def _predict_stored(
-    folder: list[ClipRecord], loaded: list[LoadedHead], location: str, key: Callable, device
-) -> Predictions:
-    """The heads' predictions for the clips of ``folder`` whose features every set the
-    heads read holds, of the file's current content (by the folder's clip ids, sorted)."""
+def stored_elsewhere(
+    records: list[ClipRecord], fingerprint: str, locations: list[str]
+) -> dict[str, tuple[str, str]]:
+    """For the content-keyed ``records`` (ids: sha256), those whose content a store of
+    ``locations`` holds in its set of features ``fingerprint``: sha256 -> (that store's
+    location, the clip's id there). A store that cannot be read is passed over."""
     from featurestore.errors import StoreError
 
-    try:
-        opened = FeatureStore.open(location)
-        held = [s.sha256_by_clip() for s in sets_for_head(opened, loaded[0])]
-    except (StoreError, HeadError):  # nothing stored yet (a run stopped at once)
-        held = []
-    ids = sorted({key(r) for r in folder if all(stored.get(key(r)) == r.sha256 for stored in held)})
-    if not held or not ids:
-        return Predictions([], loaded, {h.name: np.zeros((0, len(h.targets))) for h in loaded})
-    ids, values = predict_store(opened, loaded, clip_ids=ids, device=device)
-    row_of = {cid: i for i, cid in enumerate(ids)}
-    rows = sorted((r.clip_id, row_of[key(r)]) for r in folder if key(r) in row_of)
-    return Predictions(
-        [cid for cid, _ in rows],
-        loaded,
-        {name: v[[i for _, i in rows]] for name, v in values.items()},
-    )
+    wanted = {r.clip_id for r in records if r.sha256 and not r.problem}
+    found: dict[str, tuple[str, str]] = {}
+    for location in locations:
+        try:
+            held = FeatureStore.open(location).set_for_fingerprint(fingerprint)
+            by_clip = held.sha256_by_clip() if held is not None else {}
+        except (StoreError, OSError, ValueError, KeyError):
+            continue
+        for clip_id, sha256 in by_clip.items():
+            if sha256 in wanted and sha256 not in found:
+                found[sha256] = (location, clip_id)
+    return found
+
+
+def _sources_elsewhere(elsewhere: dict[str, tuple[str, str]]) -> list[tuple[str, Callable]]:
+    """One (location, key) per further store, the key giving a record its id there."""
+    by_location: dict[str, dict[str, str]] = {}
+    for sha256, (location, clip_id) in elsewhere.items():
+        by_location.setdefault(location, {})[sha256] = clip_id
+    return [
+        (location, lambda r, ids=ids: ids.get(content_key(r), ""))
+        for location, ids in by_location.items()
+    ]
+
+
+def _predict_stored(
+    folder: list[ClipRecord], loaded: list[LoadedHead], sources: list[tuple[str, Callable]], device
+) -> tuple[Predictions, dict[str, tuple[str, str]]]:
+    """The heads' predictions for the clips of ``folder`` whose features every set the
+    heads read holds, of the file's current content (by the folder's clip ids, sorted),
+    each read from the first of ``sources`` (a store's location and the key giving a
+    record its id there) that holds it; and per clip id, (that location, its key)."""
+    from featurestore.errors import StoreError
+
+    picked: dict[str, tuple[int, int]] = {}  # clip id -> (source, row in its values)
+    values_of, where = [], {}
+    for index, (location, key) in enumerate(sources):
+        try:
+            opened = FeatureStore.open(location)
+            held = [s.sha256_by_clip() for s in sets_for_head(opened, loaded[0])]
+        except (StoreError, HeadError):  # nothing stored yet (a run stopped at once)
+            held = []
+        todo = [r for r in folder if r.clip_id not in picked and key(r)]
+        ids = sorted({key(r) for r in todo if all(s.get(key(r)) == r.sha256 for s in held)})
+        if not held or not ids:
+            values_of.append({})
+            continue
+        ids, values = predict_store(opened, loaded, clip_ids=ids, device=device)
+        values_of.append(values)
+        row_of = {cid: i for i, cid in enumerate(ids)}
+        for r in todo:
+            if key(r) in row_of:
+                picked[r.clip_id] = (index, row_of[key(r)])
+                where[r.clip_id] = (location, key(r))
+    clip_ids = sorted(picked)
+    if not clip_ids:
+        empty = {h.name: np.zeros((0, len(h.targets))) for h in loaded}
+        return Predictions([], loaded, empty), {}
+    columns = {
+        h.name: np.stack([values_of[picked[c][0]][h.name][picked[c][1]] for c in clip_ids])
+        for h in loaded
+    }
+    return Predictions(clip_ids, loaded, columns), where
 
 
 def _failures(folder: list[ClipRecord], key: Callable, summaries: list) -> list[ClipFailure]:

@@ -6,8 +6,10 @@ import shlex
 import sys
 
 import httpx
+import numpy as np
 import pytest
 
+from featurestore.store import FeatureStore
 from manifests.synthetic import write_corpus
 from service.demo import serve_arguments
 from tests.conftest import run_cli
@@ -154,10 +156,19 @@ def test_the_demo_prints_the_command_that_serves_it_and_every_job_kind_works(tmp
                 "preset": "mean-linear",
             },
         }
+        ended = {}
         for kind, request in jobs.items():
             job = client.wait(client.submit({"kind": kind, **request})["id"], poll_s=0.2)
             assert job["state"] == "succeeded", (kind, job)
+            ended[kind] = job
         assert "served" in {h["name"] for h in client.heads()}
+        # the demo's audio is in its store already: read there, not computed again
+        scored = ended["score"]["result"]
+        assert (scored["extracted"], scored["reused"], scored["predicted"]) == (0, 20, 20)
+        clip = httpx.get(f"{served.url}/v1/jobs/{ended['score']['id']}/clip",
+                         params={"clip_id": "00003"}).json()  # fmt: skip
+        frames = FeatureStore.open(demo / "feats.zarr").frame_vad("00003")
+        assert np.allclose(clip["frame_vad"]["arousal"], frames[:, 0], atol=1e-4)
     assert (demo / "again.zarr").is_dir() and (demo / "service-state").is_dir()
 
 

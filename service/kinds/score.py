@@ -63,7 +63,7 @@ def check(config, request: ScoreJobRequest) -> None:
 def run(context: JobContext) -> ScoreResult | None:
     from models.prediction import load_heads
     from service.clip_views import write_clip_index
-    from service.registry import head_folder
+    from service.registry import head_folder, managed_stores
     from service.score import score_folder
 
     config, request = context.config, context.request
@@ -87,10 +87,11 @@ def run(context: JobContext) -> ScoreResult | None:
         resolved_paths=True,  # listed by manifest_below_roots: real paths
         on_partial=lambda partial: _keep(context, partial, total, partial=True),
         on_predicting=lambda: context.progress(stage="predicting"),
+        # features the managed stores hold for a file's content are read there
+        reuse_from=lambda fingerprint: managed_stores(config),
     )
     # the clips the page may open: their files, and the store keys of their features
-    write_clip_index(config, context.job.id, records, store=result.store,
-                     by_content=location is None)  # fmt: skip
+    write_clip_index(config, context.job.id, records, result.features_at, heads[0].fingerprint)
     failures = [*refused, *result.failed]
     context.failures(failures)
     fail_on_a_full_disk(failures, result.extracted + result.reused)
