@@ -22,40 +22,19 @@ import numpy as np
 from featurestore.store import FeatureStore
 from manifests.atomic import atomic_file
 from manifests.labels import LabelTable, read_labels
+from models.bootstrap import (
+    METRICS,
+    HeadScores,
+    bootstrap_indices,
+    percentile_interval,
+    score_head,
+)
 from models.head_files import LoadedHead
-from models.metrics import ccc, constant_columns, mse, pearson
+from models.metrics import constant_columns
 from models.prediction import load_heads, predict_store
 
-METRICS = {"pearson": pearson, "ccc": ccc, "mse": mse}
 DEFAULT_RESAMPLES = 1000
 DEFAULT_CONFIDENCE = 0.95
-_CHUNK = 100  # resamples evaluated at once (memory: chunk x clips x targets floats)
-
-
-@dataclass(frozen=True)
-class Interval:
-    """A point estimate on all clips and its bootstrap percentile interval."""
-
-    value: float
-    low: float
-    high: float
-
-    def to_dict(self) -> dict:
-        return {"value": self.value, "low": self.low, "high": self.high}
-
-
-@dataclass
-class HeadScores:
-    """One head's metrics: per target and their means (``pearson_mean`` is the
-    challenge score), each with its interval."""
-
-    head: str
-    per_target: dict[str, dict[str, Interval]]  # metric -> target -> interval
-    means: dict[str, Interval]  # metric -> interval of the mean over targets
-
-    @property
-    def score(self) -> Interval:
-        return self.means["pearson"]
 
 
 @dataclass
@@ -119,49 +98,6 @@ class Evaluation:
         return path
 
 
-def bootstrap_indices(clips: int, resamples: int, seed: int) -> np.ndarray:
-    """``(resamples, clips)`` clip indices drawn with replacement (seeded)."""
-    return np.random.default_rng(seed).integers(0, clips, size=(resamples, clips))
-
-
-def _resampled(metric, pred: np.ndarray, true: np.ndarray, indices: np.ndarray) -> np.ndarray:
-    """``metric`` on every resample: ``(resamples, targets)``."""
-    out = [
-        metric(pred[chunk], true[chunk])
-        for chunk in (indices[i : i + _CHUNK] for i in range(0, len(indices), _CHUNK))
-    ]
-    return np.concatenate(out) if out else np.zeros((0, pred.shape[1]))
-
-
-def _interval(value: float, samples: np.ndarray, confidence: float) -> Interval:
-    tail = (1.0 - confidence) / 2 * 100
-    low, high = np.percentile(samples, [tail, 100 - tail]) if len(samples) else (value, value)
-    return Interval(float(value), float(low), float(high))
-
-
-def score_head(
-    name: str,
-    pred: np.ndarray,
-    true: np.ndarray,
-    targets: Sequence[str],
-    indices: np.ndarray,
-    confidence: float,
-) -> tuple[HeadScores, np.ndarray]:
-    """Metrics and intervals of one head's ``(clips, targets)`` predictions; also the
-    resampled challenge scores ``(resamples,)`` for paired differences."""
-    per_target, means, score_samples = {}, {}, None
-    for metric_name, metric in METRICS.items():
-        full = metric(pred, true)
-        samples = _resampled(metric, pred, true, indices)
-        per_target[metric_name] = {
-            t: _interval(full[k], samples[:, k], confidence) for k, t in enumerate(targets)
-        }
-        means[metric_name] = _interval(full.mean(), samples.mean(axis=1), confidence)
-        if metric_name == "pearson":
-            score_samples = samples.mean(axis=1)
-    return HeadScores(name, per_target, means), score_samples
-
-
 def paired_difference(
     a: str,
     b: str,
@@ -173,7 +109,7 @@ def paired_difference(
 ) -> dict:
     """The score of ``a`` minus that of ``b`` over the same resampled clips."""
     diff = a_samples - b_samples
-    interval = _interval(a_full - b_full, diff, confidence)
+    interval = percentile_interval(a_full - b_full, diff, confidence)
     return {
         "a": a,
         "b": b,

@@ -39,7 +39,7 @@ def check_validation(
     ``(clips, targets)``) and labels: ``clips``, ``set_sha256``, ``pearson_mean`` (value
     and bootstrap interval), per target its Pearson, prediction mean and std and label
     std, and the lists ``nearly_constant`` and ``negative``."""
-    from models.evaluation import bootstrap_indices, score_head
+    from models.bootstrap import bootstrap_indices, score_head
 
     pred, true = np.asarray(pred, np.float64), np.asarray(true, np.float64)
     indices = bootstrap_indices(len(clip_ids), RESAMPLES, SEED)

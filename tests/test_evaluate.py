@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from models.evaluation import bootstrap_indices, paired_difference, score_head
+from models.bootstrap import bootstrap_indices, score_head
+from models.evaluation import paired_difference
 from models.metrics import ccc, mse, pearson
 from tests.conftest import labelled_store, run_cli
 

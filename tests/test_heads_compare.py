@@ -94,7 +94,7 @@ def test_heads_validated_on_different_clips_are_not_ranked_and_the_figures_are_c
 ):
     from scipy.stats import pearsonr as scipy_pearson
 
-    from models.evaluation import bootstrap_indices
+    from models.bootstrap import bootstrap_indices
     from models.validation_check import RESAMPLES, SEED
 
     made, heads = grid

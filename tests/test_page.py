@@ -221,8 +221,12 @@ def test_two_files_uploaded_by_the_page_are_scored(site):
     browser, client = site["browser"], site["served"].client()
     wavs = sorted(site["audio"].glob("*.wav"))[:2]
     _until(lambda: "1024 MiB per file" in browser.find_element("id", "limits").text)  # before
-    browser.find_element("id", "files").send_keys("\n".join(str(w) for w in wavs))
+    note = site["folder"] / "notes.txt"
+    note.write_text("not audio")
+    browser.find_element("id", "files").send_keys("\n".join(str(f) for f in [*wavs, note]))
     assert browser.find_element("id", "source-files").is_selected()
+    chosen = browser.find_element("id", "chosen-files").text
+    assert chosen.endswith("Will be skipped (not audio, video, CSV or an archive): notes.txt")
     browser.find_element("id", "score-submit").click()
     job = _until(
         lambda: [j for j in client.jobs()["jobs"]
@@ -231,6 +235,11 @@ def test_two_files_uploaded_by_the_page_are_scored(site):
     _until(lambda: _job_card(browser, job["id"]).get_attribute("data-state") == "succeeded", 60)
     rows = client.predictions(job["id"])["predictions"]
     assert [r["clip_id"] for r in rows] == [w.stem for w in wavs]
+    named = f"2 files: {wavs[0].name}, {wavs[1].name}"
+    _until(lambda: named in _by(_job_card(browser, job["id"]), ".what")[0].text, 10, "its files")
+    said = browser.find_element("id", "chosen-files").text
+    assert said.startswith(f"Uploaded {named}") and said.endswith("notes.txt")
+    assert browser.execute_script("return document.getElementById('files').files.length") == 0
 
 
 def test_a_train_jobs_learning_curve_grows_on_the_page(site):
@@ -244,6 +253,18 @@ def test_a_train_jobs_learning_curve_grows_on_the_page(site):
     assert len(line.get_attribute("points").split()) == 3  # one point per epoch
     best = client.job(job["id"])["result"]["best"]["val_pearson_mean"]
     assert f"{best:.3f}" in _by(card, "figcaption")[0].text
+    _until(lambda: _by(browser, '#heads tbody tr[data-head="curve"]'), 15, "the new head")
+    # a train job that fails before its first epoch says so and why, in plain words
+    wrong = site["root"] / "labels-of-nothing.csv"
+    wrong.write_text("Filename,Joy\nnot-a-clip,0.5\n")
+    failed = client.submit({"kind": "train", "store": "lab", "labels": str(wrong),
+                            "val_labels": str(wrong), "name": "never"})  # fmt: skip
+    _until(lambda: _job_card(browser, failed["id"]).get_attribute("data-state") == "failed", 60)
+    text = _job_card(browser, failed["id"]).text
+    assert "failed before its first epoch" in text and "epoch 0" not in text
+    assert "problem with the audio or labels: " in text and "Error" not in text, text
+    extract = client.submit({"kind": "extract", "source": str(site["audio"]), "store": "lab"})
+    assert "into store lab" in _until(lambda: _job_card(browser, extract["id"])).text
 
 
 def test_a_job_with_a_failed_clip_says_so_and_the_heads_say_what_they_are(site):

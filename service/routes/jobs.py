@@ -149,13 +149,11 @@ def _add_reading_routes(router: APIRouter) -> None:
         methods=["GET"],
         response_class=Response,
         responses={
-            200: {"content": {"audio/*": {"schema": {"type": "string", "format": "binary"}}},
-                  "description": "the clip's file"},
-            206: {"content": {"audio/*": {"schema": {"type": "string", "format": "binary"}}},
-                  "description": "the bytes of the Range asked for"},
+            200: {"content": AUDIO_CONTENT, "description": "the clip's file"},
+            206: {"content": AUDIO_CONTENT, "description": "the bytes of the Range asked for"},
             **errors(*READS, 403, 404, 409, 416, 422),
         },
-    )  # fmt: skip
+    )
     router.add_api_route(
         "/v1/jobs/{job_id}",
         delete_job,
@@ -244,6 +242,10 @@ def prediction_page(
     return {"job": job_id, **found, "partial": partial}
 
 
+# audio of the file's type (audio/wav, audio/flac, ...); octet-stream first, the binary
+# type generated clients (openapi-python-client) read as bytes
+_BINARY = {"schema": {"type": "string", "format": "binary"}}
+AUDIO_CONTENT = {"application/octet-stream": _BINARY, "audio/*": _BINARY, "video/*": _BINARY}
 ClipId = Annotated[str, Query(min_length=1, max_length=1024, description="a clip id of the job")]
 AUDIO_CHUNK = 1 << 20  # bytes read at a time
 MAX_RANGE = 16 << 20  # bytes answered to one range request at most
