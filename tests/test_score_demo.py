@@ -81,7 +81,7 @@ def test_score_extracts_missing_clips_and_predicts(tiny_backbone, tmp_path):
 
 
 @pytest.mark.slow
-def test_demo_runs_offline_and_says_what_it_measures(tmp_path, monkeypatch):
+def test_demo_runs_offline_says_what_it_measures_and_serves_what_it_made(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     result = run_cli(
         "demo", "--out", "demo", "--clips", "30", "--size", "tiny", "--epochs", "2",
@@ -102,6 +102,7 @@ def test_demo_runs_offline_and_says_what_it_measures(tmp_path, monkeypatch):
     assert "learned layer weights 0: " in out
     weights = json.loads((demo / "heads/compact-weighted/metrics.json").read_text())
     assert set(weights["layer_weights"]) == {"0", "1", "2"}
+    _serve_what_the_demo_printed(tmp_path, out, clips=30)
 
 
 @pytest.mark.slow
@@ -130,11 +131,11 @@ class _ServedDemo(Hosted):
         return [sys.executable, "-m", "cli.main", "serve", *self.printed, "--port", str(self.port)]
 
 
-@pytest.mark.slow
-def test_the_demo_prints_the_command_that_serves_it_and_every_job_kind_works(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    out = run_cli("demo", "--out", "demo", "--clips", "20", "--size", "tiny", "--epochs", "1")
-    printed = [line for line in out.output.splitlines() if " serve --stores " in line]
+def _serve_what_the_demo_printed(tmp_path, out: str, clips: int) -> None:
+    """The demo's printed ``emi serve`` command, run: the demo's heads and store listed,
+    the page answered, and a score, an extract and a train job succeed (the score job
+    reading the demo's store, computing nothing)."""
+    printed = [line for line in out.splitlines() if " serve --stores " in line]
     assert len(printed) == 1
     words = shlex.split(printed[0])
     options = words[words.index("serve") + 1 :]
@@ -142,7 +143,7 @@ def test_the_demo_prints_the_command_that_serves_it_and_every_job_kind_works(tmp
     demo = tmp_path / "demo"
     with _ServedDemo(tmp_path, options).start() as served:
         client = served.client()
-        assert {h["name"] for h in client.heads()} == {"compact", "mean-linear"}
+        assert {h["name"] for h in client.heads()} >= {"compact", "mean-linear"}
         assert [s["name"] for s in client.stores()] == ["feats"]
         assert "<main" in httpx.get(served.url + "/").text  # the page
         jobs = {
@@ -164,7 +165,7 @@ def test_the_demo_prints_the_command_that_serves_it_and_every_job_kind_works(tmp
         assert "served" in {h["name"] for h in client.heads()}
         # the demo's audio is in its store already: read there, not computed again
         scored = ended["score"]["result"]
-        assert (scored["extracted"], scored["reused"], scored["predicted"]) == (0, 20, 20)
+        assert (scored["extracted"], scored["reused"], scored["predicted"]) == (0, clips, clips)
         clip = httpx.get(f"{served.url}/v1/jobs/{ended['score']['id']}/clip",
                          params={"clip_id": "00003"}).json()  # fmt: skip
         frames = FeatureStore.open(demo / "feats.zarr").frame_vad("00003")

@@ -284,6 +284,11 @@ function pathText(path) {
   return span;
 }
 
+function textWithPaths(text) {
+  // words as they are; a path (a word with a slash) breaks after its slashes only
+  return String(text).split(/(\s+)/).map((word) => (word.includes("/") ? pathText(word) : word));
+}
+
 const STAGES = { listing: "listing the files", extracting: "extracting features", predicting: "predicting",
   loading: "loading features", training: "training", queued: "waiting" };
 
@@ -772,7 +777,10 @@ function updateCard(card, job) {
   setText(card.counts, countsText(job));
   const error = job.error ? `${job.error.error}: ${job.error.detail}` : "";
   if (error && !card.error) card.error = card.extra.appendChild(el("p", { class: "error" }));
-  if (card.error) setText(card.error, error);
+  if (card.error && card.error.dataset.text !== error) {
+    card.error.dataset.text = error;
+    card.error.replaceChildren(...textWithPaths(error));
+  }
   if (job.failures_count && !card.failures) {
     card.failures = failureList(job);
     card.extra.append(card.failures.details);
