@@ -155,7 +155,7 @@ def test_schemathesis_finds_no_failing_check(documented):
         f"{served.url}/openapi.json", "--header", f"Authorization: Bearer {TOKEN}",
         "--checks", "not_a_server_error,status_code_conformance,content_type_conformance,"
         "response_schema_conformance,response_headers_conformance",
-        "--max-examples", "8", "--phases", "examples,coverage,fuzzing",
+        "--max-examples", "6", "--phases", "examples,coverage,fuzzing",
         "--exclude-method", "DELETE", "--request-timeout", "20", "--suppress-health-check", "all",
         "--seed", "7", "--no-color",
     ]  # fmt: skip

@@ -462,7 +462,7 @@ def test_with_a_token_file_the_page_shows_nothing_until_the_token_is_given(tmp_p
     root = tmp_path / "root"
     splits = write_corpus(root / "corpus", clips=12, seed=41, min_seconds=1.0, max_seconds=2.0)
     served = Hosted(tmp_path, [root], "--token-file", tmp_path / "tokens", token=good)
-    store = tmp_path / "lab.zarr"
+    store = served.stores / "lab.zarr"  # a managed store: the score job reads it
     run_cli("extract", root / "corpus" / "audio", store, "--model", tiny_backbone, "--quiet")
     with served:
         served.start()
