@@ -296,6 +296,35 @@ def test_a_job_with_a_failed_clip_says_so_and_the_heads_say_what_they_are(site):
     assert any("mean Pearson r" in n and "higher is better" in n for n in notes)
 
 
+@pytest.mark.slow
+def test_extract_and_train_jobs_start_from_the_page(site):
+    """The page's forms: extract the chosen folder into a store, then train a head on
+    it; the head shows up in the heads table."""
+    from selenium.webdriver.support.ui import Select
+
+    browser, client = site["browser"], site["served"].client()
+
+    def submitted(kind: str, field: str, value: str) -> dict:
+        return _until(lambda: [j for j in client.jobs()["jobs"] if j["kind"] == kind
+                               and j["request"][field] == value], what=kind)[0]  # fmt: skip
+
+    _choose_folder(browser, "corpus", "audio")
+    browser.find_element("id", "extract-store").send_keys("lab")  # the service's store
+    browser.find_element("id", "extract-submit").click()
+    _finished_card(browser, submitted("extract", "source", str(site["audio"]))["id"])
+    _until(lambda: _by(browser, '#train-store option[value="lab"]'), 15, "the store")
+    Select(browser.find_element("id", "train-store")).select_by_value("lab")
+    browser.find_element("id", "train-labels").send_keys(str(site["train"]))
+    browser.find_element("id", "train-val-labels").send_keys(str(site["valid"]))
+    browser.find_element("id", "train-name").send_keys("from-page")
+    Select(browser.find_element("id", "train-preset")).select_by_value("mean-linear")
+    browser.find_element("id", "train-submit").click()
+    trained = submitted("train", "name", "from-page")
+    _finished_card(browser, trained["id"])
+    _until(lambda: _by(browser, '#heads tbody tr[data-head="from-page"]'), 15, "the new head")
+    assert client.job(trained["id"])["request"]["preset"] == "mean-linear"
+
+
 def test_a_selection_survives_the_polling(site):
     browser, client = site["browser"], site["served"].client()
     job = client.submit({"kind": "score", "source": str(site["audio"]), "heads": ["ml"]})

@@ -263,6 +263,52 @@ $("score-form").addEventListener("submit", async (event) => {
   }
 });
 
+// -- extract and train --------------------------------------------------------------------
+
+const PRESETS = ["compact", "fusion", "paper", "mean-linear"]; // models.options.PRESETS
+$("train-preset").replaceChildren(...PRESETS.map((p) => el("option", { value: p, text: p })));
+
+async function loadStores() {
+  const { stores } = await json("/v1/stores");
+  const named = stores.filter((st) => st.kind !== "score" && !st.error);
+  const select = $("train-store");
+  const chosen = select.value;
+  select.replaceChildren(...named.map((st) => el("option", { value: st.name,
+    text: `${st.name} (${st.clips} clips)` })));
+  if (named.some((st) => st.name === chosen)) select.value = chosen;
+}
+
+async function submitFrom(form, errorId, body) {
+  const error = $(errorId);
+  error.textContent = "";
+  const button = form.querySelector("button[type=submit]");
+  button.disabled = true;
+  try {
+    await json("/v1/jobs", { method: "POST", headers: { "Content-Type": "application/json" },
+      body: JSON.stringify(body) });
+    await refreshJobs();
+  } catch (err) {
+    if (err instanceof Unauthorized) askToken("The token was refused.");
+    else error.textContent = err.message;
+  } finally {
+    button.disabled = false;
+  }
+}
+
+$("extract-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  if (!folder) { $("extract-error").textContent = "Choose a folder above (open a root, then the folder)."; return; }
+  submitFrom(event.target, "extract-error", { kind: "extract", source: folder, store: $("extract-store").value.trim() })
+    .then(() => guard(loadStores()));
+});
+
+$("train-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  submitFrom(event.target, "train-error", { kind: "train", store: $("train-store").value,
+    labels: $("train-labels").value.trim(), val_labels: $("train-val-labels").value.trim(),
+    name: $("train-name").value.trim(), preset: $("train-preset").value });
+});
+
 // -- jobs --------------------------------------------------------------------------------
 // A job's card is made once and then updated in place (only what changed is touched),
 // so a selection in it, an open details or a button being clicked survives the polling.
@@ -812,10 +858,12 @@ async function refreshJobs() {
   for (const [id, card] of cards) {
     if (!shown.has(id)) { card.root.remove(); cards.delete(id); }
   }
-  let trained = false;
+  let trained = false, extracted = false;
   jobs.forEach((job, index) => {
     const before = jobsById.get(job.id);
-    if (job.kind === "train" && job.state === "succeeded" && before && before.state !== "succeeded") trained = true;
+    const ended = job.state === "succeeded" && before && before.state !== "succeeded";
+    if (ended && job.kind === "train") trained = true;
+    if (ended && job.kind === "extract") extracted = true;
     jobsById.set(job.id, job);
     let card = cards.get(job.id);
     if (!card) { card = makeCard(job); cards.set(job.id, card); }
@@ -828,6 +876,7 @@ async function refreshJobs() {
   if (!jobs.length && !empty) list.append(el("li", { class: "empty", text: "No jobs yet." }));
   $("older-jobs").hidden = !next;
   if (trained) await loadHeads(); // a train job just put heads in the registry
+  if (extracted) await loadStores(); // an extract job just made or filled a store
 }
 
 $("older-jobs").addEventListener("click", () => { jobsShown += 20; guard(refreshJobs()); });
@@ -854,12 +903,12 @@ async function start() {
   $("token-panel").hidden = true;
   $("main").hidden = false;
   $("forget-token").hidden = !token;
-  await guard(Promise.all([loadLimits(), browse(""), refreshJobs()]));
+  await guard(Promise.all([loadLimits(), browse(""), refreshJobs(), loadStores()]));
   stopPolling();
   let ticks = 0;
   polling = setInterval(() => {
     guard(refreshJobs());
-    if (++ticks % 10 === 0) guard(loadHeads()); // heads trained elsewhere show up too
+    if (++ticks % 10 === 0) { guard(loadHeads()); guard(loadStores()); } // made elsewhere too
   }, POLL_MS);
 }
 
