@@ -308,6 +308,7 @@ def test_extract_and_train_jobs_start_from_the_page(site):
         return _until(lambda: [j for j in client.jobs()["jobs"] if j["kind"] == kind
                                and j["request"][field] == value], what=kind)[0]  # fmt: skip
 
+    browser.get(site["served"].url + "/")  # the folder browser at the roots again
     _choose_folder(browser, "corpus", "audio")
     browser.find_element("id", "extract-store").send_keys("lab")  # the service's store
     browser.find_element("id", "extract-submit").click()
