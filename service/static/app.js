@@ -268,9 +268,14 @@ $("score-form").addEventListener("submit", async (event) => {
 const PRESETS = ["compact", "fusion", "paper", "mean-linear"]; // models.options.PRESETS
 $("train-preset").replaceChildren(...PRESETS.map((p) => el("option", { value: p, text: p })));
 
+let storesShown = "";
+
 async function loadStores() {
   const { stores } = await json("/v1/stores");
   const named = stores.filter((st) => st.kind !== "score" && !st.error);
+  const key = JSON.stringify(named.map((st) => [st.name, st.clips]));
+  if (key === storesShown) return; // unchanged: an open list or a choice stays as it is
+  storesShown = key;
   const select = $("train-store");
   const chosen = select.value;
   select.replaceChildren(...named.map((st) => el("option", { value: st.name,
@@ -328,6 +333,15 @@ function pathText(path) {
     if (i < all.length - 1) span.append(el("wbr"));
   });
   return span;
+}
+
+function nameText(name) {
+  // a head's or store's name stays on one line (never broken at a hyphen in it)
+  return el("span", { class: "name", text: name });
+}
+
+function namesText(names) {
+  return names.flatMap((n, i) => (i ? [", ", nameText(n)] : [nameText(n)]));
 }
 
 function textWithPaths(text) {
@@ -746,8 +760,8 @@ function curve(job) {
   }
   const best = job.result && job.result.best;
   svg.setAttribute("aria-label", `validation mean Pearson per epoch${best ? `; best ${fmt(best.val_pearson_mean)}` : ""}`);
-  return el("figure", {}, svg, el("figcaption", { text:
-    `Validation mean Pearson per epoch${best ? `; best: ${best.head} at ${fmt(best.val_pearson_mean)}` : ""}` }));
+  return el("figure", {}, svg, el("figcaption", {}, "Validation mean Pearson per epoch",
+    ...(best ? ["; best: ", nameText(best.head), ` at ${fmt(best.val_pearson_mean)}`] : [])));
 }
 
 function actionsKey(job) {
@@ -790,12 +804,12 @@ function makeCard(job) {
   const source = el("span", { class: "source" });
   if (job.kind !== "train") sourceWords(job, source);
   const what = job.kind === "train"
-    ? el("span", { class: "what", text: `train ${job.request.name} on store ${job.request.store}` })
+    ? el("span", { class: "what" }, "train ", nameText(job.request.name), " on store ", nameText(job.request.store))
     : job.kind === "extract"
-      ? el("span", { class: "what" }, "extract ", source, ` into store ${job.request.store}`)
+      ? el("span", { class: "what" }, "extract ", source, " into store ", nameText(job.request.store))
       : el("span", { class: "what" }, `${job.kind} `, source,
-        job.request.heads ? ` with ${job.request.heads.join(", ")}` : "",
-        job.request.store ? ` (store ${job.request.store})` : "");
+        ...(job.request.heads ? [" with ", ...namesText(job.request.heads)] : []),
+        ...(job.request.store ? [" (store ", nameText(job.request.store), ")"] : []));
   const card = {
     root: el("li", { class: "job", "data-job": job.id }),
     state: el("span", { class: "state" }),
