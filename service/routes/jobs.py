@@ -3,7 +3,6 @@
 and forget them. The routes are made for a registry of kinds (:func:`jobs_router`), so
 the request bodies and job views of the OpenAPI document are the kinds' own models."""
 
-import json
 import logging
 import os
 from typing import Annotated, Any, Literal
@@ -310,9 +309,10 @@ def clip_audio(service: Served, job_id: str, clip_id: ClipId, request: Request):
 
 def predictions_json(service: Served, job_id: str):
     """The predictions as JSON rows (``partial`` for a cancelled or failed job)."""
+    from service.prediction_pages import read_rows
+
     path, partial = _result_file(service, job_id, "predictions.json")
-    data = json.loads(path.read_text())
-    return {"job": job_id, "predictions": data["predictions"], "partial": partial}
+    return {"job": job_id, "predictions": read_rows(path), "partial": partial}
 
 
 def delete_job(service: Served, job_id: str):

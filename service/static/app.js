@@ -248,20 +248,26 @@ $("score-form").addEventListener("submit", async (event) => {
     } else if (!source) {
       throw new Error("Choose a folder (open a root, then the folder).");
     }
-    await json("/v1/jobs", {
-      method: "POST",
-      headers: { "Content-Type": "application/json" },
-      body: JSON.stringify({ kind: "score", source, heads }),
-    });
-    await refreshJobs();
+    await submitJob({ kind: "score", source, heads });
   } catch (err) {
-    if (err instanceof Unauthorized) askToken("The token was refused.");
-    else error.textContent = err.message;
+    showError(err, error);
   } finally {
     button.disabled = false;
     button.textContent = "Start scoring";
   }
 });
+
+async function submitJob(body) {
+  // POST /v1/jobs, then the jobs list shows it
+  await json("/v1/jobs", { method: "POST", headers: { "Content-Type": "application/json" },
+    body: JSON.stringify(body) });
+  await refreshJobs();
+}
+
+function showError(err, node) {
+  if (err instanceof Unauthorized) askToken("The token was refused.");
+  else node.textContent = err.message;
+}
 
 // -- extract and train --------------------------------------------------------------------
 
@@ -289,12 +295,9 @@ async function submitFrom(form, errorId, body) {
   const button = form.querySelector("button[type=submit]");
   button.disabled = true;
   try {
-    await json("/v1/jobs", { method: "POST", headers: { "Content-Type": "application/json" },
-      body: JSON.stringify(body) });
-    await refreshJobs();
+    await submitJob(body);
   } catch (err) {
-    if (err instanceof Unauthorized) askToken("The token was refused.");
-    else error.textContent = err.message;
+    showError(err, error);
   } finally {
     button.disabled = false;
   }
